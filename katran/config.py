@@ -1,0 +1,123 @@
+"""KatranConfig: Katran's options, validated when the object is built."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import attrs
+
+from .errors import ValidationError
+from .models import HashFunction, check_int, parse_address, parse_mac
+
+XDP_ATTACH_MODES = ("native", "generic", "offload")
+HC_ENCAP_MODES = ("direct", "tunnel")
+
+
+def _cpu_list(field: str):
+    def convert(value):
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        out = []
+        ncpu = os.cpu_count() or 1
+        for v in value:
+            try:
+                n = int(v)
+            except (TypeError, ValueError):
+                raise ValidationError(field, value, f"{v!r} is not a CPU/NUMA number") from None
+            if n < 0:
+                raise ValidationError(field, value, f"{n} is negative")
+            if field == "forwarding_cores" and n >= ncpu:
+                raise ValidationError(field, value, f"cpu {n} does not exist (this host has {ncpu})")
+            if n in out:
+                raise ValidationError(field, value, f"{n} is listed twice")
+            out.append(n)
+        return tuple(out)
+
+    return convert
+
+
+def _opt_mac(field: str):
+    def convert(value):
+        return None if value in (None, "") else parse_mac(value, field)
+
+    return convert
+
+
+def _opt_addr(field: str, version: int):
+    def convert(value):
+        if value in (None, ""):
+            return None
+        addr = parse_address(value, field)
+        if addr.version != version:
+            raise ValidationError(field, value, f"expected an IPv{version} address")
+        return addr
+
+    return convert
+
+
+def _positive(field: str, hi: int = 2**32 - 1):
+    return lambda v: check_int(v, field, 1, hi)
+
+
+def _choice(field: str, choices):
+    def convert(value):
+        if value not in choices:
+            raise ValidationError(field, value, f"expected one of {', '.join(choices)}")
+        return value
+
+    return convert
+
+
+@attrs.frozen(kw_only=True)
+class KatranConfig:
+    """Options of a KatranLb instance (Katran's KatranConfig, snake_case).
+
+    ``testing=True`` loads and provisions the BPF programs without attaching
+    anything to an interface (no interface needed).
+    """
+
+    main_interface: str = ""
+    default_mac: Optional[bytes] = attrs.field(default=None, converter=_opt_mac("default_mac"))
+    local_mac: Optional[bytes] = attrs.field(default=None, converter=_opt_mac("local_mac"))
+    balancer_prog_path: Optional[str] = None  # default: the packaged object
+    healthchecking_prog_path: Optional[str] = None  # default: the packaged object
+    forwarding_cores: tuple = attrs.field(default=(), converter=_cpu_list("forwarding_cores"))
+    numa_nodes: tuple = attrs.field(default=(), converter=_cpu_list("numa_nodes"))
+    lru_size: int = attrs.field(default=8_000_000, converter=_positive("lru_size"))
+    fallback_lru_size: int = attrs.field(default=1000, converter=_positive("fallback_lru_size"))
+    max_vips: int = attrs.field(default=512, converter=_positive("max_vips", 1 << 16))
+    max_reals: int = attrs.field(default=4096, converter=_positive("max_reals", 1 << 24))
+    ch_ring_size: int = attrs.field(default=65537, converter=_positive("ch_ring_size", 1 << 24))
+    hash_function: HashFunction = attrs.field(default=HashFunction.MAGLEV, converter=HashFunction)
+    # shared mode: register into the root program's prog_array at this position
+    root_map_path: Optional[str] = None
+    root_map_pos: int = attrs.field(default=2, converter=lambda v: check_int(v, "root_map_pos", 0, 1023))
+    # healthcheck forwarding (tc egress)
+    enable_hc: bool = False
+    hc_interface: str = ""
+    hc_encap: str = attrs.field(default="direct", converter=_choice("hc_encap", HC_ENCAP_MODES))
+    v4_tun_interface: str = "ipip0"
+    v6_tun_interface: str = "ipip60"
+    katran_src_v4: Optional[object] = attrs.field(default=None, converter=_opt_addr("katran_src_v4", 4))
+    katran_src_v6: Optional[object] = attrs.field(default=None, converter=_opt_addr("katran_src_v6", 6))
+    xdp_attach_mode: str = attrs.field(default="native", converter=_choice("xdp_attach_mode", XDP_ATTACH_MODES))
+    priority: int = attrs.field(default=2307, converter=lambda v: check_int(v, "priority", 0, 65535))
+    max_decap_dst: int = attrs.field(default=6, converter=_positive("max_decap_dst", 1 << 16))
+    testing: bool = False
+    cleanup_on_shutdown: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if not self.testing and not self.main_interface:
+            raise ValidationError("main_interface", self.main_interface, "required unless testing=True")
+        if self.numa_nodes and len(self.numa_nodes) != len(self.forwarding_cores):
+            raise ValidationError(
+                "numa_nodes", list(self.numa_nodes),
+                f"must list one node per forwarding core ({len(self.forwarding_cores)} cores)",
+            )
+        if self.forwarding_cores and self.lru_size < len(self.forwarding_cores):
+            raise ValidationError("lru_size", self.lru_size, "smaller than the number of forwarding cores")
+        if self.max_vips * self.ch_ring_size > 2**32 - 1:
+            raise ValidationError("ch_ring_size", self.ch_ring_size, "max_vips * ch_ring_size exceeds 2**32")
