@@ -17,7 +17,7 @@ HC_ENCAP_MODES = ("direct", "tunnel")
 def _cpu_list(field: str):
     def convert(value):
         if value is None:
-            return ()
+            return None
         if isinstance(value, str):
             value = [v for v in value.replace(" ", "").split(",") if v]
         out = []
@@ -84,8 +84,9 @@ class KatranConfig:
     local_mac: Optional[bytes] = attrs.field(default=None, converter=_opt_mac("local_mac"))
     balancer_prog_path: Optional[str] = None  # default: the packaged object
     healthchecking_prog_path: Optional[str] = None  # default: the packaged object
-    forwarding_cores: tuple = attrs.field(default=(), converter=_cpu_list("forwarding_cores"))
-    numa_nodes: tuple = attrs.field(default=(), converter=_cpu_list("numa_nodes"))
+    # None: every CPU gets its own LRU (testing: none, the fallback LRU serves all); () : none
+    forwarding_cores: Optional[tuple] = attrs.field(default=None, converter=_cpu_list("forwarding_cores"))
+    numa_nodes: tuple = attrs.field(default=(), converter=lambda v: _cpu_list("numa_nodes")(v) or ())
     lru_size: int = attrs.field(default=8_000_000, converter=_positive("lru_size"))
     fallback_lru_size: int = attrs.field(default=1000, converter=_positive("fallback_lru_size"))
     max_vips: int = attrs.field(default=512, converter=_positive("max_vips", 1 << 16))
@@ -112,10 +113,10 @@ class KatranConfig:
     def __attrs_post_init__(self) -> None:
         if not self.testing and not self.main_interface:
             raise ValidationError("main_interface", self.main_interface, "required unless testing=True")
-        if self.numa_nodes and len(self.numa_nodes) != len(self.forwarding_cores):
+        if self.numa_nodes and len(self.numa_nodes) != len(self.forwarding_cores or ()):
             raise ValidationError(
                 "numa_nodes", list(self.numa_nodes),
-                f"must list one node per forwarding core ({len(self.forwarding_cores)} cores)",
+                f"must list one node per forwarding core ({len(self.forwarding_cores or ())} cores)",
             )
         if self.forwarding_cores and self.lru_size < len(self.forwarding_cores):
             raise ValidationError("lru_size", self.lru_size, "smaller than the number of forwarding cores")

@@ -67,3 +67,7 @@ class KernelError(KatranError, OSError):
 
     def __str__(self) -> str:
         return str(self.args[1])
+
+
+class FeatureNotEnabledError(KatranError):
+    """The feature is not compiled into / enabled in the loaded BPF object."""

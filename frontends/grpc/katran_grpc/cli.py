@@ -1,0 +1,630 @@
+"""katran-cli: the command line of Katran's Go client (katranc), in Python.
+
+Same flags, same dispatch order, same output: ``fmt.Printf`` lines go to
+stdout, ``log.Printf`` lines to stderr with Go's ``YYYY/MM/DD HH:MM:SS``
+prefix, and "exiting" is printed last.  Differences, all additive:
+
+* failures the Go client is silent about get a reason line on stderr and
+  exit status 1 (fatal errors: 1, bad flags: 2); stats loops sleep before
+  retrying instead of spinning, and stop after ``-count N`` rounds;
+* ``-vf``/``-rf`` take every flag name of katran.models (comma separated);
+* extra commands for lb.katran.ext.KatranExtService (see ``-help``);
+* TLS (``-tls_ca``, ``-tls_cert``, ``-tls_key``) and a call ``-timeout``.
+
+The transport is a ``katran_grpc.client.KatranClient``; pass
+``client_factory`` to ``main`` to use another one.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from typing import Callable, Optional
+
+import grpc
+
+from katran.errors import KatranError
+from katran.models import Flow, HashFunction, ModifyAction, QuicReal, Real, RealFlag, VipFlag, VipKey
+
+from .client import (
+    DEFAULT_SERVER,
+    GrpcKatranClient,
+    KatranClient,
+    KatranClientError,
+    OperationFailed,
+    RpcFailed,
+    channel_credentials,
+)
+from .goflags import FlagError, FlagSet, HelpRequested
+
+PROG = "katran-cli"
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+_MASK64 = (1 << 64) - 1
+
+# Go's codes.Code.String() for each grpc.StatusCode name
+_GO_CODES = {
+    "OK": "OK", "CANCELLED": "Canceled", "UNKNOWN": "Unknown", "INVALID_ARGUMENT": "InvalidArgument",
+    "DEADLINE_EXCEEDED": "DeadlineExceeded", "NOT_FOUND": "NotFound", "ALREADY_EXISTS": "AlreadyExists",
+    "PERMISSION_DENIED": "PermissionDenied", "RESOURCE_EXHAUSTED": "ResourceExhausted",
+    "FAILED_PRECONDITION": "FailedPrecondition", "ABORTED": "Aborted", "OUT_OF_RANGE": "OutOfRange",
+    "UNIMPLEMENTED": "Unimplemented", "INTERNAL": "Internal", "UNAVAILABLE": "Unavailable",
+    "DATA_LOSS": "DataLoss", "UNAUTHENTICATED": "Unauthenticated",
+}
+
+
+class Fatal(Exception):
+    """log.Fatalf: message already logged, exit status 1."""
+
+
+def build_flags() -> FlagSet:
+    """katranc's flags (names, defaults) plus our extensions."""
+    fs = FlagSet(PROG, "katran command line client (flags of Katran's Go client katranc)")
+    fs.bool("A", False, "Add new virtual service")
+    fs.bool("E", False, "Edit existing virtual service")
+    fs.bool("D", False, "Delete existing virtual service")
+    fs.bool("a", False, "Add real server")
+    fs.bool("e", False, "Edit real server")
+    fs.bool("d", False, "Delete real server")
+    fs.string("t", "", "Tcp service address. must be in format: <addr>:<port>")
+    fs.string("u", "", "Udp service addr. must be in format: <addr>:<port>")
+    fs.string("r", "", "Address of the real server")
+    fs.int("w", 1, "Weight (capacity) of real server")
+    fs.bool("s", False, "Show stats/counters")
+    fs.bool("sum", False, "Show summary stats")
+    fs.bool("lru", False, "Show LRU related stats")
+    fs.bool("icmp", False, "Show ICMP 'packet too big' related stats")
+    fs.bool("l", False, "List configured services")
+    fs.string("vf", "", "change vip flags. Possible values: " + ", ".join(f.name for f in VipFlag))
+    fs.string("rf", "", "change real flags. Possible values: LOCAL_REAL (with -r alone: modify the real)")
+    fs.bool("unset", False, "Unset specified flags")
+    fs.string("new_hc", "", "Address of new backend to healtcheck")
+    fs.uint("somark", 0, "Socket mark to specified backend")
+    fs.bool("del_hc", False, "Delete backend w/ specified somark")
+    fs.bool("list_hc", False, "List configured healthchecks")
+    fs.bool("list_mac", False, "List configured mac address of default router")
+    fs.string("change_mac", "", "Change configured mac address of default router")
+    fs.bool("C", False, "Clear all configs")
+    fs.string("quic_mapping", "", "mapping of real to connectionId. must be in <addr>=<id> format")
+    fs.bool("list_qm", False, "List current quic's mappings")
+    fs.bool("del_qm", False, "Delete instead of adding specified quic mapping")
+    fs.string("server", DEFAULT_SERVER, "Katran server listen address")
+    # extensions (lb.katran.ext.KatranExtService and client options)
+    fs.bool("reals", False, "with -s: per-real stats (reals of -t/-u, or -r, or of every VIP)")
+    fs.bool("xdp", False, "with -s: XDP verdict totals")
+    fs.bool("cores", False, "with -s: packets per CPU")
+    fs.bool("hc_stats", False, "with -s: healthcheck program counters")
+    fs.bool("real_info", False, "show index and flags of the real -r")
+    fs.string("hash", "", "set the hash function of the VIP -t/-u: maglev or maglev_v2")
+    fs.bool("show_hash", False, "show the hash function of the VIP -t/-u")
+    fs.string("flow", "", "show the real a flow from <addr>:<port> to the VIP -t/-u goes to")
+    fs.int("count", 0, "stats: stop after this many rounds (0: until interrupted)", aliases=("iterations",))
+    fs.float("interval", 1.0, "stats: seconds between rounds", hidden=True)
+    fs.float("timeout", 30.0, "deadline of each call, seconds")
+    fs.string("tls_ca", "", "PEM CA bundle to verify the server (enables TLS)")
+    fs.string("tls_cert", "", "PEM client certificate (mTLS)")
+    fs.string("tls_key", "", "PEM key of -tls_cert")
+    fs.string("tls_server_name", "", "expected server name in its certificate")
+    return fs
+
+
+def make_grpc_client(ns) -> KatranClient:
+    """The default transport, from the parsed flags."""
+    creds = channel_credentials(ns.tls_ca, ns.tls_cert, ns.tls_key)
+    if creds is None and ns.tls_server_name:
+        creds = grpc.ssl_channel_credentials()  # TLS with the system's CAs
+    return GrpcKatranClient(ns.server, timeout=ns.timeout or None, credentials=creds, server_name=ns.tls_server_name)
+
+
+def go_error(exc: KatranClientError) -> str:
+    """How Go's grpc prints a failed call."""
+    return f"rpc error: code = {_GO_CODES.get(exc.code, exc.code)} desc = {exc.message}"
+
+
+def _diff(new: int, old: int) -> int:
+    """uint64 subtraction, as the Go client computes rates."""
+    return (new - old) & _MASK64
+
+
+def _vip_flags_text(flags: int) -> str:
+    return "".join(f" {f.name} " for f in VipFlag if flags & f)
+
+
+def _real_flags_text(flags: int) -> str:
+    return " LOCAL_REAL " if flags & RealFlag.LOCAL_REAL else ""
+
+
+class Cli:
+    """One katran-cli run: the Go client's commands over a KatranClient."""
+
+    def __init__(self, client: KatranClient, ns, out=None, err=None) -> None:
+        self.kc = client
+        self.ns = ns
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.failed = False
+
+    # ------------------------------------------------------------ output
+    def printf(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def log(self, text: str) -> None:
+        """Go's log.Printf: timestamp prefix, stderr, newline added if missing."""
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S")
+        self.err.write(f"{stamp} {text}" + ("" if text.endswith("\n") else "\n"))
+        self.err.flush()
+
+    def fatal(self, text: str) -> Fatal:
+        self.log(text)
+        return Fatal(text)
+
+    def check(self, call: Callable, *args):
+        """Go's checkError around an RPC: a failed call is fatal."""
+        try:
+            return call(*args)
+        except KatranClientError as exc:
+            raise self.fatal(f"Error: {go_error(exc)}") from None
+
+    def refused(self, exc: KatranClientError) -> None:
+        """An operation the server said no to: extra reason line, exit status 1."""
+        self.failed = True
+        self.log(f"{exc.rpc} failed: {exc.code}: {exc.message}")
+
+    def update(self, call: Callable, *args) -> bool:
+        """A Bool RPC: True on success, False (reason logged) when refused."""
+        try:
+            call(*args)
+        except OperationFailed as exc:
+            self.refused(exc)
+            return False
+        except RpcFailed as exc:
+            raise self.fatal(f"Error: {go_error(exc)}") from None
+        return True
+
+    def model(self, build: Callable, *args):
+        """Build a katran.models value; bad input is fatal with katran's message."""
+        try:
+            return build(*args)
+        except KatranError as exc:
+            raise self.fatal(f"Error: {exc}") from None
+
+    # ------------------------------------------------------------ parsing
+    def parse_vip(self, addr: str, proto: int) -> VipKey:
+        if "[" in addr:
+            m = re.search(r"\[(.*?)\]:(.*)", addr)
+            if m is None:
+                raise self.fatal(f"invalid v6 address {addr}")
+            host, port = m.group(1), m.group(2)
+        else:
+            parts = addr.split(":")
+            if len(parts) != 2:
+                raise self.fatal(f"incorrect v4 address: {addr}")
+            host, port = parts
+        try:
+            port_num = int(port, 10)
+        except ValueError:
+            raise self.fatal(f'Error: strconv.ParseInt: parsing "{port}": invalid syntax') from None
+        return self.model(VipKey, host, port_num, proto)
+
+    def parse_flags(self, text: str, table) -> Optional[int]:
+        value = 0
+        for name in (n.strip() for n in text.split(",") if n.strip()):
+            if name not in table.__members__:
+                self.log(f"unrecognized flag: {text}")
+                self.failed = True
+                return None
+            value |= table[name]
+        return int(value)
+
+    # ------------------------------------------------------------ katranc commands
+    def change_mac(self, mac: str) -> None:
+        if self.update(self.kc.change_mac, mac):
+            self.log("Mac address changed!")
+        else:
+            self.log("Mac was not changed")
+
+    def get_mac(self) -> None:
+        self.log(f"Mac address is {self.check(self.kc.get_mac)}")
+
+    def add_or_modify_service(self, addr: str, flags_text: str, proto: int, modify: bool, set_flags: bool) -> None:
+        self.log(f"Adding service: {addr} {proto}")
+        vip = self.parse_vip(addr, proto)
+        flags = 0
+        if flags_text:
+            flags = self.parse_flags(flags_text, VipFlag)
+            if flags is None:
+                return
+        ok = self.update(self.kc.modify_vip, vip, flags, set_flags) if modify else self.update(self.kc.add_vip, vip, flags)
+        if ok:
+            self.log("Vip modified")
+
+    def del_service(self, addr: str, proto: int) -> None:
+        self.log(f"Deleting service: {addr} {proto}")
+        vip = self.parse_vip(addr, proto)
+        if self.update(self.kc.del_vip, vip):
+            self.log("Vip modified")
+
+    def update_server_for_vip(self, vip_addr: str, proto: int, real_addr: str, weight: int, real_flags: str,
+                              delete: bool) -> None:
+        vip = self.parse_vip(vip_addr, proto)
+        flags = 0
+        if real_flags:
+            flags = self.parse_flags(real_flags, RealFlag)
+            if flags is None:
+                return
+        real = self.model(Real, real_addr, weight, flags)
+        action = ModifyAction.DEL if delete else ModifyAction.ADD
+        if self.update(self.kc.modify_reals_for_vip, action, [real], vip):
+            self.log("Reals modified")
+
+    def modify_quic_mappings(self, mapping: str, delete: bool) -> None:
+        parts = mapping.split("=")
+        if len(parts) != 2:
+            raise self.fatal("quic mapping must be in <addr>=<id> format")
+        try:
+            qid = int(parts[1], 10)
+        except ValueError:
+            raise self.fatal(f'Error: strconv.ParseInt: parsing "{parts[1]}": invalid syntax') from None
+        qreal = self.model(QuicReal, parts[0], qid)
+        action = ModifyAction.DEL if delete else ModifyAction.ADD
+        if self.update(self.kc.modify_quic_reals_mapping, action, [qreal]):
+            self.log("Quic mapping modified")
+
+    def list_vip_and_reals(self, vip: VipKey) -> None:
+        reals = self.check(self.kc.get_reals_for_vip, vip)
+        proto = "tcp" if vip.proto == IPPROTO_TCP else "udp"
+        self.printf(f"VIP: {str(vip.address):>20} Port: {vip.port:>6} Protocol: {proto}\n")
+        flags = self.check(self.kc.get_vip_flags, vip)
+        self.printf(f"Vip's flags: {_vip_flags_text(flags)}\n")
+        for real in reals:
+            self.printf(f"{' ->' + str(real.address):<20} weight: {real.weight} flags: {_real_flags_text(real.flags)}\n")
+
+    def list(self) -> None:
+        vips = self.check(self.kc.get_all_vips)
+        self.log(f"vips len {len(vips)}")
+        for vip in vips:
+            self.list_vip_and_reals(vip)
+
+    def clear_all(self) -> None:
+        self.printf("Deleting Vips\n")
+        for vip in self.check(self.kc.get_all_vips):
+            try:
+                self.kc.del_vip(vip)
+            except KatranClientError as exc:
+                self.failed = True
+                self.printf(f"error while deleting vip: {vip.address}\n")
+                self.log(f"{exc.rpc} failed: {exc.code}: {exc.message}")
+        self.printf("Deleting Healthchecks\n")
+        for somark in self.check(self.kc.get_healthcheckers_dst):
+            try:
+                self.kc.del_healthchecker_dst(somark)
+            except KatranClientError as exc:
+                self.failed = True
+                self.printf(f"error while deleting hc w/ somark: {somark}\n")
+                self.log(f"{exc.rpc} failed: {exc.code}: {exc.message}")
+
+    def list_qm(self) -> None:
+        self.printf("printing address to quic's connection id mapping\n")
+        for qr in self.check(self.kc.get_quic_reals_mapping):
+            self.printf(f"real: {str(qr.address):>20} = connection id: {qr.id:>6}\n")
+
+    def add_hc(self, addr: str, somark: int) -> None:
+        if not self.update(self.kc.add_healthchecker_dst, somark & 0xFFFFFFFF, addr):
+            self.printf(f"error while add hc w/ somark: {somark} and addr {addr}\n")
+
+    def del_hc(self, somark: int) -> None:
+        if not self.update(self.kc.del_healthchecker_dst, somark & 0xFFFFFFFF):
+            self.printf(f"error while deleting hc w/ somark: {somark}\n")
+
+    def list_hc(self) -> None:
+        hcs = self.check(self.kc.get_healthcheckers_dst)
+        for somark in sorted(hcs):
+            self.printf(f"somark: {somark:>10} addr: {hcs[somark]:>10}\n")
+
+    # ------------------------------------------------------------ stats loops
+    def loop(self, one_round: Callable[[], None]) -> None:
+        """Run a stats round every -interval seconds; -count rounds if given."""
+        rounds = 0
+        while True:
+            one_round()
+            rounds += 1
+            if self.ns.count and rounds >= self.ns.count:
+                return
+            time.sleep(self.ns.interval)
+
+    def retry_later(self, exc: KatranClientError) -> None:
+        # the Go client retries at once (a busy loop); we report and wait a round
+        self.log(f"Error: {go_error(exc)}")
+
+    def show_sum_stats(self) -> None:
+        vips = self.check(self.kc.get_all_vips)
+        old = [0, 0]
+
+        def one_round() -> None:
+            pkts = nbytes = 0
+            for vip in vips:
+                try:
+                    stats = self.kc.get_stats_for_vip(vip)
+                except KatranClientError:
+                    continue
+                pkts += stats.v1
+                nbytes += stats.v2
+            self.printf(f"summary: {_diff(pkts, old[0])} pkts/sec {_diff(nbytes, old[1])} bytes/sec\n")
+            old[:] = [pkts, nbytes]
+
+        self.loop(one_round)
+
+    def show_lru_stats(self) -> None:
+        old = [0, 0, 0, 0, 0]  # total, miss, tcp syn miss, tcp non-syn miss, fallback hits
+
+        def one_round() -> None:
+            try:
+                lru = self.kc.get_lru_stats()
+                miss = self.kc.get_lru_miss_stats()
+                fallback = self.kc.get_lru_fallback_stats()
+            except KatranClientError as exc:
+                self.retry_later(exc)
+                return
+            total = _diff(lru.v1, old[0])
+            d_miss = _diff(lru.v2, old[1])
+            d_syn = _diff(miss.v1, old[2])
+            d_non_syn = _diff(miss.v2, old[3])
+            d_fallback = _diff(fallback.v1, old[4])
+            lru_miss = tcp_miss = tcp_non_syn = udp_miss = lru_hit = 0.0
+            if total:
+                lru_miss = d_miss / total
+                tcp_miss = d_syn / total
+                tcp_non_syn = d_non_syn / total
+                udp_miss = 1 - (tcp_miss + tcp_non_syn)
+                lru_hit = 1 - lru_miss
+            # Katran prints the tcp/udp shares as fractions followed by "%"; kept as is.
+            self.printf(
+                f"summary: {total} pkts/sec. lru hit: {lru_hit * 100:.2f}% lru miss: {lru_miss * 100:.2f}% "
+                f"(tcp syn: {tcp_miss:.2f}% tcp non-syn: {tcp_non_syn:.2f}% udp: {udp_miss:.2f}%)"
+                f" fallback lru hit: {d_fallback} pkts/sec\n"
+            )
+            old[:] = [lru.v1, lru.v2, miss.v1, miss.v2, fallback.v1]
+
+        self.loop(one_round)
+
+    def show_per_vip_stats(self) -> None:
+        vips = self.check(self.kc.get_all_vips)
+        old = {vip: (0, 0) for vip in vips}
+
+        def one_round() -> None:
+            for vip in vips:
+                try:
+                    stats = self.kc.get_stats_for_vip(vip)
+                except KatranClientError:
+                    continue
+                key = f"{vip.address}:{vip.port}:{vip.proto}"
+                self.printf(f"vip: {key:>16} : {_diff(stats.v1, old[vip][0]):>8} pkts/sec "
+                            f"{_diff(stats.v2, old[vip][1]):>8} bytes/sec\n")
+                old[vip] = (stats.v1, stats.v2)
+
+        self.loop(one_round)
+
+    def show_icmp_stats(self) -> None:
+        old = [0, 0]
+
+        def one_round() -> None:
+            icmp = self.check(self.kc.get_icmp_too_big_stats)
+            self.printf(f'ICMP "packet too big": v4 {_diff(icmp.v1, old[0])} pkts/sec '
+                        f"v6: {_diff(icmp.v2, old[1])} pkts/sec\n")
+            old[:] = [icmp.v1, icmp.v2]
+
+        self.loop(one_round)
+
+    # ------------------------------------------------------------ extensions
+    def show_real_stats(self, vip: Optional[VipKey], real_addr: str) -> None:
+        if real_addr:
+            addresses = [str(self.model(Real, real_addr).address)]
+        else:
+            vips = [vip] if vip is not None else self.check(self.kc.get_all_vips)
+            addresses = []
+            for v in vips:
+                for real in self.check(self.kc.get_reals_for_vip, v):
+                    if str(real.address) not in addresses:
+                        addresses.append(str(real.address))
+        index = {addr: self.check(self.kc.get_index_for_real, addr) for addr in addresses}
+        old = {addr: (0, 0) for addr in addresses}
+
+        def one_round() -> None:
+            for addr in addresses:
+                try:
+                    stats = self.kc.get_real_stats(index[addr])
+                except KatranClientError as exc:
+                    self.retry_later(exc)
+                    continue
+                self.printf(f"real: {addr:>16} : {_diff(stats.v1, old[addr][0]):>8} pkts/sec "
+                            f"{_diff(stats.v2, old[addr][1]):>8} bytes/sec\n")
+                old[addr] = (stats.v1, stats.v2)
+
+        self.loop(one_round)
+
+    def show_xdp_stats(self) -> None:
+        old = [0, 0, 0, 0, 0]
+
+        def one_round() -> None:
+            try:
+                total = self.kc.get_xdp_total_stats()
+                tx = self.kc.get_xdp_tx_stats()
+                drop = self.kc.get_xdp_drop_stats()
+                pss = self.kc.get_xdp_pass_stats()
+            except KatranClientError as exc:
+                self.retry_later(exc)
+                return
+            now = [total.v1, total.v2, tx.v1, drop.v1, pss.v1]
+            d = [_diff(n, o) for n, o in zip(now, old)]
+            self.printf(f"xdp total: {d[0]} pkts/sec {d[1]} bytes/sec tx: {d[2]} pkts/sec "
+                        f"drop: {d[3]} pkts/sec pass: {d[4]} pkts/sec\n")
+            old[:] = now
+
+        self.loop(one_round)
+
+    def show_core_stats(self) -> None:
+        old: list[int] = []
+
+        def one_round() -> None:
+            try:
+                counts = self.kc.get_per_core_packets_stats()
+            except KatranClientError as exc:
+                self.retry_later(exc)
+                return
+            prev = old + [0] * (len(counts) - len(old))
+            for cpu, (n, o) in enumerate(zip(counts, prev)):
+                self.printf(f"cpu {cpu}: {_diff(n, o)} pkts/sec\n")
+            old[:] = counts
+
+        self.loop(one_round)
+
+    def show_hc_stats(self) -> None:
+        old = [0, 0, 0, 0]
+
+        def one_round() -> None:
+            try:
+                s = self.kc.get_hc_program_stats()
+            except KatranClientError as exc:
+                self.retry_later(exc)
+                return
+            now = [s.processed, s.dropped, s.skipped, s.too_big]
+            d = [_diff(n, o) for n, o in zip(now, old)]
+            self.printf(f"hc: processed: {d[0]} pkts/sec dropped: {d[1]} pkts/sec skipped: {d[2]} pkts/sec "
+                        f"too big: {d[3]} pkts/sec\n")
+            old[:] = now
+
+        self.loop(one_round)
+
+    def modify_real(self, addr: str, flags_text: str, set_flag: bool) -> None:
+        flags = self.parse_flags(flags_text, RealFlag)
+        if flags is None:
+            return
+        if self.update(self.kc.modify_real, addr, flags, set_flag):
+            self.log("Real modified")
+
+    def real_info(self, addr: str) -> None:
+        index = self.check(self.kc.get_index_for_real, addr)
+        flags = self.check(self.kc.get_real_flags, addr)
+        self.printf(f"real: {addr} index: {index} flags: {_real_flags_text(flags)}\n")
+
+    def change_hash(self, vip: VipKey, name: str) -> None:
+        try:
+            func = HashFunction[name.strip().upper()]
+        except KeyError:
+            raise self.fatal(f"unknown hash function: {name} (expected maglev or maglev_v2)") from None
+        self.check(self.kc.change_hash_function_for_vip, vip, func)
+        self.log("Vip modified")
+
+    def show_hash(self, vip: VipKey) -> None:
+        func = self.check(self.kc.get_hash_function_for_vip, vip)
+        self.printf(f"hash function: {func.name.lower()}\n")
+
+    def real_for_flow(self, vip: VipKey, src: str) -> None:
+        src_vip = self.parse_vip(src, vip.proto)  # same <addr>:<port> syntax
+        flow = self.model(Flow, src_vip.address, vip.address, src_vip.port, vip.port, vip.proto)
+        real = self.check(self.kc.get_real_for_flow, flow)
+        self.printf(f"real: {real}\n" if real is not None else "no real for this flow\n")
+
+    # ------------------------------------------------------------ dispatch
+    def run(self) -> None:
+        """katranc's main(): the first matching command runs."""
+        ns = self.ns
+        service, proto = "", 0
+        if ns.t:
+            service, proto = ns.t, IPPROTO_TCP
+        elif ns.u:
+            service, proto = ns.u, IPPROTO_UDP
+        if ns.change_mac:
+            self.change_mac(ns.change_mac)
+        elif ns.list_mac:
+            self.get_mac()
+        elif ns.A:
+            self.add_or_modify_service(service, ns.vf, proto, False, True)
+        elif ns.l:
+            self.list()
+        elif ns.D:
+            self.del_service(service, proto)
+        elif ns.E:
+            self.add_or_modify_service(service, ns.vf, proto, True, not ns.unset)
+        elif ns.a or ns.e:
+            self.update_server_for_vip(service, proto, ns.r, ns.w, ns.rf, False)
+        elif ns.d:
+            self.update_server_for_vip(service, proto, ns.r, ns.w, ns.rf, True)
+        elif ns.del_qm:
+            self.modify_quic_mappings(ns.quic_mapping, True)
+        elif ns.quic_mapping:
+            self.modify_quic_mappings(ns.quic_mapping, False)
+        elif ns.list_qm:
+            self.list_qm()
+        elif ns.C:
+            self.clear_all()
+        elif ns.new_hc:
+            self.add_hc(ns.new_hc, ns.somark)
+        elif ns.del_hc:
+            self.del_hc(ns.somark)
+        elif ns.list_hc:
+            self.list_hc()
+        elif ns.s:
+            if ns.sum:
+                self.show_sum_stats()
+            elif ns.lru:
+                self.show_lru_stats()
+            elif ns.icmp:
+                self.show_icmp_stats()
+            elif ns.reals:
+                self.show_real_stats(self.parse_vip(service, proto) if service else None, ns.r)
+            elif ns.xdp:
+                self.show_xdp_stats()
+            elif ns.cores:
+                self.show_core_stats()
+            elif ns.hc_stats:
+                self.show_hc_stats()
+            else:
+                self.show_per_vip_stats()
+        # extensions: none of them is a katranc command line
+        elif ns.rf and ns.r:
+            self.modify_real(ns.r, ns.rf, not ns.unset)
+        elif ns.real_info:
+            self.real_info(ns.r)
+        elif ns.hash:
+            self.change_hash(self.parse_vip(service, proto), ns.hash)
+        elif ns.show_hash:
+            self.show_hash(self.parse_vip(service, proto))
+        elif ns.flow:
+            self.real_for_flow(self.parse_vip(service, proto), ns.flow)
+        self.printf("exiting\n")
+
+
+def main(argv: Optional[list[str]] = None, *, client_factory: Optional[Callable[[object], KatranClient]] = None) -> int:
+    """Entry point of katran-cli; returns the exit status."""
+    fs = build_flags()
+    try:
+        ns = fs.parse(sys.argv[1:] if argv is None else argv)
+    except HelpRequested:
+        fs.usage()
+        return 0
+    except FlagError as exc:
+        print(exc, file=sys.stderr)
+        fs.usage()
+        return 2
+    try:
+        client = (client_factory or make_grpc_client)(ns)
+    except KatranError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    cli = Cli(client, ns)
+    try:
+        cli.run()
+    except Fatal:
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+    return 1 if cli.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Client side: the transport-neutral ``KatranClient`` interface used by
+katran-cli, and its gRPC implementation ``GrpcKatranClient``.
+
+Values in and out are katran.models values (VipKey, Real, QuicReal, Flow,
+LbStats); method names are KatranLb's.  Failures raise:
+
+* ``OperationFailed``: the server answered "no" (Katran's Bool{success:
+  false}); ``code``/``message`` come from the trailing metadata when the
+  server sends them (ours does, Katran's C++ server does not).
+* ``RpcFailed``: the call itself failed (status code != OK, server down, ...).
+
+Another transport (e.g. thrift) implements ``KatranClient`` and is passed to
+``katran_grpc.cli.main(argv, client_factory=...)``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Optional
+
+import grpc
+
+from katran.errors import ValidationError
+from katran.healthcheck import HcStats
+from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey
+
+from . import ERROR_CODE_KEY, ERROR_KEY
+from . import katran_ext_pb2 as ext_pb
+from . import katran_ext_pb2_grpc as ext_grpc
+from . import katran_pb2 as pb
+from . import katran_pb2_grpc as pb_grpc
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+_U32 = (1 << 32) - 1
+
+
+class KatranClientError(Exception):
+    """A call failed; ``code`` is a gRPC status code name (e.g. "NOT_FOUND")."""
+
+    def __init__(self, rpc: str, code: str, message: str) -> None:
+        super().__init__(f"{rpc}: {code}: {message}")
+        self.rpc = rpc
+        self.code = code
+        self.message = message
+
+
+class RpcFailed(KatranClientError):
+    """The RPC failed (non-OK status, unreachable server, deadline, ...)."""
+
+
+class OperationFailed(KatranClientError):
+    """The server refused the operation (Katran's Bool{success: false})."""
+
+
+class KatranClient(abc.ABC):
+    """What katran-cli needs from a transport; names and values as KatranLb's."""
+
+    # Katran's KatranService
+    @abc.abstractmethod
+    def change_mac(self, mac: str) -> None: ...
+    @abc.abstractmethod
+    def get_mac(self) -> str: ...
+    @abc.abstractmethod
+    def add_vip(self, vip: VipKey, flags: int = 0) -> None: ...
+    @abc.abstractmethod
+    def del_vip(self, vip: VipKey) -> None: ...
+    @abc.abstractmethod
+    def get_all_vips(self) -> list[VipKey]: ...
+    @abc.abstractmethod
+    def modify_vip(self, vip: VipKey, flags: int, set_flag: bool = True) -> None: ...
+    @abc.abstractmethod
+    def get_vip_flags(self, vip: VipKey) -> int: ...
+    @abc.abstractmethod
+    def modify_real(self, address: str, flags: int, set_flag: bool = True) -> None: ...
+    @abc.abstractmethod
+    def get_real_flags(self, address: str) -> int: ...
+    @abc.abstractmethod
+    def add_real_for_vip(self, real: Real, vip: VipKey) -> None: ...
+    @abc.abstractmethod
+    def del_real_for_vip(self, real: Real, vip: VipKey) -> None: ...
+    @abc.abstractmethod
+    def modify_reals_for_vip(self, action: ModifyAction, reals: list[Real], vip: VipKey) -> None: ...
+    @abc.abstractmethod
+    def get_reals_for_vip(self, vip: VipKey) -> list[Real]: ...
+    @abc.abstractmethod
+    def modify_quic_reals_mapping(self, action: ModifyAction, reals: list[QuicReal]) -> None: ...
+    @abc.abstractmethod
+    def get_quic_reals_mapping(self) -> list[QuicReal]: ...
+    @abc.abstractmethod
+    def get_stats_for_vip(self, vip: VipKey) -> LbStats: ...
+    @abc.abstractmethod
+    def get_lru_stats(self) -> LbStats: ...
+    @abc.abstractmethod
+    def get_lru_miss_stats(self) -> LbStats: ...
+    @abc.abstractmethod
+    def get_lru_fallback_stats(self) -> LbStats: ...
+    @abc.abstractmethod
+    def get_icmp_too_big_stats(self) -> LbStats: ...
+    @abc.abstractmethod
+    def add_healthchecker_dst(self, somark: int, address: str) -> None: ...
+    @abc.abstractmethod
+    def del_healthchecker_dst(self, somark: int) -> None: ...
+    @abc.abstractmethod
+    def get_healthcheckers_dst(self) -> dict[int, str]: ...
+
+    # extensions
+    @abc.abstractmethod
+    def get_index_for_real(self, address: str) -> int: ...
+    @abc.abstractmethod
+    def get_real_stats(self, index: int) -> LbStats: ...
+    @abc.abstractmethod
+    def get_xdp_total_stats(self) -> LbStats: ...
+    @abc.abstractmethod
+    def get_xdp_tx_stats(self) -> LbStats: ...
+    @abc.abstractmethod
+    def get_xdp_drop_stats(self) -> LbStats: ...
+    @abc.abstractmethod
+    def get_xdp_pass_stats(self) -> LbStats: ...
+    @abc.abstractmethod
+    def get_ch_drop_stats(self) -> LbStats: ...
+    @abc.abstractmethod
+    def get_encap_fail_stats(self) -> LbStats: ...
+    @abc.abstractmethod
+    def get_katran_lb_stats(self) -> LbStats: ...
+    @abc.abstractmethod
+    def get_per_core_packets_stats(self) -> list[int]: ...
+    @abc.abstractmethod
+    def change_hash_function_for_vip(self, vip: VipKey, hash_function: HashFunction) -> None: ...
+    @abc.abstractmethod
+    def get_hash_function_for_vip(self, vip: VipKey) -> HashFunction: ...
+    @abc.abstractmethod
+    def get_real_for_flow(self, flow: Flow) -> Optional[str]: ...
+    @abc.abstractmethod
+    def get_hc_program_stats(self) -> HcStats: ...
+
+    def close(self) -> None:
+        """Release the connection."""
+
+    def __enter__(self) -> "KatranClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _int32(value: int, field: str) -> int:
+    """Katran's proto has int32 fields for values we hold as unsigned."""
+    if not -(1 << 31) <= value < (1 << 31):
+        raise ValidationError(field, value, "does not fit the int32 field of Katran's protocol")
+    return value
+
+
+def _vip_msg(vip: VipKey) -> pb.Vip:
+    return pb.Vip(address=str(vip.address), port=vip.port, protocol=vip.proto)
+
+
+def _real_msg(real: Real) -> pb.Real:
+    return pb.Real(address=str(real.address), weight=_int32(real.weight, "real.weight"), flags=real.flags)
+
+
+def _stats(msg: pb.Stats) -> LbStats:
+    return LbStats(msg.v1, msg.v2)
+
+
+def channel_credentials(ca: str = "", cert: str = "", key: str = "") -> Optional[grpc.ChannelCredentials]:
+    """TLS credentials from PEM files (client cert/key for mTLS), or None for plaintext."""
+    if not (ca or cert or key):
+        return None
+
+    def read(path: str, field: str) -> Optional[bytes]:
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise ValidationError(field, path, f"cannot read: {exc.strerror}") from None
+
+    if bool(cert) != bool(key):
+        raise ValidationError("tls_cert" if not cert else "tls_key", cert or key, "mTLS needs both -tls_cert and -tls_key")
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca, "tls_ca"), private_key=read(key, "tls_key"), certificate_chain=read(cert, "tls_cert")
+    )
+
+
+class GrpcKatranClient(KatranClient):
+    """KatranClient over gRPC: lb.katran.KatranService (+ lb.katran.ext.KatranExtService)."""
+
+    def __init__(self, server: str = DEFAULT_SERVER, *, timeout: Optional[float] = 30.0,
+                 credentials: Optional[grpc.ChannelCredentials] = None, server_name: str = "") -> None:
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        if credentials is None:
+            self._channel = grpc.insecure_channel(server, options=options)
+        else:
+            self._channel = grpc.secure_channel(server, credentials, options=options)
+        self._katran = pb_grpc.KatranServiceStub(self._channel)
+        self._ext = ext_grpc.KatranExtServiceStub(self._channel)
+        self._timeout = timeout
+        self.server = server
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # ------------------------------------------------------------- plumbing
+    def _call(self, stub, rpc: str, request):
+        try:
+            return getattr(stub, rpc).with_call(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise RpcFailed(rpc, exc.code().name, exc.details() or "") from None
+
+    def _get(self, rpc: str, request, *, ext: bool = False):
+        return self._call(self._ext if ext else self._katran, rpc, request)[0]
+
+    def _ok(self, rpc: str, request) -> None:
+        response, call = self._call(self._katran, rpc, request)
+        if not response.success:
+            meta = {m.key: m.value for m in (call.trailing_metadata() or ())}
+            raise OperationFailed(rpc, meta.get(ERROR_CODE_KEY, "UNKNOWN"), meta.get(ERROR_KEY, "operation failed"))
+
+    # ------------------------------------------------------------- KatranService
+    def change_mac(self, mac: str) -> None:
+        self._ok("changeMac", pb.Mac(mac=mac))
+
+    def get_mac(self) -> str:
+        return self._get("getMac", pb.Empty()).mac
+
+    def add_vip(self, vip: VipKey, flags: int = 0) -> None:
+        self._ok("addVip", pb.VipMeta(vip=_vip_msg(vip), flags=flags))
+
+    def del_vip(self, vip: VipKey) -> None:
+        self._ok("delVip", _vip_msg(vip))
+
+    def get_all_vips(self) -> list[VipKey]:
+        return [VipKey(v.address, v.port, v.protocol) for v in self._get("getAllVips", pb.Empty()).vips]
+
+    def modify_vip(self, vip: VipKey, flags: int, set_flag: bool = True) -> None:
+        self._ok("modifyVip", pb.VipMeta(vip=_vip_msg(vip), flags=flags, setFlag=set_flag))
+
+    def get_vip_flags(self, vip: VipKey) -> int:
+        return self._get("getVipFlags", _vip_msg(vip)).flags
+
+    def modify_real(self, address: str, flags: int, set_flag: bool = True) -> None:
+        self._ok("modifyReal", pb.RealMeta(address=str(address), flags=_int32(flags, "flags"), setFlag=set_flag))
+
+    def get_real_flags(self, address: str) -> int:
+        return self._get("getRealFlags", pb.Real(address=str(address))).flags
+
+    def add_real_for_vip(self, real: Real, vip: VipKey) -> None:
+        self._ok("addRealForVip", pb.realForVip(real=_real_msg(real), vip=_vip_msg(vip)))
+
+    def del_real_for_vip(self, real: Real, vip: VipKey) -> None:
+        self._ok("delRealForVip", pb.realForVip(real=_real_msg(real), vip=_vip_msg(vip)))
+
+    def modify_reals_for_vip(self, action: ModifyAction, reals: list[Real], vip: VipKey) -> None:
+        msg = pb.modifiedRealsForVip(
+            action=int(action), real=pb.Reals(reals=[_real_msg(r) for r in reals]), vip=_vip_msg(vip)
+        )
+        self._ok("modifyRealsForVip", msg)
+
+    def get_reals_for_vip(self, vip: VipKey) -> list[Real]:
+        reals = self._get("getRealsForVip", _vip_msg(vip)).reals
+        return [Real(r.address, r.weight & _U32, r.flags) for r in reals]
+
+    def modify_quic_reals_mapping(self, action: ModifyAction, reals: list[QuicReal]) -> None:
+        qreals = [pb.QuicReal(address=str(q.address), id=_int32(q.id, "quic_real.id")) for q in reals]
+        self._ok("modifyQuicRealsMapping", pb.modifiedQuicReals(action=int(action), reals=pb.QuicReals(qreals=qreals)))
+
+    def get_quic_reals_mapping(self) -> list[QuicReal]:
+        return [QuicReal(q.address, q.id & _U32) for q in self._get("getQuicRealsMapping", pb.Empty()).qreals]
+
+    def get_stats_for_vip(self, vip: VipKey) -> LbStats:
+        return _stats(self._get("getStatsForVip", _vip_msg(vip)))
+
+    def get_lru_stats(self) -> LbStats:
+        return _stats(self._get("getLruStats", pb.Empty()))
+
+    def get_lru_miss_stats(self) -> LbStats:
+        return _stats(self._get("getLruMissStats", pb.Empty()))
+
+    def get_lru_fallback_stats(self) -> LbStats:
+        return _stats(self._get("getLruFallbackStats", pb.Empty()))
+
+    def get_icmp_too_big_stats(self) -> LbStats:
+        return _stats(self._get("getIcmpTooBigStats", pb.Empty()))
+
+    def add_healthchecker_dst(self, somark: int, address: str) -> None:
+        self._ok("addHealthcheckerDst", pb.Healthcheck(somark=somark, address=str(address)))
+
+    def del_healthchecker_dst(self, somark: int) -> None:
+        self._ok("delHealthcheckerDst", pb.Somark(somark=somark))
+
+    def get_healthcheckers_dst(self) -> dict[int, str]:
+        hcs = self._get("getHealthcheckersDst", pb.Empty()).healthchecks
+        return {somark & _U32: addr for somark, addr in hcs.items()}
+
+    # ------------------------------------------------------------- KatranExtService
+    def get_index_for_real(self, address: str) -> int:
+        return self._get("getIndexForReal", ext_pb.RealAddress(address=str(address)), ext=True).index
+
+    def get_real_stats(self, index: int) -> LbStats:
+        return _stats(self._get("getRealStats", ext_pb.RealIndex(index=index), ext=True))
+
+    def get_xdp_total_stats(self) -> LbStats:
+        return _stats(self._get("getXdpTotalStats", pb.Empty(), ext=True))
+
+    def get_xdp_tx_stats(self) -> LbStats:
+        return _stats(self._get("getXdpTxStats", pb.Empty(), ext=True))
+
+    def get_xdp_drop_stats(self) -> LbStats:
+        return _stats(self._get("getXdpDropStats", pb.Empty(), ext=True))
+
+    def get_xdp_pass_stats(self) -> LbStats:
+        return _stats(self._get("getXdpPassStats", pb.Empty(), ext=True))
+
+    def get_ch_drop_stats(self) -> LbStats:
+        return _stats(self._get("getChDropStats", pb.Empty(), ext=True))
+
+    def get_encap_fail_stats(self) -> LbStats:
+        return _stats(self._get("getEncapFailStats", pb.Empty(), ext=True))
+
+    def get_katran_lb_stats(self) -> LbStats:
+        return _stats(self._get("getKatranLbStats", pb.Empty(), ext=True))
+
+    def get_per_core_packets_stats(self) -> list[int]:
+        return list(self._get("getPerCorePacketsStats", pb.Empty(), ext=True).packets)
+
+    def change_hash_function_for_vip(self, vip: VipKey, hash_function: HashFunction) -> None:
+        msg = ext_pb.VipHashFunction(vip=_vip_msg(vip), hash_function=int(hash_function))
+        self._get("changeHashFunctionForVip", msg, ext=True)
+
+    def get_hash_function_for_vip(self, vip: VipKey) -> HashFunction:
+        return HashFunction(self._get("getHashFunctionForVip", _vip_msg(vip), ext=True).hash_function)
+
+    def get_real_for_flow(self, flow: Flow) -> Optional[str]:
+        msg = ext_pb.Flow(src=str(flow.src), dst=str(flow.dst), src_port=flow.src_port, dst_port=flow.dst_port,
+                          protocol=flow.proto)
+        found = self._get("getRealForFlow", msg, ext=True)
+        return found.address if found.found else None
+
+    def get_hc_program_stats(self) -> HcStats:
+        s = self._get("getHealthcheckProgramStats", pb.Empty(), ext=True)
+        return HcStats(processed=s.packets_processed, dropped=s.packets_dropped, skipped=s.packets_skipped,
+                       too_big=s.packets_too_big, dst_matched=s.packets_dst_matched, src_matched=s.packets_src_matched)

@@ -1,0 +1,279 @@
+"""katran-server-grpc: Katran's example gRPC server, in Python.
+
+Takes the flags of Katran's ``katran_server_grpc`` (Go style ``-flag=value``
+/ ``-flag value``, or GNU style ``--flag``), builds a ``KatranConfig``,
+starts a ``KatranLb`` and serves ``lb.katran.KatranService`` (Katran's API),
+``lb.katran.ext.KatranExtService`` (our extensions), the gRPC health service
+and server reflection.
+
+Differences from Katran's server: listens on 127.0.0.1:50051 by default,
+optional TLS / mTLS, ``-testing`` loads the programs without attaching them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from typing import Optional
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from katran.config import KatranConfig
+from katran.errors import KatranError, ValidationError
+from katran.models import HashFunction
+
+from . import EXT_SERVICE, KATRAN_SERVICE
+from .goflags import FlagError, FlagSet, HelpRequested
+from .service import add_services
+
+PROG = "katran-server-grpc"
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+log = logging.getLogger("katran_grpc.server")
+
+# KatranConfig field -> the flag that sets it (for error messages).
+_FLAG_OF_FIELD = {
+    "main_interface": "intf",
+    "hc_interface": "hc_intf",
+    "v4_tun_interface": "ipip_intf",
+    "v6_tun_interface": "ipip6_intf",
+    "balancer_prog_path": "balancer_prog",
+    "healthchecking_prog_path": "healthchecker_prog",
+    "root_map_path": "map_path",
+    "root_map_pos": "prog_pos",
+    "enable_hc": "hc_forwarding",
+    "xdp_attach_mode": "xdp_mode",
+}
+
+
+class ServerError(Exception):
+    """The gRPC server could not be set up (bind failure, bad TLS files, ...)."""
+
+
+def build_flags() -> FlagSet:
+    """The server's flags: Katran's names and defaults, plus our extras."""
+    fs = FlagSet(PROG, "katran gRPC server (Katran-compatible lb.katran.KatranService)")
+    # Katran's katran_server_grpc flags
+    fs.string("server", DEFAULT_ADDRESS, "Service server:port (Katran's default is 0.0.0.0:50051)")
+    fs.string("intf", "eth0", "main interface")
+    fs.string("hc_intf", "", "interface for healthchecking")
+    fs.string("ipip_intf", "ipip0", "ipip (v4) encap interface")
+    fs.string("ipip6_intf", "ipip60", "ip(6)ip6 (v6) encap interface")
+    fs.string("balancer_prog", "", "path to balancer bpf prog (default: the packaged balancer.bpf.o)")
+    fs.string("healthchecker_prog", "", "path to healthchecking bpf prog (default: the packaged object)")
+    fs.string("default_mac", "00:00:00:00:00:01", "mac address of default router. must be in format: xx:xx:xx:xx:xx:xx")
+    fs.int("priority", 2307, "tc's priority for bpf progs")
+    fs.string("map_path", "", "path to pinned map from root xdp prog. default path forces to work in standalone mode")
+    fs.int("prog_pos", 2, "katran's position inside root xdp array")
+    fs.bool("hc_forwarding", True, "turn on forwarding path for healthchecks")
+    fs.int("shutdown_delay", 10000, "shutdown delay in milliseconds")
+    fs.int("lru_size", 8000000, "size of LRU table")
+    fs.string("forwarding_cores", "", "comma separated list of forwarding cores (default: every CPU)")
+    fs.string("numa_nodes", "", "comma separated list of numa nodes to forwarding cores mapping")
+    # ours
+    fs.bool("testing", False, "load and provision the programs without attaching them")
+    fs.string("hash_function", "maglev_v2", "default hash function of new VIPs: maglev or maglev_v2 (as Katran's example server)")
+    fs.int("max_vips", 512, "maximum number of VIPs")
+    fs.int("max_reals", 4096, "maximum number of reals")
+    fs.int("ch_ring_size", 65537, "consistent hashing ring size per VIP")
+    fs.string("xdp_mode", "native", "XDP attach mode: native, generic or offload")
+    fs.string("tls_cert", "", "PEM server certificate (enables TLS; needs -tls_key)")
+    fs.string("tls_key", "", "PEM private key of -tls_cert")
+    fs.string("tls_client_ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
+    fs.int("workers", 8, "gRPC worker threads")
+    return fs
+
+
+def _hash_function(value: str) -> HashFunction:
+    names = {"maglev": HashFunction.MAGLEV, "maglev_v2": HashFunction.MAGLEV_V2, "0": HashFunction.MAGLEV,
+             "1": HashFunction.MAGLEV_V2}
+    try:
+        return names[value.strip().lower()]
+    except KeyError:
+        raise ValidationError("hash_function", value, "expected maglev or maglev_v2") from None
+
+
+def config_from_flags(ns) -> KatranConfig:
+    """Map the parsed flags onto a KatranConfig (raises ValidationError)."""
+    return KatranConfig(
+        main_interface=ns.intf,
+        hc_interface=ns.hc_intf,
+        v4_tun_interface=ns.ipip_intf,
+        v6_tun_interface=ns.ipip6_intf,
+        balancer_prog_path=ns.balancer_prog or None,
+        healthchecking_prog_path=ns.healthchecker_prog or None,
+        default_mac=ns.default_mac,
+        priority=ns.priority,
+        root_map_path=ns.map_path or None,
+        root_map_pos=ns.prog_pos,
+        enable_hc=ns.hc_forwarding,
+        lru_size=ns.lru_size,
+        forwarding_cores=ns.forwarding_cores or None,
+        numa_nodes=ns.numa_nodes or None,
+        hash_function=_hash_function(ns.hash_function),
+        max_vips=ns.max_vips,
+        max_reals=ns.max_reals,
+        ch_ring_size=ns.ch_ring_size,
+        xdp_attach_mode=ns.xdp_mode,
+        testing=ns.testing,
+    )
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValidationError(flag, path, f"cannot read: {exc.strerror}") from None
+
+
+def server_credentials(cert: str = "", key: str = "", client_ca: str = "") -> Optional[grpc.ServerCredentials]:
+    """TLS credentials from PEM files, or None for plaintext.  client_ca turns on mTLS."""
+    if not (cert or key or client_ca):
+        return None
+    if not cert or not key:
+        raise ValidationError("tls_cert" if not cert else "tls_key", cert or key or "", "TLS needs both -tls_cert and -tls_key")
+    pair = (_read(key, "tls_key"), _read(cert, "tls_cert"))
+    ca = _read(client_ca, "tls_client_ca") if client_ca else None
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+class KatranGrpcServer:
+    """A grpc.Server serving both katran services over ``lb`` (not started yet).
+
+    The port is bound in the constructor (port 0 picks a free one; see
+    ``address``).  ``lb`` is neither started nor closed here.
+    """
+
+    def __init__(self, lb, address: str = DEFAULT_ADDRESS, *, credentials: Optional[grpc.ServerCredentials] = None,
+                 max_workers: int = 8) -> None:
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="katran-grpc"),
+            options=[("grpc.so_reuseport", 0)],  # a busy port must be an error
+        )
+        add_services(self._server, lb)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        for name in ("", KATRAN_SERVICE, EXT_SERVICE):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            (KATRAN_SERVICE, EXT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        try:
+            if credentials is None:
+                port = self._server.add_insecure_port(address)
+            else:
+                port = self._server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise ServerError(f"cannot listen on {address}: {exc}") from None
+        if not port:
+            raise ServerError(f"cannot listen on {address}")
+        host = address.rsplit(":", 1)[0]
+        self.port: int = port
+        self.address: str = f"{host}:{port}"
+        self._stopped = False
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, delay_ms: int = 0) -> None:
+        """Stop accepting RPCs now; return once ``delay_ms`` has passed and
+        in-flight RPCs are done (they get ``delay_ms`` to finish)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        deadline = time.monotonic() + max(delay_ms, 0) / 1000.0
+        self._health.enter_graceful_shutdown()
+        done = self._server.stop(grace=max(delay_ms, 0) / 1000.0 or None)
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+        done.wait()
+
+    def wait_for_termination(self, timeout: Optional[float] = None) -> bool:
+        return self._server.wait_for_termination(timeout)
+
+
+def _error_line(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, ValidationError):
+        flag = _FLAG_OF_FIELD.get(exc.field, exc.field)
+        if flag in build_flags()._flags:
+            text += f" (flag -{flag})"
+    return f"{PROG}: error: {text}"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of katran-server-grpc; returns the exit status."""
+    fs = build_flags()
+    try:
+        ns = fs.parse(sys.argv[1:] if argv is None else argv)
+        if ns.args:
+            raise FlagError(f"unexpected argument: {ns.args[0]}")
+    except HelpRequested:
+        fs.usage()
+        return 0
+    except FlagError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        fs.usage()
+        return 2
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from katran.lb import KatranLb  # heavy import (cffi, libbpf) only once the flags are fine
+
+    lb = None
+    server = None
+    try:
+        config = config_from_flags(ns)
+        credentials = server_credentials(ns.tls_cert, ns.tls_key, ns.tls_client_ca)
+        if os.geteuid() != 0:
+            raise ServerError("must run as root (loading and attaching BPF programs needs CAP_BPF/CAP_NET_ADMIN)")
+        lb = KatranLb(config)
+        server = KatranGrpcServer(lb, ns.server, credentials=credentials, max_workers=ns.workers)
+        log.info("Starting Katran")
+        lb.start()
+        server.start()
+    except (KatranError, ServerError, OSError) as exc:
+        if server is not None:
+            server.stop()
+        if lb is not None:
+            try:
+                lb.close()
+            except KatranError:
+                pass
+        print(_error_line(exc), file=sys.stderr)
+        return 1
+
+    print(f"Server listening on {server.address}", flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame) -> None:
+        if stop.is_set():
+            log.info("Ignoring signal %d: shutdown already scheduled", signum)
+            return
+        log.info("Signal %d, stopping service in %d milliseconds.", signum, ns.shutdown_delay)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop.wait(0.5):
+        pass
+    server.stop(ns.shutdown_delay)
+    log.info("Stopping Katran!")
+    try:
+        lb.close()
+    except KatranError as exc:
+        print(_error_line(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

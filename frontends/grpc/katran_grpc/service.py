@@ -1,0 +1,321 @@
+"""The gRPC servicers: each RPC translates its message into katran.models
+values, makes exactly one ``KatranLb`` call and translates the result back.
+
+Error reporting:
+
+* Katran's ``KatranService`` keeps Katran's contract for the RPCs returning
+  ``Bool``: a failure is ``Bool{success: false}`` with status OK; the reason
+  is in the trailing metadata (``katran-error``: message,
+  ``katran-error-code``: the gRPC code name the error maps to).
+* Every other RPC (of both services) fails with a gRPC status code chosen
+  from the katran error class (see ``status_code_for``), the message as
+  details and the same trailing metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable
+
+import grpc
+
+from katran import errors
+from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey
+
+from . import ERROR_CODE_KEY, ERROR_KEY
+from . import katran_ext_pb2 as ext_pb
+from . import katran_ext_pb2_grpc as ext_grpc
+from . import katran_pb2 as pb
+from . import katran_pb2_grpc as pb_grpc
+
+log = logging.getLogger("katran_grpc")
+
+# Most specific first: AlreadyExistsError is a ValueError but no ValidationError.
+_STATUS_CODES: tuple = (
+    (errors.ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.CapacityError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.FeatureNotEnabledError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.KernelError, grpc.StatusCode.INTERNAL),
+    (errors.BuildError, grpc.StatusCode.INTERNAL),
+)
+
+
+def status_code_for(exc: errors.KatranError) -> grpc.StatusCode:
+    """The gRPC status code reporting a katran error."""
+    for cls, code in _STATUS_CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _report(context: grpc.ServicerContext, rpc: str, exc: errors.KatranError) -> grpc.StatusCode:
+    code = status_code_for(exc)
+    message = str(exc)
+    log.info("%s failed: %s: %s", rpc, code.name, message)
+    context.set_trailing_metadata(((ERROR_KEY, message), (ERROR_CODE_KEY, code.name)))
+    return code
+
+
+def _bool_rpc(method: Callable[[Any, Any], None]) -> Callable:
+    """Katran's Bool contract: success=True, or success=False + reason in trailers."""
+
+    @functools.wraps(method)
+    def handler(self, request, context):
+        try:
+            method(self, request)
+        except errors.KatranError as exc:
+            _report(context, method.__name__, exc)
+            return pb.Bool(success=False)
+        return pb.Bool(success=True)
+
+    return handler
+
+
+def _rpc(method: Callable[[Any, Any], Any]) -> Callable:
+    """Value-returning RPC: a katran error aborts with the matching status code."""
+
+    @functools.wraps(method)
+    def handler(self, request, context):
+        try:
+            return method(self, request)
+        except errors.KatranError as exc:
+            code = _report(context, method.__name__, exc)
+            context.abort(code, str(exc))
+
+    return handler
+
+
+# ---------------------------------------------------------------- translation
+def _int32(value: int) -> int:
+    """Katran's proto carries some u32 values in int32 fields (two's complement)."""
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+def vip_from_msg(msg: pb.Vip) -> VipKey:
+    return VipKey(msg.address, msg.port, msg.protocol)
+
+
+def vip_to_msg(vip: VipKey) -> pb.Vip:
+    return pb.Vip(address=str(vip.address), port=vip.port, protocol=vip.proto)
+
+
+def real_from_msg(msg: pb.Real) -> Real:
+    return Real(msg.address, msg.weight, msg.flags)
+
+
+def real_to_msg(real: Real) -> pb.Real:
+    return pb.Real(address=str(real.address), weight=_int32(real.weight), flags=real.flags)
+
+
+def action_from_msg(value: int) -> ModifyAction:
+    try:
+        return ModifyAction(value)
+    except ValueError:
+        raise errors.ValidationError("action", value, "expected ADD (0) or DEL (1)") from None
+
+
+def hash_function_from_msg(value: int) -> HashFunction:
+    try:
+        return HashFunction(value)
+    except ValueError:
+        raise errors.ValidationError("hash_function", value, "expected MAGLEV (0) or MAGLEV_V2 (1)") from None
+
+
+def stats_to_msg(stats: LbStats) -> pb.Stats:
+    return pb.Stats(v1=stats.v1, v2=stats.v2)
+
+
+# ---------------------------------------------------------------- services
+class KatranServicer(pb_grpc.KatranServiceServicer):
+    """lb.katran.KatranService over a KatranLb (wire-compatible with Katran)."""
+
+    def __init__(self, lb) -> None:
+        self._lb = lb
+
+    @_bool_rpc
+    def changeMac(self, request: pb.Mac) -> None:
+        self._lb.change_mac(request.mac)
+
+    @_rpc
+    def getMac(self, request: pb.Empty) -> pb.Mac:
+        return pb.Mac(mac=self._lb.get_mac())
+
+    @_bool_rpc
+    def addVip(self, request: pb.VipMeta) -> None:
+        self._lb.add_vip(vip_from_msg(request.vip), request.flags)
+
+    @_bool_rpc
+    def delVip(self, request: pb.Vip) -> None:
+        self._lb.del_vip(vip_from_msg(request))
+
+    @_rpc
+    def getAllVips(self, request: pb.Empty) -> pb.Vips:
+        return pb.Vips(vips=[vip_to_msg(v) for v in self._lb.get_all_vips()])
+
+    @_bool_rpc
+    def modifyVip(self, request: pb.VipMeta) -> None:
+        self._lb.modify_vip(vip_from_msg(request.vip), request.flags, request.setFlag)
+
+    @_bool_rpc
+    def modifyReal(self, request: pb.RealMeta) -> None:
+        self._lb.modify_real(request.address, request.flags, request.setFlag)
+
+    @_rpc
+    def getVipFlags(self, request: pb.Vip) -> pb.Flags:
+        return pb.Flags(flags=self._lb.get_vip_flags(vip_from_msg(request)))
+
+    @_rpc
+    def getRealFlags(self, request: pb.Real) -> pb.Flags:
+        return pb.Flags(flags=self._lb.get_real_flags(request.address))
+
+    @_bool_rpc
+    def addRealForVip(self, request: pb.realForVip) -> None:
+        self._lb.add_real_for_vip(real_from_msg(request.real), vip_from_msg(request.vip))
+
+    @_bool_rpc
+    def delRealForVip(self, request: pb.realForVip) -> None:
+        self._lb.del_real_for_vip(real_from_msg(request.real), vip_from_msg(request.vip))
+
+    @_bool_rpc
+    def modifyRealsForVip(self, request: pb.modifiedRealsForVip) -> None:
+        self._lb.modify_reals_for_vip(
+            action_from_msg(request.action),
+            [real_from_msg(r) for r in request.real.reals],
+            vip_from_msg(request.vip),
+        )
+
+    @_rpc
+    def getRealsForVip(self, request: pb.Vip) -> pb.Reals:
+        reals = self._lb.get_reals_for_vip(vip_from_msg(request))
+        return pb.Reals(reals=[real_to_msg(r) for r in reals])
+
+    @_bool_rpc
+    def modifyQuicRealsMapping(self, request: pb.modifiedQuicReals) -> None:
+        self._lb.modify_quic_reals_mapping(
+            action_from_msg(request.action),
+            [QuicReal(q.address, q.id) for q in request.reals.qreals],
+        )
+
+    @_rpc
+    def getQuicRealsMapping(self, request: pb.Empty) -> pb.QuicReals:
+        qreals = self._lb.get_quic_reals_mapping()
+        return pb.QuicReals(qreals=[pb.QuicReal(address=str(q.address), id=_int32(q.id)) for q in qreals])
+
+    @_rpc
+    def getStatsForVip(self, request: pb.Vip) -> pb.Stats:
+        return stats_to_msg(self._lb.get_stats_for_vip(vip_from_msg(request)))
+
+    @_rpc
+    def getLruStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_lru_stats())
+
+    @_rpc
+    def getLruMissStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_lru_miss_stats())
+
+    @_rpc
+    def getLruFallbackStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_lru_fallback_stats())
+
+    @_rpc
+    def getIcmpTooBigStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_icmp_too_big_stats())
+
+    @_bool_rpc
+    def addHealthcheckerDst(self, request: pb.Healthcheck) -> None:
+        self._lb.add_healthchecker_dst(request.somark, request.address)
+
+    @_bool_rpc
+    def delHealthcheckerDst(self, request: pb.Somark) -> None:
+        self._lb.del_healthchecker_dst(request.somark)
+
+    @_rpc
+    def getHealthcheckersDst(self, request: pb.Empty) -> pb.hcMap:
+        dsts = self._lb.get_healthcheckers_dst()
+        return pb.hcMap(healthchecks={_int32(somark): str(addr) for somark, addr in dsts.items()})
+
+
+class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
+    """lb.katran.ext.KatranExtService: what Katran's proto lacks."""
+
+    def __init__(self, lb) -> None:
+        self._lb = lb
+
+    @_rpc
+    def getIndexForReal(self, request: ext_pb.RealAddress) -> ext_pb.RealIndex:
+        return ext_pb.RealIndex(index=self._lb.get_index_for_real(request.address))
+
+    @_rpc
+    def getRealStats(self, request: ext_pb.RealIndex) -> pb.Stats:
+        return stats_to_msg(self._lb.get_real_stats(request.index))
+
+    @_rpc
+    def getXdpTotalStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_xdp_total_stats())
+
+    @_rpc
+    def getXdpTxStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_xdp_tx_stats())
+
+    @_rpc
+    def getXdpDropStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_xdp_drop_stats())
+
+    @_rpc
+    def getXdpPassStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_xdp_pass_stats())
+
+    @_rpc
+    def getChDropStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_ch_drop_stats())
+
+    @_rpc
+    def getEncapFailStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_encap_fail_stats())
+
+    @_rpc
+    def getKatranLbStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_katran_lb_stats())
+
+    @_rpc
+    def getPerCorePacketsStats(self, request: pb.Empty) -> ext_pb.PerCoreCounters:
+        return ext_pb.PerCoreCounters(packets=self._lb.get_per_core_packets_stats())
+
+    @_rpc
+    def changeHashFunctionForVip(self, request: ext_pb.VipHashFunction) -> pb.Empty:
+        self._lb.change_hash_function_for_vip(
+            vip_from_msg(request.vip), hash_function_from_msg(request.hash_function)
+        )
+        return pb.Empty()
+
+    @_rpc
+    def getHashFunctionForVip(self, request: pb.Vip) -> ext_pb.HashFunctionValue:
+        func = self._lb.get_hash_function_for_vip(vip_from_msg(request))
+        return ext_pb.HashFunctionValue(hash_function=int(func))
+
+    @_rpc
+    def getRealForFlow(self, request: ext_pb.Flow) -> ext_pb.RealForFlow:
+        flow = Flow(request.src, request.dst, request.src_port, request.dst_port, request.protocol)
+        address = self._lb.get_real_for_flow(flow)
+        return ext_pb.RealForFlow(found=address is not None, address=str(address or ""))
+
+    @_rpc
+    def getHealthcheckProgramStats(self, request: pb.Empty) -> ext_pb.HcProgramStats:
+        s = self._lb.get_hc_program_stats()
+        return ext_pb.HcProgramStats(
+            packets_processed=s.processed,
+            packets_dropped=s.dropped,
+            packets_skipped=s.skipped,
+            packets_too_big=s.too_big,
+            packets_dst_matched=s.dst_matched,
+            packets_src_matched=s.src_matched,
+        )
+
+
+def add_services(server: grpc.Server, lb) -> None:
+    """Register both katran services over ``lb`` on ``server``."""
+    pb_grpc.add_KatranServiceServicer_to_server(KatranServicer(lb), server)
+    ext_grpc.add_KatranExtServiceServicer_to_server(KatranExtServicer(lb), server)

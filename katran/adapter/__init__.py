@@ -1,0 +1,46 @@
+"""Kernel adapter: the only katran code talking to the kernel (libbpf via cffi, netlink via pyroute2)."""
+
+from .bpf import (
+    BPF_ANY,
+    BPF_EXIST,
+    BPF_F_NO_COMMON_LRU,
+    BPF_F_NO_PREALLOC,
+    BPF_F_NUMA_NODE,
+    BPF_F_TEST_XDP_LIVE_FRAMES,
+    BPF_MAP_TYPE_ARRAY,
+    BPF_MAP_TYPE_ARRAY_OF_MAPS,
+    BPF_MAP_TYPE_HASH,
+    BPF_MAP_TYPE_HASH_OF_MAPS,
+    BPF_MAP_TYPE_LPM_TRIE,
+    BPF_MAP_TYPE_LRU_HASH,
+    BPF_MAP_TYPE_LRU_PERCPU_HASH,
+    BPF_MAP_TYPE_PERCPU_ARRAY,
+    BPF_MAP_TYPE_PERCPU_HASH,
+    BPF_MAP_TYPE_PROG_ARRAY,
+    BPF_NOEXIST,
+    BPF_PROG_TYPE_SCHED_CLS,
+    BPF_PROG_TYPE_XDP,
+    XDP_ABORTED,
+    XDP_DROP,
+    XDP_PASS,
+    XDP_REDIRECT,
+    XDP_TX,
+    LoadedObject,
+    Map,
+    ObjectSpec,
+    Program,
+    TestRunResult,
+    btf_struct_layout,
+    create_map,
+    detach_xdp,
+    ensure_bpffs,
+    load_object,
+    map_fd_by_id,
+    num_possible_cpus,
+    prog_fd_by_id,
+    xdp_attached_prog_id,
+)
+
+import types as _types
+
+__all__ = [n for n, v in list(globals().items()) if not n.startswith("_") and not isinstance(v, _types.ModuleType)]

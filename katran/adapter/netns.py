@@ -1,0 +1,154 @@
+"""Network namespaces and veth pairs for tests and labs (pyroute2), always cleaned up.
+
+``veth_link()`` builds two namespaces joined by a veth pair with addresses on both
+ends; ``inside(netns)`` switches the *calling thread* into a namespace (sockets,
+netlink and BPF attach calls made there act on that namespace); ``run()`` runs a
+command in a namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import subprocess
+import threading
+from typing import Iterator, Sequence
+
+import attrs
+from pyroute2 import IPRoute, NetNS, netns as _netns
+
+from katran.errors import KernelError
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+_counter = itertools.count()
+_lock = threading.Lock()
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        raise KernelError(f"setns {what}", ctypes.get_errno())
+
+
+@contextlib.contextmanager
+def inside(netns: str) -> Iterator[None]:
+    """Run the body with the calling thread in ``netns`` (a name under /run/netns)."""
+    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        _setns(target, netns)
+        try:
+            yield
+        finally:
+            _setns(own, "back")
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+def run(netns: str, argv: Sequence[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """``ip netns exec netns argv...`` (output captured as text unless told otherwise)."""
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    return subprocess.run(["ip", "netns", "exec", netns, *argv], check=check, **kw)
+
+
+def popen(netns: str, argv: Sequence[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(["ip", "netns", "exec", netns, *argv], **kw)
+
+
+def sysctl(netns: str, key: str, value: str) -> None:
+    """Write /proc/sys/<key with dots as slashes> inside ``netns``."""
+    path = "/proc/sys/" + key.replace(".", "/")
+    with inside(netns):
+        # /proc/sys/net follows the namespace of the opening thread
+        with open(path, "w") as f:
+            f.write(value)
+
+
+def unique_name(prefix: str) -> str:
+    with _lock:
+        n = next(_counter)
+    return f"{prefix}{os.getpid() % 100000}{n}"
+
+
+@attrs.frozen
+class VethEnd:
+    """One end of a veth pair: its namespace, name, index, MAC and addresses (with prefix)."""
+
+    netns: str
+    ifname: str
+    ifindex: int
+    mac: str
+    addrs: tuple
+
+    @property
+    def ip4(self) -> str | None:
+        return next((a.split("/")[0] for a in self.addrs if ":" not in a), None)
+
+    @property
+    def ip6(self) -> str | None:
+        return next((a.split("/")[0] for a in self.addrs if ":" in a), None)
+
+
+@attrs.frozen
+class VethLink:
+    a: VethEnd
+    b: VethEnd
+
+
+def _configure(ns: str, ifname: str, addrs: Sequence[str]) -> VethEnd:
+    with NetNS(ns) as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        ipr.link("set", index=lo, state="up")
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        for a in addrs:
+            addr, plen = a.split("/")
+            if ":" in addr:
+                # no duplicate address detection: usable at once
+                ipr.addr("add", index=idx, address=addr, prefixlen=int(plen), flags=0x02)  # IFA_F_NODAD
+            else:
+                ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+        ipr.link("set", index=idx, state="up")
+        mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+    return VethEnd(ns, ifname, idx, mac, tuple(addrs))
+
+
+@contextlib.contextmanager
+def netns(prefix: str = "kt") -> Iterator[str]:
+    """A fresh, empty network namespace, removed on exit."""
+    name = unique_name(prefix)
+    _netns.create(name)
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(OSError):
+            _netns.remove(name)
+
+
+@contextlib.contextmanager
+def veth_link(
+    prefix: str = "kt",
+    addrs_a: Sequence[str] = ("10.99.0.1/24", "fd99::1/64"),
+    addrs_b: Sequence[str] = ("10.99.0.2/24", "fd99::2/64"),
+    mtu: int = 1500,
+) -> Iterator[VethLink]:
+    """Two new namespaces joined by a veth pair (``<ns>-a`` / ``<ns>-b`` ends), both up.
+
+    Everything (namespaces, hence the veth pair) is removed on exit, also on error.
+    """
+    with netns(prefix + "a") as ns_a, netns(prefix + "b") as ns_b:
+        if_a, if_b = "veth-" + ns_a[-8:], "veth-" + ns_b[-8:]
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=if_a, kind="veth", peer=if_b)
+            try:
+                for ifname, ns in ((if_a, ns_a), (if_b, ns_b)):
+                    idx = ipr.link_lookup(ifname=ifname)[0]
+                    ipr.link("set", index=idx, net_ns_fd=ns, mtu=mtu)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    ipr.link("del", ifname=if_a)
+                raise
+        yield VethLink(_configure(ns_a, if_a, addrs_a), _configure(ns_b, if_b, addrs_b))

@@ -1,0 +1,288 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * katran for Python: the XDP load balancer (program `balancer_ingress`).
+ *
+ * Per packet: parse L2/L3/L4, answer ICMP echo, rebuild the flow of ICMP
+ * errors, optionally decapsulate tunnelled traffic, find the VIP, pick a
+ * real (server id, connection table, consistent-hashing ring), count, and
+ * encapsulate towards the real (IPIP family or GUE) with XDP_TX.
+ * Behaviour follows Katran's balancer; features are load-time knobs.
+ */
+#include <stdbool.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/icmp.h>
+#include <linux/icmpv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "knobs.h"
+#include "maps.h"
+#include "jhash.h"
+#include "csum.h"
+#include "parsing.h"
+#include "icmp.h"
+#include "encap.h"
+#include "lb_route.h"
+#include "lb_decap.h"
+
+/* The L4 part of the pipeline: from a parsed TCP/UDP flow to a verdict. */
+static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt, bool is_ipv6,
+					__u16 pkt_bytes)
+{
+	void *data = (void *)(long)xdp->data;
+	void *data_end = (void *)(long)xdp->data_end;
+	struct real_definition *dst = NULL;
+	struct vip_definition vip;
+	struct vip_meta *vip_info;
+	struct lb_stats *lru_cnt, *cnt;
+	struct ctl_value *gw;
+	__u32 key, vip_num, cpu;
+	__u64 frame_len;
+	__u16 client_sport;
+	void *lru_map;
+
+	__builtin_memset(&vip, 0, sizeof(vip));
+	if (is_ipv6)
+		__builtin_memcpy(vip.vipv6, pkt->flow.dstv6, 16);
+	else
+		vip.vip = pkt->flow.dst;
+	vip.port = pkt->flow.port16[1];
+	vip.proto = pkt->flow.proto;
+	vip_info = bpf_map_lookup_elem(&vip_map, &vip);
+	if (!vip_info) {
+		vip.port = 0;
+		vip_info = bpf_map_lookup_elem(&vip_map, &vip);
+		if (!vip_info)
+			return XDP_PASS;
+		/* any-port VIP: the destination port is not part of the flow */
+		if (!(vip_info->flags & (VIP_F_DPORT_HASH | VIP_F_HASH_SRC_DST_PORT)))
+			pkt->flow.port16[1] = 0;
+	}
+
+	frame_len = data_end - data;
+	if (frame_len > max_pckt_size) {
+		if (icmp_toobig_generation) {
+			cnt = global_cnt(CNT_ICMP_TOOBIG);
+			if (!cnt)
+				return XDP_DROP;
+			if (is_ipv6)
+				cnt->v2 += 1;
+			else
+				cnt->v1 += 1;
+			return icmp_send_too_big(xdp, is_ipv6, frame_len,
+						 max_pckt_size - sizeof(struct ethhdr));
+		}
+		return XDP_DROP;
+	}
+
+	lru_cnt = global_cnt(CNT_LRU);
+	if (!lru_cnt)
+		return XDP_DROP;
+	lru_cnt->v1 += 1;
+
+	if (vip_info->flags & VIP_F_NO_SPORT)
+		pkt->flow.port16[0] = 0;
+
+	vip_num = vip_info->vip_num;
+	cpu = bpf_get_smp_processor_id();
+	lru_map = bpf_map_lookup_elem(&lru_mapping, &cpu);
+	if (!lru_map) {
+		lru_map = &fallback_cache;
+		cnt = global_cnt(CNT_FALLBACK_LRU);
+		if (!cnt)
+			return XDP_DROP;
+		cnt->v1 += 1;
+	}
+
+	if (vip_info->flags & VIP_F_QUIC) {
+		int verdict = route_quic(xdp, pkt, is_ipv6, vip_num, lru_map, &dst);
+
+		if (verdict >= 0)
+			return verdict;
+	}
+
+	if (udp_stable_routing && pkt->flow.proto == IPPROTO_UDP &&
+	    (vip_info->flags & VIP_F_UDP_STABLE_RT))
+		route_stable_rt(data, data_end, pkt, is_ipv6, &dst);
+
+	/* the client's source port seeds the outer source, keep it */
+	client_sport = pkt->flow.port16[0];
+
+	if (!dst) {
+		if (tcp_server_id_routing && pkt->flow.proto == IPPROTO_TCP) {
+			int verdict = route_tpr(data, data_end, pkt, is_ipv6, vip_info, lru_map, &dst);
+
+			if (verdict >= 0)
+				return verdict;
+		}
+
+		if (!dst && !(pkt->flags & PKT_F_SYN) && !(vip_info->flags & VIP_F_LRU_BYPASS))
+			lru_lookup(pkt, lru_map, false, &dst);
+
+		if (global_lru && !dst && !(pkt->flags & PKT_F_SYN) &&
+		    (vip_info->flags & VIP_F_GLOBAL_LRU)) {
+			if (global_lru_lookup(pkt, cpu, &dst) < 0)
+				return XDP_DROP;
+		}
+
+		udp_flow_migration_check(pkt, vip_info, &vip, &dst);
+
+		if (!dst) {
+			if (pkt->flow.proto == IPPROTO_TCP) {
+				cnt = global_cnt(CNT_LRU_MISS);
+				if (!cnt)
+					return XDP_DROP;
+				if (pkt->flags & PKT_F_SYN)
+					cnt->v1 += 1;
+				else
+					cnt->v2 += 1;
+			}
+			if (!pick_real(pkt, vip_info, is_ipv6, lru_map, &dst))
+				return XDP_DROP;
+			if (count_vip_lru_miss(&vip, pkt, is_ipv6) < 0)
+				return XDP_DROP;
+			lru_cnt->v2 += 1;
+		}
+	}
+
+	key = CTL_DEFAULT_MAC;
+	gw = bpf_map_lookup_elem(&ctl_array, &key);
+	if (!gw)
+		return XDP_DROP;
+
+	cnt = bpf_map_lookup_elem(&stats, &vip_num);
+	if (!cnt)
+		return XDP_DROP;
+	cnt->v1 += 1;
+	cnt->v2 += pkt_bytes;
+
+	cnt = bpf_map_lookup_elem(&reals_stats, &pkt->real_index);
+	if (!cnt)
+		return XDP_DROP;
+	cnt->v1 += 1;
+	cnt->v2 += pkt_bytes;
+
+	if (local_delivery && (vip_info->flags & VIP_F_LOCAL) && (dst->flags & REAL_F_LOCAL))
+		return XDP_PASS;
+
+	pkt->flow.port16[0] = client_sport;
+	if (!encap_to_real(xdp, gw, pkt, dst, is_ipv6, pkt_bytes)) {
+		cnt = global_cnt(CNT_ENCAP_FAIL);
+		if (cnt) {
+			if (dst->flags & REAL_F_IPV6)
+				cnt->v2 += 1;
+			else
+				cnt->v1 += 1;
+		}
+		return XDP_DROP;
+	}
+	return XDP_TX;
+}
+
+static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6)
+{
+	void *data = (void *)(long)xdp->data;
+	void *data_end = (void *)(long)xdp->data_end;
+	__u64 nh_off = sizeof(struct ethhdr);
+	struct pkt_meta pkt;
+	__u16 pkt_bytes = 0;
+	__u8 proto = 0;
+	int verdict;
+
+	__builtin_memset(&pkt, 0, sizeof(pkt));
+	verdict = parse_ip(data, data_end, nh_off, is_ipv6, &pkt, &proto, &pkt_bytes);
+	if (verdict >= 0)
+		return verdict;
+
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		verdict = handle_icmp(data, data_end, is_ipv6, proto, &pkt);
+		if (verdict >= 0)
+			return verdict;
+	}
+	proto = pkt.flow.proto;
+
+	if (inline_decap_ipip && (proto == IPPROTO_IPIP || proto == IPPROTO_IPV6)) {
+		__u32 decap_flags = 0;
+		bool pass = true;
+
+		verdict = decap_dst_check(&pkt, is_ipv6, &pass, &decap_flags);
+		if (verdict >= 0)
+			return verdict;
+		return decap_ipip(xdp, is_ipv6, proto, pass);
+	}
+
+	if (proto == IPPROTO_TCP) {
+		if (!parse_ports(data, data_end, is_ipv6, true, &pkt))
+			return XDP_DROP;
+	} else if (proto == IPPROTO_UDP) {
+		if (!parse_ports(data, data_end, is_ipv6, false, &pkt))
+			return XDP_DROP;
+		if (inline_decap_gue && pkt.flow.port16[1] == bpf_htons(gue_dport)) {
+			__u32 decap_flags = 0;
+			bool pass = true;
+
+			verdict = decap_dst_check(&pkt, is_ipv6, &pass, &decap_flags);
+			if (verdict >= 0)
+				return verdict;
+			return decap_gue(xdp, is_ipv6, pass, decap_flags);
+		}
+	} else {
+		return XDP_PASS;
+	}
+
+	return balance_flow(xdp, &pkt, is_ipv6, pkt_bytes);
+}
+
+SEC("xdp")
+int balancer_ingress(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 frame_len = data_end - data;
+	struct ethhdr *eth = pkt_ptr(data, data_end, 0, sizeof(struct ethhdr));
+	struct lb_stats *cnt;
+	__u32 which;
+	int verdict;
+
+	if (!eth)
+		return XDP_DROP; /* shorter than an Ethernet header */
+
+	cnt = global_cnt(CNT_XDP_TOTAL);
+	if (!cnt)
+		return XDP_DROP;
+	cnt->v1 += 1;
+	cnt->v2 += frame_len;
+
+	if (eth->h_proto == ETH_P_IP_BE)
+		verdict = process_packet(ctx, false);
+	else if (eth->h_proto == ETH_P_IPV6_BE)
+		verdict = process_packet(ctx, true);
+	else
+		verdict = XDP_PASS;
+
+	if (verdict == XDP_TX)
+		which = CNT_XDP_TX;
+	else if (verdict == XDP_DROP)
+		which = CNT_XDP_DROP;
+	else if (verdict == XDP_PASS)
+		which = CNT_XDP_PASS;
+	else
+		return verdict;
+	cnt = global_cnt(which);
+	if (!cnt)
+		return XDP_DROP;
+	cnt->v1 += 1;
+	cnt->v2 += frame_len;
+	return verdict;
+}
+
+char _license[] SEC("license") = "GPL";

@@ -1,0 +1,33 @@
+/* Healthcheck forwarding: value layouts shared with katran/healthcheck.py. */
+#ifndef KATRAN_HC_STRUCTS_H
+#define KATRAN_HC_STRUCTS_H
+
+#include <linux/types.h>
+
+/* real_definition.flags bit: the address is IPv6 */
+#define HC_REAL_V6 (1 << 0)
+
+/* where a probe goes: 20 bytes, addresses in network order */
+struct hc_real_definition {
+	union {
+		__be32 daddr;
+		__be32 v6daddr[4];
+	};
+	__u8 flags;
+};
+
+/* program counters (hc_stats_map[0], per cpu) */
+struct hc_stats {
+	__u64 pckts_processed;
+	__u64 pckts_dropped;
+	__u64 pckts_skipped;
+	__u64 pckts_too_big;
+	__u64 pckts_dst_matched;
+	__u64 pckts_src_matched;
+};
+
+struct hc_mac {
+	__u8 mac[6];
+};
+
+#endif

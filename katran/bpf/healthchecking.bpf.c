@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Healthcheck forwarding (tc clsact egress): a locally generated probe whose
+ * skb->mark is a configured somark is encapsulated toward its real.
+ *
+ * direct mode: outer IPv4 / IPv6 header (IPIP, IP6IP6, 4in6; GUE when
+ *   hc_gue_dport != 0) built here, MACs rewritten, redirected to the egress of
+ *   hc_ctrl_map[3]. Needs no tunnel device.
+ * tunnel mode: tunnel key set, redirected to the ipip / ip6tnl device
+ *   (hc_ctrl_map[1] / [2]), which builds the outer header.
+ */
+#include <stdbool.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "hc_structs.h"
+#include "hc_maps.h"
+#include "hc_encap.h"
+
+#define HC_ENCAP_DIRECT 0
+#define HC_ENCAP_TUNNEL 1
+
+/* load-time knobs */
+const volatile __u32 hc_encap_mode = HC_ENCAP_DIRECT; /* direct / tunnel */
+const volatile __u32 hc_max_pckt_size = 0;            /* 0: no length check */
+const volatile __u16 hc_gue_dport = 0;                /* direct mode: GUE when != 0 */
+
+static __always_inline int hc_drop(struct hc_stats *st)
+{
+	st->pckts_dropped += 1;
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int hc_tunnel(struct __sk_buff *skb, struct hc_stats *st,
+				     const struct hc_real_definition *real)
+{
+	struct bpf_tunnel_key tkey = {};
+	__u32 pos = (real->flags & HC_REAL_V6) ? HC_CTRL_V6_TUN : HC_CTRL_V4_TUN;
+	__u64 tflags = 0;
+	__u32 *ifindex;
+
+	ifindex = bpf_map_lookup_elem(&hc_ctrl_map, &pos);
+	if (!ifindex || !*ifindex)
+		return hc_drop(st);
+	tkey.tunnel_ttl = HC_TTL;
+	if (real->flags & HC_REAL_V6) {
+		tflags = BPF_F_TUNINFO_IPV6;
+		__builtin_memcpy(tkey.remote_ipv6, real->v6daddr, 16);
+	} else {
+		tkey.remote_ipv4 = bpf_ntohl(real->daddr); /* host order for the tunnel key */
+	}
+	skb->mark = 0;
+	if (bpf_skb_set_tunnel_key(skb, &tkey, sizeof(tkey), tflags))
+		return hc_drop(st);
+	st->pckts_processed += 1;
+	return bpf_redirect(*ifindex, 0);
+}
+
+SEC("tc")
+int healthcheck_encap(struct __sk_buff *skb)
+{
+	__u32 key = 0, somark = skb->mark;
+	struct hc_real_definition *real, *src;
+	struct hc_mac *smac, *dmac;
+	struct hc_stats *st;
+	struct ethhdr *eth;
+	__u32 *out_ifindex;
+	bool inner_v6;
+
+	st = bpf_map_lookup_elem(&hc_stats_map, &key);
+	if (!st)
+		return TC_ACT_UNSPEC;
+
+	eth = (void *)(long)skb->data;
+	if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+		return hc_drop(st);
+	inner_v6 = eth->h_proto == bpf_htons(ETH_P_IPV6);
+
+	real = somark ? bpf_map_lookup_elem(&hc_reals_map, &somark) : NULL;
+	if (!real) {
+		st->pckts_skipped += 1;
+		return TC_ACT_UNSPEC;
+	}
+	if (hc_max_pckt_size && skb->len > hc_max_pckt_size) {
+		st->pckts_too_big += 1;
+		return hc_drop(st);
+	}
+	if (hc_encap_mode == HC_ENCAP_TUNNEL)
+		return hc_tunnel(skb, st, real);
+
+	key = HC_CTRL_MAIN_INTF;
+	out_ifindex = bpf_map_lookup_elem(&hc_ctrl_map, &key);
+	if (!out_ifindex || !*out_ifindex)
+		return hc_drop(st);
+	key = HC_MAC_SRC;
+	smac = bpf_map_lookup_elem(&hc_pckt_macs, &key);
+	key = HC_MAC_DST;
+	dmac = bpf_map_lookup_elem(&hc_pckt_macs, &key);
+	key = (real->flags & HC_REAL_V6) ? HC_SRC_V6 : HC_SRC_V4;
+	src = bpf_map_lookup_elem(&hc_pckt_srcs_map, &key);
+	if (!smac || !dmac || !src)
+		return hc_drop(st);
+
+	/* the encapsulated packet may pass this hook again: no recursion */
+	skb->mark = 0;
+	if (!hc_encap(skb, real, src, inner_v6, hc_gue_dport))
+		return hc_drop(st);
+
+	eth = (void *)(long)skb->data;
+	if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+		return hc_drop(st);
+	__builtin_memcpy(eth->h_source, smac->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, dmac->mac, ETH_ALEN);
+	st->pckts_processed += 1;
+	return bpf_redirect(*out_ifindex, 0);
+}
+
+char _license[] SEC("license") = "GPL";

@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Structures shared between the data plane and the control plane.
+ * This header is the source of truth for katran/structs.py; the layouts are
+ * Katran's (same sizes, offsets and padding), so maps stay interchangeable.
+ * Every key struct must be zeroed before it is filled (padding is hashed).
+ */
+#ifndef KATRAN_STRUCTS_H
+#define KATRAN_STRUCTS_H
+
+#include <linux/types.h>
+
+/* 5-tuple of a flow; key of the connection tables (40 bytes). */
+struct flow_key {
+	union {
+		__be32 src;
+		__be32 srcv6[4];
+	};
+	union {
+		__be32 dst;
+		__be32 dstv6[4];
+	};
+	union {
+		__u32 ports;     /* both ports, wire order: sport then dport */
+		__u16 port16[2]; /* [0] source port, [1] destination port */
+	};
+	__u8 proto;
+};
+
+/* ctl_array value: a MAC address (slot 0) or another scalar (8 bytes). */
+struct ctl_value {
+	union {
+		__u64 value;
+		__u32 ifindex;
+		__u8 mac[6];
+	};
+};
+
+/* vip_map key: address, port (network order) and L4 protocol (20 bytes). */
+struct vip_definition {
+	union {
+		__be32 vip;
+		__be32 vipv6[4];
+	};
+	__u16 port;
+	__u8 proto;
+};
+
+/* vip_map value (8 bytes). */
+struct vip_meta {
+	__u32 flags;
+	__u32 vip_num;
+};
+
+/* Connection table value: chosen real and last-seen time for UDP (16 bytes). */
+struct real_pos_lru {
+	__u32 pos;
+	__u64 atime;
+};
+
+/* reals value: the real's address and REAL_F_* flags (20 bytes). */
+struct real_definition {
+	union {
+		__be32 dst;
+		__be32 dstv6[4];
+	};
+	__u8 flags;
+};
+
+/* Generic pair of counters (packets/bytes or two event kinds). */
+struct lb_stats {
+	__u64 v1;
+	__u64 v2;
+};
+
+/* LPM trie keys for source routing. */
+struct v4_lpm_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+struct v6_lpm_key {
+	__u32 prefixlen;
+	__be32 addr[4];
+};
+
+/* decap_dst key: a v4 or v6 address (16 bytes, v4 in the first word). */
+struct address {
+	union {
+		__be32 addr;
+		__be32 addrv6[4];
+	};
+};
+
+/* quic_stats_map value */
+struct lb_quic_packets_stats {
+	__u64 ch_routed;
+	__u64 cid_initial;
+	__u64 cid_invalid_server_id;
+	__u64 cid_invalid_server_id_sample;
+	__u64 cid_routed;
+	__u64 cid_unknown_real_dropped;
+	__u64 cid_v0;
+	__u64 cid_v1;
+	__u64 cid_v2;
+	__u64 cid_v3;
+	__u64 dst_match_in_lru;
+	__u64 dst_mismatch_in_lru;
+	__u64 dst_not_found_in_lru;
+};
+
+/* tpr_stats_map value */
+struct lb_tpr_packets_stats {
+	__u64 ch_routed;
+	__u64 dst_mismatch_in_lru;
+	__u64 sid_routed;
+	__u64 tcp_syn;
+};
+
+/* stable_rt_stats value */
+struct lb_stable_rt_packets_stats {
+	__u64 ch_routed;
+	__u64 cid_routed;
+	__u64 cid_invalid_server_id;
+	__u64 cid_unknown_real_dropped;
+	__u64 invalid_packet_type;
+};
+
+/* Data-plane only: what the balancer knows about the packet being handled. */
+struct pkt_meta {
+	struct flow_key flow;
+	__u32 real_index;
+	__u8 flags; /* PKT_F_* */
+	__u8 tos;   /* IPv4 ToS or IPv6 traffic class of the client packet */
+};
+
+#endif /* KATRAN_STRUCTS_H */

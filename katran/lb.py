@@ -1,0 +1,683 @@
+"""KatranLb: the domain layer.
+
+Owns the loaded BPF objects and every piece of load-balancer state (VIPs, reals,
+their indices and reference counts, CH rings), validates input, and writes only
+what changed into the BPF maps.  Kernel access goes through ``katran.adapter``.
+Every public method is serialised by one lock, so frontends may call it from a
+thread pool.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import ipaddress
+import os
+import threading
+from pathlib import Path
+from typing import Callable, Optional, Sequence, TypeVar
+
+import attrs
+import numpy as np
+
+from . import maglev, packets, structs
+from .config import KatranConfig
+from .errors import (
+    AlreadyExistsError,
+    BuildError,
+    CapacityError,
+    FeatureNotEnabledError,
+    KatranError,
+    KernelError,
+    NotFoundError,
+    ValidationError,
+)
+from .models import (
+    Flow,
+    HashFunction,
+    IPAddress,
+    LbStats,
+    ModifyAction,
+    PacketResult,
+    QuicReal,
+    Real,
+    RealFlag,
+    VipFlag,
+    VipKey,
+    check_int,
+    format_mac,
+    parse_address,
+    parse_mac,
+)
+
+OBJ_DIR = Path(__file__).resolve().parent / "bpf" / "obj"
+BALANCER_PROG = "balancer_ingress"
+XDP_VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
+# VIP flags the data plane implements; the others are refused until their feature lands
+SUPPORTED_VIP_FLAGS = VipFlag.NO_SPORT | VipFlag.NO_LRU | VipFlag.DPORT_HASH | VipFlag.HASH_SRC_DST_PORT
+MAX_QUIC_REAL_ID = 0xFFFFFE  # server ids are 24 bits wide in Katran's CIDs
+
+T = TypeVar("T")
+
+
+def packaged_object(name: str) -> Path:
+    """Path of a packaged BPF object; BuildError telling how to build it if missing."""
+    path = OBJ_DIR / name
+    if not path.is_file():
+        raise BuildError(
+            f"BPF object {path} is missing: build it with `pip install -e .` "
+            f"or `python -m katran.build` (needs clang and libbpf-dev)"
+        )
+    return path
+
+
+def _locked(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(self: "KatranLb", *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _vip_key(vip: object) -> VipKey:
+    if isinstance(vip, VipKey):
+        return vip
+    raise ValidationError("vip", vip, "expected a katran.VipKey")
+
+
+@attrs.define
+class _RealMeta:
+    num: int
+    refcount: int
+    flags: int
+
+
+@attrs.define
+class _VipState:
+    num: int
+    flags: int
+    hash_function: HashFunction
+    reals: dict = attrs.field(factory=dict)  # real num -> weight, in insertion order
+    ring: Optional[np.ndarray] = None
+
+
+class KatranLb:
+    """The load balancer: configure VIPs and reals, read stats.
+
+    ``start()`` opens, sizes, loads and provisions the BPF programs and, unless
+    ``config.testing``, attaches the balancer (standalone) or registers it in
+    the root program's prog_array (shared mode).  ``close()`` undoes that.
+    """
+
+    def __init__(self, config: KatranConfig) -> None:
+        if not isinstance(config, KatranConfig):
+            raise ValidationError("config", config, "expected a katran.KatranConfig")
+        self._config = config
+        self._lock = threading.RLock()
+        self._obj = None
+        self._lru_maps: list = []
+        self._attached_ifindex: Optional[int] = None
+        self._registered_root = None
+        self._hc = None
+        self._mac = config.default_mac or bytes(6)
+        self._vips: dict[VipKey, _VipState] = {}
+        self._free_vip_nums = collections.deque(range(config.max_vips))
+        self._reals: dict[IPAddress, _RealMeta] = {}
+        self._num_to_real: dict[int, IPAddress] = {}
+        # index 0 is reserved as "no real": a zeroed ring slot drops the packet
+        self._free_real_nums = collections.deque(range(1, config.max_reals))
+        self._quic_reals: dict[int, int] = {}  # server id -> real num
+        self._bpf_failed_calls = 0
+        self._addr_validation_failed = 0
+
+    # ------------------------------------------------------------------ life cycle
+    @property
+    def config(self) -> KatranConfig:
+        return self._config
+
+    @property
+    def started(self) -> bool:
+        return self._obj is not None
+
+    def __enter__(self) -> "KatranLb":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @_locked
+    def start(self) -> None:
+        if self._obj is not None:
+            return
+        from .adapter import bpf
+
+        cfg = self._config
+        path = Path(cfg.balancer_prog_path) if cfg.balancer_prog_path else packaged_object("balancer.bpf.o")
+        spec = bpf.ObjectSpec.open(path)
+        try:
+            self._size_maps(spec)
+            self._set_knobs(spec)
+            obj = spec.load()
+        finally:
+            spec.close()
+        self._obj = obj
+        try:
+            self._provision()
+            if not cfg.testing:
+                self._attach()
+        except BaseException:
+            self.close()
+            raise
+
+    def _size_maps(self, spec) -> None:
+        cfg = self._config
+        sizes = {
+            "vip_map": cfg.max_vips,
+            "ch_rings": cfg.max_vips * cfg.ch_ring_size,
+            "reals": cfg.max_reals,
+            "reals_stats": cfg.max_reals,
+            "lru_miss_stats": cfg.max_reals,
+            "stats": cfg.max_vips * 2,
+            "fallback_cache": cfg.fallback_lru_size,
+        }
+        for name, size in sizes.items():
+            if name in spec.map_names:
+                spec.set_max_entries(name, size)
+        if "lru_mapping" in spec.map_names:
+            # per-core LRUs must match the template, BPF_F_NUMA_NODE flag included
+            numa = self._config.numa_nodes
+            spec.set_inner_map_max_entries(
+                "lru_mapping", self._per_core_lru_size(), numa_node=numa[0] if numa else None
+            )
+
+    def _set_knobs(self, spec) -> None:
+        cfg = self._config
+        knobs = {"ring_size": cfg.ch_ring_size, "max_vips": cfg.max_vips}
+        available = spec.rodata_vars()
+        for name, value in knobs.items():
+            if name in available:
+                spec.set_rodata(name, value)
+
+    def _forwarding_cores(self) -> tuple:
+        cfg = self._config
+        if cfg.forwarding_cores is None:
+            # production default: every CPU gets its own LRU (testing: fallback LRU only)
+            return () if cfg.testing else tuple(range(os.cpu_count() or 1))
+        return cfg.forwarding_cores
+
+    def _per_core_lru_size(self) -> int:
+        cores = self._forwarding_cores()
+        return max(1, self._config.lru_size // len(cores)) if cores else 1000
+
+    def _provision(self) -> None:
+        from .adapter import bpf
+
+        lru_mapping = self._map("lru_mapping")
+        fallback = self._map("fallback_cache")
+        cores = self._forwarding_cores()
+        numa = self._config.numa_nodes
+        for i, core in enumerate(cores):
+            inner = bpf.create_map(
+                bpf.BPF_MAP_TYPE_LRU_HASH,
+                fallback.key_size,
+                fallback.value_size,
+                self._per_core_lru_size(),
+                name=f"katran_lru_{core}",
+                numa_node=numa[i] if numa else None,
+            )
+            self._lru_maps.append(inner)
+            self._update(lru_mapping, structs.u32(core), structs.u32(inner.fd))
+        self._update(self._map("ctl_array"), structs.u32(structs.CTL_MAC_POS), structs.ctl_value_mac(self._mac))
+
+    def _attach(self) -> None:
+        from .adapter import bpf, netlink
+
+        cfg = self._config
+        prog = self._obj.program(BALANCER_PROG)
+        if cfg.root_map_path:
+            from . import shared
+
+            shared.register(prog, cfg.root_map_path, cfg.root_map_pos)
+            self._registered_root = (cfg.root_map_path, cfg.root_map_pos)
+        else:
+            ifindex = netlink.ifindex(cfg.main_interface)
+            prog.attach_xdp(ifindex, cfg.xdp_attach_mode, replace=True)
+            self._attached_ifindex = ifindex
+
+    @_locked
+    def close(self) -> None:
+        """Detach / unregister, then release every fd.  Safe to call twice."""
+        from .adapter import bpf
+
+        errors = []
+        if self._attached_ifindex is not None and self._config.cleanup_on_shutdown:
+            try:
+                bpf.detach_xdp(self._attached_ifindex, self._config.xdp_attach_mode)
+            except KatranError as e:
+                errors.append(e)
+            self._attached_ifindex = None
+        if self._registered_root is not None:
+            from . import shared
+
+            try:
+                shared.unregister(*self._registered_root)
+            except KatranError as e:
+                errors.append(e)
+            self._registered_root = None
+        for m in self._lru_maps:
+            m.close()
+        self._lru_maps.clear()
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+        if errors:
+            raise errors[0]
+
+    # ------------------------------------------------------------------ helpers
+    def _require_started(self):
+        if self._obj is None:
+            raise KatranError("KatranLb is not started: call start() first")
+        return self._obj
+
+    def _map(self, name: str):
+        return self._require_started().map(name)
+
+    def _update(self, bpf_map, key: bytes, value: bytes) -> None:
+        try:
+            bpf_map.update(key, value)
+        except KernelError:
+            self._bpf_failed_calls += 1
+            raise
+
+    def _vip(self, vip: VipKey) -> _VipState:
+        state = self._vips.get(_vip_key(vip))
+        if state is None:
+            raise NotFoundError("vip", vip)
+        return state
+
+    def _write_vip(self, vip: VipKey, state: _VipState) -> None:
+        self._update(
+            self._map("vip_map"),
+            structs.vip_definition(vip.address, vip.port, vip.proto),
+            structs.vip_meta(state.flags, state.num),
+        )
+
+    # ------------------------------------------------------------------ MAC
+    @_locked
+    def change_mac(self, mac: object) -> None:
+        new = parse_mac(mac, "mac")
+        self._update(self._map("ctl_array"), structs.u32(structs.CTL_MAC_POS), structs.ctl_value_mac(new))
+        self._mac = new
+        if self._hc is not None:
+            self._hc.set_gateway_mac(new)
+
+    @_locked
+    def get_mac(self) -> str:
+        return format_mac(self._mac)
+
+    # ------------------------------------------------------------------ VIPs
+    def _check_vip_flags(self, flags: object, field: str = "flags") -> int:
+        flags = check_int(flags, field, 0, 2**32 - 1)
+        unknown = flags & ~int(sum(VipFlag))
+        if unknown:
+            raise ValidationError(field, flags, f"unknown VIP flag bits 0x{unknown:x}")
+        unsupported = VipFlag(flags) & ~SUPPORTED_VIP_FLAGS
+        if unsupported:
+            raise ValidationError(field, flags, f"VIP flag(s) {unsupported!r} not implemented by this data plane")
+        return flags
+
+    @_locked
+    def add_vip(self, vip: VipKey, flags: int = 0) -> None:
+        vip = _vip_key(vip)
+        flags = self._check_vip_flags(flags)
+        if vip in self._vips:
+            raise AlreadyExistsError("vip", vip)
+        if not self._free_vip_nums:
+            raise CapacityError(f"add vip {vip}: all {self._config.max_vips} VIP slots are in use (max_vips)")
+        state = _VipState(self._free_vip_nums[0], flags, self._config.hash_function)
+        self._write_vip(vip, state)
+        self._free_vip_nums.popleft()
+        self._vips[vip] = state
+
+    @_locked
+    def del_vip(self, vip: VipKey) -> None:
+        state = self._vip(vip)
+        try:
+            self._map("vip_map").delete(structs.vip_definition(vip.address, vip.port, vip.proto))
+        except KernelError:
+            self._bpf_failed_calls += 1
+            raise
+        del self._vips[vip]
+        self._free_vip_nums.append(state.num)
+        for num in state.reals:
+            self._decrease_refcount(num)
+        if state.ring is not None:
+            # leave no stale real numbers behind for the next VIP that gets this number
+            self._program_ring(state.num, state.ring, np.zeros_like(state.ring))
+
+    @_locked
+    def get_all_vips(self) -> list[VipKey]:
+        return list(self._vips)
+
+    @_locked
+    def modify_vip(self, vip: VipKey, flags: int, set_flag: bool = True) -> None:
+        state = self._vip(vip)
+        flags = check_int(flags, "flags", 0, 2**32 - 1)
+        new = state.flags | flags if set_flag else state.flags & ~flags
+        self._check_vip_flags(new)
+        old, state.flags = state.flags, new
+        try:
+            self._write_vip(vip, state)
+        except KatranError:
+            state.flags = old
+            raise
+
+    @_locked
+    def get_vip_flags(self, vip: VipKey) -> int:
+        return self._vip(vip).flags
+
+    @_locked
+    def change_hash_function_for_vip(self, vip: VipKey, hash_function: HashFunction) -> None:
+        state = self._vip(vip)
+        try:
+            func = HashFunction(hash_function)
+        except ValueError:
+            raise ValidationError("hash_function", hash_function, "expected 0 (maglev) or 1 (maglev_v2)") from None
+        state.hash_function = func
+        self._rebuild_ring(state)
+
+    @_locked
+    def get_hash_function_for_vip(self, vip: VipKey) -> HashFunction:
+        return self._vip(vip).hash_function
+
+    # ------------------------------------------------------------------ reals
+    def _check_real_for_vip(self, vip: VipKey, real: Real) -> None:
+        if vip.is_v6 and real.address.version == 4:
+            raise ValidationError(
+                "real.address", str(real.address), f"IPv6 VIP {vip} cannot have an IPv4 real"
+            )
+
+    def _increase_refcount(self, address: IPAddress, flags: int) -> int:
+        meta = self._reals.get(address)
+        if meta is not None:
+            meta.refcount += 1
+            return meta.num
+        num = self._free_real_nums[0]
+        self._update(self._map("reals"), structs.u32(num), self._real_definition(address, flags))
+        self._free_real_nums.popleft()
+        self._reals[address] = _RealMeta(num, 1, flags)
+        self._num_to_real[num] = address
+        return num
+
+    def _decrease_refcount(self, num: int) -> None:
+        address = self._num_to_real[num]
+        meta = self._reals[address]
+        meta.refcount -= 1
+        if meta.refcount == 0:
+            del self._reals[address]
+            del self._num_to_real[num]
+            self._free_real_nums.append(num)
+
+    @staticmethod
+    def _real_definition(address: IPAddress, flags: int) -> bytes:
+        flags &= ~RealFlag.IPV6
+        if address.version == 6:
+            flags |= RealFlag.IPV6
+        return structs.real_definition(address, int(flags))
+
+    @_locked
+    def add_real_for_vip(self, real: Real, vip: VipKey) -> None:
+        self.modify_reals_for_vip(ModifyAction.ADD, [real], vip)
+
+    @_locked
+    def del_real_for_vip(self, real: Real, vip: VipKey) -> None:
+        self.modify_reals_for_vip(ModifyAction.DEL, [real], vip)
+
+    @_locked
+    def modify_reals_for_vip(self, action: ModifyAction, reals: Sequence[Real], vip: VipKey) -> None:
+        """Add (or re-weight) / delete a batch of reals; one ring rebuild.
+
+        The whole batch is validated first: on any error nothing changes.
+        """
+        state = self._vip(vip)
+        try:
+            action = ModifyAction(action)
+        except ValueError:
+            raise ValidationError("action", action, "expected ADD (0) or DEL (1)") from None
+        reals = list(reals)
+        for r in reals:
+            if not isinstance(r, Real):
+                raise ValidationError("real", r, "expected a katran.Real")
+        if action == ModifyAction.DEL:
+            nums = []
+            for r in reals:
+                meta = self._reals.get(r.address)
+                if meta is None or meta.num not in state.reals:
+                    raise NotFoundError("real", f"{r.address} of vip {vip}")
+                nums.append(meta.num)
+            for num in dict.fromkeys(nums):
+                del state.reals[num]
+                self._decrease_refcount(num)
+        else:
+            for r in reals:
+                self._check_real_for_vip(vip, r)
+            new_addrs = {r.address for r in reals if r.address not in self._reals}
+            if len(new_addrs) > len(self._free_real_nums):
+                raise CapacityError(
+                    f"add reals to vip {vip}: {len(new_addrs)} new reals but only "
+                    f"{len(self._free_real_nums)} free real slots (max_reals={self._config.max_reals})"
+                )
+            for r in reals:
+                meta = self._reals.get(r.address)
+                if meta is None or meta.num not in state.reals:
+                    num = self._increase_refcount(r.address, r.flags)
+                else:
+                    num = meta.num
+                state.reals[num] = r.weight
+        self._rebuild_ring(state)
+
+    @_locked
+    def get_reals_for_vip(self, vip: VipKey) -> list[Real]:
+        state = self._vip(vip)
+        out = []
+        for num, weight in state.reals.items():
+            address = self._num_to_real[num]
+            out.append(Real(address, weight, self._reals[address].flags))
+        return out
+
+    @_locked
+    def modify_real(self, address: object, flags: int, set_flag: bool = True) -> None:
+        addr = parse_address(address, "address")
+        flags = check_int(flags, "flags", 0, 255)
+        meta = self._reals.get(addr)
+        if meta is None:
+            raise NotFoundError("real", addr)
+        flags &= ~RealFlag.IPV6
+        new = meta.flags | flags if set_flag else meta.flags & ~flags
+        self._update(self._map("reals"), structs.u32(meta.num), self._real_definition(addr, new))
+        meta.flags = new
+
+    @_locked
+    def get_real_flags(self, address: object) -> int:
+        addr = parse_address(address, "address")
+        meta = self._reals.get(addr)
+        if meta is None:
+            raise NotFoundError("real", addr)
+        return meta.flags
+
+    @_locked
+    def get_index_for_real(self, address: object) -> int:
+        addr = parse_address(address, "address")
+        meta = self._reals.get(addr)
+        if meta is None:
+            raise NotFoundError("real", addr)
+        return meta.num
+
+    # ------------------------------------------------------------------ CH rings
+    def _rebuild_ring(self, state: _VipState) -> None:
+        endpoints = [
+            maglev.Endpoint(num=num, weight=weight, hash=maglev.endpoint_hash(self._num_to_real[num]))
+            for num, weight in state.reals.items()
+            if weight > 0
+        ]
+        size = self._config.ch_ring_size
+        if endpoints:
+            ring = maglev.build_ring(endpoints, size, state.hash_function)
+        else:
+            ring = np.zeros(size, dtype=np.uint32)  # no reals: every slot drops
+        self._program_ring(state.num, state.ring, ring)
+        state.ring = ring
+
+    def _program_ring(self, vip_num: int, old: Optional[np.ndarray], new: np.ndarray) -> None:
+        positions, values = maglev.ring_delta(old, new)
+        if len(positions) == 0:
+            return
+        keys = (positions.astype(np.uint64) + vip_num * self._config.ch_ring_size).astype(np.uint32)
+        try:
+            self._map("ch_rings").update_batch(keys.tobytes(), values.astype(np.uint32).tobytes())
+        except KernelError:
+            self._bpf_failed_calls += 1
+            raise
+
+    # ------------------------------------------------------------------ QUIC mapping
+    @_locked
+    def modify_quic_reals_mapping(self, action: ModifyAction, reals: Sequence[QuicReal]) -> None:
+        if "server_id_map" not in self._require_started().maps:
+            raise FeatureNotEnabledError("QUIC server id routing is not in this balancer object")
+        try:
+            action = ModifyAction(action)
+        except ValueError:
+            raise ValidationError("action", action, "expected ADD (0) or DEL (1)") from None
+        reals = list(reals)
+        for qr in reals:
+            if not isinstance(qr, QuicReal):
+                raise ValidationError("quic_real", qr, "expected a katran.QuicReal")
+            if not 1 <= qr.id <= MAX_QUIC_REAL_ID:
+                raise ValidationError("quic_real.id", qr.id, f"server id must be in [1, {MAX_QUIC_REAL_ID}]")
+            if action == ModifyAction.DEL:
+                num = self._quic_reals.get(qr.id)
+                if num is None or self._num_to_real.get(num) != qr.address:
+                    raise NotFoundError("quic real", f"{qr.address} with id {qr.id}")
+        new_addrs = {qr.address for qr in reals if qr.address not in self._reals}
+        if action == ModifyAction.ADD and len(new_addrs) > len(self._free_real_nums):
+            raise CapacityError("modify quic reals: no free real slots (max_reals)")
+        sid_map = self._map("server_id_map")
+        for qr in reals:
+            if action == ModifyAction.ADD:
+                old = self._quic_reals.get(qr.id)
+                if old is not None and self._num_to_real[old] == qr.address:
+                    continue
+                num = self._increase_refcount(qr.address, 0)
+                self._update(sid_map, structs.u32(qr.id), structs.u32(num))
+                if old is not None:
+                    self._decrease_refcount(old)
+                self._quic_reals[qr.id] = num
+            else:
+                num = self._quic_reals.pop(qr.id)
+                self._update(sid_map, structs.u32(qr.id), structs.u32(0))
+                self._decrease_refcount(num)
+
+    @_locked
+    def get_quic_reals_mapping(self) -> list[QuicReal]:
+        return [QuicReal(self._num_to_real[num], sid) for sid, num in sorted(self._quic_reals.items())]
+
+    # ------------------------------------------------------------------ stats
+    def _percpu_stats(self, map_name: str, index: int) -> list[LbStats]:
+        values = self._map(map_name).lookup(structs.u32(index))
+        if values is None:
+            raise KernelError(f"lookup {map_name}[{index}]", 2)
+        return [LbStats(*structs.lb_stats_unpack(v)) for v in values]
+
+    def _sum_stats(self, map_name: str, index: int) -> LbStats:
+        per_cpu = self._percpu_stats(map_name, index)
+        return LbStats(sum(s.v1 for s in per_cpu), sum(s.v2 for s in per_cpu))
+
+    def _global_stats(self, counter: int) -> LbStats:
+        return self._sum_stats("stats", self._config.max_vips + counter)
+
+    @_locked
+    def get_stats_for_vip(self, vip: VipKey) -> LbStats:
+        return self._sum_stats("stats", self._vip(vip).num)
+
+    @_locked
+    def get_lru_stats(self) -> LbStats:
+        return self._global_stats(structs.LRU_CNTRS)
+
+    @_locked
+    def get_lru_miss_stats(self) -> LbStats:
+        return self._global_stats(structs.LRU_MISS_CNTR)
+
+    @_locked
+    def get_lru_fallback_stats(self) -> LbStats:
+        return self._global_stats(structs.FALLBACK_LRU_CNTR)
+
+    @_locked
+    def get_icmp_too_big_stats(self) -> LbStats:
+        return self._global_stats(structs.ICMP_TOOBIG_CNTRS)
+
+    @_locked
+    def get_ch_drop_stats(self) -> LbStats:
+        return self._global_stats(structs.CH_DROP_STATS)
+
+    @_locked
+    def get_encap_fail_stats(self) -> LbStats:
+        return self._global_stats(structs.ENCAP_FAIL_CNTR)
+
+    @_locked
+    def get_xdp_total_stats(self) -> LbStats:
+        return self._global_stats(structs.XDP_TOTAL_CNTR)
+
+    @_locked
+    def get_xdp_tx_stats(self) -> LbStats:
+        return self._global_stats(structs.XDP_TX_CNTR)
+
+    @_locked
+    def get_xdp_drop_stats(self) -> LbStats:
+        return self._global_stats(structs.XDP_DROP_CNTR)
+
+    @_locked
+    def get_xdp_pass_stats(self) -> LbStats:
+        return self._global_stats(structs.XDP_PASS_CNTR)
+
+    @_locked
+    def get_real_stats(self, index: int) -> LbStats:
+        index = check_int(index, "index", 0, self._config.max_reals - 1)
+        return self._sum_stats("reals_stats", index)
+
+    @_locked
+    def get_per_core_packets_stats(self) -> list[int]:
+        return [s.v1 for s in self._percpu_stats("stats", self._config.max_vips + structs.XDP_TOTAL_CNTR)]
+
+    @_locked
+    def get_katran_lb_stats(self) -> LbStats:
+        return LbStats(self._bpf_failed_calls, self._addr_validation_failed)
+
+    # ------------------------------------------------------------------ packets
+    @_locked
+    def run_packet(self, data: bytes) -> PacketResult:
+        """Run one frame through the loaded balancer (BPF_PROG_TEST_RUN)."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise ValidationError("data", type(data).__name__, "expected the frame as bytes")
+        prog = self._require_started().program(BALANCER_PROG)
+        res = prog.test_run(bytes(data))
+        verdict = XDP_VERDICTS.get(res.retval, f"XDP_{res.retval}")
+        return PacketResult(verdict, res.retval, res.data, res.duration_ns)
+
+    @_locked
+    def get_real_for_flow(self, flow: Flow) -> Optional[str]:
+        """Which real this flow goes to, by running the balancer on a built packet.
+
+        Like Katran's simulator, this runs the real program, so the flow is
+        counted and (on a miss) inserted into the LRU like a client packet.
+        """
+        if not isinstance(flow, Flow):
+            raise ValidationError("flow", flow, "expected a katran.Flow")
+        if flow.src.version != flow.dst.version:
+            raise ValidationError("flow.src", str(flow.src), "src and dst must be the same IP version")
+        frame = packets.build_flow_packet(flow)
+        res = self.run_packet(frame)
+        if res.verdict != "XDP_TX":
+            return None
+        return packets.outer_destination(res.data)

@@ -1,0 +1,376 @@
+"""Maglev consistent hashing, computed exactly as Katran does it.
+
+Katran places each real of a VIP on a ring of ``ring_size`` slots (65537 by
+default) in user space and writes the ring to the ``ch_rings`` BPF map; the
+BPF program picks ``ring[jhash(flow) % ring_size]``.  To be packet compatible
+we must produce the very same ring, which needs:
+
+* the endpoint hash: folly's ``IPAddress::hash()`` of the real's address
+  (:func:`endpoint_hash`);
+* endpoints in ascending hash order (``Vip.cpp``), zero weights left out;
+* the Maglev permutation (MurmurHash3 of the endpoint hash with Katran's seeds)
+  and population loop, v1 (``HashFunction.MAGLEV``) or v2 (``MAGLEV_V2``),
+  including Katran's 32-bit wrap-around in ``offset + next * skip``.
+
+The hashing and the population loop run in C (``katran._native``, built by
+cffi from ``katran/native/``); a pure-Python implementation of the same
+algorithm is kept as a slow fallback and as a cross-check for the tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import operator
+import struct
+from typing import Optional, Sequence, Tuple, Union
+
+import attrs
+import numpy as np
+
+from .errors import ValidationError
+from .models import HashFunction, parse_address
+
+log = logging.getLogger(__name__)
+
+try:  # built by katran/_native_build.py (pip install / setup.py build_ext)
+    from ._native import ffi as _ffi, lib as _lib
+
+    NATIVE = True
+except ImportError:  # pragma: no cover - exercised only without a build
+    _ffi = _lib = None
+    NATIVE = False
+    log.warning("katran._native is not built: Maglev rings use the slow pure-Python path")
+
+DEFAULT_RING_SIZE = 65537
+MAX_RING_SIZE = 0xFFFFFFFF
+# Katran's seeds for the permutation (MaglevBase.cpp): offset and skip hashes.
+OFFSET_SEED = (42, 0)
+SKIP_SEED = (2718281828, 2307)
+AF_INET = 2  # folly hashes the Linux address family numbers
+AF_INET6 = 10
+_U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+_FREE = _U32  # "free slot" marker of the pure-Python population
+# Katran keeps the ring as std::vector<int> with -1 = free: real numbers must fit in an int.
+MAX_REAL_NUM = 0x7FFFFFFF
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+def _as_int(value: object) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValidationError("endpoint", value, "expected an integer") from None
+
+
+@attrs.frozen
+class Endpoint:
+    """One real on a VIP's ring: real index, weight, folly address hash (ints)."""
+
+    num: int = attrs.field(converter=_as_int)
+    weight: int = attrs.field(converter=_as_int)
+    hash: int = attrs.field(converter=_as_int)
+
+
+# --------------------------------------------------------------------- hashes
+def _rotl64(v: int, r: int) -> int:
+    return ((v << r) | (v >> (64 - r))) & _U64
+
+
+def _fmix64(k: int) -> int:
+    k ^= k >> 33
+    k = (k * 0xFF51AFD7ED558CCD) & _U64
+    k ^= k >> 33
+    k = (k * 0xC4CEB9FE1A85EC53) & _U64
+    return k ^ (k >> 33)
+
+
+def _murmur3_x64_64_py(a: int, b: int, seed: int) -> int:
+    c1, c2 = 0x87C37B91114253D5, 0x4CF5AD432745937F
+    h1 = h2 = seed
+    h1 ^= (_rotl64((a * c1) & _U64, 31) * c2) & _U64
+    h1 = ((_rotl64(h1, 27) + h2) * 5 + 0x52DCE729) & _U64
+    h2 ^= (_rotl64((b * c2) & _U64, 33) * c1) & _U64
+    h2 = ((_rotl64(h2, 31) + h1) * 5 + 0x38495AB5) & _U64
+    h1 ^= 16
+    h2 ^= 16
+    h1 = (h1 + h2) & _U64
+    h2 = (h2 + h1) & _U64
+    return (_fmix64(h1) + _fmix64(h2)) & _U64
+
+
+def murmur3_x64_64(a: int, b: int, seed: int) -> int:
+    """Katran's ``MurmurHash3_x64_64(A, B, seed)`` over two 64-bit words."""
+    if NATIVE:
+        return int(_lib.kn_murmur3_x64_64(a, b, seed))
+    return _murmur3_x64_64_py(a, b, seed)
+
+
+def _hash_128_to_64_py(upper: int, lower: int) -> int:
+    mul = 0x9DDFEA08EB382D69
+    x = ((lower ^ upper) * mul) & _U64
+    x ^= x >> 47
+    y = ((upper ^ x) * mul) & _U64
+    y ^= y >> 47
+    return (y * mul) & _U64
+
+
+def _fnv32_folly_py(data: bytes) -> int:
+    h = 2166136261
+    for byte in data:
+        h = (h * 16777619) & _U32
+        h ^= (byte - 256 if byte >= 128 else byte) & _U32  # signed char, sign-extended
+    return h
+
+
+def _spooky_short16_py(data: bytes) -> Tuple[int, int]:
+    """SpookyHash V2 128-bit of exactly 16 bytes, seeds 0 (folly's short path)."""
+    const = 0xDEADBEEFDEADBEEF
+    w0, w1 = struct.unpack("<QQ", data)
+    s = [0, 0, (const + w0) & _U64, (const + w1) & _U64]
+    for r, rot in enumerate((50, 52, 30, 41, 54, 48, 38, 37, 62, 34, 5, 36)):
+        i, j, k = (r + 2) & 3, (r + 3) & 3, r & 3
+        s[i] = (_rotl64(s[i], rot) + s[j]) & _U64
+        s[k] ^= s[i]
+    s[3] = (s[3] + (16 << 56) + const) & _U64
+    s[2] = (s[2] + const) & _U64
+    for r, rot in enumerate((15, 52, 26, 51, 28, 9, 47, 54, 32, 25, 63)):
+        i, j = (r + 3) & 3, (r + 2) & 3
+        s[i] ^= s[j]
+        s[j] = _rotl64(s[j], rot)
+        s[i] = (s[i] + s[j]) & _U64
+    return s[0], s[1]
+
+
+def _endpoint_hash_py(packed: bytes) -> int:
+    if len(packed) == 16 and packed[:12] == b"\0" * 10 + b"\xff\xff":
+        packed = packed[12:]  # folly hashes ::ffff:a.b.c.d like a.b.c.d
+    if len(packed) == 4:
+        return _hash_128_to_64_py(AF_INET, _fnv32_folly_py(packed))
+    h1, h2 = _spooky_short16_py(packed)
+    return _hash_128_to_64_py(AF_INET6, _hash_128_to_64_py(h1, h2))
+
+
+def endpoint_hash(address: Union[IPAddress, str]) -> int:
+    """folly ``IPAddress::hash()`` of a real's address (u64), Katran's endpoint hash.
+
+    IPv4: ``hash_128_to_64(AF_INET, fnv32(4 bytes))``; IPv6:
+    ``hash_128_to_64(AF_INET6, hash_128_to_64(spooky128(16 bytes)))``;
+    IPv4-mapped IPv6 hashes as the IPv4 address.
+    """
+    addr = parse_address(address, "address")
+    packed = addr.packed
+    if not NATIVE:
+        return _endpoint_hash_py(packed)
+    if addr.version == 4:
+        return int(_lib.kn_ip_hash_v4(packed))
+    return int(_lib.kn_ip_hash_v6(packed))
+
+
+def jhash(data: bytes, initval: int) -> int:
+    """Linux kernel ``jhash(key, len, initval)`` (lookup3), as the BPF program uses it."""
+    _check_u32("initval", initval)
+    return int(_lib.kn_jhash(bytes(data), len(data), initval)) if NATIVE else _jhash_py(bytes(data), initval)
+
+
+def jhash_2words(a: int, b: int, initval: int) -> int:
+    """Linux kernel ``jhash_2words(a, b, initval)``."""
+    for name, value in (("a", a), ("b", b), ("initval", initval)):
+        _check_u32(name, value)
+    return int(_lib.kn_jhash_2words(a, b, initval)) if NATIVE else _jhash_2words_py(a, b, initval)
+
+
+def _rotl32(v: int, r: int) -> int:
+    return ((v << r) | (v >> (32 - r))) & _U32
+
+
+def _jhash_final(a: int, b: int, c: int) -> int:
+    c = ((c ^ b) - _rotl32(b, 14)) & _U32
+    a = ((a ^ c) - _rotl32(c, 11)) & _U32
+    b = ((b ^ a) - _rotl32(a, 25)) & _U32
+    c = ((c ^ b) - _rotl32(b, 16)) & _U32
+    a = ((a ^ c) - _rotl32(c, 4)) & _U32
+    b = ((b ^ a) - _rotl32(a, 14)) & _U32
+    return ((c ^ b) - _rotl32(b, 24)) & _U32
+
+
+def _jhash_py(data: bytes, initval: int) -> int:
+    a = b = c = (0xDEADBEEF + len(data) + initval) & _U32
+    rest = data
+    while len(rest) > 12:
+        wa, wb, wc = struct.unpack_from("<III", rest)
+        a, b, c = (a + wa) & _U32, (b + wb) & _U32, (c + wc) & _U32
+        a = ((a - c) & _U32) ^ _rotl32(c, 4); c = (c + b) & _U32
+        b = ((b - a) & _U32) ^ _rotl32(a, 6); a = (a + c) & _U32
+        c = ((c - b) & _U32) ^ _rotl32(b, 8); b = (b + a) & _U32
+        a = ((a - c) & _U32) ^ _rotl32(c, 16); c = (c + b) & _U32
+        b = ((b - a) & _U32) ^ _rotl32(a, 19); a = (a + c) & _U32
+        c = ((c - b) & _U32) ^ _rotl32(b, 4); b = (b + a) & _U32
+        rest = rest[12:]
+    if not rest:
+        return c
+    wa, wb, wc = struct.unpack("<III", rest.ljust(12, b"\0"))
+    return _jhash_final((a + wa) & _U32, (b + wb) & _U32, (c + wc) & _U32)
+
+
+def _jhash_2words_py(a: int, b: int, initval: int) -> int:
+    base = (initval + 0xDEADBEEF + 8) & _U32
+    return _jhash_final((a + base) & _U32, (b + base) & _U32, base)
+
+
+# ----------------------------------------------------------------------- ring
+def _check_u32(field: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= _U32:
+        raise ValidationError(field, value, "expected an integer in 0..2**32-1")
+
+
+def _bad_endpoint(endpoints: Sequence[Endpoint]) -> ValidationError:
+    """The ValidationError for the first invalid endpoint (slow path, errors only)."""
+    seen = set()
+    for i, ep in enumerate(endpoints):
+        if not isinstance(ep, Endpoint):
+            return ValidationError(f"endpoints[{i}]", ep, "expected a maglev.Endpoint")
+        for name, value, top in (("num", ep.num, MAX_REAL_NUM), ("weight", ep.weight, _U32), ("hash", ep.hash, _U64)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= top:
+                return ValidationError(f"endpoints[{i}].{name}", value, f"expected an integer in 0..{top}")
+        if ep.num in seen:
+            return ValidationError(f"endpoints[{i}].num", ep.num, "real number listed twice")
+        seen.add(ep.num)
+    return ValidationError("endpoints", endpoints, "invalid endpoints")
+
+
+_get_num = operator.attrgetter("num")
+_get_weight = operator.attrgetter("weight")
+_get_hash = operator.attrgetter("hash")
+
+
+def _endpoint_arrays(endpoints: Sequence[Endpoint]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hashes u64, nums u32, weights u32) of valid endpoints, or ValidationError."""
+    # Endpoint's converters guarantee int fields; only ranges are left to check.
+    try:
+        nums_l = list(map(_get_num, endpoints))
+        nums = np.array(nums_l, dtype=np.int64)
+        weights = np.array(list(map(_get_weight, endpoints)), dtype=np.int64)
+        hashes = np.array(list(map(_get_hash, endpoints)), dtype=np.uint64)
+    except (AttributeError, TypeError, OverflowError, ValueError):
+        raise _bad_endpoint(endpoints) from None
+    if nums_l and not (
+        0 <= nums.min() and nums.max() <= MAX_REAL_NUM
+        and 0 <= weights.min() and weights.max() <= _U32
+        and len(set(nums_l)) == len(nums_l)
+    ):
+        raise _bad_endpoint(endpoints)
+    return hashes, nums.astype(np.uint32), weights.astype(np.uint32)
+
+
+def _build_ring_py(hashes: Sequence[int], nums: Sequence[int], weights: Sequence[int],
+                   ring_size: int, version: int) -> np.ndarray:
+    """Reference Maglev population in plain Python (same semantics as the C code)."""
+    n = len(nums)
+    ring = [_FREE] * ring_size
+    if n == 1:
+        return np.full(ring_size, nums[0], dtype=np.uint32)
+    skip = [_murmur3_x64_64_py(h, *SKIP_SEED) % (ring_size - 1) + 1 for h in hashes]
+    pos = [_murmur3_x64_64_py(h, *OFFSET_SEED) % ring_size for h in hashes]
+    filled = 0
+
+    def claim(i: int) -> bool:
+        nonlocal filled
+        p = pos[i]
+        while ring[p % ring_size] != _FREE:
+            p = (p + skip[i]) & _U32
+        ring[p % ring_size] = nums[i]
+        pos[i] = (p + skip[i]) & _U32
+        filled += 1
+        return filled == ring_size
+
+    if version == 0:
+        quota = list(weights)  # first round uses the weights, then one slot each
+        while True:
+            for i in range(n):
+                for _ in range(quota[i]):
+                    if claim(i):
+                        return np.array(ring, dtype=np.uint32)
+                quota[i] = 1
+    max_weight = max(weights)
+    acc = [0] * n
+    while True:
+        for i in range(n):
+            acc[i] += weights[i]
+            if acc[i] >= max_weight:
+                acc[i] -= max_weight
+                if claim(i):
+                    return np.array(ring, dtype=np.uint32)
+
+
+def build_ring(
+    endpoints: Sequence[Endpoint],
+    ring_size: int = DEFAULT_RING_SIZE,
+    hash_function: HashFunction = HashFunction.MAGLEV,
+) -> np.ndarray:
+    """Katran's CH ring for these endpoints: uint32 array of ``ring_size`` real numbers.
+
+    Endpoint nums must be distinct, in 0..2**31-1.  Endpoints of weight 0 are
+    left out (as ``Vip::getEndpoints`` does); with none left the ring is all zeros
+    (real 0 = "no real": the BPF program drops).  Katran itself writes no ring
+    update at all in that case, leaving the previous ring in the map.
+    """
+    if isinstance(ring_size, bool) or not isinstance(ring_size, (int, np.integer)) or not 2 <= ring_size <= MAX_RING_SIZE:
+        raise ValidationError("ring_size", ring_size, "expected an integer in 2..2**32-1")
+    try:
+        version = int(HashFunction(hash_function))
+    except (ValueError, TypeError):
+        raise ValidationError("hash_function", hash_function, "expected HashFunction.MAGLEV or MAGLEV_V2") from None
+    hashes, nums, weights = _endpoint_arrays(list(endpoints))
+    live = weights > 0  # Vip::getEndpoints skips zero weights
+    if not live.all():
+        hashes, nums, weights = hashes[live], nums[live], weights[live]
+    ring_size = int(ring_size)
+    n = len(nums)
+    if n == 0:
+        return np.zeros(ring_size, dtype=np.uint32)
+    # Katran's order: ascending endpoint hash (std::sort).  Equal hashes mean
+    # equal addresses, which KatranLb never gives two real numbers.
+    order = np.argsort(hashes)
+    hashes = np.ascontiguousarray(hashes[order])
+    nums = np.ascontiguousarray(nums[order])
+    weights = np.ascontiguousarray(weights[order])
+    if not NATIVE:
+        return _build_ring_py([int(h) for h in hashes], [int(x) for x in nums],
+                              [int(w) for w in weights], ring_size, version)
+    ring = np.empty(ring_size, dtype=np.uint32)
+    rc = _lib.kn_maglev_ring(
+        _ffi.from_buffer("uint64_t[]", hashes),
+        _ffi.from_buffer("uint32_t[]", nums),
+        _ffi.from_buffer("uint32_t[]", weights),
+        n,
+        ring_size,
+        version,
+        _ffi.from_buffer("uint32_t[]", ring),
+    )
+    if rc == -2:
+        raise MemoryError(f"no memory for a ring of {ring_size} slots")
+    if rc != 0:  # arguments were validated above; this is a bug
+        raise RuntimeError(f"kn_maglev_ring failed (rc={rc}, n={n}, ring_size={ring_size})")
+    return ring
+
+
+def ring_delta(old: Optional[np.ndarray], new: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(positions, values) where ``new`` differs from ``old``; ``old=None`` means every position.
+
+    positions are ascending uint32 ring indices, values the uint32 real numbers
+    of ``new`` there (Katran's ``Vip::calculateHashRing`` delta).
+    """
+    new = np.asarray(new)
+    if new.ndim != 1:
+        raise ValidationError("new", new.shape, "expected a one-dimensional ring")
+    if old is None:
+        positions = np.arange(new.shape[0], dtype=np.uint32)
+        return positions, new.astype(np.uint32, copy=True)
+    old = np.asarray(old)
+    if old.shape != new.shape:
+        raise ValidationError("old", old.shape, f"ring size differs from the new ring's {new.shape}")
+    positions = np.flatnonzero(old != new).astype(np.uint32)
+    return positions, new[positions].astype(np.uint32)
