@@ -20,6 +20,7 @@ from .errors import (
     NotFoundError,
     ValidationError,
 )
+from .healthcheck import HcStats
 from .lb import KatranLb
 from .models import (
     Flow,
@@ -36,7 +37,7 @@ from .models import (
 
 __all__ = [
     "AlreadyExistsError", "BuildError", "CapacityError", "FeatureNotEnabledError", "Flow",
-    "HashFunction", "KatranConfig", "KatranError", "KatranLb", "KernelError", "LbStats",
+    "HashFunction", "HcStats", "KatranConfig", "KatranError", "KatranLb", "KernelError", "LbStats",
     "ModifyAction", "NotFoundError", "PacketResult", "QuicReal", "Real", "RealFlag",
     "ValidationError", "VipFlag", "VipKey",
 ]

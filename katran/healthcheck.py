@@ -265,12 +265,14 @@ class HcManager:
             netlink.detach_tc_bpf(self._ifindex, direction="egress", prio=self.priority, netns=self.netns)
             self._attached = False
 
-    def close(self) -> None:
-        """Detach (when attached) and free the program and maps."""
+    def close(self, detach: bool = True) -> None:
+        """Detach (unless ``detach=False``: the filter then keeps the program alive) and free our fds."""
         with self._lock:
             try:
-                self.detach()
+                if detach:
+                    self.detach()
             finally:
+                self._attached = False
                 if self._obj is not None:
                     self._obj.close()
                     self._obj = None

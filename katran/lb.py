@@ -56,6 +56,7 @@ XDP_VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: 
 # VIP flags the data plane implements; the others are refused until their feature lands
 SUPPORTED_VIP_FLAGS = VipFlag.NO_SPORT | VipFlag.NO_LRU | VipFlag.DPORT_HASH | VipFlag.HASH_SRC_DST_PORT
 MAX_QUIC_REAL_ID = 0xFFFFFE  # server ids are 24 bits wide in Katran's CIDs
+GLOBAL_COUNTER_SLOTS = 32  # global counters live at stats[max_vips + 0..31]
 
 T = TypeVar("T")
 
@@ -165,8 +166,15 @@ class KatranLb:
         self._obj = obj
         try:
             self._provision()
+            if cfg.enable_hc:
+                from .healthcheck import HcManager
+
+                self._hc = HcManager.from_config(cfg)
+                self._hc.load()
             if not cfg.testing:
                 self._attach()
+                if self._hc is not None:
+                    self._hc.attach()
         except BaseException:
             self.close()
             raise
@@ -179,7 +187,8 @@ class KatranLb:
             "reals": cfg.max_reals,
             "reals_stats": cfg.max_reals,
             "lru_miss_stats": cfg.max_reals,
-            "stats": cfg.max_vips * 2,
+            # per-VIP counters, then the global ones at max_vips + N (Katran: 2 * MAX_VIPS)
+            "stats": cfg.max_vips + max(cfg.max_vips, GLOBAL_COUNTER_SLOTS),
             "fallback_cache": cfg.fallback_lru_size,
         }
         for name, size in sizes.items():
@@ -266,6 +275,12 @@ class KatranLb:
             except KatranError as e:
                 errors.append(e)
             self._registered_root = None
+        if self._hc is not None:
+            try:
+                self._hc.close(detach=self._config.cleanup_on_shutdown)
+            except KatranError as e:
+                errors.append(e)
+            self._hc = None
         for m in self._lru_maps:
             m.close()
         self._lru_maps.clear()
@@ -653,6 +668,36 @@ class KatranLb:
     @_locked
     def get_katran_lb_stats(self) -> LbStats:
         return LbStats(self._bpf_failed_calls, self._addr_validation_failed)
+
+    # ------------------------------------------------------------------ healthchecks
+    def _hc_manager(self):
+        self._require_started()
+        if self._hc is None:
+            raise FeatureNotEnabledError("healthcheck forwarding is off (KatranConfig.enable_hc=False)")
+        return self._hc
+
+    @_locked
+    def add_healthchecker_dst(self, somark: int, address: object) -> None:
+        """Probes sent with SO_MARK=somark leave encapsulated toward ``address``."""
+        self._hc_manager().add_dst(somark, address)
+
+    @_locked
+    def del_healthchecker_dst(self, somark: int) -> None:
+        self._hc_manager().del_dst(somark)
+
+    @_locked
+    def get_healthcheckers_dst(self) -> dict[int, str]:
+        return self._hc_manager().get_dsts()
+
+    @_locked
+    def get_hc_program_stats(self):
+        """HcStats(processed, dropped, skipped, too_big) of the healthcheck program."""
+        return self._hc_manager().stats()
+
+    @_locked
+    def run_hc_packet(self, data: bytes, mark: int = 0) -> PacketResult:
+        """Run one frame through the healthcheck program with skb mark ``mark``."""
+        return self._hc_manager().run_packet(data, mark)
 
     # ------------------------------------------------------------------ packets
     @_locked

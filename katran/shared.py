@@ -139,10 +139,16 @@ def _check_pos(m, pos: int) -> int:
     return check_int(pos, "root_map_pos", 0, m.max_entries - 1)
 
 
-def register(prog_fd: int, root_map_path: PathLike, pos: int) -> None:
-    """Put program ``prog_fd`` into slot ``pos`` of the pinned root array (replaces the slot)."""
+def register(prog_fd, root_map_path: PathLike, pos: int) -> None:
+    """Put program ``prog_fd`` (an fd, or a Program) into slot ``pos`` of the pinned root array.
+
+    Replaces what the slot held, atomically.
+    """
+    fd = getattr(prog_fd, "fd", prog_fd)
+    if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+        raise ValidationError("prog_fd", prog_fd, "expected a program fd or a loaded Program")
     with _open_root(root_map_path) as m:
-        m.update(_U32.pack(_check_pos(m, pos)), _U32.pack(prog_fd))
+        m.update(_U32.pack(_check_pos(m, pos)), _U32.pack(fd))
 
 
 def unregister(root_map_path: PathLike, pos: int) -> bool:

@@ -277,3 +277,84 @@ def test_unpinned_array_is_emptied(lab, objs):
         fake.close()
         with netns.inside(link.b.netns):
             shared.uninstall(link.b.ifname, map_path=map_path)
+
+
+def test_katran_balancer_in_shared_mode(lab, objs):
+    """KatranLb with root_map_path registers at root_map_pos; close() lets packets fall through."""
+    from katran import shared
+    from katran.adapter import bpf, hostcfg, netns
+    from katran.build import BPF_DIR, compile_one
+
+    try:
+        from katran import KatranConfig, KatranLb, Real, VipKey
+    except ImportError as exc:  # pragma: no cover - depends on the lead's lb.py
+        pytest.skip(f"KatranLb not importable: {exc}")
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    link, rx, map_path = lab
+    a, b = link.a, link.b
+    vip, real = "10.77.0.100", "10.200.0.1"
+    out = objs["root"].parent
+    balancer = compile_one(BPF_DIR / "balancer.bpf.c", out)
+    xdp_pass = compile_one(BPF_DIR / "xdp_pass.bpf.c", out)
+    # XDP_TX on veth reaches the peer only if the peer runs an XDP program
+    peer = bpf.load_object(xdp_pass)
+    with netns.inside(a.netns):
+        peer.program("xdp_pass").attach_xdp(a.ifindex)
+        netns.run(a.netns, ["ip", "route", "add", vip + "/32", "via", b.ip4])
+    with netns.inside(b.netns):
+        hostcfg.add_host_address("lo", vip)
+        shared.install(b.ifname, map_path=map_path, prog_path=objs["root"])
+    cfg = KatranConfig(main_interface=b.ifname, default_mac=a.mac, root_map_path=map_path, root_map_pos=2,
+                       balancer_prog_path=str(balancer), forwarding_cores=[0])
+    try:
+        with netns.inside(b.netns):
+            lb = KatranLb(cfg)
+            lb.start()
+        try:
+            key = VipKey(vip, PORT, "udp")
+            lb.add_vip(key)
+            lb.add_real_for_vip(Real(real), key)
+            assert set(shared.slots(map_path)) == {2}
+            cap = _capture(a)
+            with netns.inside(a.netns):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.sendto(b"via-balancer", (vip, PORT))
+            frames = _drain(cap)
+            encapped = [Ether(f) for f in frames if Ether(f).haslayer(IP) and Ether(f)[IP].proto == 4]
+            assert encapped, "no IPIP packet came back from the balancer"
+            assert encapped[0][IP].dst == real and encapped[0][IP].payload[UDP].dport == PORT
+            assert _received(rx) == []
+        finally:
+            lb.close()
+        assert shared.slots(map_path) == {}
+        with netns.inside(a.netns):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"to-stack", (vip, PORT))
+        assert _received(rx) == [b"to-stack"]
+    finally:
+        with netns.inside(b.netns):
+            shared.uninstall(b.ifname, map_path=map_path)
+        peer.close()
+
+
+def _capture(end):
+    from katran.adapter import netns
+
+    with netns.inside(end.netns):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        s.bind((end.ifname, 0))
+    s.settimeout(0.3)
+    return s
+
+
+def _drain(s) -> list[bytes]:
+    frames = []
+    try:
+        while True:
+            frames.append(s.recv(65535))
+    except socket.timeout:
+        pass
+    s.close()
+    return frames

@@ -575,3 +575,121 @@ def test_server_command_bad_flag_is_go_style_usage_error():
     assert proc.returncode == 2
     assert err.splitlines()[0] == "katran-server-thrift: flag provided but not defined: -no_such_flag"
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ ThriftKatranClient (katran-cli's transport)
+@pytest.fixture(params=DIALECTS, ids=["-".join(d) for d in DIALECTS])
+def kc(request, server):
+    pytest.importorskip("grpc", reason="the client implements katran_grpc.client.KatranClient (needs grpcio)")
+    from katran_thrift.client import ThriftKatranClient
+
+    framing, protocol = request.param
+    with ThriftKatranClient(f"127.0.0.1:{server.port}", transport=framing, protocol=protocol, timeout=10) as c:
+        yield c
+
+
+def test_client_every_method(kc, lb):
+    from katran_grpc.client import KatranClient
+
+    assert isinstance(kc, KatranClient)
+    vk, vk6 = VipKey("10.200.1.1", 80, 6), VipKey("fc00:1::1", 443, 17)
+    kc.change_mac("02:00:00:00:00:bb")
+    assert kc.get_mac() == lb.get_mac() == "02:00:00:00:00:bb"
+    kc.add_vip(vk, int(VipFlag.NO_SPORT))
+    kc.add_vip(vk6)
+    assert set(kc.get_all_vips()) == set(lb.get_all_vips()) == {vk, vk6}
+    kc.modify_vip(vk, int(VipFlag.NO_LRU))
+    kc.modify_vip(vk, int(VipFlag.NO_SPORT), set_flag=False)
+    assert kc.get_vip_flags(vk) == lb.get_vip_flags(vk) == int(VipFlag.NO_LRU)
+    kc.add_real_for_vip(Real("10.0.0.1", 4), vk)
+    kc.modify_reals_for_vip(ModifyAction.ADD, [Real("10.0.0.2", 6), Real("10.0.0.3", 1)], vk)
+    kc.del_real_for_vip(Real("10.0.0.3"), vk)
+    assert sorted(kc.get_reals_for_vip(vk), key=repr) == sorted(lb.get_reals_for_vip(vk), key=repr) == [
+        Real("10.0.0.1", 4), Real("10.0.0.2", 6)]
+    kc.modify_real("10.0.0.2", 2)
+    assert lb.get_real_flags("10.0.0.2") == 2
+    kc.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.0.0.1", 77)])
+    assert kc.get_quic_reals_mapping() == lb.get_quic_reals_mapping() == [QuicReal("10.0.0.1", 77)]
+    kc.modify_quic_reals_mapping(ModifyAction.DEL, [QuicReal("10.0.0.1", 77)])
+    assert kc.get_quic_reals_mapping() == []
+    for getter in ("get_lru_stats", "get_lru_miss_stats", "get_lru_fallback_stats", "get_icmp_too_big_stats"):
+        assert getattr(kc, getter)() == getattr(lb, getter)(), getter
+    assert kc.get_stats_for_vip(vk) == lb.get_stats_for_vip(vk)
+    kc.del_vip(vk6)
+    assert lb.get_all_vips() == [vk]
+
+
+def test_client_errors(kc, lb):
+    from katran_grpc.client import OperationFailed, RpcFailed
+
+    kc.add_vip(VipKey("10.200.1.1", 80, 6))
+    before = snapshot(lb)
+    with pytest.raises(OperationFailed) as info:
+        kc.add_vip(VipKey("10.200.1.1", 80, 6))
+    assert info.value.rpc == "addVip" and "already exists" in info.value.message
+    with pytest.raises(OperationFailed, match="zz:zz"):
+        kc.change_mac("zz:zz")
+    with pytest.raises(RpcFailed) as info:
+        kc.get_vip_flags(VipKey("10.9.9.9", 80, 6))
+    assert info.value.rpc == "getVipFlags" and "not found" in info.value.message
+    with pytest.raises(RpcFailed) as info:
+        kc.get_real_stats(1)
+    assert info.value.code == "UNIMPLEMENTED"
+    assert snapshot(lb) == before
+    assert kc.get_all_vips() == [VipKey("10.200.1.1", 80, 6)]  # still connected and usable
+
+
+def test_client_server_down_and_reconnect(lb):
+    pytest.importorskip("grpc", reason="the client implements katran_grpc.client.KatranClient (needs grpcio)")
+    from katran_grpc.client import RpcFailed
+    from katran_thrift.client import ThriftKatranClient
+
+    srv = KatranThriftServer(KatranThriftHandler(lb), "127.0.0.1", 0)
+    port = srv.port
+    thread = srv.start()
+    kc = ThriftKatranClient(f"127.0.0.1:{port}", timeout=5)
+    assert kc.get_mac() == DEFAULT_MAC
+    srv.shutdown()
+    thread.join(10)
+    with pytest.raises(RpcFailed) as info:
+        kc.get_mac()
+    assert info.value.code == "UNAVAILABLE"
+    srv2 = KatranThriftServer(KatranThriftHandler(lb), "127.0.0.1", port)
+    thread2 = srv2.start()
+    try:
+        assert kc.get_mac() == DEFAULT_MAC  # reconnected by itself
+    finally:
+        kc.close()
+        srv2.shutdown()
+        thread2.join(10)
+
+
+def test_client_bad_arguments():
+    pytest.importorskip("grpc", reason="the client implements katran_grpc.client.KatranClient (needs grpcio)")
+    from katran import ValidationError
+    from katran_thrift.client import ThriftKatranClient
+
+    with pytest.raises(ValidationError, match="server"):
+        ThriftKatranClient("localhost")
+    with pytest.raises(ValidationError, match="transport"):
+        ThriftKatranClient("127.0.0.1:1", transport="http")
+    with pytest.raises(ValidationError, match="protocol"):
+        ThriftKatranClient("127.0.0.1:1", protocol="json")
+
+
+def test_katran_cli_over_thrift(server, lb, capsys):
+    pytest.importorskip("grpc", reason="katran-cli is part of the gRPC frontend (needs grpcio)")
+    from katran_grpc import cli
+    from katran_thrift.client import client_from_flags
+
+    def run(*argv: str) -> int:
+        return cli.main(["-server", f"127.0.0.1:{server.port}", *argv], client_factory=client_from_flags)
+
+    assert run("-A", "-t", "10.200.1.1:80") == 0
+    assert run("-a", "-t", "10.200.1.1:80", "-r", "10.0.0.1", "-w", "3") == 0
+    assert lb.get_reals_for_vip(VipKey("10.200.1.1", 80, 6)) == [Real("10.0.0.1", 3)]
+    capsys.readouterr()
+    assert run("-l") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"VIP:\s+10\.200\.1\.1 Port:\s+80 Protocol: tcp", out), out
+    assert re.search(r"->10\.0\.0\.1\s+weight: 3", out), out

@@ -29,6 +29,7 @@ log = logging.getLogger("katran_thrift.server")
 
 DEFAULT_SERVER = "127.0.0.1:12307"
 
+
 class _QuietHandlerErrors(logging.Filter):
     """The generated processor logs (on the root logger) a traceback for every
     call that failed with a TApplicationException; the handler already logged

@@ -1,0 +1,182 @@
+"""Kernel side of the lab topology (pyroute2): named namespaces, veth pairs, routes.
+
+Extends ``katran.adapter.netns`` (which builds throw-away two-namespace links) with
+what a multi-host topology needs: namespaces with chosen names, veth pairs whose
+ends get chosen names inside their namespaces, static routes, neighbour lookups
+and a dummy XDP program for veth peers (frames sent with XDP_TX reach a veth peer
+only when that peer has an XDP program).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from pyroute2 import IPRoute, NetNS, netns as _netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from katran.errors import KernelError, NotFoundError
+
+from .netns import VethEnd, inside, sysctl, unique_name
+
+NETNS_DIR = Path("/run/netns")
+IFA_F_NODAD = 0x02
+XDP_PASS_OBJECT = Path(__file__).resolve().parents[1] / "bpf" / "obj" / "xdp_pass.bpf.o"
+
+
+def netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def list_netns(prefix: str = "") -> list[str]:
+    """Names under /run/netns starting with ``prefix``."""
+    if not NETNS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
+
+
+def create_netns(name: str) -> None:
+    """Create namespace ``name`` (KernelError EEXIST when it exists)."""
+    if netns_exists(name):
+        raise KernelError(f"create netns {name}", errno.EEXIST, "it exists already")
+    _netns.create(name)
+    with NetNS(name) as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        ipr.link("set", index=lo, state="up")
+
+
+def remove_netns(name: str) -> bool:
+    """Remove namespace ``name`` (its veth ends go with it); False when absent."""
+    if not netns_exists(name):
+        return False
+    with contextlib.suppress(OSError):
+        _netns.remove(name)
+    return True
+
+
+def veth_pair(ns_a: str, if_a: str, ns_b: str, if_b: str, mtu: int = 1500) -> None:
+    """A veth pair with end ``if_a`` in ``ns_a`` and ``if_b`` in ``ns_b`` (both down, no address)."""
+    tmp_a, tmp_b = unique_name("klv"), unique_name("klv")
+    with IPRoute() as ipr:
+        try:
+            ipr.link("add", ifname=tmp_a, kind="veth", peer=tmp_b)
+        except NetlinkError as exc:
+            raise KernelError(f"create veth {if_a}/{if_b}", exc.code) from None
+        try:
+            for tmp, ns in ((tmp_a, ns_a), (tmp_b, ns_b)):
+                idx = ipr.link_lookup(ifname=tmp)[0]
+                ipr.link("set", index=idx, net_ns_fd=ns)
+        except Exception:
+            with contextlib.suppress(Exception):
+                ipr.link("del", ifname=tmp_a)
+            raise
+    for tmp, name, ns in ((tmp_a, if_a, ns_a), (tmp_b, if_b, ns_b)):
+        with NetNS(ns) as ipr:
+            idx = ipr.link_lookup(ifname=tmp)[0]
+            ipr.link("set", index=idx, ifname=name, mtu=mtu)
+
+
+def configure(ns: str, ifname: str, addrs: Sequence[str]) -> VethEnd:
+    """Put ``addrs`` (``a.b.c.d/len``, ``x::y/len``) on ``ifname`` and bring it up."""
+    with NetNS(ns) as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise NotFoundError("interface", f"{ifname} in {ns}")
+        idx = found[0]
+        for a in addrs:
+            addr, plen = a.split("/")
+            flags = IFA_F_NODAD if ":" in addr else 0
+            try:
+                ipr.addr("add", index=idx, address=addr, prefixlen=int(plen), flags=flags)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise KernelError(f"add {a} to {ifname} in {ns}", exc.code) from None
+        ipr.link("set", index=idx, state="up")
+        mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+    return VethEnd(ns, ifname, idx, str(mac).lower(), tuple(addrs))
+
+
+def add_route(ns: str, dst: str, gateway: str) -> None:
+    """Route ``dst`` (prefix, or ``default``/``default6``) via ``gateway`` in ``ns``."""
+    gw = ipaddress.ip_address(gateway)
+    family = socket.AF_INET6 if gw.version == 6 else socket.AF_INET
+    kw = {"family": family, "gateway": str(gw)}
+    if dst not in ("default", "default6"):
+        net = ipaddress.ip_network(dst, strict=False)
+        kw.update(dst=str(net.network_address), dst_len=net.prefixlen)
+    with NetNS(ns) as ipr:
+        try:
+            ipr.route("add", **kw)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise KernelError(f"route {dst} via {gateway} in {ns}", exc.code) from None
+
+
+def add_local_address(ns: str, ifname: str, addr: str) -> None:
+    """A host address (/32, /128) on ``ifname`` (e.g. a VIP on ``lo``); no-op if present."""
+    ip = ipaddress.ip_address(addr)
+    configure(ns, ifname, [f"{ip}/{32 if ip.version == 4 else 128}"])
+
+
+def set_sysctls(ns: str, values: dict) -> None:
+    for key, value in values.items():
+        sysctl(ns, key, str(value))
+
+
+def neighbour_mac(ns: str, ifname: str, address: str) -> Optional[str]:
+    """MAC of ``address`` in the neighbour table of ``ns`` (None when unresolved)."""
+    want = ipaddress.ip_address(address)
+    family = socket.AF_INET6 if want.version == 6 else socket.AF_INET
+    with NetNS(ns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        for n in ipr.neigh("dump", ifindex=idx, family=family):
+            dst, mac = n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR")
+            # NUD_INCOMPLETE / NUD_FAILED have no usable lladdr
+            if dst and mac and ipaddress.ip_address(dst) == want and n["state"] not in (0x01, 0x20):
+                return str(mac).lower()
+    return None
+
+
+def attach_xdp_pass(ns: str, ifname: str, obj_path: Optional[os.PathLike] = None) -> int:
+    """Attach the empty ``xdp_pass`` program to ``ifname`` in ``ns``; returns its id.
+
+    The attachment keeps the program alive; it goes away with the interface.
+    """
+    from . import bpf
+
+    spec = bpf.ObjectSpec.open(obj_path or XDP_PASS_OBJECT)
+    try:
+        obj = spec.load()
+    finally:
+        spec.close()
+    try:
+        prog = obj.program("xdp_pass")
+        with inside(ns):
+            with IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=ifname)[0]
+            prog.attach_xdp(idx, "native", replace=True)
+        return prog.id
+    finally:
+        obj.close()
+
+
+def xdp_prog_id(ns: str, ifname: str) -> int:
+    """Id of the native XDP program on ``ifname`` in ``ns`` (0: none)."""
+    from . import bpf
+
+    with inside(ns):
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                raise NotFoundError("interface", f"{ifname} in {ns}")
+        return bpf.xdp_attached_prog_id(found[0], "native")
+
+
+def remove_all(names: Iterable[str]) -> list[str]:
+    """Remove the namespaces that exist among ``names``; returns those removed."""
+    return [n for n in names if remove_netns(n)]

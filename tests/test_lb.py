@@ -1,0 +1,408 @@
+"""KatranLb: validation, indices, reference counts, CH rings in the map, stats.
+
+Runs against the real BPF object in testing mode (loaded and provisioned, not
+attached), so every assertion reads the kernel's maps or the program's verdicts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from katran import (
+    AlreadyExistsError,
+    CapacityError,
+    FeatureNotEnabledError,
+    Flow,
+    HashFunction,
+    KatranConfig,
+    KatranError,
+    KatranLb,
+    LbStats,
+    ModifyAction,
+    NotFoundError,
+    Real,
+    ValidationError,
+    VipFlag,
+    VipKey,
+)
+from katran import maglev, structs
+
+root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+MAC = "00:00:de:ad:be:af"
+RING = 65537
+
+
+def config(**kw) -> KatranConfig:
+    kw.setdefault("testing", True)
+    kw.setdefault("default_mac", MAC)
+    kw.setdefault("forwarding_cores", ())
+    return KatranConfig(**kw)
+
+
+@pytest.fixture
+def lb():
+    with KatranLb(config(max_vips=8, max_reals=16)) as lb:
+        yield lb
+
+
+def tcp4(src="192.168.1.1", dst="10.200.1.1", sport=31337, dport=80, flags="A") -> bytes:
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=src, dst=dst)
+                 / TCP(sport=sport, dport=dport, flags=flags) / b"payload")
+
+
+def ring_in_map(lb: KatranLb, vip: VipKey) -> np.ndarray:
+    num = lb._vips[vip].num
+    ch = lb._map("ch_rings")
+    return np.array(
+        [structs.u32_unpack(ch.lookup(structs.u32(num * RING + i))) for i in range(RING)], dtype=np.uint32
+    )
+
+
+# ---------------------------------------------------------------- config (no privileges)
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(default_mac="00:11:22:33:44"), "default_mac"),
+        (dict(default_mac="zz:11:22:33:44:55"), "default_mac"),
+        (dict(forwarding_cores="0,x"), "forwarding_cores"),
+        (dict(forwarding_cores=[0, 0]), "forwarding_cores"),
+        (dict(forwarding_cores=[4096]), "forwarding_cores"),
+        (dict(forwarding_cores=[0], numa_nodes=[0, 1]), "numa_nodes"),
+        (dict(max_vips=0), "max_vips"),
+        (dict(max_vips=70000, ch_ring_size=65537), "max_vips"),
+        (dict(xdp_attach_mode="turbo"), "xdp_attach_mode"),
+        (dict(testing=False, main_interface=""), "main_interface"),
+        (dict(katran_src_v4="fc00::1"), "katran_src_v4"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(kwargs, field):
+    with pytest.raises(ValidationError) as e:
+        config(**kwargs)
+    assert e.value.field == field
+    assert field in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (("10.0.0.300", 80, "tcp"), "vip.address"),
+        (("10.0.0.1", 65536, "tcp"), "vip.port"),
+        (("10.0.0.1", -1, "tcp"), "vip.port"),
+        (("10.0.0.1", 80, "sctp"), "vip.proto"),
+        (("10.0.0.1", 80, 1), "vip.proto"),
+    ],
+)
+def test_vip_key_validation(args, field):
+    with pytest.raises(ValidationError) as e:
+        VipKey(*args)
+    assert e.value.field == field and repr(args[0 if "address" in field else 1 if "port" in field else 2]) in str(e.value)
+
+
+def test_real_weight_validation():
+    with pytest.raises(ValidationError, match="real.weight"):
+        Real("10.0.0.1", -1)
+    with pytest.raises(ValidationError, match="real.address"):
+        Real("not-an-ip")
+
+
+# ---------------------------------------------------------------- VIPs
+@root
+def test_add_vip_twice_and_unknown_vip(lb):
+    vip = VipKey("10.200.1.1", 80, "tcp")
+    lb.add_vip(vip, VipFlag.NO_SPORT)
+    with pytest.raises(AlreadyExistsError):
+        lb.add_vip(vip)
+    assert lb.get_all_vips() == [vip] and lb.get_vip_flags(vip) == VipFlag.NO_SPORT
+    other = VipKey("10.200.1.2", 80, "tcp")
+    for call in (lambda: lb.del_vip(other), lambda: lb.get_vip_flags(other),
+                 lambda: lb.modify_vip(other, 1), lambda: lb.add_real_for_vip(Real("10.0.0.1"), other),
+                 lambda: lb.get_reals_for_vip(other), lambda: lb.get_stats_for_vip(other)):
+        with pytest.raises(NotFoundError, match="10.200.1.2"):
+            call()
+    assert lb.get_all_vips() == [vip]
+
+
+@root
+def test_vip_capacity_and_vip_map_contents(lb):
+    vips = [VipKey(f"10.1.0.{i}", 80, "udp") for i in range(8)]
+    for v in vips:
+        lb.add_vip(v)
+    with pytest.raises(CapacityError, match="max_vips"):
+        lb.add_vip(VipKey("10.1.1.1", 80, "udp"))
+    vip_map = lb._map("vip_map")
+    assert len(list(vip_map.keys())) == 8
+    lb.del_vip(vips[3])
+    assert len(list(vip_map.keys())) == 7
+    assert vip_map.lookup(structs.vip_definition(vips[3].address, 80, 17)) is None
+    lb.add_vip(VipKey("10.1.1.1", 80, "udp"))  # the freed number is reused
+    assert sorted(v.num for v in lb._vips.values()) == list(range(8))
+
+
+@root
+def test_unimplemented_or_unknown_flags_are_refused(lb):
+    vip = VipKey("10.200.1.1", 80, "tcp")
+    with pytest.raises(ValidationError, match="flags"):
+        lb.add_vip(vip, 1 << 20)
+    assert lb.get_all_vips() == []
+    lb.add_vip(vip)
+    with pytest.raises(ValidationError, match="flags"):
+        lb.modify_vip(vip, 1 << 20)
+    assert lb.get_vip_flags(vip) == 0
+    lb.modify_vip(vip, VipFlag.DPORT_HASH)
+    lb.modify_vip(vip, VipFlag.NO_SPORT)
+    lb.modify_vip(vip, VipFlag.DPORT_HASH, set_flag=False)
+    meta = lb._map("vip_map").lookup(structs.vip_definition(vip.address, 80, 6))
+    assert structs.vip_meta_unpack(meta)[0] == VipFlag.NO_SPORT == lb.get_vip_flags(vip)
+
+
+# ---------------------------------------------------------------- reals
+@root
+def test_v6_vip_refuses_v4_real_and_changes_nothing(lb):
+    vip = VipKey("fc00:1::1", 80, "tcp")
+    lb.add_vip(vip)
+    with pytest.raises(ValidationError, match="IPv6 VIP .* cannot have an IPv4 real"):
+        lb.modify_reals_for_vip(ModifyAction.ADD, [Real("fc00::1"), Real("10.0.0.1")], vip)
+    assert lb.get_reals_for_vip(vip) == []
+    with pytest.raises(NotFoundError):
+        lb.get_index_for_real("fc00::1")
+
+
+@root
+def test_v4_vip_with_v6_reals_encapsulates_ip6(lb):
+    vip = VipKey("10.200.1.3", 80, "tcp")
+    lb.add_vip(vip)
+    lb.add_real_for_vip(Real("fc00::2"), vip)
+    res = lb.run_packet(tcp4(dst="10.200.1.3"))
+    assert res.verdict == "XDP_TX"
+    out = Ether(res.data)
+    assert out[IPv6].dst == "fc00::2" and out[IPv6].nh == 4 and out[IP].dst == "10.200.1.3"
+
+
+@root
+def test_real_indices_are_refcounted_across_vips(lb):
+    a, b = VipKey("10.200.1.1", 80, "tcp"), VipKey("10.200.1.1", 80, "udp")
+    lb.add_vip(a)
+    lb.add_vip(b)
+    lb.add_real_for_vip(Real("10.0.0.1"), a)
+    lb.add_real_for_vip(Real("10.0.0.1"), b)
+    idx = lb.get_index_for_real("10.0.0.1")
+    assert idx == 1  # index 0 is reserved
+    assert structs.real_definition_unpack(lb._map("reals").lookup(structs.u32(idx)))[0].exploded == "10.0.0.1"
+    lb.del_real_for_vip(Real("10.0.0.1"), a)
+    assert lb.get_index_for_real("10.0.0.1") == idx  # still used by b
+    lb.del_vip(b)
+    with pytest.raises(NotFoundError):
+        lb.get_index_for_real("10.0.0.1")
+
+
+@root
+def test_real_capacity_is_checked_before_anything_changes(lb):
+    vip = VipKey("10.200.1.1", 80, "tcp")
+    lb.add_vip(vip)
+    lb.modify_reals_for_vip(ModifyAction.ADD, [Real(f"10.0.0.{i}") for i in range(1, 14)], vip)
+    before = lb.get_reals_for_vip(vip)
+    ring = lb._vips[vip].ring.copy()
+    with pytest.raises(CapacityError, match="max_reals"):
+        lb.modify_reals_for_vip(ModifyAction.ADD, [Real(f"10.0.1.{i}") for i in range(1, 4)], vip)
+    assert lb.get_reals_for_vip(vip) == before
+    assert np.array_equal(lb._vips[vip].ring, ring)
+
+
+@root
+def test_delete_batch_with_unknown_real_changes_nothing(lb):
+    vip = VipKey("10.200.1.1", 80, "tcp")
+    lb.add_vip(vip)
+    lb.modify_reals_for_vip(ModifyAction.ADD, [Real("10.0.0.1"), Real("10.0.0.2")], vip)
+    with pytest.raises(NotFoundError, match="10.0.0.9"):
+        lb.modify_reals_for_vip(ModifyAction.DEL, [Real("10.0.0.1"), Real("10.0.0.9")], vip)
+    assert [r.address.exploded for r in lb.get_reals_for_vip(vip)] == ["10.0.0.1", "10.0.0.2"]
+
+
+@root
+def test_modify_real_flags(lb):
+    vip = VipKey("10.200.1.1", 80, "tcp")
+    lb.add_vip(vip)
+    lb.add_real_for_vip(Real("fc00::1"), vip)
+    lb.modify_real("fc00::1", 2)
+    assert lb.get_real_flags("fc00::1") == 2
+    idx = lb.get_index_for_real("fc00::1")
+    _, flags = structs.real_definition_unpack(lb._map("reals").lookup(structs.u32(idx)))
+    assert flags == 2 | 1  # LOCAL_REAL, and the IPv6 bit katran keeps itself
+    lb.modify_real("fc00::1", 2, set_flag=False)
+    assert lb.get_real_flags("fc00::1") == 0
+    with pytest.raises(NotFoundError):
+        lb.modify_real("fc00::9", 2)
+    with pytest.raises(ValidationError, match="address"):
+        lb.modify_real("fc00::zz", 2)
+
+
+# ---------------------------------------------------------------- CH rings
+@root
+def test_ring_in_the_map_is_the_maglev_ring_and_updates_minimally(lb):
+    vip = VipKey("10.200.1.1", 80, "tcp")
+    lb.add_vip(vip)
+    reals = [Real(f"10.0.0.{i}") for i in range(1, 6)]
+    lb.modify_reals_for_vip(ModifyAction.ADD, reals, vip)
+    endpoints = [maglev.Endpoint(lb.get_index_for_real(r.address), 1, maglev.endpoint_hash(r.address)) for r in reals]
+    expected = maglev.build_ring(endpoints, RING, HashFunction.MAGLEV)
+    before = ring_in_map(lb, vip)
+    assert np.array_equal(before, expected)
+    gone = lb.get_index_for_real("10.0.0.3")
+    lb.del_real_for_vip(Real("10.0.0.3"), vip)
+    after = ring_in_map(lb, vip)
+    changed = before != after
+    assert gone not in after and np.all(changed[before == gone])
+    # Maglev's disruption is near-minimal: other reals' slots barely move (< 1% of the ring)
+    assert np.count_nonzero(changed & (before != gone)) < RING // 100
+
+
+@root
+def test_weight_zero_drains_and_no_reals_drops(lb):
+    vip = VipKey("10.200.1.1", 80, "tcp")
+    lb.add_vip(vip)
+    lb.modify_reals_for_vip(ModifyAction.ADD, [Real("10.0.0.1"), Real("10.0.0.2")], vip)
+    lb.add_real_for_vip(Real("10.0.0.2", 0), vip)  # re-weight to 0
+    assert lb.get_reals_for_vip(vip)[1].weight == 0
+    assert set(np.unique(ring_in_map(lb, vip))) == {lb.get_index_for_real("10.0.0.1")}
+    lb.modify_reals_for_vip(ModifyAction.DEL, [Real("10.0.0.1"), Real("10.0.0.2")], vip)
+    assert not ring_in_map(lb, vip).any()
+    drops = lb.get_ch_drop_stats()
+    assert lb.run_packet(tcp4()).verdict == "XDP_DROP"
+    assert lb.get_ch_drop_stats() != drops
+
+
+@root
+def test_change_hash_function(lb):
+    vip = VipKey("10.200.1.1", 80, "tcp")
+    lb.add_vip(vip)
+    lb.modify_reals_for_vip(ModifyAction.ADD, [Real(f"10.0.0.{i}", i) for i in range(1, 4)], vip)
+    v1 = ring_in_map(lb, vip)
+    lb.change_hash_function_for_vip(vip, HashFunction.MAGLEV_V2)
+    assert lb.get_hash_function_for_vip(vip) == HashFunction.MAGLEV_V2
+    assert not np.array_equal(v1, ring_in_map(lb, vip))
+    with pytest.raises(ValidationError, match="hash_function"):
+        lb.change_hash_function_for_vip(vip, 7)
+
+
+# ---------------------------------------------------------------- data path through KatranLb
+@root
+def test_mac_change_and_validation(lb):
+    vip = VipKey("10.200.1.1", 80, "tcp")
+    lb.add_vip(vip)
+    lb.add_real_for_vip(Real("10.0.0.1"), vip)
+    assert Ether(lb.run_packet(tcp4()).data).dst == MAC
+    with pytest.raises(ValidationError, match="mac"):
+        lb.change_mac("01:02:03")
+    assert lb.get_mac() == MAC
+    lb.change_mac("02:11:22:33:44:55")
+    assert lb.get_mac() == "02:11:22:33:44:55"
+    assert Ether(lb.run_packet(tcp4()).data).dst == "02:11:22:33:44:55"
+
+
+@root
+def test_get_real_for_flow_agrees_with_the_packet(lb):
+    vip = VipKey("10.200.1.1", 80, "udp")
+    lb.add_vip(vip)
+    lb.modify_reals_for_vip(ModifyAction.ADD, [Real(f"10.0.0.{i}") for i in range(1, 5)], vip)
+    seen = set()
+    for sport in range(1000, 1040):
+        real = lb.get_real_for_flow(Flow("192.168.1.1", "10.200.1.1", sport, 80, "udp"))
+        frame = bytes(Ether() / IP(src="192.168.1.1", dst="10.200.1.1") / UDP(sport=sport, dport=80) / b"x")
+        assert Ether(lb.run_packet(frame).data)[IP].dst == real
+        seen.add(real)
+    assert len(seen) > 1
+    assert lb.get_real_for_flow(Flow("192.168.1.1", "10.9.9.9", 1, 80, "udp")) is None
+    with pytest.raises(ValidationError, match="flow.src"):
+        lb.get_real_for_flow(Flow("fc00::1", "10.200.1.1", 1, 80, "udp"))
+
+
+@root
+def test_stats_getters_count_packets(lb):
+    vip = VipKey("10.200.1.1", 80, "tcp")
+    lb.add_vip(vip)
+    lb.add_real_for_vip(Real("10.0.0.1"), vip)
+    syn, ack = tcp4(flags="S"), tcp4()
+    for frame in (syn, ack, ack, tcp4(dst="10.9.9.9")):
+        lb.run_packet(frame)
+    assert lb.get_stats_for_vip(vip).v1 == 3
+    assert lb.get_stats_for_vip(vip).v2 == 3 * (len(syn) - 14)
+    assert lb.get_lru_stats() == LbStats(3, 1)  # one miss: the SYN
+    assert lb.get_lru_miss_stats() == LbStats(1, 0)
+    assert lb.get_xdp_total_stats().v1 == 4
+    assert lb.get_xdp_tx_stats().v1 == 3 and lb.get_xdp_pass_stats().v1 == 1
+    assert lb.get_real_stats(lb.get_index_for_real("10.0.0.1")).v1 == 3
+    assert sum(lb.get_per_core_packets_stats()) == 4
+    with pytest.raises(ValidationError, match="index"):
+        lb.get_real_stats(10**6)
+
+
+# ---------------------------------------------------------------- healthchecks through KatranLb
+@root
+def test_healthchecker_dsts_via_lb():
+    with KatranLb(config(enable_hc=True, katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337",
+                         local_mac="00:ff:de:ad:be:af")) as lb:
+        lb.add_healthchecker_dst(1, "10.0.0.1")
+        lb.add_healthchecker_dst(3, "fc00::1")
+        assert lb.get_healthcheckers_dst() == {1: "10.0.0.1", 3: "fc00::1"}
+        with pytest.raises(ValidationError, match="somark"):
+            lb.add_healthchecker_dst(0, "10.0.0.2")
+        with pytest.raises(ValidationError, match="address"):
+            lb.add_healthchecker_dst(2, "10.0.0")
+        assert lb.get_healthcheckers_dst() == {1: "10.0.0.1", 3: "fc00::1"}
+        probe = bytes(Ether() / IP(src="10.0.13.37", dst="10.200.1.1") / UDP(sport=1, dport=80) / b"hc")
+        res = lb.run_hc_packet(probe, mark=3)
+        assert Ether(res.data)[IPv6].dst == "fc00::1"
+        lb.del_healthchecker_dst(1)
+        with pytest.raises(NotFoundError):
+            lb.del_healthchecker_dst(1)
+        assert lb.get_hc_program_stats().processed >= 1
+
+
+@root
+def test_healthchecks_off_is_a_clear_error(lb):
+    with pytest.raises(FeatureNotEnabledError, match="enable_hc"):
+        lb.add_healthchecker_dst(1, "10.0.0.1")
+
+
+# ---------------------------------------------------------------- concurrency / life cycle
+@root
+def test_concurrent_calls_are_serialised(lb):
+    vips = [VipKey(f"10.3.0.{i}", 80, "tcp") for i in range(8)]
+    errors = []
+
+    def worker(v):
+        try:
+            lb.add_vip(v)
+            lb.add_real_for_vip(Real("10.0.0.1"), v)
+        except KatranError as e:  # pragma: no cover - would be the failure
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(v,)) for v in vips]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(v.num for v in lb._vips.values()) == list(range(8))
+    assert lb._reals[lb._num_to_real[1]].refcount == 8
+
+
+@root
+def test_missing_object_says_how_to_build(tmp_path):
+    lb = KatranLb(config(balancer_prog_path=str(tmp_path / "nope.bpf.o")))
+    with pytest.raises(KatranError, match="nope.bpf.o"):
+        lb.start()
+    assert not lb.started
+
+
+def test_methods_before_start_are_a_clear_error():
+    lb = KatranLb(config())
+    with pytest.raises(KatranError, match="start"):
+        lb.add_vip(VipKey("10.0.0.1", 80, "tcp"))
