@@ -110,6 +110,28 @@ class KatranConfig:
     testing: bool = False
     cleanup_on_shutdown: bool = True
 
+    # --- data-plane features: load-time knobs of the one balancer object (Katran's build
+    # flavours); all off by default, each costs nothing when off.
+    gue_encap: bool = False  # GUE (UDP) instead of IPIP/IP6IP6; outer sources katran_src_v4/v6
+    gue_dport: int = attrs.field(default=6080, converter=lambda v: check_int(v, "gue_dport", 1, 65535))
+    tcp_server_id_routing: bool = False  # TPR: server id in TCP option 0xB7
+    udp_stable_routing: bool = False  # UDP_STABLE_ROUTING_VIP VIPs
+    lpm_src_lookup: bool = False  # SRC_ROUTING VIPs: source prefix -> real
+    max_lpm_src_size: int = attrs.field(default=3_000_000, converter=_positive("max_lpm_src_size"))
+    global_lru: bool = False  # GLOBAL_LRU VIPs
+    global_lru_size: int = attrs.field(default=100_000, converter=_positive("global_lru_size"))
+    local_delivery: bool = False  # LOCAL_VIP VIPs: pass packets for LOCAL_REAL reals
+    icmp_toobig_generation: bool = False  # answer frames > max_pckt_size with ICMP too big
+    inline_decap_ipip: bool = False  # decapsulate IPIP/IP6IP6 to decap dsts, re-balance
+    inline_decap_gue: bool = False  # decapsulate GUE to decap dsts, re-balance
+    decap_strict_destination: bool = False  # decap only for decap dsts / this host (pckt_srcs)
+    enable_cid_v3: bool = False  # QUIC CID v3: 32-bit server ids (server_id_map becomes a hash)
+    max_pckt_size: int = attrs.field(default=1514, converter=lambda v: check_int(v, "max_pckt_size", 64, 65535))
+    lru_udp_timeout_ns: int = attrs.field(
+        default=30_000_000_000, converter=lambda v: check_int(v, "lru_udp_timeout_ns", 0, 2**64 - 1)
+    )
+    max_conn_rate: int = attrs.field(default=125_000, converter=lambda v: check_int(v, "max_conn_rate", 0, 2**32 - 1))
+
     def __attrs_post_init__(self) -> None:
         if not self.testing and not self.main_interface:
             raise ValidationError("main_interface", self.main_interface, "required unless testing=True")
@@ -120,5 +142,11 @@ class KatranConfig:
             )
         if self.forwarding_cores and self.lru_size < len(self.forwarding_cores):
             raise ValidationError("lru_size", self.lru_size, "smaller than the number of forwarding cores")
+        if self.gue_encap and self.katran_src_v4 is None and self.katran_src_v6 is None:
+            raise ValidationError("katran_src_v4", None, "gue_encap needs katran_src_v4 and/or katran_src_v6")
+        if self.decap_strict_destination and not (self.inline_decap_ipip or self.inline_decap_gue):
+            raise ValidationError(
+                "decap_strict_destination", True, "needs inline_decap_ipip or inline_decap_gue"
+            )
         if self.max_vips * self.ch_ring_size > 2**32 - 1:
             raise ValidationError("ch_ring_size", self.ch_ring_size, "max_vips * ch_ring_size exceeds 2**32")

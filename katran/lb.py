@@ -53,9 +53,22 @@ from .models import (
 OBJ_DIR = Path(__file__).resolve().parent / "bpf" / "obj"
 BALANCER_PROG = "balancer_ingress"
 XDP_VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
-# VIP flags the data plane implements; the others are refused until their feature lands
-SUPPORTED_VIP_FLAGS = VipFlag.NO_SPORT | VipFlag.NO_LRU | VipFlag.DPORT_HASH | VipFlag.HASH_SRC_DST_PORT
-MAX_QUIC_REAL_ID = 0xFFFFFE  # server ids are 24 bits wide in Katran's CIDs
+# VIP flags that need a load-time feature knob of the balancer (KatranConfig field)
+FLAG_FEATURES = {
+    VipFlag.SRC_ROUTING: "lpm_src_lookup",
+    VipFlag.LOCAL_VIP: "local_delivery",
+    VipFlag.GLOBAL_LRU: "global_lru",
+    VipFlag.UDP_STABLE_ROUTING_VIP: "udp_stable_routing",
+}
+# KatranConfig fields written into the balancer's `const volatile` knobs before load
+KNOBS = (
+    "gue_encap", "gue_dport", "tcp_server_id_routing", "udp_stable_routing", "lpm_src_lookup",
+    "global_lru", "local_delivery", "icmp_toobig_generation", "inline_decap_ipip", "inline_decap_gue",
+    "decap_strict_destination", "max_pckt_size", "lru_udp_timeout_ns", "max_conn_rate",
+)
+MAX_SERVER_IDS_V3 = 1 << 24  # server_id_map entries when it is a hash (CID v3)
+MAX_QUIC_REAL_ID = 0xFFFFFE  # server ids are 24 bits wide in CIDs v1/v2 (kMaxQuicIdV2)
+RECIRC_SLOT = 0  # the balancer's own slot in its `subprograms` prog array
 GLOBAL_COUNTER_SLOTS = 32  # global counters live at stats[max_vips + 0..31]
 
 T = TypeVar("T")
@@ -129,6 +142,9 @@ class KatranLb:
         # index 0 is reserved as "no real": a zeroed ring slot drops the packet
         self._free_real_nums = collections.deque(range(1, config.max_reals))
         self._quic_reals: dict[int, int] = {}  # server id -> real num
+        self._lpm_rules: dict = {}  # source prefix (ip_network) -> real num
+        self._decap_dsts: list = []  # inline decap destinations
+        self._down_reals: dict[VipKey, set] = {}  # vip -> real nums marked down
         self._bpf_failed_calls = 0
         self._addr_validation_failed = 0
 
@@ -191,23 +207,47 @@ class KatranLb:
             "stats": cfg.max_vips + max(cfg.max_vips, GLOBAL_COUNTER_SLOTS),
             "fallback_cache": cfg.fallback_lru_size,
         }
+        sizes.update({
+            "vip_to_down_reals_map": cfg.max_vips,
+            "decap_dst": cfg.max_decap_dst,
+            "lpm_src_v4": cfg.max_lpm_src_size,
+            "lpm_src_v6": cfg.max_lpm_src_size,
+            "decap_vip_stats": cfg.max_vips,
+            "server_id_stats": cfg.max_vips,
+        })
+        if cfg.enable_cid_v3 and "server_id_map" in spec.map_names:
+            # 32-bit server ids do not fit an array: the same lookups work on a hash
+            from .adapter import bpf
+
+            spec.set_map_type("server_id_map", bpf.BPF_MAP_TYPE_HASH)
+            sizes["server_id_map"] = MAX_SERVER_IDS_V3
         for name, size in sizes.items():
             if name in spec.map_names:
                 spec.set_max_entries(name, size)
+        if "vip_to_down_reals_map" in spec.map_names:
+            spec.set_inner_map_max_entries("vip_to_down_reals_map", cfg.max_reals)
+        numa = self._config.numa_nodes
         if "lru_mapping" in spec.map_names:
             # per-core LRUs must match the template, BPF_F_NUMA_NODE flag included
-            numa = self._config.numa_nodes
             spec.set_inner_map_max_entries(
                 "lru_mapping", self._per_core_lru_size(), numa_node=numa[0] if numa else None
+            )
+        if cfg.global_lru and "global_lru_maps" in spec.map_names:
+            spec.set_inner_map_max_entries(
+                "global_lru_maps", cfg.global_lru_size, numa_node=numa[0] if numa else None
             )
 
     def _set_knobs(self, spec) -> None:
         cfg = self._config
         knobs = {"ring_size": cfg.ch_ring_size, "max_vips": cfg.max_vips}
+        knobs.update({name: int(getattr(cfg, name)) for name in KNOBS})
         available = spec.rodata_vars()
         for name, value in knobs.items():
             if name in available:
                 spec.set_rodata(name, value)
+        missing = [n for n in KNOBS if getattr(cfg, n) is True and n not in available]
+        if missing:
+            raise FeatureNotEnabledError(f"the balancer object {spec.path} has no knob(s) {', '.join(missing)}")
 
     def _forwarding_cores(self) -> tuple:
         cfg = self._config
@@ -238,7 +278,29 @@ class KatranLb:
             )
             self._lru_maps.append(inner)
             self._update(lru_mapping, structs.u32(core), structs.u32(inner.fd))
+            if self._config.global_lru:
+                glru = bpf.create_map(
+                    bpf.BPF_MAP_TYPE_LRU_PERCPU_HASH,
+                    fallback.key_size,
+                    4,
+                    self._config.global_lru_size,
+                    name=f"katran_glru_{core}",
+                    numa_node=numa[i] if numa else None,
+                )
+                self._lru_maps.append(glru)
+                self._update(self._map("global_lru_maps"), structs.u32(core), structs.u32(glru.fd))
         self._update(self._map("ctl_array"), structs.u32(structs.CTL_MAC_POS), structs.ctl_value_mac(self._mac))
+        cfg = self._config
+        srcs = self._require_started().maps.get("pckt_srcs")
+        if srcs is not None:
+            # outer source of GUE packets, and "this host" for strict inline decap
+            for pos, src in ((0, cfg.katran_src_v4), (1, cfg.katran_src_v6)):
+                if src is not None:
+                    self._update(srcs, structs.u32(pos), structs.real_definition(src, 0))
+        if cfg.inline_decap_ipip or cfg.inline_decap_gue:
+            # recirculation: a decapsulated packet is balanced again by a tail call
+            prog = self._obj.program(BALANCER_PROG)
+            self._update(self._map("subprograms"), structs.u32(RECIRC_SLOT), structs.u32(prog.fd))
 
     def _attach(self) -> None:
         from .adapter import bpf, netlink
@@ -338,9 +400,11 @@ class KatranLb:
         unknown = flags & ~int(sum(VipFlag))
         if unknown:
             raise ValidationError(field, flags, f"unknown VIP flag bits 0x{unknown:x}")
-        unsupported = VipFlag(flags) & ~SUPPORTED_VIP_FLAGS
-        if unsupported:
-            raise ValidationError(field, flags, f"VIP flag(s) {unsupported!r} not implemented by this data plane")
+        for flag, knob in FLAG_FEATURES.items():
+            if flags & flag and not getattr(self._config, knob):
+                raise FeatureNotEnabledError(
+                    f"{field}={flags}: VIP flag {flag.name} needs KatranConfig.{knob}=True"
+                )
         return flags
 
     @_locked
@@ -364,6 +428,7 @@ class KatranLb:
         except KernelError:
             self._bpf_failed_calls += 1
             raise
+        self._clear_down_reals(vip)
         del self._vips[vip]
         self._free_vip_nums.append(state.num)
         for num in state.reals:
@@ -569,8 +634,10 @@ class KatranLb:
         for qr in reals:
             if not isinstance(qr, QuicReal):
                 raise ValidationError("quic_real", qr, "expected a katran.QuicReal")
-            if not 1 <= qr.id <= MAX_QUIC_REAL_ID:
-                raise ValidationError("quic_real.id", qr.id, f"server id must be in [1, {MAX_QUIC_REAL_ID}]")
+            max_id = 2**32 - 1 if self._config.enable_cid_v3 else MAX_QUIC_REAL_ID
+            if not 1 <= qr.id <= max_id:
+                hint = "" if self._config.enable_cid_v3 else " (larger ids need enable_cid_v3)"
+                raise ValidationError("quic_real.id", qr.id, f"server id must be in [1, {max_id}]{hint}")
             if action == ModifyAction.DEL:
                 num = self._quic_reals.get(qr.id)
                 if num is None or self._num_to_real.get(num) != qr.address:
@@ -591,7 +658,10 @@ class KatranLb:
                 self._quic_reals[qr.id] = num
             else:
                 num = self._quic_reals.pop(qr.id)
-                self._update(sid_map, structs.u32(qr.id), structs.u32(0))
+                if self._config.enable_cid_v3:
+                    sid_map.delete(structs.u32(qr.id))
+                else:
+                    self._update(sid_map, structs.u32(qr.id), structs.u32(0))
                 self._decrease_refcount(num)
 
     @_locked
@@ -668,6 +738,223 @@ class KatranLb:
     @_locked
     def get_katran_lb_stats(self) -> LbStats:
         return LbStats(self._bpf_failed_calls, self._addr_validation_failed)
+
+    # ------------------------------------------------------------------ source routing (LPM)
+    def _require_feature(self, knob: str, what: str) -> None:
+        self._require_started()
+        if not getattr(self._config, knob):
+            raise FeatureNotEnabledError(f"{what} needs KatranConfig.{knob}=True")
+
+    @staticmethod
+    def _parse_prefix(value: object, field: str = "src"):
+        if not isinstance(value, str):
+            raise ValidationError(field, value, "expected a prefix like 10.0.0.0/8 or fc00::/64")
+        try:
+            return ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise ValidationError(field, value, "not a valid IPv4/IPv6 prefix") from None
+
+    def _lpm_key(self, net) -> tuple:
+        if net.version == 4:
+            return self._map("lpm_src_v4"), structs.v4_lpm_key(net.network_address, net.prefixlen)
+        return self._map("lpm_src_v6"), structs.v6_lpm_key(net.network_address, net.prefixlen)
+
+    @_locked
+    def add_src_routing_rule(self, srcs: Sequence[str], dst: object) -> None:
+        """Packets to SRC_ROUTING VIPs from these source prefixes go to real ``dst``."""
+        self._require_feature("lpm_src_lookup", "source routing")
+        dst_addr = parse_address(dst, "dst")
+        nets = [self._parse_prefix(src) for src in srcs]
+        new = [n for n in dict.fromkeys(nets) if n not in self._lpm_rules]
+        if len(self._lpm_rules) + len(new) > self._config.max_lpm_src_size:
+            raise CapacityError(f"add src routing rules: more than max_lpm_src_size={self._config.max_lpm_src_size}")
+        if dst_addr not in self._reals and not self._free_real_nums:
+            raise CapacityError(f"add src routing rule to {dst_addr}: no free real slots (max_reals)")
+        for net in dict.fromkeys(nets):
+            num = self._increase_refcount(dst_addr, 0)
+            bpf_map, key = self._lpm_key(net)
+            self._update(bpf_map, key, structs.u32(num))
+            old = self._lpm_rules.get(net)
+            self._lpm_rules[net] = num
+            if old is not None:
+                self._decrease_refcount(old)
+
+    @_locked
+    def del_src_routing_rule(self, srcs: Sequence[str]) -> None:
+        self._require_feature("lpm_src_lookup", "source routing")
+        nets = [self._parse_prefix(src) for src in srcs]
+        for net in nets:
+            if net not in self._lpm_rules:
+                raise NotFoundError("src routing rule", net)
+        for net in dict.fromkeys(nets):
+            bpf_map, key = self._lpm_key(net)
+            bpf_map.delete(key)
+            self._decrease_refcount(self._lpm_rules.pop(net))
+
+    @_locked
+    def clear_all_src_routing_rules(self) -> None:
+        self._require_feature("lpm_src_lookup", "source routing")
+        self.del_src_routing_rule([str(n) for n in self._lpm_rules])
+
+    @_locked
+    def get_src_routing_rule(self) -> dict[str, str]:
+        return {str(net): str(self._num_to_real[num]) for net, num in self._lpm_rules.items()}
+
+    @_locked
+    def get_src_routing_rule_size(self) -> int:
+        return len(self._lpm_rules)
+
+    @_locked
+    def get_src_routing_stats(self) -> LbStats:
+        """v1: packets with no matching source rule, v2: packets source-routed."""
+        return self._global_stats(structs.LPM_SRC_CNTRS)
+
+    # ------------------------------------------------------------------ inline decap
+    def _require_inline_decap(self) -> None:
+        self._require_started()
+        if not (self._config.inline_decap_ipip or self._config.inline_decap_gue):
+            raise FeatureNotEnabledError("inline decap needs KatranConfig.inline_decap_ipip or inline_decap_gue")
+
+    @_locked
+    def add_inline_decap_dst(self, dst: object) -> None:
+        """Tunnelled packets to ``dst`` are decapsulated and balanced again."""
+        self._require_inline_decap()
+        addr = parse_address(dst, "dst")
+        if addr in self._decap_dsts:
+            raise AlreadyExistsError("inline decap dst", addr)
+        if len(self._decap_dsts) >= self._config.max_decap_dst:
+            raise CapacityError(f"add inline decap dst {addr}: max_decap_dst={self._config.max_decap_dst} reached")
+        self._update(self._map("decap_dst"), structs.address(addr), structs.u32(0))
+        self._decap_dsts.append(addr)
+
+    @_locked
+    def del_inline_decap_dst(self, dst: object) -> None:
+        self._require_inline_decap()
+        addr = parse_address(dst, "dst")
+        if addr not in self._decap_dsts:
+            raise NotFoundError("inline decap dst", addr)
+        self._map("decap_dst").delete(structs.address(addr))
+        self._decap_dsts.remove(addr)
+
+    @_locked
+    def get_inline_decap_dst(self) -> list[str]:
+        return [str(a) for a in self._decap_dsts]
+
+    @_locked
+    def get_inline_decap_stats(self) -> LbStats:
+        """v1: packets to a decap dst (remote encap counter)."""
+        return self._global_stats(structs.REMOTE_ENCAP_CNTRS)
+
+    @_locked
+    def get_decap_stats(self) -> LbStats:
+        """v1: decapsulated with an IPv4 outer header, v2: with an IPv6 one."""
+        return self._global_stats(structs.DECAP_CNTR)
+
+    @_locked
+    def get_xpop_decap_successful_stats(self) -> LbStats:
+        """v1: re-balanced after decap with an inner IPv4 packet, v2: inner IPv6."""
+        return self._global_stats(structs.XPOP_DECAP_SUCCESSFUL)
+
+    @_locked
+    def get_decap_stats_for_vip(self, vip: VipKey) -> LbStats:
+        return self._sum_stats("decap_vip_stats", self._vip(vip).num)
+
+    # ------------------------------------------------------------------ down reals (UDP flow migration)
+    def _down_map_for(self, vip: VipKey, create: bool):
+        from .adapter import bpf
+
+        outer = self._map("vip_to_down_reals_map")
+        key = structs.vip_definition(vip.address, vip.port, vip.proto)
+        inner_id = outer.inner_map_id(key)
+        if inner_id:
+            return bpf.Map.from_id(inner_id)
+        if not create:
+            return None
+        inner = bpf.create_map(
+            bpf.BPF_MAP_TYPE_HASH, 4, 1, self._config.max_reals, name="katran_down", flags=bpf.BPF_F_NO_PREALLOC
+        )
+        try:
+            outer.set_inner_map(key, inner)
+        except BaseException:
+            inner.close()
+            raise
+        return inner
+
+    def _down_real_num(self, address: object) -> int:
+        addr = parse_address(address, "address")
+        meta = self._reals.get(addr)
+        if meta is None:
+            raise NotFoundError("real", addr)
+        return meta.num
+
+    @_locked
+    def add_down_real(self, vip: VipKey, address: object) -> None:
+        """Mark a real of a VIP down: UDP_FLOW_MIGRATION flows pinned to it re-hash away."""
+        self._vip(vip)
+        num = self._down_real_num(address)
+        with self._down_map_for(vip, create=True) as inner:
+            inner.update(structs.u32(num), b"\x01")
+        self._down_reals.setdefault(vip, set()).add(num)
+
+    @_locked
+    def remove_down_real(self, vip: VipKey, address: object) -> None:
+        self._vip(vip)
+        num = self._down_real_num(address)
+        if num not in self._down_reals.get(vip, ()):
+            raise NotFoundError("down real", f"{address} of vip {vip}")
+        with self._down_map_for(vip, create=False) as inner:
+            inner.delete(structs.u32(num))
+        self._down_reals[vip].discard(num)
+
+    @_locked
+    def clear_down_reals(self, vip: VipKey) -> None:
+        self._vip(vip)
+        self._clear_down_reals(vip)
+
+    def _clear_down_reals(self, vip: VipKey) -> None:
+        if self._down_reals.pop(vip, None) is not None:
+            self._map("vip_to_down_reals_map").delete(structs.vip_definition(vip.address, vip.port, vip.proto))
+
+    @_locked
+    def get_down_reals(self, vip: VipKey) -> list[str]:
+        self._vip(vip)
+        return sorted(str(self._num_to_real.get(n, f"#{n}")) for n in self._down_reals.get(vip, ()))
+
+    # ------------------------------------------------------------------ feature stats
+    def _counters(self, map_name: str, fields: tuple) -> dict[str, int]:
+        per_cpu = self._map(map_name).lookup(structs.u32(0))
+        if per_cpu is None:
+            raise KernelError(f"lookup {map_name}[0]", 2)
+        return structs.counters_sum(per_cpu, fields)
+
+    @_locked
+    def get_lb_quic_packets_stats(self) -> dict[str, int]:
+        return self._counters("quic_stats_map", structs.QUIC_STATS_FIELDS)
+
+    @_locked
+    def get_tcp_server_id_routing_stats(self) -> dict[str, int]:
+        return self._counters("tpr_stats_map", structs.TPR_STATS_FIELDS)
+
+    @_locked
+    def get_udp_stable_routing_stats(self) -> dict[str, int]:
+        return self._counters("stable_rt_stats", structs.STABLE_RT_STATS_FIELDS)
+
+    @_locked
+    def get_udp_flow_migration_stats(self) -> LbStats:
+        """v1: LRU entries invalidated because their real was down."""
+        return self._global_stats(structs.UDP_FLOW_MIGRATION_STATS)
+
+    @_locked
+    def get_global_lru_stats(self) -> LbStats:
+        return self._global_stats(structs.GLOBAL_LRU_CNTR)
+
+    @_locked
+    def get_quic_icmp_stats(self) -> LbStats:
+        return self._global_stats(structs.QUIC_ICMP_STATS)
+
+    @_locked
+    def get_sid_routing_stats_for_vip(self, vip: VipKey) -> LbStats:
+        return self._sum_stats("server_id_stats", self._vip(vip).num)
 
     # ------------------------------------------------------------------ healthchecks
     def _hc_manager(self):

@@ -37,7 +37,8 @@ needs_hc = pytest.mark.skipif(not HAS_HC, reason="KatranLb has no healthchecker 
 
 
 def _config(**kw) -> KatranConfig:
-    args = dict(testing=True, default_mac=MAC, lru_size=1000, max_vips=64, enable_hc=HAS_HC)
+    args = dict(testing=True, default_mac=MAC, lru_size=1000, max_vips=64, enable_hc=HAS_HC,
+                katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337")
     args.update(kw)
     return KatranConfig(**args)
 
@@ -337,21 +338,23 @@ def test_hash_function(stub, ext, lb):
 def test_real_for_flow(stub, ext, lb):
     v = vip_msg()
     assert stub.addVip(pb.VipMeta(vip=v)).success
-    flow = ext_pb.Flow(src="192.168.1.1", dst="10.0.0.1", src_port=31337, dst_port=80, protocol=6)
+    # a flow no earlier test sent (the LRU would remember it)
+    flow = ext_pb.Flow(src="192.168.77.1", dst="10.0.0.1", src_port=31337, dst_port=80, protocol=6)
     empty = ext.getRealForFlow(flow)
     assert not empty.found and empty.address == ""
     reals = [pb.Real(address=f"10.1.1.{i}", weight=1) for i in range(1, 5)]
     assert stub.modifyRealsForVip(pb.modifiedRealsForVip(action=pb.ADD, real=pb.Reals(reals=reals), vip=v)).success
     seen = set()
     for sport in range(1000, 1040):
-        f = ext_pb.Flow(src="192.168.1.1", dst="10.0.0.1", src_port=sport, dst_port=80, protocol=6)
+        f = ext_pb.Flow(src="192.168.78.1", dst="10.0.0.1", src_port=sport, dst_port=80, protocol=6)
         got = ext.getRealForFlow(f)
         assert got.found
-        assert got.address == lb.get_real_for_flow(Flow("192.168.1.1", "10.0.0.1", sport, 80, 6))
+        assert got.address == lb.get_real_for_flow(Flow("192.168.78.1", "10.0.0.1", sport, 80, 6))
         seen.add(got.address)
     assert seen <= {r.address for r in reals} and len(seen) > 1
-    assert_status(ext.getRealForFlow, ext_pb.Flow(src="192.168.1.1", dst="10.3.3.3", src_port=1, dst_port=80,
-                                                  protocol=6), grpc.StatusCode.NOT_FOUND)
+    no_vip = ext_pb.Flow(src="192.168.1.1", dst="10.3.3.3", src_port=1, dst_port=80, protocol=6)
+    assert not ext.getRealForFlow(no_vip).found  # not a VIP: passed on, no real
+    assert lb.get_real_for_flow(Flow("192.168.1.1", "10.3.3.3", 1, 80, 6)) is None
     assert_status(ext.getRealForFlow, ext_pb.Flow(src="bad", dst="10.0.0.1", src_port=1, dst_port=80, protocol=6),
                   grpc.StatusCode.INVALID_ARGUMENT, "flow.src")
     assert_status(ext.getRealForFlow, ext_pb.Flow(src="1.1.1.1", dst="10.0.0.1", src_port=1, dst_port=80,

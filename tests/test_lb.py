@@ -406,3 +406,114 @@ def test_methods_before_start_are_a_clear_error():
     lb = KatranLb(config())
     with pytest.raises(KatranError, match="start"):
         lb.add_vip(VipKey("10.0.0.1", 80, "tcp"))
+
+
+# ---------------------------------------------------------------- feature-parity control plane
+@root
+def test_features_off_are_clear_errors(lb):
+    vip = VipKey("10.200.1.1", 80, "udp")
+    lb.add_vip(vip)
+    for flag, knob in ((VipFlag.SRC_ROUTING, "lpm_src_lookup"), (VipFlag.LOCAL_VIP, "local_delivery"),
+                       (VipFlag.GLOBAL_LRU, "global_lru"), (VipFlag.UDP_STABLE_ROUTING_VIP, "udp_stable_routing")):
+        with pytest.raises(FeatureNotEnabledError, match=knob):
+            lb.modify_vip(vip, flag)
+    assert lb.get_vip_flags(vip) == 0
+    lb.modify_vip(vip, VipFlag.QUIC_VIP | VipFlag.UDP_FLOW_MIGRATION)  # no knob needed
+    with pytest.raises(FeatureNotEnabledError, match="lpm_src_lookup"):
+        lb.add_src_routing_rule(["10.0.0.0/8"], "10.0.0.1")
+    with pytest.raises(FeatureNotEnabledError, match="inline_decap"):
+        lb.add_inline_decap_dst("10.0.0.1")
+
+
+@root
+def test_src_routing_rules_refcount_reals_and_validate():
+    with KatranLb(config(max_vips=8, max_reals=16, lpm_src_lookup=True)) as lb:
+        lb.add_src_routing_rule(["192.168.0.0/17", "fc00:2307::/32"], "fc00::2307:1")
+        num = lb.get_index_for_real("fc00::2307:1")
+        assert lb.get_src_routing_rule() == {"192.168.0.0/17": "fc00::2307:1", "fc00:2307::/32": "fc00::2307:1"}
+        key = structs.v4_lpm_key("192.168.0.0", 17)
+        assert structs.u32_unpack(lb._map("lpm_src_v4").lookup(key)) == num
+        with pytest.raises(ValidationError, match="src"):
+            lb.add_src_routing_rule(["192.168.0.0/40"], "fc00::2307:1")
+        with pytest.raises(NotFoundError):
+            lb.del_src_routing_rule(["10.0.0.0/8"])
+        lb.del_src_routing_rule(["192.168.0.0/17"])
+        assert lb._map("lpm_src_v4").lookup(key) is None
+        assert lb.get_index_for_real("fc00::2307:1") == num  # still used by the v6 rule
+        lb.clear_all_src_routing_rules()
+        assert lb.get_src_routing_rule_size() == 0
+        with pytest.raises(NotFoundError):
+            lb.get_index_for_real("fc00::2307:1")
+
+
+@root
+def test_inline_decap_dsts_capacity_and_duplicates():
+    with KatranLb(config(max_vips=8, inline_decap_ipip=True, max_decap_dst=2)) as lb:
+        lb.add_inline_decap_dst("fc00:1404::1")
+        with pytest.raises(AlreadyExistsError):
+            lb.add_inline_decap_dst("fc00:1404::1")
+        lb.add_inline_decap_dst("10.0.0.9")
+        with pytest.raises(CapacityError, match="max_decap_dst"):
+            lb.add_inline_decap_dst("10.0.0.10")
+        assert lb.get_inline_decap_dst() == ["fc00:1404::1", "10.0.0.9"]
+        assert len(list(lb._map("decap_dst").keys())) == 2
+        lb.del_inline_decap_dst("10.0.0.9")
+        with pytest.raises(NotFoundError):
+            lb.del_inline_decap_dst("10.0.0.9")
+        # recirculation is wired: the balancer sits in its own subprograms slot 0
+        assert lb._map("subprograms").lookup(structs.u32(0)) is not None
+
+
+@root
+def test_down_reals_map(lb):
+    vip = VipKey("10.200.1.6", 80, "udp")
+    lb.add_vip(vip, VipFlag.UDP_FLOW_MIGRATION)
+    lb.modify_reals_for_vip(ModifyAction.ADD, [Real("10.0.0.1"), Real("10.0.0.2")], vip)
+    lb.add_down_real(vip, "10.0.0.1")
+    assert lb.get_down_reals(vip) == ["10.0.0.1"]
+    outer = lb._map("vip_to_down_reals_map")
+    assert outer.inner_map_id(structs.vip_definition(vip.address, 80, 17))
+    with pytest.raises(NotFoundError):
+        lb.remove_down_real(vip, "10.0.0.2")
+    with pytest.raises(NotFoundError):
+        lb.add_down_real(vip, "10.0.0.99")
+    lb.remove_down_real(vip, "10.0.0.1")
+    assert lb.get_down_reals(vip) == []
+    lb.add_down_real(vip, "10.0.0.2")
+    lb.del_vip(vip)
+    assert outer.inner_map_id(structs.vip_definition(vip.address, 80, 17)) in (None, 0)
+
+
+@root
+def test_quic_mapping_ids_and_cid_v3():
+    from katran import QuicReal
+
+    with KatranLb(config(max_vips=8, max_reals=16)) as lb:
+        lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.0.0.1", 1022)])
+        with pytest.raises(ValidationError, match="enable_cid_v3"):
+            lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.0.0.1", 0x1000000)])
+        with pytest.raises(NotFoundError):
+            lb.modify_quic_reals_mapping(ModifyAction.DEL, [QuicReal("10.0.0.2", 1022)])
+        assert [(str(q.address), q.id) for q in lb.get_quic_reals_mapping()] == [("10.0.0.1", 1022)]
+    with KatranLb(config(max_vips=8, max_reals=16, enable_cid_v3=True)) as lb:
+        lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.0.0.1", 0x7F000001)])
+        num = lb.get_index_for_real("10.0.0.1")
+        assert structs.u32_unpack(lb._map("server_id_map").lookup(structs.u32(0x7F000001))) == num
+        lb.modify_quic_reals_mapping(ModifyAction.DEL, [QuicReal("10.0.0.1", 0x7F000001)])
+        assert lb._map("server_id_map").lookup(structs.u32(0x7F000001)) is None
+
+
+@root
+def test_every_feature_knob_loads_together():
+    cfg = config(max_vips=32, gue_encap=True, katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337",
+                 tcp_server_id_routing=True, udp_stable_routing=True, lpm_src_lookup=True, global_lru=True,
+                 local_delivery=True, icmp_toobig_generation=True, inline_decap_ipip=True, inline_decap_gue=True,
+                 decap_strict_destination=True, enable_cid_v3=True, forwarding_cores=[0])
+    with KatranLb(cfg) as lb:
+        rodata = lb._obj.map(".rodata").lookup(structs.u32(0))
+        assert rodata is not None
+        vip = VipKey("10.200.1.1", 80, "tcp")
+        lb.add_vip(vip, VipFlag.GLOBAL_LRU | VipFlag.SRC_ROUTING | VipFlag.LOCAL_VIP)
+        lb.add_real_for_vip(Real("10.0.0.1"), vip)
+        out = Ether(lb.run_packet(tcp4()).data)
+        assert out[UDP].dport == 6080 and out[IP].src == "10.0.13.37"  # GUE with the configured source

@@ -809,6 +809,10 @@ class ObjectSpec:
             raise
         return templates
 
+    def set_map_type(self, map_name: str, map_type: int) -> None:
+        """Change a map's type before load (e.g. ARRAY -> HASH for sparse 32-bit keys)."""
+        check(lib.bpf_map__set_type(self._map(map_name), map_type), f"set type of {map_name}")
+
     def set_map_flags(self, map_name: str, flags: int) -> None:
         check(lib.bpf_map__set_map_flags(self._map(map_name), flags), f"set flags of {map_name}")
 

@@ -180,3 +180,24 @@ def xdp_prog_id(ns: str, ifname: str) -> int:
 def remove_all(names: Iterable[str]) -> list[str]:
     """Remove the namespaces that exist among ``names``; returns those removed."""
     return [n for n in names if remove_netns(n)]
+
+
+def disable_tx_checksum(ns: str, ifname: str) -> None:
+    """Compute checksums in software on ``ifname`` (ethtool -K tx off).
+
+    A veth otherwise hands on packets with only a partial (pseudo-header) checksum;
+    once an XDP program turns such a packet into a frame (XDP_TX, decap) that state
+    is lost and the receiver sees a bad checksum.
+    """
+    from pyroute2 import Ethtool
+
+    with inside(ns):
+        eth = Ethtool()
+        try:
+            feats = eth.get_features(ifname)
+            for name in ("tx-checksum-ip-generic", "tx-checksum-ipv4", "tx-checksum-ipv6", "tx-checksum-sctp"):
+                if name in feats.features:
+                    feats.features[name].enable = False
+            eth.set_features(ifname, feats)
+        finally:
+            eth.close()

@@ -206,6 +206,7 @@ def build(spec: TopologySpec = TopologySpec()) -> Topology:
             router_end = labnet.configure(router, rif, [f"{r4}/24", f"{r6}/64"])
             labnet.set_sysctls(router, {f"net.ipv4.conf.{rif}.rp_filter": 0})
             labnet.set_sysctls(ns, {"net.ipv4.conf.eth0.rp_filter": 0})
+            labnet.disable_tx_checksum(ns, "eth0")
             labnet.add_route(ns, "default", r4)
             labnet.add_route(ns, "default6", r6)
             hosts[role] = Host(role, ns, "eth0", host_end.mac, h4, h6, r4, r6, rif, router_end.mac)

@@ -83,6 +83,8 @@ def build_flags() -> FlagSet:
     fs.int("max_vips", 512, "maximum number of VIPs")
     fs.int("max_reals", 4096, "maximum number of reals")
     fs.int("ch_ring_size", 65537, "consistent hashing ring size per VIP")
+    fs.string("katran_src_v4", "", "source address of forwarded healthchecks, v4 (default: from -hc_intf/-intf)")
+    fs.string("katran_src_v6", "", "source address of forwarded healthchecks, v6 (default: from -hc_intf/-intf)")
     fs.string("xdp_mode", "native", "XDP attach mode: native, generic or offload")
     fs.string("tls_cert", "", "PEM server certificate (enables TLS; needs -tls_key)")
     fs.string("tls_key", "", "PEM private key of -tls_cert")
@@ -122,6 +124,8 @@ def config_from_flags(ns) -> KatranConfig:
         max_reals=ns.max_reals,
         ch_ring_size=ns.ch_ring_size,
         xdp_attach_mode=ns.xdp_mode,
+        katran_src_v4=ns.katran_src_v4 or None,
+        katran_src_v6=ns.katran_src_v6 or None,
         testing=ns.testing,
     )
 
@@ -140,7 +144,8 @@ def server_credentials(cert: str = "", key: str = "", client_ca: str = "") -> Op
         return None
     if not cert or not key:
         raise ValidationError("tls_cert" if not cert else "tls_key", cert or key or "", "TLS needs both -tls_cert and -tls_key")
-    pair = (_read(key, "tls_key"), _read(cert, "tls_cert"))
+    cert_pem = _read(cert, "tls_cert")
+    pair = (_read(key, "tls_key"), cert_pem)
     ca = _read(client_ca, "tls_client_ca") if client_ca else None
     return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
