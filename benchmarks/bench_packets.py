@@ -60,9 +60,12 @@ def main(argv=None) -> int:
     empty_obj = empty_spec.load()
     empty_spec.close()
     try:
-        for vip in (VipKey("10.200.1.1", 80, "tcp"), VipKey("10.200.1.1", 80, "udp"), VipKey("fc00:1::1", 80, "tcp")):
+        reals_v4 = [Real(f"10.0.{i // 250}.{i % 250 + 1}") for i in range(args.reals)]
+        reals_v6 = [Real(f"fc00::{i + 1:x}") for i in range(args.reals)]
+        for vip, reals in ((VipKey("10.200.1.1", 80, "tcp"), reals_v4), (VipKey("10.200.1.1", 80, "udp"), reals_v4),
+                           (VipKey("fc00:1::1", 80, "tcp"), reals_v6)):
             lb.add_vip(vip)
-            lb.modify_reals_for_vip(0, [Real(f"fc00::{i + 1:x}") for i in range(args.reals)], vip)
+            lb.modify_reals_for_vip(0, reals, vip)
         prog = lb._obj.program("balancer_ingress")  # the benchmark times the loaded program itself
         empty = empty_obj.program("xdp_pass")
 

@@ -27,25 +27,34 @@ class Case:
     input: bytes
     expected: bytes
     expected_action: str
+    phase: int = 1  # udp_flow_migration: 1 or 2 (README 7.8)
 
     @property
     def id(self) -> str:
         return f"{self.set_name}-{self.n}"
 
 
-def load_set(name: str) -> list[Case]:
+def load_set(name: str, derived: bool = False) -> list[Case]:
+    """The cases of ``name``.json; ``derived``: use the PacketBuilder-derived bytes where the
+    README records them (tpr/tpr_gue cases 4 and 17, README section 8.2)."""
     data = json.loads((FIXTURES_DIR / f"{name}.json").read_text())
-    return [
-        Case(
-            name,
-            c["n"],
-            c["description"],
-            base64.b64decode(c["input_b64"]),
-            base64.b64decode(c["expected_b64"]),
-            c["expected_action"],
+    out = []
+    for c in data["cases"]:
+        pb = c.get("packetbuilder_at_katran_commit") or {}
+        inp = pb.get("input_b64_derived") if derived else None
+        exp = pb.get("expected_b64_derived") if derived else None
+        out.append(
+            Case(
+                name,
+                c["n"],
+                c["description"],
+                base64.b64decode(inp or c["input_b64"]),
+                base64.b64decode(exp or c["expected_b64"]),
+                c["expected_action"],
+                c.get("phase", 1),
+            )
         )
-        for c in data["cases"]
-    ]
+    return out
 
 
 def _dump(frame: bytes) -> list[str]:
@@ -80,9 +89,12 @@ class Outcome:
     skipped: Optional[str] = None  # reason when the case could not run
 
 
-def run_cases(run: Callable[[bytes], tuple[str, bytes]], cases: list[Case], skip: dict[int, str]) -> dict[int, Outcome]:
+def run_cases(
+    run: Callable[[bytes], tuple[str, bytes]], cases: list[Case], skip: Optional[dict[int, str]] = None
+) -> dict[int, Outcome]:
     """Run every case in order (later cases rely on LRU state of earlier ones)."""
     out = {}
+    skip = skip or {}
     for case in cases:
         if case.n in skip:
             out[case.n] = Outcome("", b"", skipped=skip[case.n])
@@ -167,4 +179,125 @@ def provision_base(lb) -> dict[str, str]:
         lb.modify_quic_reals_mapping(ModifyAction.ADD, qreals)
     except KatranError as e:
         missing["QUIC_MAPPING"] = str(e)
+    try:
+        # addDownRealToVipToDownRealsMap(10.200.1.6:80/udp, real index 1 = 10.0.0.1)
+        lb.add_down_real(VipKey("10.200.1.6", 80, "udp"), "10.0.0.1")
+    except (KatranError, AttributeError) as e:
+        missing["DOWN_REALS"] = str(e)
     return missing
+
+
+def run_on(lb, cases: list[Case]) -> dict[int, Outcome]:
+    """Run the cases in order through ``lb``'s balancer program."""
+
+    def run(frame: bytes):
+        res = lb.run_packet(frame)
+        return res.verdict, res.data
+
+    return run_cases(run, cases)
+
+
+def mismatches(cases: list[Case], outcomes: dict[int, Outcome], exclude=()) -> list[str]:
+    """explain_mismatch for every case (not in ``exclude``) whose verdict or bytes differ."""
+    out = []
+    for case in cases:
+        o = outcomes[case.n]
+        if case.n in exclude or o.skipped:
+            continue
+        if o.verdict != case.expected_action or o.output != case.expected:
+            out.append(explain_mismatch(case, o.verdict, o.output))
+    return out
+
+
+def ensure_vip(lb, address: str, port: int, proto: str, flags: int = 0, reals=()) -> None:
+    """Katran's tester idiom: addVip (refused when the VIP exists: it keeps its number and
+    flags), modifyVip ORing ``flags`` in, then addReals with weight 1."""
+    from katran import ModifyAction, Real, VipKey
+
+    vip = VipKey(address, port, proto)
+    if vip not in lb.get_all_vips():
+        lb.add_vip(vip)
+    if flags:
+        lb.modify_vip(vip, flags)
+    if reals:
+        lb.modify_reals_for_vip(ModifyAction.ADD, [Real(r, 1) for r in reals], vip)
+
+
+def add_quic_mappings(lb) -> None:
+    """addQuicMappings: CID v1 id and v2 id (0x030000 | v1) per real, one ADD call."""
+    from katran import ModifyAction, QuicReal
+
+    qreals = []
+    for real, sid in QUIC_IDS.items():
+        qreals += [QuicReal(real, sid), QuicReal(real, 0x030000 | sid)]
+    lb.modify_quic_reals_mapping(ModifyAction.ADD, qreals)
+
+
+# source prefix -> real of prepareOptionalLbData (README 7.3)
+SRC_ROUTING_RULES = [
+    ("192.168.0.0/17", "fc00::2307:1"),
+    ("192.168.100.0/24", "fc00::2307:2"),
+    ("fc00:2307::/32", "fc00::2307:3"),
+    ("fc00:2307::/64", "fc00::2307:4"),
+    ("fc00:2::/64", "fc00::2307:10"),
+]
+INLINE_DECAP_DST = "fc00:1404::1"
+
+
+def provision_optional(lb, local_vip: bool = True) -> None:
+    """prepareOptionalLbData (README 7.3): SRC_ROUTING on two VIPs, the LPM rules, the inline
+    decap dst and (``local_vip``) the local real 10.0.0.6 on 10.200.1.6:80/UDP."""
+    from katran import RealFlag, VipFlag
+
+    ensure_vip(lb, "10.200.1.1", 80, "udp", VipFlag.SRC_ROUTING)
+    ensure_vip(lb, "fc00:1::1", 80, "tcp", VipFlag.SRC_ROUTING)
+    for src, dst in SRC_ROUTING_RULES:
+        lb.add_src_routing_rule([src], dst)
+    lb.add_inline_decap_dst(INLINE_DECAP_DST)
+    if local_vip:
+        # already the flow-migration VIP of prepareLbData: addVip is refused, flags become 544
+        ensure_vip(lb, "10.200.1.6", 80, "udp", VipFlag.LOCAL_VIP, ["10.0.0.6"])
+        lb.modify_real("10.0.0.6", RealFlag.LOCAL_REAL)
+
+
+def provision_stable_rt(lb) -> None:
+    """prepareLbDataStableRt (README 7.6); the repeated base VIPs and mappings change nothing."""
+    from katran import VipFlag
+
+    ensure_vip(lb, "fc00:1::9", 80, "udp", VipFlag.UDP_STABLE_ROUTING_VIP, REALS_V6)
+    ensure_vip(lb, "10.200.1.90", 80, "udp", VipFlag.UDP_STABLE_ROUTING_VIP, REALS_V4)
+    for address, port, proto, _flags, reals in BASE_VIPS[:8]:
+        ensure_vip(lb, address, port, proto, 0, reals)
+    add_quic_mappings(lb)
+
+
+def provision_xpop_decap(lb) -> None:
+    """prepareLbDataXpopDecap (README 7.7)."""
+    ensure_vip(lb, "10.200.1.1", 80, "udp", 0, REALS_V4)
+    ensure_vip(lb, "fc00:1::1", 80, "tcp", 0, REALS_V6)
+    ensure_vip(lb, "10.200.1.2", 80, "udp", 0, REALS_V6)
+    add_quic_mappings(lb)
+    lb.add_inline_decap_dst(INLINE_DECAP_DST)
+
+
+def provision_udp_flow_migration(lb) -> None:
+    """prepareUdpFlowMigrationTestData (README 7.8, phase 1)."""
+    from katran import VipFlag
+
+    all_reals = REALS_V4 + REALS_V6
+    mig = VipFlag.UDP_FLOW_MIGRATION
+    ensure_vip(lb, "10.200.1.1", 80, "udp", mig, all_reals)
+    ensure_vip(lb, "10.200.1.2", 80, "udp", mig | VipFlag.UDP_STABLE_ROUTING_VIP, all_reals)
+    add_quic_mappings(lb)
+    ensure_vip(lb, "10.200.1.3", 80, "udp", 0, all_reals)
+    ensure_vip(lb, "10.200.1.4", 80, "tcp", 0, all_reals)
+
+
+def set_down_host_for_udp_flow_migration(lb) -> None:
+    """setDownHostForUdpFlowMigration (README 7.8): 10.0.0.2 down on, and deleted from, two VIPs."""
+    from katran import Real, VipKey
+
+    for address in ("10.200.1.1", "10.200.1.2"):
+        vip = VipKey(address, 80, "udp")
+        lb.add_down_real(vip, "10.0.0.2")
+        lb.del_real_for_vip(Real("10.0.0.2", 1), vip)

@@ -14,9 +14,6 @@ pytestmark = [
 ]
 
 CASES = load_set("base") if FIXTURES_DIR.is_dir() else []
-# the features each case needs beyond the core data plane (feature-parity issue)
-NEEDS = {n: "QUIC_VIP" for n in (24, 25, 26, 27, 28, 29, 30, 31, 32, 34, 35)}
-NEEDS[36] = "UDP_FLOW_MIGRATION"
 
 
 @pytest.fixture(scope="module")
@@ -27,24 +24,21 @@ def base_run():
     lb.start()
     try:
         missing = provision_base(lb)
-        skip = {n: f"{feat} not implemented yet: {missing[feat]}" for n, feat in NEEDS.items() if feat in missing}
+        assert not missing, f"base provisioning refused: {missing}"
 
         def run(frame: bytes):
             res = lb.run_packet(frame)
             return res.verdict, res.data
 
-        outcomes = run_cases(run, CASES, skip)
-        yield lb, outcomes, missing
+        yield lb, run_cases(run, CASES)
     finally:
         lb.close()
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_base_case(base_run, case):
-    _, outcomes, _ = base_run
+    _, outcomes = base_run
     outcome = outcomes[case.n]
-    if outcome.skipped:
-        pytest.skip(outcome.skipped)
     ok = outcome.verdict == case.expected_action and outcome.output == case.expected
     assert ok, explain_mismatch(case, outcome.verdict, outcome.output)
 
@@ -53,9 +47,21 @@ def test_base_counters(base_run):
     """The counters Katran's tester checks after the base set (README 7.1)."""
     from katran import LbStats, VipKey
 
-    lb, outcomes, missing = base_run
+    lb, _ = base_run
     assert lb.get_katran_lb_stats() == LbStats(0, 0)  # bpf failed calls, addr validation failures
     assert lb.get_stats_for_vip(VipKey("10.200.1.1", 80, "tcp")) == LbStats(4, 248)
-    if any(o.skipped for o in outcomes.values()):
-        pytest.skip("LRU totals cover all 36 cases; some need features not implemented yet")
-    assert lb.get_lru_stats() == LbStats(25, 11)
+    quic = lb.get_lb_quic_packets_stats()
+    assert (quic["cid_v1"], quic["cid_v2"]) == (4, 2)
+    # Katran expects 25/11 here, the constant it shares with the gue set (where it holds,
+    # see test_fixtures_sets.py); it was not updated when base 36 (a new flow to the
+    # flow-migration VIP, aa32ac7e) replaced gue's two drops to uninitialised VIPs
+    # (README 8.7). Derived from the base cases: the LRU stage is reached by every packet
+    # to a VIP not answered (ICMP echo 8/9), dropped before it (12-14, 33 too big) or passed
+    # (15-17, 21-23)...
+    lru_stage = [1, 2, 3, 4, 5, 6, 7, 10, 11, 18, 19, 20] + list(range(24, 33)) + [34, 35, 36]
+    # ...and the misses are the new flows CH served (QUIC packets routed by connection id
+    # and LRU hits are not)
+    misses = [1, 2, 4, 5, 6, 10, 11, 19, 20, 24, 28, 36]
+    total = lb.get_lru_stats()
+    assert total == LbStats(len(lru_stage), len(misses)) == LbStats(24, 12)
+    assert lb.get_lru_fallback_stats().v1 == total.v1  # forwarding_cores=(): all via the fallback LRU

@@ -463,7 +463,6 @@ def test_regenerated_stubs_are_committed(tmp_path):
     spec.loader.exec_module(regen)
     committed = GRPC_DIR / "katran_grpc"
     header = re.search(r"GRPC_GENERATED_VERSION = '([^']+)'", (committed / "katran_pb2_grpc.py").read_text())
-    from grpc_tools import protoc  # noqa: F401
     import importlib.metadata
 
     tools_version = importlib.metadata.version("grpcio-tools")

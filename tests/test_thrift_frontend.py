@@ -67,7 +67,9 @@ DIALECTS = [
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def lb():
-    with KatranLb(KatranConfig(testing=True, default_mac=DEFAULT_MAC)) as lb:
+    cfg = KatranConfig(testing=True, default_mac=DEFAULT_MAC, enable_hc=True,
+                       katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337")
+    with KatranLb(cfg) as lb:
         yield lb
 
 
@@ -93,12 +95,8 @@ def clean_lb(request):
     quic = lb.get_quic_reals_mapping()
     if quic:
         lb.modify_quic_reals_mapping(ModifyAction.DEL, quic)
-    if hasattr(lb, "get_healthcheckers_dst"):
-        try:
-            for somark in list(lb.get_healthcheckers_dst()):
-                lb.del_healthchecker_dst(somark)
-        except Exception:  # noqa: BLE001 - healthchecking not enabled in this lb
-            pass
+    for somark in list(lb.get_healthcheckers_dst()):
+        lb.del_healthchecker_dst(somark)
     lb.change_mac(DEFAULT_MAC)
 
 
@@ -240,14 +238,6 @@ def test_stats(client, lb):
 
 
 def test_healthcheckers_dst(client, lb):
-    if not hasattr(lb, "add_healthchecker_dst"):
-        pytest.skip("KatranLb has no healthchecker API yet")
-    try:
-        lb.get_healthcheckers_dst()
-    except Exception as exc:  # noqa: BLE001
-        # then the RPC must report the same condition as a thrift exception
-        expect_error(lambda: client.addHealthcheckerDst(Healthcheck(somark=1000, address="10.0.0.9")), str(exc)[:20])
-        pytest.skip(f"healthchecking not available in this KatranLb: {exc}")
     assert client.addHealthcheckerDst(Healthcheck(somark=1000, address="10.0.0.9")) is True
     assert client.addHealthcheckerDst(Healthcheck(somark=1001, address="fc00::9")) is True
     assert client.getHealthcheckersDst() == {1000: "10.0.0.9", 1001: "fc00::9"}
@@ -680,10 +670,9 @@ def test_client_bad_arguments():
 def test_katran_cli_over_thrift(server, lb, capsys):
     pytest.importorskip("grpc", reason="katran-cli is part of the gRPC frontend (needs grpcio)")
     from katran_grpc import cli
-    from katran_thrift.client import client_from_flags
 
-    def run(*argv: str) -> int:
-        return cli.main(["-server", f"127.0.0.1:{server.port}", *argv], client_factory=client_from_flags)
+    def run(*argv: str) -> int:  # the CLI's own -thrift_server flag selects the thrift transport
+        return cli.main(["-thrift_server", f"127.0.0.1:{server.port}", *argv])
 
     assert run("-A", "-t", "10.200.1.1:80") == 0
     assert run("-a", "-t", "10.200.1.1:80", "-r", "10.0.0.1", "-w", "3") == 0

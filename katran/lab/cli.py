@@ -20,7 +20,7 @@ from typing import Optional
 from katran.errors import KatranError
 
 from . import services as S
-from .topology import STATE_DIR, TopologySpec, build, load_saved, pids_alive, teardown
+from .topology import TopologySpec, build, load_saved, pids_alive, teardown
 
 VIP4, VIP6 = "10.100.1.1", "fc00:100::1"
 
@@ -76,9 +76,6 @@ def _down(args) -> int:
                     os.kill(pid, signal.SIGKILL)
             print(f"stopped katran-server-grpc (pid {pid})")
     removed = teardown(args.prefix)
-    for f in STATE_DIR.glob(f"{args.prefix}-*"):
-        f.unlink()
-        removed.append(str(f))
     print("removed: " + (", ".join(removed) if removed else f"nothing (no lab '{args.prefix}')"))
     return 0
 

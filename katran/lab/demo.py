@@ -14,7 +14,6 @@ Steps (each gets PASS/FAIL in the report):
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import signal
 import subprocess
@@ -246,14 +245,14 @@ class Lab:
                 if p.outgoing and p.encap and p.payload.startswith(b"katran-hc mark="):
                     mark = int(p.payload.split(b"mark=")[1].split()[0])
                     seen[mark].add((p.encap, p.dst, p.inner_dst))
-        for mark, spec in HC_MARKS.items():
-            want = self.real_addr(spec)
-            got = seen.get(mark, set())
-            st.check(bool(got) and all(dst == want for _, dst, _ in got),
-                     f"somark {mark}: probes captured " +
-                     (", ".join(f"{e} to {d} (inner dst {i})" for e, d, i in sorted(got)) or "none") + f"; expected to {want}")
-        v6 = [x for x in seen.get(1002, set()) if x[2] == VIP6]
-        st.check(bool(v6), f"v6 VIP {VIP6} probe encapsulated ip6ip6 toward {self.real_addr(HC_MARKS[1002])}")
+        probed = [(m, VIP4) for m in HC_MARKS] + [(1002, VIP6)]
+        for mark, vip in probed:
+            want = self.real_addr(HC_MARKS[mark])
+            got = [(e, d) for e, d, inner in seen.get(mark, set()) if inner == vip]
+            kind = {(False, False): "ipip", (True, True): "ip6ip6", (False, True): "4in6"}[(":" in vip, ":" in want)]
+            st.check(bool(got) and all(d == want and e == kind for e, d in got),
+                     f"somark {mark}, VIP {vip}: expected {kind} to {want}; captured " +
+                     (", ".join(f"{e} to {d}" for e, d in sorted(got)) or "nothing encapsulated"))
         self.cli(st, "-s", "-hc_stats", "-count", "1", "-interval", "0.2", show=True)
 
     def cleanup(self, st: Step) -> None:

@@ -9,6 +9,7 @@ side learns which real served a flow.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -157,6 +158,18 @@ class _Udp(socketserver.ThreadingUDPServer):
     block_on_close = False
 
 
+def _bind_retry(cls, address, handler, seconds: float = 3.0):
+    """Bind, retrying while the address is not (yet) usable (EADDRNOTAVAIL), e.g. just added."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return cls(address, handler)
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL or time.monotonic() > deadline:
+                raise OSError(exc.errno, f"bind {address}: {exc.strerror}") from None
+            time.sleep(0.05)
+
+
 def _peer(addr) -> tuple[str, int]:
     host = addr[0]
     if host.startswith("::ffff:"):
@@ -209,12 +222,17 @@ class RealServers:
                 log.udp.append(_peer(self.client_address))
                 sock.sendto(nm + b" " + data, self.client_address)
 
-        with inside(netns):
-            for port, handler in ((HTTP_PORT, Http), (ECHO_PORT, Echo), (BULK_PORT, Bulk)):
-                self._servers.append(_Tcp6Server(("::", port), handler))
-            for vip in vips:
-                cls = type("UdpV", (_Udp,), {"address_family": socket.AF_INET6 if ":" in vip else socket.AF_INET})
-                self._servers.append(cls((vip, UDP_PORT), Udp))
+        try:
+            with inside(netns):
+                for port, handler in ((HTTP_PORT, Http), (ECHO_PORT, Echo), (BULK_PORT, Bulk)):
+                    self._servers.append(_Tcp6Server(("::", port), handler))
+                for vip in vips:
+                    cls = type("UdpV", (_Udp,), {"address_family": socket.AF_INET6 if ":" in vip else socket.AF_INET})
+                    self._servers.append(_bind_retry(cls, (vip, UDP_PORT), Udp))
+        except BaseException:
+            for srv in self._servers:
+                srv.server_close()
+            raise
         for srv in self._servers:
             threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
 

@@ -231,10 +231,11 @@ def teardown(prefix: str, state_dir: Path = STATE_DIR) -> list[str]:
     if pins.exists():
         shutil.rmtree(pins, ignore_errors=True)
         removed.append(str(pins))
-    state = state_dir / f"{prefix}.json"
-    if state.exists():
-        state.unlink()
-        removed.append(str(state))
+    if state_dir.is_dir():
+        for f in [state_dir / f"{prefix}.json", *state_dir.glob(f"{prefix}-*")]:  # state, server log, socket
+            if f.exists():
+                f.unlink()
+                removed.append(str(f))
     return removed
 
 

@@ -36,7 +36,7 @@ from .client import (
     RpcFailed,
     channel_credentials,
 )
-from .goflags import FlagError, FlagSet, HelpRequested
+from katran.goflags import FlagError, FlagSet, HelpRequested
 
 PROG = "katran-cli"
 IPPROTO_TCP = 6
@@ -106,7 +106,22 @@ def build_flags() -> FlagSet:
     fs.string("tls_cert", "", "PEM client certificate (mTLS)")
     fs.string("tls_key", "", "PEM key of -tls_cert")
     fs.string("tls_server_name", "", "expected server name in its certificate")
+    fs.bool("thrift", False, "talk to katran-server-thrift instead of the gRPC server")
+    fs.string("thrift_server", "", "thrift server address (implies -thrift; default 127.0.0.1:12307)")
+    fs.string("thrift_transport", "header", "thrift transport: header, framed or buffered")
+    fs.string("thrift_protocol", "compact", "thrift protocol: compact or binary")
     return fs
+
+
+def make_client(ns) -> KatranClient:
+    """gRPC unless -thrift / -thrift_server asks for the thrift server."""
+    if ns.thrift or ns.thrift_server:
+        try:
+            from katran_thrift.client import client_from_flags
+        except ImportError as exc:
+            raise KatranError(f"-thrift needs the thrift extra (pip install katran[thrift]): {exc}") from None
+        return client_from_flags(ns)
+    return make_grpc_client(ns)
 
 
 def make_grpc_client(ns) -> KatranClient:
@@ -610,7 +625,7 @@ def main(argv: Optional[list[str]] = None, *, client_factory: Optional[Callable[
         fs.usage()
         return 2
     try:
-        client = (client_factory or make_grpc_client)(ns)
+        client = (client_factory or make_client)(ns)
     except KatranError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1

@@ -25,12 +25,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from katran.config import KatranConfig
 from katran.errors import KatranError, ValidationError
-from katran.models import HashFunction
 
 from . import EXT_SERVICE, KATRAN_SERVICE
-from .goflags import FlagError, FlagSet, HelpRequested
+from katran.goflags import FlagError, FlagSet, HelpRequested
+from katran.server_flags import add_server_flags, config_from_flags, error_line
 from .service import add_services
 
 PROG = "katran-server-grpc"
@@ -38,96 +37,19 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 log = logging.getLogger("katran_grpc.server")
 
-# KatranConfig field -> the flag that sets it (for error messages).
-_FLAG_OF_FIELD = {
-    "main_interface": "intf",
-    "hc_interface": "hc_intf",
-    "v4_tun_interface": "ipip_intf",
-    "v6_tun_interface": "ipip6_intf",
-    "balancer_prog_path": "balancer_prog",
-    "healthchecking_prog_path": "healthchecker_prog",
-    "root_map_path": "map_path",
-    "root_map_pos": "prog_pos",
-    "enable_hc": "hc_forwarding",
-    "xdp_attach_mode": "xdp_mode",
-}
-
-
 class ServerError(Exception):
     """The gRPC server could not be set up (bind failure, bad TLS files, ...)."""
 
 
 def build_flags() -> FlagSet:
-    """The server's flags: Katran's names and defaults, plus our extras."""
+    """The server's flags: Katran's names and defaults, our extras, then gRPC's transport options."""
     fs = FlagSet(PROG, "katran gRPC server (Katran-compatible lb.katran.KatranService)")
-    # Katran's katran_server_grpc flags
-    fs.string("server", DEFAULT_ADDRESS, "Service server:port (Katran's default is 0.0.0.0:50051)")
-    fs.string("intf", "eth0", "main interface")
-    fs.string("hc_intf", "", "interface for healthchecking")
-    fs.string("ipip_intf", "ipip0", "ipip (v4) encap interface")
-    fs.string("ipip6_intf", "ipip60", "ip(6)ip6 (v6) encap interface")
-    fs.string("balancer_prog", "", "path to balancer bpf prog (default: the packaged balancer.bpf.o)")
-    fs.string("healthchecker_prog", "", "path to healthchecking bpf prog (default: the packaged object)")
-    fs.string("default_mac", "00:00:00:00:00:01", "mac address of default router. must be in format: xx:xx:xx:xx:xx:xx")
-    fs.int("priority", 2307, "tc's priority for bpf progs")
-    fs.string("map_path", "", "path to pinned map from root xdp prog. default path forces to work in standalone mode")
-    fs.int("prog_pos", 2, "katran's position inside root xdp array")
-    fs.bool("hc_forwarding", True, "turn on forwarding path for healthchecks")
-    fs.int("shutdown_delay", 10000, "shutdown delay in milliseconds")
-    fs.int("lru_size", 8000000, "size of LRU table")
-    fs.string("forwarding_cores", "", "comma separated list of forwarding cores (default: every CPU)")
-    fs.string("numa_nodes", "", "comma separated list of numa nodes to forwarding cores mapping")
-    # ours
-    fs.bool("testing", False, "load and provision the programs without attaching them")
-    fs.string("hash_function", "maglev_v2", "default hash function of new VIPs: maglev or maglev_v2 (as Katran's example server)")
-    fs.int("max_vips", 512, "maximum number of VIPs")
-    fs.int("max_reals", 4096, "maximum number of reals")
-    fs.int("ch_ring_size", 65537, "consistent hashing ring size per VIP")
-    fs.string("katran_src_v4", "", "source address of forwarded healthchecks, v4 (default: from -hc_intf/-intf)")
-    fs.string("katran_src_v6", "", "source address of forwarded healthchecks, v6 (default: from -hc_intf/-intf)")
-    fs.string("xdp_mode", "native", "XDP attach mode: native, generic or offload")
+    add_server_flags(fs, DEFAULT_ADDRESS, "Service server:port (Katran's default is 0.0.0.0:50051)")
     fs.string("tls_cert", "", "PEM server certificate (enables TLS; needs -tls_key)")
     fs.string("tls_key", "", "PEM private key of -tls_cert")
     fs.string("tls_client_ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
     fs.int("workers", 8, "gRPC worker threads")
     return fs
-
-
-def _hash_function(value: str) -> HashFunction:
-    names = {"maglev": HashFunction.MAGLEV, "maglev_v2": HashFunction.MAGLEV_V2, "0": HashFunction.MAGLEV,
-             "1": HashFunction.MAGLEV_V2}
-    try:
-        return names[value.strip().lower()]
-    except KeyError:
-        raise ValidationError("hash_function", value, "expected maglev or maglev_v2") from None
-
-
-def config_from_flags(ns) -> KatranConfig:
-    """Map the parsed flags onto a KatranConfig (raises ValidationError)."""
-    return KatranConfig(
-        main_interface=ns.intf,
-        hc_interface=ns.hc_intf,
-        v4_tun_interface=ns.ipip_intf,
-        v6_tun_interface=ns.ipip6_intf,
-        balancer_prog_path=ns.balancer_prog or None,
-        healthchecking_prog_path=ns.healthchecker_prog or None,
-        default_mac=ns.default_mac,
-        priority=ns.priority,
-        root_map_path=ns.map_path or None,
-        root_map_pos=ns.prog_pos,
-        enable_hc=ns.hc_forwarding,
-        lru_size=ns.lru_size,
-        forwarding_cores=ns.forwarding_cores or None,
-        numa_nodes=ns.numa_nodes or None,
-        hash_function=_hash_function(ns.hash_function),
-        max_vips=ns.max_vips,
-        max_reals=ns.max_reals,
-        ch_ring_size=ns.ch_ring_size,
-        xdp_attach_mode=ns.xdp_mode,
-        katran_src_v4=ns.katran_src_v4 or None,
-        katran_src_v6=ns.katran_src_v6 or None,
-        testing=ns.testing,
-    )
 
 
 def _read(path: str, flag: str) -> bytes:
@@ -207,12 +129,7 @@ class KatranGrpcServer:
 
 
 def _error_line(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, ValidationError):
-        flag = _FLAG_OF_FIELD.get(exc.field, exc.field)
-        if flag in build_flags()._flags:
-            text += f" (flag -{flag})"
-    return f"{PROG}: error: {text}"
+    return error_line(PROG, exc)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

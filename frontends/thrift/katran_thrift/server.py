@@ -177,99 +177,25 @@ class KatranThriftServer:
 
 PROG = "katran-server-thrift"
 
-# KatranConfig field -> the flag that sets it (for error messages)
-_FLAG_OF_FIELD = {
-    "main_interface": "intf",
-    "hc_interface": "hc_intf",
-    "v4_tun_interface": "ipip_intf",
-    "v6_tun_interface": "ipip6_intf",
-    "balancer_prog_path": "balancer_prog",
-    "healthchecking_prog_path": "healthchecker_prog",
-    "root_map_path": "map_path",
-    "root_map_pos": "prog_pos",
-    "enable_hc": "hc_forwarding",
-    "xdp_attach_mode": "xdp_mode",
-}
-
-
 def build_flags():
-    """Katran's example-server flags plus ours, as katran-server-grpc has them."""
-    from katran_grpc.goflags import FlagSet
+    """Katran's example-server flags plus ours, the same as katran-server-grpc has them."""
+    from katran.goflags import FlagSet
+    from katran.server_flags import add_server_flags
 
     fs = FlagSet(PROG, "katran thrift server (Katran-compatible lb.katran KatranService)")
-    fs.string("server", DEFAULT_SERVER, "Service server:port (Katran's thrift example port is 12307)")
-    fs.string("intf", "eth0", "main interface")
-    fs.string("hc_intf", "", "interface for healthchecking")
-    fs.string("ipip_intf", "ipip0", "ipip (v4) encap interface")
-    fs.string("ipip6_intf", "ipip60", "ip(6)ip6 (v6) encap interface")
-    fs.string("balancer_prog", "", "path to balancer bpf prog (default: the packaged balancer.bpf.o)")
-    fs.string("healthchecker_prog", "", "path to healthchecking bpf prog (default: the packaged object)")
-    fs.string("default_mac", "00:00:00:00:00:01", "mac address of default router. must be in format: xx:xx:xx:xx:xx:xx")
-    fs.int("priority", 2307, "tc's priority for bpf progs")
-    fs.string("map_path", "", "path to pinned map from root xdp prog. default path forces to work in standalone mode")
-    fs.int("prog_pos", 2, "katran's position inside root xdp array")
-    fs.bool("hc_forwarding", True, "turn on forwarding path for healthchecks")
-    fs.int("shutdown_delay", 10000, "shutdown delay in milliseconds (the server keeps serving meanwhile)")
-    fs.int("lru_size", 8000000, "size of LRU table")
-    fs.string("forwarding_cores", "", "comma separated list of forwarding cores (default: every CPU)")
-    fs.string("numa_nodes", "", "comma separated list of numa nodes to forwarding cores mapping")
-    fs.bool("testing", False, "load and provision the programs without attaching them")
-    fs.string("hash_function", "maglev_v2", "default hash function of new VIPs: maglev or maglev_v2 (as Katran's example server)")
-    fs.int("max_vips", 512, "maximum number of VIPs")
-    fs.int("max_reals", 4096, "maximum number of reals")
-    fs.int("ch_ring_size", 65537, "consistent hashing ring size per VIP")
-    fs.string("xdp_mode", "native", "XDP attach mode: native, generic or offload")
-    return fs
-
-
-def _hash_function(value: str):
-    from katran import HashFunction, ValidationError
-
-    names = {"maglev": HashFunction.MAGLEV, "maglev_v2": HashFunction.MAGLEV_V2,
-             "0": HashFunction.MAGLEV, "1": HashFunction.MAGLEV_V2}
-    try:
-        return names[value.strip().lower()]
-    except KeyError:
-        raise ValidationError("hash_function", value, "expected maglev or maglev_v2") from None
+    return add_server_flags(fs, DEFAULT_SERVER, "Service server:port (Katran's thrift example port is 12307)")
 
 
 def config_from_flags(ns):
-    """Parsed flags -> KatranConfig (raises katran's ValidationError)."""
-    from katran import KatranConfig
+    from katran.server_flags import config_from_flags as from_flags
 
-    return KatranConfig(
-        main_interface=ns.intf,
-        hc_interface=ns.hc_intf,
-        v4_tun_interface=ns.ipip_intf,
-        v6_tun_interface=ns.ipip6_intf,
-        balancer_prog_path=ns.balancer_prog or None,
-        healthchecking_prog_path=ns.healthchecker_prog or None,
-        default_mac=ns.default_mac,
-        priority=ns.priority,
-        root_map_path=ns.map_path or None,
-        root_map_pos=ns.prog_pos,
-        enable_hc=ns.hc_forwarding,
-        lru_size=ns.lru_size,
-        forwarding_cores=ns.forwarding_cores or None,  # empty: one LRU per CPU
-        numa_nodes=ns.numa_nodes or None,
-        hash_function=_hash_function(ns.hash_function),
-        max_vips=ns.max_vips,
-        max_reals=ns.max_reals,
-        ch_ring_size=ns.ch_ring_size,
-        xdp_attach_mode=ns.xdp_mode,
-        testing=ns.testing,
-    )
+    return from_flags(ns)
 
 
 def _error_line(exc: BaseException) -> str:
-    from katran import ValidationError
+    from katran.server_flags import error_line
 
-    text = str(exc)
-    if isinstance(exc, ValidationError):
-        flag = _FLAG_OF_FIELD.get(exc.field, exc.field)
-        if flag in vars(build_flags().parse([])):
-            text += f" (flag -{flag})"
-    return f"{PROG}: error: {text}"
+    return error_line(PROG, exc)
 
 
 class _StartupError(Exception):
@@ -278,7 +204,7 @@ class _StartupError(Exception):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of katran-server-thrift; returns the exit status."""
-    from katran_grpc.goflags import FlagError, HelpRequested
+    from katran.goflags import FlagError, HelpRequested
 
     fs = build_flags()
     try:

@@ -1,0 +1,102 @@
+"""The flags both RPC servers share (Katran's example-server flags plus ours), and
+their translation to a KatranConfig.  No RPC library is imported here.
+"""
+
+from __future__ import annotations
+
+from .config import KatranConfig
+from .errors import ValidationError
+from .goflags import FlagSet
+from .models import HashFunction
+
+# KatranConfig field -> the flag that sets it, to name the flag in start-up errors
+FLAG_OF_FIELD = {
+    "main_interface": "intf",
+    "hc_interface": "hc_intf",
+    "v4_tun_interface": "ipip_intf",
+    "v6_tun_interface": "ipip6_intf",
+    "balancer_prog_path": "balancer_prog",
+    "healthchecking_prog_path": "healthchecker_prog",
+    "root_map_path": "map_path",
+    "root_map_pos": "prog_pos",
+    "enable_hc": "hc_forwarding",
+    "xdp_attach_mode": "xdp_mode",
+}
+
+
+def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> FlagSet:
+    """Katran's katran_server_grpc flags (names, defaults), then our extensions."""
+    fs.string("server", default_server, server_help)
+    fs.string("intf", "eth0", "main interface")
+    fs.string("hc_intf", "", "interface for healthchecking")
+    fs.string("ipip_intf", "ipip0", "ipip (v4) encap interface")
+    fs.string("ipip6_intf", "ipip60", "ip(6)ip6 (v6) encap interface")
+    fs.string("balancer_prog", "", "path to balancer bpf prog (default: the packaged balancer.bpf.o)")
+    fs.string("healthchecker_prog", "", "path to healthchecking bpf prog (default: the packaged object)")
+    fs.string("default_mac", "00:00:00:00:00:01", "mac address of default router. must be in format: xx:xx:xx:xx:xx:xx")
+    fs.int("priority", 2307, "tc's priority for bpf progs")
+    fs.string("map_path", "", "path to pinned map from root xdp prog. default path forces to work in standalone mode")
+    fs.int("prog_pos", 2, "katran's position inside root xdp array")
+    fs.bool("hc_forwarding", True, "turn on forwarding path for healthchecks")
+    fs.int("shutdown_delay", 10000, "shutdown delay in milliseconds")
+    fs.int("lru_size", 8000000, "size of LRU table")
+    fs.string("forwarding_cores", "", "comma separated list of forwarding cores (default: every CPU)")
+    fs.string("numa_nodes", "", "comma separated list of numa nodes to forwarding cores mapping")
+    # ours
+    fs.bool("testing", False, "load and provision the programs without attaching them")
+    fs.string("hash_function", "maglev_v2",
+              "default hash function of new VIPs: maglev or maglev_v2 (as Katran's example server)")
+    fs.int("max_vips", 512, "maximum number of VIPs")
+    fs.int("max_reals", 4096, "maximum number of reals")
+    fs.int("ch_ring_size", 65537, "consistent hashing ring size per VIP")
+    fs.string("katran_src_v4", "", "source address of forwarded healthchecks / GUE, v4 (default: from -hc_intf/-intf)")
+    fs.string("katran_src_v6", "", "source address of forwarded healthchecks / GUE, v6 (default: from -hc_intf/-intf)")
+    fs.string("xdp_mode", "native", "XDP attach mode: native, generic or offload")
+    return fs
+
+
+def hash_function_from_flag(value: str) -> HashFunction:
+    names = {"maglev": HashFunction.MAGLEV, "maglev_v2": HashFunction.MAGLEV_V2,
+             "0": HashFunction.MAGLEV, "1": HashFunction.MAGLEV_V2}
+    try:
+        return names[value.strip().lower()]
+    except KeyError:
+        raise ValidationError("hash_function", value, "expected maglev or maglev_v2") from None
+
+
+def config_from_flags(ns) -> KatranConfig:
+    """Parsed server flags -> KatranConfig (raises ValidationError)."""
+    return KatranConfig(
+        main_interface=ns.intf,
+        hc_interface=ns.hc_intf,
+        v4_tun_interface=ns.ipip_intf,
+        v6_tun_interface=ns.ipip6_intf,
+        balancer_prog_path=ns.balancer_prog or None,
+        healthchecking_prog_path=ns.healthchecker_prog or None,
+        default_mac=ns.default_mac,
+        priority=ns.priority,
+        root_map_path=ns.map_path or None,
+        root_map_pos=ns.prog_pos,
+        enable_hc=ns.hc_forwarding,
+        lru_size=ns.lru_size,
+        forwarding_cores=ns.forwarding_cores or None,  # empty: one LRU per CPU
+        numa_nodes=ns.numa_nodes or None,
+        hash_function=hash_function_from_flag(ns.hash_function),
+        max_vips=ns.max_vips,
+        max_reals=ns.max_reals,
+        ch_ring_size=ns.ch_ring_size,
+        xdp_attach_mode=ns.xdp_mode,
+        katran_src_v4=ns.katran_src_v4 or None,
+        katran_src_v6=ns.katran_src_v6 or None,
+        testing=ns.testing,
+    )
+
+
+def error_line(prog: str, exc: BaseException) -> str:
+    """One start-up error line; a bad config value also names its flag."""
+    text = str(exc)
+    if isinstance(exc, ValidationError):
+        flag = FLAG_OF_FIELD.get(exc.field, exc.field)
+        if flag in vars(add_server_flags(FlagSet(prog, ""), "", "").parse([])):
+            text += f" (flag -{flag})"
+    return f"{prog}: error: {text}"
