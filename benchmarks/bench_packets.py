@@ -3,98 +3,222 @@
 Every measurement is one BPF_PROG_TEST_RUN call with repeat=1 on a freshly
 copied packet (the kernel copies data_in on every call), so a program that
 rewrites the packet never sees its own output.  The kernel reports the time
-spent in the program run (ns); we take the median over many calls, and print
-the cost above the empty program.  Run as root:
+spent in the program run (ns); a table cell is the median over ``--runs``
+calls.  The whole table is measured ``--reps`` times, the programs of a row
+interleaved, after a warm-up; we print the median of the per-repetition
+medians, their spread (max - min), and the cost above the empty program.
+The process is pinned to one CPU so the per-cpu connection table warmed up
+front is the one the timed packets hit.  Run as root:
 
-    python benchmarks/bench_packets.py [--runs 20000]
+    python benchmarks/bench_packets.py [--runs 5000] [--reps 5] [--cpu 1] [--all-features]
+
+``--all-features`` enables every data-plane feature knob at load time
+(TPR, UDP stable routing, source routing, global LRU, local delivery, ICMP
+too-big, inline IPIP/GUE decap, strict decap destination) while the VIPs
+and packets use none of them; encapsulation stays IPIP (GUE would change
+the packet).  The functions here are importable, so other programs can be
+timed in the same table (``measure(progs, cases, ...)``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+from collections.abc import Mapping, Sequence
 
+import attrs
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from katran import KatranConfig, KatranLb, Real, VipKey
+from katran import KatranConfig, KatranLb, ModifyAction, Real, VipKey
 from katran.adapter import bpf
 from katran.lb import packaged_object
 
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 PAYLOAD = b"x" * 64
+CLIENT_V4, CLIENT_V6 = "192.168.1.1", "fc00:2::1"
+VIP_V4, VIP_V6, NON_VIP_V4 = "10.200.1.1", "fc00:1::1", "10.9.9.9"
+# the knobs --all-features turns on (everything but gue_encap, which changes the packet)
+FEATURE_KNOBS = (
+    "tcp_server_id_routing", "udp_stable_routing", "lpm_src_lookup", "global_lru", "local_delivery",
+    "icmp_toobig_generation", "inline_decap_ipip", "inline_decap_gue", "decap_strict_destination",
+)
+# the flows that are warmed into the connection table before timing
+LRU_FLOWS = range(10000, 10500)
 
 
 def tcp4(sport: int, flags: str = "A") -> bytes:
-    return bytes(ETH / IP(src="192.168.1.1", dst="10.200.1.1") / TCP(sport=sport, dport=80, flags=flags) / PAYLOAD)
+    return bytes(ETH / IP(src=CLIENT_V4, dst=VIP_V4) / TCP(sport=sport, dport=80, flags=flags) / PAYLOAD)
 
 
 def tcp6(sport: int, flags: str = "A") -> bytes:
-    return bytes(ETH / IPv6(src="fc00:2::1", dst="fc00:1::1") / TCP(sport=sport, dport=80, flags=flags) / PAYLOAD)
+    return bytes(ETH / IPv6(src=CLIENT_V6, dst=VIP_V6) / TCP(sport=sport, dport=80, flags=flags) / PAYLOAD)
 
 
 def udp4(sport: int) -> bytes:
-    return bytes(ETH / IP(src="192.168.1.1", dst="10.200.1.1") / UDP(sport=sport, dport=80) / PAYLOAD)
+    return bytes(ETH / IP(src=CLIENT_V4, dst=VIP_V4) / UDP(sport=sport, dport=80) / PAYLOAD)
 
 
 def non_vip(sport: int) -> bytes:
-    return bytes(ETH / IP(src="192.168.1.1", dst="10.9.9.9") / TCP(sport=sport, dport=80, flags="A") / PAYLOAD)
+    return bytes(ETH / IP(src=CLIENT_V4, dst=NON_VIP_V4) / TCP(sport=sport, dport=80, flags="A") / PAYLOAD)
 
 
-def median_ns(prog, frames: list[bytes]) -> float:
+@attrs.frozen
+class Case:
+    """One row of the table: the frames timed, in order."""
+
+    name: str
+    frames: list[bytes]
+
+
+def vips(n_reals: int) -> list[tuple[VipKey, list[Real]]]:
+    """The VIPs of the benchmark and their reals (v4 VIPs -> v4 reals, v6 -> v6)."""
+    reals_v4 = [Real(f"10.0.{i // 250}.{i % 250 + 1}") for i in range(n_reals)]
+    reals_v6 = [Real(f"fc00::{i + 1:x}") for i in range(n_reals)]
+    return [
+        (VipKey(VIP_V4, 80, "tcp"), reals_v4),
+        (VipKey(VIP_V4, 80, "udp"), reals_v4),
+        (VipKey(VIP_V6, 80, "tcp"), reals_v6),
+    ]
+
+
+def warm_frames() -> list[bytes]:
+    """Frames that put LRU_FLOWS into the connection table of the current CPU."""
+    return [mk(p) for p in LRU_FLOWS for mk in (tcp4, tcp6, udp4)]
+
+
+def build_cases(runs: int) -> list[Case]:
+    flows = LRU_FLOWS
+    return [
+        Case("TCP ACK, LRU hit, v4", [tcp4(flows[i % len(flows)]) for i in range(runs)]),
+        Case("TCP ACK, LRU hit, v6", [tcp6(flows[i % len(flows)]) for i in range(runs)]),
+        Case("UDP, LRU hit, v4", [udp4(flows[i % len(flows)]) for i in range(runs)]),
+        Case("TCP SYN, new flow, v4", [tcp4(20000 + (i % 40000), "S") for i in range(runs)]),
+        Case("non-VIP, XDP_PASS", [non_vip(20000 + (i % 40000)) for i in range(runs)]),
+    ]
+
+
+def median_ns(prog: bpf.Program, frames: Sequence[bytes]) -> float:
     return statistics.median(prog.test_run(f).duration_ns for f in frames)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=20000)
-    ap.add_argument("--reals", type=int, default=100)
-    args = ap.parse_args(argv)
-    n = args.runs
+def measure(progs: Mapping[str, bpf.Program], cases: Sequence[Case], reps: int,
+            warmup: int = 500) -> dict[tuple[str, str], list[float]]:
+    """Per (case, program): the median ns of each repetition.
 
-    lb = KatranLb(KatranConfig(testing=True, default_mac="00:00:de:ad:be:af", forwarding_cores=()))
+    Within a repetition the programs of a row run one after the other, in an
+    order rotated every repetition, so slow drift of the machine hits all alike.
+    """
+    out: dict[tuple[str, str], list[float]] = {(c.name, p): [] for c in cases for p in progs}
+    names = list(progs)
+    for rep in range(reps):
+        for case in cases:
+            order = names[rep % len(names):] + names[: rep % len(names)]
+            for p in order:
+                if rep == 0 and warmup:
+                    median_ns(progs[p], case.frames[:warmup])  # caches, branch predictors
+                out[(case.name, p)].append(median_ns(progs[p], case.frames))
+    return out
+
+
+def verdict_of(prog: bpf.Program, frame: bytes) -> str:
+    return bpf_verdict(prog.test_run(frame).retval)
+
+
+def bpf_verdict(retval: int) -> str:
+    return {0: "ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "REDIRECT"}.get(retval, str(retval))
+
+
+def print_table(title: str, cases: Sequence[Case], results: Mapping[tuple[str, str], list[float]],
+                columns: Sequence[str], verdicts: Mapping[tuple[str, str], str], empty: str = "empty") -> None:
+    """One line per case: each program's median (spread) and its cost above `empty`."""
+    print(title)
+    head = f"{'packet':<24}" + "".join(f" {c + ' ns':>16} {'above empty':>11}" for c in columns if c != empty)
+    head += f" {'empty ns':>14}  verdicts"
+    print(head)
+    for case in cases:
+        base = statistics.median(results[(case.name, empty)])
+        line = f"{case.name:<24}"
+        for c in columns:
+            if c == empty:
+                continue
+            meds = results[(case.name, c)]
+            med = statistics.median(meds)
+            line += f" {med:>8.0f} (±{(max(meds) - min(meds)) / 2:>3.0f}) {med - base:>11.0f}"
+        e = results[(case.name, empty)]
+        line += f" {base:>6.0f} (±{(max(e) - min(e)) / 2:>3.0f})  "
+        line += " ".join(verdicts[(case.name, c)] for c in columns if c != empty)
+        print(line)
+
+
+def make_lb(cpu: int, n_reals: int, all_features: bool, lru_size: int) -> KatranLb:
+    """A started KatranLb with the benchmark VIPs; its per-cpu LRU is on `cpu` only."""
+    knobs = {k: True for k in FEATURE_KNOBS} if all_features else {}
+    cfg = KatranConfig(
+        testing=True, default_mac="00:00:de:ad:be:af", forwarding_cores=(cpu,), lru_size=lru_size,
+        katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337", **knobs,
+    )
+    lb = KatranLb(cfg)
     lb.start()
+    try:
+        for vip, reals in vips(n_reals):
+            lb.add_vip(vip)
+            lb.modify_reals_for_vip(ModifyAction.ADD, reals, vip)
+    except Exception:
+        lb.close()
+        raise
+    return lb
+
+
+def run_bench(progs: Mapping[str, bpf.Program], args: argparse.Namespace, title: str) -> None:
+    """Warm every program's connection table, time the cases, print the table."""
+    cases = build_cases(args.runs)
+    for prog in progs.values():
+        for f in warm_frames():
+            prog.test_run(f)
+    verdicts = {(c.name, p): verdict_of(prog, c.frames[0]) for c in cases for p, prog in progs.items()}
+    results = measure(progs, cases, args.reps)
+    print_table(title, cases, results, list(progs), verdicts)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5000, help="packets per cell and repetition")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of the whole table")
+    ap.add_argument("--reals", type=int, default=100)
+    ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one)")
+    ap.add_argument("--lru-size", type=int, default=200_000, help="size of the per-cpu connection table")
+    ap.add_argument("--all-features", action="store_true", help="every feature knob on, unused by the packets")
+    return ap.parse_args(argv)
+
+
+def pin_cpu(cpu: int | None) -> int:
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu = cpus[-1] if cpu is None else cpu
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.cpu = pin_cpu(args.cpu)
     empty_spec = bpf.ObjectSpec.open(packaged_object("xdp_pass.bpf.o"))
     empty_obj = empty_spec.load()
     empty_spec.close()
+    lb = make_lb(args.cpu, args.reals, args.all_features, args.lru_size)
     try:
-        reals_v4 = [Real(f"10.0.{i // 250}.{i % 250 + 1}") for i in range(args.reals)]
-        reals_v6 = [Real(f"fc00::{i + 1:x}") for i in range(args.reals)]
-        for vip, reals in ((VipKey("10.200.1.1", 80, "tcp"), reals_v4), (VipKey("10.200.1.1", 80, "udp"), reals_v4),
-                           (VipKey("fc00:1::1", 80, "tcp"), reals_v6)):
-            lb.add_vip(vip)
-            lb.modify_reals_for_vip(0, reals, vip)
-        prog = lb._obj.program("balancer_ingress")  # the benchmark times the loaded program itself
-        empty = empty_obj.program("xdp_pass")
-
-        # a small set of flows, each warmed into the LRU first (the fallback LRU holds 1000)
-        flows = range(10000, 10000 + 500)
-        warm = [tcp4(p) for p in flows] + [tcp6(p) for p in flows] + [udp4(p) for p in flows]
-        for f in warm:
-            prog.test_run(f)
-        cases = [
-            ("TCP ACK, LRU hit, v4", [tcp4(flows[i % len(flows)]) for i in range(n)]),
-            ("TCP ACK, LRU hit, v6", [tcp6(flows[i % len(flows)]) for i in range(n)]),
-            ("UDP, LRU hit, v4", [udp4(flows[i % len(flows)]) for i in range(n)]),
-            ("TCP SYN, new flow, v4", [tcp4(20000 + (i % 40000), "S") for i in range(n)]),
-            ("non-VIP, XDP_PASS", [non_vip(20000 + (i % 40000)) for i in range(n)]),
-        ]
-        rows = []
-        for name, frames in cases:
-            verdict = lb.run_packet(frames[0]).verdict
-            empty_ns = median_ns(empty, frames)
-            prog_ns = median_ns(prog, frames)
-            rows.append((name, verdict, prog_ns, empty_ns, prog_ns - empty_ns))
+        progs = {"balancer": lb._obj.program("balancer_ingress"), "empty": empty_obj.program("xdp_pass")}
+        mode = "all feature knobs on" if args.all_features else "default knobs"
+        run_bench(progs, args, (
+            f"per-packet cost ({mode}), cpu {args.cpu}, {args.reals} reals: median of {args.reps} repetitions "
+            f"of the median of {args.runs} BPF_PROG_TEST_RUN calls (repeat=1, fresh packet each); "
+            f"(±) = half the spread of the repetitions"))
     finally:
-        empty_obj.close()
         lb.close()
-
-    print(f"per-packet cost, median of {n} BPF_PROG_TEST_RUN calls (repeat=1, fresh packet each), {args.reals} reals")
-    print(f"{'packet':<24} {'verdict':<9} {'balancer ns':>12} {'empty ns':>9} {'above empty':>12}")
-    for name, verdict, prog_ns, empty_ns, delta in rows:
-        print(f"{name:<24} {verdict:<9} {prog_ns:>12.0f} {empty_ns:>9.0f} {delta:>12.0f}")
+        empty_obj.close()
     return 0
 
 

@@ -19,6 +19,7 @@ algorithm is kept as a slow fallback and as a cross-check for the tests.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import operator
@@ -221,6 +222,30 @@ def _jhash_2words_py(a: int, b: int, initval: int) -> int:
 
 
 # ----------------------------------------------------------------------- ring
+@functools.lru_cache(maxsize=64)
+def is_prime(value: int) -> bool:
+    """Deterministic Miller-Rabin for 0 <= value < 2**32 (bases 2, 7, 61)."""
+    if value < 2:
+        return False
+    for p in (2, 3, 5, 7, 11, 13, 61):
+        if value % p == 0:
+            return value == p
+    d, r = value - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in (2, 7, 61):
+        x = pow(a, d, value)
+        if x in (1, value - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % value
+            if x == value - 1:
+                break
+        else:
+            return False
+    return True
+
+
 def _check_u32(field: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= _U32:
         raise ValidationError(field, value, "expected an integer in 0..2**32-1")
@@ -256,10 +281,15 @@ def _endpoint_arrays(endpoints: Sequence[Endpoint]) -> Tuple[np.ndarray, np.ndar
         hashes = np.array(list(map(_get_hash, endpoints)), dtype=np.uint64)
     except (AttributeError, TypeError, OverflowError, ValueError):
         raise _bad_endpoint(endpoints) from None
+    if len(nums_l) > 1:
+        ordered = np.sort(nums)
+        distinct = bool((ordered[1:] != ordered[:-1]).all())
+    else:
+        distinct = True
     if nums_l and not (
-        0 <= nums.min() and nums.max() <= MAX_REAL_NUM
+        distinct
+        and 0 <= nums.min() and nums.max() <= MAX_REAL_NUM
         and 0 <= weights.min() and weights.max() <= _U32
-        and len(set(nums_l)) == len(nums_l)
     ):
         raise _bad_endpoint(endpoints)
     return hashes, nums.astype(np.uint32), weights.astype(np.uint32)
@@ -312,13 +342,17 @@ def build_ring(
 ) -> np.ndarray:
     """Katran's CH ring for these endpoints: uint32 array of ``ring_size`` real numbers.
 
-    Endpoint nums must be distinct, in 0..2**31-1.  Endpoints of weight 0 are
+    ``ring_size`` must be prime.  Endpoint nums must be distinct, in 0..2**31-1.  Endpoints of weight 0 are
     left out (as ``Vip::getEndpoints`` does); with none left the ring is all zeros
     (real 0 = "no real": the BPF program drops).  Katran itself writes no ring
     update at all in that case, leaving the previous ring in the map.
     """
     if isinstance(ring_size, bool) or not isinstance(ring_size, (int, np.integer)) or not 2 <= ring_size <= MAX_RING_SIZE:
         raise ValidationError("ring_size", ring_size, "expected an integer in 2..2**32-1")
+    if not is_prime(int(ring_size)):
+        # Maglev's permutations only cover every slot when the size is prime;
+        # with another size population can loop forever (Katran's too).
+        raise ValidationError("ring_size", ring_size, "Maglev needs a prime ring size (e.g. 65537)")
     try:
         version = int(HashFunction(hash_function))
     except (ValueError, TypeError):

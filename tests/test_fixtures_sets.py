@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import struct
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import attrs
 import pytest
@@ -31,6 +32,9 @@ from katran_fixtures import (
     run_on,
     set_down_host_for_udp_flow_migration,
 )
+
+if TYPE_CHECKING:
+    from katran import LbStats
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root"),
@@ -362,7 +366,8 @@ class TestIcmpTooBigOriginGue(TestIcmpTooBig):
 
     CASES = _load("icmp_too_big_origin_gue")
     KNOBS = dict(icmp_toobig_generation=True, max_pckt_size=1466, **GUE)
-    WARM_UP = []
+    WARM_UP: list = []
+    test_preceding_gue_set = None  # no set before it
 
 
 # ====================================================================== udp_stable_rt (README 7.6)
