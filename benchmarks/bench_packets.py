@@ -101,26 +101,32 @@ def build_cases(runs: int) -> list[Case]:
     ]
 
 
-def median_ns(prog: bpf.Program, frames: Sequence[bytes]) -> float:
-    return statistics.median(prog.test_run(f).duration_ns for f in frames)
+def durations_ns(prog: bpf.Program, frames: Sequence[bytes]) -> list[int]:
+    return [prog.test_run(f).duration_ns for f in frames]
 
 
 def measure(progs: Mapping[str, bpf.Program], cases: Sequence[Case], reps: int,
-            warmup: int = 500) -> dict[tuple[str, str], list[float]]:
+            warmup: int = 500, block: int = 1000) -> dict[tuple[str, str], list[float]]:
     """Per (case, program): the median ns of each repetition.
 
-    Within a repetition the programs of a row run one after the other, in an
-    order rotated every repetition, so slow drift of the machine hits all alike.
+    Within a repetition the programs of a row take turns on blocks of `block`
+    frames, in an order rotated every block, so drift of a shared machine
+    hits them alike; each program sees all the frames of the row.
     """
     out: dict[tuple[str, str], list[float]] = {(c.name, p): [] for c in cases for p in progs}
     names = list(progs)
     for rep in range(reps):
         for case in cases:
-            order = names[rep % len(names):] + names[: rep % len(names)]
-            for p in order:
-                if rep == 0 and warmup:
-                    median_ns(progs[p], case.frames[:warmup])  # caches, branch predictors
-                out[(case.name, p)].append(median_ns(progs[p], case.frames))
+            if rep == 0 and warmup:
+                for p in names:
+                    durations_ns(progs[p], case.frames[:warmup])  # caches, branch predictors
+            times: dict[str, list[int]] = {p: [] for p in names}
+            for i, start in enumerate(range(0, len(case.frames), block)):
+                chunk = case.frames[start:start + block]
+                for p in names[i % len(names):] + names[: i % len(names)]:
+                    times[p] += durations_ns(progs[p], chunk)
+            for p in names:
+                out[(case.name, p)].append(statistics.median(times[p]))
     return out
 
 
@@ -180,7 +186,7 @@ def run_bench(progs: Mapping[str, bpf.Program], args: argparse.Namespace, title:
         for f in warm_frames():
             prog.test_run(f)
     verdicts = {(c.name, p): verdict_of(prog, c.frames[0]) for c in cases for p, prog in progs.items()}
-    results = measure(progs, cases, args.reps)
+    results = measure(progs, cases, args.reps, block=args.block)
     print_table(title, cases, results, list(progs), verdicts)
 
 
@@ -188,6 +194,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5000, help="packets per cell and repetition")
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the whole table")
+    ap.add_argument("--block", type=int, default=1000, help="frames a program runs before the next takes a turn")
     ap.add_argument("--reals", type=int, default=100)
     ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one)")
     ap.add_argument("--lru-size", type=int, default=200_000, help="size of the per-cpu connection table")

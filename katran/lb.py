@@ -325,10 +325,14 @@ class KatranLb:
         errors = []
         if self._attached_ifindex is not None and self._config.cleanup_on_shutdown:
             try:
-                bpf.detach_xdp(self._attached_ifindex, self._config.xdp_attach_mode)
+                # only our own program: a newer instance may have replaced it already
+                mode = self._config.xdp_attach_mode
+                ours = self._obj.program(BALANCER_PROG).id
+                if bpf.xdp_attached_prog_id(self._attached_ifindex, mode) == ours:
+                    bpf.detach_xdp(self._attached_ifindex, mode)
             except KatranError as e:
                 errors.append(e)
-            self._attached_ifindex = None
+        self._attached_ifindex = None
         if self._registered_root is not None:
             from . import shared
 

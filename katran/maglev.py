@@ -59,20 +59,23 @@ MAX_REAL_NUM = 0x7FFFFFFF
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
-def _as_int(value: object) -> int:
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValidationError("endpoint", value, "expected an integer") from None
+def _int_field(name: str):
+    def convert(value: object) -> int:
+        try:
+            return operator.index(value)
+        except TypeError:
+            raise ValidationError(name, value, "expected an integer") from None
+
+    return convert
 
 
 @attrs.frozen
 class Endpoint:
     """One real on a VIP's ring: real index, weight, folly address hash (ints)."""
 
-    num: int = attrs.field(converter=_as_int)
-    weight: int = attrs.field(converter=_as_int)
-    hash: int = attrs.field(converter=_as_int)
+    num: int = attrs.field(converter=_int_field("num"))
+    weight: int = attrs.field(converter=_int_field("weight"))
+    hash: int = attrs.field(converter=_int_field("hash"))
 
 
 # --------------------------------------------------------------------- hashes

@@ -398,8 +398,8 @@ def decode(frames: Sequence[tuple[int, bytes]]) -> list[Packet]:
     out = []
     for pkttype, raw in frames:
         eth = Ether(raw)
-        outer = eth.getlayer(IP) or eth.getlayer(IPv6)
-        if outer is None:
+        outer = eth.payload  # not getlayer(IP): for 4in6 that would be the inner header
+        if not isinstance(outer, (IP, IPv6)):
             continue
         inner, encap = outer.payload, None
         if isinstance(inner, (IP, IPv6)):

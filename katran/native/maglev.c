@@ -73,6 +73,7 @@ typedef struct {
     const uint32_t *nums;
     const uint32_t *skip; /* 1 <= skip < R */
     uint32_t *pos;        /* offset + next * skip, modulo 2^32 */
+    uint32_t *cur;        /* pos % R, kept in step with pos */
     uint32_t *inv;        /* inverse of skip modulo R, 0 = not computed yet */
     uint32_t *free_slots; /* end game: the left free slots (unordered) */
     uint32_t endgame_at;  /* switch to the end game when left <= this */
@@ -84,23 +85,26 @@ static inline int taken(const uint64_t *used, uint32_t slot)
     return (int)((used[slot >> 6] >> (slot & 63)) & 1u);
 }
 
-/* Probe one by one from pos; returns the first free slot, updates *pos. */
-static inline uint32_t probe(const ring_state_t *st, uint32_t *pos, uint32_t step)
+/* pos + step and its slot, given slot = pos % R */
+static inline uint32_t advance(const ring_state_t *st, uint32_t *pos, uint32_t slot, uint32_t step)
 {
-    uint32_t p = *pos;
-    uint32_t slot = fastmod(&st->mod, p);
-    const uint32_t size = st->size;
-    while (taken(st->used, slot)) {
-        uint32_t next = p + step;
-        if (next < p) { /* wrapped past 2^32, as Katran's uint32 math does */
-            slot = fastmod(&st->mod, next);
-        } else {
-            slot += step;
-            slot = slot >= size ? slot - size : slot;
-        }
-        p = next;
+    uint32_t next = *pos + step;
+    if (next < *pos) { /* wrapped past 2^32, as Katran's uint32 math does */
+        slot = fastmod(&st->mod, next);
+    } else {
+        slot += step;
+        slot = slot >= st->size ? slot - st->size : slot;
     }
-    *pos = p;
+    *pos = next;
+    return slot;
+}
+
+/* Probe one by one from (pos, slot = pos % R); returns the first free slot
+ * and leaves *pos at it. */
+static inline uint32_t probe(const ring_state_t *st, uint32_t *pos, uint32_t slot, uint32_t step)
+{
+    while (taken(st->used, slot))
+        slot = advance(st, pos, slot, step);
     return slot;
 }
 
@@ -141,7 +145,7 @@ static uint32_t endgame_probe(ring_state_t *st, size_t i, uint32_t *pos, uint32_
             return st->free_slots[best_k];
         }
     }
-    slot = probe(st, pos, step);
+    slot = probe(st, pos, slot, step);
     for (uint32_t k = 0; k < st->left; k++) {
         if (st->free_slots[k] == slot) {
             *index = k;
@@ -155,7 +159,8 @@ static inline void take(ring_state_t *st, size_t i, uint32_t slot, uint32_t p)
 {
     st->used[slot >> 6] |= (uint64_t)1 << (slot & 63);
     st->ring[slot] = st->nums[i];
-    st->pos[i] = p + st->skip[i];
+    st->cur[i] = advance(st, &p, slot, st->skip[i]);
+    st->pos[i] = p;
     st->left--;
 }
 
@@ -175,11 +180,21 @@ static inline __attribute__((always_inline)) uint32_t claim(ring_state_t *st, si
     if (__builtin_expect(st->endgame, 0))
         return claim_endgame(st, i);
     uint32_t p = st->pos[i];
-    uint32_t slot = probe(st, &p, st->skip[i]);
+    uint32_t slot = probe(st, &p, st->cur[i], st->skip[i]);
     take(st, i, slot, p);
     if (__builtin_expect(st->left == st->endgame_at, 0))
         start_endgame(st);
     return st->left;
+}
+
+static void round_robin(ring_state_t *st, size_t n)
+{
+    for (;;) {
+        for (size_t i = 0; i < n; i++) {
+            if (claim(st, i) == 0)
+                return;
+        }
+    }
 }
 
 static void populate_v1(ring_state_t *st, size_t n, const uint32_t *weights)
@@ -192,20 +207,22 @@ static void populate_v1(ring_state_t *st, size_t n, const uint32_t *weights)
         }
     }
     /* then round-robin, one slot per endpoint and round */
-    for (;;) {
-        for (size_t i = 0; i < n; i++) {
-            if (claim(st, i) == 0)
-                return;
-        }
-    }
+    round_robin(st, n);
 }
 
 static void populate_v2(ring_state_t *st, size_t n, const uint32_t *weights, uint32_t *acc)
 {
-    uint32_t max_weight = 0;
+    uint32_t max_weight = 0, min_weight = UINT32_MAX;
     for (size_t i = 0; i < n; i++) {
         if (weights[i] > max_weight)
             max_weight = weights[i];
+        if (weights[i] < min_weight)
+            min_weight = weights[i];
+    }
+    if (min_weight == max_weight) {
+        /* equal weights: everyone claims in every round */
+        round_robin(st, n);
+        return;
     }
     for (;;) {
         for (size_t i = 0; i < n; i++) {
@@ -242,7 +259,7 @@ int kn_maglev_ring(const uint64_t *hashes, const uint32_t *nums,
 
     const uint32_t endgame_at = endgame_threshold(ring_size);
     uint64_t *used = calloc(((size_t)ring_size + 63) / 64, sizeof(uint64_t));
-    uint32_t *scratch = calloc(4 * n + endgame_at, sizeof(uint32_t));
+    uint32_t *scratch = calloc(5 * n + endgame_at, sizeof(uint32_t));
     if (used == NULL || scratch == NULL) {
         free(used);
         free(scratch);
@@ -252,16 +269,17 @@ int kn_maglev_ring(const uint64_t *hashes, const uint32_t *nums,
     uint32_t *pos = scratch + n;
     uint32_t *acc = scratch + 2 * n;
     uint32_t *inv = scratch + 3 * n;
-    uint32_t *free_slots = scratch + 4 * n;
+    uint32_t *cur = scratch + 4 * n;
+    uint32_t *free_slots = scratch + 5 * n;
     for (size_t i = 0; i < n; i++) {
-        pos[i] = (uint32_t)(kn_murmur3_x64_64(hashes[i], 42u, 0u) % ring_size);
+        pos[i] = cur[i] = (uint32_t)(kn_murmur3_x64_64(hashes[i], 42u, 0u) % ring_size);
         skip[i] = (uint32_t)(kn_murmur3_x64_64(hashes[i], 2718281828u, 2307u) % (ring_size - 1) + 1);
     }
 
     ring_state_t st = {
         .ring = ring, .used = used, .mod = fastmod_init(ring_size),
         .barrett = UINT64_MAX / ring_size, .size = ring_size, .left = ring_size,
-        .nums = nums, .skip = skip, .pos = pos, .inv = inv,
+        .nums = nums, .skip = skip, .pos = pos, .cur = cur, .inv = inv,
         .free_slots = free_slots, .endgame_at = endgame_at, .endgame = 0,
     };
     if (version == 0)

@@ -1,0 +1,71 @@
+"""Maglev ring build time: ``python benchmarks/bench_maglev.py [--runs N] [--ring-size R]``.
+
+Prints, for 10/100/1000 reals and both hash functions, the median (and best)
+wall time of ``katran.maglev.build_ring`` and of the C population call alone
+(the rest is Python: collecting, checking and sorting the endpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import statistics
+import time
+
+import numpy as np
+
+from katran import maglev
+from katran.models import HashFunction
+
+
+def _endpoints(count: int) -> list:
+    base = int(ipaddress.IPv4Address("10.0.0.0"))
+    return [maglev.Endpoint(i + 1, 1, maglev.endpoint_hash(ipaddress.IPv4Address(base + i + 1))) for i in range(count)]
+
+
+def _time(fn, runs: int) -> tuple[float, float]:
+    fn()  # warm-up
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3, min(samples) * 1e3
+
+
+def _core_call(endpoints: list, ring_size: int, hash_function: HashFunction):
+    from katran._native import ffi, lib
+
+    ordered = sorted(endpoints, key=lambda e: e.hash)
+    hashes = np.array([e.hash for e in ordered], dtype=np.uint64)
+    nums = np.array([e.num for e in ordered], dtype=np.uint32)
+    weights = np.array([e.weight for e in ordered], dtype=np.uint32)
+    ring = np.empty(ring_size, dtype=np.uint32)
+    args = (ffi.from_buffer("uint64_t[]", hashes), ffi.from_buffer("uint32_t[]", nums),
+            ffi.from_buffer("uint32_t[]", weights), len(ordered), ring_size, int(hash_function),
+            ffi.from_buffer("uint32_t[]", ring))
+    return lambda: lib.kn_maglev_ring(*args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--ring-size", type=int, default=maglev.DEFAULT_RING_SIZE)
+    args = parser.parse_args()
+
+    print(f"native: {maglev.NATIVE}, ring size {args.ring_size}, {args.runs} runs each (ms)")
+    print(f"{'reals':>6} {'hash':>10} {'build_ring med':>15} {'best':>8} {'C core med':>11} {'best':>8}")
+    for count in (10, 100, 1000):
+        endpoints = _endpoints(count)
+        for hash_function in HashFunction:
+            med, best = _time(lambda: maglev.build_ring(endpoints, args.ring_size, hash_function), args.runs)
+            if maglev.NATIVE:
+                core_med, core_best = _time(_core_call(endpoints, args.ring_size, hash_function), args.runs)
+                core = f"{core_med:11.3f} {core_best:8.3f}"
+            else:
+                core = f"{'-':>11} {'-':>8}"
+            print(f"{count:6d} {hash_function.name.lower():>10} {med:15.3f} {best:8.3f} {core}")
+
+
+if __name__ == "__main__":
+    main()
