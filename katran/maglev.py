@@ -69,13 +69,30 @@ def _int_field(name: str):
     return convert
 
 
+# one endpoint as the C code reads it: hash, num, weight (little-endian)
+_RECORD = struct.Struct("<QII")
+_RECORD_DTYPE = np.dtype([("hash", "<u8"), ("num", "<u4"), ("weight", "<u4")])
+
+
 @attrs.frozen
 class Endpoint:
-    """One real on a VIP's ring: real index, weight, folly address hash (ints)."""
+    """One real on a VIP's ring: real index, weight, folly address hash (ints).
+
+    Ranges are checked here (num 0..2**31-1, weight 0..2**32-1, hash u64), and
+    the packed record the ring builder reads is made once.
+    """
 
     num: int = attrs.field(converter=_int_field("num"))
     weight: int = attrs.field(converter=_int_field("weight"))
     hash: int = attrs.field(converter=_int_field("hash"))
+    _record: bytes = attrs.field(init=False, repr=False, eq=False, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        for name, value, top in (("num", self.num, MAX_REAL_NUM), ("weight", self.weight, _U32),
+                                 ("hash", self.hash, _U64)):
+            if not 0 <= value <= top:
+                raise ValidationError(name, value, f"expected an integer in 0..{top}")
+        object.__setattr__(self, "_record", _RECORD.pack(self.hash, self.num, self.weight))
 
 
 # --------------------------------------------------------------------- hashes
@@ -162,9 +179,13 @@ def endpoint_hash(address: Union[IPAddress, str]) -> int:
 
     IPv4: ``hash_128_to_64(AF_INET, fnv32(4 bytes))``; IPv6:
     ``hash_128_to_64(AF_INET6, hash_128_to_64(spooky128(16 bytes)))``;
-    IPv4-mapped IPv6 hashes as the IPv4 address.
+    IPv4-mapped IPv6 hashes as the IPv4 address.  Results are cached.
     """
-    addr = parse_address(address, "address")
+    return _address_hash(parse_address(address, "address"))
+
+
+@functools.lru_cache(maxsize=65536)
+def _address_hash(addr: IPAddress) -> int:
     packed = addr.packed
     if not NATIVE:
         return _endpoint_hash_py(packed)
@@ -269,33 +290,21 @@ def _bad_endpoint(endpoints: Sequence[Endpoint]) -> ValidationError:
     return ValidationError("endpoints", endpoints, "invalid endpoints")
 
 
-_get_num = operator.attrgetter("num")
-_get_weight = operator.attrgetter("weight")
-_get_hash = operator.attrgetter("hash")
+_get_record = operator.attrgetter("_record")
 
 
-def _endpoint_arrays(endpoints: Sequence[Endpoint]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(hashes u64, nums u32, weights u32) of valid endpoints, or ValidationError."""
-    # Endpoint's converters guarantee int fields; only ranges are left to check.
+def _endpoint_records(endpoints: Sequence[Endpoint]) -> np.ndarray:
+    """Structured array (hash, num, weight) of the endpoints, or ValidationError."""
     try:
-        nums_l = list(map(_get_num, endpoints))
-        nums = np.array(nums_l, dtype=np.int64)
-        weights = np.array(list(map(_get_weight, endpoints)), dtype=np.int64)
-        hashes = np.array(list(map(_get_hash, endpoints)), dtype=np.uint64)
-    except (AttributeError, TypeError, OverflowError, ValueError):
+        blob = b"".join(map(_get_record, endpoints))
+    except (AttributeError, TypeError):
         raise _bad_endpoint(endpoints) from None
-    if len(nums_l) > 1:
-        ordered = np.sort(nums)
-        distinct = bool((ordered[1:] != ordered[:-1]).all())
-    else:
-        distinct = True
-    if nums_l and not (
-        distinct
-        and 0 <= nums.min() and nums.max() <= MAX_REAL_NUM
-        and 0 <= weights.min() and weights.max() <= _U32
-    ):
-        raise _bad_endpoint(endpoints)
-    return hashes, nums.astype(np.uint32), weights.astype(np.uint32)
+    records = np.frombuffer(blob, dtype=_RECORD_DTYPE)
+    if len(records) > 1:
+        nums = np.sort(records["num"])
+        if not (nums[1:] != nums[:-1]).all():
+            raise _bad_endpoint(endpoints)
+    return records
 
 
 def _build_ring_py(hashes: Sequence[int], nums: Sequence[int], weights: Sequence[int],
@@ -360,20 +369,20 @@ def build_ring(
         version = int(HashFunction(hash_function))
     except (ValueError, TypeError):
         raise ValidationError("hash_function", hash_function, "expected HashFunction.MAGLEV or MAGLEV_V2") from None
-    hashes, nums, weights = _endpoint_arrays(list(endpoints))
-    live = weights > 0  # Vip::getEndpoints skips zero weights
+    records = _endpoint_records(endpoints)
+    live = records["weight"] > 0  # Vip::getEndpoints skips zero weights
     if not live.all():
-        hashes, nums, weights = hashes[live], nums[live], weights[live]
+        records = records[live]
     ring_size = int(ring_size)
-    n = len(nums)
+    n = len(records)
     if n == 0:
         return np.zeros(ring_size, dtype=np.uint32)
     # Katran's order: ascending endpoint hash (std::sort).  Equal hashes mean
     # equal addresses, which KatranLb never gives two real numbers.
-    order = np.argsort(hashes)
-    hashes = np.ascontiguousarray(hashes[order])
-    nums = np.ascontiguousarray(nums[order])
-    weights = np.ascontiguousarray(weights[order])
+    records = records[np.argsort(records["hash"])]
+    hashes = np.ascontiguousarray(records["hash"])
+    nums = np.ascontiguousarray(records["num"])
+    weights = np.ascontiguousarray(records["weight"])
     if not NATIVE:
         return _build_ring_py([int(h) for h in hashes], [int(x) for x in nums],
                               [int(w) for w in weights], ring_size, version)

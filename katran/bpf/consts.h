@@ -62,6 +62,7 @@
 /* pkt_meta.flags */
 #define PKT_F_ICMP (1 << 0) /* flow was rebuilt from an ICMP error's quote */
 #define PKT_F_SYN (1 << 1)
+#define PKT_F_RST (1 << 2) /* a reset never creates a connection-table entry */
 
 /* outer headers */
 #define ENCAP_TTL 64

@@ -108,7 +108,7 @@ static __always_inline int parse_ip(void *data, void *data_end, __u64 nh_off, bo
 /*
  * Read the ports of the TCP (is_tcp) or UDP header into pkt->flow; a flow
  * rebuilt from an ICMP error gets them swapped back to the client's view.
- * Records SYN. Returns false when the header is truncated.
+ * Records SYN and RST. Returns false when the header is truncated.
  */
 static __always_inline bool parse_ports(void *data, void *data_end, bool is_ipv6, bool is_tcp,
 					struct pkt_meta *pkt)
@@ -124,6 +124,8 @@ static __always_inline bool parse_ports(void *data, void *data_end, bool is_ipv6
 			return false;
 		if (tcp->syn)
 			pkt->flags |= PKT_F_SYN;
+		if (tcp->rst)
+			pkt->flags |= PKT_F_RST;
 		sport = tcp->source;
 		dport = tcp->dest;
 	} else {

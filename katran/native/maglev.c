@@ -126,7 +126,7 @@ static uint32_t endgame_probe(ring_state_t *st, size_t i, uint32_t *pos, uint32_
         st->inv[i] = inverse_mod(step, size);
     const uint32_t inv = st->inv[i];
     uint32_t p = *pos;
-    uint32_t slot = fastmod(&st->mod, p);
+    uint32_t slot = st->cur[i];
     if (inv != 0) {
         uint32_t best = size, best_k = 0;
         for (uint32_t k = 0; k < st->left; k++) {
