@@ -148,5 +148,9 @@ class KatranConfig:
             raise ValidationError(
                 "decap_strict_destination", True, "needs inline_decap_ipip or inline_decap_gue"
             )
+        from .maglev import is_prime
+
+        if not is_prime(self.ch_ring_size):
+            raise ValidationError("ch_ring_size", self.ch_ring_size, "must be a prime (Maglev), e.g. 65537")
         if self.max_vips * self.ch_ring_size > 2**32 - 1:
             raise ValidationError("ch_ring_size", self.ch_ring_size, "max_vips * ch_ring_size exceeds 2**32")

@@ -354,10 +354,10 @@ def build_ring(
 ) -> np.ndarray:
     """Katran's CH ring for these endpoints: uint32 array of ``ring_size`` real numbers.
 
-    ``ring_size`` must be prime.  Endpoint nums must be distinct, in 0..2**31-1.  Endpoints of weight 0 are
-    left out (as ``Vip::getEndpoints`` does); with none left the ring is all zeros
-    (real 0 = "no real": the BPF program drops).  Katran itself writes no ring
-    update at all in that case, leaving the previous ring in the map.
+    ``ring_size`` must be prime; endpoint nums must be distinct.  Endpoints of
+    weight 0 are left out (as ``Vip::getEndpoints`` does); with none left the
+    ring is all zeros (real 0 = "no real": the BPF program drops).  Katran
+    itself writes no ring update in that case, leaving the previous ring.
     """
     if isinstance(ring_size, bool) or not isinstance(ring_size, (int, np.integer)) or not 2 <= ring_size <= MAX_RING_SIZE:
         raise ValidationError("ring_size", ring_size, "expected an integer in 2..2**32-1")

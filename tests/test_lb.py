@@ -78,6 +78,7 @@ def ring_in_map(lb: KatranLb, vip: VipKey) -> np.ndarray:
         (dict(max_vips=0), "max_vips"),
         (dict(max_vips=70000, ch_ring_size=65537), "max_vips"),
         (dict(xdp_attach_mode="turbo"), "xdp_attach_mode"),
+        (dict(ch_ring_size=65536), "ch_ring_size"),
         (dict(testing=False, main_interface=""), "main_interface"),
         (dict(katran_src_v4="fc00::1"), "katran_src_v4"),
     ],

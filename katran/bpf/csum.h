@@ -27,16 +27,22 @@ static __always_inline __u16 csum_fold_u64(__u64 sum)
 	return (__u16)~sum;
 }
 
-/* Checksum of an IPv4 header without options; iph->check must be 0. */
+/*
+ * Checksum of an IPv4 header without options; iph->check must be 0.
+ * Summed as five 32-bit words (a one's-complement sum folds to the same
+ * 16 bits at any word width), then folded without branches: the sum is
+ * below 2^35, so four folds always finish.
+ */
 static __always_inline __u16 iph_csum(const struct iphdr *iph)
 {
-	const __u16 *w = (const __u16 *)iph;
-	__u64 sum = 0;
+	const __u32 *w = (const __u32 *)iph;
+	__u64 sum = (__u64)w[0] + w[1] + w[2] + w[3] + w[4];
 
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*iph) / 2); i++)
-		sum += w[i];
-	return csum_fold_u64(sum);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
 }
 
 /* Checksum of a buffer of `len` bytes (multiple of 4) through the helper. */

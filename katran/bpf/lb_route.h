@@ -63,17 +63,21 @@ static __always_inline int handle_icmp(void *data, void *data_end, bool is_ipv6,
 /*
  * New-connection rate limiter (per cpu, one-second windows). True when the
  * rate is above max_conn_rate: then the LRU and source routing are skipped.
+ * The window runs on the coarse clock: tick precision is plenty for a
+ * per-second budget and it needs no clock-source read (only UDP connection
+ * table entries need the precise time, see pick_real).
  */
-static __always_inline bool under_flood(__u64 *now)
+static __always_inline bool under_flood(void)
 {
 	struct lb_stats *rate = global_cnt(CNT_NEW_CONN_RATE);
+	__u64 now;
 
 	if (!rate)
 		return true;
-	*now = bpf_ktime_get_ns();
-	if (*now - rate->v2 > NSEC_PER_SEC_U64) {
+	now = bpf_ktime_get_coarse_ns();
+	if (now - rate->v2 > NSEC_PER_SEC_U64) {
 		rate->v1 = 1;
-		rate->v2 = *now;
+		rate->v2 = now;
 		return false;
 	}
 	rate->v1 += 1;
@@ -111,10 +115,9 @@ static __always_inline bool pick_real(struct pkt_meta *pkt, struct vip_meta *vip
 {
 	struct real_pos_lru entry = {};
 	bool flood, routed = false;
-	__u64 now = 0;
 	__u32 key = 0, *slot;
 
-	flood = under_flood(&now);
+	flood = under_flood();
 
 	if (lpm_src_lookup && (vip_info->flags & VIP_F_SRC_ROUTING) && !flood) {
 		struct lb_stats *cnt;
@@ -167,9 +170,10 @@ static __always_inline bool pick_real(struct pkt_meta *pkt, struct vip_meta *vip
 		ch_drop_count(false);
 		return false;
 	}
-	if (!(vip_info->flags & VIP_F_LRU_BYPASS) && !flood) {
+	/* as Katran: a reset does not open a connection */
+	if (!(vip_info->flags & VIP_F_LRU_BYPASS) && !flood && !(pkt->flags & PKT_F_RST)) {
 		if (pkt->flow.proto == IPPROTO_UDP)
-			entry.atime = now;
+			entry.atime = bpf_ktime_get_ns();
 		entry.pos = key;
 		bpf_map_update_elem(lru_map, &pkt->flow, &entry, BPF_ANY);
 	}
@@ -235,7 +239,6 @@ static __always_inline int lru_sync(struct pkt_meta *pkt, void *lru_map)
 {
 	struct real_pos_lru *entry = bpf_map_lookup_elem(lru_map, &pkt->flow);
 	struct real_pos_lru fresh = {};
-	__u64 now;
 
 	if (entry) {
 		if (entry->pos == pkt->real_index)
@@ -243,7 +246,7 @@ static __always_inline int lru_sync(struct pkt_meta *pkt, void *lru_map)
 		entry->pos = pkt->real_index;
 		return LRU_DST_MISMATCH;
 	}
-	if (under_flood(&now))
+	if (under_flood())
 		return LRU_DST_ABSENT;
 	fresh.pos = pkt->real_index;
 	bpf_map_update_elem(lru_map, &pkt->flow, &fresh, BPF_ANY);
@@ -436,11 +439,10 @@ static __always_inline void udp_flow_migration_check(struct pkt_meta *pkt,
 {
 	struct lb_stats *cnt;
 	void *down;
-	__u64 now;
 
 	if (!*dst || pkt->flow.proto != IPPROTO_UDP || !(vip_info->flags & VIP_F_UDP_FLOW_MIGRATION))
 		return;
-	if (under_flood(&now))
+	if (under_flood())
 		return;
 	down = bpf_map_lookup_elem(&vip_to_down_reals_map, vip);
 	if (!down)
