@@ -88,7 +88,8 @@ GUE_CASES = _load("gue")
 # ====================================================================== gue (katran_tester -gue)
 class TestGue:
     @pytest.fixture(scope="class")
-    def gue(self):
+    @classmethod
+    def gue(cls):
         lb = _start(**GUE)
         try:
             _provision_base(lb)
@@ -170,11 +171,12 @@ class TestTpr:
     }
 
     @pytest.fixture(scope="class")
-    def tpr(self):
-        lb = _start(**self.KNOBS)
+    @classmethod
+    def tpr(cls):
+        lb = _start(**cls.KNOBS)
         try:
             _provision_base(lb)
-            yield SimpleNamespace(lb=lb, outcomes=run_on(lb, self.CASES))
+            yield SimpleNamespace(lb=lb, outcomes=run_on(lb, cls.CASES))
         finally:
             lb.close()
 
@@ -256,7 +258,8 @@ class TestOptional:
     CASES = _load("optional")
 
     @pytest.fixture(scope="class")
-    def opt(self):
+    @classmethod
+    def opt(cls):
         from katran import ModifyAction, Real, VipKey
 
         lb = _start(**OPTIONAL_KNOBS)
@@ -265,7 +268,7 @@ class TestOptional:
             base = run_on(lb, BASE)  # leaves the LRU entries that cases 3 and 10 hit
             before = _counter_snapshot(lb)
             provision_optional(lb)
-            outcomes = run_on(lb, self.CASES)
+            outcomes = run_on(lb, cls.CASES)
             after = _counter_snapshot(lb)
             # optional 17 as it was written (README 8.5): 10.200.1.6 holding only the local
             # real. The LRU entry of case 17's flow points at 10.0.0.1, marked down on this
@@ -273,7 +276,7 @@ class TestOptional:
             vip = VipKey("10.200.1.6", 80, "udp")
             others = [r for r in lb.get_reals_for_vip(vip) if str(r.address) != "10.0.0.6"]
             lb.modify_reals_for_vip(ModifyAction.DEL, [Real(r.address, 1) for r in others], vip)
-            local = lb.run_packet(_by_n(self.CASES)[17].input)
+            local = lb.run_packet(_by_n(cls.CASES)[17].input)
             yield SimpleNamespace(lb=lb, base=base, outcomes=outcomes, before=before, after=after, local=local)
         finally:
             lb.close()
@@ -336,13 +339,14 @@ class TestIcmpTooBig:
     WARM_UP: list = GUE_CASES
 
     @pytest.fixture(scope="class")
-    def icmp(self):
-        lb = _start(**self.KNOBS)
+    @classmethod
+    def icmp(cls):
+        lb = _start(**cls.KNOBS)
         try:
             _provision_base(lb)
-            warm = run_on(lb, self.WARM_UP)
+            warm = run_on(lb, cls.WARM_UP)
             before = lb.get_icmp_too_big_stats()
-            outcomes = run_on(lb, self.CASES)
+            outcomes = run_on(lb, cls.CASES)
             yield SimpleNamespace(lb=lb, warm=warm, outcomes=outcomes, before=before)
         finally:
             lb.close()
@@ -377,13 +381,14 @@ class TestUdpStableRt:
     CASES = _load("udp_stable_rt")
 
     @pytest.fixture(scope="class")
-    def srt(self):
+    @classmethod
+    def srt(cls):
         lb = _start(udp_stable_routing=True, **GUE)
         try:
             _provision_base(lb)
             warm = run_on(lb, GUE_CASES)
             provision_stable_rt(lb)
-            outcomes = run_on(lb, self.CASES)  # case 5 hits the LRU entry of case 1
+            outcomes = run_on(lb, cls.CASES)  # case 5 hits the LRU entry of case 1
             yield SimpleNamespace(lb=lb, warm=warm, outcomes=outcomes)
         finally:
             lb.close()
@@ -417,13 +422,14 @@ class TestXpopDecap:
     CASES = _load("xpop_decap")
 
     @pytest.fixture(scope="class")
-    def xpop(self):
+    @classmethod
+    def xpop(cls):
         lb = _start(inline_decap_gue=True, decap_strict_destination=True, **GUE)
         try:
             _provision_base(lb)
             warm = run_on(lb, GUE_CASES)
             provision_xpop_decap(lb)
-            outcomes = run_on(lb, self.CASES)
+            outcomes = run_on(lb, cls.CASES)
             yield SimpleNamespace(lb=lb, warm=warm, outcomes=outcomes)
         finally:
             lb.close()
@@ -453,16 +459,17 @@ class TestUdpFlowMigration:
     CASES = _load("udp_flow_migration")
 
     @pytest.fixture(scope="class")
-    def ufm(self):
+    @classmethod
+    def ufm(cls):
         lb = _start(udp_stable_routing=True, **GUE)
         try:
             _provision_base(lb)
             warm = run_on(lb, GUE_CASES)
             provision_udp_flow_migration(lb)
-            outcomes = run_on(lb, [c for c in self.CASES if c.phase == 1])
+            outcomes = run_on(lb, [c for c in cls.CASES if c.phase == 1])
             after_phase1 = lb.get_udp_flow_migration_stats()
             set_down_host_for_udp_flow_migration(lb)
-            outcomes.update(run_on(lb, [c for c in self.CASES if c.phase == 2]))
+            outcomes.update(run_on(lb, [c for c in cls.CASES if c.phase == 2]))
             yield SimpleNamespace(lb=lb, warm=warm, outcomes=outcomes, after_phase1=after_phase1)
         finally:
             lb.close()
@@ -496,11 +503,12 @@ class TestDecapStats:
     CASES = _load("decap_stats")
 
     @pytest.fixture(scope="class")
-    def ds(self):
+    @classmethod
+    def ds(cls):
         lb = _start(inline_decap_gue=True, **GUE)
         try:
             _provision_base(lb)
-            yield SimpleNamespace(lb=lb, outcomes=run_on(lb, self.CASES))
+            yield SimpleNamespace(lb=lb, outcomes=run_on(lb, cls.CASES))
         finally:
             lb.close()
 
@@ -539,13 +547,14 @@ class TestLpmSrcLookup:
     CASES = _load("lpm_src_lookup")
 
     @pytest.fixture(scope="class")
-    def lpm(self):
+    @classmethod
+    def lpm(cls):
         lb = _start(gue_encap=True, gue_dport=6080, lpm_src_lookup=True, inline_decap_ipip=True)
         try:
             _provision_base(lb)
             warm = run_on(lb, GUE_CASES)  # leaves the LRU entries of the "cached flow" cases 1 and 8
             provision_optional(lb, local_vip=False)  # LOCAL_DELIVERY is not in this flavour
-            yield SimpleNamespace(lb=lb, warm=warm, outcomes=run_on(lb, self.CASES))
+            yield SimpleNamespace(lb=lb, warm=warm, outcomes=run_on(lb, cls.CASES))
         finally:
             lb.close()
 
