@@ -23,6 +23,7 @@ timed in the same table (``measure(progs, cases, ...)``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -110,11 +111,14 @@ def measure(progs: Mapping[str, bpf.Program], cases: Sequence[Case], reps: int,
     """Per (case, program): the median ns of each repetition.
 
     Within a repetition the programs of a row take turns on blocks of `block`
-    frames, in an order rotated every block, so drift of a shared machine
-    hits them alike; each program sees all the frames of the row.
+    frames, so drift of a shared machine hits them alike; each program sees
+    all the frames of the row.  The turn order cycles through every
+    permutation, so each program follows each other one equally often (what
+    ran just before leaves the caches in a state that biases the timing).
     """
     out: dict[tuple[str, str], list[float]] = {(c.name, p): [] for c in cases for p in progs}
     names = list(progs)
+    orders = list(itertools.permutations(names))
     for rep in range(reps):
         for case in cases:
             if rep == 0 and warmup:
@@ -123,7 +127,7 @@ def measure(progs: Mapping[str, bpf.Program], cases: Sequence[Case], reps: int,
             times: dict[str, list[int]] = {p: [] for p in names}
             for i, start in enumerate(range(0, len(case.frames), block)):
                 chunk = case.frames[start:start + block]
-                for p in names[i % len(names):] + names[: i % len(names)]:
+                for p in orders[i % len(orders)]:
                     times[p] += durations_ns(progs[p], chunk)
             for p in names:
                 out[(case.name, p)].append(statistics.median(times[p]))

@@ -16,7 +16,7 @@ Another transport (e.g. thrift) implements ``KatranClient`` and is passed to
 from __future__ import annotations
 
 import abc
-from typing import Optional
+from typing import NoReturn, Optional, Sequence
 
 import grpc
 
@@ -133,6 +133,82 @@ class KatranClient(abc.ABC):
     @abc.abstractmethod
     def get_hc_program_stats(self) -> HcStats: ...
 
+    # feature parity (extension service); a transport without them answers UNIMPLEMENTED
+    def _unsupported(self, rpc: str) -> NoReturn:
+        raise RpcFailed(rpc, "UNIMPLEMENTED", f"not supported by {type(self).__name__}")
+
+    def add_src_routing_rule(self, srcs: Sequence[str], dst: str) -> None:
+        self._unsupported("addSrcRoutingRule")
+
+    def del_src_routing_rule(self, srcs: Sequence[str]) -> None:
+        self._unsupported("delSrcRoutingRule")
+
+    def clear_all_src_routing_rules(self) -> None:
+        self._unsupported("clearAllSrcRoutingRules")
+
+    def get_src_routing_rule(self) -> dict[str, str]:
+        self._unsupported("getSrcRoutingRule")
+
+    def get_src_routing_rule_size(self) -> int:
+        self._unsupported("getSrcRoutingRuleSize")
+
+    def get_src_routing_stats(self) -> LbStats:
+        self._unsupported("getSrcRoutingStats")
+
+    def add_inline_decap_dst(self, dst: str) -> None:
+        self._unsupported("addInlineDecapDst")
+
+    def del_inline_decap_dst(self, dst: str) -> None:
+        self._unsupported("delInlineDecapDst")
+
+    def get_inline_decap_dst(self) -> list[str]:
+        self._unsupported("getInlineDecapDst")
+
+    def get_inline_decap_stats(self) -> LbStats:
+        self._unsupported("getInlineDecapStats")
+
+    def get_decap_stats(self) -> LbStats:
+        self._unsupported("getDecapStats")
+
+    def get_xpop_decap_successful_stats(self) -> LbStats:
+        self._unsupported("getXpopDecapSuccessfulStats")
+
+    def get_decap_stats_for_vip(self, vip: VipKey) -> LbStats:
+        self._unsupported("getDecapStatsForVip")
+
+    def add_down_real(self, vip: VipKey, address: str) -> None:
+        self._unsupported("addDownReal")
+
+    def remove_down_real(self, vip: VipKey, address: str) -> None:
+        self._unsupported("removeDownReal")
+
+    def clear_down_reals(self, vip: VipKey) -> None:
+        self._unsupported("clearDownReals")
+
+    def get_down_reals(self, vip: VipKey) -> list[str]:
+        self._unsupported("getDownReals")
+
+    def get_lb_quic_packets_stats(self) -> dict[str, int]:
+        self._unsupported("getLbQuicPacketsStats")
+
+    def get_tcp_server_id_routing_stats(self) -> dict[str, int]:
+        self._unsupported("getTcpServerIdRoutingStats")
+
+    def get_udp_stable_routing_stats(self) -> dict[str, int]:
+        self._unsupported("getUdpStableRoutingStats")
+
+    def get_udp_flow_migration_stats(self) -> LbStats:
+        self._unsupported("getUdpFlowMigrationStats")
+
+    def get_global_lru_stats(self) -> LbStats:
+        self._unsupported("getGlobalLruStats")
+
+    def get_quic_icmp_stats(self) -> LbStats:
+        self._unsupported("getQuicIcmpStats")
+
+    def get_sid_routing_stats_for_vip(self, vip: VipKey) -> LbStats:
+        self._unsupported("getSidRoutingStatsForVip")
+
     def close(self) -> None:
         """Release the connection."""
 
@@ -160,6 +236,17 @@ def _real_msg(real: Real) -> pb.Real:
 
 def _stats(msg: pb.Stats) -> LbStats:
     return LbStats(msg.v1, msg.v2)
+
+
+def _counters(msg) -> dict[str, int]:
+    """A counters message (QuicPacketsStats, ...) as KatranLb's dict, in field order."""
+    return {field.name: getattr(msg, field.name) for field in msg.DESCRIPTOR.fields}
+
+
+def _prefixes(srcs: Sequence[str]) -> list[str]:
+    if isinstance(srcs, str):
+        raise ValidationError("srcs", srcs, "expected a list of prefixes, not one string")
+    return [str(s) for s in srcs]
 
 
 def channel_credentials(ca: str = "", cert: str = "", key: str = "") -> Optional[grpc.ChannelCredentials]:
@@ -341,3 +428,79 @@ class GrpcKatranClient(KatranClient):
         s = self._get("getHealthcheckProgramStats", pb.Empty(), ext=True)
         return HcStats(processed=s.packets_processed, dropped=s.packets_dropped, skipped=s.packets_skipped,
                        too_big=s.packets_too_big, dst_matched=s.packets_dst_matched, src_matched=s.packets_src_matched)
+
+    # source routing
+    def add_src_routing_rule(self, srcs: Sequence[str], dst: str) -> None:
+        self._get("addSrcRoutingRule", ext_pb.SrcRoutingRule(srcs=_prefixes(srcs), dst=str(dst)), ext=True)
+
+    def del_src_routing_rule(self, srcs: Sequence[str]) -> None:
+        self._get("delSrcRoutingRule", ext_pb.SrcPrefixes(srcs=_prefixes(srcs)), ext=True)
+
+    def clear_all_src_routing_rules(self) -> None:
+        self._get("clearAllSrcRoutingRules", pb.Empty(), ext=True)
+
+    def get_src_routing_rule(self) -> dict[str, str]:
+        return dict(self._get("getSrcRoutingRule", pb.Empty(), ext=True).rules)
+
+    def get_src_routing_rule_size(self) -> int:
+        return self._get("getSrcRoutingRuleSize", pb.Empty(), ext=True).count
+
+    def get_src_routing_stats(self) -> LbStats:
+        return _stats(self._get("getSrcRoutingStats", pb.Empty(), ext=True))
+
+    # inline decap
+    def add_inline_decap_dst(self, dst: str) -> None:
+        self._get("addInlineDecapDst", ext_pb.DecapDst(address=str(dst)), ext=True)
+
+    def del_inline_decap_dst(self, dst: str) -> None:
+        self._get("delInlineDecapDst", ext_pb.DecapDst(address=str(dst)), ext=True)
+
+    def get_inline_decap_dst(self) -> list[str]:
+        return list(self._get("getInlineDecapDst", pb.Empty(), ext=True).addresses)
+
+    def get_inline_decap_stats(self) -> LbStats:
+        return _stats(self._get("getInlineDecapStats", pb.Empty(), ext=True))
+
+    def get_decap_stats(self) -> LbStats:
+        return _stats(self._get("getDecapStats", pb.Empty(), ext=True))
+
+    def get_xpop_decap_successful_stats(self) -> LbStats:
+        return _stats(self._get("getXpopDecapSuccessfulStats", pb.Empty(), ext=True))
+
+    def get_decap_stats_for_vip(self, vip: VipKey) -> LbStats:
+        return _stats(self._get("getDecapStatsForVip", _vip_msg(vip), ext=True))
+
+    # down reals
+    def add_down_real(self, vip: VipKey, address: str) -> None:
+        self._get("addDownReal", ext_pb.VipReal(vip=_vip_msg(vip), address=str(address)), ext=True)
+
+    def remove_down_real(self, vip: VipKey, address: str) -> None:
+        self._get("removeDownReal", ext_pb.VipReal(vip=_vip_msg(vip), address=str(address)), ext=True)
+
+    def clear_down_reals(self, vip: VipKey) -> None:
+        self._get("clearDownReals", _vip_msg(vip), ext=True)
+
+    def get_down_reals(self, vip: VipKey) -> list[str]:
+        return list(self._get("getDownReals", _vip_msg(vip), ext=True).addresses)
+
+    # feature counters
+    def get_lb_quic_packets_stats(self) -> dict[str, int]:
+        return _counters(self._get("getLbQuicPacketsStats", pb.Empty(), ext=True))
+
+    def get_tcp_server_id_routing_stats(self) -> dict[str, int]:
+        return _counters(self._get("getTcpServerIdRoutingStats", pb.Empty(), ext=True))
+
+    def get_udp_stable_routing_stats(self) -> dict[str, int]:
+        return _counters(self._get("getUdpStableRoutingStats", pb.Empty(), ext=True))
+
+    def get_udp_flow_migration_stats(self) -> LbStats:
+        return _stats(self._get("getUdpFlowMigrationStats", pb.Empty(), ext=True))
+
+    def get_global_lru_stats(self) -> LbStats:
+        return _stats(self._get("getGlobalLruStats", pb.Empty(), ext=True))
+
+    def get_quic_icmp_stats(self) -> LbStats:
+        return _stats(self._get("getQuicIcmpStats", pb.Empty(), ext=True))
+
+    def get_sid_routing_stats_for_vip(self, vip: VipKey) -> LbStats:
+        return _stats(self._get("getSidRoutingStatsForVip", _vip_msg(vip), ext=True))

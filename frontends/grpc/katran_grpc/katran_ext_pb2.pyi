@@ -84,3 +84,112 @@ class HcProgramStats(_message.Message):
     packets_dst_matched: int
     packets_src_matched: int
     def __init__(self, packets_processed: _Optional[int] = ..., packets_dropped: _Optional[int] = ..., packets_skipped: _Optional[int] = ..., packets_too_big: _Optional[int] = ..., packets_dst_matched: _Optional[int] = ..., packets_src_matched: _Optional[int] = ...) -> None: ...
+
+class SrcPrefixes(_message.Message):
+    __slots__ = ("srcs",)
+    SRCS_FIELD_NUMBER: _ClassVar[int]
+    srcs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, srcs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SrcRoutingRule(_message.Message):
+    __slots__ = ("srcs", "dst")
+    SRCS_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    srcs: _containers.RepeatedScalarFieldContainer[str]
+    dst: str
+    def __init__(self, srcs: _Optional[_Iterable[str]] = ..., dst: _Optional[str] = ...) -> None: ...
+
+class SrcRoutingRules(_message.Message):
+    __slots__ = ("rules",)
+    class RulesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    rules: _containers.ScalarMap[str, str]
+    def __init__(self, rules: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Count(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class DecapDst(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class Addresses(_message.Message):
+    __slots__ = ("addresses",)
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VipReal(_message.Message):
+    __slots__ = ("vip", "address")
+    VIP_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    vip: _katran_pb2.Vip
+    address: str
+    def __init__(self, vip: _Optional[_Union[_katran_pb2.Vip, _Mapping]] = ..., address: _Optional[str] = ...) -> None: ...
+
+class QuicPacketsStats(_message.Message):
+    __slots__ = ("ch_routed", "cid_initial", "cid_invalid_server_id", "cid_invalid_server_id_sample", "cid_routed", "cid_unknown_real_dropped", "cid_v0", "cid_v1", "cid_v2", "cid_v3", "dst_match_in_lru", "dst_mismatch_in_lru", "dst_not_found_in_lru")
+    CH_ROUTED_FIELD_NUMBER: _ClassVar[int]
+    CID_INITIAL_FIELD_NUMBER: _ClassVar[int]
+    CID_INVALID_SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    CID_INVALID_SERVER_ID_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    CID_ROUTED_FIELD_NUMBER: _ClassVar[int]
+    CID_UNKNOWN_REAL_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    CID_V0_FIELD_NUMBER: _ClassVar[int]
+    CID_V1_FIELD_NUMBER: _ClassVar[int]
+    CID_V2_FIELD_NUMBER: _ClassVar[int]
+    CID_V3_FIELD_NUMBER: _ClassVar[int]
+    DST_MATCH_IN_LRU_FIELD_NUMBER: _ClassVar[int]
+    DST_MISMATCH_IN_LRU_FIELD_NUMBER: _ClassVar[int]
+    DST_NOT_FOUND_IN_LRU_FIELD_NUMBER: _ClassVar[int]
+    ch_routed: int
+    cid_initial: int
+    cid_invalid_server_id: int
+    cid_invalid_server_id_sample: int
+    cid_routed: int
+    cid_unknown_real_dropped: int
+    cid_v0: int
+    cid_v1: int
+    cid_v2: int
+    cid_v3: int
+    dst_match_in_lru: int
+    dst_mismatch_in_lru: int
+    dst_not_found_in_lru: int
+    def __init__(self, ch_routed: _Optional[int] = ..., cid_initial: _Optional[int] = ..., cid_invalid_server_id: _Optional[int] = ..., cid_invalid_server_id_sample: _Optional[int] = ..., cid_routed: _Optional[int] = ..., cid_unknown_real_dropped: _Optional[int] = ..., cid_v0: _Optional[int] = ..., cid_v1: _Optional[int] = ..., cid_v2: _Optional[int] = ..., cid_v3: _Optional[int] = ..., dst_match_in_lru: _Optional[int] = ..., dst_mismatch_in_lru: _Optional[int] = ..., dst_not_found_in_lru: _Optional[int] = ...) -> None: ...
+
+class TprPacketsStats(_message.Message):
+    __slots__ = ("ch_routed", "dst_mismatch_in_lru", "sid_routed", "tcp_syn")
+    CH_ROUTED_FIELD_NUMBER: _ClassVar[int]
+    DST_MISMATCH_IN_LRU_FIELD_NUMBER: _ClassVar[int]
+    SID_ROUTED_FIELD_NUMBER: _ClassVar[int]
+    TCP_SYN_FIELD_NUMBER: _ClassVar[int]
+    ch_routed: int
+    dst_mismatch_in_lru: int
+    sid_routed: int
+    tcp_syn: int
+    def __init__(self, ch_routed: _Optional[int] = ..., dst_mismatch_in_lru: _Optional[int] = ..., sid_routed: _Optional[int] = ..., tcp_syn: _Optional[int] = ...) -> None: ...
+
+class StableRtPacketsStats(_message.Message):
+    __slots__ = ("ch_routed", "cid_routed", "cid_invalid_server_id", "cid_unknown_real_dropped", "invalid_packet_type")
+    CH_ROUTED_FIELD_NUMBER: _ClassVar[int]
+    CID_ROUTED_FIELD_NUMBER: _ClassVar[int]
+    CID_INVALID_SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    CID_UNKNOWN_REAL_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    INVALID_PACKET_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ch_routed: int
+    cid_routed: int
+    cid_invalid_server_id: int
+    cid_unknown_real_dropped: int
+    invalid_packet_type: int
+    def __init__(self, ch_routed: _Optional[int] = ..., cid_routed: _Optional[int] = ..., cid_invalid_server_id: _Optional[int] = ..., cid_unknown_real_dropped: _Optional[int] = ..., invalid_packet_type: _Optional[int] = ...) -> None: ...

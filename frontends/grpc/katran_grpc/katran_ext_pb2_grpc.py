@@ -105,6 +105,126 @@ class KatranExtServiceStub:
                 request_serializer=katran__pb2.Empty.SerializeToString,
                 response_deserializer=katran__ext__pb2.HcProgramStats.FromString,
                 _registered_method=True)
+        self.addSrcRoutingRule = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/addSrcRoutingRule',
+                request_serializer=katran__ext__pb2.SrcRoutingRule.SerializeToString,
+                response_deserializer=katran__pb2.Empty.FromString,
+                _registered_method=True)
+        self.delSrcRoutingRule = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/delSrcRoutingRule',
+                request_serializer=katran__ext__pb2.SrcPrefixes.SerializeToString,
+                response_deserializer=katran__pb2.Empty.FromString,
+                _registered_method=True)
+        self.clearAllSrcRoutingRules = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/clearAllSrcRoutingRules',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__pb2.Empty.FromString,
+                _registered_method=True)
+        self.getSrcRoutingRule = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getSrcRoutingRule',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__ext__pb2.SrcRoutingRules.FromString,
+                _registered_method=True)
+        self.getSrcRoutingRuleSize = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getSrcRoutingRuleSize',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__ext__pb2.Count.FromString,
+                _registered_method=True)
+        self.getSrcRoutingStats = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getSrcRoutingStats',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__pb2.Stats.FromString,
+                _registered_method=True)
+        self.addInlineDecapDst = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/addInlineDecapDst',
+                request_serializer=katran__ext__pb2.DecapDst.SerializeToString,
+                response_deserializer=katran__pb2.Empty.FromString,
+                _registered_method=True)
+        self.delInlineDecapDst = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/delInlineDecapDst',
+                request_serializer=katran__ext__pb2.DecapDst.SerializeToString,
+                response_deserializer=katran__pb2.Empty.FromString,
+                _registered_method=True)
+        self.getInlineDecapDst = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getInlineDecapDst',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__ext__pb2.Addresses.FromString,
+                _registered_method=True)
+        self.getInlineDecapStats = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getInlineDecapStats',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__pb2.Stats.FromString,
+                _registered_method=True)
+        self.getDecapStats = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getDecapStats',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__pb2.Stats.FromString,
+                _registered_method=True)
+        self.getXpopDecapSuccessfulStats = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getXpopDecapSuccessfulStats',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__pb2.Stats.FromString,
+                _registered_method=True)
+        self.getDecapStatsForVip = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getDecapStatsForVip',
+                request_serializer=katran__pb2.Vip.SerializeToString,
+                response_deserializer=katran__pb2.Stats.FromString,
+                _registered_method=True)
+        self.addDownReal = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/addDownReal',
+                request_serializer=katran__ext__pb2.VipReal.SerializeToString,
+                response_deserializer=katran__pb2.Empty.FromString,
+                _registered_method=True)
+        self.removeDownReal = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/removeDownReal',
+                request_serializer=katran__ext__pb2.VipReal.SerializeToString,
+                response_deserializer=katran__pb2.Empty.FromString,
+                _registered_method=True)
+        self.clearDownReals = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/clearDownReals',
+                request_serializer=katran__pb2.Vip.SerializeToString,
+                response_deserializer=katran__pb2.Empty.FromString,
+                _registered_method=True)
+        self.getDownReals = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getDownReals',
+                request_serializer=katran__pb2.Vip.SerializeToString,
+                response_deserializer=katran__ext__pb2.Addresses.FromString,
+                _registered_method=True)
+        self.getLbQuicPacketsStats = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getLbQuicPacketsStats',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__ext__pb2.QuicPacketsStats.FromString,
+                _registered_method=True)
+        self.getTcpServerIdRoutingStats = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getTcpServerIdRoutingStats',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__ext__pb2.TprPacketsStats.FromString,
+                _registered_method=True)
+        self.getUdpStableRoutingStats = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getUdpStableRoutingStats',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__ext__pb2.StableRtPacketsStats.FromString,
+                _registered_method=True)
+        self.getUdpFlowMigrationStats = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getUdpFlowMigrationStats',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__pb2.Stats.FromString,
+                _registered_method=True)
+        self.getGlobalLruStats = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getGlobalLruStats',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__pb2.Stats.FromString,
+                _registered_method=True)
+        self.getQuicIcmpStats = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getQuicIcmpStats',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__pb2.Stats.FromString,
+                _registered_method=True)
+        self.getSidRoutingStatsForVip = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getSidRoutingStatsForVip',
+                request_serializer=katran__pb2.Vip.SerializeToString,
+                response_deserializer=katran__pb2.Stats.FromString,
+                _registered_method=True)
 
 
 class KatranExtServiceServicer:
@@ -196,6 +316,159 @@ class KatranExtServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def addSrcRoutingRule(self, request, context):
+        """Source routing (needs lpm_src_lookup; else FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def delSrcRoutingRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def clearAllSrcRoutingRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getSrcRoutingRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getSrcRoutingRuleSize(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getSrcRoutingStats(self, request, context):
+        """v1 no rule matched, v2 source-routed
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def addInlineDecapDst(self, request, context):
+        """Inline decap (needs inline_decap_ipip or inline_decap_gue).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def delInlineDecapDst(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getInlineDecapDst(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getInlineDecapStats(self, request, context):
+        """v1 packets to a decap dst
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getDecapStats(self, request, context):
+        """v1 outer IPv4, v2 outer IPv6
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getXpopDecapSuccessfulStats(self, request, context):
+        """v1 inner IPv4, v2 inner IPv6
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getDecapStatsForVip(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def addDownReal(self, request, context):
+        """Down reals of a VIP (UDP flow migration).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def removeDownReal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def clearDownReals(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getDownReals(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getLbQuicPacketsStats(self, request, context):
+        """Feature counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getTcpServerIdRoutingStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getUdpStableRoutingStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getUdpFlowMigrationStats(self, request, context):
+        """v1 LRU entries invalidated because their real was down
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getGlobalLruStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getQuicIcmpStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getSidRoutingStatsForVip(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KatranExtServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -268,6 +541,126 @@ def add_KatranExtServiceServicer_to_server(servicer, server):
                     servicer.getHealthcheckProgramStats,
                     request_deserializer=katran__pb2.Empty.FromString,
                     response_serializer=katran__ext__pb2.HcProgramStats.SerializeToString,
+            ),
+            'addSrcRoutingRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.addSrcRoutingRule,
+                    request_deserializer=katran__ext__pb2.SrcRoutingRule.FromString,
+                    response_serializer=katran__pb2.Empty.SerializeToString,
+            ),
+            'delSrcRoutingRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.delSrcRoutingRule,
+                    request_deserializer=katran__ext__pb2.SrcPrefixes.FromString,
+                    response_serializer=katran__pb2.Empty.SerializeToString,
+            ),
+            'clearAllSrcRoutingRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.clearAllSrcRoutingRules,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__pb2.Empty.SerializeToString,
+            ),
+            'getSrcRoutingRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.getSrcRoutingRule,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__ext__pb2.SrcRoutingRules.SerializeToString,
+            ),
+            'getSrcRoutingRuleSize': grpc.unary_unary_rpc_method_handler(
+                    servicer.getSrcRoutingRuleSize,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__ext__pb2.Count.SerializeToString,
+            ),
+            'getSrcRoutingStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.getSrcRoutingStats,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__pb2.Stats.SerializeToString,
+            ),
+            'addInlineDecapDst': grpc.unary_unary_rpc_method_handler(
+                    servicer.addInlineDecapDst,
+                    request_deserializer=katran__ext__pb2.DecapDst.FromString,
+                    response_serializer=katran__pb2.Empty.SerializeToString,
+            ),
+            'delInlineDecapDst': grpc.unary_unary_rpc_method_handler(
+                    servicer.delInlineDecapDst,
+                    request_deserializer=katran__ext__pb2.DecapDst.FromString,
+                    response_serializer=katran__pb2.Empty.SerializeToString,
+            ),
+            'getInlineDecapDst': grpc.unary_unary_rpc_method_handler(
+                    servicer.getInlineDecapDst,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__ext__pb2.Addresses.SerializeToString,
+            ),
+            'getInlineDecapStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.getInlineDecapStats,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__pb2.Stats.SerializeToString,
+            ),
+            'getDecapStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.getDecapStats,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__pb2.Stats.SerializeToString,
+            ),
+            'getXpopDecapSuccessfulStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.getXpopDecapSuccessfulStats,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__pb2.Stats.SerializeToString,
+            ),
+            'getDecapStatsForVip': grpc.unary_unary_rpc_method_handler(
+                    servicer.getDecapStatsForVip,
+                    request_deserializer=katran__pb2.Vip.FromString,
+                    response_serializer=katran__pb2.Stats.SerializeToString,
+            ),
+            'addDownReal': grpc.unary_unary_rpc_method_handler(
+                    servicer.addDownReal,
+                    request_deserializer=katran__ext__pb2.VipReal.FromString,
+                    response_serializer=katran__pb2.Empty.SerializeToString,
+            ),
+            'removeDownReal': grpc.unary_unary_rpc_method_handler(
+                    servicer.removeDownReal,
+                    request_deserializer=katran__ext__pb2.VipReal.FromString,
+                    response_serializer=katran__pb2.Empty.SerializeToString,
+            ),
+            'clearDownReals': grpc.unary_unary_rpc_method_handler(
+                    servicer.clearDownReals,
+                    request_deserializer=katran__pb2.Vip.FromString,
+                    response_serializer=katran__pb2.Empty.SerializeToString,
+            ),
+            'getDownReals': grpc.unary_unary_rpc_method_handler(
+                    servicer.getDownReals,
+                    request_deserializer=katran__pb2.Vip.FromString,
+                    response_serializer=katran__ext__pb2.Addresses.SerializeToString,
+            ),
+            'getLbQuicPacketsStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.getLbQuicPacketsStats,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__ext__pb2.QuicPacketsStats.SerializeToString,
+            ),
+            'getTcpServerIdRoutingStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.getTcpServerIdRoutingStats,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__ext__pb2.TprPacketsStats.SerializeToString,
+            ),
+            'getUdpStableRoutingStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.getUdpStableRoutingStats,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__ext__pb2.StableRtPacketsStats.SerializeToString,
+            ),
+            'getUdpFlowMigrationStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.getUdpFlowMigrationStats,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__pb2.Stats.SerializeToString,
+            ),
+            'getGlobalLruStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.getGlobalLruStats,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__pb2.Stats.SerializeToString,
+            ),
+            'getQuicIcmpStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.getQuicIcmpStats,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__pb2.Stats.SerializeToString,
+            ),
+            'getSidRoutingStatsForVip': grpc.unary_unary_rpc_method_handler(
+                    servicer.getSidRoutingStatsForVip,
+                    request_deserializer=katran__pb2.Vip.FromString,
+                    response_serializer=katran__pb2.Stats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -648,6 +1041,654 @@ class KatranExtService:
             '/lb.katran.ext.KatranExtService/getHealthcheckProgramStats',
             katran__pb2.Empty.SerializeToString,
             katran__ext__pb2.HcProgramStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def addSrcRoutingRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/addSrcRoutingRule',
+            katran__ext__pb2.SrcRoutingRule.SerializeToString,
+            katran__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def delSrcRoutingRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/delSrcRoutingRule',
+            katran__ext__pb2.SrcPrefixes.SerializeToString,
+            katran__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def clearAllSrcRoutingRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/clearAllSrcRoutingRules',
+            katran__pb2.Empty.SerializeToString,
+            katran__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getSrcRoutingRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getSrcRoutingRule',
+            katran__pb2.Empty.SerializeToString,
+            katran__ext__pb2.SrcRoutingRules.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getSrcRoutingRuleSize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getSrcRoutingRuleSize',
+            katran__pb2.Empty.SerializeToString,
+            katran__ext__pb2.Count.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getSrcRoutingStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getSrcRoutingStats',
+            katran__pb2.Empty.SerializeToString,
+            katran__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def addInlineDecapDst(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/addInlineDecapDst',
+            katran__ext__pb2.DecapDst.SerializeToString,
+            katran__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def delInlineDecapDst(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/delInlineDecapDst',
+            katran__ext__pb2.DecapDst.SerializeToString,
+            katran__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getInlineDecapDst(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getInlineDecapDst',
+            katran__pb2.Empty.SerializeToString,
+            katran__ext__pb2.Addresses.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getInlineDecapStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getInlineDecapStats',
+            katran__pb2.Empty.SerializeToString,
+            katran__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getDecapStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getDecapStats',
+            katran__pb2.Empty.SerializeToString,
+            katran__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getXpopDecapSuccessfulStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getXpopDecapSuccessfulStats',
+            katran__pb2.Empty.SerializeToString,
+            katran__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getDecapStatsForVip(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getDecapStatsForVip',
+            katran__pb2.Vip.SerializeToString,
+            katran__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def addDownReal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/addDownReal',
+            katran__ext__pb2.VipReal.SerializeToString,
+            katran__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def removeDownReal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/removeDownReal',
+            katran__ext__pb2.VipReal.SerializeToString,
+            katran__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def clearDownReals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/clearDownReals',
+            katran__pb2.Vip.SerializeToString,
+            katran__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getDownReals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getDownReals',
+            katran__pb2.Vip.SerializeToString,
+            katran__ext__pb2.Addresses.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getLbQuicPacketsStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getLbQuicPacketsStats',
+            katran__pb2.Empty.SerializeToString,
+            katran__ext__pb2.QuicPacketsStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getTcpServerIdRoutingStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getTcpServerIdRoutingStats',
+            katran__pb2.Empty.SerializeToString,
+            katran__ext__pb2.TprPacketsStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getUdpStableRoutingStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getUdpStableRoutingStats',
+            katran__pb2.Empty.SerializeToString,
+            katran__ext__pb2.StableRtPacketsStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getUdpFlowMigrationStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getUdpFlowMigrationStats',
+            katran__pb2.Empty.SerializeToString,
+            katran__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getGlobalLruStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getGlobalLruStats',
+            katran__pb2.Empty.SerializeToString,
+            katran__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getQuicIcmpStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getQuicIcmpStats',
+            katran__pb2.Empty.SerializeToString,
+            katran__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getSidRoutingStatsForVip(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getSidRoutingStatsForVip',
+            katran__pb2.Vip.SerializeToString,
+            katran__pb2.Stats.FromString,
             options,
             channel_credentials,
             insecure,

@@ -314,6 +314,114 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
             packets_src_matched=s.src_matched,
         )
 
+    # ------------------------------------------------------------ source routing
+    @_rpc
+    def addSrcRoutingRule(self, request: ext_pb.SrcRoutingRule) -> pb.Empty:
+        self._lb.add_src_routing_rule(list(request.srcs), request.dst)
+        return pb.Empty()
+
+    @_rpc
+    def delSrcRoutingRule(self, request: ext_pb.SrcPrefixes) -> pb.Empty:
+        self._lb.del_src_routing_rule(list(request.srcs))
+        return pb.Empty()
+
+    @_rpc
+    def clearAllSrcRoutingRules(self, request: pb.Empty) -> pb.Empty:
+        self._lb.clear_all_src_routing_rules()
+        return pb.Empty()
+
+    @_rpc
+    def getSrcRoutingRule(self, request: pb.Empty) -> ext_pb.SrcRoutingRules:
+        return ext_pb.SrcRoutingRules(rules=self._lb.get_src_routing_rule())
+
+    @_rpc
+    def getSrcRoutingRuleSize(self, request: pb.Empty) -> ext_pb.Count:
+        return ext_pb.Count(count=self._lb.get_src_routing_rule_size())
+
+    @_rpc
+    def getSrcRoutingStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_src_routing_stats())
+
+    # ------------------------------------------------------------ inline decap
+    @_rpc
+    def addInlineDecapDst(self, request: ext_pb.DecapDst) -> pb.Empty:
+        self._lb.add_inline_decap_dst(request.address)
+        return pb.Empty()
+
+    @_rpc
+    def delInlineDecapDst(self, request: ext_pb.DecapDst) -> pb.Empty:
+        self._lb.del_inline_decap_dst(request.address)
+        return pb.Empty()
+
+    @_rpc
+    def getInlineDecapDst(self, request: pb.Empty) -> ext_pb.Addresses:
+        return ext_pb.Addresses(addresses=self._lb.get_inline_decap_dst())
+
+    @_rpc
+    def getInlineDecapStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_inline_decap_stats())
+
+    @_rpc
+    def getDecapStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_decap_stats())
+
+    @_rpc
+    def getXpopDecapSuccessfulStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_xpop_decap_successful_stats())
+
+    @_rpc
+    def getDecapStatsForVip(self, request: pb.Vip) -> pb.Stats:
+        return stats_to_msg(self._lb.get_decap_stats_for_vip(vip_from_msg(request)))
+
+    # ------------------------------------------------------------ down reals
+    @_rpc
+    def addDownReal(self, request: ext_pb.VipReal) -> pb.Empty:
+        self._lb.add_down_real(vip_from_msg(request.vip), request.address)
+        return pb.Empty()
+
+    @_rpc
+    def removeDownReal(self, request: ext_pb.VipReal) -> pb.Empty:
+        self._lb.remove_down_real(vip_from_msg(request.vip), request.address)
+        return pb.Empty()
+
+    @_rpc
+    def clearDownReals(self, request: pb.Vip) -> pb.Empty:
+        self._lb.clear_down_reals(vip_from_msg(request))
+        return pb.Empty()
+
+    @_rpc
+    def getDownReals(self, request: pb.Vip) -> ext_pb.Addresses:
+        return ext_pb.Addresses(addresses=self._lb.get_down_reals(vip_from_msg(request)))
+
+    # ------------------------------------------------------------ feature counters
+    @_rpc
+    def getLbQuicPacketsStats(self, request: pb.Empty) -> ext_pb.QuicPacketsStats:
+        return ext_pb.QuicPacketsStats(**self._lb.get_lb_quic_packets_stats())
+
+    @_rpc
+    def getTcpServerIdRoutingStats(self, request: pb.Empty) -> ext_pb.TprPacketsStats:
+        return ext_pb.TprPacketsStats(**self._lb.get_tcp_server_id_routing_stats())
+
+    @_rpc
+    def getUdpStableRoutingStats(self, request: pb.Empty) -> ext_pb.StableRtPacketsStats:
+        return ext_pb.StableRtPacketsStats(**self._lb.get_udp_stable_routing_stats())
+
+    @_rpc
+    def getUdpFlowMigrationStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_udp_flow_migration_stats())
+
+    @_rpc
+    def getGlobalLruStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_global_lru_stats())
+
+    @_rpc
+    def getQuicIcmpStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_quic_icmp_stats())
+
+    @_rpc
+    def getSidRoutingStatsForVip(self, request: pb.Vip) -> pb.Stats:
+        return stats_to_msg(self._lb.get_sid_routing_stats_for_vip(vip_from_msg(request)))
+
 
 def add_services(server: grpc.Server, lb) -> None:
     """Register both katran services over ``lb`` on ``server``."""
