@@ -7,7 +7,6 @@ Run by the package build (``pip install .`` / ``pip install -e .``) and by hand 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys

@@ -8,7 +8,7 @@ from typing import Optional
 import attrs
 
 from .errors import ValidationError
-from .models import HashFunction, check_int, parse_address, parse_mac
+from .models import HashFunction, check_int, parse_mac, parse_optional_address
 
 XDP_ATTACH_MODES = ("native", "generic", "offload")
 HC_ENCAP_MODES = ("direct", "tunnel")
@@ -47,15 +47,7 @@ def _opt_mac(field: str):
 
 
 def _opt_addr(field: str, version: int):
-    def convert(value):
-        if value in (None, ""):
-            return None
-        addr = parse_address(value, field)
-        if addr.version != version:
-            raise ValidationError(field, value, f"expected an IPv{version} address")
-        return addr
-
-    return convert
+    return lambda value: parse_optional_address(value, field, version)
 
 
 def _positive(field: str, hi: int = 2**32 - 1):

@@ -26,7 +26,7 @@ from typing import Optional, Union
 import attrs
 
 from .errors import CapacityError, NotFoundError, ValidationError
-from .models import IPAddress, PacketResult, check_int, format_mac, parse_address, parse_mac
+from .models import IPAddress, PacketResult, check_int, format_mac, parse_address, parse_mac, parse_optional_address
 
 HC_PROG_NAME = "healthcheck_encap"
 HC_FILTER_NAME = "katran-healthchecker"
@@ -86,15 +86,6 @@ def tc_verdict(retval: int) -> tuple[str, int]:
     return TC_VERDICTS.get(signed, f"TC_ACT_{signed}"), signed
 
 
-def _opt_addr(value: Optional[AddressLike], field: str, version: int) -> Optional[IPAddress]:
-    if value in (None, ""):
-        return None
-    addr = parse_address(value, field)
-    if addr.version != version:
-        raise ValidationError(field, value, f"expected an IPv{version} address")
-    return addr
-
-
 class HcManager:
     """Loads, provisions and attaches the healthcheck program; owns somark -> real.
 
@@ -131,8 +122,8 @@ class HcManager:
         if not self.interface:
             raise ValidationError("hc_interface", interface, "required unless testing=True")
         self.main_interface = main_interface or self.interface
-        self.src_v4 = _opt_addr(src_v4, "katran_src_v4", 4)
-        self.src_v6 = _opt_addr(src_v6, "katran_src_v6", 6)
+        self.src_v4 = parse_optional_address(src_v4, "katran_src_v4", 4)
+        self.src_v6 = parse_optional_address(src_v6, "katran_src_v6", 6)
         self.local_mac = None if local_mac in (None, "") else parse_mac(local_mac, "local_mac")
         self.gateway_mac = None if gateway_mac in (None, "") else parse_mac(gateway_mac, "default_mac")
         self.v4_tun_interface = v4_tun_interface

@@ -303,7 +303,7 @@ class KatranLb:
             self._update(self._map("subprograms"), structs.u32(RECIRC_SLOT), structs.u32(prog.fd))
 
     def _attach(self) -> None:
-        from .adapter import bpf, netlink
+        from .adapter import netlink
 
         cfg = self._config
         prog = self._obj.program(BALANCER_PROG)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import socket
-from typing import Union
+from typing import Optional, Union
 
 import attrs
 
@@ -64,6 +64,16 @@ def parse_address(value: object, field: str = "address") -> IPAddress:
         return ipaddress.ip_address(text)
     except ValueError:
         raise ValidationError(field, value, "not a valid IPv4 or IPv6 address") from None
+
+
+def parse_optional_address(value: object, field: str, version: int) -> Optional[IPAddress]:
+    """None/'' -> None; otherwise an address of the given IP version (or ValidationError)."""
+    if value in (None, ""):
+        return None
+    addr = parse_address(value, field)
+    if addr.version != version:
+        raise ValidationError(field, value, f"expected an IPv{version} address")
+    return addr
 
 
 def parse_proto(value: object, field: str = "proto") -> int:

@@ -265,7 +265,7 @@ def test_quic_mapping(stub, lb):
     assert [(q.address, q.id) for q in stub.getQuicRealsMapping(pb.Empty()).qreals] == [("fc00::2", 1001)]
 
 
-def test_stats(stub, ext, lb):
+def test_pair(stub, ext, lb):
     v = vip_msg()
     key = VipKey("10.0.0.1", 80, 6)
     assert stub.addVip(pb.VipMeta(vip=v)).success
@@ -298,7 +298,7 @@ def test_stats(stub, ext, lb):
     assert ext.getXdpTxStats(pb.Empty()).v1 >= 3  # and bounced back encapsulated
 
 
-def test_per_real_stats(stub, ext, lb):
+def test_per_real_pair(stub, ext, lb):
     v = vip_msg()
     key = VipKey("10.0.0.1", 80, 6)
     assert stub.addVip(pb.VipMeta(vip=v)).success
@@ -309,14 +309,14 @@ def test_per_real_stats(stub, ext, lb):
     lb.run_packet(syn_to(key))
     after = ext.getRealStats(ext_pb.RealIndex(index=index))
     assert after.v1 == before.v1 + 1
-    assert (after.v1, after.v2) == (lb.get_real_stats(index).v1, lb.get_real_stats(index).v2)
+    assert (after.v1, after.v2) == (lb.get_real_pair(index).v1, lb.get_real_pair(index).v2)
     assert_status(ext.getIndexForReal, ext_pb.RealAddress(address="10.8.8.8"), grpc.StatusCode.NOT_FOUND)
     assert_status(ext.getIndexForReal, ext_pb.RealAddress(address="10.8.8"), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def test_per_core_counters(ext, lb):
     got = list(ext.getPerCorePacketsStats(pb.Empty()).packets)
-    assert got == lb.get_per_core_packets_stats()
+    assert got == lb.get_per_core_packets_pair()
     assert len(got) >= 1
 
 
@@ -374,7 +374,7 @@ def test_healthcheckers(stub, ext, lb):
     assert stub.delHealthcheckerDst(pb.Somark(somark=1000)).success
     assert dict(stub.getHealthcheckersDst(pb.Empty()).healthchecks) == {1001: "fc00::1"}
     stats = ext.getHealthcheckProgramStats(pb.Empty())
-    want = lb.get_hc_program_stats()
+    want = lb.get_hc_program_pair()
     assert (stats.packets_processed, stats.packets_dropped, stats.packets_skipped, stats.packets_too_big) == (
         want.processed, want.dropped, want.skipped, want.too_big)
 
@@ -396,6 +396,317 @@ def test_hc_disabled_is_failed_precondition():
     finally:
         srv.stop(0)
         lb.close()
+
+
+# ------------------------------------------------------------------ feature parity (ext service)
+FEATURES = dict(lpm_src_lookup=True, inline_decap_ipip=True, max_decap_dst=2, max_lpm_src_size=3, enable_hc=False)
+SRC_VIP = VipKey("10.0.0.1", 80, 6)
+
+
+@pytest.fixture(scope="module")
+def feat_lb():
+    if os.geteuid() != 0:
+        pytest.skip("loading BPF programs needs root")
+    lb = KatranLb(_config(**FEATURES))
+    lb.start()
+    yield lb
+    lb.close()
+
+
+@pytest.fixture(scope="module")
+def feat_channel(feat_lb):
+    srv = KatranGrpcServer(feat_lb, "127.0.0.1:0")
+    srv.start()
+    ch = grpc.insecure_channel(srv.address)
+    yield ch
+    ch.close()
+    srv.stop(0)
+
+
+def _reset_features(lb) -> None:
+    lb.clear_all_src_routing_rules()
+    for dst in lb.get_inline_decap_dst():
+        lb.del_inline_decap_dst(dst)
+    for vip in lb.get_all_vips():
+        lb.clear_down_reals(vip)
+        lb.del_vip(vip)
+
+
+@pytest.fixture
+def fstub(feat_channel, feat_lb):
+    """(KatranService stub, KatranExtService stub) of the server whose lb has the features on."""
+    yield pb_grpc.KatranServiceStub(feat_channel), ext_grpc.KatranExtServiceStub(feat_channel)
+    _reset_features(feat_lb)
+
+
+def _pair(stats) -> tuple:
+    """(v1, v2) of a Stats message or an LbStats."""
+    return (stats.v1, stats.v2)
+
+
+def test_src_routing_rules_route_flows(fstub, feat_lb):
+    stub, ext = fstub
+    v = vip_msg()
+    assert stub.addVip(pb.VipMeta(vip=v, flags=int(VipFlag.SRC_ROUTING))).success
+    assert stub.addRealForVip(pb.realForVip(real=pb.Real(address="10.1.1.1", weight=1), vip=v)).success
+    ext.addSrcRoutingRule(ext_pb.SrcRoutingRule(srcs=["192.168.0.0/16", "fc00:2307::/32"], dst="10.9.9.9"))
+    want = {"192.168.0.0/16": "10.9.9.9", "fc00:2307::/32": "10.9.9.9"}
+    assert dict(ext.getSrcRoutingRule(pb.Empty()).rules) == want == feat_lb.get_src_routing_rule()
+    assert ext.getSrcRoutingRuleSize(pb.Empty()).count == 2
+    before = ext.getSrcRoutingStats(pb.Empty())
+    routed = ext.getRealForFlow(ext_pb.Flow(src="192.168.5.5", dst="10.0.0.1", src_port=4000, dst_port=80, protocol=6))
+    assert (routed.found, routed.address) == (True, "10.9.9.9")
+    other = ext.getRealForFlow(ext_pb.Flow(src="172.16.0.1", dst="10.0.0.1", src_port=4000, dst_port=80, protocol=6))
+    assert (other.found, other.address) == (True, "10.1.1.1")
+    after = ext.getSrcRoutingStats(pb.Empty())
+    assert (after.v1 - before.v1, after.v2 - before.v2) == (1, 1)  # one without a rule, one source-routed
+    assert _pair(after) == _pair(feat_lb.get_src_routing_pair())
+    ext.delSrcRoutingRule(ext_pb.SrcPrefixes(srcs=["192.168.0.0/16"]))
+    assert dict(ext.getSrcRoutingRule(pb.Empty()).rules) == {"fc00:2307::/32": "10.9.9.9"}
+    ext.clearAllSrcRoutingRules(pb.Empty())
+    assert ext.getSrcRoutingRuleSize(pb.Empty()).count == 0 == feat_lb.get_src_routing_rule_size()
+
+
+def test_src_routing_bad_input_changes_nothing(fstub, feat_lb):
+    _, ext = fstub
+    ext.addSrcRoutingRule(ext_pb.SrcRoutingRule(srcs=["10.0.0.0/8"], dst="10.9.9.9"))
+    before = feat_lb.get_src_routing_rule()
+    assert_status(ext.addSrcRoutingRule, ext_pb.SrcRoutingRule(srcs=["172.16.0.0/12", "10.1.0.0/33"], dst="10.9.9.9"),
+                  grpc.StatusCode.INVALID_ARGUMENT, "src", "10.1.0.0/33")
+    assert_status(ext.addSrcRoutingRule, ext_pb.SrcRoutingRule(srcs=["172.16.0.0/12"], dst="10.9.9"),
+                  grpc.StatusCode.INVALID_ARGUMENT, "dst", "10.9.9")
+    # max_lpm_src_size=3: one rule in, three more do not fit
+    assert_status(ext.addSrcRoutingRule,
+                  ext_pb.SrcRoutingRule(srcs=["172.16.0.0/12", "192.168.0.0/16", "fc00::/7"], dst="10.9.9.9"),
+                  grpc.StatusCode.RESOURCE_EXHAUSTED, "max_lpm_src_size")
+    assert_status(ext.delSrcRoutingRule, ext_pb.SrcPrefixes(srcs=["10.0.0.0/8", "11.0.0.0/8"]),
+                  grpc.StatusCode.NOT_FOUND, "11.0.0.0/8")
+    assert_status(ext.delSrcRoutingRule, ext_pb.SrcPrefixes(srcs=["nope"]), grpc.StatusCode.INVALID_ARGUMENT, "nope")
+    assert feat_lb.get_src_routing_rule() == before == dict(ext.getSrcRoutingRule(pb.Empty()).rules)
+
+
+def test_inline_decap_dsts(fstub, feat_lb):
+    _, ext = fstub
+    ext.addInlineDecapDst(ext_pb.DecapDst(address="fc00:1404::1"))
+    assert_status(ext.addInlineDecapDst, ext_pb.DecapDst(address="fc00:1404::1"), grpc.StatusCode.ALREADY_EXISTS,
+                  "fc00:1404::1")
+    ext.addInlineDecapDst(ext_pb.DecapDst(address="10.200.0.1"))
+    assert_status(ext.addInlineDecapDst, ext_pb.DecapDst(address="10.200.0.2"), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                  "max_decap_dst")  # max_decap_dst=2
+    assert_status(ext.addInlineDecapDst, ext_pb.DecapDst(address="10.200.0"), grpc.StatusCode.INVALID_ARGUMENT,
+                  "dst", "10.200.0")
+    want = ["fc00:1404::1", "10.200.0.1"]
+    assert list(ext.getInlineDecapDst(pb.Empty()).addresses) == want == feat_lb.get_inline_decap_dst()
+    assert_status(ext.delInlineDecapDst, ext_pb.DecapDst(address="10.200.0.9"), grpc.StatusCode.NOT_FOUND,
+                  "10.200.0.9")
+    assert feat_lb.get_inline_decap_dst() == want
+    ext.delInlineDecapDst(ext_pb.DecapDst(address="fc00:1404::1"))
+    assert list(ext.getInlineDecapDst(pb.Empty()).addresses) == ["10.200.0.1"]
+
+
+def test_inline_decap_counters(fstub, feat_lb):
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    stub, ext = fstub
+    v = vip_msg()
+    assert stub.addVip(pb.VipMeta(vip=v)).success
+    assert stub.addRealForVip(pb.realForVip(real=pb.Real(address="10.1.1.1", weight=1), vip=v)).success
+    ext.addInlineDecapDst(ext_pb.DecapDst(address="10.200.0.1"))
+    rpcs = {"inline": ext.getInlineDecapStats, "decap": ext.getDecapStats, "xpop": ext.getXpopDecapSuccessfulStats}
+    before = {name: _pair(rpc(pb.Empty())) for name, rpc in rpcs.items()}
+    vip_before = _pair(ext.getDecapStatsForVip(v))
+    frame = bytes(Ether(src="00:11:22:33:44:55", dst="00:00:00:00:00:01") / IP(src="10.50.0.1", dst="10.200.0.1")
+                  / IP(src="192.168.1.1", dst="10.0.0.1") / TCP(sport=5555, dport=80, flags="S"))
+    feat_lb.run_packet(frame)
+    after = {name: _pair(rpc(pb.Empty())) for name, rpc in rpcs.items()}
+    assert after["inline"][0] == before["inline"][0] + 1  # sent to a decap dst
+    assert after["decap"][0] == before["decap"][0] + 1  # IPv4 outer header removed
+    assert after["xpop"][0] == before["xpop"][0] + 1  # inner IPv4 packet balanced again
+    assert after == {"inline": _pair(feat_lb.get_inline_decap_pair()), "decap": _pair(feat_lb.get_decap_pair()),
+                     "xpop": _pair(feat_lb.get_xpop_decap_successful_pair())}
+    assert _pair(ext.getDecapStatsForVip(v)) == _pair(feat_lb.get_decap_stats_for_vip(SRC_VIP))
+    assert _pair(ext.getDecapStatsForVip(v))[0] >= vip_before[0]
+    assert_status(ext.getDecapStatsForVip, vip_msg("10.6.6.6"), grpc.StatusCode.NOT_FOUND, "10.6.6.6")
+
+
+def test_down_reals(fstub, feat_lb):
+    stub, ext = fstub
+    v = vip_msg("10.0.0.2", 443, 17)
+    key = VipKey("10.0.0.2", 443, 17)
+    assert stub.addVip(pb.VipMeta(vip=v, flags=int(VipFlag.UDP_FLOW_MIGRATION))).success
+    reals = [pb.Real(address=a, weight=1) for a in ("10.1.1.1", "10.1.1.2", "fc00::3")]
+    assert stub.modifyRealsForVip(pb.modifiedRealsForVip(action=pb.ADD, real=pb.Reals(reals=reals), vip=v)).success
+    ext.addDownReal(ext_pb.VipReal(vip=v, address="10.1.1.2"))
+    ext.addDownReal(ext_pb.VipReal(vip=v, address="fc00::3"))
+    assert list(ext.getDownReals(v).addresses) == ["10.1.1.2", "fc00::3"] == feat_lb.get_down_reals(key)
+    assert_status(ext.addDownReal, ext_pb.VipReal(vip=v, address="10.1.1.99"), grpc.StatusCode.NOT_FOUND, "10.1.1.99")
+    assert_status(ext.addDownReal, ext_pb.VipReal(vip=v, address="10.1.1"), grpc.StatusCode.INVALID_ARGUMENT,
+                  "address", "10.1.1")
+    assert_status(ext.removeDownReal, ext_pb.VipReal(vip=v, address="10.1.1.1"), grpc.StatusCode.NOT_FOUND,
+                  "10.1.1.1")  # a real of the VIP, but not down
+    assert_status(ext.addDownReal, ext_pb.VipReal(vip=vip_msg("10.0.0.9", 443, 17), address="10.1.1.1"),
+                  grpc.StatusCode.NOT_FOUND, "10.0.0.9")
+    assert_status(ext.getDownReals, vip_msg("10.0.0.9", 443, 17), grpc.StatusCode.NOT_FOUND)
+    assert feat_lb.get_down_reals(key) == ["10.1.1.2", "fc00::3"]
+    ext.removeDownReal(ext_pb.VipReal(vip=v, address="10.1.1.2"))
+    assert list(ext.getDownReals(v).addresses) == ["fc00::3"]
+    ext.clearDownReals(v)
+    assert list(ext.getDownReals(v).addresses) == [] == feat_lb.get_down_reals(key)
+
+
+def test_feature_counters(fstub, feat_lb):
+    from katran import structs
+
+    stub, ext = fstub
+    assert stub.addVip(pb.VipMeta(vip=vip_msg())).success
+    for rpc, msg_type, fields, getter in [
+        (ext.getLbQuicPacketsStats, ext_pb.QuicPacketsStats, structs.QUIC_STATS_FIELDS,
+         feat_lb.get_lb_quic_packets_stats),
+        (ext.getTcpServerIdRoutingStats, ext_pb.TprPacketsStats, structs.TPR_STATS_FIELDS,
+         feat_lb.get_tcp_server_id_routing_stats),
+        (ext.getUdpStableRoutingStats, ext_pb.StableRtPacketsStats, structs.STABLE_RT_STATS_FIELDS,
+         feat_lb.get_udp_stable_routing_stats),
+    ]:
+        assert tuple(f.name for f in msg_type.DESCRIPTOR.fields) == fields  # Katran's names, in struct order
+        got = rpc(pb.Empty())
+        assert {f: getattr(got, f) for f in fields} == getter()
+    for rpc, getter in [
+        (ext.getUdpFlowMigrationStats, feat_lb.get_udp_flow_migration_stats),
+        (ext.getGlobalLruStats, feat_lb.get_global_lru_stats),
+        (ext.getQuicIcmpStats, feat_lb.get_quic_icmp_stats),
+        (ext.getSrcRoutingStats, feat_lb.get_src_routing_stats),
+    ]:
+        assert _pair(rpc(pb.Empty())) == _pair(getter()), rpc
+    assert _pair(ext.getSidRoutingStatsForVip(vip_msg())) == _pair(feat_lb.get_sid_routing_stats_for_vip(SRC_VIP))
+    assert_status(ext.getSidRoutingStatsForVip, vip_msg("10.6.6.6"), grpc.StatusCode.NOT_FOUND, "10.6.6.6")
+
+
+def test_quic_counters_count_packets(fstub, feat_lb):
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    stub, ext = fstub
+    v = vip_msg("10.0.0.3", 443, 17)
+    assert stub.addVip(pb.VipMeta(vip=v, flags=int(VipFlag.QUIC_VIP))).success
+    assert stub.addRealForVip(pb.realForVip(real=pb.Real(address="10.1.1.1", weight=1), vip=v)).success
+    before = ext.getLbQuicPacketsStats(pb.Empty())
+    # a QUIC long-header Initial packet: no server id to route by, consistent hashing decides
+    quic = bytes([0xC0]) + (1).to_bytes(4, "big") + bytes([8]) + bytes(8) + bytes([0]) + bytes(1200)
+    frame = bytes(Ether(src="00:11:22:33:44:55", dst="00:00:00:00:00:01") / IP(src="192.168.1.1", dst="10.0.0.3")
+                  / UDP(sport=7777, dport=443) / quic)
+    assert feat_lb.run_packet(frame).verdict == "XDP_TX"
+    after = ext.getLbQuicPacketsStats(pb.Empty())
+    assert after.ch_routed == before.ch_routed + 1
+    assert after.cid_initial == before.cid_initial + 1
+    assert {f.name: getattr(after, f.name) for f in after.DESCRIPTOR.fields} == feat_lb.get_lb_quic_packets_pair()
+
+
+def test_features_off_is_failed_precondition(ext, lb):
+    """The module's lb has no lpm_src_lookup / inline decap: those calls say so, nothing changes."""
+    for rpc, request in [
+        (ext.addSrcRoutingRule, ext_pb.SrcRoutingRule(srcs=["10.0.0.0/8"], dst="10.9.9.9")),
+        (ext.delSrcRoutingRule, ext_pb.SrcPrefixes(srcs=["10.0.0.0/8"])),
+        (ext.clearAllSrcRoutingRules, pb.Empty()),
+        (ext.addInlineDecapDst, ext_pb.DecapDst(address="10.200.0.1")),
+        (ext.delInlineDecapDst, ext_pb.DecapDst(address="10.200.0.1")),
+    ]:
+        assert_status(rpc, request, grpc.StatusCode.FAILED_PRECONDITION)
+    assert_status(ext.addSrcRoutingRule, ext_pb.SrcRoutingRule(srcs=["10.0.0.0/8"], dst="10.9.9.9"),
+                  grpc.StatusCode.FAILED_PRECONDITION, "lpm_src_lookup")
+    assert_status(ext.addInlineDecapDst, ext_pb.DecapDst(address="10.200.0.1"),
+                  grpc.StatusCode.FAILED_PRECONDITION, "inline_decap")
+    assert lb.get_src_routing_rule() == {} and lb.get_inline_decap_dst() == []
+    assert dict(ext.getSrcRoutingRule(pb.Empty()).rules) == {}
+    assert list(ext.getInlineDecapDst(pb.Empty()).addresses) == []
+
+
+# ------------------------------------------------------------------ GrpcKatranClient (katran-cli's transport)
+def test_client_feature_methods(feat_channel, feat_lb):
+    from katran.models import LbStats, ModifyAction, Real
+    from katran_grpc.client import GrpcKatranClient, RpcFailed
+
+    target = feat_channel._channel.target().decode()
+    vip = VipKey("10.0.0.4", 443, 17)
+    try:
+        with GrpcKatranClient(target, timeout=10) as kc:
+            kc.add_vip(vip, int(VipFlag.SRC_ROUTING))
+            kc.modify_reals_for_vip(ModifyAction.ADD, [Real("10.1.1.1"), Real("10.1.1.2")], vip)
+            kc.add_src_routing_rule(["10.0.0.0/8"], "10.1.1.2")
+            assert kc.get_src_routing_rule() == {"10.0.0.0/8": "10.1.1.2"} == feat_lb.get_src_routing_rule()
+            assert kc.get_src_routing_rule_size() == 1
+            assert kc.get_src_routing_pair() == feat_lb.get_src_routing_pair()
+            with pytest.raises(RpcFailed) as info:
+                kc.add_src_routing_rule(["10.0.0.0/99"], "10.1.1.2")
+            assert info.value.code == "INVALID_ARGUMENT" and "10.0.0.0/99" in info.value.message
+            from katran.errors import ValidationError
+
+            with pytest.raises(ValidationError, match="srcs"):
+                kc.add_src_routing_rule("10.0.0.0/8", "10.1.1.2")  # one string, not a list
+            kc.del_src_routing_rule(["10.0.0.0/8"])
+            kc.add_src_routing_rule(["11.0.0.0/8"], "10.1.1.1")
+            kc.clear_all_src_routing_rules()
+            assert kc.get_src_routing_rule() == {}
+
+            kc.add_inline_decap_dst("10.200.0.1")
+            assert kc.get_inline_decap_dst() == ["10.200.0.1"]
+            with pytest.raises(RpcFailed) as info:
+                kc.add_inline_decap_dst("10.200.0.1")
+            assert info.value.code == "ALREADY_EXISTS"
+            kc.del_inline_decap_dst("10.200.0.1")
+            assert kc.get_inline_decap_dst() == []
+            for method in ("get_inline_decap_stats", "get_decap_stats", "get_xpop_decap_successful_stats",
+                           "get_udp_flow_migration_stats", "get_global_lru_stats", "get_quic_icmp_stats"):
+                got = getattr(kc, method)()
+                assert isinstance(got, LbStats) and got == getattr(feat_lb, method)(), method
+            assert kc.get_decap_stats_for_vip(vip) == feat_lb.get_decap_stats_for_vip(vip)
+            assert kc.get_sid_routing_stats_for_vip(vip) == feat_lb.get_sid_routing_stats_for_vip(vip)
+            for method in ("get_lb_quic_packets_stats", "get_tcp_server_id_routing_stats",
+                           "get_udp_stable_routing_stats"):
+                got = getattr(kc, method)()
+                assert got == getattr(feat_lb, method)() and list(got) == list(getattr(feat_lb, method)())
+
+            kc.add_down_real(vip, "10.1.1.1")
+            assert kc.get_down_reals(vip) == ["10.1.1.1"] == feat_lb.get_down_reals(vip)
+            kc.remove_down_real(vip, "10.1.1.1")
+            kc.add_down_real(vip, "10.1.1.2")
+            kc.clear_down_reals(vip)
+            assert kc.get_down_reals(vip) == []
+            with pytest.raises(RpcFailed) as info:
+                kc.remove_down_real(vip, "10.1.1.2")
+            assert info.value.code == "NOT_FOUND"
+    finally:
+        _reset_features(feat_lb)
+
+
+def test_other_transports_answer_unimplemented():
+    """KatranClient's default for the feature methods: RpcFailed(UNIMPLEMENTED), no call made."""
+    from katran_grpc.client import KatranClient, RpcFailed
+
+    stubbed = {name: (lambda self, *a, **kw: None) for name in KatranClient.__abstractmethods__}
+    Minimal = type("Minimal", (KatranClient,), stubbed)
+    kc = Minimal()
+    vip = VipKey("10.0.0.1", 80, 6)
+    calls = [
+        ("addSrcRoutingRule", lambda: kc.add_src_routing_rule(["10.0.0.0/8"], "10.1.1.1")),
+        ("getSrcRoutingRule", kc.get_src_routing_rule),
+        ("addInlineDecapDst", lambda: kc.add_inline_decap_dst("10.1.1.1")),
+        ("getDownReals", lambda: kc.get_down_reals(vip)),
+        ("getLbQuicPacketsStats", kc.get_lb_quic_packets_stats),
+        ("getSidRoutingStatsForVip", lambda: kc.get_sid_routing_stats_for_vip(vip)),
+    ]
+    for rpc, call in calls:
+        with pytest.raises(RpcFailed) as info:
+            call()
+        assert (info.value.rpc, info.value.code) == (rpc, "UNIMPLEMENTED")
+        assert "Minimal" in info.value.message
+    try:
+        from katran_thrift.client import ThriftKatranClient
+    except ImportError:
+        return  # thrift extra not installed; the base class behaviour is checked above
+    with pytest.raises(RpcFailed) as info:
+        ThriftKatranClient("127.0.0.1:1").get_inline_decap_dst()  # no connection attempted
+    assert info.value.code == "UNIMPLEMENTED"
 
 
 # ------------------------------------------------------------------ health, reflection

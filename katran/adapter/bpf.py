@@ -18,7 +18,7 @@ import attrs
 from katran.errors import BuildError, KernelError, NotFoundError, ValidationError
 
 from . import btf as _btf
-from .libbpf import check, clear_messages, ffi, lib, libc, recent_messages
+from .libbpf import Closing as _Closing, check, clear_messages, ffi, lib, libc, recent_messages
 
 # --- constants (uapi linux/bpf.h, linux/if_link.h) ---------------------------
 
@@ -112,10 +112,81 @@ def _xdp_mode_flags(mode: str) -> int:
         raise ValidationError("mode", mode, f"must be one of {sorted(set(_XDP_MODES))}") from None
 
 
+# --- fd-owning objects ----------------------------------------------------------
+
+class _BpfFd(_Closing):
+    """A map or program fd: kernel info, pinning, and (when owned) closing."""
+
+    _kind = "object"
+    _info_struct = ""
+
+    name: str
+    fd: int
+    _owned: bool
+
+    def _fd(self) -> int:
+        if self.fd < 0:
+            raise KernelError(f"use of closed {self._kind} {self.name}", errno.EBADF)
+        return self.fd
+
+    @classmethod
+    def _info_of(cls, fd: int, what: str):
+        info = ffi.new(f"struct {cls._info_struct} *")
+        ln = ffi.new("__u32 *", ffi.sizeof(f"struct {cls._info_struct}"))
+        check(lib.bpf_obj_get_info_by_fd(fd, info, ln), f"get info of {cls._kind} {what}")
+        return info
+
+    @classmethod
+    def _owning(cls, fd: int):
+        try:
+            return cls.from_fd(fd, owned=True)  # type: ignore[attr-defined]
+        except Exception:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def from_pinned(cls, path: str | os.PathLike[str]):
+        """Open an object pinned in bpffs; the result owns its fd."""
+        path = os.fspath(path)
+        return cls._owning(check(lib.bpf_obj_get(path.encode()), f"open pinned {cls._kind} {path}"))
+
+    @property
+    def id(self) -> int:
+        """Kernel id of the object."""
+        return int(self._info_of(self._fd(), self.name).id)
+
+    def pin(self, path: str | os.PathLike[str]) -> None:
+        path = os.fspath(path)
+        check(lib.bpf_obj_pin(self._fd(), path.encode()), f"pin {self._kind} {self.name} at {path}")
+
+    def unpin(self, path: str | os.PathLike[str]) -> None:
+        path = os.fspath(path)
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise KernelError(f"unpin {self._kind} {self.name} at {path}", exc.errno or errno.EIO) from None
+
+    def close(self) -> None:
+        """Close the fd if this object owns it (created here, pinned, or by id)."""
+        if getattr(self, "_owned", False) and self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
+
+    def __del__(self) -> None:
+        try:
+            if getattr(self, "_owned", False):
+                self.close()
+        except Exception:
+            pass
+
+
 # --- maps --------------------------------------------------------------------
 
-class Map:
+class Map(_BpfFd):
     """One BPF map fd: bytes keys and values (per-CPU maps: a list of values, one per CPU)."""
+
+    _kind = "map"
+    _info_struct = "bpf_map_info"
 
     def __init__(self, name: str, fd: int, map_type: int, key_size: int, value_size: int,
                  max_entries: int, flags: int = 0, *, owned: bool = False) -> None:
@@ -138,47 +209,16 @@ class Map:
     @classmethod
     def from_fd(cls, fd: int, *, owned: bool = False, name: str | None = None) -> "Map":
         """Wrap an existing map fd (reads type/sizes from the kernel)."""
-        info = ffi.new("struct bpf_map_info *")
-        ln = ffi.new("__u32 *", ffi.sizeof("struct bpf_map_info"))
-        check(lib.bpf_obj_get_info_by_fd(fd, info, ln), f"get info of map fd {fd}")
+        info = cls._info_of(fd, f"fd {fd}")
         kname = ffi.string(info.name).decode()
         return cls(name or kname, fd, info.type, info.key_size, info.value_size,
                    info.max_entries, info.map_flags, owned=owned)
 
     @classmethod
-    def from_pinned(cls, path: str | os.PathLike[str]) -> "Map":
-        """Open a map pinned in bpffs; the returned Map owns its fd."""
-        path = os.fspath(path)
-        fd = check(lib.bpf_obj_get(path.encode()), f"open pinned map {path}")
-        try:
-            return cls.from_fd(fd, owned=True)
-        except Exception:
-            os.close(fd)
-            raise
-
-    @classmethod
     def from_id(cls, map_id: int) -> "Map":
-        fd = check(lib.bpf_map_get_fd_by_id(map_id), f"open map id {map_id}")
-        try:
-            return cls.from_fd(fd, owned=True)
-        except Exception:
-            os.close(fd)
-            raise
-
-    @property
-    def id(self) -> int:
-        """Kernel id of the map."""
-        info = ffi.new("struct bpf_map_info *")
-        ln = ffi.new("__u32 *", ffi.sizeof("struct bpf_map_info"))
-        check(lib.bpf_obj_get_info_by_fd(self._fd(), info, ln), f"get info of map {self.name}")
-        return int(info.id)
+        return cls._owning(check(lib.bpf_map_get_fd_by_id(map_id), f"open map id {map_id}"))
 
     # buffers ------------------------------------------------------------------
-
-    def _fd(self) -> int:
-        if self.fd < 0:
-            raise KernelError(f"use of closed map {self.name}", errno.EBADF)
-        return self.fd
 
     @property
     def _value_buf_size(self) -> int:
@@ -420,37 +460,6 @@ class Map:
         v = self.lookup(k)
         return None if v is None else struct.unpack("<I", v)[0]  # type: ignore[arg-type]
 
-    # pinning / lifetime -----------------------------------------------------------
-
-    def pin(self, path: str | os.PathLike[str]) -> None:
-        path = os.fspath(path)
-        check(lib.bpf_obj_pin(self._fd(), path.encode()), f"pin map {self.name} at {path}")
-
-    def unpin(self, path: str | os.PathLike[str]) -> None:
-        path = os.fspath(path)
-        try:
-            os.unlink(path)
-        except OSError as exc:
-            raise KernelError(f"unpin map {self.name} at {path}", exc.errno or errno.EIO) from None
-
-    def close(self) -> None:
-        """Close the fd if this Map owns it (create_map / from_pinned / from_id)."""
-        if self._owned and self.fd >= 0:
-            os.close(self.fd)
-        self.fd = -1
-
-    def __enter__(self) -> "Map":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if self._owned:
-                self.close()
-        except Exception:
-            pass
 
 
 def create_map(map_type: int, key_size: int, value_size: int, max_entries: int, *,
@@ -491,8 +500,11 @@ class TestRunResult:
     ctx: bytes | None = None
 
 
-class Program:
+class Program(_BpfFd):
     """One loaded BPF program fd."""
+
+    _kind = "program"
+    _info_struct = "bpf_prog_info"
 
     def __init__(self, name: str, fd: int, prog_type: int, *, owned: bool = False) -> None:
         self.name = name
@@ -503,43 +515,14 @@ class Program:
     def __repr__(self) -> str:
         return f"Program({self.name!r}, fd={self.fd}, type={self.type})"
 
-    def _fd(self) -> int:
-        if self.fd < 0:
-            raise KernelError(f"use of closed program {self.name}", errno.EBADF)
-        return self.fd
-
     @classmethod
     def from_fd(cls, fd: int, *, owned: bool = False, name: str | None = None) -> "Program":
-        info = ffi.new("struct bpf_prog_info *")
-        ln = ffi.new("__u32 *", ffi.sizeof("struct bpf_prog_info"))
-        check(lib.bpf_obj_get_info_by_fd(fd, info, ln), f"get info of program fd {fd}")
+        info = cls._info_of(fd, f"fd {fd}")
         return cls(name or ffi.string(info.name).decode(), fd, info.type, owned=owned)
 
     @classmethod
-    def from_pinned(cls, path: str | os.PathLike[str]) -> "Program":
-        path = os.fspath(path)
-        fd = check(lib.bpf_obj_get(path.encode()), f"open pinned program {path}")
-        try:
-            return cls.from_fd(fd, owned=True)
-        except Exception:
-            os.close(fd)
-            raise
-
-    @classmethod
     def from_id(cls, prog_id: int) -> "Program":
-        fd = check(lib.bpf_prog_get_fd_by_id(prog_id), f"open program id {prog_id}")
-        try:
-            return cls.from_fd(fd, owned=True)
-        except Exception:
-            os.close(fd)
-            raise
-
-    @property
-    def id(self) -> int:
-        info = ffi.new("struct bpf_prog_info *")
-        ln = ffi.new("__u32 *", ffi.sizeof("struct bpf_prog_info"))
-        check(lib.bpf_obj_get_info_by_fd(self._fd(), info, ln), f"get info of program {self.name}")
-        return int(info.id)
+        return cls._owning(check(lib.bpf_prog_get_fd_by_id(prog_id), f"open program id {prog_id}"))
 
     def test_run(self, data: bytes, *, ctx: bytes | None = None, repeat: int = 1,
                  data_size_out: int = 4096, ctx_size_out: int = 0, flags: int = 0,
@@ -607,34 +590,6 @@ class Program:
         check(lib.bpf_xdp_attach(ifindex, self._fd(), flags, ffi.NULL),
               f"attach xdp program {self.name} to ifindex {ifindex} ({mode})")
 
-    def pin(self, path: str | os.PathLike[str]) -> None:
-        path = os.fspath(path)
-        check(lib.bpf_obj_pin(self._fd(), path.encode()), f"pin program {self.name} at {path}")
-
-    def unpin(self, path: str | os.PathLike[str]) -> None:
-        path = os.fspath(path)
-        try:
-            os.unlink(path)
-        except OSError as exc:
-            raise KernelError(f"unpin program {self.name} at {path}", exc.errno or errno.EIO) from None
-
-    def close(self) -> None:
-        if self._owned and self.fd >= 0:
-            os.close(self.fd)
-        self.fd = -1
-
-    def __enter__(self) -> "Program":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if self._owned:
-                self.close()
-        except Exception:
-            pass
 
 
 def detach_xdp(ifindex: int, mode: str = "native") -> None:
@@ -669,7 +624,7 @@ def _internal_suffix(name: str) -> str | None:
     return name[i:] if i >= 0 else None
 
 
-class ObjectSpec:
+class ObjectSpec(_Closing):
     """A BPF ELF object opened by libbpf but not loaded: adjust sizes/knobs, then ``load()``."""
 
     def __init__(self, obj, path: str) -> None:  # type: ignore[no-untyped-def]
@@ -920,20 +875,8 @@ class ObjectSpec:
             lib.bpf_object__close(self._obj)
         self._obj = None
 
-    def __enter__(self) -> "ObjectSpec":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-class LoadedObject:
+class LoadedObject(_Closing):
     """A loaded BPF object: its maps and programs by name; ``close()`` frees everything."""
 
     def __init__(self, spec: ObjectSpec) -> None:
@@ -992,18 +935,6 @@ class LoadedObject:
     @property
     def closed(self) -> bool:
         return self._obj is None
-
-    def __enter__(self) -> "LoadedObject":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def load_object(path: str | os.PathLike[str], *, max_entries: dict[str, int] | None = None,

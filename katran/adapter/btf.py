@@ -6,7 +6,7 @@ import os
 
 from katran.errors import BuildError, KernelError, NotFoundError
 
-from .libbpf import ffi, lib
+from .libbpf import Closing, ffi, lib
 
 BTF_KIND_INT = 1
 BTF_KIND_PTR = 2
@@ -90,7 +90,7 @@ def datasec_vars(btf, section: str) -> dict[str, tuple[int, int]]:  # type: igno
     return out
 
 
-class BtfFile:
+class BtfFile(Closing):
     """BTF parsed from an ELF object (no kernel involved); a context manager."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -113,18 +113,6 @@ class BtfFile:
         if self._btf is not None:
             lib.btf__free(self._btf)
             self._btf = None
-
-    def __enter__(self) -> "BtfFile":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def btf_struct_layout(obj_path: str | os.PathLike[str], struct_name: str) -> tuple[int, dict[str, tuple[int, int]]]:

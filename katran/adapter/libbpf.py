@@ -275,3 +275,22 @@ def check_ptr(ptr, operation: str, detail: str = ""):  # type: ignore[no-untyped
     if ptr == ffi.NULL:
         raise KernelError(operation, ffi.errno or 22, detail)
     return ptr
+
+
+class Closing:
+    """Context manager / finaliser plumbing around ``close()``."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

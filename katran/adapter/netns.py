@@ -35,7 +35,7 @@ def _setns(fd: int, what: str) -> None:
 @contextlib.contextmanager
 def inside(netns: str) -> Iterator[None]:
     """Run the body with the calling thread in ``netns`` (a name under /run/netns)."""
-    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     try:
         _setns(target, netns)

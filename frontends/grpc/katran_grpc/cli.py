@@ -8,7 +8,10 @@ prefix, and "exiting" is printed last.  Differences, all additive:
   exit status 1 (fatal errors: 1, bad flags: 2); stats loops sleep before
   retrying instead of spinning, and stop after ``-count N`` rounds;
 * ``-vf``/``-rf`` take every flag name of katran.models (comma separated);
-* extra commands for lb.katran.ext.KatranExtService (see ``-help``);
+* extra commands for lb.katran.ext.KatranExtService (see ``-help``): per-real,
+  XDP, per-CPU and feature counters (``-s -quic|-tpr|-stable_rt|-decap|...``),
+  source routing (``-src_route``), inline decap dsts (``-decap_dst``), down
+  reals (``-down_real``), hash functions, the real of a flow;
 * TLS (``-tls_ca``, ``-tls_cert``, ``-tls_key``) and a call ``-timeout``.
 
 The transport is a ``katran_grpc.client.KatranClient``; pass
@@ -100,6 +103,26 @@ def build_flags() -> FlagSet:
     fs.bool("show_hash", False, "show the hash function of the VIP -t/-u")
     fs.string("flow", "", "show the real a flow from <addr>:<port> to the VIP -t/-u goes to")
     fs.int("count", 0, "stats: stop after this many rounds (0: until interrupted)", aliases=("iterations",))
+    # feature parity: source routing, inline decap, down reals, feature counters
+    fs.bool("src_route", False, "add a source routing rule: packets from the -src prefixes to SRC_ROUTING VIPs "
+            "go to the real -r\n(with -s: source routing counters)")
+    fs.bool("del_src_route", False, "delete the source routing rules of the -src prefixes")
+    fs.bool("clear_src_routes", False, "delete every source routing rule")
+    fs.bool("list_src_routes", False, "list the source routing rules")
+    fs.string("src", "", "source prefixes for -src_route / -del_src_route, comma separated (10.0.0.0/8,fc00::/64)")
+    fs.string("decap_dst", "", "add an inline decap destination address (with -del_decap_dst: delete it)")
+    fs.bool("del_decap_dst", False, "delete the inline decap destination -decap_dst")
+    fs.bool("list_decap_dst", False, "list the inline decap destinations")
+    fs.bool("down_real", False, "mark the real -r of the VIP -t/-u down (UDP flow migration)")
+    fs.bool("del_down_real", False, "mark the real -r of the VIP -t/-u up again")
+    fs.bool("clear_down_reals", False, "mark every down real of the VIP -t/-u up again")
+    fs.bool("list_down_reals", False, "list the down reals of the VIP -t/-u")
+    fs.bool("quic", False, "with -s: QUIC routing counters and QUIC ICMP counters")
+    fs.bool("tpr", False, "with -s: TCP server id routing counters (with -t/-u: also the VIP's)")
+    fs.bool("stable_rt", False, "with -s: UDP stable routing counters")
+    fs.bool("decap", False, "with -s: decap counters (with -t/-u: also the VIP's)")
+    fs.bool("flow_migration", False, "with -s: UDP flow migration counters")
+    fs.bool("global_lru", False, "with -s: global LRU counters")
     fs.float("interval", 1.0, "stats: seconds between rounds", hidden=True)
     fs.float("timeout", 30.0, "deadline of each call, seconds")
     fs.string("tls_ca", "", "PEM CA bundle to verify the server (enables TLS)")
@@ -542,6 +565,117 @@ class Cli:
         real = self.check(self.kc.get_real_for_flow, flow)
         self.printf(f"real: {real}\n" if real is not None else "no real for this flow\n")
 
+    # ------------------------------------------------------------ feature parity
+    def need(self, value: str, flag: str, command: str) -> str:
+        if not value:
+            raise self.fatal(f"{command} needs {flag}")
+        return value
+
+    def prefixes(self, command: str) -> list[str]:
+        srcs = [s.strip() for s in self.ns.src.split(",") if s.strip()]
+        if not srcs:
+            raise self.fatal(f"{command} needs -src <prefix>[,<prefix>...]")
+        return srcs
+
+    def add_src_route(self, real: str) -> None:
+        srcs = self.prefixes("-src_route")
+        self.check(self.kc.add_src_routing_rule, srcs, self.need(real, "-r <real>", "-src_route"))
+        self.log("Src routing rules modified")
+
+    def del_src_route(self) -> None:
+        self.check(self.kc.del_src_routing_rule, self.prefixes("-del_src_route"))
+        self.log("Src routing rules modified")
+
+    def clear_src_routes(self) -> None:
+        self.check(self.kc.clear_all_src_routing_rules)
+        self.log("Src routing rules cleared")
+
+    def list_src_routes(self) -> None:
+        self.log(f"src routing rules len {self.check(self.kc.get_src_routing_rule_size)}")
+        rules = self.check(self.kc.get_src_routing_rule)
+        for src in sorted(rules):
+            self.printf(f"src: {src:>24} -> real: {rules[src]}\n")
+
+    def modify_decap_dst(self, addr: str, delete: bool) -> None:
+        if delete:
+            self.check(self.kc.del_inline_decap_dst, self.need(addr, "-decap_dst <addr>", "-del_decap_dst"))
+        else:
+            self.check(self.kc.add_inline_decap_dst, addr)
+        self.log("Decap dst modified")
+
+    def list_decap_dst(self) -> None:
+        for addr in self.check(self.kc.get_inline_decap_dst):
+            self.printf(f"decap dst: {addr}\n")
+
+    def modify_down_real(self, vip: VipKey, real: str, delete: bool) -> None:
+        command = "-del_down_real" if delete else "-down_real"
+        real = self.need(real, "-r <real>", command)
+        self.check(self.kc.remove_down_real if delete else self.kc.add_down_real, vip, real)
+        self.log("Down reals modified")
+
+    def clear_down_reals(self, vip: VipKey) -> None:
+        self.check(self.kc.clear_down_reals, vip)
+        self.log("Down reals modified")
+
+    def list_down_reals(self, vip: VipKey) -> None:
+        for addr in self.check(self.kc.get_down_reals, vip):
+            self.printf(f"down real: {addr}\n")
+
+    def show_counters(self, fetch: Callable[[], dict]) -> None:
+        """Stats loop over named counters: one "<name>: N pkts/sec" line each."""
+        old: dict = {}
+
+        def one_round() -> None:
+            try:
+                now = fetch()
+            except KatranClientError as exc:
+                self.retry_later(exc)
+                return
+            for name, value in now.items():
+                self.printf(f"{name}: {_diff(value, old.get(name, 0))} pkts/sec\n")
+            old.clear()
+            old.update(now)
+
+        self.loop(one_round)
+
+    def quic_counters(self) -> dict:
+        out = {f"quic {name}": n for name, n in self.kc.get_lb_quic_packets_stats().items()}
+        icmp = self.kc.get_quic_icmp_stats()
+        out.update({"quic icmp": icmp.v1, "quic icmp ignorable": icmp.v2})
+        return out
+
+    def tpr_counters(self, vip: Optional[VipKey]) -> dict:
+        out = {f"tpr {name}": n for name, n in self.kc.get_tcp_server_id_routing_stats().items()}
+        if vip is not None:
+            sid = self.kc.get_sid_routing_stats_for_vip(vip)
+            key = f"{vip.address}:{vip.port}:{vip.proto}"
+            out.update({f"tpr vip {key} new conns": sid.v1, f"tpr vip {key} dst_mismatch_in_lru": sid.v2})
+        return out
+
+    def stable_rt_counters(self) -> dict:
+        return {f"stable_rt {name}": n for name, n in self.kc.get_udp_stable_routing_stats().items()}
+
+    def decap_counters(self, vip: Optional[VipKey]) -> dict:
+        decap = self.kc.get_decap_stats()
+        inline = self.kc.get_inline_decap_stats()
+        xpop = self.kc.get_xpop_decap_successful_stats()
+        out = {"decap v4": decap.v1, "decap v6": decap.v2, "inline decap": inline.v1,
+               "xpop decap v4": xpop.v1, "xpop decap v6": xpop.v2}
+        if vip is not None:
+            out[f"decap vip {vip.address}:{vip.port}:{vip.proto}"] = self.kc.get_decap_stats_for_vip(vip).v1
+        return out
+
+    def src_route_counters(self) -> dict:
+        s = self.kc.get_src_routing_stats()
+        return {"src routing no match": s.v1, "src routing routed": s.v2}
+
+    def flow_migration_counters(self) -> dict:
+        return {"udp flow migration invalidated": self.kc.get_udp_flow_migration_stats().v1}
+
+    def global_lru_counters(self) -> dict:
+        s = self.kc.get_global_lru_stats()
+        return {"global lru no map": s.v1, "global lru routed": s.v2}
+
     # ------------------------------------------------------------ dispatch
     def run(self) -> None:
         """katranc's main(): the first matching command runs."""
@@ -596,6 +730,22 @@ class Cli:
                 self.show_core_stats()
             elif ns.hc_stats:
                 self.show_hc_stats()
+            elif ns.quic:
+                self.show_counters(self.quic_counters)
+            elif ns.tpr:
+                vip = self.parse_vip(service, proto) if service else None
+                self.show_counters(lambda: self.tpr_counters(vip))
+            elif ns.stable_rt:
+                self.show_counters(self.stable_rt_counters)
+            elif ns.decap:
+                vip = self.parse_vip(service, proto) if service else None
+                self.show_counters(lambda: self.decap_counters(vip))
+            elif ns.src_route:
+                self.show_counters(self.src_route_counters)
+            elif ns.flow_migration:
+                self.show_counters(self.flow_migration_counters)
+            elif ns.global_lru:
+                self.show_counters(self.global_lru_counters)
             else:
                 self.show_per_vip_stats()
         # extensions: none of them is a katranc command line
@@ -609,6 +759,26 @@ class Cli:
             self.show_hash(self.parse_vip(service, proto))
         elif ns.flow:
             self.real_for_flow(self.parse_vip(service, proto), ns.flow)
+        elif ns.src_route:
+            self.add_src_route(ns.r)
+        elif ns.del_src_route:
+            self.del_src_route()
+        elif ns.clear_src_routes:
+            self.clear_src_routes()
+        elif ns.list_src_routes:
+            self.list_src_routes()
+        elif ns.del_decap_dst:
+            self.modify_decap_dst(ns.decap_dst, True)
+        elif ns.decap_dst:
+            self.modify_decap_dst(ns.decap_dst, False)
+        elif ns.list_decap_dst:
+            self.list_decap_dst()
+        elif ns.down_real or ns.del_down_real:
+            self.modify_down_real(self.parse_vip(service, proto), ns.r, ns.del_down_real)
+        elif ns.clear_down_reals:
+            self.clear_down_reals(self.parse_vip(service, proto))
+        elif ns.list_down_reals:
+            self.list_down_reals(self.parse_vip(service, proto))
         self.printf("exiting\n")
 
 
