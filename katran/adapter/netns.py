@@ -9,7 +9,6 @@ command in a namespace.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import os
 import subprocess
@@ -19,33 +18,15 @@ from typing import Iterator, Sequence
 import attrs
 from pyroute2 import IPRoute, NetNS, netns as _netns
 
-from katran.errors import KernelError
+from .netlink import in_netns
 
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 _counter = itertools.count()
 _lock = threading.Lock()
 
 
-def _setns(fd: int, what: str) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        raise KernelError(f"setns {what}", ctypes.get_errno())
-
-
-@contextlib.contextmanager
-def inside(netns: str) -> Iterator[None]:
+def inside(netns: str):
     """Run the body with the calling thread in ``netns`` (a name under /run/netns)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-    try:
-        _setns(target, netns)
-        try:
-            yield
-        finally:
-            _setns(own, "back")
-    finally:
-        os.close(target)
-        os.close(own)
+    return in_netns(netns)
 
 
 def run(netns: str, argv: Sequence[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
