@@ -265,7 +265,7 @@ def test_quic_mapping(stub, lb):
     assert [(q.address, q.id) for q in stub.getQuicRealsMapping(pb.Empty()).qreals] == [("fc00::2", 1001)]
 
 
-def test_pair(stub, ext, lb):
+def test_stats(stub, ext, lb):
     v = vip_msg()
     key = VipKey("10.0.0.1", 80, 6)
     assert stub.addVip(pb.VipMeta(vip=v)).success
@@ -298,7 +298,7 @@ def test_pair(stub, ext, lb):
     assert ext.getXdpTxStats(pb.Empty()).v1 >= 3  # and bounced back encapsulated
 
 
-def test_per_real_pair(stub, ext, lb):
+def test_per_real_stats(stub, ext, lb):
     v = vip_msg()
     key = VipKey("10.0.0.1", 80, 6)
     assert stub.addVip(pb.VipMeta(vip=v)).success
@@ -309,14 +309,14 @@ def test_per_real_pair(stub, ext, lb):
     lb.run_packet(syn_to(key))
     after = ext.getRealStats(ext_pb.RealIndex(index=index))
     assert after.v1 == before.v1 + 1
-    assert (after.v1, after.v2) == (lb.get_real_pair(index).v1, lb.get_real_pair(index).v2)
+    assert (after.v1, after.v2) == (lb.get_real_stats(index).v1, lb.get_real_stats(index).v2)
     assert_status(ext.getIndexForReal, ext_pb.RealAddress(address="10.8.8.8"), grpc.StatusCode.NOT_FOUND)
     assert_status(ext.getIndexForReal, ext_pb.RealAddress(address="10.8.8"), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def test_per_core_counters(ext, lb):
     got = list(ext.getPerCorePacketsStats(pb.Empty()).packets)
-    assert got == lb.get_per_core_packets_pair()
+    assert got == lb.get_per_core_packets_stats()
     assert len(got) >= 1
 
 
@@ -374,7 +374,7 @@ def test_healthcheckers(stub, ext, lb):
     assert stub.delHealthcheckerDst(pb.Somark(somark=1000)).success
     assert dict(stub.getHealthcheckersDst(pb.Empty()).healthchecks) == {1001: "fc00::1"}
     stats = ext.getHealthcheckProgramStats(pb.Empty())
-    want = lb.get_hc_program_pair()
+    want = lb.get_hc_program_stats()
     assert (stats.packets_processed, stats.packets_dropped, stats.packets_skipped, stats.packets_too_big) == (
         want.processed, want.dropped, want.skipped, want.too_big)
 
@@ -460,7 +460,7 @@ def test_src_routing_rules_route_flows(fstub, feat_lb):
     assert (other.found, other.address) == (True, "10.1.1.1")
     after = ext.getSrcRoutingStats(pb.Empty())
     assert (after.v1 - before.v1, after.v2 - before.v2) == (1, 1)  # one without a rule, one source-routed
-    assert _pair(after) == _pair(feat_lb.get_src_routing_pair())
+    assert _pair(after) == _pair(feat_lb.get_src_routing_stats())
     ext.delSrcRoutingRule(ext_pb.SrcPrefixes(srcs=["192.168.0.0/16"]))
     assert dict(ext.getSrcRoutingRule(pb.Empty()).rules) == {"fc00:2307::/32": "10.9.9.9"}
     ext.clearAllSrcRoutingRules(pb.Empty())
@@ -523,8 +523,8 @@ def test_inline_decap_counters(fstub, feat_lb):
     assert after["inline"][0] == before["inline"][0] + 1  # sent to a decap dst
     assert after["decap"][0] == before["decap"][0] + 1  # IPv4 outer header removed
     assert after["xpop"][0] == before["xpop"][0] + 1  # inner IPv4 packet balanced again
-    assert after == {"inline": _pair(feat_lb.get_inline_decap_pair()), "decap": _pair(feat_lb.get_decap_pair()),
-                     "xpop": _pair(feat_lb.get_xpop_decap_successful_pair())}
+    assert after == {"inline": _pair(feat_lb.get_inline_decap_stats()), "decap": _pair(feat_lb.get_decap_stats()),
+                     "xpop": _pair(feat_lb.get_xpop_decap_successful_stats())}
     assert _pair(ext.getDecapStatsForVip(v)) == _pair(feat_lb.get_decap_stats_for_vip(SRC_VIP))
     assert _pair(ext.getDecapStatsForVip(v))[0] >= vip_before[0]
     assert_status(ext.getDecapStatsForVip, vip_msg("10.6.6.6"), grpc.StatusCode.NOT_FOUND, "10.6.6.6")
@@ -599,7 +599,7 @@ def test_quic_counters_count_packets(fstub, feat_lb):
     after = ext.getLbQuicPacketsStats(pb.Empty())
     assert after.ch_routed == before.ch_routed + 1
     assert after.cid_initial == before.cid_initial + 1
-    assert {f.name: getattr(after, f.name) for f in after.DESCRIPTOR.fields} == feat_lb.get_lb_quic_packets_pair()
+    assert {f.name: getattr(after, f.name) for f in after.DESCRIPTOR.fields} == feat_lb.get_lb_quic_packets_stats()
 
 
 def test_features_off_is_failed_precondition(ext, lb):
@@ -635,7 +635,7 @@ def test_client_feature_methods(feat_channel, feat_lb):
             kc.add_src_routing_rule(["10.0.0.0/8"], "10.1.1.2")
             assert kc.get_src_routing_rule() == {"10.0.0.0/8": "10.1.1.2"} == feat_lb.get_src_routing_rule()
             assert kc.get_src_routing_rule_size() == 1
-            assert kc.get_src_routing_pair() == feat_lb.get_src_routing_pair()
+            assert kc.get_src_routing_stats() == feat_lb.get_src_routing_stats()
             with pytest.raises(RpcFailed) as info:
                 kc.add_src_routing_rule(["10.0.0.0/99"], "10.1.1.2")
             assert info.value.code == "INVALID_ARGUMENT" and "10.0.0.0/99" in info.value.message

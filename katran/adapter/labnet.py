@@ -15,17 +15,16 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 from pyroute2 import IPRoute, NetNS, netns as _netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from katran.errors import KernelError, NotFoundError
 
-from .netns import VethEnd, inside, sysctl, unique_name
+from .netns import configure, inside, sysctl, unique_name
 
 NETNS_DIR = Path("/run/netns")
-IFA_F_NODAD = 0x02
 XDP_PASS_OBJECT = Path(__file__).resolve().parents[1] / "bpf" / "obj" / "xdp_pass.bpf.o"
 
 
@@ -79,26 +78,6 @@ def veth_pair(ns_a: str, if_a: str, ns_b: str, if_b: str, mtu: int = 1500) -> No
         with NetNS(ns) as ipr:
             idx = ipr.link_lookup(ifname=tmp)[0]
             ipr.link("set", index=idx, ifname=name, mtu=mtu)
-
-
-def configure(ns: str, ifname: str, addrs: Sequence[str]) -> VethEnd:
-    """Put ``addrs`` (``a.b.c.d/len``, ``x::y/len``) on ``ifname`` and bring it up."""
-    with NetNS(ns) as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise NotFoundError("interface", f"{ifname} in {ns}")
-        idx = found[0]
-        for a in addrs:
-            addr, plen = a.split("/")
-            flags = IFA_F_NODAD if ":" in addr else 0
-            try:
-                ipr.addr("add", index=idx, address=addr, prefixlen=int(plen), flags=flags)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise KernelError(f"add {a} to {ifname} in {ns}", exc.code) from None
-        ipr.link("set", index=idx, state="up")
-        mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
-    return VethEnd(ns, ifname, idx, str(mac).lower(), tuple(addrs))
 
 
 def add_route(ns: str, dst: str, gateway: str) -> None:

@@ -9,6 +9,7 @@ command in a namespace.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import subprocess
@@ -17,6 +18,10 @@ from typing import Iterator, Sequence
 
 import attrs
 from pyroute2 import IPRoute, NetNS, netns as _netns
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from katran.errors import KernelError, NotFoundError
 
 from .netlink import in_netns
 
@@ -80,21 +85,28 @@ class VethLink:
     b: VethEnd
 
 
-def _configure(ns: str, ifname: str, addrs: Sequence[str]) -> VethEnd:
+IFA_F_NODAD = 0x02  # IPv6 addresses usable at once, no duplicate address detection
+
+
+def configure(ns: str, ifname: str, addrs: Sequence[str]) -> VethEnd:
+    """Put ``addrs`` (``a.b.c.d/len``, ``x::y/len``) on ``ifname`` and bring it up."""
     with NetNS(ns) as ipr:
-        lo = ipr.link_lookup(ifname="lo")[0]
-        ipr.link("set", index=lo, state="up")
-        idx = ipr.link_lookup(ifname=ifname)[0]
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise NotFoundError("interface", f"{ifname} in {ns}")
+        idx = found[0]
         for a in addrs:
             addr, plen = a.split("/")
-            if ":" in addr:
-                # no duplicate address detection: usable at once
-                ipr.addr("add", index=idx, address=addr, prefixlen=int(plen), flags=0x02)  # IFA_F_NODAD
-            else:
-                ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+            flags = IFA_F_NODAD if ":" in addr else 0
+            try:
+                ipr.addr("add", index=idx, address=addr, prefixlen=int(plen), flags=flags)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise KernelError(f"add {a} to {ifname} in {ns}", exc.code) from None
         ipr.link("set", index=idx, state="up")
         mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
-    return VethEnd(ns, ifname, idx, mac, tuple(addrs))
+    return VethEnd(ns, ifname, idx, str(mac).lower(), tuple(addrs))
+
 
 
 @contextlib.contextmanager
@@ -132,4 +144,4 @@ def veth_link(
                 with contextlib.suppress(Exception):
                     ipr.link("del", ifname=if_a)
                 raise
-        yield VethLink(_configure(ns_a, if_a, addrs_a), _configure(ns_b, if_b, addrs_b))
+        yield VethLink(configure(ns_a, if_a, addrs_a), configure(ns_b, if_b, addrs_b))
