@@ -331,6 +331,180 @@ def test_ext_hash_and_flow(run, lb):
     assert run("-flow", "192.168.50.1:4242", "-t", "10.0.0.7:80")[1] == "no real for this flow\nexiting\n"
 
 
+# ------------------------------------------------------------------ feature parity: src routing, decap, down reals
+@pytest.fixture(scope="module")
+def feat_lb():
+    if os.geteuid() != 0:
+        pytest.skip("loading BPF programs needs root")
+    lb = KatranLb(KatranConfig(testing=True, default_mac=MAC, lru_size=1000, max_vips=64, enable_hc=False,
+                               lpm_src_lookup=True, inline_decap_ipip=True, max_decap_dst=2,
+                               katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337"))
+    lb.start()
+    yield lb
+    lb.close()
+
+
+@pytest.fixture(scope="module")
+def feat_server(feat_lb):
+    srv = KatranGrpcServer(feat_lb, "127.0.0.1:0")
+    srv.start()
+    yield srv
+    srv.stop(0)
+
+
+@pytest.fixture
+def frun(feat_server, feat_lb, capsys):
+    """run() against the server whose lb has lpm_src_lookup and inline decap on."""
+
+    def _run(*argv):
+        rc = cli.main(["-server", feat_server.address, *argv])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        assert all(STAMP.match(line) for line in err.splitlines()), err
+        return rc, out, STAMP.sub("", err)
+
+    yield _run
+    feat_lb.clear_all_src_routing_rules()
+    for dst in feat_lb.get_inline_decap_dst():
+        feat_lb.del_inline_decap_dst(dst)
+    for vip in feat_lb.get_all_vips():
+        feat_lb.del_vip(vip)
+
+
+def test_src_routes(frun, feat_lb):
+    assert frun("-src_route", "-src", "10.0.0.0/8,fc00::/64", "-r", "10.9.9.9") == \
+        (0, "exiting\n", "Src routing rules modified\n")
+    assert feat_lb.get_src_routing_rule() == {"10.0.0.0/8": "10.9.9.9", "fc00::/64": "10.9.9.9"}
+    rc, out, err = frun("-list_src_routes")
+    assert (rc, err) == (0, "src routing rules len 2\n")
+    assert out == f"src: {'10.0.0.0/8':>24} -> real: 10.9.9.9\nsrc: {'fc00::/64':>24} -> real: 10.9.9.9\nexiting\n"
+    assert frun("-del_src_route", "-src", "10.0.0.0/8") == (0, "exiting\n", "Src routing rules modified\n")
+    assert feat_lb.get_src_routing_rule() == {"fc00::/64": "10.9.9.9"}
+    assert frun("-clear_src_routes") == (0, "exiting\n", "Src routing rules cleared\n")
+    assert feat_lb.get_src_routing_rule() == {}
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["-src_route", "-src", "192.168.0.0/16,10.0.0.0/40", "-r", "10.9.9.9"],
+     ("code = InvalidArgument", "src=", "10.0.0.0/40")),
+    (["-src_route", "-src", "192.168.0.0/16", "-r", "10.9.9"], ("code = InvalidArgument", "dst=", "10.9.9")),
+    (["-src_route", "-src", "192.168.0.0/16"], ("-src_route needs -r <real>",)),
+    (["-src_route", "-r", "10.9.9.9"], ("-src_route needs -src <prefix>",)),
+    (["-del_src_route", "-src", "172.16.0.0/12"], ("code = NotFound", "172.16.0.0/12")),
+    (["-del_src_route"], ("-del_src_route needs -src <prefix>",)),
+])
+def test_src_route_errors_change_nothing(frun, feat_lb, argv, needles):
+    feat_lb.add_src_routing_rule(["fc00::/64"], "10.9.9.9")
+    rc, out, err = frun(*argv)
+    assert rc == 1 and "exiting" not in out and "modified" not in err, err
+    assert all(n in err for n in needles), err
+    assert feat_lb.get_src_routing_rule() == {"fc00::/64": "10.9.9.9"}
+
+
+def test_decap_dsts(frun, feat_lb):
+    assert frun("-decap_dst", "10.200.0.1") == (0, "exiting\n", "Decap dst modified\n")
+    assert frun("-decap_dst", "fc00:1404::1")[0] == 0
+    assert frun("-list_decap_dst")[1] == "decap dst: 10.200.0.1\ndecap dst: fc00:1404::1\nexiting\n"
+    rc, out, err = frun("-decap_dst", "10.200.0.1")
+    assert rc == 1 and "code = AlreadyExists" in err and "10.200.0.1" in err
+    rc, out, err = frun("-decap_dst", "10.200.0.3")  # max_decap_dst=2
+    assert rc == 1 and "code = ResourceExhausted" in err and "max_decap_dst" in err
+    rc, out, err = frun("-del_decap_dst")
+    assert rc == 1 and "-del_decap_dst needs -decap_dst <addr>" in err
+    assert feat_lb.get_inline_decap_dst() == ["10.200.0.1", "fc00:1404::1"]
+    assert frun("-del_decap_dst", "-decap_dst", "10.200.0.1") == (0, "exiting\n", "Decap dst modified\n")
+    assert feat_lb.get_inline_decap_dst() == ["fc00:1404::1"]
+    rc, out, err = frun("-del_decap_dst", "-decap_dst", "10.200.0.1")
+    assert rc == 1 and "code = NotFound" in err
+
+
+def test_down_reals(frun, feat_lb):
+    vip = VipKey("10.0.0.2", 443, "udp")
+    feat_lb.add_vip(vip, int(VipFlag.UDP_FLOW_MIGRATION))
+    feat_lb.modify_reals_for_vip(ModifyAction.ADD, [Real("10.1.1.1"), Real("10.1.1.2")], vip)
+    assert frun("-down_real", "-u", "10.0.0.2:443", "-r", "10.1.1.2") == (0, "exiting\n", "Down reals modified\n")
+    assert frun("-down_real", "-u", "10.0.0.2:443", "-r", "10.1.1.1")[0] == 0
+    assert frun("-list_down_reals", "-u", "10.0.0.2:443")[1] == "down real: 10.1.1.1\ndown real: 10.1.1.2\nexiting\n"
+    rc, out, err = frun("-down_real", "-u", "10.0.0.2:443", "-r", "10.1.1.9")
+    assert rc == 1 and "code = NotFound" in err and "10.1.1.9" in err
+    rc, out, err = frun("-down_real", "-u", "10.0.0.2:443")
+    assert rc == 1 and "-down_real needs -r <real>" in err
+    rc, out, err = frun("-list_down_reals", "-t", "10.0.0.2:443")  # the TCP VIP does not exist
+    assert rc == 1 and "code = NotFound" in err
+    assert feat_lb.get_down_reals(vip) == ["10.1.1.1", "10.1.1.2"]
+    assert frun("-del_down_real", "-u", "10.0.0.2:443", "-r", "10.1.1.1") == (0, "exiting\n", "Down reals modified\n")
+    assert feat_lb.get_down_reals(vip) == ["10.1.1.2"]
+    assert frun("-clear_down_reals", "-u", "10.0.0.2:443") == (0, "exiting\n", "Down reals modified\n")
+    assert feat_lb.get_down_reals(vip) == []
+
+
+def _lines(counters: dict) -> str:
+    return "".join(f"{name}: {n} pkts/sec\n" for name, n in counters.items())
+
+
+def test_feature_stats(frun, feat_lb):
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    feat_lb.add_vip(VIP)
+    feat_lb.add_real_for_vip(Real("10.1.1.1"), VIP)
+    feat_lb.add_inline_decap_dst("10.200.0.1")
+    feat_lb.run_packet(bytes(Ether(src="00:11:22:33:44:55", dst="00:00:00:00:00:01")
+                             / IP(src="10.50.0.1", dst="10.200.0.1") / IP(src="192.168.9.9", dst="10.0.0.1")
+                             / TCP(sport=50400, dport=80, flags="S")))
+    quic, icmp = feat_lb.get_lb_quic_packets_stats(), feat_lb.get_quic_icmp_stats()
+    want = _lines({f"quic {k}": v for k, v in quic.items()}) + _lines({"quic icmp": icmp.v1,
+                                                                       "quic icmp ignorable": icmp.v2})
+    assert frun("-s", "-quic", "-count", "1")[1] == want + "exiting\n"
+    tpr, sid = feat_lb.get_tcp_server_id_routing_stats(), feat_lb.get_sid_routing_stats_for_vip(VIP)
+    assert frun("-s", "-tpr", "-count", "1")[1] == _lines({f"tpr {k}": v for k, v in tpr.items()}) + "exiting\n"
+    assert frun("-s", "-tpr", "-t", "10.0.0.1:80", "-count", "1")[1] == _lines(
+        {**{f"tpr {k}": v for k, v in tpr.items()}, "tpr vip 10.0.0.1:80:6 new conns": sid.v1,
+         "tpr vip 10.0.0.1:80:6 dst_mismatch_in_lru": sid.v2}) + "exiting\n"
+    srt = feat_lb.get_udp_stable_routing_stats()
+    assert frun("-s", "-stable_rt", "-count", "1")[1] == _lines({f"stable_rt {k}": v for k, v in srt.items()}) + \
+        "exiting\n"
+    decap, inline, xpop = feat_lb.get_decap_stats(), feat_lb.get_inline_decap_stats(), \
+        feat_lb.get_xpop_decap_successful_stats()
+    assert inline.v1 >= 1 and decap.v1 >= 1 and xpop.v1 >= 1  # the IPIP packet above
+    decap_lines = {"decap v4": decap.v1, "decap v6": decap.v2, "inline decap": inline.v1,
+                   "xpop decap v4": xpop.v1, "xpop decap v6": xpop.v2}
+    rc, out, err = frun("-s", "-decap", "-t", "10.0.0.1:80", "-count", "2", "-interval", "0.05")
+    per_vip = feat_lb.get_decap_stats_for_vip(VIP).v1
+    zeros = {k: 0 for k in [*decap_lines, "decap vip 10.0.0.1:80:6"]}
+    assert out == _lines({**decap_lines, "decap vip 10.0.0.1:80:6": per_vip}) + _lines(zeros) + "exiting\n"
+    src = feat_lb.get_src_routing_stats()
+    assert frun("-s", "-src_route", "-count", "1")[1] == _lines(
+        {"src routing no match": src.v1, "src routing routed": src.v2}) + "exiting\n"
+    assert frun("-s", "-flow_migration", "-count", "1")[1] == _lines(
+        {"udp flow migration invalidated": feat_lb.get_udp_flow_migration_stats().v1}) + "exiting\n"
+    glru = feat_lb.get_global_lru_stats()
+    assert frun("-s", "-global_lru", "-count", "1")[1] == _lines(
+        {"global lru no map": glru.v1, "global lru routed": glru.v2}) + "exiting\n"
+
+
+def test_features_off_are_refused(run, lb):
+    rc, out, err = run("-src_route", "-src", "10.0.0.0/8", "-r", "10.9.9.9")
+    assert rc == 1 and "code = FailedPrecondition" in err and "lpm_src_lookup" in err
+    rc, out, err = run("-decap_dst", "10.200.0.1")
+    assert rc == 1 and "code = FailedPrecondition" in err and "inline_decap" in err
+    assert lb.get_src_routing_rule() == {} and lb.get_inline_decap_dst() == []
+
+
+def test_feature_commands_over_a_transport_without_them(capsys):
+    """A KatranClient lacking the feature methods (e.g. thrift): Unimplemented, fatal or retried."""
+    from katran_grpc.client import KatranClient
+
+    stubbed = {name: (lambda self, *a, **kw: None) for name in KatranClient.__abstractmethods__}
+    Minimal = type("Minimal", (KatranClient,), stubbed)
+    rc = cli.main(["-list_decap_dst"], client_factory=lambda ns: Minimal())
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == "" and "rpc error: code = Unimplemented desc = not supported by Minimal" in err
+    rc = cli.main(["-s", "-quic", "-count", "1"], client_factory=lambda ns: Minimal())
+    out, err = capsys.readouterr()
+    assert rc == 0 and out == "exiting\n" and "code = Unimplemented" in err
+
+
 def test_flag_errors(capsys):
     assert cli.main(["-bogus"]) == 2
     assert "flag provided but not defined: -bogus" in capsys.readouterr().err

@@ -10,7 +10,9 @@ LbStats); method names are KatranLb's.  Failures raise:
 * ``RpcFailed``: the call itself failed (status code != OK, server down, ...).
 
 Another transport (e.g. thrift) implements ``KatranClient`` and is passed to
-``katran_grpc.cli.main(argv, client_factory=...)``.
+``katran_grpc.cli.main(argv, client_factory=...)``.  The feature-parity methods
+(source routing, inline decap, down reals, feature counters) are not
+abstract: a transport that lacks them inherits ``RpcFailed(code="UNIMPLEMENTED")``.
 """
 
 from __future__ import annotations
