@@ -206,15 +206,13 @@ class KatranLb:
             # per-VIP counters, then the global ones at max_vips + N (Katran: 2 * MAX_VIPS)
             "stats": cfg.max_vips + max(cfg.max_vips, GLOBAL_COUNTER_SLOTS),
             "fallback_cache": cfg.fallback_lru_size,
-        }
-        sizes.update({
             "vip_to_down_reals_map": cfg.max_vips,
             "decap_dst": cfg.max_decap_dst,
             "lpm_src_v4": cfg.max_lpm_src_size,
             "lpm_src_v6": cfg.max_lpm_src_size,
             "decap_vip_stats": cfg.max_vips,
             "server_id_stats": cfg.max_vips,
-        })
+        }
         if cfg.enable_cid_v3 and "server_id_map" in spec.map_names:
             # 32-bit server ids do not fit an array: the same lookups work on a hash
             from .adapter import bpf
@@ -226,7 +224,7 @@ class KatranLb:
                 spec.set_max_entries(name, size)
         if "vip_to_down_reals_map" in spec.map_names:
             spec.set_inner_map_max_entries("vip_to_down_reals_map", cfg.max_reals)
-        numa = self._config.numa_nodes
+        numa = cfg.numa_nodes
         if "lru_mapping" in spec.map_names:
             # per-core LRUs must match the template, BPF_F_NUMA_NODE flag included
             spec.set_inner_map_max_entries(
