@@ -3,21 +3,25 @@
 Every measurement is one BPF_PROG_TEST_RUN call with repeat=1 on a freshly
 copied packet (the kernel copies data_in on every call), so a program that
 rewrites the packet never sees its own output.  The kernel reports the time
-spent in the program run (ns); a table cell is the median over ``--runs``
-calls.  The whole table is measured ``--reps`` times, the programs of a row
-interleaved, after a warm-up; we print the median of the per-repetition
-medians, their spread (max - min), and the cost above the empty program.
-The process is pinned to one CPU so the per-cpu connection table warmed up
-front is the one the timed packets hit.  Run as root:
+spent in the program run (ns).  A cell is the median over ``--runs`` calls;
+the programs of a row take turns on blocks of frames (every order equally
+often), so a shared machine's drift hits them alike.  The whole table is
+measured ``--reps`` times on each of ``--instances`` fresh loads (where the
+maps land in memory moves timings by tens of ns), after a warm-up.  We print
+the median over all of these, half their spread, and the cost above the
+empty program.  The process is pinned to one CPU, which alone has a
+per-cpu connection table (``--lru-size``, large enough that the warmed
+flows really hit: this is checked).  Run as root:
 
-    python benchmarks/bench_packets.py [--runs 5000] [--reps 5] [--cpu 1] [--all-features]
+    python benchmarks/bench_packets.py [--runs 4000] [--reps 3] [--instances 3] [--cpu 1]
+                                       [--all-features] [--object other_balancer.bpf.o]
 
 ``--all-features`` enables every data-plane feature knob at load time
 (TPR, UDP stable routing, source routing, global LRU, local delivery, ICMP
 too-big, inline IPIP/GUE decap, strict decap destination) while the VIPs
 and packets use none of them; encapsulation stays IPIP (GUE would change
-the packet).  The functions here are importable, so other programs can be
-timed in the same table (``measure(progs, cases, ...)``).
+the packet).  The functions are importable so other programs can be timed
+in the same table: ``run_bench(factory, args, title)``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import random
 import statistics
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -164,12 +169,13 @@ def print_table(title: str, cases: Sequence[Case], results: Mapping[tuple[str, s
         print(line)
 
 
-def make_lb(cpu: int, n_reals: int, all_features: bool, lru_size: int) -> KatranLb:
+def make_lb(cpu: int, n_reals: int, all_features: bool, lru_size: int,
+            balancer_obj: str | None = None) -> KatranLb:
     """A started KatranLb with the benchmark VIPs; its per-cpu LRU is on `cpu` only."""
     knobs = {k: True for k in FEATURE_KNOBS} if all_features else {}
     cfg = KatranConfig(
         testing=True, default_mac="00:00:de:ad:be:af", forwarding_cores=(cpu,), lru_size=lru_size,
-        katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337", **knobs,
+        katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337", balancer_prog_path=balancer_obj, **knobs,
     )
     lb = KatranLb(cfg)
     lb.start()
@@ -183,6 +189,14 @@ def make_lb(cpu: int, n_reals: int, all_features: bool, lru_size: int) -> Katran
     return lb
 
 
+def _load_empty() -> bpf.LoadedObject:
+    spec = bpf.ObjectSpec.open(packaged_object("xdp_pass.bpf.o"))
+    try:
+        return spec.load()
+    finally:
+        spec.close()
+
+
 # a factory of the programs to time: ({column: program}, close)
 ProgFactory = Callable[[], tuple[dict[str, bpf.Program], Callable[[], None]]]
 
@@ -192,17 +206,25 @@ def run_bench(factory: ProgFactory, args: argparse.Namespace, title: str,
               ) -> dict[tuple[str, str], list[float]]:
     """Time the cases on `args.instances` fresh loads of the programs; print the table.
 
-    Every load puts the maps somewhere else in memory, and where they land
-    moves a program's timing by tens of ns (measured: two loads of the same
-    object differ that much); so each column aggregates several loads, each
-    warmed (connection table) and timed `args.reps` times.
+    Where a load's JIT image and maps land moves its timing by tens of ns
+    (two loads of the same object differ that much, steadily so when loaded in
+    the same order); so before each load a random number of small spacer
+    programs shifts the placement, and each column aggregates several loads,
+    each warmed (connection table) and timed `args.reps` times.
     """
     cases = build_cases(args.runs)
     results: dict[tuple[str, str], list[float]] = {}
     verdicts: dict[tuple[str, str], str] = {}
     columns: list[str] = []
+    rng = random.Random(args.seed)
     for _ in range(args.instances):
-        progs, close = factory()
+        spacers = [_load_empty() for _ in range(rng.randrange(8))]
+        try:
+            progs, close = factory()
+        except BaseException:
+            for s in spacers:
+                s.close()
+            raise
         try:
             columns = list(progs)
             for prog in progs.values():
@@ -215,6 +237,8 @@ def run_bench(factory: ProgFactory, args: argparse.Namespace, title: str,
                 results.setdefault(key, []).extend(meds)
         finally:
             close()
+            for s in spacers:
+                s.close()
     print_table(title, cases, results, columns, verdicts)
     return results
 
@@ -228,6 +252,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--reals", type=int, default=100)
     ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one)")
     ap.add_argument("--lru-size", type=int, default=200_000, help="size of the per-cpu connection table")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the placement spacers")
+    ap.add_argument("--object", default=None, help="balancer object to time (default: the packaged one)")
     ap.add_argument("--all-features", action="store_true", help="every feature knob on, unused by the packets")
     return ap.parse_args(argv)
 
@@ -243,30 +269,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.cpu = pin_cpu(args.cpu)
 
+    lbs: list[KatranLb] = []
+
     def load() -> tuple[dict[str, bpf.Program], Callable[[], None]]:
-        spec = bpf.ObjectSpec.open(packaged_object("xdp_pass.bpf.o"))
+        empty_obj = _load_empty()
         try:
-            empty_obj = spec.load()
-        finally:
-            spec.close()
-        try:
-            lb = make_lb(args.cpu, args.reals, args.all_features, args.lru_size)
+            lb = make_lb(args.cpu, args.reals, args.all_features, args.lru_size, args.object)
         except Exception:
             empty_obj.close()
             raise
 
         def close() -> None:
+            lbs.remove(lb)
             lb.close()
             empty_obj.close()
 
+        lbs.append(lb)
+
         # the benchmark times the loaded program itself
         return {"balancer": lb._obj.program("balancer_ingress"), "empty": empty_obj.program("xdp_pass")}, close
+
+    def check_hits(progs: dict[str, bpf.Program], cases: list[Case]) -> None:
+        # the "LRU hit" rows must really hit: a connection table too small for the
+        # warmed flows would time the new-flow path instead
+        before = lbs[-1].get_lru_stats().v2
+        for case in cases:
+            if "LRU hit" in case.name:
+                for f in case.frames[: len(LRU_FLOWS)]:
+                    progs["balancer"].test_run(f)
+        misses = lbs[-1].get_lru_stats().v2 - before
+        if misses:
+            raise SystemExit(f"{misses} connection-table misses on the LRU-hit rows: raise --lru-size")
 
     mode = "all feature knobs on" if args.all_features else "default knobs"
     run_bench(load, args, (
         f"per-packet cost ({mode}), cpu {args.cpu}, {args.reals} reals, per-cpu LRU of {args.lru_size}: "
         f"median over {args.instances} loads x {args.reps} repetitions of the median of {args.runs} "
-        f"BPF_PROG_TEST_RUN calls (repeat=1, fresh packet each); (±) = half the spread"))
+        f"BPF_PROG_TEST_RUN calls (repeat=1, fresh packet each); (±) = half the spread"), check_hits)
     return 0
 
 

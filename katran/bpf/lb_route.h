@@ -119,7 +119,7 @@ static __always_inline bool pick_real(struct pkt_meta *pkt, struct vip_meta *vip
 
 	flood = under_flood();
 
-	if (lpm_src_lookup && (vip_info->flags & VIP_F_SRC_ROUTING) && !flood) {
+	if (knob_on(lpm_src_lookup) && (vip_info->flags & VIP_F_SRC_ROUTING) && !flood) {
 		struct lb_stats *cnt;
 		__u32 *real_idx;
 
@@ -498,7 +498,7 @@ static __always_inline bool encap_to_real(struct xdp_md *xdp, struct ctl_value *
 
 	if (dst->flags & REAL_F_IPV6) {
 		f.src_word = is_ipv6 ? pkt->flow.srcv6[3] : pkt->flow.src;
-		if (gue_encap) {
+		if (knob_on(gue_encap)) {
 			key = PCKT_SRC_V6;
 			src = bpf_map_lookup_elem(&pckt_srcs, &key);
 			if (!src)
@@ -509,7 +509,7 @@ static __always_inline bool encap_to_real(struct xdp_md *xdp, struct ctl_value *
 		return encap_ipip_v6(xdp, gw->mac, &f, is_ipv6, dst->dstv6, pkt_bytes);
 	}
 	f.src_word = pkt->flow.src;
-	if (gue_encap) {
+	if (knob_on(gue_encap)) {
 		key = PCKT_SRC_V4;
 		src = bpf_map_lookup_elem(&pckt_srcs, &key);
 		if (!src)
