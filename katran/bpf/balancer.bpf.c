@@ -70,7 +70,7 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 
 	frame_len = data_end - data;
 	if (frame_len > max_pckt_size) {
-		if (knob_on(icmp_toobig_generation)) {
+		if (icmp_toobig_generation) {
 			cnt = global_cnt(CNT_ICMP_TOOBIG);
 			if (!cnt)
 				return XDP_DROP;
@@ -110,7 +110,7 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 			return verdict;
 	}
 
-	if (knob_on(udp_stable_routing) && pkt->flow.proto == IPPROTO_UDP &&
+	if (udp_stable_routing && pkt->flow.proto == IPPROTO_UDP &&
 	    (vip_info->flags & VIP_F_UDP_STABLE_RT))
 		route_stable_rt(data, data_end, pkt, is_ipv6, &dst);
 
@@ -118,7 +118,7 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 	client_sport = pkt->flow.port16[0];
 
 	if (!dst) {
-		if (knob_on(tcp_server_id_routing) && pkt->flow.proto == IPPROTO_TCP) {
+		if (tcp_server_id_routing && pkt->flow.proto == IPPROTO_TCP) {
 			int verdict = route_tpr(data, data_end, pkt, is_ipv6, vip_info, lru_map, &dst);
 
 			if (verdict >= 0)
@@ -128,7 +128,7 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 		if (!dst && !(pkt->flags & PKT_F_SYN) && !(vip_info->flags & VIP_F_LRU_BYPASS))
 			lru_lookup(pkt, lru_map, false, &dst);
 
-		if (knob_on(global_lru) && !dst && !(pkt->flags & PKT_F_SYN) &&
+		if (global_lru && !dst && !(pkt->flags & PKT_F_SYN) &&
 		    (vip_info->flags & VIP_F_GLOBAL_LRU)) {
 			if (global_lru_lookup(pkt, cpu, &dst) < 0)
 				return XDP_DROP;
@@ -171,7 +171,7 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 	cnt->v1 += 1;
 	cnt->v2 += pkt_bytes;
 
-	if (knob_on(local_delivery) && (vip_info->flags & VIP_F_LOCAL) && (dst->flags & REAL_F_LOCAL))
+	if (local_delivery && (vip_info->flags & VIP_F_LOCAL) && (dst->flags & REAL_F_LOCAL))
 		return XDP_PASS;
 
 	pkt->flow.port16[0] = client_sport;
@@ -210,7 +210,7 @@ static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6)
 	}
 	proto = pkt.flow.proto;
 
-	if (knob_on(inline_decap_ipip) && (proto == IPPROTO_IPIP || proto == IPPROTO_IPV6)) {
+	if (inline_decap_ipip && (proto == IPPROTO_IPIP || proto == IPPROTO_IPV6)) {
 		__u32 decap_flags = 0;
 		bool pass = true;
 
@@ -226,7 +226,7 @@ static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6)
 	} else if (proto == IPPROTO_UDP) {
 		if (!parse_ports(data, data_end, is_ipv6, false, &pkt))
 			return XDP_DROP;
-		if (knob_on(inline_decap_gue) && pkt.flow.port16[1] == bpf_htons(gue_dport)) {
+		if (inline_decap_gue && pkt.flow.port16[1] == bpf_htons(gue_dport)) {
 			__u32 decap_flags = 0;
 			bool pass = true;
 

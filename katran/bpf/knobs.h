@@ -59,11 +59,4 @@ const volatile __u32 inline_decap_gue = 0;
  * pckt_srcs; otherwise it is passed untouched. */
 const volatile __u32 decap_strict_destination = 0;
 
-/*
- * Test of a feature switch. Hinted off: the compiler then keeps a feature's
- * code out of the straight-line path, which is what the verifier leaves when
- * the switch is off (it prunes the code of constant-false knobs).
- */
-#define knob_on(knob) __builtin_expect(!!(knob), 0)
-
 #endif /* KATRAN_KNOBS_H */

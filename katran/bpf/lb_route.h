@@ -94,6 +94,23 @@ static __always_inline __u32 flow_hash(const struct pkt_meta *pkt, bool is_ipv6)
 	return jhash_two_words(pkt->flow.src, pkt->flow.ports, seed);
 }
 
+/*
+ * Slot of a flow hash in a CH ring: hash % ring_size. A modulo by the knob
+ * is a division at run time (tens of cycles); for the default size 65537 =
+ * 2^16 + 1 it is a subtraction, as 2^16 = -1 (mod 65537): the hash
+ * hi * 2^16 + lo leaves lo - hi. The verifier keeps only the branch that
+ * matches the loaded ring_size.
+ */
+static __always_inline __u32 ring_slot(__u32 hash)
+{
+	__s32 r;
+
+	if (ring_size != DEFAULT_RING_SIZE)
+		return hash % ring_size;
+	r = (__s32)(hash & 0xffff) - (__s32)(hash >> 16);
+	return r < 0 ? r + DEFAULT_RING_SIZE : r;
+}
+
 static __always_inline void ch_drop_count(bool slot_empty)
 {
 	struct lb_stats *cnt = global_cnt(CNT_CH_DROP);
@@ -119,7 +136,7 @@ static __always_inline bool pick_real(struct pkt_meta *pkt, struct vip_meta *vip
 
 	flood = under_flood();
 
-	if (knob_on(lpm_src_lookup) && (vip_info->flags & VIP_F_SRC_ROUTING) && !flood) {
+	if (lpm_src_lookup && (vip_info->flags & VIP_F_SRC_ROUTING) && !flood) {
 		struct lb_stats *cnt;
 		__u32 *real_idx;
 
@@ -152,7 +169,7 @@ static __always_inline bool pick_real(struct pkt_meta *pkt, struct vip_meta *vip
 			pkt->flow.port16[0] = pkt->flow.port16[1];
 			__builtin_memset(pkt->flow.srcv6, 0, 16);
 		}
-		key = ring_size * vip_info->vip_num + flow_hash(pkt, is_ipv6) % ring_size;
+		key = ring_size * vip_info->vip_num + ring_slot(flow_hash(pkt, is_ipv6));
 		slot = bpf_map_lookup_elem(&ch_rings, &key);
 		if (!slot)
 			return false;
@@ -498,7 +515,7 @@ static __always_inline bool encap_to_real(struct xdp_md *xdp, struct ctl_value *
 
 	if (dst->flags & REAL_F_IPV6) {
 		f.src_word = is_ipv6 ? pkt->flow.srcv6[3] : pkt->flow.src;
-		if (knob_on(gue_encap)) {
+		if (gue_encap) {
 			key = PCKT_SRC_V6;
 			src = bpf_map_lookup_elem(&pckt_srcs, &key);
 			if (!src)
@@ -509,7 +526,7 @@ static __always_inline bool encap_to_real(struct xdp_md *xdp, struct ctl_value *
 		return encap_ipip_v6(xdp, gw->mac, &f, is_ipv6, dst->dstv6, pkt_bytes);
 	}
 	f.src_word = pkt->flow.src;
-	if (knob_on(gue_encap)) {
+	if (gue_encap) {
 		key = PCKT_SRC_V4;
 		src = bpf_map_lookup_elem(&pckt_srcs, &key);
 		if (!src)
