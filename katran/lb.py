@@ -199,6 +199,7 @@ class KatranLb:
         cfg = self._config
         sizes = {
             "vip_map": cfg.max_vips,
+            "vip_addrs": cfg.max_vips,
             "ch_rings": cfg.max_vips * cfg.ch_ring_size,
             "reals": cfg.max_reals,
             "reals_stats": cfg.max_reals,
@@ -421,6 +422,7 @@ class KatranLb:
         self._write_vip(vip, state)
         self._free_vip_nums.popleft()
         self._vips[vip] = state
+        self._write_vip_address(vip.address)
 
     @_locked
     def del_vip(self, vip: VipKey) -> None:
@@ -433,11 +435,21 @@ class KatranLb:
         self._clear_down_reals(vip)
         del self._vips[vip]
         self._free_vip_nums.append(state.num)
+        self._write_vip_address(vip.address)
         for num in state.reals:
             self._decrease_refcount(num)
         if state.ring is not None:
             # leave no stale real numbers behind for the next VIP that gets this number
             self._program_ring(state.num, state.ring, np.zeros_like(state.ring))
+
+    def _write_vip_address(self, address: IPAddress) -> None:
+        """vip_addrs[address] = how many VIPs use it: the data plane answers echo requests to it."""
+        count = sum(1 for v in self._vips if v.address == address)
+        key = structs.address(address)
+        if count:
+            self._update(self._map("vip_addrs"), key, structs.u32(count))
+        else:
+            self._map("vip_addrs").delete(key)
 
     @_locked
     def get_all_vips(self) -> list[VipKey]:

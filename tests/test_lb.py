@@ -518,3 +518,21 @@ def test_every_feature_knob_loads_together():
         lb.add_real_for_vip(Real("10.0.0.1"), vip)
         out = Ether(lb.run_packet(tcp4()).data)
         assert out[UDP].dport == 6080 and out[IP].src == "10.0.13.37"  # GUE with the configured source
+
+
+@root
+def test_echo_requests_are_answered_only_for_vip_addresses(lb):
+    from scapy.layers.inet import ICMP
+
+    ping = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="192.168.1.1", dst="10.200.1.1")
+                 / ICMP(type="echo-request"))
+    assert lb.run_packet(ping).verdict == "XDP_PASS"  # not a VIP address (yet): the kernel's business
+    tcp, udp = VipKey("10.200.1.1", 80, "tcp"), VipKey("10.200.1.1", 53, "udp")
+    lb.add_vip(tcp)
+    lb.add_vip(udp)
+    assert lb.run_packet(ping).verdict == "XDP_TX"
+    lb.del_vip(tcp)
+    assert lb.run_packet(ping).verdict == "XDP_TX"  # still a VIP address through the UDP VIP
+    lb.del_vip(udp)
+    assert lb.run_packet(ping).verdict == "XDP_PASS"
+    assert lb._map("vip_addrs").lookup(structs.address("10.200.1.1")) is None

@@ -15,6 +15,7 @@
 
 /* Internal "no verdict yet" return value of helpers (XDP verdicts are >= 0). */
 #define LB_CONTINUE (-1)
+#define LB_ECHO_REQUEST (-2) /* an ICMP/ICMPv6 echo request: answered only for VIP addresses */
 
 /* IPv4 frag_off mask (MF flag + offset), as read from the wire on LE hosts. */
 #define IPV4_FRAG_MASK_BE 0xFF3F

@@ -92,7 +92,7 @@ static __always_inline int icmp6_echo_reply(void *data, void *data_end)
 }
 
 /*
- * ICMPv4 at `off`: echo request -> reply; destination unreachable -> the
+ * ICMPv4 at `off`: echo request -> LB_ECHO_REQUEST; destination unreachable -> the
  * flow of the quoted packet (seen from the client) in pkt; others -> PASS.
  */
 static __always_inline int icmp4_process(void *data, void *data_end, __u64 off,
@@ -104,7 +104,7 @@ static __always_inline int icmp4_process(void *data, void *data_end, __u64 off,
 	if (!icmp)
 		return XDP_DROP;
 	if (icmp->type == ICMP_ECHO)
-		return icmp4_echo_reply(data, data_end);
+		return LB_ECHO_REQUEST;
 	if (icmp->type != ICMP_DEST_UNREACH)
 		return XDP_PASS;
 	if (icmp->code == ICMP_FRAG_NEEDED) {
@@ -133,7 +133,7 @@ static __always_inline int icmp6_process(void *data, void *data_end, __u64 off,
 	if (!icmp6)
 		return XDP_DROP;
 	if (icmp6->icmp6_type == ICMPV6_ECHO_REQUEST)
-		return icmp6_echo_reply(data, data_end);
+		return LB_ECHO_REQUEST;
 	if (icmp6->icmp6_type != ICMPV6_PKT_TOOBIG && icmp6->icmp6_type != ICMPV6_DEST_UNREACH)
 		return XDP_PASS;
 	if (icmp6->icmp6_type == ICMPV6_PKT_TOOBIG) {

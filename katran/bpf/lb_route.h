@@ -32,6 +32,32 @@ static __always_inline struct lb_stats *global_cnt(__u32 which)
 }
 
 /*
+ * Answer an echo request when its destination is a VIP address; anything else
+ * (the host's own addresses, transit) is left to the kernel.
+ */
+static __always_inline int echo_reply_for_vip(void *data, void *data_end, bool is_ipv6)
+{
+	struct address dst = {};
+
+	if (is_ipv6) {
+		struct ipv6hdr *ip6h = pkt_ptr(data, data_end, sizeof(struct ethhdr), sizeof(*ip6h));
+
+		if (!ip6h)
+			return XDP_DROP;
+		__builtin_memcpy(dst.addrv6, ip6h->daddr.s6_addr32, sizeof(dst.addrv6));
+	} else {
+		struct iphdr *iph = pkt_ptr(data, data_end, sizeof(struct ethhdr), sizeof(*iph));
+
+		if (!iph)
+			return XDP_DROP;
+		dst.addr = iph->daddr;
+	}
+	if (!bpf_map_lookup_elem(&vip_addrs, &dst))
+		return XDP_PASS;
+	return is_ipv6 ? icmp6_echo_reply(data, data_end) : icmp4_echo_reply(data, data_end);
+}
+
+/*
  * ICMP and ICMPv6 of the balancer: echo replies, flows of errors (into pkt),
  * PTB counters. Returns a verdict or LB_CONTINUE.
  */
@@ -49,6 +75,8 @@ static __always_inline int handle_icmp(void *data, void *data_end, bool is_ipv6,
 		verdict = icmp4_process(data, data_end, off, pkt, &seen);
 	else
 		return LB_CONTINUE;
+	if (verdict == LB_ECHO_REQUEST)
+		return echo_reply_for_vip(data, data_end, is_ipv6);
 	if (seen.ptb) {
 		cnt = global_cnt(is_ipv6 ? CNT_ICMP_PTB_V6 : CNT_ICMP_PTB_V4);
 		if (!cnt)

@@ -200,6 +200,14 @@ struct {
 	__uint(max_entries, CTL_MAP_SIZE);
 } ctl_array SEC(".maps");
 
+/* VIP address -> number of VIPs (ports/protocols) on it: echo requests answered. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct address);
+	__type(value, __u32);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+} vip_addrs SEC(".maps");
+
 /* outer destination address -> flags: addresses we decapsulate and re-balance. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
