@@ -32,12 +32,10 @@ from katran_grpc import server as server_mod  # noqa: E402
 from katran_grpc.server import KatranGrpcServer, config_from_flags, server_credentials  # noqa: E402
 
 MAC = "00:00:de:ad:be:af"
-HAS_HC = hasattr(KatranLb, "add_healthchecker_dst")
-needs_hc = pytest.mark.skipif(not HAS_HC, reason="KatranLb has no healthchecker API (add_healthchecker_dst) yet")
 
 
 def _config(**kw) -> KatranConfig:
-    args = dict(testing=True, default_mac=MAC, lru_size=1000, max_vips=64, enable_hc=HAS_HC,
+    args = dict(testing=True, default_mac=MAC, lru_size=1000, max_vips=64, enable_hc=True,
                 katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337")
     args.update(kw)
     return KatranConfig(**args)
@@ -88,9 +86,8 @@ def _reset(lb) -> None:
         from katran.models import ModifyAction
 
         lb.modify_quic_reals_mapping(ModifyAction.DEL, qreals)
-    if HAS_HC:
-        for somark in list(lb.get_healthcheckers_dst()):
-            lb.del_healthchecker_dst(somark)
+    for somark in list(lb.get_healthcheckers_dst()):
+        lb.del_healthchecker_dst(somark)
     lb.change_mac(MAC)
 
 
@@ -361,7 +358,6 @@ def test_real_for_flow(stub, ext, lb):
                                                   protocol=99), grpc.StatusCode.INVALID_ARGUMENT, "proto")
 
 
-@needs_hc
 def test_healthcheckers(stub, ext, lb):
     assert stub.addHealthcheckerDst(pb.Healthcheck(somark=1000, address="10.1.1.1")).success
     assert stub.addHealthcheckerDst(pb.Healthcheck(somark=1001, address="fc00::1")).success
@@ -381,8 +377,6 @@ def test_healthcheckers(stub, ext, lb):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
 def test_hc_disabled_is_failed_precondition():
-    if not HAS_HC:
-        pytest.skip("KatranLb has no healthchecker API (add_healthchecker_dst) yet")
     lb = KatranLb(_config(enable_hc=False))
     lb.start()
     srv = KatranGrpcServer(lb, "127.0.0.1:0")

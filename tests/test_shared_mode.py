@@ -285,10 +285,7 @@ def test_katran_balancer_in_shared_mode(lab, objs):
     from katran.adapter import bpf, hostcfg, netns
     from katran.build import BPF_DIR, compile_one
 
-    try:
-        from katran import KatranConfig, KatranLb, Real, VipKey
-    except ImportError as exc:  # pragma: no cover - depends on the lead's lb.py
-        pytest.skip(f"KatranLb not importable: {exc}")
+    from katran import KatranConfig, KatranLb, Real, VipKey
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
 
