@@ -34,6 +34,23 @@
 #include "lb_route.h"
 #include "lb_decap.h"
 
+/*
+ * A frame to a VIP above max_pckt_size (knob icmp_toobig_generation): count
+ * it and answer with frag-needed / packet-too-big. Out of line: rare.
+ */
+LB_OUT_OF_LINE int answer_too_big(struct xdp_md *xdp, bool is_ipv6, __u64 frame_len)
+{
+	struct lb_stats *cnt = global_cnt(CNT_ICMP_TOOBIG);
+
+	if (!cnt)
+		return XDP_DROP;
+	if (is_ipv6)
+		cnt->v2 += 1;
+	else
+		cnt->v1 += 1;
+	return icmp_send_too_big(xdp, is_ipv6, frame_len, max_pckt_size - sizeof(struct ethhdr));
+}
+
 /* The L4 part of the pipeline: from a parsed TCP/UDP flow to a verdict. */
 static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt, bool is_ipv6,
 					__u16 pkt_bytes)
@@ -70,17 +87,8 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 
 	frame_len = data_end - data;
 	if (frame_len > max_pckt_size) {
-		if (icmp_toobig_generation) {
-			cnt = global_cnt(CNT_ICMP_TOOBIG);
-			if (!cnt)
-				return XDP_DROP;
-			if (is_ipv6)
-				cnt->v2 += 1;
-			else
-				cnt->v1 += 1;
-			return icmp_send_too_big(xdp, is_ipv6, frame_len,
-						 max_pckt_size - sizeof(struct ethhdr));
-		}
+		if (icmp_toobig_generation)
+			return answer_too_big(xdp, is_ipv6, frame_len);
 		return XDP_DROP;
 	}
 
@@ -104,25 +112,31 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 	}
 
 	if (vip_info->flags & VIP_F_QUIC) {
-		int verdict = route_quic(xdp, pkt, is_ipv6, vip_num, lru_map, &dst);
+		int verdict = route_quic(xdp, pkt, is_ipv6, vip_info, lru_map);
 
 		if (verdict >= 0)
 			return verdict;
+		if (verdict == LB_ROUTED)
+			dst = routed_real(pkt);
 	}
 
 	if (udp_stable_routing && pkt->flow.proto == IPPROTO_UDP &&
-	    (vip_info->flags & VIP_F_UDP_STABLE_RT))
-		route_stable_rt(data, data_end, pkt, is_ipv6, &dst);
+	    (vip_info->flags & VIP_F_UDP_STABLE_RT)) {
+		if (route_stable_rt(xdp, pkt, is_ipv6) == LB_ROUTED)
+			dst = routed_real(pkt);
+	}
 
 	/* the client's source port seeds the outer source, keep it */
 	client_sport = pkt->flow.port16[0];
 
 	if (!dst) {
 		if (tcp_server_id_routing && pkt->flow.proto == IPPROTO_TCP) {
-			int verdict = route_tpr(data, data_end, pkt, is_ipv6, vip_info, lru_map, &dst);
+			int verdict = route_tpr(xdp, pkt, is_ipv6, vip_info, lru_map);
 
 			if (verdict >= 0)
 				return verdict;
+			if (verdict == LB_ROUTED)
+				dst = routed_real(pkt);
 		}
 
 		if (!dst && !(pkt->flags & PKT_F_SYN) && !(vip_info->flags & VIP_F_LRU_BYPASS))
@@ -130,8 +144,12 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 
 		if (global_lru && !dst && !(pkt->flags & PKT_F_SYN) &&
 		    (vip_info->flags & VIP_F_GLOBAL_LRU)) {
-			if (global_lru_lookup(pkt, cpu, &dst) < 0)
-				return XDP_DROP;
+			int verdict = global_lru_lookup(pkt, cpu);
+
+			if (verdict >= 0)
+				return verdict;
+			if (verdict == LB_ROUTED)
+				dst = routed_real(pkt);
 		}
 
 		udp_flow_migration_check(pkt, vip_info, &vip, &dst);
@@ -146,7 +164,10 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 				else
 					cnt->v2 += 1;
 			}
-			if (!pick_real(pkt, vip_info, is_ipv6, lru_map, &dst))
+			if (!pick_real(pkt, vip_info, is_ipv6, lru_map))
+				return XDP_DROP;
+			dst = routed_real(pkt);
+			if (!dst)
 				return XDP_DROP;
 			if (count_vip_lru_miss(&vip, pkt, is_ipv6) < 0)
 				return XDP_DROP;

@@ -16,6 +16,16 @@
 /* Internal "no verdict yet" return value of helpers (XDP verdicts are >= 0). */
 #define LB_CONTINUE (-1)
 #define LB_ECHO_REQUEST (-2) /* an ICMP/ICMPv6 echo request: answered only for VIP addresses */
+#define LB_ROUTED (-3) /* a router chose pkt->real_index (an existing real) */
+
+/*
+ * A rarely taken path compiled as its own BPF-to-BPF function. Inlined, such
+ * code shares the hot path's registers and clang spills around it even when
+ * the verifier later removes it; out of line, the plain LRU hit stays tight.
+ * Static (not global) so the verifier checks it with the caller's argument
+ * values and drops it when a load-time knob makes the call unreachable.
+ */
+#define LB_OUT_OF_LINE static __attribute__((noinline))
 
 /* IPv4 frag_off mask (MF flag + offset), as read from the wire on LE hosts. */
 #define IPV4_FRAG_MASK_BE 0xFF3F

@@ -59,9 +59,10 @@ static __always_inline int echo_reply_for_vip(void *data, void *data_end, bool i
 
 /*
  * ICMP and ICMPv6 of the balancer: echo replies, flows of errors (into pkt),
- * PTB counters. Returns a verdict or LB_CONTINUE.
+ * PTB counters. Returns a verdict or LB_CONTINUE. Out of line: only ICMP
+ * packets come here.
  */
-static __always_inline int handle_icmp(void *data, void *data_end, bool is_ipv6, __u8 proto,
+LB_OUT_OF_LINE int handle_icmp(void *data, void *data_end, bool is_ipv6, __u8 proto,
 				       struct pkt_meta *pkt)
 {
 	__u64 off = sizeof(struct ethhdr) + (is_ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr));
@@ -153,10 +154,12 @@ static __always_inline void ch_drop_count(bool slot_empty)
 
 /*
  * Pick a real for a new flow: source routing (knob lpm_src_lookup) or the
- * VIP's CH ring, then remember the choice in the connection table.
+ * VIP's CH ring, then remember the choice in the connection table. Sets
+ * pkt->real_index to an existing real or returns false. Out of line: the
+ * hashing and ring walk would crowd the registers of the LRU hit path.
  */
-static __always_inline bool pick_real(struct pkt_meta *pkt, struct vip_meta *vip_info,
-				      bool is_ipv6, void *lru_map, struct real_definition **dst)
+LB_OUT_OF_LINE bool pick_real(struct pkt_meta *pkt, struct vip_meta *vip_info, bool is_ipv6,
+			      void *lru_map)
 {
 	struct real_pos_lru entry = {};
 	bool flood, routed = false;
@@ -210,8 +213,7 @@ static __always_inline bool pick_real(struct pkt_meta *pkt, struct vip_meta *vip
 	}
 
 	pkt->real_index = key;
-	*dst = bpf_map_lookup_elem(&reals, &key);
-	if (!*dst) {
+	if (!bpf_map_lookup_elem(&reals, &key)) {
 		ch_drop_count(false);
 		return false;
 	}
@@ -249,16 +251,18 @@ static __always_inline void lru_lookup(struct pkt_meta *pkt, void *lru_map, bool
 	*dst = bpf_map_lookup_elem(&reals, &key);
 }
 
-/* Global LRU (knob global_lru): per-cpu table or fallback_glru. */
-static __always_inline int global_lru_lookup(struct pkt_meta *pkt, __u32 cpu,
-					     struct real_definition **dst)
+/*
+ * Global LRU (knob global_lru): per-cpu table or fallback_glru. Returns
+ * XDP_DROP, LB_CONTINUE or LB_ROUTED. Out of line: a knob-gated feature.
+ */
+LB_OUT_OF_LINE int global_lru_lookup(struct pkt_meta *pkt, __u32 cpu)
 {
 	struct lb_stats *cnt = global_cnt(CNT_GLOBAL_LRU);
 	void *glru = bpf_map_lookup_elem(&global_lru_maps, &cpu);
 	__u32 *pos, key;
 
 	if (!cnt)
-		return -1;
+		return XDP_DROP;
 	if (glru) {
 		pos = bpf_map_lookup_elem(glru, &pkt->flow);
 	} else {
@@ -266,13 +270,13 @@ static __always_inline int global_lru_lookup(struct pkt_meta *pkt, __u32 cpu,
 		pos = bpf_map_lookup_elem(&fallback_glru, &pkt->flow);
 	}
 	if (!pos)
-		return 0;
+		return LB_CONTINUE;
 	key = *pos;
 	pkt->real_index = key;
-	*dst = bpf_map_lookup_elem(&reals, &key);
-	if (*dst)
-		cnt->v2 += 1;
-	return 0;
+	if (!bpf_map_lookup_elem(&reals, &key))
+		return LB_CONTINUE;
+	cnt->v2 += 1;
+	return LB_ROUTED;
 }
 
 /*
@@ -320,14 +324,26 @@ static __always_inline __u32 server_id_to_real(__u32 server_id, bool *known)
 }
 
 /*
- * QUIC VIPs: route by the server id in the connection id. ICMP errors and
- * initial packets fall back to CH. Returns XDP_DROP or LB_CONTINUE.
+ * The real a router chose (it returned LB_ROUTED, so it exists). Routers
+ * run out of line and hand back the index only: a map value pointer cannot
+ * be returned from a BPF-to-BPF call.
  */
-static __always_inline int route_quic(struct xdp_md *xdp, struct pkt_meta *pkt, bool is_ipv6,
-				      __u32 vip_num, void *lru_map, struct real_definition **dst)
+static __always_inline struct real_definition *routed_real(struct pkt_meta *pkt)
+{
+	return bpf_map_lookup_elem(&reals, &pkt->real_index);
+}
+
+/*
+ * QUIC VIPs: route by the server id in the connection id. ICMP errors and
+ * initial packets fall back to CH. Returns XDP_DROP, LB_CONTINUE or
+ * LB_ROUTED. Out of line: only QUIC VIPs come here.
+ */
+LB_OUT_OF_LINE int route_quic(struct xdp_md *xdp, struct pkt_meta *pkt, bool is_ipv6,
+			      struct vip_meta *vip_info, void *lru_map)
 {
 	void *data = (void *)(long)xdp->data;
 	void *data_end = (void *)(long)xdp->data_end;
+	__u32 vip_num = vip_info->vip_num;
 	struct lb_quic_packets_stats *qs;
 	struct quic_cid_info cid;
 	__u32 key = 0, idx;
@@ -367,8 +383,7 @@ static __always_inline int route_quic(struct xdp_md *xdp, struct pkt_meta *pkt, 
 			return LB_CONTINUE;
 		}
 		pkt->real_index = idx;
-		*dst = bpf_map_lookup_elem(&reals, &idx);
-		if (!*dst) {
+		if (!bpf_map_lookup_elem(&reals, &idx)) {
 			qs->cid_unknown_real_dropped += 1;
 			return XDP_DROP;
 		}
@@ -384,6 +399,7 @@ static __always_inline int route_quic(struct xdp_md *xdp, struct pkt_meta *pkt, 
 			qs->dst_not_found_in_lru += 1;
 		}
 		qs->cid_routed += 1;
+		return LB_ROUTED;
 	} else if (!cid.is_initial) {
 		qs->ch_routed += 1;
 	} else {
@@ -396,10 +412,12 @@ static __always_inline int route_quic(struct xdp_md *xdp, struct pkt_meta *pkt, 
 /*
  * UDP stable routing (knob udp_stable_routing): route by the server id of
  * the 0x52 header. A failed real lookup only counts (the flow goes to CH).
+ * Returns LB_ROUTED or LB_CONTINUE. Out of line: a knob-gated feature.
  */
-static __always_inline void route_stable_rt(void *data, void *data_end, struct pkt_meta *pkt,
-					    bool is_ipv6, struct real_definition **dst)
+LB_OUT_OF_LINE int route_stable_rt(struct xdp_md *xdp, struct pkt_meta *pkt, bool is_ipv6)
 {
+	void *data = (void *)(long)xdp->data;
+	void *data_end = (void *)(long)xdp->data_end;
 	struct lb_stable_rt_packets_stats *ss;
 	struct stable_rt_info hdr;
 	__u32 key = 0, idx;
@@ -407,43 +425,45 @@ static __always_inline void route_stable_rt(void *data, void *data_end, struct p
 
 	ss = bpf_map_lookup_elem(&stable_rt_stats, &key);
 	if (!ss)
-		return;
+		return LB_CONTINUE;
 	hdr = parse_stable_rt(data, data_end, is_ipv6, pkt->flags & PKT_F_ICMP);
 	if (hdr.server_id > 0) {
 		idx = server_id_to_real(hdr.server_id, &known);
 		if (!known) {
 			ss->cid_invalid_server_id += 1;
 			ss->ch_routed += 1;
-			return;
+			return LB_CONTINUE;
 		}
 		if (!idx)
-			return;
+			return LB_CONTINUE;
 		pkt->real_index = idx;
-		*dst = bpf_map_lookup_elem(&reals, &idx);
-		if (!*dst) {
+		if (!bpf_map_lookup_elem(&reals, &idx)) {
 			ss->cid_unknown_real_dropped += 1;
-			return;
+			return LB_CONTINUE;
 		}
 		ss->cid_routed += 1;
-		return;
+		return LB_ROUTED;
 	}
 	if (!hdr.is_stable_rt)
 		ss->invalid_packet_type += 1;
 	ss->ch_routed += 1;
+	return LB_CONTINUE;
 }
 
 /*
  * TCP server-id routing (knob tcp_server_id_routing): non-SYN packets
  * carrying option 0xB7 with a known server id go to that real, and the
- * connection table is updated. Returns XDP_DROP or LB_CONTINUE.
+ * connection table is updated. Returns XDP_DROP, LB_CONTINUE or LB_ROUTED.
+ * Out of line: a knob-gated feature.
  */
-static __always_inline int route_tpr(void *data, void *data_end, struct pkt_meta *pkt,
-				     bool is_ipv6, struct vip_meta *vip_info, void *lru_map,
-				     struct real_definition **dst)
+LB_OUT_OF_LINE int route_tpr(struct xdp_md *xdp, struct pkt_meta *pkt, bool is_ipv6,
+			     struct vip_meta *vip_info, void *lru_map)
 {
+	void *data = (void *)(long)xdp->data;
+	void *data_end = (void *)(long)xdp->data_end;
 	struct lb_tpr_packets_stats *ts;
 	__u32 key = 0, sid, idx;
-	bool known;
+	bool known, found = false;
 
 	ts = bpf_map_lookup_elem(&tpr_stats_map, &key);
 	if (!ts)
@@ -457,9 +477,9 @@ static __always_inline int route_tpr(void *data, void *data_end, struct pkt_meta
 	idx = sid ? server_id_to_real(sid, &known) : 0;
 	if (idx) {
 		pkt->real_index = idx;
-		*dst = bpf_map_lookup_elem(&reals, &idx);
+		found = bpf_map_lookup_elem(&reals, &idx) != NULL;
 	}
-	if (!*dst) {
+	if (!found) {
 		ts->ch_routed += 1;
 		return LB_CONTINUE;
 	}
@@ -470,34 +490,42 @@ static __always_inline int route_tpr(void *data, void *data_end, struct pkt_meta
 		}
 	}
 	ts->sid_routed += 1;
-	return LB_CONTINUE;
+	return LB_ROUTED;
 }
 
 /*
- * UDP flow migration: a UDP flow of a VIP with UDP_FLOW_MIGRATION whose
- * remembered real is marked down in vip_to_down_reals_map is re-hashed.
+ * Is the remembered real of this UDP flow marked down for its VIP
+ * (vip_to_down_reals_map)? Then the flow is re-hashed. Out of line: only
+ * VIPs with UDP_FLOW_MIGRATION come here.
  */
+LB_OUT_OF_LINE bool udp_real_is_down(struct pkt_meta *pkt, struct vip_definition *vip)
+{
+	struct lb_stats *cnt;
+	void *down;
+
+	if (under_flood())
+		return false;
+	down = bpf_map_lookup_elem(&vip_to_down_reals_map, vip);
+	if (!down)
+		return false;
+	if (!bpf_map_lookup_elem(down, &pkt->real_index))
+		return false;
+	cnt = global_cnt(CNT_UDP_FLOW_MIG);
+	if (cnt)
+		cnt->v1 += 1;
+	return true;
+}
+
+/* UDP flow migration: forget dst when its real is down (see above). */
 static __always_inline void udp_flow_migration_check(struct pkt_meta *pkt,
 						     struct vip_meta *vip_info,
 						     struct vip_definition *vip,
 						     struct real_definition **dst)
 {
-	struct lb_stats *cnt;
-	void *down;
-
 	if (!*dst || pkt->flow.proto != IPPROTO_UDP || !(vip_info->flags & VIP_F_UDP_FLOW_MIGRATION))
 		return;
-	if (under_flood())
-		return;
-	down = bpf_map_lookup_elem(&vip_to_down_reals_map, vip);
-	if (!down)
-		return;
-	if (!bpf_map_lookup_elem(down, &pkt->real_index))
-		return;
-	*dst = NULL;
-	cnt = global_cnt(CNT_UDP_FLOW_MIG);
-	if (cnt)
-		cnt->v1 += 1;
+	if (udp_real_is_down(pkt, vip))
+		*dst = NULL;
 }
 
 /*
