@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from .config import KatranConfig
 from .errors import ValidationError
-from .goflags import FlagSet
+import sys
+
+from .goflags import FlagError, FlagSet, HelpRequested
 from .models import HashFunction
 
 # KatranConfig field -> the flag that sets it, to name the flag in start-up errors
@@ -90,6 +92,22 @@ def config_from_flags(ns) -> KatranConfig:
         katran_src_v6=ns.katran_src_v6 or None,
         testing=ns.testing,
     )
+
+
+def parse_server_flags(fs: FlagSet, argv, prog: str):
+    """(namespace, None) for good flags; (None, exit status) after printing help or a usage error."""
+    try:
+        ns = fs.parse(list(argv))
+        if ns.args:
+            raise FlagError(f"unexpected argument: {ns.args[0]}")
+    except HelpRequested:
+        fs.usage()
+        return None, 0
+    except FlagError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        fs.usage()
+        return None, 2
+    return ns, None
 
 
 def error_line(prog: str, exc: BaseException) -> str:

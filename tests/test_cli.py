@@ -18,10 +18,6 @@ pytest.importorskip("grpc", reason="grpcio not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
 GRPC_DIR = ROOT / "frontends" / "grpc"
-try:
-    import katran_grpc  # noqa: F401
-except ImportError:  # not installed: use the source tree
-    sys.path.insert(0, str(GRPC_DIR))
 
 from katran import KatranConfig, KatranLb  # noqa: E402
 from katran.models import HashFunction, ModifyAction, QuicReal, Real, VipFlag, VipKey  # noqa: E402

@@ -7,7 +7,6 @@ import datetime
 import filecmp
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,6 @@ grpc = pytest.importorskip("grpc", reason="grpcio not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
 GRPC_DIR = ROOT / "frontends" / "grpc"
-try:
-    import katran_grpc  # noqa: F401
-except ImportError:  # not installed: use the source tree
-    sys.path.insert(0, str(GRPC_DIR))
 
 from katran import KatranConfig, KatranLb  # noqa: E402
 from katran.models import Flow, HashFunction, VipFlag, VipKey  # noqa: E402

@@ -28,8 +28,8 @@ from grpc_reflection.v1alpha import reflection
 from katran.errors import KatranError, ValidationError
 
 from . import EXT_SERVICE, KATRAN_SERVICE
-from katran.goflags import FlagError, FlagSet, HelpRequested
-from katran.server_flags import add_server_flags, config_from_flags, error_line
+from katran.goflags import FlagSet
+from katran.server_flags import add_server_flags, config_from_flags, error_line, parse_server_flags
 from .service import add_services
 
 PROG = "katran-server-grpc"
@@ -134,18 +134,9 @@ def _error_line(exc: BaseException) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of katran-server-grpc; returns the exit status."""
-    fs = build_flags()
-    try:
-        ns = fs.parse(sys.argv[1:] if argv is None else argv)
-        if ns.args:
-            raise FlagError(f"unexpected argument: {ns.args[0]}")
-    except HelpRequested:
-        fs.usage()
-        return 0
-    except FlagError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        fs.usage()
-        return 2
+    ns, status = parse_server_flags(build_flags(), sys.argv[1:] if argv is None else argv, PROG)
+    if ns is None:
+        return status
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from katran.lb import KatranLb  # heavy import (cffi, libbpf) only once the flags are fine

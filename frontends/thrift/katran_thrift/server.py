@@ -204,20 +204,11 @@ class _StartupError(Exception):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of katran-server-thrift; returns the exit status."""
-    from katran.goflags import FlagError, HelpRequested
+    from katran.server_flags import parse_server_flags
 
-    fs = build_flags()
-    try:
-        ns = fs.parse(list(sys.argv[1:] if argv is None else argv))
-        if ns.args:
-            raise FlagError(f"unexpected argument: {ns.args[0]}")
-    except HelpRequested:
-        fs.usage()
-        return 0
-    except FlagError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        fs.usage()
-        return 2
+    ns, status = parse_server_flags(build_flags(), sys.argv[1:] if argv is None else argv, PROG)
+    if ns is None:
+        return status
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from katran import KatranError, KatranLb
