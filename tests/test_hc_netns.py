@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+
+from katran.lab.services import Capture
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="BPF, tc and network namespaces need root"),
@@ -21,7 +20,6 @@ CLIENT = REPO / "examples" / "hc_it_client.py"
 VIP4, VIP6, PORT = "10.100.0.1", "fd00:100::1", 5353
 # somark -> real: two v4 reals, one v6 real for a v4 probe (4in6), one v6 real for the v6 VIP
 REALS = {1: "10.200.0.1", 2: "10.200.0.2", 3: "fd00:200::3", 4: "fd00:200::4"}
-ETH_P_ALL = 0x0003
 
 
 @pytest.fixture(scope="module")
@@ -41,38 +39,6 @@ def lab():
         netns.run(ns, ["ip", "route", "add", "10.100.0.0/24", "via", link.b.ip4])
         netns.run(ns, ["ip", "-6", "route", "add", "fd00:100::/64", "via", link.b.ip6])
         yield link
-
-
-class Capture:
-    """AF_PACKET capture on one interface of a namespace, in a thread."""
-
-    def __init__(self, netns_name: str, ifname: str) -> None:
-        from katran.adapter import netns
-
-        with netns.inside(netns_name):
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            self.sock.bind((ifname, 0))
-        self.sock.settimeout(0.2)
-        self.frames: list[bytes] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.frames.append(self.sock.recv(65535))
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-
-    def stop(self) -> list[bytes]:
-        time.sleep(0.3)
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-        return self.frames
 
 
 def _probes(frames: list[bytes]) -> list[dict]:
@@ -126,7 +92,7 @@ def test_probes_are_encapsulated_toward_their_real(lab, hc_obj):
         _client(a.netns, VIP4, [1, 2, 3])
         _client(a.netns, VIP6, [4])
         _client(a.netns, VIP4, [99], count=1)  # unknown mark: leaves untouched
-        probes = _probes(cap.stop())
+        probes = _probes([frame for _, frame in cap.stop()])
         stats = hc.stats()
     finally:
         hc.close()
@@ -187,7 +153,7 @@ def test_tunnel_mode(lab, hc_obj):
         hc.add_dst(1, REALS[1])
         cap = Capture(b.netns, b.ifname)
         _client(a.netns, VIP4, [1])
-        probes = _probes(cap.stop())
+        probes = _probes([frame for _, frame in cap.stop()])
     finally:
         hc.close()
     assert [p["outer_dst"] for p in probes] == [REALS[1]] * 2
