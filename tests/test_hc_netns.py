@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from katran.lab.services import Capture
+from conftest import skip_kernel_module
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="BPF, tc and network namespaces need root"),
@@ -144,7 +145,7 @@ def test_tunnel_mode(lab, hc_obj):
                  ["ip", "link", "add", "ipip60", "type", "ip6tnl", "external"]):
         res = netns.run(a.netns, argv, check=False)
         if res.returncode != 0:
-            pytest.skip(f"tunnel mode needs ipip/ip6tnl devices (no ipip/ip6tnl kernel module here): {res.stderr.strip()}")
+            skip_kernel_module("ipip/ip6tnl", f"Katran's tunnel-device hc mode: {res.stderr.strip()}")
         netns.run(a.netns, ["ip", "link", "set", argv[3], "up"])
     netns.run(a.netns, ["ip", "route", "add", "10.200.0.0/24", "via", b.ip4])
     hc = HcManager(interface=a.ifname, encap="tunnel", prog_path=hc_obj, netns=a.netns)
