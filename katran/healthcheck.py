@@ -185,8 +185,11 @@ class HcManager:
                 if not self.testing:
                     self._discover()
                 if self.src_v4 is None and self.src_v6 is None:
-                    raise ValidationError("katran_src_v4", None,
-                                          "no source address for direct healthchecking (set katran_src_v4/v6)")
+                    raise ValidationError(
+                        "katran_src_v4", None,
+                        "no source address for direct healthchecking: set katran_src_v4 and/or katran_src_v6 "
+                        "(server flags -katran_src_v4/-katran_src_v6), or turn healthcheck forwarding off "
+                        "(enable_hc=False, server flag -hc_forwarding=false)")
                 if self.gateway_mac is None:
                     raise ValidationError("default_mac", None, "the gateway MAC is needed for direct healthchecking")
             ctrl = {CTRL_MAIN_INTF: netlink.ifindex(self.main_interface, netns=self.netns)}

@@ -39,7 +39,7 @@ def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> Flag
     fs.int("priority", 2307, "tc's priority for bpf progs")
     fs.string("map_path", "", "path to pinned map from root xdp prog. default path forces to work in standalone mode")
     fs.int("prog_pos", 2, "katran's position inside root xdp array")
-    fs.bool("hc_forwarding", True, "turn on forwarding path for healthchecks")
+    fs.bool("hc_forwarding", True, "turn on forwarding path for healthchecks (default off with -testing)")
     fs.int("shutdown_delay", 10000, "shutdown delay in milliseconds")
     fs.int("lru_size", 8000000, "size of LRU table")
     fs.string("forwarding_cores", "", "comma separated list of forwarding cores (default: every CPU)")
@@ -79,7 +79,9 @@ def config_from_flags(ns) -> KatranConfig:
         priority=ns.priority,
         root_map_path=ns.map_path or None,
         root_map_pos=ns.prog_pos,
-        enable_hc=ns.hc_forwarding,
+        # -testing attaches nothing and has no interface to take a source address from:
+        # healthcheck forwarding is off there unless asked for explicitly
+        enable_hc=ns.hc_forwarding if (ns.is_set("hc_forwarding") or not ns.testing) else False,
         lru_size=ns.lru_size,
         forwarding_cores=ns.forwarding_cores or None,  # empty: one LRU per CPU
         numa_nodes=ns.numa_nodes or None,
