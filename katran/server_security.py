@@ -1,0 +1,135 @@
+"""Who may reach an RPC server: listen addresses, unix socket permissions,
+bearer tokens and the TCP policy both servers share (docs/security.md).
+
+* ``unix:PATH`` listeners (the default, under ``/run/katran/``): the socket is
+  mode 0660, owner root (the server's user), group ``katran`` if that group
+  exists; its directory, when we create it, 0750 with the same group.
+* TCP listeners need TLS client certificates (``-tls_client_ca``) or a
+  bearer token (``-token_file``) unless ``-insecure`` is given.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import socket
+import stat
+from typing import Optional, Tuple
+
+from .errors import ValidationError
+
+RUN_DIR = "/run/katran"
+GROUP = "katran"
+SOCKET_MODE = 0o660
+DIR_MODE = 0o750
+MAX_TOKEN_BYTES = 4096
+
+
+def default_socket(name: str) -> str:
+    """``unix:/run/katran/<name>.sock``."""
+    return f"unix:{RUN_DIR}/{name}.sock"
+
+
+def unix_path(address: str) -> Optional[str]:
+    """The path of a ``unix:PATH`` / ``unix://PATH`` address, else None."""
+    if address.startswith("unix://"):
+        return address[len("unix://"):]
+    if address.startswith("unix:"):
+        return address[len("unix:"):]
+    return None
+
+
+def split_host_port(text: str, field: str = "server") -> Tuple[str, int]:
+    """'host:port', '[v6]:port' or ':port' -> (host, port); ValidationError otherwise."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValidationError(field, text, "expected host:port or unix:PATH")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)
+
+
+def socket_group() -> Optional[int]:
+    """The gid of the ``katran`` group, or None if there is none."""
+    try:
+        return grp.getgrnam(GROUP).gr_gid
+    except KeyError:
+        return None
+
+
+def prepare_unix_socket(path: str) -> None:
+    """Make the socket's directory (0750, group katran) if missing and remove a
+    stale socket file; raises ValidationError if the path is in use or not a socket."""
+    if not path or "\0" in path:
+        raise ValidationError("server", path, "empty or invalid unix socket path")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
+        gid = socket_group()
+        if gid is not None:
+            os.chown(directory, -1, gid)
+        os.chmod(directory, DIR_MODE)  # not subject to the umask
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ValidationError("server", path, "exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            os.unlink(path)  # left behind by a server that is gone
+            return
+        raise ValidationError("server", path, f"cannot check the existing socket: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise ValidationError("server", path, "in use: another server listens on it")
+
+
+def secure_unix_socket(path: str) -> None:
+    """Mode 0660, owner the server's user, group katran (if it exists)."""
+    gid = socket_group()
+    os.chown(path, os.geteuid(), gid if gid is not None else os.getegid())
+    os.chmod(path, SOCKET_MODE)
+
+
+def read_token(path: str, field: str = "token_file") -> bytes:
+    """The bearer token in ``path`` (surrounding whitespace stripped).
+
+    Refused: unreadable, empty, not printable ASCII, larger than 4 KiB, or
+    readable/writable by every user (a secret anyone can read protects nothing).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise ValidationError(field, path, f"cannot read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+            raise ValidationError(field, path, f"mode {stat.S_IMODE(st.st_mode):04o} lets every user read or "
+                                               "write the token (chmod 600 or 640)")
+        data = os.read(fd, MAX_TOKEN_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_TOKEN_BYTES:
+        raise ValidationError(field, path, f"token longer than {MAX_TOKEN_BYTES} bytes")
+    token = data.strip()
+    if not token:
+        raise ValidationError(field, path, "the file holds no token")
+    if not all(0x21 <= b <= 0x7E for b in token):
+        raise ValidationError(field, path, "the token must be printable ASCII without spaces")
+    return token
+
+
+def check_tcp_policy(address: str, *, client_ca: str, token_file: str, insecure: bool) -> None:
+    """A TCP listener must authenticate its clients unless -insecure."""
+    if unix_path(address) is not None or insecure or client_ca or token_file:
+        return
+    raise ValidationError(
+        "server", address,
+        "a TCP listener must authenticate its clients: give -tls_client_ca (with -tls_cert/-tls_key) or "
+        "-token_file, or -insecure to let anyone who can reach the port reconfigure the balancer")
