@@ -122,7 +122,8 @@ class _Conn:
 
     def take(self, n: int, deadline: float) -> bytes:
         self.fill(n, deadline)
-        out = bytes(self.buf[:n])
+        with memoryview(self.buf) as view:
+            out = bytes(view[:n])  # one copy, even for a large frame
         del self.buf[:n]
         return out
 
@@ -436,7 +437,8 @@ class ThriftTransportServer:
             if size > limits.max_message_size:
                 raise LimitExceeded(f"frame size (first bytes {bytes(conn.buf[:4]).hex()})", size,
                                     "max_message_size", limits.max_message_size)
-            frame = conn.take(4 + size, deadline)[4:]
+            del conn.buf[:4]
+            frame = conn.take(size, deadline)
             if frame[:2] == HEADER_MAGIC:
                 kind = "header"
                 head = parse_theader(frame, limits.max_message_size)
