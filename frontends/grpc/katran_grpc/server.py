@@ -12,6 +12,7 @@ optional TLS / mTLS, ``-testing`` loads the programs without attaching them.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import signal
@@ -21,11 +22,13 @@ import time
 from concurrent import futures
 from typing import Optional
 
+import attrs
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from katran.errors import KatranError, ValidationError
+from katran.server_security import prepare_unix_socket, secure_unix_socket, unix_path
 
 from . import EXT_SERVICE, KATRAN_SERVICE
 from katran.goflags import FlagSet
@@ -72,18 +75,92 @@ def server_credentials(cert: str = "", key: str = "", client_ca: str = "") -> Op
     return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
 
+@attrs.frozen
+class GrpcLimits:
+    """Transport limits of the gRPC server (sizes in bytes, times in seconds)."""
+
+    max_message_size: int = 4 << 20  # one request; replies are not limited (they are our own state)
+    workers: int = 8  # threads running RPCs
+    max_concurrent_rpcs: int = 64  # running + queued; beyond: RESOURCE_EXHAUSTED at once
+    max_concurrent_streams: int = 16  # per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+    max_connections: int = 256
+    idle_timeout: float = 300.0  # a connection without RPCs is closed (GOAWAY) after this
+    keepalive_time: float = 60.0  # ping a quiet client this often...
+    keepalive_timeout: float = 20.0  # ...and drop it if the ping is not answered in this time
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("max_message_size", "workers", "max_concurrent_rpcs", "max_concurrent_streams",
+                     "max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
+        for name in ("idle_timeout", "keepalive_time", "keepalive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be positive")
+
+    def channel_options(self) -> list:
+        ms = lambda seconds: max(1, int(seconds * 1000))  # noqa: E731
+        return [
+            ("grpc.so_reuseport", 0),  # a busy port must be an error
+            ("grpc.max_receive_message_length", self.max_message_size),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.max_connection_idle_ms", ms(self.idle_timeout)),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_time)),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout)),
+            # clients may keep their connection alive with pings, at most one every 10 s
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 2),
+        ]
+
+
+class _TokenCheck(grpc.ServerInterceptor):
+    """Every RPC must carry ``authorization: Bearer <token>`` metadata."""
+
+    def __init__(self, token: bytes) -> None:
+        self._expected = b"Bearer " + token
+
+    def intercept_service(self, continuation, handler_call_details):
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                given = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+                if hmac.compare_digest(given, self._expected):
+                    return continuation(handler_call_details)
+                break
+        return _DENIED
+
+
+def _deny(request, context):
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (metadata 'authorization: Bearer ...')")
+
+
+_DENIED = grpc.unary_unary_rpc_method_handler(_deny)
+
+
 class KatranGrpcServer:
     """A grpc.Server serving both katran services over ``lb`` (not started yet).
 
     The port is bound in the constructor (port 0 picks a free one; see
-    ``address``).  ``lb`` is neither started nor closed here.
+    ``address``); ``unix:PATH`` listens on a unix socket with mode 0660
+    (docs/security.md).  ``token``: TCP clients must send it as a bearer token.
+    ``lb`` is neither started nor closed here.
     """
 
     def __init__(self, lb, address: str = DEFAULT_ADDRESS, *, credentials: Optional[grpc.ServerCredentials] = None,
-                 max_workers: int = 8) -> None:
+                 max_workers: Optional[int] = None, limits: GrpcLimits = GrpcLimits(),
+                 token: Optional[bytes] = None) -> None:
+        if max_workers is not None:
+            limits = attrs.evolve(limits, workers=max_workers)
+        self.limits = limits
+        path = unix_path(address)
+        self.unix_path: Optional[str] = path
+        interceptors = [_TokenCheck(token)] if token and path is None else []
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="katran-grpc"),
-            options=[("grpc.so_reuseport", 0)],  # a busy port must be an error
+            futures.ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="katran-grpc"),
+            options=limits.channel_options(),
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         add_services(self._server, lb)
         self._health = health.HealthServicer()
@@ -93,6 +170,12 @@ class KatranGrpcServer:
         reflection.enable_server_reflection(
             (KATRAN_SERVICE, EXT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
+        if path is not None:
+            try:
+                prepare_unix_socket(path)
+            except (ValidationError, OSError) as exc:
+                raise ServerError(f"cannot listen on {address}: {exc}") from None
+        old_umask = os.umask(0o177) if path is not None else None  # the socket is born 0600
         try:
             if credentials is None:
                 port = self._server.add_insecure_port(address)
@@ -100,11 +183,22 @@ class KatranGrpcServer:
                 port = self._server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise ServerError(f"cannot listen on {address}: {exc}") from None
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
         if not port:
             raise ServerError(f"cannot listen on {address}")
-        host = address.rsplit(":", 1)[0]
-        self.port: int = port
-        self.address: str = f"{host}:{port}"
+        if path is not None:
+            try:
+                secure_unix_socket(path)
+            except OSError as exc:
+                raise ServerError(f"cannot set the permissions of {path}: {exc.strerror}") from None
+            self.port = 0
+            self.address = f"unix:{path}"
+        else:
+            host = address.rsplit(":", 1)[0]
+            self.port: int = port
+            self.address: str = f"{host}:{port}"
         self._stopped = False
 
     def start(self) -> None:
@@ -123,6 +217,11 @@ class KatranGrpcServer:
         if remaining > 0:
             time.sleep(remaining)
         done.wait()
+        if self.unix_path is not None:
+            try:
+                os.unlink(self.unix_path)
+            except OSError:
+                pass
 
     def wait_for_termination(self, timeout: Optional[float] = None) -> bool:
         return self._server.wait_for_termination(timeout)
