@@ -38,6 +38,7 @@ from .client import (
     OperationFailed,
     RpcFailed,
     channel_credentials,
+    token_from_file,
 )
 from katran.goflags import FlagError, FlagSet, HelpRequested
 
@@ -92,7 +93,7 @@ def build_flags() -> FlagSet:
     fs.string("quic_mapping", "", "mapping of real to connectionId. must be in <addr>=<id> format")
     fs.bool("list_qm", False, "List current quic's mappings")
     fs.bool("del_qm", False, "Delete instead of adding specified quic mapping")
-    fs.string("server", DEFAULT_SERVER, "Katran server listen address")
+    fs.string("server", DEFAULT_SERVER, "Katran server listen address (host:port or unix:PATH)")
     # extensions (lb.katran.ext.KatranExtService and client options)
     fs.bool("reals", False, "with -s: per-real stats (reals of -t/-u, or -r, or of every VIP)")
     fs.bool("xdp", False, "with -s: XDP verdict totals")
@@ -129,8 +130,10 @@ def build_flags() -> FlagSet:
     fs.string("tls_cert", "", "PEM client certificate (mTLS)")
     fs.string("tls_key", "", "PEM key of -tls_cert")
     fs.string("tls_server_name", "", "expected server name in its certificate")
+    fs.string("token_file", "", "file holding the bearer token of a TCP server started with -token_file")
     fs.bool("thrift", False, "talk to katran-server-thrift instead of the gRPC server")
-    fs.string("thrift_server", "", "thrift server address (implies -thrift; default 127.0.0.1:12307)")
+    fs.string("thrift_server", "", "thrift server address, host:port or unix:PATH "
+              "(implies -thrift; default unix:/run/katran/katran-thrift.sock)")
     fs.string("thrift_transport", "header", "thrift transport: header, framed or buffered")
     fs.string("thrift_protocol", "compact", "thrift protocol: compact or binary")
     return fs
@@ -152,7 +155,8 @@ def make_grpc_client(ns) -> KatranClient:
     creds = channel_credentials(ns.tls_ca, ns.tls_cert, ns.tls_key)
     if creds is None and ns.tls_server_name:
         creds = grpc.ssl_channel_credentials()  # TLS with the system's CAs
-    return GrpcKatranClient(ns.server, timeout=ns.timeout or None, credentials=creds, server_name=ns.tls_server_name)
+    return GrpcKatranClient(ns.server, timeout=ns.timeout or None, credentials=creds, server_name=ns.tls_server_name,
+                            token=token_from_file(ns.token_file))
 
 
 def go_error(exc: KatranClientError) -> str:

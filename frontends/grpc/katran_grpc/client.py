@@ -32,7 +32,7 @@ from . import katran_ext_pb2_grpc as ext_grpc
 from . import katran_pb2 as pb
 from . import katran_pb2_grpc as pb_grpc
 
-DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_SERVER = "unix:/run/katran/katran-grpc.sock"  # the server's default listener
 _U32 = (1 << 32) - 1
 
 
@@ -251,6 +251,15 @@ def _prefixes(srcs: Sequence[str]) -> list[str]:
     return [str(s) for s in srcs]
 
 
+def token_from_file(path: str) -> Optional[bytes]:
+    """The bearer token in ``path`` (-token_file), None without a path."""
+    if not path:
+        return None
+    from katran.server_security import read_token
+
+    return read_token(path)
+
+
 def channel_credentials(ca: str = "", cert: str = "", key: str = "") -> Optional[grpc.ChannelCredentials]:
     """TLS credentials from PEM files (client cert/key for mTLS), or None for plaintext."""
     if not (ca or cert or key):
@@ -276,8 +285,11 @@ class GrpcKatranClient(KatranClient):
     """KatranClient over gRPC: lb.katran.KatranService (+ lb.katran.ext.KatranExtService)."""
 
     def __init__(self, server: str = DEFAULT_SERVER, *, timeout: Optional[float] = 30.0,
-                 credentials: Optional[grpc.ChannelCredentials] = None, server_name: str = "") -> None:
+                 credentials: Optional[grpc.ChannelCredentials] = None, server_name: str = "",
+                 token: Optional[bytes] = None) -> None:
         options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        # a bearer token for TCP servers started with -token_file (docs/security.md)
+        self._metadata = (("authorization", "Bearer " + token.decode("ascii")),) if token else None
         if credentials is None:
             self._channel = grpc.insecure_channel(server, options=options)
         else:
@@ -293,7 +305,7 @@ class GrpcKatranClient(KatranClient):
     # ------------------------------------------------------------- plumbing
     def _call(self, stub, rpc: str, request):
         try:
-            return getattr(stub, rpc).with_call(request, timeout=self._timeout)
+            return getattr(stub, rpc).with_call(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise RpcFailed(rpc, exc.code().name, exc.details() or "") from None
 
