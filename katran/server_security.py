@@ -133,3 +133,52 @@ def check_tcp_policy(address: str, *, client_ca: str, token_file: str, insecure:
         "server", address,
         "a TCP listener must authenticate its clients: give -tls_client_ca (with -tls_cert/-tls_key) or "
         "-token_file, or -insecure to let anyone who can reach the port reconfigure the balancer")
+
+
+# ---------------------------------------------------------------- server flags
+# (names shared by both servers; the limits' defaults are those of
+# katran_grpc.server.GrpcLimits and katran_thrift.transport.ServerLimits)
+def add_transport_flags(fs, kind: str) -> None:
+    """Listener security and limits flags of katran-server-<kind> (kind: grpc or thrift)."""
+    fs.string("tls_cert", "", "PEM server certificate (enables TLS; needs -tls_key)")
+    fs.string("tls_key", "", "PEM private key of -tls_cert")
+    fs.string("tls_client_ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
+    fs.string("token_file", "", "file (mode 0600/0640) holding a bearer token TCP clients must send "
+              "(gRPC metadata / THeader header 'authorization: Bearer <token>')")
+    fs.bool("insecure", False, "allow a TCP listener without client certificates or token: anyone who can "
+            "reach the port can reconfigure the balancer")
+    fs.int("workers", 8, "threads running RPCs")
+    fs.int("max_message_size", 4 << 20, "largest request in bytes (thrift: frame or unframed message)")
+    fs.int("max_connections", 256, "connections open at once; more are closed at once")
+    fs.float("idle_timeout", 300.0, "seconds a connection may stay without a request before it is closed")
+    if kind == "grpc":
+        fs.int("max_concurrent_rpcs", 64, "RPCs running or queued at once; more are refused (RESOURCE_EXHAUSTED)")
+        fs.int("max_concurrent_streams", 16, "concurrent RPCs per connection (HTTP/2 streams)")
+        fs.float("keepalive_time", 60.0, "seconds between keepalive pings to a quiet client")
+        fs.float("keepalive_timeout", 20.0, "seconds to wait for a keepalive ping's answer before closing")
+    else:
+        fs.int("max_string_size", 1 << 16, "largest string or binary field in bytes")
+        fs.int("max_container_size", 1 << 16, "most elements in one list, set or map")
+        fs.float("read_timeout", 10.0, "seconds a started request (or TLS handshake) may take to arrive")
+
+
+_GRPC_LIMIT_FLAGS = ("workers", "max_message_size", "max_connections", "idle_timeout", "max_concurrent_rpcs",
+                     "max_concurrent_streams", "keepalive_time", "keepalive_timeout")
+_THRIFT_LIMIT_FLAGS = ("workers", "max_message_size", "max_connections", "idle_timeout", "max_string_size",
+                       "max_container_size", "read_timeout")
+
+
+def limits_from_flags(ns, cls, kind: str):
+    """``cls`` (GrpcLimits / ServerLimits) from the parsed flags; ValidationError names the flag."""
+    names = _GRPC_LIMIT_FLAGS if kind == "grpc" else _THRIFT_LIMIT_FLAGS
+    values = {name: getattr(ns, name) for name in names}
+    for name, value in values.items():
+        if not value > 0:
+            raise ValidationError(name, value, "must be positive")
+    return cls(**values)
+
+
+def token_from_flags(ns) -> Optional[bytes]:
+    """Apply the TCP policy to -server; the token of -token_file (None without one)."""
+    check_tcp_policy(ns.server, client_ca=ns.tls_client_ca, token_file=ns.token_file, insecure=ns.insecure)
+    return read_token(ns.token_file) if ns.token_file else None

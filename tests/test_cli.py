@@ -528,7 +528,7 @@ def test_server_subprocess_end_to_end():
     if os.geteuid() != 0:
         pytest.skip("loading BPF programs needs root")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "katran_grpc.server", "-testing", "-server=127.0.0.1:0", "-lru_size", "1000",
+        [sys.executable, "-m", "katran_grpc.server", "-testing", "-server=127.0.0.1:0", "-insecure", "-lru_size", "1000",
          "--max_vips", "16", "-hc_forwarding=false", "-shutdown_delay", "300", "-default_mac", MAC],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:

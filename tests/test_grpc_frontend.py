@@ -888,7 +888,7 @@ def test_flags_map_onto_config():
 def test_flag_defaults_are_katrans_except_listen_address():
     ns = _parse([])
     cfg = config_from_flags(ns)
-    assert ns.server == "127.0.0.1:50051"
+    assert ns.server == "unix:/run/katran/katran-grpc.sock"  # not Katran's 0.0.0.0:50051: docs/security.md
     assert ns.shutdown_delay == 10000
     assert cfg.main_interface == "eth0"
     assert cfg.default_mac == bytes.fromhex("000000000001")
@@ -914,7 +914,7 @@ def test_flag_defaults_are_katrans_except_listen_address():
 def test_startup_errors_are_one_line(capsys, argv, needle):
     if os.geteuid() != 0:
         pytest.skip("start-up path needs root")
-    rc = server_mod.main(["-testing", "-server", "127.0.0.1:0", "-lru_size", "1000", "-shutdown_delay", "0", *argv])
+    rc = server_mod.main(["-testing", "-server", "127.0.0.1:0", "-insecure", "-lru_size", "1000", "-shutdown_delay", "0", *argv])
     out, err = capsys.readouterr()
     assert rc == 1
     lines = [ln for ln in err.splitlines() if ln.startswith("katran-server-grpc:")]
@@ -924,7 +924,7 @@ def test_startup_errors_are_one_line(capsys, argv, needle):
 
 def test_startup_not_root(capsys, monkeypatch):
     monkeypatch.setattr(server_mod.os, "geteuid", lambda: 1000)
-    rc = server_mod.main(["-testing", "-server", "127.0.0.1:0"])
+    rc = server_mod.main(["-testing", "-server", "127.0.0.1:0", "-insecure"])
     err = capsys.readouterr().err
     assert rc == 1 and "root" in err and "Traceback" not in err
 

@@ -6,8 +6,11 @@ starts a ``KatranLb`` and serves ``lb.katran.KatranService`` (Katran's API),
 ``lb.katran.ext.KatranExtService`` (our extensions), the gRPC health service
 and server reflection.
 
-Differences from Katran's server: listens on 127.0.0.1:50051 by default,
-optional TLS / mTLS, ``-testing`` loads the programs without attaching them.
+Differences from Katran's server: listens on the unix socket
+/run/katran/katran-grpc.sock by default (mode 0660), a TCP listener needs
+TLS client certificates or a bearer token unless ``-insecure``
+(docs/security.md), explicit transport limits, ``-testing`` loads the
+programs without attaching them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from katran.errors import KatranError, ValidationError
-from katran.server_security import prepare_unix_socket, secure_unix_socket, unix_path
+from katran.server_security import (
+    add_transport_flags, default_socket, limits_from_flags, prepare_unix_socket, secure_unix_socket, token_from_flags,
+    unix_path,
+)
 
 from . import EXT_SERVICE, KATRAN_SERVICE
 from katran.goflags import FlagSet
@@ -36,7 +42,7 @@ from katran.server_flags import add_server_flags, config_from_flags, error_line,
 from .service import add_services
 
 PROG = "katran-server-grpc"
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_ADDRESS = default_socket("katran-grpc")
 
 log = logging.getLogger("katran_grpc.server")
 
@@ -45,13 +51,11 @@ class ServerError(Exception):
 
 
 def build_flags() -> FlagSet:
-    """The server's flags: Katran's names and defaults, our extras, then gRPC's transport options."""
+    """The server's flags: Katran's names and defaults, our extras, then the transport's."""
     fs = FlagSet(PROG, "katran gRPC server (Katran-compatible lb.katran.KatranService)")
-    add_server_flags(fs, DEFAULT_ADDRESS, "Service server:port (Katran's default is 0.0.0.0:50051)")
-    fs.string("tls_cert", "", "PEM server certificate (enables TLS; needs -tls_key)")
-    fs.string("tls_key", "", "PEM private key of -tls_cert")
-    fs.string("tls_client_ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
-    fs.int("workers", 8, "gRPC worker threads")
+    add_server_flags(fs, DEFAULT_ADDRESS, "Service address: unix:PATH or host:port (Katran's default is "
+                     "0.0.0.0:50051; a TCP listener needs -tls_client_ca, -token_file or -insecure)")
+    add_transport_flags(fs, "grpc")
     return fs
 
 
@@ -245,10 +249,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         config = config_from_flags(ns)
         credentials = server_credentials(ns.tls_cert, ns.tls_key, ns.tls_client_ca)
+        limits = limits_from_flags(ns, GrpcLimits, "grpc")
+        token = token_from_flags(ns)
         if os.geteuid() != 0:
             raise ServerError("must run as root (loading and attaching BPF programs needs CAP_BPF/CAP_NET_ADMIN)")
         lb = KatranLb(config)
-        server = KatranGrpcServer(lb, ns.server, credentials=credentials, max_workers=ns.workers)
+        server = KatranGrpcServer(lb, ns.server, credentials=credentials, limits=limits, token=token)
         log.info("Starting Katran")
         lb.start()
         server.start()

@@ -18,7 +18,10 @@ import threading
 from typing import Optional, Sequence, Tuple
 
 from katran.errors import ValidationError
-from katran.server_security import prepare_unix_socket, secure_unix_socket, unix_path
+from katran.server_security import (
+    add_transport_flags, default_socket, limits_from_flags, prepare_unix_socket, secure_unix_socket, token_from_flags,
+    unix_path,
+)
 
 from .gen import KatranService
 from .handler import KatranThriftHandler
@@ -26,7 +29,7 @@ from .transport import ServerLimits, ThriftTransportServer
 
 log = logging.getLogger("katran_thrift.server")
 
-DEFAULT_SERVER = "127.0.0.1:12307"
+DEFAULT_SERVER = default_socket("katran-thrift")
 
 
 class _QuietHandlerErrors(logging.Filter):
@@ -184,7 +187,10 @@ def build_flags():
     from katran.server_flags import add_server_flags
 
     fs = FlagSet(PROG, "katran thrift server (Katran-compatible lb.katran KatranService)")
-    return add_server_flags(fs, DEFAULT_SERVER, "Service server:port (Katran's thrift example port is 12307)")
+    add_server_flags(fs, DEFAULT_SERVER, "Service address: unix:PATH or host:port (Katran's thrift example port "
+                     "is 12307; a TCP listener needs -tls_client_ca, -token_file or -insecure)")
+    add_transport_flags(fs, "thrift")
+    return fs
 
 
 def config_from_flags(ns):
@@ -218,17 +224,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     server = None
     try:
         config = config_from_flags(ns)
+        path = unix_path(ns.server)
         try:
-            host, port = parse_host_port(ns.server)
+            host, port = (ns.server, 0) if path is not None else parse_host_port(ns.server)
         except ValueError as exc:
             raise _StartupError(f"-server: {exc}") from None
         if ns.shutdown_delay < 0:
             raise _StartupError(f"-shutdown_delay={ns.shutdown_delay}: must not be negative")
+        limits = limits_from_flags(ns, ServerLimits, "thrift")
+        ssl_context = tls_server_context(ns.tls_cert, ns.tls_key, ns.tls_client_ca)
+        token = token_from_flags(ns)
         if os.geteuid() != 0:
             raise _StartupError("must run as root (loading and attaching BPF programs needs CAP_BPF/CAP_NET_ADMIN)")
         lb = KatranLb(config)
         try:
-            server = KatranThriftServer(KatranThriftHandler(lb), host, port)
+            server = KatranThriftServer(KatranThriftHandler(lb), host, port, limits=limits, ssl_context=ssl_context,
+                                        token=token)
         except OSError as exc:
             raise _StartupError(f"cannot listen on {ns.server}: {exc.strerror or exc}") from None
         lb.start()
@@ -258,9 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    bound_host, bound_port = server.address
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    print(f"Server listening on {shown}:{bound_port}", flush=True)
+    print(f"Server listening on {server.display_address()}", flush=True)
     status = 0
     try:
         server.serve_forever()
