@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -17,7 +19,7 @@ import pytest
 
 from katran import KatranConfig, KatranLb
 from katran.errors import ValidationError
-from katran.models import VipKey
+from katran.models import ModifyAction, Real, VipKey
 from katran.server_security import check_tcp_policy, prepare_unix_socket, read_token
 from katran_grpc import katran_pb2 as pb
 from katran_grpc import katran_pb2_grpc as pb_grpc
@@ -275,3 +277,82 @@ def test_token_file_checks(tmp_path):
         read_token(str(tmp_path / "missing"))
     with pytest.raises(ValidationError, match="header"):
         ThriftKatranClient("127.0.0.1:1", transport="framed", token=TOKEN)
+
+
+# ------------------------------------------------------------------ the server commands
+def run_server(module: str, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, "-testing", "-shutdown_delay=0", "-lru_size=1000", *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def listening(proc: subprocess.Popen) -> str:
+    line = proc.stdout.readline().strip()
+    if not line.startswith("Server listening on "):
+        proc.kill()
+        raise AssertionError(f"unexpected first line {line!r}; stderr: {proc.stderr.read()}")
+    return line[len("Server listening on "):]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert "Traceback" not in proc.stderr.read()
+
+
+@pytest.mark.parametrize("module", ["katran_grpc.server", "katran_thrift.server"])
+def test_tcp_listener_without_auth_refused(module, capsys):
+    mod = __import__(module, fromlist=["main"])
+    assert mod.main(["-testing", "-server", "127.0.0.1:0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must authenticate its clients" in err[0] and "-insecure" in err[0], err
+    for bad, flag in (("-max_message_size=0", "max_message_size"), ("-idle_timeout=-1", "idle_timeout"),
+                      ("-workers=0", "workers")):
+        assert mod.main(["-testing", "-server", "127.0.0.1:0", "-insecure", bad]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"error: {flag}=" in err[0] and "must be positive" in err[0], err
+
+
+def test_thrift_command_token_and_limits(tmp_path):
+    proc = run_server("katran_thrift.server", "-server=127.0.0.1:0", f"-token_file={token_file(tmp_path)}",
+                      "-max_container_size=5")
+    try:
+        address = listening(proc)
+        with pytest.raises(RpcFailed) as err:
+            ThriftKatranClient(address, timeout=10).get_mac()
+        assert err.value.code == "UNAUTHENTICATED"
+        c = ThriftKatranClient(address, timeout=10, token=TOKEN)
+        vip = VipKey("10.7.7.7", 80, 6)
+        c.add_vip(vip)
+        reals = [Real(f"10.8.0.{i}", 1) for i in range(1, 7)]
+        with pytest.raises(RpcFailed) as err:
+            c.modify_reals_for_vip(ModifyAction.ADD, reals, vip)
+        assert err.value.code == "RESOURCE_EXHAUSTED" and "-max_container_size=5" in err.value.message
+        c = ThriftKatranClient(address, timeout=10, token=TOKEN)
+        c.modify_reals_for_vip(ModifyAction.ADD, reals[:5], vip)
+        assert len(c.get_reals_for_vip(vip)) == 5
+        c.close()
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+
+
+def test_grpc_command_unix_socket_and_limits(public_dir):
+    path = public_dir / "cmd.sock"
+    proc = run_server("katran_grpc.server", f"-server=unix:{path}", "-max_message_size=2048")
+    try:
+        assert listening(proc) == f"unix:{path}"
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        assert connect_as_nobody(str(path)) == "EACCES"
+        c = GrpcKatranClient(f"unix:{path}", timeout=10)
+        assert c.get_mac() == "00:00:00:00:00:01"
+        with grpc.insecure_channel(f"unix:{path}") as ch:
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.KatranServiceStub(ch).addVip(pb.VipMeta(vip=pb.Vip(address="1" * 4000, port=80, protocol=6)),
+                                                     timeout=10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert c.get_all_vips() == []
+        c.close()
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+    assert not path.exists()
