@@ -435,3 +435,43 @@ def test_limits_validated():
         ServerLimits(max_container_size=0)
     with pytest.raises(ValueError, match="idle_timeout"):
         ServerLimits(idle_timeout=0)
+
+
+def test_garbage_never_stops_the_server(running):
+    """Random and truncated requests on every transport: each connection gets an
+    answer or is closed, the server keeps serving (seeded, so reproducible)."""
+    import random
+
+    rnd = random.Random(2307)
+    srv = running(read_timeout=2, max_message_size=1 << 16)
+    good = compact_message(2, CALL, 1, "addVip", add_vip_args("10.9.9.9"))
+    for i in range(150):
+        kind = i % 5
+        junk = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 64)))
+        if kind == 0:  # random payload in a frame
+            data = struct.pack("!I", len(junk)) + junk
+        elif kind == 1:  # THeader with random header bytes
+            data = header_frame(b"")[:14] + junk
+            data = struct.pack("!I", len(data) - 4) + data[4:]
+        elif kind == 2:  # a good compact v2 call, cut or flipped somewhere
+            cut = bytearray(good[:rnd.randrange(1, len(good))])
+            cut[rnd.randrange(len(cut))] ^= 1 << rnd.randrange(8)
+            data = bytes(cut)
+        elif kind == 3:  # the same, framed
+            cut = bytearray(good)
+            cut[rnd.randrange(len(cut))] = rnd.randrange(256)
+            data = struct.pack("!I", len(cut)) + bytes(cut)
+        else:  # pure noise
+            data = junk
+        with srv.connect() as s:
+            try:
+                s.sendall(data)
+                s.shutdown(socket.SHUT_WR)  # end of input: the server must answer or drop, then close
+            except (BrokenPipeError, ConnectionResetError):
+                continue  # closed on us already
+            expect_closed(s, within=5)  # a timeout here fails the test
+    srv.alive()
+    deadline = time.monotonic() + 5
+    while srv.srv.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.srv.connections == 0
