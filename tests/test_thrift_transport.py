@@ -475,3 +475,67 @@ def test_garbage_never_stops_the_server(running):
     while srv.srv.connections and time.monotonic() < deadline:
         time.sleep(0.05)
     assert srv.srv.connections == 0
+
+
+SERVER_CHILD = """
+import sys
+from katran import KatranConfig, KatranLb
+from katran_thrift.handler import KatranThriftHandler
+from katran_thrift.server import KatranThriftServer
+from katran_thrift.transport import ServerLimits
+lb = KatranLb(KatranConfig(testing=True, enable_hc=False, default_mac="00:00:de:ad:be:af", lru_size=1000))
+srv = KatranThriftServer(KatranThriftHandler(lb), "127.0.0.1", 0, limits=ServerLimits(max_message_size=int(sys.argv[1])))
+print(srv.port, flush=True)
+srv.serve_forever()
+"""
+
+
+def _vm_mb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) // 1024
+    raise AssertionError(key)
+
+
+@pytest.mark.parametrize("transport,max_message_size", [("unframed", 4 << 20), ("framed", 4 << 20),
+                                                        ("framed", 32 << 20)])
+def test_16mb_list_of_empty_structs_costs_no_memory(transport, max_message_size):
+    """Issue 14's request (a list of 16 M empty structs, 16 MiB) took RSS from 37 MB to
+    1.99 GB for 15 s; now it is refused from its list header (or frame length) at once."""
+    import subprocess
+    import sys
+
+    n = (16 << 20) - 64
+    body = b"\x15\x00\x19\xfc" + varint(n) + b"\x00" * n + b"\x00"
+    msg = compact_message(1, CALL, 1, "modifyRealsForVip", body)
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_CHILD, str(max_message_size)], stdout=subprocess.PIPE)
+    try:
+        port = int(proc.stdout.readline())
+        before = _vm_mb(proc.pid, "VmRSS")
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            try:
+                s.sendall(msg if transport == "unframed" else struct.pack("!I", len(msg)) + msg)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused before we finished sending
+            s.settimeout(30)
+            try:
+                reply = s.recv(65536)
+            except ConnectionResetError:
+                reply = b""
+        took = time.monotonic() - t0
+        peak = _vm_mb(proc.pid, "VmHWM")
+        if transport == "framed" and max_message_size < len(msg):
+            assert reply == b""  # refused from the length word
+        elif transport == "framed":
+            assert b"exceeds -max_container_size=65536" in reply
+        else:  # refused from the list header while we still send: the reply may be lost to the reset
+            assert reply == b"" or b"exceeds -max_container_size=65536" in reply
+        assert took < 10
+        assert peak - before < 3 * len(msg) // (1 << 20) + 16, (before, peak)  # the frame itself, not 2 GB
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # still serving
+            assert DEFAULT_MAC.encode() in exchange(s, "framed", compact_message(2, CALL, 2, "getMac", b"\x00"))
+    finally:
+        proc.kill()
+        proc.wait()
