@@ -33,6 +33,15 @@
 #include "encap.h"
 #include "lb_route.h"
 #include "lb_decap.h"
+#include "lib/abi.h"
+
+/* the enums the control plane shares (katran/contract.py checks them via BTF) */
+KATRAN_ABI_ENUM(lb_global_counter);
+KATRAN_ABI_ENUM(vip_flag);
+KATRAN_ABI_ENUM(real_flag);
+KATRAN_ABI_ENUM(ctl_slot);
+KATRAN_ABI_ENUM(pckt_src_slot);
+KATRAN_ABI_ENUM(decap_dst_flag);
 
 /*
  * A frame to a VIP above max_pckt_size (knob icmp_toobig_generation): count

@@ -18,6 +18,9 @@
 #include "decap_structs.h"
 #include "decap_maps.h"
 #include "decap_parse.h"
+#include "lib/abi.h"
+
+KATRAN_ABI_ENUM(decap_host_slot);
 
 /* load-time knobs */
 const volatile __u16 decap_gue_dport = 0;     /* GUE decap on this UDP port; 0 = off */

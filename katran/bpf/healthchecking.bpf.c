@@ -20,8 +20,13 @@
 #include "hc_maps.h"
 #include "hc_encap.h"
 
-#define HC_ENCAP_DIRECT 0
-#define HC_ENCAP_TUNNEL 1
+#include "lib/abi.h"
+
+KATRAN_ABI_ENUM(hc_ctrl_slot);
+KATRAN_ABI_ENUM(hc_src_slot);
+KATRAN_ABI_ENUM(hc_mac_slot);
+KATRAN_ABI_ENUM(hc_real_flag);
+KATRAN_ABI_ENUM(hc_encap_mode);
 
 /* load-time knobs */
 const volatile __u32 hc_encap_mode = HC_ENCAP_DIRECT; /* direct / tunnel */
