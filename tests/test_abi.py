@@ -352,7 +352,7 @@ def test_balancer_loader_tolerates_only_user_objects(tmp_path):
 # --- map names in the control plane -----------------------------------------------------------
 def test_every_map_name_in_the_control_plane_is_in_a_contract():
     known = {n for c in OBJECTS for n in c.maps}
-    pattern = re.compile(r"""(?:\bmap|_map|_counters|map_name|maps\.get)\(\s*["'](\w+)["']""")
+    pattern = re.compile(r"""(?:\bmap|_map|_counters|_stats|map_name|maps\.get)\(\s*["'](\w+)["']""")
     seen = set()
     for py in sorted((REPO / "katran").rglob("*.py")):
         for name in pattern.findall(py.read_text()):
