@@ -600,7 +600,7 @@ ROOT = ObjectContract(
     maps=_maps(MapDef("root_array", MapType.PROG_ARRAY, U32, U32, "slot -> XDP program, tried in order")),
     knobs=_knobs(Knob("root_slots", U32, 3, "slots to try (root_array's max_entries)")),
     structs={},
-    enums={},
+    enums=_enums(CEnum("root_limit", {"ROOT_MAX_SLOTS": 32})),
 )
 
 OBJECTS: dict[str, ObjectContract] = {c.name: c for c in (BALANCER, HEALTHCHECK, DECAP, ROOT)}

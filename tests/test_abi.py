@@ -123,6 +123,7 @@ def test_every_map_is_documented():
 
 def test_every_c_map_has_a_comment():
     """A comment right above every map definition of the BPF headers."""
+    seen = 0
     for header in sorted((REPO / "katran" / "bpf").rglob("*.h")) + sorted((REPO / "katran" / "bpf").glob("*.c")):
         lines = header.read_text().splitlines()
         for i, line in enumerate(lines):
@@ -131,6 +132,8 @@ def test_every_c_map_has_a_comment():
                 continue
             start = max(j for j in range(i) if lines[j].startswith("struct {"))
             assert lines[start - 1].rstrip().endswith("*/"), f"{header.name}: map {m[1]} has no comment"
+            seen += 1
+    assert seen == sum(len(c.maps) for c in OBJECTS)
 
 
 # --- structs -----------------------------------------------------------------------------
@@ -241,6 +244,10 @@ def test_python_slot_constants_follow_the_enums():
     assert (healthcheck.CTRL_V4_TUN, healthcheck.CTRL_V6_TUN, healthcheck.CTRL_MAIN_INTF) == (1, 2, 3)
     assert (structs.PCKT_SRC_V4, structs.PCKT_SRC_V6, structs.CTL_MAC_POS) == (0, 1, 0)
     assert decap.PINNED_MAPS == tuple(contract.DECAP.maps)
+    from katran import shared
+
+    assert shared.MAX_SLOTS == contract.ROOT.enums["root_limit"].value("ROOT_MAX_SLOTS")
+    assert shared.ROOT_MAP_NAME in contract.ROOT.maps
 
 
 # --- loud failures -----------------------------------------------------------------------
@@ -374,3 +381,52 @@ def test_structs_keep_the_packing_of_katran():
     v6 = ipaddress.ip_address("fc00::1")
     assert pack_real(v6) == v6.packed + bytes([1, 0, 0, 0])
     assert unpack_real(pack_real(ipaddress.ip_address("10.0.0.2"))) == ipaddress.ip_address("10.0.0.2")
+
+
+# --- the BPF helper library ---------------------------------------------------------------
+BPF_DIR = REPO / "katran" / "bpf"
+_FUNC_DEF = re.compile(r"^(?:static __always_inline|LB_OUT_OF_LINE|static)\b[^;{]*?\b(\w+)\(", re.M)
+
+
+def test_lib_has_no_maps_no_knobs_and_includes_only_lib():
+    for h in sorted((BPF_DIR / "lib").glob("*.h")):
+        text = h.read_text()
+        code = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+        assert 'SEC(".maps")' not in code and "const volatile" not in code, h.name
+        for inc in re.findall(r'#include "([^"]+)"', code):
+            assert (BPF_DIR / "lib" / inc).is_file(), f"lib/{h.name} includes {inc} (outside lib/)"
+
+
+def test_no_helper_is_defined_twice():
+    """One checksum, one header writer, one strip, one option scan: every function name once."""
+    where: dict[str, str] = {}
+    for f in sorted(BPF_DIR.rglob("*.h")) + sorted(BPF_DIR.glob("*.bpf.c")):
+        for name in _FUNC_DEF.findall(f.read_text()):
+            assert name not in where, f"{name} defined in {where[name]} and {f.relative_to(BPF_DIR)}"
+            where[name] = str(f.relative_to(BPF_DIR))
+    for shared in ("pkt_ptr", "cursor_pull", "iph_csum", "put_ipv4_hdr", "put_ipv6_hdr", "put_udp_hdr",
+                   "xdp_decap_strip", "ip_ttl_decrement", "tcp_opt_server_id", "addr6_eq", "jhash_two_words"):
+        assert where[shared].startswith("lib/"), shared
+
+
+def _includes(src: Path, seen=None) -> set:
+    """Local headers a source reaches (transitively)."""
+    seen = set() if seen is None else seen
+    for inc in re.findall(r'#include "([^"]+)"', src.read_text()):
+        path = (src.parent / inc) if (src.parent / inc).is_file() else BPF_DIR / inc
+        rel = str(path.resolve().relative_to(BPF_DIR.resolve()))
+        if rel not in seen:
+            seen.add(rel)
+            _includes(path, seen)
+    return seen
+
+
+@pytest.mark.parametrize("src,shared", [
+    ("balancer.bpf.c", {"lib/cursor.h", "lib/csum.h", "lib/hdr.h", "lib/tcp_opt.h", "lib/xdp_decap.h",
+                        "lib/jhash.h", "lib/addr.h", "lib/abi.h"}),
+    ("healthchecking.bpf.c", {"lib/cursor.h", "lib/csum.h", "lib/hdr.h", "lib/addr.h", "lib/abi.h"}),
+    ("decap.bpf.c", {"lib/cursor.h", "lib/tcp_opt.h", "lib/xdp_decap.h", "lib/addr.h", "lib/abi.h"}),
+    ("xdp_root.bpf.c", {"lib/abi.h"}),
+])
+def test_programs_share_the_library(src, shared):
+    assert shared <= _includes(BPF_DIR / src)

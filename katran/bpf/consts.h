@@ -9,9 +9,7 @@
 
 #include <linux/types.h>
 
-/* EtherType values as they sit in memory on a little-endian host. */
-#define ETH_P_IP_BE 0x0008
-#define ETH_P_IPV6_BE 0xDD86
+#include "lib/addr.h" /* ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_FRAG_MASK_BE */
 
 /* Internal "no verdict yet" return value of helpers (XDP verdicts are >= 0). */
 #define LB_CONTINUE (-1)
@@ -27,8 +25,6 @@
  */
 #define LB_OUT_OF_LINE static __attribute__((noinline))
 
-/* IPv4 frag_off mask (MF flag + offset), as read from the wire on LE hosts. */
-#define IPV4_FRAG_MASK_BE 0xFF3F
 #define IPV4_HDR_LEN 20
 
 /* Default sizes; the real sizes are set per map at load time. */
@@ -89,10 +85,7 @@ enum vip_flag {
 #define PKT_F_SYN (1 << 1)
 #define PKT_F_RST (1 << 2) /* a reset never creates a connection-table entry */
 
-/* outer headers */
-#define ENCAP_TTL 64
-#define IPIP_V4_SRC_PREFIX 0x10AC /* 172.16.0.0/16 in memory order */
-#define IPIP_V6_SRC_W0 1          /* 0100::/64 (RFC 6666), first word */
+/* outer headers: TTL and IPIP source prefixes are in lib/hdr.h */
 /* GUE v1: the top nibble of the inner packet tells v4 from v6 */
 #define GUE_V6_MASK 0x30
 
@@ -115,12 +108,7 @@ enum vip_flag {
 #define STABLE_RT_MARK 0x52
 #define STABLE_RT_CID_LEN 8
 
-/* TCP header option carrying a server id (TPR) */
-#define TPR_OPT_KIND 0xB7
-#define TPR_OPT_LEN 6
-#define TPR_MAX_OPTS 15
-#define TCP_OPT_EOL 0
-#define TCP_OPT_NOP 1
+/* TCP header option carrying a server id (TPR): lib/tcp_opt.h */
 
 /* decap_dst value flags */
 enum decap_dst_flag {

@@ -17,8 +17,11 @@
 
 #include "decap_structs.h"
 #include "decap_maps.h"
-#include "decap_parse.h"
 #include "lib/abi.h"
+#include "lib/addr.h"
+#include "lib/cursor.h"
+#include "lib/tcp_opt.h"
+#include "lib/xdp_decap.h"
 
 KATRAN_ABI_ENUM(decap_host_slot);
 
@@ -43,12 +46,12 @@ static __always_inline int pass_untouched(struct decap_stats *st)
 /* parse the outer IP header at c; <0: go on, else an XDP verdict */
 static __always_inline int parse_outer(struct cursor *c, __be16 h_proto, struct outer_info *o)
 {
-	if (h_proto == bpf_htons(ETH_P_IP)) {
+	if (h_proto == ETH_P_IP_BE) {
 		struct iphdr *iph = CURSOR_PULL(c, struct iphdr);
 
 		if (!iph || iph->ihl != 5)
 			return XDP_DROP;
-		if (bpf_ntohs(iph->frag_off) & DECAP_IP_MF_OFFSET)
+		if (iph->frag_off & IPV4_FRAG_MASK_BE)
 			return XDP_DROP;
 		o->v6 = false;
 		o->proto = iph->protocol;
@@ -56,7 +59,7 @@ static __always_inline int parse_outer(struct cursor *c, __be16 h_proto, struct 
 		o->dst[0] = iph->daddr;
 		return -1;
 	}
-	if (h_proto == bpf_htons(ETH_P_IPV6)) {
+	if (h_proto == ETH_P_IPV6_BE) {
 		struct ipv6hdr *ip6h = CURSOR_PULL(c, struct ipv6hdr);
 
 		if (!ip6h || ip6h->nexthdr == IPPROTO_FRAGMENT)
@@ -83,64 +86,41 @@ static __always_inline bool dst_is_host(const struct outer_info *o)
 		return false;
 	if (!o->v6)
 		return a->v4 == o->dst[0];
-	return a->v6[0] == o->dst[0] && a->v6[1] == o->dst[1] &&
-	       a->v6[2] == o->dst[2] && a->v6[3] == o->dst[3];
-}
-
-/* drop `len` bytes after the ethernet header; the new ethernet type says inner_v6 */
-static __always_inline bool strip_outer(struct xdp_md *ctx, __u32 len, bool inner_v6)
-{
-	struct ethhdr *eth = (void *)(long)ctx->data;
-	__u8 macs[2 * ETH_ALEN];
-
-	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
-		return false;
-	__builtin_memcpy(macs, eth, sizeof(macs));
-	if (bpf_xdp_adjust_head(ctx, (int)len))
-		return false;
-	eth = (void *)(long)ctx->data;
-	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
-		return false;
-	__builtin_memcpy(eth, macs, sizeof(macs));
-	eth->h_proto = bpf_htons(inner_v6 ? ETH_P_IPV6 : ETH_P_IP);
-	return true;
+	return addr6_eq(a->v6, o->dst);
 }
 
 /* after GUE decap: count inner TCP (non-SYN) packets carrying a TPR server id */
 static __always_inline void account_tpr(struct xdp_md *ctx, bool inner_v6, struct decap_stats *st)
 {
-	struct cursor c = {(void *)(long)ctx->data, (void *)(long)ctx->data_end};
-	__u32 key = 0, *ours, sid, opts;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 tcp_off = sizeof(struct ethhdr) + (inner_v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr));
+	__u32 key = 0, *ours, sid;
 	struct tcphdr *tcp;
 	__u8 proto;
 
-	if (!cursor_pull(&c, sizeof(struct ethhdr)))
-		return;
 	if (inner_v6) {
-		struct ipv6hdr *ip6h = CURSOR_PULL(&c, struct ipv6hdr);
+		struct ipv6hdr *ip6h = pkt_ptr(data, data_end, sizeof(struct ethhdr), sizeof(*ip6h));
 
 		if (!ip6h)
 			return;
 		proto = ip6h->nexthdr;
 	} else {
-		struct iphdr *iph = CURSOR_PULL(&c, struct iphdr);
+		struct iphdr *iph = pkt_ptr(data, data_end, sizeof(struct ethhdr), sizeof(*iph));
 
-		if (!iph || iph->ihl != 5 || (bpf_ntohs(iph->frag_off) & DECAP_IP_MF_OFFSET))
+		if (!iph || iph->ihl != 5 || (iph->frag_off & IPV4_FRAG_MASK_BE))
 			return;
 		proto = iph->protocol;
 	}
 	if (proto != IPPROTO_TCP)
 		return;
-	tcp = CURSOR_PULL(&c, struct tcphdr);
+	tcp = pkt_ptr(data, data_end, tcp_off, sizeof(*tcp));
 	if (!tcp || tcp->syn || tcp->doff < 5)
 		return;
 	ours = bpf_map_lookup_elem(&tpr_server_id, &key);
 	if (!ours || !*ours)
 		return;
-	opts = tcp->doff * 4 - sizeof(*tcp);
-	if (opts < DECAP_TCPOPT_TPR_LEN)
-		return;
-	sid = decap_tcp_server_id(&c, opts);
+	sid = tcp_opt_server_id(data, data_end, tcp_off);
 	if (!sid)
 		return;
 	st->tpr_total += 1;
@@ -196,7 +176,7 @@ int xdp_decap(struct xdp_md *ctx)
 	else
 		st->decap_v4 += 1;
 	st->total += 1;
-	if (!strip_outer(ctx, o.hdr_len, inner_v6))
+	if (!xdp_decap_strip(ctx, o.hdr_len, inner_v6))
 		return XDP_DROP;
 	if (gue)
 		account_tpr(ctx, inner_v6, st);

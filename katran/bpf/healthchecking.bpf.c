@@ -19,8 +19,9 @@
 #include "hc_structs.h"
 #include "hc_maps.h"
 #include "hc_encap.h"
-
 #include "lib/abi.h"
+#include "lib/cursor.h"
+#include "lib/hdr.h"
 
 KATRAN_ABI_ENUM(hc_ctrl_slot);
 KATRAN_ABI_ENUM(hc_src_slot);
@@ -50,7 +51,7 @@ static __always_inline int hc_tunnel(struct __sk_buff *skb, struct hc_stats *st,
 	ifindex = bpf_map_lookup_elem(&hc_ctrl_map, &pos);
 	if (!ifindex || !*ifindex)
 		return hc_drop(st);
-	tkey.tunnel_ttl = HC_TTL;
+	tkey.tunnel_ttl = OUTER_TTL;
 	if (real->flags & HC_REAL_V6) {
 		tflags = BPF_F_TUNINFO_IPV6;
 		__builtin_memcpy(tkey.remote_ipv6, real->v6daddr, 16);
@@ -79,10 +80,10 @@ int healthcheck_encap(struct __sk_buff *skb)
 	if (!st)
 		return TC_ACT_UNSPEC;
 
-	eth = (void *)(long)skb->data;
-	if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+	eth = pkt_ptr((void *)(long)skb->data, (void *)(long)skb->data_end, 0, sizeof(*eth));
+	if (!eth)
 		return hc_drop(st);
-	inner_v6 = eth->h_proto == bpf_htons(ETH_P_IPV6);
+	inner_v6 = eth->h_proto == ETH_P_IPV6_BE;
 
 	real = somark ? bpf_map_lookup_elem(&hc_reals_map, &somark) : NULL;
 	if (!real) {
@@ -114,8 +115,8 @@ int healthcheck_encap(struct __sk_buff *skb)
 	if (!hc_encap(skb, real, src, inner_v6, hc_gue_dport))
 		return hc_drop(st);
 
-	eth = (void *)(long)skb->data;
-	if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+	eth = pkt_ptr((void *)(long)skb->data, (void *)(long)skb->data_end, 0, sizeof(*eth));
+	if (!eth)
 		return hc_drop(st);
 	__builtin_memcpy(eth->h_source, smac->mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, dmac->mac, ETH_ALEN);
