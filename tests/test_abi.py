@@ -19,6 +19,7 @@ import pytest
 
 from katran import contract, structs
 from katran.contract import ContractError, MapType
+from katran.errors import KatranError
 from katran.models import RealFlag, VipFlag
 
 REPO = Path(__file__).resolve().parents[1]
@@ -351,7 +352,20 @@ def test_balancer_loader_tolerates_only_user_objects(tmp_path):
         lb.close()
     lb = KatranLb(KatranConfig(main_interface="lo", default_mac="00:00:de:ad:be:af", testing=True,
                                balancer_prog_path=str(contract.OBJ_DIR / "xdp_pass.bpf.o")))
-    with pytest.raises(Exception):  # no vip_map: the loader cannot provision it
+    with pytest.raises(KatranError, match="lru_mapping|missing map"):  # tolerated at check, not at provision
+        lb.start()
+    assert not lb.started
+
+
+def test_balancer_loader_is_strict_for_our_object(monkeypatch):
+    """The packaged balancer is checked strictly: a map the contract names and the object lacks stops start()."""
+    from katran import KatranConfig, KatranLb, lb as lb_mod
+
+    maps = dict(contract.BALANCER.maps)
+    maps["vip_map_v2"] = attrs.evolve(maps["vip_map"], name="vip_map_v2")
+    monkeypatch.setattr(lb_mod.contract, "BALANCER", _variant(contract.BALANCER, maps=maps))
+    lb = KatranLb(KatranConfig(main_interface="lo", default_mac="00:00:de:ad:be:af", testing=True))
+    with pytest.raises(ContractError, match="missing map 'vip_map_v2'"):
         lb.start()
     assert not lb.started
 

@@ -18,7 +18,9 @@
 
 #include "hc_structs.h"
 #include "hc_maps.h"
+#include "hc_knobs.h"
 #include "hc_encap.h"
+#include "hc_tunnel.h"
 #include "lib/abi.h"
 #include "lib/cursor.h"
 #include "lib/hdr.h"
@@ -28,42 +30,6 @@ KATRAN_ABI_ENUM(hc_src_slot);
 KATRAN_ABI_ENUM(hc_mac_slot);
 KATRAN_ABI_ENUM(hc_real_flag);
 KATRAN_ABI_ENUM(hc_encap_mode);
-
-/* load-time knobs */
-const volatile __u32 hc_encap_mode = HC_ENCAP_DIRECT; /* direct / tunnel */
-const volatile __u32 hc_max_pckt_size = 0;            /* 0: no length check */
-const volatile __u16 hc_gue_dport = 0;                /* direct mode: GUE when != 0 */
-
-static __always_inline int hc_drop(struct hc_stats *st)
-{
-	st->pckts_dropped += 1;
-	return TC_ACT_SHOT;
-}
-
-static __always_inline int hc_tunnel(struct __sk_buff *skb, struct hc_stats *st,
-				     const struct hc_real_definition *real)
-{
-	struct bpf_tunnel_key tkey = {};
-	__u32 pos = (real->flags & HC_REAL_V6) ? HC_CTRL_V6_TUN : HC_CTRL_V4_TUN;
-	__u64 tflags = 0;
-	__u32 *ifindex;
-
-	ifindex = bpf_map_lookup_elem(&hc_ctrl_map, &pos);
-	if (!ifindex || !*ifindex)
-		return hc_drop(st);
-	tkey.tunnel_ttl = OUTER_TTL;
-	if (real->flags & HC_REAL_V6) {
-		tflags = BPF_F_TUNINFO_IPV6;
-		__builtin_memcpy(tkey.remote_ipv6, real->v6daddr, 16);
-	} else {
-		tkey.remote_ipv4 = bpf_ntohl(real->daddr); /* host order for the tunnel key */
-	}
-	skb->mark = 0;
-	if (bpf_skb_set_tunnel_key(skb, &tkey, sizeof(tkey), tflags))
-		return hc_drop(st);
-	st->pckts_processed += 1;
-	return bpf_redirect(*ifindex, 0);
-}
 
 SEC("tc")
 int healthcheck_encap(struct __sk_buff *skb)
