@@ -444,3 +444,10 @@ def _includes(src: Path, seen=None) -> set:
 ])
 def test_programs_share_the_library(src, shared):
     assert shared <= _includes(BPF_DIR / src)
+
+
+def test_every_balancer_knob_is_set_by_the_loader():
+    """KatranLb writes every knob of the contract (KatranConfig field or ring_size/max_vips), no other."""
+    from katran import lb
+
+    assert set(lb.KNOBS) | {"ring_size", "max_vips"} == set(contract.BALANCER.knobs)
