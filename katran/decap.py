@@ -91,7 +91,8 @@ def load_decap(
         if server_id:
             obj.map("tpr_server_id").update(_U32.pack(0), _U32.pack(server_id))
         if v4 is not None:
-            obj.map("decap_host_addrs").update(_U32.pack(_HOST_V4), contract.DECAP_HOST_ADDR.pack(v4.packed.ljust(16, b"\0")))
+            host = contract.DECAP_HOST_ADDR.pack(v4.packed.ljust(16, b"\0"))
+            obj.map("decap_host_addrs").update(_U32.pack(_HOST_V4), host)
         if v6 is not None:
             obj.map("decap_host_addrs").update(_U32.pack(_HOST_V6), contract.DECAP_HOST_ADDR.pack(v6.packed))
     except Exception:
