@@ -32,7 +32,7 @@ def netns_exists(name: str) -> bool:
 
 
 def list_netns(prefix: str = "") -> list[str]:
-    """Names under /run/netns starting with ``prefix``."""
+    """Names under ``NETNS_DIR`` starting with ``prefix``."""
     if not NETNS_DIR.is_dir():
         return []
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))

@@ -36,7 +36,7 @@ def iproute(netns: str) -> IPRoute:
 
 
 def inside(netns: str):
-    """Run the body with the calling thread in ``netns`` (a name under /run/netns)."""
+    """Run the body with the calling thread in ``netns`` (a name under ``NETNS_DIR``)."""
     return in_netns(netns)
 
 
