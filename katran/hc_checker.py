@@ -101,6 +101,20 @@ class CheckSpec:
             raise ValidationError("check.timeout", self.timeout, f"longer than the interval ({self.interval} s)")
 
 
+CHECK_FIELDS = tuple(a.name for a in attrs.fields(CheckSpec))
+
+
+@attrs.frozen(kw_only=True)
+class HcConfig:
+    """The health checks of a configuration: per VIP, per real overrides, and what a verdict does."""
+
+    checks: dict = attrs.field(factory=dict)  # VipKey -> CheckSpec
+    overrides: dict = attrs.field(factory=dict)  # (VipKey, real address) -> CheckSpec
+    action: str = attrs.field(default="drain", converter=lambda v: _choice("action", ACTIONS)(v))
+    all_down: str = attrs.field(default="fail_open", converter=lambda v: _choice("all_down", ALL_DOWN)(v))
+    concurrency: int = attrs.field(default=256, converter=lambda v: check_int(v, "concurrency", 1, 1 << 16))
+
+
 def _fraction(value, field: str) -> float:
     try:
         f = float(value)
@@ -304,6 +318,32 @@ class HcChecker:
         self._thread: Optional[threading.Thread] = None
         self._stop: Optional[asyncio.Event] = None
         self.transitions: list[Transition] = []
+
+    @classmethod
+    def from_config(cls, lb, config: "HcConfig", **kw) -> "HcChecker":
+        """A checker for the ``healthchecks`` of a declarative configuration."""
+        return cls(lb, config.checks, config.overrides, action=config.action, all_down=config.all_down,
+                   concurrency=config.concurrency, **kw)
+
+    def config(self) -> "HcConfig":
+        return HcConfig(checks=dict(self.checks), overrides=dict(self.overrides), action=self.action,
+                        all_down=self.all_down, concurrency=self.concurrency)
+
+    def reconfigure(self, config: "HcConfig") -> None:
+        """New checks (SIGHUP): states of reals still checked are kept; others are restored and dropped."""
+        with self._lock:
+            self.checks = {self._vip(v): s for v, s in config.checks.items()}
+            self.overrides = dict(config.overrides)
+            self.all_down = config.all_down
+            self.concurrency = config.concurrency
+            for key, st in list(self._states.items()):
+                if key[0] not in self.checks:
+                    st.health = Health.HEALTHY
+                    self._reconcile(key[0])
+                    del self._states[key]
+                else:
+                    st.spec = self.overrides.get(key, self.checks[key[0]])
+        self.sync()
 
     @staticmethod
     def _vip(vip) -> VipKey:
