@@ -376,6 +376,8 @@ def test_every_map_name_in_the_control_plane_is_in_a_contract():
     pattern = re.compile(r"""(?:\bmap|_map|_counters|_stats|map_name|maps\.get)\(\s*["'](\w+)["']""")
     seen = set()
     for py in sorted((REPO / "katran").rglob("*.py")):
+        if "examples" in py.parts:  # user programs with objects of their own
+            continue
         for name in pattern.findall(py.read_text()):
             seen.add(name)
             assert name in known, f"{py.relative_to(REPO)}: map {name!r} is in no contract"
