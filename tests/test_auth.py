@@ -20,7 +20,7 @@ import pytest
 from katran import KatranConfig, KatranLb
 from katran.errors import ValidationError
 from katran.models import ModifyAction, Real, VipKey
-from katran.server_security import check_tcp_policy, prepare_unix_socket, read_token
+from katran_frontend.security import check_tcp_policy, prepare_unix_socket, read_token
 from katran_grpc import katran_pb2 as pb
 from katran_grpc import katran_pb2_grpc as pb_grpc
 from katran_grpc.client import GrpcKatranClient, RpcFailed, channel_credentials

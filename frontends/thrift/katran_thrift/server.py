@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import ssl
 import sys
 import threading
+import time
 from typing import Optional, Sequence, Tuple
 
 from katran.errors import ValidationError
-from katran.server_security import (
-    add_transport_flags, default_socket, limits_from_flags, prepare_unix_socket, secure_unix_socket, token_from_flags,
-    unix_path,
+from katran_frontend import THRIFT_DEFAULT_SERVER
+from katran_frontend import server as lifecycle
+from katran_frontend.security import (
+    add_transport_flags, limits_from_flags, prepare_unix_socket, secure_unix_socket, token_from_flags, unix_path,
 )
+from katran_frontend.server_flags import config_from_flags  # noqa: F401  (the server's flags -> KatranConfig)
 
 from .gen import KatranService
 from .handler import KatranThriftHandler
@@ -29,7 +31,7 @@ from .transport import ServerLimits, ThriftTransportServer
 
 log = logging.getLogger("katran_thrift.server")
 
-DEFAULT_SERVER = default_socket("katran-thrift")
+DEFAULT_SERVER = THRIFT_DEFAULT_SERVER
 
 
 class _QuietHandlerErrors(logging.Filter):
@@ -176,111 +178,88 @@ class KatranThriftServer:
 
 
 # ---------------------------------------------------------------------------
-# command line: the flags of katran-server-grpc (Katran's names and defaults),
-# parsed by the same Go-style parser (-flag=value, -flag value, --flag, --fl-ag)
+# command line: the flags of katran-server-grpc (Katran's names and defaults), parsed by
+# the same Go-style parser (-flag=value, -flag value, --flag, --fl-ag), and the shared
+# server lifecycle of katran_frontend.server
 
 PROG = "katran-server-thrift"
 
+
+class _Serving(lifecycle.Serving):
+    """A KatranThriftServer served from a background thread."""
+
+    def __init__(self, server: KatranThriftServer) -> None:
+        self.server = server
+        self.address = server.display_address()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = self.server.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, delay_ms: int) -> None:
+        # as Katran's server: keep serving during the delay, then stop
+        if delay_ms > 0:
+            time.sleep(delay_ms / 1000.0)
+        self.server.shutdown()
+        if self._thread is not None:
+            self._thread.join()
+
+    def abort(self) -> None:
+        self.server.shutdown()
+        if self._thread is None:
+            self.server.serve_forever()  # returns at once: releases the socket
+        else:
+            self._thread.join()
+
+
+class ThriftTransport(lifecycle.Transport):
+    """katran-server-thrift's part of the lifecycle: -server as unix:PATH or host:port, TLS, token
+    and limits flags, a KatranThriftServer."""
+
+    prog = PROG
+    summary = "katran thrift server (Katran-compatible lb.katran KatranService)"
+    default_server = DEFAULT_SERVER
+    server_help = ("Service address: unix:PATH or host:port (Katran's thrift example port is 12307; "
+                   "a TCP listener needs -tls_client_ca, -token_file or -insecure)")
+
+    def add_flags(self, fs) -> None:
+        add_transport_flags(fs, "thrift")
+
+    def prepare(self, ns) -> dict:
+        if unix_path(ns.server) is not None:
+            host, port = ns.server, 0
+        else:
+            try:
+                host, port = parse_host_port(ns.server)
+            except ValueError as exc:
+                raise lifecycle.StartupError(f"-server: {exc}") from None
+        if ns.shutdown_delay < 0:
+            raise lifecycle.StartupError(f"-shutdown_delay={ns.shutdown_delay}: must not be negative")
+        return dict(host=host, port=port, limits=limits_from_flags(ns, ServerLimits, "thrift"),
+                    ssl_context=tls_server_context(ns.tls_cert, ns.tls_key, ns.tls_client_ca),
+                    token=token_from_flags(ns))
+
+    def bind(self, lb, ns, prepared: dict) -> lifecycle.Serving:
+        try:
+            return _Serving(KatranThriftServer(KatranThriftHandler(lb), **prepared))
+        except OSError as exc:
+            raise lifecycle.StartupError(f"cannot listen on {ns.server}: {exc.strerror or exc}") from None
+
+
+THRIFT = ThriftTransport()
+
+
 def build_flags():
     """Katran's example-server flags plus ours, the same as katran-server-grpc has them."""
-    from katran.goflags import FlagSet
-    from katran.server_flags import add_server_flags
-
-    fs = FlagSet(PROG, "katran thrift server (Katran-compatible lb.katran KatranService)")
-    add_server_flags(fs, DEFAULT_SERVER, "Service address: unix:PATH or host:port (Katran's thrift example port "
-                     "is 12307; a TCP listener needs -tls_client_ca, -token_file or -insecure)")
-    add_transport_flags(fs, "thrift")
-    return fs
-
-
-def config_from_flags(ns):
-    from katran.server_flags import config_from_flags as from_flags
-
-    return from_flags(ns)
-
-
-def _error_line(exc: BaseException) -> str:
-    from katran.server_flags import error_line
-
-    return error_line(PROG, exc)
-
-
-class _StartupError(Exception):
-    """The server cannot start (bad -server, port in use, not root)."""
+    return THRIFT.build_flags()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of katran-server-thrift; returns the exit status."""
-    from katran.server_flags import parse_server_flags
-
-    ns, status = parse_server_flags(build_flags(), sys.argv[1:] if argv is None else argv, PROG)
-    if ns is None:
-        return status
-
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from katran import KatranError, KatranLb
-
-    lb = None
-    server = None
-    try:
-        config = config_from_flags(ns)
-        path = unix_path(ns.server)
-        try:
-            host, port = (ns.server, 0) if path is not None else parse_host_port(ns.server)
-        except ValueError as exc:
-            raise _StartupError(f"-server: {exc}") from None
-        if ns.shutdown_delay < 0:
-            raise _StartupError(f"-shutdown_delay={ns.shutdown_delay}: must not be negative")
-        limits = limits_from_flags(ns, ServerLimits, "thrift")
-        ssl_context = tls_server_context(ns.tls_cert, ns.tls_key, ns.tls_client_ca)
-        token = token_from_flags(ns)
-        if os.geteuid() != 0:
-            raise _StartupError("must run as root (loading and attaching BPF programs needs CAP_BPF/CAP_NET_ADMIN)")
-        lb = KatranLb(config)
-        try:
-            server = KatranThriftServer(KatranThriftHandler(lb), host, port, limits=limits, ssl_context=ssl_context,
-                                        token=token)
-        except OSError as exc:
-            raise _StartupError(f"cannot listen on {ns.server}: {exc.strerror or exc}") from None
-        lb.start()
-    except (KatranError, _StartupError, OSError) as exc:
-        if server is not None:
-            server.shutdown()
-            server.serve_forever()  # returns at once: releases the socket
-        if lb is not None:
-            try:
-                lb.close()
-            except KatranError:
-                pass
-        print(_error_line(exc), file=sys.stderr)
-        return 1
-
-    scheduled = threading.Event()
-
-    def on_signal(signum: int, _frame) -> None:
-        if scheduled.is_set():
-            log.info("Ignoring signal %d: shutdown already scheduled", signum)
-            return
-        scheduled.set()
-        log.info("Signal %d, stopping service in %d milliseconds.", signum, ns.shutdown_delay)
-        timer = threading.Timer(ns.shutdown_delay / 1000.0, server.shutdown)
-        timer.daemon = True
-        timer.start()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    print(f"Server listening on {server.display_address()}", flush=True)
-    status = 0
-    try:
-        server.serve_forever()
-    finally:
-        log.info("Stopping Katran!")
-        try:
-            lb.close()
-        except KatranError as exc:
-            print(_error_line(exc), file=sys.stderr)
-            status = 1
-    return status
+    return lifecycle.run(THRIFT, argv)
 
 
 if __name__ == "__main__":

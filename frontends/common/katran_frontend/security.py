@@ -17,7 +17,7 @@ import socket
 import stat
 from typing import Optional, Tuple
 
-from .errors import ValidationError
+from katran.errors import ValidationError
 
 RUN_DIR = "/run/katran"
 GROUP = "katran"
@@ -123,6 +123,11 @@ def read_token(path: str, field: str = "token_file") -> bytes:
     if not all(0x21 <= b <= 0x7E for b in token):
         raise ValidationError(field, path, "the token must be printable ASCII without spaces")
     return token
+
+
+def token_from_file(path: str) -> Optional[bytes]:
+    """A client's bearer token from ``path`` (-token_file), None without a path."""
+    return read_token(path) if path else None
 
 
 def check_tcp_policy(address: str, *, client_ca: str, token_file: str, insecure: bool) -> None:
