@@ -356,3 +356,31 @@ def test_grpc_command_unix_socket_and_limits(public_dir):
         if proc.poll() is None:
             stop(proc)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("kind", ["grpc", "thrift"])
+def test_cli_token_file(lb, tmp_path, kind, capsys):
+    from katran_frontend import cli
+
+    token = read_token(token_file(tmp_path))
+    if kind == "grpc":
+        srv = KatranGrpcServer(lb, "127.0.0.1:0", token=token)
+        srv.start()
+        target = ["-server", srv.address]
+    else:
+        srv = KatranThriftServer(KatranThriftHandler(lb), "127.0.0.1", 0, token=token)
+        thread = srv.start()
+        target = ["-thrift_server", f"127.0.0.1:{srv.port}"]
+    try:
+        assert cli.main([*target, "-timeout", "5", "-A", "-t", "10.9.1.1:80"]) == 1
+        out = capsys.readouterr()
+        assert "rpc error: code = Unauthenticated desc = " in out.err  # as Katran's Go client prints it
+        assert lb.get_all_vips() == []
+        assert cli.main([*target, "-timeout", "5", "-token_file", token_file(tmp_path), "-A", "-t", "10.9.1.1:80"]) == 0
+        assert [str(v.address) for v in lb.get_all_vips()] == ["10.9.1.1"]
+    finally:
+        if kind == "grpc":
+            srv.stop(0)
+        else:
+            srv.shutdown()
+            thread.join(10)
