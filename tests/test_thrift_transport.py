@@ -484,6 +484,7 @@ from katran_thrift.handler import KatranThriftHandler
 from katran_thrift.server import KatranThriftServer
 from katran_thrift.transport import ServerLimits
 lb = KatranLb(KatranConfig(testing=True, enable_hc=False, default_mac="00:00:de:ad:be:af", lru_size=1000))
+lb.start()
 srv = KatranThriftServer(KatranThriftHandler(lb), "127.0.0.1", 0, limits=ServerLimits(max_message_size=int(sys.argv[1])))
 print(srv.port, flush=True)
 srv.serve_forever()
@@ -539,3 +540,32 @@ def test_16mb_list_of_empty_structs_costs_no_memory(transport, max_message_size)
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_busy_connection_does_not_starve_others(running):
+    """One worker, one client calling back to back: the worker serves it in a row
+    (no event-loop round trip) but lets a second client in at once."""
+    srv = running(workers=1)
+    stop = threading.Event()
+    calls = []
+
+    def hammer():
+        with srv.connect() as s:
+            while not stop.is_set():
+                exchange(s, "framed", compact_message(1, CALL, 1, "getMac", b"\x00"))
+                calls.append(1)
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        time.sleep(0.3)
+        waits = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            srv.alive()  # a new connection, a getMac
+            waits.append(time.monotonic() - t0)
+        assert max(waits) < 0.5, waits
+        assert len(calls) > 50
+    finally:
+        stop.set()
+        t.join(10)

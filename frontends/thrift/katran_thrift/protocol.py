@@ -28,6 +28,12 @@ _TYPE_SHIFT = 5
 _TYPE_BITS = 0x07
 
 
+try:  # Apache Thrift's C encoder: replies (our own data) are written with it when it is built
+    from thrift.protocol import fastbinary as _fastbinary
+except ImportError:  # pragma: no cover - the pure-Python writer then does it
+    _fastbinary = None
+
+
 class LimitExceeded(TProtocolException):
     """A request exceeds one of the server's limits; the message names the flag."""
 
@@ -58,12 +64,15 @@ class _Limits:
 
 
 class BinaryProtocol(_Limits, TBinaryProtocol):
-    """Apache's binary protocol (pure Python, so the limits always apply)."""
+    """Apache's binary protocol: requests are read in Python (so the limits always apply,
+    with their flag in the error), replies written by the C encoder when available."""
 
     def __init__(self, trans, max_string_size=None, max_container_size=None) -> None:
         TBinaryProtocol.__init__(self, trans, strictRead=False, strictWrite=True)
         self.max_string_size = max_string_size
         self.max_container_size = max_container_size
+        if _fastbinary is not None:
+            self._fast_encode = _fastbinary.encode_binary
 
 
 class CompactProtocol(_Limits, TCompactProtocol):
@@ -80,6 +89,16 @@ class CompactProtocol(_Limits, TCompactProtocol):
         self.max_string_size = max_string_size
         self.max_container_size = max_container_size
         self.version = version
+
+    # the generated code writes a struct with ``_fast_encode`` when it is set: Apache's C
+    # encoder writes doubles little-endian, right for version 1 only
+    @property
+    def _fast_encode(self):
+        return _fastbinary.encode_compact if _fastbinary is not None and self.version == 1 else None
+
+    @_fast_encode.setter
+    def _fast_encode(self, _value) -> None:
+        pass  # TProtocolBase.__init__ sets it to None
 
     def readMessageBegin(self):
         assert self.state == CLEAR, self.state
