@@ -384,3 +384,22 @@ def test_cli_token_file(lb, tmp_path, kind, capsys):
         else:
             srv.shutdown()
             thread.join(10)
+
+
+def test_cli_thrift_mtls_flags(lb, pki, capsys):
+    from katran_frontend import cli
+
+    srv = KatranThriftServer(KatranThriftHandler(lb), "127.0.0.1", 0,
+                             ssl_context=tls_server_context(pki["server"], pki["server_key"], pki["ca"]))
+    thread = srv.start()
+    target = ["-thrift_server", f"127.0.0.1:{srv.port}", "-timeout", "5", "-tls_ca", pki["ca"]]
+    try:
+        assert cli.main([*target, "-A", "-t", "10.9.2.2:80"]) == 1  # no client certificate
+        capsys.readouterr()
+        assert lb.get_all_vips() == []
+        assert cli.main([*target, "-tls_cert", pki["client"], "-tls_key", pki["client_key"], "-A", "-t",
+                         "10.9.2.2:80"]) == 0
+        assert [str(v.address) for v in lb.get_all_vips()] == ["10.9.2.2"]
+    finally:
+        srv.shutdown()
+        thread.join(10)

@@ -279,6 +279,7 @@ class ThriftTransportServer:
         self._ssl = None if self._unix else ssl_context
         self._token = None if self._unix else token
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)  # a full pipe already means "wake up"
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._conns: set = set()
