@@ -285,7 +285,7 @@ def test_string_limit_refused_before_reading(running, lb, transport):
             reply = s.recv(65536)
         else:  # the frame itself is short: it declares a string longer than the frame
             reply = exchange(s, transport, msg)
-        assert time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 < 4
         mtype, text = read_exception(reply)
         assert (mtype, text) == (EXCEPTION, f"string length of {200 << 20} exceeds -max_string_size=64")
     assert [str(v.address) for v in lb.get_all_vips()] == ["10.2.2.2"]
@@ -300,7 +300,7 @@ def test_frame_limit_closes_without_reading(running, transport):
         s.sendall(struct.pack("!I", 16 << 20) + (b"\x0f\xff" if transport == "header" else b"\x82\x21"))
         t0 = time.monotonic()
         expect_closed(s)
-        assert time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 < 4
     for size, accepted in ((1024, True), (1025, False)):
         # getMac with an unknown binary field 9 filling the frame up to ``size`` bytes
         fill = size - 14
@@ -334,15 +334,14 @@ def test_limit_exceeded_names_flag():
 
 # ------------------------------------------------------------------ time and connection limits
 def test_idle_connections_closed(running):
-    srv = running(idle_timeout=0.5)
+    srv = running(idle_timeout=1.0)
     with srv.connect() as busy, srv.connect() as idle:
-        for _ in range(4):  # busy keeps talking every 0.3 s and stays open
+        for _ in range(6):  # busy talks every 0.3 s and stays open past the timeout
             body = exchange(busy, "framed", compact_message(1, CALL, 1, "getMac", b"\x00"))
             assert DEFAULT_MAC.encode() in body
             time.sleep(0.3)
-        t0 = time.monotonic()
-        expect_closed(idle)
-        assert time.monotonic() - t0 < 1.0  # closed already or within the timeout
+        expect_closed(idle, within=2)  # closed by now (or within the timeout)
+        assert DEFAULT_MAC.encode() in exchange(busy, "framed", compact_message(1, CALL, 2, "getMac", b"\x00"))
     deadline = time.monotonic() + 5
     while srv.srv.connections and time.monotonic() < deadline:
         time.sleep(0.05)
