@@ -358,22 +358,49 @@ def test_read_timeout_on_stalled_request(running):
     srv.alive()
 
 
-def test_connection_cap(running):
+def test_connection_cap_evicts_the_longest_idle(running):
     srv = running(max_connections=3)
     conns = [srv.connect() for _ in range(3)]
     try:
-        for c in conns:  # all three served
+        for c in conns:  # all three served; conns[0] is now the longest idle
             assert DEFAULT_MAC.encode() in exchange(c, "header", compact_message(2, CALL, 1, "getMac", b"\x00"))
-        with srv.connect() as extra:
-            expect_closed(extra, within=3)  # refused: closed at once
-        conns.pop().close()
-        deadline = time.monotonic() + 5
-        while srv.srv.connections > 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        srv.alive()  # a place is free again
+        srv.alive()  # a fourth client is served: the longest idle connection made room
+        expect_closed(conns[0], within=3)
+        for c in conns[1:]:
+            assert DEFAULT_MAC.encode() in exchange(c, "framed", compact_message(1, CALL, 2, "getMac", b"\x00"))
     finally:
         for c in conns:
             c.close()
+
+
+def test_connection_cap_refuses_when_all_busy(lb):
+    gate = threading.Event()
+
+    class Slow(KatranThriftHandler):
+        def getMac(self):
+            gate.wait(20)
+            return super().getMac()
+
+    srv = KatranThriftServer(Slow(lb), "127.0.0.1", 0, limits=ServerLimits(max_connections=2, workers=2))
+    thread = srv.start()
+    busy = [socket.create_connection(("127.0.0.1", srv.port), timeout=20) for _ in range(2)]
+    try:
+        getmac = compact_message(1, CALL, 1, "getMac", b"\x00")
+        for s in busy:  # both connections stuck in a call
+            s.sendall(struct.pack("!I", len(getmac)) + getmac)
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as extra:
+            expect_closed(extra, within=3)  # nobody idle to make room for it: refused
+        gate.set()
+        for s in busy:
+            assert DEFAULT_MAC.encode() in recv_exact(s, struct.unpack("!I", recv_exact(s, 4))[0])
+    finally:
+        gate.set()
+        for s in busy:
+            s.close()
+        srv.shutdown()
+        thread.join(10)
 
 
 def test_idle_connections_hold_no_thread(running):

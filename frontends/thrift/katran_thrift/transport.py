@@ -13,8 +13,8 @@ fixed pool of ``workers`` threads, which reads exactly one request within
 (or an unframed message) above ``max_message_size`` bytes, a string above
 ``max_string_size`` or a container above ``max_container_size`` elements is
 refused before it is read or allocated; connections idle for ``idle_timeout``
-seconds are closed; above ``max_connections`` new connections are closed at
-once.  Every refusal is a log line naming the limit (and, when the request's
+seconds are closed; at ``max_connections`` a new connection replaces the one
+idle the longest, or is closed at once when every connection is busy.  Every refusal is a log line naming the limit (and, when the request's
 method is known, a TApplicationException to the client).
 
 Who may call: a unix socket is protected by its file mode; on TCP the
@@ -305,7 +305,7 @@ class ThriftTransportServer:
                     obj = key.fileobj
                     if obj is self._listener:
                         if not self._stopping.is_set():
-                            conn = self._accept()
+                            conn = self._accept(sel, idle)
                             if conn is not None:
                                 sel.register(conn.sock, selectors.EVENT_READ, conn)
                                 idle[conn] = True
@@ -339,7 +339,7 @@ class ThriftTransportServer:
             sel.close()
             self._close_all()
 
-    def _accept(self) -> Optional[_Conn]:
+    def _accept(self, sel, idle: dict) -> Optional[_Conn]:
         try:
             sock, addr = self._listener.accept()
         except OSError:
@@ -347,11 +347,20 @@ class ThriftTransportServer:
         peer = "unix socket" if self._unix else f"{addr[0]}:{addr[1]}"
         with self._lock:
             full = len(self._conns) >= self.limits.max_connections
-        if full:
+        if full and idle:
+            # make room: the connection idle the longest goes (idle connections must not lock
+            # new clients out), as if its -idle_timeout had passed
+            oldest = min(idle, key=lambda c: c.last_active)
+            log.info("closing connection from %s, idle for %.1f s: -max_connections=%d reached", oldest.peer,
+                     time.monotonic() - oldest.last_active, self.limits.max_connections)
+            sel.unregister(oldest.sock)
+            del idle[oldest]
+            self._forget(oldest)
+        elif full:
             now = time.monotonic()
             if now - self._last_full_log > 1.0:  # at most one line a second under a flood
                 self._last_full_log = now
-                log.warning("refusing connection from %s: %d connections open (-max_connections)", peer,
+                log.warning("refusing connection from %s: %d connections open, all busy (-max_connections)", peer,
                             self.limits.max_connections)
             sock.close()
             return None
