@@ -401,3 +401,13 @@ def test_config_from_flags_takes_auto(tmp_path, monkeypatch):
     cfg = config_from_flags(ns)
     assert cfg.default_mac == bytes.fromhex(GW_MAC.replace(":", ""))
     assert cfg.forwarding_cores == (0, 1) and cfg.numa_nodes == (0, 1)
+
+
+def test_config_accepts_the_seeds_numa_nodes():
+    """-forwarding_cores=0,1 -numa_nodes=0,0 (and the seed's 0,1,0,1): nodes repeat, cores do not."""
+    from katran import KatranConfig
+
+    assert KatranConfig(testing=True, forwarding_cores="0,1", numa_nodes="0,0").numa_nodes == (0, 0)
+    assert KatranConfig(testing=True, forwarding_cores=[0, 1], numa_nodes="1,0").numa_nodes == (1, 0)
+    with pytest.raises(ValidationError, match="listed twice"):
+        KatranConfig(testing=True, forwarding_cores="1,1")

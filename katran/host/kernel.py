@@ -70,6 +70,31 @@ def in_netns(netns: Optional[str]) -> Iterator[None]:
         os.close(here)
 
 
+def outer_netns_candidates() -> Iterator[str]:
+    """Namespaces other than ours to read initial-namespace-only sysctls in: the initial
+    one (/proc/1/ns/net), then those of our ancestor processes, nearest first."""
+    yield INIT_NETNS
+    try:
+        here = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return
+    pid = os.getppid()
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        path = f"/proc/{pid}/ns/net"
+        try:
+            if os.stat(path).st_ino != here:
+                yield path
+        except OSError:
+            pass
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return
+
+
 @attrs.frozen
 class Link:
     """An interface as netlink sees it in the namespace asked."""

@@ -251,8 +251,9 @@ def _jit_checks(jit: dict) -> list[Check]:
         out.append(Check("bpf_jit_enable", "fail", "net.core.bpf_jit_enable = 0: the balancer would run interpreted",
                          "sysctl -w net.core.bpf_jit_enable=1 (or --fix)"))
     else:
-        out.append(Check("bpf_jit_enable", "fail", "net.core.bpf_jit_enable not readable: kernel without BPF JIT?",
-                         "a kernel with CONFIG_BPF_JIT=y"))
+        out.append(Check("bpf_jit_enable", "warn", "net.core.bpf_jit_enable not readable: only the initial network "
+                         "namespace has it (or the kernel has no BPF JIT)",
+                         "run katran-preflight outside the namespace with --netns NS; a kernel with CONFIG_BPF_JIT=y"))
     hd = jit.get("bpf_jit_harden")
     if hd == 2:
         out.append(Check("bpf_jit_harden", "warn", "net.core.bpf_jit_harden = 2: constant blinding for every program, "

@@ -8,6 +8,8 @@ from typing import Optional
 
 import attrs
 
+from katran.errors import KatranError
+
 
 def _rel(path: str) -> str:
     return path.lstrip("/")
@@ -32,10 +34,23 @@ class HostRoot:
     def join(self, path: str) -> Path:
         return Path(self.path) / _rel(path)
 
-    def _netns_for(self, path: str) -> Optional[str]:
-        if self.is_real and self.netns and _rel(path).startswith("proc/sys/net/"):
+    def _netns_for(self, path: str, init_netns: bool = False) -> Optional[str]:
+        if self.is_real and self.netns and not init_netns and _rel(path).startswith("proc/sys/net/"):
             return self.netns
         return None
+
+    def _in_other_netns(self, fn):
+        """``fn()`` in the first namespace that lets it succeed: the initial one, else that of
+        the nearest ancestor process (``ip netns exec`` moves the whole process)."""
+        from . import kernel
+
+        for ns in kernel.outer_netns_candidates():
+            try:
+                with kernel.in_netns(ns):
+                    return fn()
+            except (OSError, KatranError):
+                continue
+        raise FileNotFoundError
 
     def read(self, path: str, *, init_netns: bool = False) -> Optional[str]:
         """Text of ``path`` (stripped), or None when it does not exist or cannot be read.
@@ -43,7 +58,7 @@ class HostRoot:
         ``init_netns``: a sysctl that only the initial network namespace has (the BPF JIT
         ones); on the real root it is read from there when this namespace lacks it.
         """
-        ns = self._netns_for(path)
+        ns = self._netns_for(path, init_netns)
         try:
             if ns:
                 from . import kernel
@@ -53,15 +68,12 @@ class HostRoot:
             return self.join(path).read_text().strip()
         except FileNotFoundError:
             if init_netns and self.is_real:
-                from . import kernel
-
                 try:
-                    with kernel.in_netns(kernel.INIT_NETNS):
-                        return self.join(path).read_text().strip()
+                    return self._in_other_netns(lambda: self.join(path).read_text().strip())
                 except (OSError, UnicodeDecodeError):
                     return None
             return None
-        except (OSError, UnicodeDecodeError):
+        except (OSError, UnicodeDecodeError, KatranError):
             return None
 
     def read_int(self, path: str, *, init_netns: bool = False) -> Optional[int]:
@@ -90,7 +102,7 @@ class HostRoot:
     def write(self, path: str, text: str, *, init_netns: bool = False) -> None:
         """Write ``text`` to ``path`` (raises OSError); /proc/sys/net writes enter ``netns``
         (``init_netns``: as in :meth:`read`)."""
-        ns = self._netns_for(path)
+        ns = self._netns_for(path, init_netns)
         if ns:
             from . import kernel
 
@@ -102,7 +114,4 @@ class HostRoot:
         except FileNotFoundError:
             if not (init_netns and self.is_real):
                 raise
-            from . import kernel
-
-            with kernel.in_netns(kernel.INIT_NETNS):
-                self.join(path).write_text(text)
+            self._in_other_netns(lambda: self.join(path).write_text(text))
