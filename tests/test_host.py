@@ -268,6 +268,10 @@ def test_cli_bad_arguments(tmp_path, capsys):
     assert code == 3 and "'0,x'" in err
     code, _, err = _cli(capsys, "--intf", "eth0", "--netns", f"nope{os.getpid()}", "--root", str(tmp_path))
     assert code == 3 and f"network namespace nope{os.getpid()} not found" in err
+    code, _, err = _cli(capsys, "--intf", "../../etc", "--root", str(tmp_path))
+    assert code == 3 and "--intf '../../etc': not an interface name" in err
+    code, _, err = _cli(capsys, "--intf", "e\u00e9" * 20, "--root", str(tmp_path))
+    assert code == 3 and "\\xe9" in err and len(err) < 200  # ASCII-safe, truncated
     with pytest.raises(SystemExit) as exc:
         preflight([])
     assert exc.value.code == 3
@@ -382,6 +386,9 @@ def test_resolve_auto_flags_errors_name_the_flag(tmp_path):
     with pytest.raises(ValidationError) as exc:
         resolve_auto_flags("eth0", "aa:bb:cc:dd:ee:ff", "0,zz", "auto", root=root, net=StaticNet())
     assert exc.value.field == "forwarding_cores"
+    with pytest.raises(ValidationError) as exc:
+        resolve_auto_flags("eth0/../x", "auto", "", "", root=root, net=StaticNet())
+    assert exc.value.field == "intf" and "not an interface name" in str(exc.value)
     nothing = StaticNet(routes=[], neighbours={})
     with pytest.raises(ValidationError, match="no default route"):
         resolve_auto_flags("eth0", "auto", "", "", root=root, net=nothing, probe_timeout=0.1)

@@ -243,6 +243,29 @@ def test_server_starts_with_auto_flags(gw, tmp_path):
     assert "-numa_nodes=auto: " in err
 
 
+def test_thrift_server_starts_with_default_mac_auto(gw):
+    gw.flush_neighbours()
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", gw.lb, sys.executable, "-m", "katran_thrift.server", "-testing", "-intf=eth0",
+         "-default_mac=auto", "-server=127.0.0.1:0", "-hc_forwarding=false", "-lru_size=1000", "-max_vips=16",
+         "-shutdown_delay=0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "frontends" / "thrift"), ENV["PYTHONPATH"]])})
+    try:
+        line = proc.stdout.readline()
+        m = re.match(r"Server listening on (127\.0\.0\.1:\d+)$", line.strip())
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        res = run_in(gw.lb, [sys.executable, "-m", "katran_grpc.cli", "-thrift_server", m.group(1), "-list_mac"])
+        assert res.stderr.endswith(f"Mac address is {gw.router_mac}\n"), res.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        err = proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert f"-default_mac=auto: IPv4 default gateway 10.77.0.1 on eth0 is {gw.router_mac}" in err
+
+
 def test_server_refuses_an_ambiguous_gateway(gw):
     gw.route("add", dst="0.0.0.0/0", gateway="10.77.0.3", priority=200)
     res = run_in(gw.lb, [sys.executable, "-m", "katran_grpc.server", "-testing", "-intf=eth0", "-default_mac=auto",

@@ -47,6 +47,7 @@ def resolve_auto_flags(intf: str, default_mac: str, forwarding_cores: str = "", 
     want_mac, want_cores, want_nodes = is_auto(default_mac), is_auto(forwarding_cores), is_auto(numa_nodes)
     if not (want_mac or want_cores or want_nodes):
         return AutoFlags(default_mac, forwarding_cores, numa_nodes)
+    D.check_ifname(intf, "intf")
     root = root or HostRoot(netns=netns)
     if net is None:
         from .kernel import KernelNet

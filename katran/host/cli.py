@@ -12,9 +12,10 @@ import os
 import sys
 from typing import Optional
 
-from katran.errors import KatranError
+from katran.errors import KatranError, ValidationError
 
 from . import fix as F
+from .discovery import check_ifname
 from .report import build_report, gather
 from .root import HostRoot
 
@@ -57,14 +58,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.stop_irqbalance and not args.fix:
         return _error("--stop-irqbalance only goes with --fix")
+    try:
+        check_ifname(args.intf, "--intf")
+    except ValidationError as exc:
+        return _error(f"--intf '{exc.value}': {exc.reason}")
     if not os.path.isdir(args.root):
-        return _error(f"--root {args.root[:200]!r}: not a directory")
+        return _error(f"--root {ascii(args.root[:200])}: not a directory")
     wanted = None
     if args.forwarding_cores is not None:
         try:
             wanted = [int(c) for c in args.forwarding_cores.replace(" ", "").split(",") if c]
         except ValueError:
-            return _error(f"--forwarding-cores {args.forwarding_cores[:100]!r}: not a comma separated list of CPUs")
+            return _error(f"--forwarding-cores {ascii(args.forwarding_cores[:100])}: not a comma separated list of CPUs")
     root = HostRoot(args.root, args.netns)
 
     def collect():

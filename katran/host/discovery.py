@@ -30,6 +30,18 @@ SOFTWARE_QUEUE_KINDS = frozenset({"veth", "tun", "netdevsim", "bond", "macvlan",
                                   "geneve", "bridge", "dummy", "ifb", "wireguard", "team", "vrf"})
 
 
+def check_ifname(name: str, field: str = "intf") -> str:
+    """``name`` if it can be an interface name (1-15 characters, no '/', no whitespace);
+    else ValidationError naming ``field`` (the value truncated, ASCII-safe)."""
+    from katran.errors import ValidationError
+
+    if not isinstance(name, str) or not 0 < len(name) < 16 or "/" in name or name in (".", "..") \
+            or any(ch.isspace() or ch == ":" for ch in name):
+        shown = name[:40].encode("ascii", "backslashreplace").decode() if isinstance(name, str) else ascii(name)
+        raise ValidationError(field, shown, "not an interface name (1-15 characters, no '/', ':' or spaces)")
+    return name
+
+
 # ------------------------------------------------------------------ cpu lists
 def parse_cpu_list(text: str) -> list[int]:
     """'0-3,6,8-9' -> [0, 1, 2, 3, 6, 8, 9] (ValueError on bad text)."""

@@ -105,8 +105,9 @@ def plan(facts: Facts, *, stop_irqbalance: bool = False) -> list[Change]:
     root = facts.root
     changes: list[Change] = []
     if facts.queues and pinning_problems(facts):
+        pins = assign_cpus(facts)
         for q in facts.queues:
-            cpu = assign_cpus(facts)[q.queue]
+            cpu = pins[q.queue]
             if tuple(q.cpus) == (cpu,):
                 continue
             base = f"proc/irq/{q.irq}"
