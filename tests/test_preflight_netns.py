@@ -290,3 +290,23 @@ def test_preflight_on_the_labs_load_balancer():
         assert doc["flags"]["default_mac"] == topo.lb.router_mac
         assert f"via {topo.lb.gw4} dev {topo.lb.ifname}" in checks["default_gateway"]["detail"]
         assert res.returncode == {"ok": 0, "warn": 1, "fail": 2}[doc["verdict"]]
+
+
+# ------------------------------------------------------------ declarative
+def test_declarative_file_takes_auto(gw):
+    from katran import declarative
+    from katran.declarative import ConfigFileError
+
+    gw.flush_neighbours()
+    text = "version: 1\nbalancer:\n  main_interface: eth0\n  default_mac: auto\n  forwarding_cores: [0]\n" \
+           "  numa_nodes: auto\n"
+    desired = declarative.loads(text, "lb.yaml", netns=gw.lb)
+    assert desired.balancer["default_mac"] == gw.router_mac
+    assert desired.balancer["forwarding_cores"] == [0] and desired.balancer["numa_nodes"] == "0"
+    gw.route("add", dst="0.0.0.0/0", gateway="10.77.0.3", priority=200)
+    with pytest.raises(ConfigFileError) as exc:
+        declarative.loads(text, "lb.yaml", netns=gw.lb)
+    assert str(exc.value).startswith("lb.yaml:4: balancer.default_mac=") and "ambiguous" in str(exc.value)
+    with pytest.raises(ConfigFileError, match="main_interface"):
+        declarative.loads("version: 1\nbalancer:\n  main_interface: 'a/b'\n  default_mac: auto\n", "x.yaml",
+                          netns=gw.lb)
