@@ -117,10 +117,11 @@ class StaticNet:
     routes: list = attrs.field(factory=lambda: [Route(4, ("10.0.2.2",), "eth0")])
     neighbours: dict = attrs.field(factory=lambda: {"10.0.2.2": Neighbour("10.0.2.2", "52:54:00:12:35:02",
                                                                           "REACHABLE")})
+    links: dict = attrs.field(factory=dict)
     probes: int = 0
 
     def link(self, ifname):
-        return None
+        return self.links.get(ifname)
 
     def default_routes(self, family):
         return [r for r in self.routes if r.family == family]

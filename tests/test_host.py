@@ -8,7 +8,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,7 +16,7 @@ from katran.host import HostRoot, build_report, gather, resolve_auto_flags
 from katran.host import discovery as D
 from katran.host import fix as F
 from katran.host.cli import main as preflight
-from katran.host.kernel import Neighbour, Route, parse_ethtool_channels
+from katran.host.kernel import Route, parse_ethtool_channels
 
 from host_tree import HostTree, Queue, StaticNet
 
@@ -157,6 +156,27 @@ def test_affinity_mask_without_list_file(tmp_path):
     facts = gather("eth0", root=HostRoot(str(tmp_path)), net=StaticNet(), getrlimit=UNLIMITED)
     (change,) = F.plan(facts)
     assert change.path == "proc/irq/41/smp_affinity" and change.new == "00000001"
+
+
+def test_nic_from_netlink_when_sysfs_lacks_it(tmp_path):
+    """/sys/class/net shows another namespace's interfaces: the device comes from netlink's parent
+    device (IFLA_PARENT_DEV_NAME / _BUS_NAME) and its driver link under /sys/bus."""
+    from katran.host.kernel import Link
+
+    tree = HostTree(tmp_path, irqbalance=False, ifname="eth0", driver="mlx5_core", device="0000:03:00.0",
+             queues=[Queue(70 + i, f"mlx5_comp{i}@pci:0000:03:00.0", str(i)) for i in range(2)])
+    (tmp_path / "sys/bus/pci/devices").mkdir(parents=True)
+    os.symlink("../../../devices/pci0000:00/0000:03:00.0", tmp_path / "sys/bus/pci/devices/0000:03:00.0")
+    net = StaticNet(links={"ens1": Link("ens1", 7, "0c:42:a1:00:00:01", "", "0000:03:00.0", "pci", 2),
+                           "veth7": Link("veth7", 8, "0e:00:00:00:00:08", "veth", "", "", 1)})
+    rep = report_of(tree, net=net, ifname="ens1")
+    assert rep.check("interface").detail.startswith("ens1: driver mlx5_core, device 0000:03:00.0 (pci), "
+                                                    "MAC 0c:42:a1:00:00:01 (from netlink)")
+    assert [q.name for q in rep.queues] == ["mlx5_comp0@pci:0000:03:00.0", "mlx5_comp1@pci:0000:03:00.0"]
+    assert "eth0 is on node" not in rep.check("numa").detail and "ens1 is on node 0" in rep.check("numa").detail
+    virt = report_of(tree, net=net, ifname="veth7")
+    assert virt.check("interface").detail.startswith("veth7: driver veth, virtual")
+    assert virt.check("irq_pinning").verdict == "ok" and virt.flags["forwarding_cores"] == [0, 1, 2, 3]
 
 
 def test_numa_from_node_cpulist(tmp_path):

@@ -165,6 +165,14 @@ def test_default_route_on_another_interface(gw):
 
 
 # ------------------------------------------------------------ the command
+def test_channel_counts_in_the_namespace(gw):
+    """veth: 1 receive queue, through pyroute2's ethtool and through the `ethtool -l` command."""
+    net = KernelNet(gw.lb)
+    assert net.channels("eth0") == (1, "ethtool (pyroute2)")
+    assert net._channels_command("eth0") == 1
+    assert net.channels("nope0") is None
+
+
 def test_preflight_with_netns_option(gw):
     gw.flush_neighbours()
     res = subprocess.run([*PREFLIGHT, "--intf", "eth0", "--netns", gw.lb, "--json"], capture_output=True, text=True,

@@ -159,15 +159,15 @@ def discover_nic(root: HostRoot, net, ifname: str) -> Optional[Nic]:
 
     On a real root, /sys/class/net shows the namespace that mounted sysfs, which need not
     be the one asked: sysfs is used when its ifindex and MAC match netlink's, else the
-    device is found through netlink's parent device under /sys/bus.  A test tree is
-    taken as it is.
+    device is found through netlink's parent device under /sys/bus.  A test tree's
+    /sys/class/net is taken as it is (netlink only for an interface it lacks).
     """
-    link = net.link(ifname) if (net is not None and root.is_real) else None
+    link = net.link(ifname) if net is not None else None
     if root.is_real and net is not None and link is None:
         return None
     base = f"sys/class/net/{ifname}"
     sysfs_ok = root.exists(base)
-    if sysfs_ok and link is not None:
+    if sysfs_ok and link is not None and root.is_real:
         sysfs_ok = (root.read_int(f"{base}/ifindex") == link.index
                     and (root.read(f"{base}/address") or "").lower() == link.mac)
     if sysfs_ok:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import ipaddress
 import os
 import re
@@ -21,7 +20,6 @@ from typing import Iterator, Optional
 
 import attrs
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from katran.errors import KernelError, NotFoundError
 
@@ -252,7 +250,7 @@ class KernelNet:
                 ch = eth.get_channels(ifname)
             finally:
                 eth.close()
-        except (OSError, NetlinkError, AttributeError, ValueError):
+        except Exception:  # pyroute2's own errors (NoSuchDevice, ...), EOPNOTSUPP: fall back
             return None
         n = int(ch.combined_count) + int(ch.rx_count)
         return n or None
@@ -284,7 +282,3 @@ def parse_ethtool_channels(text: str) -> Optional[int]:
         if m:
             total += int(m.group(1))
     return total or None
-
-
-def errno_name(code: int) -> str:
-    return errno.errorcode.get(code, str(code))
