@@ -83,13 +83,13 @@ def resolve_auto_flags(intf: str, default_mac: str, forwarding_cores: str = "", 
         forwarding_cores = D.format_cpu_list(cores)
     if want_nodes:
         if want_cores:
-            pass
+            pass  # the cores just found
         elif forwarding_cores.strip():
             try:
                 cores = [int(c) for c in forwarding_cores.replace(" ", "").split(",") if c]
             except ValueError:
-                raise ValidationError("forwarding_cores", forwarding_cores, "not a comma separated list of CPUs") \
-                    from None
+                shown = forwarding_cores[:100].encode("ascii", "backslashreplace").decode()
+                raise ValidationError("forwarding_cores", shown, "not a comma separated list of CPUs") from None
         else:
             cores = list(facts.cpus)
             forwarding_cores = D.format_cpu_list(cores)
