@@ -416,8 +416,8 @@ def test_resolve_auto_flags_errors_name_the_flag(tmp_path):
 
 def test_config_from_flags_takes_auto(tmp_path, monkeypatch):
     """The shared server-flag code turns auto into values (discovery patched onto a test tree)."""
-    from katran.goflags import FlagSet
-    from katran.server_flags import add_server_flags, config_from_flags
+    from katran_frontend.goflags import FlagSet
+    from katran_frontend.server_flags import add_server_flags, config_from_flags
 
     HostTree(tmp_path, cpus=2, numa=(0, 1), irqbalance=False,
              queues=[Queue(40, "eth0-TxRx-0", "1"), Queue(41, "eth0-TxRx-1", "0")])

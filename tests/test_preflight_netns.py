@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import attrs
 import pytest
@@ -29,9 +28,7 @@ from katran.host.kernel import KernelNet  # noqa: E402
 
 from host_tree import HostTree  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "frontends" / "grpc"), str(ROOT),
-                                                      os.environ.get("PYTHONPATH", "")])}
+ENV = dict(os.environ)  # the frontends are installed (pip install -e .)
 PREFLIGHT = [sys.executable, "-m", "katran.host.cli"]
 IFA_F_NODAD = 0x02
 
@@ -216,8 +213,8 @@ def test_preflight_test_tree_with_a_real_gateway(gw, tmp_path):
 
 # ------------------------------------------------------------- auto flags
 def test_config_from_flags_resolves_the_mac_in_a_netns(gw):
-    from katran.goflags import FlagSet
-    from katran.server_flags import add_server_flags, config_from_flags
+    from katran_frontend.goflags import FlagSet
+    from katran_frontend.server_flags import add_server_flags, config_from_flags
 
     gw.flush_neighbours()
     ns = add_server_flags(FlagSet("t", ""), "", "").parse(["-testing", "-default_mac=auto"])
@@ -236,7 +233,7 @@ def test_server_starts_with_auto_flags(gw, tmp_path):
     try:
         line = proc.stdout.readline()
         assert line.startswith("Server listening"), (line, proc.stderr.read() if proc.poll() is not None else "")
-        res = subprocess.run([sys.executable, "-m", "katran_grpc.cli", "-server", f"unix:{sock}", "-list_mac"],
+        res = subprocess.run([sys.executable, "-m", "katran_frontend.cli", "-server", f"unix:{sock}", "-list_mac"],
                              capture_output=True, text=True, env=ENV, timeout=60)
         assert res.stderr.endswith(f"Mac address is {gw.router_mac}\n"), res.stderr
     finally:
@@ -257,13 +254,12 @@ def test_thrift_server_starts_with_default_mac_auto(gw):
         ["ip", "netns", "exec", gw.lb, sys.executable, "-m", "katran_thrift.server", "-testing", "-intf=eth0",
          "-default_mac=auto", "-server=127.0.0.1:0", "-hc_forwarding=false", "-lru_size=1000", "-max_vips=16",
          "-shutdown_delay=0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, "PYTHONPATH": os.pathsep.join(
-            [str(ROOT / "frontends" / "thrift"), ENV["PYTHONPATH"]])})
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         line = proc.stdout.readline()
         m = re.match(r"Server listening on (127\.0\.0\.1:\d+)$", line.strip())
         assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
-        res = run_in(gw.lb, [sys.executable, "-m", "katran_grpc.cli", "-thrift_server", m.group(1), "-list_mac"])
+        res = run_in(gw.lb, [sys.executable, "-m", "katran_frontend.cli", "-thrift_server", m.group(1), "-list_mac"])
         assert res.stderr.endswith(f"Mac address is {gw.router_mac}\n"), res.stderr
     finally:
         proc.terminate()

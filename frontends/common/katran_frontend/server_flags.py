@@ -4,13 +4,14 @@ their translation to a KatranConfig.  No RPC library is imported here.
 
 from __future__ import annotations
 
-from .config import KatranConfig
-from .errors import ValidationError
 import sys
 from typing import Optional
 
+from katran.config import KatranConfig
+from katran.errors import ValidationError
+from katran.models import HashFunction
+
 from .goflags import FlagError, FlagSet, HelpRequested
-from .models import HashFunction
 
 # KatranConfig field -> the flag that sets it, to name the flag in start-up errors
 FLAG_OF_FIELD = {
@@ -72,7 +73,7 @@ def hash_function_from_flag(value: str) -> HashFunction:
 def config_from_flags(ns, netns: Optional[str] = None) -> KatranConfig:
     """Parsed server flags -> KatranConfig (raises ValidationError).  ``auto`` values of
     -default_mac / -forwarding_cores / -numa_nodes are discovered on the host (in ``netns``)."""
-    from .host import resolve_auto_flags
+    from katran.host import resolve_auto_flags
 
     auto = resolve_auto_flags(ns.intf, ns.default_mac, ns.forwarding_cores, ns.numa_nodes, netns=netns)
     return KatranConfig(
