@@ -21,10 +21,10 @@ pytestmark = [
     pytest.mark.netns,
 ]
 
-from pyroute2 import IPRoute, netns as pr_netns  # noqa: E402
+from pyroute2 import IPRoute  # noqa: E402
 
 from katran.host import discovery as D  # noqa: E402
-from katran.host.kernel import KernelNet  # noqa: E402
+from katran.host.kernel import KernelNet, in_netns  # noqa: E402
 
 from host_tree import HostTree  # noqa: E402
 
@@ -40,7 +40,7 @@ class GwLink:
     router_mac: str
 
     def ipr(self, ns: str) -> IPRoute:
-        return IPRoute(netns=ns, flags=0)
+        return _ipr(ns)
 
     def flush_neighbours(self) -> None:
         with self.ipr(self.lb) as ipr:
@@ -58,14 +58,20 @@ class GwLink:
 _n = iter(range(1000))
 
 
+def _ipr(ns: str) -> IPRoute:
+    """A netlink socket in ``ns``, made by this thread inside it (no helper process)."""
+    with in_netns(ns):
+        return IPRoute()
+
+
 @pytest.fixture
 def gw():
     tag = f"{os.getpid() % 100000}{next(_n)}"
     lb, router = f"kpflb{tag}", f"kpfrt{tag}"
-    pr_netns.create(lb)
-    pr_netns.create(router)
+    subprocess.run(["ip", "netns", "add", lb], check=True)
+    subprocess.run(["ip", "netns", "add", router], check=True)
     try:
-        with IPRoute(netns=lb, flags=0) as ipr:
+        with _ipr(lb) as ipr:
             ipr.link("add", ifname="eth0", kind="veth", peer="gw0")
             ipr.link("set", index=ipr.link_lookup(ifname="gw0")[0], net_ns_fd=router)
             idx = ipr.link_lookup(ifname="eth0")[0]
@@ -73,7 +79,7 @@ def gw():
             ipr.addr("add", index=idx, address="fd77::2", prefixlen=64, flags=IFA_F_NODAD)
             ipr.link("set", index=idx, state="up")
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        with IPRoute(netns=router, flags=0) as ipr:
+        with _ipr(router) as ipr:
             idx = ipr.link_lookup(ifname="gw0")[0]
             ipr.addr("add", index=idx, address="10.77.0.1", prefixlen=24)
             ipr.addr("add", index=idx, address="fd77::1", prefixlen=64, flags=IFA_F_NODAD)
@@ -84,8 +90,7 @@ def gw():
         yield link
     finally:
         for ns in (lb, router):
-            with contextlib.suppress(OSError):
-                pr_netns.remove(ns)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def run_in(ns: str, argv, **kw) -> subprocess.CompletedProcess:

@@ -142,9 +142,10 @@ class KernelNet:
         self.netns = netns
 
     def _ipr(self) -> IPRoute:
-        if self.netns is None:
+        # the socket is made by this thread inside the namespace (pyroute2's netns= forks a
+        # helper process with a short timeout, which a loaded machine can miss)
+        with in_netns(self.netns):
             return IPRoute()
-        return IPRoute(netns=self.netns, flags=0)
 
     # ------------------------------------------------------------------ links
     def link(self, ifname: str) -> Optional[Link]:
