@@ -9,7 +9,6 @@ under /run/netns) or, for None, in the caller's own namespace.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import os
 import re
@@ -21,11 +20,10 @@ from typing import Iterator, Optional
 import attrs
 from pyroute2 import IPRoute
 
+from katran.adapter.netlink import in_netns, iproute, netns_path
 from katran.errors import KernelError, NotFoundError
 
-NETNS_DIR = "/run/netns"
 INIT_NETNS = "/proc/1/ns/net"  # the initial network namespace (the BPF JIT sysctls live there)
-CLONE_NEWNET = 0x40000000
 SO_BINDTODEVICE = 25
 PROBE_PORT = 9  # discard: any datagram toward the gateway makes the kernel resolve it
 
@@ -33,40 +31,6 @@ PROBE_PORT = 9  # discard: any datagram toward the gateway makes the kernel reso
 NUD = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
        0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
 NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x80
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def netns_path(netns: str) -> str:
-    """/run/netns/<name> for a name; a path (``/proc/1/ns/net``) is taken as it is."""
-    return netns if netns.startswith("/") else os.path.join(NETNS_DIR, netns)
-
-
-@contextlib.contextmanager
-def in_netns(netns: Optional[str]) -> Iterator[None]:
-    """The body runs with the calling thread in ``netns`` (a name or a path; None: stay)."""
-    if netns is None:
-        yield
-        return
-    path = netns_path(netns)
-    if not os.path.exists(path):
-        raise NotFoundError("network namespace", netns)
-    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(path, os.O_RDONLY)
-        try:
-            if _libc.setns(target, CLONE_NEWNET) != 0:
-                raise KernelError(f"enter netns {netns}", ctypes.get_errno())
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            if _libc.setns(here, CLONE_NEWNET) != 0:  # pragma: no cover - would be fatal
-                raise KernelError("return to the original netns", ctypes.get_errno())
-    finally:
-        os.close(here)
-
 
 def outer_netns_candidates() -> Iterator[str]:
     """Namespaces other than ours to read initial-namespace-only sysctls in: the initial
@@ -142,10 +106,7 @@ class KernelNet:
         self.netns = netns
 
     def _ipr(self) -> IPRoute:
-        # the socket is made by this thread inside the namespace (pyroute2's netns= forks a
-        # helper process with a short timeout, which a loaded machine can miss)
-        with in_netns(self.netns):
-            return IPRoute()
+        return iproute(self.netns)
 
     # ------------------------------------------------------------------ links
     def link(self, ifname: str) -> Optional[Link]:
