@@ -243,7 +243,8 @@ def test_thrift_tls_and_client_certs(lb, pki, transport):
 
 
 def test_grpc_mtls_client_flags(lb, pki):
-    srv = KatranGrpcServer(lb, "127.0.0.1:0", credentials=server_credentials(pki["server"], pki["server_key"], pki["ca"]))
+    creds = server_credentials(pki["server"], pki["server_key"], pki["ca"])
+    srv = KatranGrpcServer(lb, "127.0.0.1:0", credentials=creds)
     srv.start()
     try:
         creds = channel_credentials(pki["ca"], pki["client"], pki["client_key"])

@@ -511,7 +511,8 @@ from katran_thrift.server import KatranThriftServer
 from katran_thrift.transport import ServerLimits
 lb = KatranLb(KatranConfig(testing=True, enable_hc=False, default_mac="00:00:de:ad:be:af", lru_size=1000))
 lb.start()
-srv = KatranThriftServer(KatranThriftHandler(lb), "127.0.0.1", 0, limits=ServerLimits(max_message_size=int(sys.argv[1])))
+limits = ServerLimits(max_message_size=int(sys.argv[1]))
+srv = KatranThriftServer(KatranThriftHandler(lb), "127.0.0.1", 0, limits=limits)
 print(srv.port, flush=True)
 srv.serve_forever()
 """

@@ -320,7 +320,8 @@ def tls_client_context(ca: str = "", cert: str = "", key: str = "", server_name:
     if not (ca or cert or key or server_name):
         return None
     if bool(cert) != bool(key):
-        raise ValidationError("tls_cert" if not cert else "tls_key", cert or key, "mTLS needs both -tls_cert and -tls_key")
+        raise ValidationError("tls_cert" if not cert else "tls_key", cert or key,
+                              "mTLS needs both -tls_cert and -tls_key")
     try:
         ctx = ssl.create_default_context(cafile=ca or None)
     except (OSError, ssl.SSLError) as exc:
@@ -329,7 +330,8 @@ def tls_client_context(ca: str = "", cert: str = "", key: str = "", server_name:
         try:
             ctx.load_cert_chain(cert, key)
         except (OSError, ssl.SSLError) as exc:
-            raise ValidationError("tls_cert", cert, f"cannot load certificate/key: {getattr(exc, 'strerror', None) or exc}") from None
+            reason = getattr(exc, "strerror", None) or exc
+            raise ValidationError("tls_cert", cert, f"cannot load certificate/key: {reason}") from None
     return ctx
 
 

@@ -71,12 +71,14 @@ def tls_server_context(cert: str = "", key: str = "", client_ca: str = "") -> Op
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise ValidationError("tls_cert", cert, f"cannot load certificate/key: {getattr(exc, 'strerror', None) or exc}") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise ValidationError("tls_cert", cert, f"cannot load certificate/key: {reason}") from None
     if client_ca:
         try:
             ctx.load_verify_locations(client_ca)
         except (OSError, ssl.SSLError) as exc:
-            raise ValidationError("tls_client_ca", client_ca, f"cannot load: {getattr(exc, 'strerror', None) or exc}") from None
+            reason = getattr(exc, "strerror", None) or exc
+            raise ValidationError("tls_client_ca", client_ca, f"cannot load: {reason}") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 

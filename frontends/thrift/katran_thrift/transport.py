@@ -8,14 +8,16 @@ Dialects, detected per request from its first bytes and answered in kind:
 
 Resources are bounded: one event-loop thread holds every idle connection
 (none holds a thread), a connection with a request to read is handed to a
-fixed pool of ``workers`` threads, which reads exactly one request within
-``read_timeout`` seconds, answers it and gives the connection back.  A frame
+fixed pool of ``workers`` threads, which reads one request within
+``read_timeout`` seconds, answers it (and, while no other connection waits,
+the ones the client sends right after) and gives the connection back.  A frame
 (or an unframed message) above ``max_message_size`` bytes, a string above
 ``max_string_size`` or a container above ``max_container_size`` elements is
 refused before it is read or allocated; connections idle for ``idle_timeout``
 seconds are closed; at ``max_connections`` a new connection replaces the one
-idle the longest, or is closed at once when every connection is busy.  Every refusal is a log line naming the limit (and, when the request's
-method is known, a TApplicationException to the client).
+idle the longest, or is closed at once when every connection is busy.  Every
+refusal is a log line naming the limit (and, when the request's method is
+known, a TApplicationException to the client).
 
 Who may call: a unix socket is protected by its file mode; on TCP the
 server can require a TLS client certificate (``ssl_context`` with
@@ -523,7 +525,8 @@ class ThriftTransportServer:
             self.processor.process(proto, proto)
         except (LimitExceeded, _Refused, TProtocolException) as exc:
             if called:
-                code = TApplicationException.UNKNOWN if isinstance(exc, _Refused) else TApplicationException.PROTOCOL_ERROR
+                code = (TApplicationException.UNKNOWN if isinstance(exc, _Refused)
+                        else TApplicationException.PROTOCOL_ERROR)
                 self._reply_error(conn, kind, head, proto_id, getattr(proto, "version", 1), called, code, str(exc))
             raise
         if exchange.out:
