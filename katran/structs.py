@@ -40,6 +40,7 @@ XDP_TX_CNTR = 17
 XDP_DROP_CNTR = 18
 XDP_PASS_CNTR = 19
 EGRESS_DECAP_CNTR = 20  # v1 inner v4, v2 inner v6
+MALFORMED_CNTR = 21  # not in Katran: drops to a VIP, v1 bad IP length, v2 martian source
 
 # --- slots / flags ------------------------------------------------------------
 CTL_MAC_POS = 0  # ctl_array slot of the default gateway MAC

@@ -86,7 +86,7 @@ def test_counter_slots_match_consts_h():
         "CNT_XPOP_DECAP": structs.XPOP_DECAP_SUCCESSFUL, "CNT_UDP_FLOW_MIG": structs.UDP_FLOW_MIGRATION_STATS,
         "CNT_XDP_TOTAL": structs.XDP_TOTAL_CNTR, "CNT_XDP_TX": structs.XDP_TX_CNTR,
         "CNT_XDP_DROP": structs.XDP_DROP_CNTR, "CNT_XDP_PASS": structs.XDP_PASS_CNTR,
-        "CNT_EGRESS_DECAP": structs.EGRESS_DECAP_CNTR,
+        "CNT_EGRESS_DECAP": structs.EGRESS_DECAP_CNTR, "CNT_MALFORMED": structs.MALFORMED_CNTR,
     }
     assert c == py
 

@@ -140,5 +140,6 @@
 #define CNT_XDP_DROP 18
 #define CNT_XDP_PASS 19
 #define CNT_EGRESS_DECAP 20   /* v1 inner v4, v2 inner v6 (decap + TX) */
+#define CNT_MALFORMED 21      /* to a VIP, dropped: v1 bad IP length, v2 martian source (not in Katran) */
 
 #endif /* KATRAN_CONSTS_H */

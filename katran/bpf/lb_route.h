@@ -32,12 +32,33 @@ static __always_inline struct lb_stats *global_cnt(__u32 which)
 }
 
 /*
+ * Drop a packet to a VIP that is malformed (bad_len: its IP length field
+ * contradicts the frame) or comes from a martian source, and count it.
+ * Out of line: such packets are rare.
+ */
+LB_OUT_OF_LINE int drop_malformed(bool bad_len)
+{
+	struct lb_stats *cnt = global_cnt(CNT_MALFORMED);
+
+	if (cnt) {
+		if (bad_len)
+			cnt->v1 += 1;
+		else
+			cnt->v2 += 1;
+	}
+	return XDP_DROP;
+}
+
+/*
  * Answer an echo request when its destination is a VIP address; anything else
- * (the host's own addresses, transit) is left to the kernel.
+ * (the host's own addresses, transit) is left to the kernel. A request to a
+ * VIP with a bad length or a martian source is dropped (see balance_flow).
  */
 static __always_inline int echo_reply_for_vip(void *data, void *data_end, bool is_ipv6)
 {
 	struct address dst = {};
+	const __be32 *src;
+	__u16 ip_len;
 
 	if (is_ipv6) {
 		struct ipv6hdr *ip6h = pkt_ptr(data, data_end, sizeof(struct ethhdr), sizeof(*ip6h));
@@ -45,15 +66,23 @@ static __always_inline int echo_reply_for_vip(void *data, void *data_end, bool i
 		if (!ip6h)
 			return XDP_DROP;
 		__builtin_memcpy(dst.addrv6, ip6h->daddr.s6_addr32, sizeof(dst.addrv6));
+		src = ip6h->saddr.s6_addr32;
+		ip_len = bpf_ntohs(ip6h->payload_len);
 	} else {
 		struct iphdr *iph = pkt_ptr(data, data_end, sizeof(struct ethhdr), sizeof(*iph));
 
 		if (!iph)
 			return XDP_DROP;
 		dst.addr = iph->daddr;
+		src = &iph->saddr;
+		ip_len = bpf_ntohs(iph->tot_len);
 	}
 	if (!bpf_map_lookup_elem(&vip_addrs, &dst))
 		return XDP_PASS;
+	if (ip_len_malformed(data_end - data, ip_len, is_ipv6))
+		return drop_malformed(true);
+	if (src_is_martian(src, is_ipv6))
+		return drop_malformed(false);
 	return is_ipv6 ? icmp6_echo_reply(data, data_end) : icmp4_echo_reply(data, data_end);
 }
 

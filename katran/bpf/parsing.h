@@ -106,6 +106,44 @@ static __always_inline int parse_ip(void *data, void *data_end, __u64 nh_off, bo
 }
 
 /*
+ * Does the declared IP length contradict the frame? IPv4: tot_len below the
+ * header (ihl * 4, always 20 here: parse_ip drops options) or beyond the bytes
+ * after the Ethernet header; IPv6: 40 + payload_len beyond them. Bytes past
+ * the declared length (Ethernet padding) are legal. pkt_bytes is what
+ * parse_ip stored (tot_len / payload_len); the frame holds the parsed header.
+ * One unsigned compare: for tot_len < 20, tot_len - 20 wraps above any room.
+ */
+static __always_inline bool ip_len_malformed(__u64 frame_len, __u16 pkt_bytes, bool is_ipv6)
+{
+	__u64 hdr = is_ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
+	__u64 room = frame_len - sizeof(struct ethhdr) - hdr;
+
+	if (is_ipv6)
+		return (__u64)pkt_bytes > room;
+	return (__u64)pkt_bytes - hdr > room;
+}
+
+/*
+ * A source no client can have (RFC 1122 / 4291 martians): 0.0.0.0/8,
+ * 127.0.0.0/8, 224.0.0.0/4 (multicast), 255.255.255.255; ::, ::1, ff00::/8.
+ * addr is in wire order (v4: addr[0]). The first byte sorts out common
+ * clients; the whole address is read only when that byte is 0xFF (v4) or 0 (v6).
+ */
+static __always_inline bool src_is_martian(const __be32 *addr, bool is_ipv6)
+{
+	__u8 first = *(const __u8 *)addr;
+
+	if (is_ipv6) {
+		if (first == 0xFF)
+			return true;
+		return first == 0 && !(addr[0] | addr[1] | addr[2]) && !(addr[3] & ~bpf_htonl(1));
+	}
+	if (first == 0 || first == 127 || (first & 0xF0) == 0xE0)
+		return true;
+	return first == 0xFF && addr[0] == 0xFFFFFFFF;
+}
+
+/*
  * Read the ports of the TCP (is_tcp) or UDP header into pkt->flow; a flow
  * rebuilt from an ICMP error gets them swapped back to the client's view.
  * Records SYN and RST. Returns false when the header is truncated.

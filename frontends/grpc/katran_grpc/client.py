@@ -123,6 +123,8 @@ class KatranClient(abc.ABC):
     @abc.abstractmethod
     def get_encap_fail_stats(self) -> LbStats: ...
     @abc.abstractmethod
+    def get_malformed_stats(self) -> LbStats: ...
+    @abc.abstractmethod
     def get_katran_lb_stats(self) -> LbStats: ...
     @abc.abstractmethod
     def get_per_core_packets_stats(self) -> list[int]: ...
@@ -406,6 +408,9 @@ class GrpcKatranClient(KatranClient):
 
     def get_encap_fail_stats(self) -> LbStats:
         return _stats(self._get("getEncapFailStats", pb.Empty(), ext=True))
+
+    def get_malformed_stats(self) -> LbStats:
+        return _stats(self._get("getMalformedStats", pb.Empty(), ext=True))
 
     def get_katran_lb_stats(self) -> LbStats:
         return _stats(self._get("getKatranLbStats", pb.Empty(), ext=True))
