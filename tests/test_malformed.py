@@ -79,6 +79,8 @@ CASES = [
     Case("v4 bad length and martian: counted as length", with_len(tcp4(src="127.0.0.1"), 0), "XDP_DROP", BAD_LEN),
     Case("v4 bad length to a non-VIP: the kernel's", with_len(tcp4(dst="192.0.2.9"), 0), "XDP_PASS"),
     Case("v4 fragment: dropped at parse, not counted", tcp4(flags="MF"), "XDP_DROP"),
+    Case("v4 version 6 under the IPv4 EtherType: dropped at parse", bytes([*tcp4()[:14], 0x65, *tcp4()[15:]]),
+         "XDP_DROP"),
     # --- IPv6 lengths
     Case("v6 well formed", tcp6(), "XDP_TX"),
     Case("v6 payload_len = frame", with_len(tcp6(), room(tcp6()) - 40), "XDP_TX"),
@@ -89,6 +91,9 @@ CASES = [
     Case("v6 fragment: dropped at parse, not counted",
          bytes(Ether(**ETH) / IPv6(src=CLIENT6, dst=str(VIP6.address)) / IPv6ExtHdrFragment() / TCP(dport=80)),
          "XDP_DROP"),
+    Case("v6 version 0 under the IPv6 EtherType: dropped at parse", bytes([*tcp6()[:14], 0x00, *tcp6()[15:]]),
+         "XDP_DROP"),
+    Case("v6 echo request, version 4: dropped at parse", bytes([*ECHO6[:14], 0x40, *ECHO6[15:]]), "XDP_DROP"),
     # --- ICMP to a VIP: the outer lengths count too
     Case("v4 ICMP frag-needed for a VIP flow", ICMP_ERR4, "XDP_TX"),
     Case("v4 ICMP frag-needed, tot_len > frame", with_len(ICMP_ERR4, room(ICMP_ERR4) + 1), "XDP_DROP", BAD_LEN),

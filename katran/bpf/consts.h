@@ -30,6 +30,7 @@
 /* IPv4 frag_off mask (MF flag + offset), as read from the wire on LE hosts. */
 #define IPV4_FRAG_MASK_BE 0xFF3F
 #define IPV4_HDR_LEN 20
+#define IPV4_VERSION_IHL5 0x45 /* first byte of an IPv4 header without options */
 
 /* Default sizes; the real sizes are set per map at load time. */
 #define DEFAULT_RING_SIZE 65537

@@ -62,7 +62,8 @@ static __always_inline __u64 l4_offset(bool is_ipv6, bool from_icmp)
  * Parse the IP header at nh_off into pkt: protocol, ToS/traffic class,
  * addresses (not for ICMP, whose flow comes from the quoted packet).
  * *pkt_bytes gets the IPv4 total length or the IPv6 payload length.
- * Drops IPv4 with options, fragments, and truncated headers.
+ * Drops IPv4 with options, fragments, truncated headers, and a version field
+ * that contradicts the EtherType (Katran reads such headers as v4 / v6).
  * Returns LB_CONTINUE or an XDP verdict.
  */
 static __always_inline int parse_ip(void *data, void *data_end, __u64 nh_off, bool is_ipv6,
@@ -72,6 +73,8 @@ static __always_inline int parse_ip(void *data, void *data_end, __u64 nh_off, bo
 		struct ipv6hdr *ip6h = pkt_ptr(data, data_end, nh_off, sizeof(*ip6h));
 
 		if (!ip6h)
+			return XDP_DROP;
+		if (ip6h->version != 6)
 			return XDP_DROP;
 		*proto = ip6h->nexthdr;
 		pkt->flow.proto = ip6h->nexthdr;
@@ -90,7 +93,7 @@ static __always_inline int parse_ip(void *data, void *data_end, __u64 nh_off, bo
 
 	if (!iph)
 		return XDP_DROP;
-	if (iph->ihl != 5) /* options are not supported */
+	if (*(__u8 *)iph != IPV4_VERSION_IHL5) /* version 4; options are not supported */
 		return XDP_DROP;
 	pkt->tos = iph->tos;
 	*proto = iph->protocol;
