@@ -98,13 +98,17 @@ def call(method, request):
 
 
 def assert_refused(method, request, code: str, *needles: str) -> str:
-    """Katran's contract: Bool{success=false}, reason in trailing metadata."""
-    response, meta = call(method, request)
-    assert response.success is False
+    """Katran's contract for a refused Bool RPC: status CANCELLED (Katran's C++ server answers so);
+    our reason is the status details, its katran code in the trailing metadata."""
+    with pytest.raises(grpc.RpcError) as info:
+        method(request)
+    assert info.value.code() == grpc.StatusCode.CANCELLED, info.value.details()
+    meta = {m.key: m.value for m in info.value.trailing_metadata() or ()}
     assert meta[ERROR_CODE_KEY] == code, meta
+    assert meta[ERROR_KEY] == info.value.details()
     for needle in needles:
-        assert needle in meta[ERROR_KEY], meta
-    return meta[ERROR_KEY]
+        assert needle in info.value.details(), info.value.details()
+    return info.value.details()
 
 
 def assert_status(method, request, code: grpc.StatusCode, *needles: str) -> None:

@@ -4,9 +4,11 @@ katran-cli, and its gRPC implementation ``GrpcKatranClient``.
 Values in and out are katran.models values (VipKey, Real, QuicReal, Flow,
 LbStats); method names are KatranLb's.  Failures raise:
 
-* ``OperationFailed``: the server answered "no" (Katran's Bool{success:
-  false}); ``code``/``message`` come from the trailing metadata when the
-  server sends them (ours does, Katran's C++ server does not).
+* ``OperationFailed``: the server refused a Bool RPC: status CANCELLED (as
+  Katran's C++ server answers; older servers: Bool{success: false} with
+  status OK).  ``code`` is the katran reason code from the trailing metadata
+  when the server sends it (ours does, Katran's C++ server does not:
+  "CANCELLED"), ``message`` the status details.
 * ``RpcFailed``: the call itself failed (status code != OK, server down, ...).
 
 Another transport (e.g. thrift) implements ``KatranClient`` and is passed to
@@ -297,11 +299,21 @@ class GrpcKatranClient(KatranClient):
         except grpc.RpcError as exc:
             raise RpcFailed(rpc, exc.code().name, exc.details() or "") from None
 
+    def _katran_stub_call(self, rpc: str, request):
+        return getattr(self._katran, rpc).with_call(request, timeout=self._timeout)
+
     def _get(self, rpc: str, request, *, ext: bool = False):
         return self._call(self._ext if ext else self._katran, rpc, request)[0]
 
     def _ok(self, rpc: str, request) -> None:
-        response, call = self._call(self._katran, rpc, request)
+        try:
+            response, call = self._katran_stub_call(rpc, request)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise RpcFailed(rpc, exc.code().name, exc.details() or "") from None
+            meta = {m.key: m.value for m in (exc.trailing_metadata() or ())}
+            raise OperationFailed(rpc, meta.get(ERROR_CODE_KEY, "CANCELLED"),
+                                  exc.details() or meta.get(ERROR_KEY, "operation failed")) from None
         if not response.success:
             meta = {m.key: m.value for m in (call.trailing_metadata() or ())}
             raise OperationFailed(rpc, meta.get(ERROR_CODE_KEY, "UNKNOWN"), meta.get(ERROR_KEY, "operation failed"))
