@@ -187,6 +187,37 @@ def test_add_vip_twice(stub, lb):
     assert lb.get_vip_flags(VipKey("10.0.0.1", 80, 6)) == VipFlag.NO_LRU
 
 
+def test_ipv4_mapped_addresses_are_answered_in_dotted_form(stub, lb):
+    """Katran prints ::ffff:10.0.0.77 (inet_ntop); Python's ipaddress alone gives ::ffff:a00:4d."""
+    v = vip_msg("::ffff:10.0.0.77")
+    assert stub.addVip(pb.VipMeta(vip=v)).success
+    assert stub.addRealForVip(pb.realForVip(real=pb.Real(address="::ffff:a00:101", weight=1), vip=v)).success
+    assert [x.address for x in stub.getAllVips(pb.Empty()).vips] == ["::ffff:10.0.0.77"]
+    assert [r.address for r in stub.getRealsForVip(v).reals] == ["::ffff:10.0.1.1"]
+    assert stub.getVipFlags(vip_msg("::ffff:a00:4d")).flags == 0  # either text names the same VIP
+
+
+def test_bool_rpc_failure_is_cancelled_for_katrans_clients(stub, lb, server):
+    """Katran's Go client exits 1 on a non-OK status: our failed Bool RPCs answer CANCELLED, reason in details;
+    our client turns that into OperationFailed with the katran reason code."""
+    from katran_grpc.client import GrpcKatranClient, OperationFailed
+
+    assert stub.addVip(pb.VipMeta(vip=vip_msg())).success
+    with pytest.raises(grpc.RpcError) as info:
+        stub.addVip(pb.VipMeta(vip=vip_msg()))
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    assert info.value.details() == "vip 10.0.0.1:80/tcp already exists"
+    with GrpcKatranClient(server.address, timeout=10) as kc:
+        with pytest.raises(OperationFailed) as failed:
+            kc.add_vip(VipKey("10.0.0.1", 80, 6))
+        assert (failed.value.rpc, failed.value.code) == ("addVip", "ALREADY_EXISTS")
+        assert failed.value.message == "vip 10.0.0.1:80/tcp already exists"
+        with pytest.raises(OperationFailed) as failed:
+            kc.change_mac("\u00e9:11:22:33:44:55")
+        assert failed.value.code == "INVALID_ARGUMENT" and failed.value.message.startswith("mac='\\xe9:11")
+    assert lb.get_mac() == MAC
+
+
 def test_unknown_vip(stub, lb):
     unknown = vip_msg("10.7.7.7")
     assert_refused(stub.delVip, unknown, "NOT_FOUND", "10.7.7.7")
