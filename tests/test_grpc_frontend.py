@@ -218,6 +218,28 @@ def test_bool_rpc_failure_is_cancelled_for_katrans_clients(stub, lb, server):
     assert lb.get_mac() == MAC
 
 
+def test_invalid_utf8_is_a_clean_error_naming_the_field(channel, lb):
+    """A string that is not UTF-8 fails protobuf parsing; gRPC alone would answer INTERNAL
+    "Exception deserializing request!"."""
+    raw = pb.VipMeta(vip=vip_msg("10.0.0.1")).SerializeToString().replace(b"10.0.0.1", b"10.0.0.\xff")
+    add_vip = channel.unary_unary("/lb.katran.KatranService/addVip", request_serializer=lambda b: b,
+                                  response_deserializer=pb.Bool.FromString)
+    with pytest.raises(grpc.RpcError) as info:
+        add_vip(raw)
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    assert info.value.details() == "vip.address=b'10.0.0.\\xff': not valid UTF-8 text"
+    get_flags = channel.unary_unary("/lb.katran.KatranService/getVipFlags", request_serializer=lambda b: b,
+                                    response_deserializer=pb.Flags.FromString)
+    with pytest.raises(grpc.RpcError) as info:
+        get_flags(b"\x0a\x01\xff")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "vip.address=b'\\xff'" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        get_flags(b"\x0a\x05\x01")  # truncated: not a message at all
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("request='<3 bytes>': not a valid lb.katran.Vip message")
+    assert lb.get_all_vips() == []
+
+
 def test_unknown_vip(stub, lb):
     unknown = vip_msg("10.7.7.7")
     assert_refused(stub.delVip, unknown, "NOT_FOUND", "10.7.7.7")

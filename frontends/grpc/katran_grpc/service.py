@@ -25,6 +25,8 @@ import logging
 from typing import Any, Callable
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
 
 from katran import errors
 from katran.errors import safe_text
@@ -78,12 +80,103 @@ def _report(context: grpc.ServicerContext, rpc: str, exc: BaseException) -> tupl
     return code, message
 
 
+class BadRequest:
+    """What the request deserializer hands over for bytes that are no valid message."""
+
+    def __init__(self, message_type, data: bytes, error: Exception) -> None:
+        self.message_type = message_type
+        self.data = data
+        self.error = error
+
+    def validation_error(self) -> errors.ValidationError:
+        found = _bad_utf8_field(self.message_type, self.data)
+        if found is not None:
+            field, raw = found
+            return errors.ValidationError(field, raw, "not valid UTF-8 text")
+        return errors.ValidationError("request", f"<{len(self.data)} bytes>",
+                                      f"not a valid {self.message_type.full_name} message: {self.error}")
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+# message type -> the name katran.models gives its fields' owner ("vip.address", "real.address", ...)
+_FIELD_OWNERS = {"lb.katran.Vip": "vip.", "lb.katran.Real": "real.", "lb.katran.QuicReal": "quic_real.",
+                 "lb.katran.ext.Flow": "flow."}
+
+
+def _bad_utf8_field(desc, data: bytes) -> "tuple[str, bytes] | None":
+    """(field name, bytes) of the first string field (in nested messages too) that is not UTF-8;
+    the name as katran's errors name it (``vip.address``, ``real.address``, ``mac``)."""
+    pos = 0
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                _, pos = _varint(data, pos)
+                continue
+            if wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+                continue
+            if wire != 2:
+                return None
+            size, pos = _varint(data, pos)
+            chunk, pos = data[pos:pos + size], pos + size
+            field = desc.fields_by_number.get(number)
+            if field is None:
+                continue
+            name = _FIELD_OWNERS.get(desc.full_name, "") + field.name
+            if field.type == field.TYPE_STRING:
+                try:
+                    chunk.decode("utf-8")
+                except UnicodeDecodeError:
+                    return name, chunk
+            elif field.type == field.TYPE_MESSAGE:
+                found = _bad_utf8_field(field.message_type, chunk)
+                if found is not None:
+                    return found
+    except ValueError:
+        return None
+    return None
+
+
+def _request_deserializer(desc) -> Callable[[bytes], Any]:
+    """FromString, but bytes that do not parse become a BadRequest (answered INVALID_ARGUMENT /
+    CANCELLED naming the field) instead of gRPC's bare "INTERNAL: Exception deserializing request!"."""
+    cls = message_factory.GetMessageClass(desc)
+
+    def parse(data: bytes):
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return BadRequest(desc, data, exc)
+
+    return parse
+
+
+def _check_request(request) -> None:
+    if isinstance(request, BadRequest):
+        raise request.validation_error()
+
+
 def _bool_rpc(method: Callable[[Any, Any], None]) -> Callable:
     """Katran's Bool contract: success=True, or status CANCELLED with the reason as details."""
 
     @functools.wraps(method)
     def handler(self, request, context):
         try:
+            _check_request(request)
             method(self, request)
         except Exception as exc:  # noqa: BLE001 - every failure is a clean CANCELLED
             _, message = _report(context, method.__name__, exc)
@@ -99,6 +192,7 @@ def _rpc(method: Callable[[Any, Any], Any]) -> Callable:
     @functools.wraps(method)
     def handler(self, request, context):
         try:
+            _check_request(request)
             return method(self, request)
         except Exception as exc:  # noqa: BLE001 - never an "Exception calling application" with raw text
             code, message = _report(context, method.__name__, exc)
@@ -442,7 +536,21 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
         return stats_to_msg(self._lb.get_sid_routing_stats_for_vip(vip_from_msg(request)))
 
 
+def _add_servicer(server: grpc.Server, servicer, service_desc) -> None:
+    """What the generated add_*Servicer_to_server does, with our request deserializers."""
+    handlers = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, m.name),
+            request_deserializer=_request_deserializer(m.input_type),
+            response_serializer=lambda msg: msg.SerializeToString(),
+        )
+        for m in service_desc.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_desc.full_name, handlers),))
+    server.add_registered_method_handlers(service_desc.full_name, handlers)
+
+
 def add_services(server: grpc.Server, lb) -> None:
     """Register both katran services over ``lb`` on ``server``."""
-    pb_grpc.add_KatranServiceServicer_to_server(KatranServicer(lb), server)
-    ext_grpc.add_KatranExtServiceServicer_to_server(KatranExtServicer(lb), server)
+    _add_servicer(server, KatranServicer(lb), pb.DESCRIPTOR.services_by_name["KatranService"])
+    _add_servicer(server, KatranExtServicer(lb), ext_pb.DESCRIPTOR.services_by_name["KatranExtService"])
