@@ -42,6 +42,7 @@ import attrs
 
 from .config import KatranConfig
 from .errors import KatranError, ValidationError
+from .hc_checker import CHECK_FIELDS, CheckSpec, HcConfig
 from .models import (
     HashFunction,
     IPAddress,
@@ -57,9 +58,11 @@ from .models import (
 )
 
 FORMAT_VERSION = 1
-TOP_KEYS = ("version", "balancer", "vips", "real_flags", "hc_dsts", "quic_reals", "src_routes", "decap_dsts")
-VIP_KEYS = ("address", "port", "proto", "flags", "hash_function", "reals", "down_reals")
-REAL_KEYS = ("address", "weight")
+TOP_KEYS = ("version", "balancer", "vips", "real_flags", "hc_dsts", "quic_reals", "src_routes", "decap_dsts",
+            "healthchecks")
+VIP_KEYS = ("address", "port", "proto", "flags", "hash_function", "reals", "down_reals", "healthcheck")
+REAL_KEYS = ("address", "weight", "healthcheck")
+HEALTHCHECKS_KEYS = ("action", "all_down", "concurrency", "defaults")
 CONFIG_FIELDS = tuple(a.name for a in attrs.fields(KatranConfig))
 # options a running balancer can change without a restart
 RUNTIME_FIELDS = ("default_mac",)
@@ -100,6 +103,7 @@ class Desired:
     quic_reals: dict = attrs.field(factory=dict)  # server id -> address
     src_routes: dict = attrs.field(factory=dict)  # ip_network -> address
     decap_dsts: frozenset = frozenset()
+    healthchecks: Optional[HcConfig] = None  # the active health checks (katran.hc_checker)
 
     def katran_config(self, **overrides) -> KatranConfig:
         """The KatranConfig of the ``balancer`` section (``overrides`` win)."""
@@ -226,8 +230,40 @@ def _hash_function(doc: _Doc, path: tuple, value: object) -> Optional[HashFuncti
     raise doc.error(path, value, "expected maglev or maglev_v2")
 
 
-def loads(text: str, source: str = "<config>") -> Desired:
-    """Parse and validate a declarative file's text (raises ConfigFileError)."""
+AUTO_FIELDS = ("default_mac", "forwarding_cores", "numa_nodes")
+
+
+def _resolve_auto(doc: "_Doc", balancer: dict, netns: Optional[str]) -> dict:
+    """``auto`` as the value of default_mac / forwarding_cores / numa_nodes: what the host
+    shows for main_interface (katran.host, as the servers' -default_mac=auto)."""
+    from .host import is_auto, resolve_auto_flags
+
+    if not any(is_auto(balancer.get(k)) for k in AUTO_FIELDS):
+        return balancer
+
+    def text(value) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        return str(value)
+
+    try:
+        got = resolve_auto_flags(text(balancer.get("main_interface")), *(text(balancer.get(k)) for k in AUTO_FIELDS),
+                                 netns=netns)
+    except ValidationError as exc:
+        field = "main_interface" if exc.field == "intf" else exc.field
+        raise doc.error(("balancer", field) if field in balancer else ("balancer",), exc.value, exc.reason) from None
+    out = dict(balancer)
+    for k in AUTO_FIELDS:
+        if is_auto(balancer.get(k)):
+            out[k] = getattr(got, k) or None
+    return out
+
+
+def loads(text: str, source: str = "<config>", *, netns: Optional[str] = None) -> Desired:
+    """Parse and validate a declarative file's text (raises ConfigFileError).  ``auto`` values
+    of default_mac / forwarding_cores / numa_nodes are discovered on this host (in ``netns``)."""
     doc = _Doc(text, source)
     top = _mapping(doc, (), doc.value)
     _unknown_keys(doc, (), top, TOP_KEYS)
@@ -237,6 +273,7 @@ def loads(text: str, source: str = "<config>") -> Desired:
 
     balancer = _mapping(doc, ("balancer",), top.get("balancer"))
     _unknown_keys(doc, ("balancer",), balancer, CONFIG_FIELDS)
+    balancer = _resolve_auto(doc, balancer, netns)
     try:
         KatranConfig(**{"testing": True, **balancer})
     except ValidationError as exc:
@@ -245,6 +282,8 @@ def loads(text: str, source: str = "<config>") -> Desired:
 
     vips: dict = {}
     real_flags: dict = {}
+    hc_checks: dict = {}  # vip -> (path, given fields)
+    hc_overrides: dict = {}  # vip -> {real: (path, given fields)}
     for i, entry in enumerate(_list(doc, ("vips",), top.get("vips"))):
         path = ("vips", i)
         entry = _mapping(doc, path, entry)
@@ -268,6 +307,8 @@ def loads(text: str, source: str = "<config>") -> Desired:
                 addr = _address(doc, rpath + ("address",), real["address"])
                 weight = _convert(doc, rpath + ("weight",), check_int, real.get("weight", 1),
                                   _path_text(rpath + ("weight",)), 0, 2**32 - 1)
+                if "healthcheck" in real:
+                    hc_overrides.setdefault(vip, {})[addr] = (rpath + ("healthcheck",), real["healthcheck"])
             else:
                 addr, weight = _address(doc, rpath, real), 1
             if addr in reals:
@@ -279,6 +320,11 @@ def loads(text: str, source: str = "<config>") -> Desired:
             if a not in reals:
                 raise doc.error(path + ("down_reals", j), str(a), "a down real must be a real of this vip")
             down.add(a)
+        if "healthcheck" in entry:
+            hc_checks[vip] = (path + ("healthcheck",), entry["healthcheck"])
+        elif vip in hc_overrides:
+            path_, _ = next(iter(hc_overrides[vip].values()))
+            raise doc.error(path_, "", "a real's healthcheck needs one on its vip")
         vips[vip] = VipSpec(
             flags=_flags(doc, path + ("flags",), entry.get("flags"), VipFlag, 2**32 - 1),
             hash_function=_hash_function(doc, path + ("hash_function",), entry.get("hash_function")),
@@ -312,10 +358,40 @@ def loads(text: str, source: str = "<config>") -> Desired:
     decap = frozenset(_address(doc, ("decap_dsts", j), a)
                       for j, a in enumerate(_list(doc, ("decap_dsts",), top.get("decap_dsts"))))
     return Desired(balancer=dict(balancer), vips=vips, real_flags=real_flags, hc_dsts=hc_dsts,
-                   quic_reals=quic, src_routes=routes, decap_dsts=decap)
+                   quic_reals=quic, src_routes=routes, decap_dsts=decap,
+                   healthchecks=_healthchecks(doc, top, hc_checks, hc_overrides))
 
 
-def load(path: str) -> Desired:
+def _check_spec(doc: _Doc, path: tuple, value: object, base: dict) -> CheckSpec:
+    given = _mapping(doc, path, value)
+    _unknown_keys(doc, path, given, CHECK_FIELDS)
+    try:
+        return CheckSpec(**{**base, **given})
+    except ValidationError as exc:
+        key = exc.field.rpartition(".")[2]
+        raise doc.error(path + ((key,) if key in given else ()), exc.value, exc.reason) from None
+
+
+def _healthchecks(doc: _Doc, top: dict, checks: dict, overrides: dict) -> Optional[HcConfig]:
+    section = _mapping(doc, ("healthchecks",), top.get("healthchecks"))
+    _unknown_keys(doc, ("healthchecks",), section, HEALTHCHECKS_KEYS)
+    if not section and not checks:
+        return None
+    defaults = _mapping(doc, ("healthchecks", "defaults"), section.get("defaults"))
+    _check_spec(doc, ("healthchecks", "defaults"), defaults, {})
+    specs, per_real = {}, {}
+    for vip, (path, given) in checks.items():
+        specs[vip] = _check_spec(doc, path, given, defaults)
+        vip_fields = {**defaults, **_mapping(doc, path, given)}
+        for real, (rpath, rgiven) in overrides.get(vip, {}).items():
+            per_real[(vip, real)] = _check_spec(doc, rpath, rgiven, vip_fields)
+    try:
+        return HcConfig(checks=specs, overrides=per_real, **{k: v for k, v in section.items() if k != "defaults"})
+    except ValidationError as exc:
+        raise doc.error(("healthchecks", exc.field), exc.value, exc.reason) from None
+
+
+def load(path: str, *, netns: Optional[str] = None) -> Desired:
     """Read and validate a declarative file (raises ConfigFileError naming the file and line)."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -324,12 +400,12 @@ def load(path: str) -> Desired:
         raise ConfigFileError(path, None, "file", path, exc.strerror or str(exc)) from None
     except UnicodeDecodeError as exc:
         raise ConfigFileError(path, None, "file", path, f"not UTF-8 text ({exc.reason})") from None
-    return loads(text, path)
+    return loads(text, path, netns=netns)
 
 
 # ----------------------------------------------------------------------------- live state
-def snapshot(lb) -> Desired:
-    """The live state of a started KatranLb, in the declarative shape."""
+def snapshot(lb, healthchecks: Optional[HcConfig] = None) -> Desired:
+    """The live state of a started KatranLb, in the declarative shape (with the checker's config)."""
     cfg = lb.config
     balancer = {}
     for a in attrs.fields(KatranConfig):
@@ -361,7 +437,7 @@ def snapshot(lb) -> Desired:
     decap = (frozenset(parse_address(a) for a in lb.get_inline_decap_dst())
              if (cfg.inline_decap_ipip or cfg.inline_decap_gue) else frozenset())
     return Desired(balancer=balancer, vips=vips, real_flags=real_flags, hc_dsts=hc, quic_reals=quic,
-                   src_routes=routes, decap_dsts=decap)
+                   src_routes=routes, decap_dsts=decap, healthchecks=healthchecks)
 
 
 def _addr_order(addr) -> tuple:  # v4 and v6 addresses (or networks) in one sorted list
@@ -382,6 +458,16 @@ def _plain(value):
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return str(value)
     return value
+
+
+def _spec_fields(spec: CheckSpec, base: CheckSpec) -> dict:
+    """The fields of ``spec`` that differ from ``base`` (bytes as text)."""
+    out = {}
+    for name in CHECK_FIELDS:
+        value = getattr(spec, name)
+        if value != getattr(base, name):
+            out[name] = value.decode("latin-1") if isinstance(value, bytes) else value
+    return out
 
 
 def _flag_names(bits: int, enum_cls) -> list:
@@ -408,6 +494,13 @@ def dumps(desired: Desired) -> str:
                           for a, w in sorted(spec.reals.items(), key=lambda kv: _addr_order(kv[0]))]
         if spec.down_reals:
             entry["down_reals"] = [str(a) for a in sorted(spec.down_reals, key=_addr_order)]
+        hc = desired.healthchecks
+        if hc is not None and vip in hc.checks:
+            entry["healthcheck"] = _spec_fields(hc.checks[vip], CheckSpec())
+            for r in entry["reals"]:
+                override = hc.overrides.get((vip, parse_address(r["address"])))
+                if override is not None:
+                    r["healthcheck"] = _spec_fields(override, hc.checks[vip])
         vips.append(entry)
     if vips:
         doc["vips"] = vips
@@ -423,6 +516,9 @@ def dumps(desired: Desired) -> str:
                                                                key=lambda kv: _addr_order(kv[0]))}
     if desired.decap_dsts:
         doc["decap_dsts"] = [str(a) for a in sorted(desired.decap_dsts, key=_addr_order)]
+    if desired.healthchecks is not None:
+        hc = desired.healthchecks
+        doc["healthchecks"] = {"action": hc.action, "all_down": hc.all_down, "concurrency": hc.concurrency}
     return "# katran declarative configuration\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 

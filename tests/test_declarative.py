@@ -167,3 +167,30 @@ def test_needs_restart_is_reported_not_applied(lb):
     assert p.needs_restart == ("balancer.lru_size: running 1000, file 2000",)
     p = dcl.plan(lb, dcl.loads(BASE.replace("de:ad:be:af", "de:ad:be:b0")))
     assert "change mac 00:00:de:ad:be:af -> 00:00:de:ad:be:b0" in p.lines()
+
+
+HC = BASE.replace("""    reals: [{address: fc00:200::2, weight: 5}]
+""", """    reals: [{address: fc00:200::2, weight: 5, healthcheck: {port: 8443}}]
+    healthcheck: {type: https, path: /health, interval: 5}
+""") + """healthchecks:
+  action: remove
+  defaults: {timeout: 0.5, fall: 2}
+"""
+
+
+def test_healthchecks_section():
+    d = dcl.loads(HC, "lb.yaml")
+    v2 = VipKey("fc00::1", 443, "udp")
+    spec = d.healthchecks.checks[v2]
+    assert (spec.type, spec.path, spec.interval, spec.timeout, spec.fall) == ("https", "/health", 5.0, 0.5, 2)
+    over = d.healthchecks.overrides[(v2, dcl.parse_address("fc00:200::2"))]
+    assert (over.type, over.port, over.fall) == ("https", 8443, 2)
+    assert d.healthchecks.action == "remove" and list(d.healthchecks.checks) == [v2]
+    again = dcl.loads(dcl.dumps(d))
+    assert again.healthchecks == d.healthchecks
+    err = _error(HC.replace("interval: 5}", "interval: -5}"))
+    assert (err.line, err.field) == (26, "vips[1].healthcheck.interval")
+    err = _error(HC.replace("action: remove", "action: explode"))
+    assert err.field == "healthchecks.action" and "drain, remove" in err.reason
+    err = _error(HC.replace("path: /health", "pth: /health"))
+    assert err.field == "vips[1].healthcheck.pth" and "unknown key" in err.reason
