@@ -731,6 +731,12 @@ class KatranLb:
         return self._global_stats(structs.ENCAP_FAIL_CNTR)
 
     @_locked
+    def get_malformed_stats(self) -> LbStats:
+        """Packets to a VIP dropped as malformed (not in Katran): v1 an IP length field
+        that contradicts the frame, v2 a martian source address."""
+        return self._global_stats(structs.MALFORMED_CNTR)
+
+    @_locked
     def get_xdp_total_stats(self) -> LbStats:
         return self._global_stats(structs.XDP_TOTAL_CNTR)
 

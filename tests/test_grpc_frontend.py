@@ -338,6 +338,7 @@ def test_stats(stub, ext, lb):
         (ext.getXdpPassStats, lb.get_xdp_pass_stats),
         (ext.getChDropStats, lb.get_ch_drop_stats),
         (ext.getEncapFailStats, lb.get_encap_fail_stats),
+        (ext.getMalformedStats, lb.get_malformed_stats),
         (ext.getKatranLbStats, lb.get_katran_lb_stats),
     ]:
         got = rpc(pb.Empty())

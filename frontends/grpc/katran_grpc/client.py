@@ -228,6 +228,9 @@ class GrpcKatranClient(KatranClient):
     def get_encap_fail_stats(self) -> LbStats:
         return _stats(self._get("getEncapFailStats", pb.Empty(), ext=True))
 
+    def get_malformed_stats(self) -> LbStats:
+        return _stats(self._get("getMalformedStats", pb.Empty(), ext=True))
+
     def get_katran_lb_stats(self) -> LbStats:
         return _stats(self._get("getKatranLbStats", pb.Empty(), ext=True))
 

@@ -390,6 +390,10 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
         return stats_to_msg(self._lb.get_encap_fail_stats())
 
     @_rpc
+    def getMalformedStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_malformed_stats())
+
+    @_rpc
     def getKatranLbStats(self, request: pb.Empty) -> pb.Stats:
         return stats_to_msg(self._lb.get_katran_lb_stats())
 

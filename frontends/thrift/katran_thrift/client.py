@@ -249,6 +249,9 @@ class ThriftKatranClient(KatranClient):
     def get_encap_fail_stats(self) -> LbStats:
         self._unimplemented("getEncapFailStats")
 
+    def get_malformed_stats(self) -> LbStats:
+        self._unimplemented("getMalformedStats")
+
     def get_katran_lb_stats(self) -> LbStats:
         self._unimplemented("getKatranLbStats")
 
