@@ -45,9 +45,12 @@ from .models import (
     VipFlag,
     VipKey,
     check_int,
+    format_address,
     format_mac,
+    format_prefix,
     parse_address,
     parse_mac,
+    parse_prefix,
 )
 
 OBJ_DIR = Path(__file__).resolve().parent / "bpf" / "obj"
@@ -770,12 +773,7 @@ class KatranLb:
 
     @staticmethod
     def _parse_prefix(value: object, field: str = "src"):
-        if not isinstance(value, str):
-            raise ValidationError(field, value, "expected a prefix like 10.0.0.0/8 or fc00::/64")
-        try:
-            return ipaddress.ip_network(value.strip(), strict=False)
-        except ValueError:
-            raise ValidationError(field, value, "not a valid IPv4/IPv6 prefix") from None
+        return parse_prefix(value, field)
 
     def _lpm_key(self, net) -> tuple:
         if net.version == 4:
@@ -821,7 +819,7 @@ class KatranLb:
 
     @_locked
     def get_src_routing_rule(self) -> dict[str, str]:
-        return {str(net): str(self._num_to_real[num]) for net, num in self._lpm_rules.items()}
+        return {format_prefix(net): format_address(self._num_to_real[num]) for net, num in self._lpm_rules.items()}
 
     @_locked
     def get_src_routing_rule_size(self) -> int:
@@ -861,7 +859,7 @@ class KatranLb:
 
     @_locked
     def get_inline_decap_dst(self) -> list[str]:
-        return [str(a) for a in self._decap_dsts]
+        return [format_address(a) for a in self._decap_dsts]
 
     @_locked
     def get_inline_decap_stats(self) -> LbStats:
@@ -941,7 +939,8 @@ class KatranLb:
     @_locked
     def get_down_reals(self, vip: VipKey) -> list[str]:
         self._vip(vip)
-        return sorted(str(self._num_to_real.get(n, f"#{n}")) for n in self._down_reals.get(vip, ()))
+        return sorted(format_address(self._num_to_real[n]) if n in self._num_to_real else f"#{n}"
+                      for n in self._down_reals.get(vip, ()))
 
     # ------------------------------------------------------------------ feature stats
     def _counters(self, map_name: str, fields: tuple) -> dict[str, int]:
@@ -1035,4 +1034,5 @@ class KatranLb:
         res = self.run_packet(frame)
         if res.verdict != "XDP_TX":
             return None
-        return packets.outer_destination(res.data)
+        dst = packets.outer_destination(res.data)
+        return None if dst is None else format_address(dst)

@@ -139,6 +139,18 @@ def expect_error(call, *needles: str) -> str:
 
 
 # ------------------------------------------------------------------ every method, every dialect
+def test_addresses_are_answered_as_katran_prints_them(client, lb):
+    """IPv4-mapped IPv6 in dotted form (::ffff:10.0.0.77); scoped / space-padded / non-ASCII text refused."""
+    assert client.addVip(VipMeta(vip=Vip(address="::ffff:a00:4d", port=80, protocol=6), flags=0)) is True
+    assert [v.address for v in client.getAllVips()] == ["::ffff:10.0.0.77"]
+    before = snapshot(lb)
+    for text, needle in (("fe80::1%a", "scoped"), (" 10.0.0.1", "whitespace"), ("\u00e9t\u00e9", "'\\xe9t\\xe9'")):
+        msg = expect_error(lambda: client.addVip(VipMeta(vip=Vip(address=text, port=80, protocol=6), flags=0)),
+                           "vip.address=", needle)
+        assert msg.isascii()
+    assert snapshot(lb) == before
+
+
 def test_mac(client, lb):
     assert client.getMac().mac == lb.get_mac() == DEFAULT_MAC
     assert client.changeMac(Mac(mac="02:11:22:33:44:55")) is True

@@ -29,7 +29,12 @@ FLAG_OF_FIELD = {
 
 
 def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> FlagSet:
-    """Katran's katran_server_grpc flags (names, defaults), then our extensions."""
+    """Katran's katran_server_grpc flags (names, defaults), then our extensions.
+
+    Katran's servers parse their flags with gflags: ``fs`` is switched to gflags'
+    syntax (``-noflag``, ``--flagfile=FILE``, ...; see katran_frontend.goflags).
+    """
+    fs.gflags = True
     fs.string("server", default_server, server_help)
     fs.string("intf", "eth0", "main interface")
     fs.string("hc_intf", "", "interface for healthchecking")

@@ -3,6 +3,11 @@
 
 The interface and its errors (``OperationFailed``, ``RpcFailed``) are
 ``katran_frontend.client``'s; ``client_from_flags`` is the CLI's "grpc" transport.
+A refused Bool RPC (status CANCELLED, as Katran's C++ server answers; older
+servers: Bool{success: false} with status OK) raises ``OperationFailed`` whose
+``code`` is the katran reason code from the trailing metadata when the server
+sends it (ours does; Katran's server does not: "CANCELLED") and ``message`` the
+status details.
 """
 
 from __future__ import annotations
@@ -107,11 +112,21 @@ class GrpcKatranClient(KatranClient):
         except grpc.RpcError as exc:
             raise RpcFailed(rpc, exc.code().name, exc.details() or "") from None
 
+    def _katran_stub_call(self, rpc: str, request):
+        return getattr(self._katran, rpc).with_call(request, timeout=self._timeout)
+
     def _get(self, rpc: str, request, *, ext: bool = False):
         return self._call(self._ext if ext else self._katran, rpc, request)[0]
 
     def _ok(self, rpc: str, request) -> None:
-        response, call = self._call(self._katran, rpc, request)
+        try:
+            response, call = self._katran_stub_call(rpc, request)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise RpcFailed(rpc, exc.code().name, exc.details() or "") from None
+            meta = {m.key: m.value for m in (exc.trailing_metadata() or ())}
+            raise OperationFailed(rpc, meta.get(ERROR_CODE_KEY, "CANCELLED"),
+                                  exc.details() or meta.get(ERROR_KEY, "operation failed")) from None
         if not response.success:
             meta = {m.key: m.value for m in (call.trailing_metadata() or ())}
             raise OperationFailed(rpc, meta.get(ERROR_CODE_KEY, "UNKNOWN"), meta.get(ERROR_KEY, "operation failed"))
