@@ -392,7 +392,7 @@ def test_concurrent_calls_are_serialised(lb):
         t.join()
     assert not errors
     assert sorted(v.num for v in lb._vips.values()) == list(range(8))
-    assert lb._reals[lb._num_to_real[1]].refcount == 8
+    assert lb._reals.get(lb._reals.address(1)).refcount == 8
 
 
 @root
