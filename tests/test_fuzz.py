@@ -22,7 +22,7 @@ from scapy.layers.l2 import Ether
 
 from katran import KatranConfig, KatranLb, ModifyAction, Real, VipFlag, VipKey
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+pytestmark = pytest.mark.privileged
 
 VIPS = [
     (VipKey("10.200.1.1", 80, "tcp"), ["10.0.0.1", "10.0.0.2"]),

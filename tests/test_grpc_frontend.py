@@ -370,7 +370,7 @@ def test_healthcheckers(stub, ext, lb):
         want.processed, want.dropped, want.skipped, want.too_big)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+@pytest.mark.privileged
 def test_hc_disabled_is_failed_precondition():
     lb = KatranLb(_config(enable_hc=False))
     lb.start()

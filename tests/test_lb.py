@@ -34,7 +34,7 @@ from katran import (
 )
 from katran import maglev, structs
 
-root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+root = pytest.mark.privileged
 MAC = "00:00:de:ad:be:af"
 RING = 65537
 

@@ -15,7 +15,8 @@ Fault injection::
 Operations: ``open_object``, ``load``, ``create_map``, ``map_lookup``, ``map_update``,
 ``map_delete``, ``map_update_batch``, ``map_delete_batch``, ``map_by_id``, ``map_by_pin``,
 ``program_by_pin``, ``pin``, ``unpin``, ``attach_xdp``, ``detach_xdp``, ``xdp_query``,
-``attach_tc``, ``detach_tc``, ``ifindex``; ``write`` matches any map write and ``create_map``.
+``attach_tc``, ``detach_tc``, ``ifindex``, ``lock``; ``write`` matches any map write and
+``create_map``, ``*`` any operation.
 A fault fires once. ``calls`` counts every operation.
 """
 
@@ -50,6 +51,7 @@ FD_TYPES = frozenset({BPF_MAP_TYPE_PROG_ARRAY, BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_M
 LRU_TYPES = frozenset({BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LRU_PERCPU_HASH})
 BPF_NOEXIST, BPF_EXIST = 1, 2
 _U32 = struct.Struct("<I")
+_ELF_CACHE: dict = {}  # (path, mtime, size) -> what libbpf read from the ELF
 
 
 @attrs.define
@@ -391,12 +393,22 @@ class FakeSpec:
 
         self.kernel = kernel
         self.path = path
-        with bpf.ObjectSpec.open(path) as spec:
-            self._maps = {name: spec.map_def(name) for name in spec.map_names}
-            self._programs = list(spec.program_names)
-            self._rodata = {name: (size, int.from_bytes(spec.rodata(name), "little"))
-                            for name, (_, size) in spec.rodata_vars().items()}
-            self._rodata_offsets = {name: off for name, (off, _) in spec.rodata_vars().items()}
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+        if key not in _ELF_CACHE:
+            with bpf.ObjectSpec.open(path) as spec:
+                _ELF_CACHE[key] = (
+                    {name: spec.map_def(name) for name in spec.map_names},
+                    list(spec.program_names),
+                    {name: (size, int.from_bytes(spec.rodata(name), "little"))
+                     for name, (_, size) in spec.rodata_vars().items()},
+                    {name: off for name, (off, _) in spec.rodata_vars().items()},
+                )
+        maps, programs, rodata, offsets = _ELF_CACHE[key]
+        self._maps = {name: dict(d, inner=None if d["inner"] is None else dict(d["inner"])) for name, d in maps.items()}
+        self._programs = list(programs)
+        self._rodata = dict(rodata)
+        self._rodata_offsets = dict(offsets)
         self._loaded = False
         self._closed = False
 
@@ -612,7 +624,7 @@ class FakeKernel:
         if op in WRITE_OPS:
             self.calls["write"] += 1
         for f in list(self._faults):
-            if f.op == op or (f.op == "write" and op in WRITE_OPS):
+            if f.op in (op, "*") or (f.op == "write" and op in WRITE_OPS):
                 f.remaining -= 1
                 if f.remaining == 0:
                     self._faults.remove(f)
