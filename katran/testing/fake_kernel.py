@@ -455,7 +455,7 @@ class FakeSpec:
 
     def rodata_vars(self) -> dict:
         self._live()
-        return {name: (0, size) for name, (size, _) in self._rodata.items()}
+        return {name: (self._rodata_offsets[name], size) for name, (size, _) in self._rodata.items()}
 
     def rodata(self, name: str) -> bytes:
         size, value = self._rodata[name]
@@ -513,7 +513,11 @@ class FakeObject:
         self.programs: dict[str, FakeProgram] = {}
         for name in spec._programs:
             store = _Store(k, "program", name)
-            store.map_ids = [m._store.id for m in (*self.maps.values(), *self.internal_maps.values())]
+            used = [m._store for m in (*self.maps.values(), *self.internal_maps.values())]
+            store.map_ids = [m.id for m in used]
+            store.used_maps = used  # a loaded program holds its maps, like the kernel
+            for m in used:
+                m.refs += 1
             self.programs[name] = FakeProgram(store)
         self._closed = False
         k.objects.append(self)
@@ -604,6 +608,9 @@ class FakeKernel:
                             if isinstance(v, _Store):
                                 v.refs -= 1
                         store.data.clear()
+                    for m in getattr(store, "used_maps", ()):
+                        m.refs -= 1
+                    store.used_maps = []
 
     # fault injection ------------------------------------------------------------
     def fail(self, op: str, nth: int = 1, err: int = errno.ENOMEM) -> None:
