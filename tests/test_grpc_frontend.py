@@ -899,6 +899,7 @@ def test_flag_defaults_are_katrans_except_listen_address():
     assert (cfg.v4_tun_interface, cfg.v6_tun_interface) == ("ipip0", "ipip60")
 
 
+@pytest.mark.privileged
 @pytest.mark.parametrize(
     "argv, needle",
     [
