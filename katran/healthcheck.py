@@ -27,7 +27,7 @@ import attrs
 
 from .errors import CapacityError, NotFoundError, NotStartedError, ValidationError
 from .kernel import Kernel, resolve
-from .models import IPAddress, PacketResult, check_int, format_mac, parse_address, parse_mac, parse_optional_address
+from .models import IPAddress, PacketResult, check_int, parse_address, parse_mac, parse_optional_address
 
 HC_PROG_NAME = "healthcheck_encap"
 HC_FILTER_NAME = "katran-healthchecker"
@@ -337,9 +337,6 @@ class HcManager:
                 self.gateway_mac = None
         else:
             self.set_gateway_mac(raw)
-
-    def get_gateway_mac(self) -> Optional[str]:
-        return None if self.gateway_mac is None else format_mac(self.gateway_mac)
 
     # stats / test runs -------------------------------------------------------
 

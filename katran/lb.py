@@ -21,21 +21,11 @@ import numpy as np
 
 from . import maglev, packets, structs
 from .config import KatranConfig
-from .dataplane import (  # noqa: F401  (re-exported names of the former single module)
-    BALANCER_PROG,
-    GLOBAL_COUNTER_SLOTS,
-    KNOBS,
-    MAX_SERVER_IDS_V3,
-    RECIRC_SLOT,
-    XDP_VERDICTS,
-    DataPlane,
-    packaged_object,
-)
+from .dataplane import XDP_VERDICTS, DataPlane, packaged_object  # noqa: F401  (packaged_object: benchmarks)
 from .errors import (
     AlreadyExistsError,
     CapacityError,
     FeatureNotEnabledError,
-    KatranError,
     NotFoundError,
     ValidationError,
 )

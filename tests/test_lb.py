@@ -32,18 +32,12 @@ from katran import (
     VipFlag,
     VipKey,
 )
+from conftest import MAC, lb_config
 from katran import maglev, structs
 
 root = pytest.mark.privileged
-MAC = "00:00:de:ad:be:af"
 RING = 65537
-
-
-def config(**kw) -> KatranConfig:
-    kw.setdefault("testing", True)
-    kw.setdefault("default_mac", MAC)
-    kw.setdefault("forwarding_cores", ())
-    return KatranConfig(**kw)
+config = lb_config
 
 
 @pytest.fixture

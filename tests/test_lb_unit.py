@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 
-import numpy as np
 import pytest
 
 from conftest import MAC, lb_config

@@ -233,3 +233,32 @@ def test_hc_from_config_keeps_gue_and_max_packet_size():
     assert (plain.gue_dport, plain.max_pckt_size) == (0, 0)
     with pytest.raises(ValidationError, match="hc_max_pckt_size"):
         KatranConfig(testing=True, hc_max_pckt_size=70000)
+
+
+# ---------------------------------------------------------------- failures halfway leave nothing behind
+@pytest.mark.parametrize("nth", range(1, 40))
+def test_shared_install_failing_at_any_call_leaves_nothing(nth):
+    k = FakeKernel()
+    k.fail("*", nth=nth)
+    try:
+        shared.install("eth0", kernel=k)
+    except KernelError as e:
+        assert "injected" in str(e)
+        assert k.pins == {} and k.xdp == {} and k.live_maps() == [] and k.locked == set()
+        shared.install("eth0", kernel=k)  # a retry works
+    else:
+        assert k.pending_faults == 1  # installed with fewer than nth calls
+    assert k.is_pinned(MAP)
+
+
+@pytest.mark.parametrize("nth", range(1, 40))
+def test_decap_install_failing_at_any_call_leaves_nothing(nth):
+    k = FakeKernel()
+    k.fail("*", nth=nth)
+    try:
+        decap.install("eth0", kernel=k, server_id=3, host_v4="10.0.0.2")
+    except KernelError as e:
+        assert "injected" in str(e)
+        assert k.pins == {} and k.xdp == {} and k.live_maps() == []
+    else:
+        assert k.pending_faults == 1

@@ -358,14 +358,6 @@ class FakeMap(_Handle):
         return None if v is None else _U32.unpack(v)[0]
 
 
-@attrs.frozen
-class FakeRunResult:
-    retval: int
-    data: bytes
-    duration_ns: int
-    ctx: Optional[bytes] = None
-
-
 class FakeProgram(_Handle):
     _kind = "program"
 
