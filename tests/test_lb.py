@@ -21,7 +21,6 @@ from katran import (
     FeatureNotEnabledError,
     Flow,
     HashFunction,
-    KatranConfig,
     KatranError,
     KatranLb,
     LbStats,
