@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Embedding katran: configure a VIP with reals and read stats from Python, no RPC.
 
-    sudo python examples/embed.py --intf eth0 --gateway-mac 52:54:00:12:35:02 \\
+    python examples/embed.py --intf eth0 --gateway-mac 52:54:00:12:35:02 \\
         --vip 10.100.1.1:80 --real 10.200.200.1 --real 10.200.200.2:3
 
 Without --intf it runs in testing mode: the balancer is loaded but attached nowhere,

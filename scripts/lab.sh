@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the lab demo: a VIP served through our XDP balancer
-# in network namespaces on this machine.  Needs root.
+# Set up (scripts/setup.sh) and run the lab demo, as root: a VIP served through our
+# XDP balancer in network namespaces on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec "${PYTHON:-python3}" -m katran.lab "$@"
+exec "$(bash scripts/python.sh)" -m katran.lab "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the whole test suite.  Needs root (BPF, netns).
+# Set up (scripts/setup.sh) and run the whole test suite, as root (BPF, netns).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec "${PYTHON:-python3}" -m pytest -q "$@"
+exec "$(bash scripts/python.sh)" -m pytest -q "$@"
