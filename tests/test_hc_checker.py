@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import http.server
-import os
 import socket
 import ssl
 import struct
@@ -19,7 +18,7 @@ from katran import KatranConfig, KatranLb, ModifyAction, Real, ValidationError, 
 from katran.hc_checker import CheckSpec, Health, HcChecker, ProbeFailed, probe
 from katran.models import parse_address
 
-root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root (run the suite as root)")
+root = pytest.mark.privileged
 
 
 # ----------------------------------------------------------------------------- responders
