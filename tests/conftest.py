@@ -75,11 +75,12 @@ def privileged_fixture(fn):
     return fn
 
 
-# fixtures of the frontend test modules that start a KatranLb on the real kernel
+# fixtures (per test module) that need root: a KatranLb on the real kernel, network namespaces
 PRIVILEGED_FIXTURES = {
     "test_cli": {"lb", "feat_lb"},
     "test_grpc_frontend": {"lb", "feat_lb"},
     "test_thrift_frontend": {"lb"},
+    "test_bgp": {"fleet"},
 }
 
 

@@ -31,6 +31,7 @@ from typing import Optional
 
 import attrs
 
+from ..adapter import bpf  # only to parse the ELF objects with libbpf: no privileges needed
 from ..errors import KernelError, NotFoundError, ValidationError
 from ..kernel import (
     BPF_MAP_TYPE_ARRAY,
@@ -381,8 +382,6 @@ class FakeSpec:
     """An opened object: shapes and knobs read from the real ELF, changed here, loaded into dicts."""
 
     def __init__(self, kernel: "FakeKernel", path: str) -> None:
-        from ..adapter import bpf  # libbpf only parses the ELF: no privileges needed
-
         self.kernel = kernel
         self.path = path
         st = os.stat(path)
