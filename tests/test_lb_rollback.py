@@ -198,3 +198,15 @@ def test_long_mutations_fail_at_every_call(method):
         lb.close()
         nth += 1
     assert nth > 2
+
+
+READ_ONLY = ("get_", "run_")
+NOT_STATE = {"start", "close", "config", "kernel", "started"}
+
+
+def test_every_mutating_method_is_in_the_table():
+    """A new mutating KatranLb method must join MUTATIONS (and so be proven all-or-nothing)."""
+    public = {n for n in dir(KatranLb) if not n.startswith("_") and callable(getattr(KatranLb, n, None))}
+    mutating = {n for n in public if not n.startswith(READ_ONLY)} - NOT_STATE
+    called = set().union(*(f.__code__.co_names for f in MUTATIONS.values()))
+    assert mutating - called == set()
