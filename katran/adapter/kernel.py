@@ -32,6 +32,9 @@ class RealKernel:
     def map_by_pin(self, path) -> bpf.Map:
         return bpf.Map.from_pinned(path)
 
+    def program_by_id(self, prog_id: int) -> bpf.Program:
+        return bpf.Program.from_id(prog_id)
+
     def program_by_pin(self, path) -> bpf.Program:
         return bpf.Program.from_pinned(path)
 
@@ -97,6 +100,10 @@ class RealKernel:
 
     def detach_tc(self, ifindex: int, *, direction: str, prio: int, netns: Optional[str] = None) -> None:
         netlink.detach_tc_bpf(ifindex, direction=direction, prio=prio, netns=netns)
+
+    def tc_filters(self, ifindex: int, direction: str = "egress", netns: Optional[str] = None) -> list[dict]:
+        """bpf filters on clsact ``direction``: [{'name', 'prio', 'handle'}]."""
+        return netlink.tc_bpf_filters(ifindex, direction=direction, netns=netns)
 
     # interfaces
     def ifindex(self, name: str, netns: Optional[str] = None) -> int:

@@ -795,6 +795,10 @@ class FakeKernel:
             old[0].refs -= 1
             self._collect()
 
+    def tc_filters(self, ifindex: int, direction: str = "egress", netns=None) -> list[dict]:
+        return [{"name": name, "prio": prio, "handle": 1}
+                for (idx, d, prio), (_, name, ns) in sorted(self.tc.items()) if idx == ifindex and d == direction]
+
     # interfaces
     def _iface(self, name: str) -> Interface:
         self._call("ifindex", f"look up interface {name}")
