@@ -281,7 +281,7 @@ class HcManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _loaded(self):  # -> katran.adapter.bpf.LoadedObject
+    def _loaded(self):  # -> katran.kernel.LoadedObjectHandle
         if self._obj is None:
             raise NotStartedError("the healthcheck program is not loaded: call load()/start() first")
         return self._obj
