@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from . import shared, structs
+from . import contract, shared, structs
 from .config import KatranConfig
 from .errors import BuildError, FeatureNotEnabledError, KatranError, KernelError, NotStartedError
 from .healthcheck import HcManager
@@ -73,6 +73,7 @@ class DataPlane:
         self.config = config
         self.kernel = kernel
         self.obj = None
+        self.abi: Optional[contract.Binding] = None  # what the balancer object has
         self.hc: Optional[HcManager] = None
         self._lru_maps: list = []
         self._attached_ifindex: Optional[int] = None
@@ -88,6 +89,9 @@ class DataPlane:
         path = Path(cfg.balancer_prog_path) if cfg.balancer_prog_path else packaged_object("balancer.bpf.o")
         spec = self.kernel.open_object(path)
         try:
+            # our own object must match the contract fully (ContractError names what differs);
+            # a user-supplied one (balancer_prog_path) may lack maps and knobs
+            self.abi = contract.BALANCER.check(path, strict=not cfg.balancer_prog_path)
             self._size_maps(spec)
             self._set_knobs(spec)
             obj = spec.load()
@@ -108,28 +112,31 @@ class DataPlane:
             raise
 
     def _size_maps(self, spec) -> None:
+        """max_entries of every map; a map the object lacks is a BuildError (the packaged object
+        never gets here without all of them: the contract check is strict for it)."""
         cfg = self.config
-        sizes = map_sizes(cfg)
-        present = set(spec.map_names)
-        wanted = set(sizes) | {"lru_mapping"} | ({"global_lru_maps"} if cfg.global_lru else set())
-        missing = sorted(wanted - present)
-        if missing:
-            raise BuildError(f"the balancer object {spec.path} has no map(s) {', '.join(missing)}: "
-                             f"it does not match this katran (rebuild it with `python -m katran.build`)")
+        abi = self.abi
+        sizes = {name: size for name, size in map_sizes(cfg).items() if abi.has_map(name)}
         if cfg.enable_cid_v3:
-            if "server_id_map" not in present:
+            if not abi.has_map("server_id_map"):
                 raise FeatureNotEnabledError(f"enable_cid_v3: the balancer object {spec.path} has no server_id_map")
             # 32-bit server ids do not fit an array: the same lookups work on a hash
             spec.set_map_type("server_id_map", BPF_MAP_TYPE_HASH)
             sizes["server_id_map"] = MAX_SERVER_IDS_V3
+        inner = {"vip_to_down_reals_map", "lru_mapping"} | ({"global_lru_maps"} if cfg.global_lru else set())
+        missing = sorted(n for n in (set(sizes) | {n for n in inner if abi.has_map(n)}) if n not in spec.map_names)
+        if missing:
+            raise BuildError(f"the balancer object {spec.path} has no map(s) {', '.join(missing)}")
         for name, size in sizes.items():
             spec.set_max_entries(name, size)
-        spec.set_inner_map_max_entries("vip_to_down_reals_map", cfg.max_reals)
+        if abi.has_map("vip_to_down_reals_map"):
+            spec.set_inner_map_max_entries("vip_to_down_reals_map", cfg.max_reals)
         numa = cfg.numa_nodes
-        # per-core LRUs must match the template, BPF_F_NUMA_NODE flag included
-        spec.set_inner_map_max_entries("lru_mapping", self._per_core_lru_size(),
-                                       numa_node=numa[0] if numa else None)
-        if cfg.global_lru:
+        if abi.has_map("lru_mapping"):
+            # per-core LRUs must match the template, BPF_F_NUMA_NODE flag included
+            spec.set_inner_map_max_entries("lru_mapping", self._per_core_lru_size(),
+                                           numa_node=numa[0] if numa else None)
+        if cfg.global_lru and abi.has_map("global_lru_maps"):
             spec.set_inner_map_max_entries("global_lru_maps", cfg.global_lru_size,
                                            numa_node=numa[0] if numa else None)
 
@@ -137,11 +144,10 @@ class DataPlane:
         cfg = self.config
         knobs = {"ring_size": cfg.ch_ring_size, "max_vips": cfg.max_vips}
         knobs.update({name: int(getattr(cfg, name)) for name in KNOBS})
-        available = spec.rodata_vars()
         for name, value in knobs.items():
-            if name in available:
+            if self.abi.has_knob(name):
                 spec.set_rodata(name, value)
-        missing = [n for n in KNOBS if getattr(cfg, n) is True and n not in available]
+        missing = [n for n in KNOBS if getattr(cfg, n) is True and not self.abi.has_knob(n)]
         if missing:
             raise FeatureNotEnabledError(f"the balancer object {spec.path} has no knob(s) {', '.join(missing)}")
 
@@ -174,8 +180,8 @@ class DataPlane:
                 self._lru_maps.append(glru)
                 self.map("global_lru_maps").update(structs.u32(core), structs.u32(glru.fd))
         self.map("ctl_array").update(structs.u32(structs.CTL_MAC_POS), structs.ctl_value_mac(mac))
-        srcs = self.obj.maps.get("pckt_srcs")
-        if srcs is not None:
+        if self.abi.has_map("pckt_srcs"):
+            srcs = self.map("pckt_srcs")
             # outer source of GUE packets, and "this host" for strict inline decap
             for pos, src in ((0, cfg.katran_src_v4), (1, cfg.katran_src_v6)):
                 if src is not None:
@@ -227,6 +233,7 @@ class DataPlane:
         if self.obj is not None:
             self.obj.close()
             self.obj = None
+        self.abi = None
         if errors:
             raise errors[0]
 

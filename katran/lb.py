@@ -141,6 +141,11 @@ class KatranLb:
         """The loaded balancer object (None before start)."""
         return self._dp.obj
 
+    @property
+    def _abi(self):
+        """What the balancer object has, checked against its contract (None before start)."""
+        return self._dp.abi
+
     def __enter__(self) -> "KatranLb":
         self.start()
         return self
