@@ -29,11 +29,11 @@ class _Http(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         time.sleep(self.delay)
+        self.server.seen_hosts.append(self.headers.get("Host"))  # before answering: the probe may return first
         self.send_response(self.status)
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
         self.wfile.write(self.body)
-        self.server.seen_hosts.append(self.headers.get("Host"))
 
     def log_message(self, *args):
         pass
