@@ -335,6 +335,7 @@ def test_loaders_check_their_objects(tmp_path):
         decap.load_decap(contract.HEALTHCHECK.path)
 
 
+@pytest.mark.privileged
 def test_balancer_loader_tolerates_only_user_objects(tmp_path):
     """KatranLb: our packaged object strictly; balancer_prog_path tolerantly (absent knobs skipped)."""
     from katran import KatranConfig, KatranLb
