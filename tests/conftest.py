@@ -58,10 +58,11 @@ def pytest_make_collect_report(collector):
 
 # ------------------------------------------------------------------ privileges
 # Tests that need root (BPF syscalls, XDP/tc attach, network namespaces) carry
-# ``@pytest.mark.privileged`` (a whole file: ``pytestmark``).  A fixture that needs
-# root is decorated with ``@privileged_fixture`` (the line below ``@pytest.fixture``); every test using it is marked too.  Not root: those tests skip, saying so
-# (with CI set that skip is a failure, like any other).  ``pytest -m "not privileged"``
-# runs the rest, which passes as any user.
+# ``@pytest.mark.privileged`` (a whole file: ``pytestmark``).  A fixture that needs root
+# is decorated with ``@privileged_fixture`` (the line below ``@pytest.fixture``) or listed
+# in PRIVILEGED_FIXTURES; every test using it is marked too.  Not root: those tests skip,
+# saying so (with CI set that skip is a failure, like any other).
+# ``pytest -m "not privileged"`` runs the rest, which passes as any user.
 PRIVILEGED_SKIP = "needs root (BPF, XDP/tc attach or network namespaces): run the suite as root"
 
 

@@ -167,7 +167,10 @@ class FakeMap(_Handle):
         s = self._store
         if s.type in PERCPU_TYPES:
             ncpu = s.kernel.ncpus
-            values = [bytes(value)] * ncpu if isinstance(value, (bytes, bytearray, memoryview)) else [bytes(v) for v in value]
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                values = [bytes(value)] * ncpu
+            else:
+                values = [bytes(v) for v in value]
             if len(values) != ncpu:
                 raise ValidationError(f"{self.name}.value", len(values), f"per-CPU value needs {ncpu} entries")
             for v in values:

@@ -3,7 +3,8 @@
 ``run(transport, argv)``: parse the flags (``server_flags`` plus the transport's
 own) -> ``KatranConfig`` -> the transport's checks -> ``KatranLb`` -> bind the
 transport's server -> ``lb.start()`` -> serve -> on SIGINT/SIGTERM stop serving
-(with ``-shutdown_delay``) -> ``lb.close()``.  A start-up failure prints one
+(with ``-shutdown_delay``) -> ``lb.close()``.  ``-config FILE`` (a declarative file,
+``katran.declarative``) is applied after the start and re-read on SIGHUP (``katran.daemon``).  A start-up failure prints one
 line (``<prog>: error: ...``, naming the flag of a bad config value), releases
 what was made and returns 1; bad flags print the usage and return 2.
 
@@ -26,7 +27,8 @@ from typing import Any, Optional, Sequence
 from katran.errors import KatranError
 
 from .goflags import FlagSet
-from .server_flags import add_server_flags, config_from_flags, error_line, parse_server_flags
+from .server_flags import (add_server_flags, config_from_flags, config_from_flags_and_file, error_line,
+                           parse_server_flags)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 NOT_ROOT = "must run as root (loading and attaching BPF programs needs CAP_BPF/CAP_NET_ADMIN)"
@@ -102,22 +104,30 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
     from katran.lb import KatranLb  # heavy import (cffi, libbpf) only once the flags are fine
 
+    from katran.daemon import Daemon
+
     lb = None
+    daemon = None
     serving: Optional[Serving] = None
     try:
-        config = config_from_flags(ns)
+        desired = Daemon.read(ns.config) if ns.config else None
+        config = config_from_flags(ns) if desired is None else config_from_flags_and_file(ns, desired)
         prepared = transport.prepare(ns)
         if os.geteuid() != 0:
             raise StartupError(NOT_ROOT)
         lb = KatranLb(config)
+        daemon = Daemon(lb, ns.config or None, desired)
         serving = transport.bind(lb, ns, prepared)
         if transport.log_starting:
             log.info("Starting Katran")
         lb.start()
+        daemon.start()
         serving.start()
     except (KatranError, StartupError, OSError) as exc:
         if serving is not None:
             serving.abort()
+        if daemon is not None:
+            daemon.close()
         if lb is not None:
             try:
                 lb.close()
@@ -136,10 +146,20 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
         log.info("Signal %d, stopping service in %d milliseconds.", signum, ns.shutdown_delay)
         stop.set()
 
+    reload = threading.Event()
+
+    def on_hup(_signum: int, _frame) -> None:
+        reload.set()
+
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     status = 0
     try:
-        while not stop.wait(0.5):
+        while not stop.wait(0.5 if not reload.is_set() else 0):
+            if reload.is_set():
+                reload.clear()
+                log.info("Signal %d: re-reading %s", signal.SIGHUP, ns.config or "(no -config)")
+                daemon.reload()
             if not serving.alive():
                 log.error("%s: the server ended by itself", prog)
                 status = 1
@@ -147,6 +167,7 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
         serving.stop(ns.shutdown_delay)
     finally:
         log.info("Stopping Katran!")
+        daemon.close()
         try:
             lb.close()
         except KatranError as exc:
