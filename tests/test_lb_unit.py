@@ -655,6 +655,7 @@ GLOBAL_GETTERS = {
     "get_decap_stats": structs.DECAP_CNTR, "get_xpop_decap_successful_stats": structs.XPOP_DECAP_SUCCESSFUL,
     "get_udp_flow_migration_stats": structs.UDP_FLOW_MIGRATION_STATS,
     "get_global_lru_stats": structs.GLOBAL_LRU_CNTR, "get_quic_icmp_stats": structs.QUIC_ICMP_STATS,
+    "get_malformed_stats": structs.MALFORMED_CNTR,
 }
 
 
