@@ -82,6 +82,7 @@ PRIVILEGED_FIXTURES = {
     "test_grpc_frontend": {"lb", "feat_lb"},
     "test_thrift_frontend": {"lb"},
     "test_bgp": {"fleet"},
+    "test_auth": {"lb"},
 }
 
 
