@@ -103,6 +103,14 @@ class KatranConfig:
     max_decap_dst: int = attrs.field(default=6, converter=_positive("max_decap_dst", 1 << 16))
     testing: bool = False
     cleanup_on_shutdown: bool = True
+    # --- state that survives restarts (katran.state); standalone attach only (not testing,
+    # not shared mode). persist=True: maps and programs pinned under pin_dir, the state file
+    # and the instance lock in state_dir; a start finding our program attached adopts it.
+    persist: bool = False
+    pin_dir: Optional[str] = None  # default /sys/fs/bpf/katran/<main_interface>
+    state_dir: Optional[str] = None  # default /var/lib/katran/<main_interface>
+    force: bool = False  # replace an XDP / tc program we do not own
+    force_reload: bool = False  # load a fresh data plane when the saved one is incompatible (state lost)
 
     # --- data-plane features: load-time knobs of the one balancer object (Katran's build
     # flavours); all off by default, each costs nothing when off.

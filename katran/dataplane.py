@@ -9,16 +9,19 @@ name, never VIPs or reals.  Every kernel call goes through the injected
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from pathlib import Path
 from typing import Optional
 
-from . import contract, shared, structs
+from . import contract, shared, state, structs
 from .config import KatranConfig
 from .errors import BuildError, FeatureNotEnabledError, KatranError, KernelError, NotStartedError
 from .healthcheck import HcManager
 from .kernel import BPF_F_NO_PREALLOC, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LRU_PERCPU_HASH, Kernel
 from .models import LbStats
+
+log = logging.getLogger("katran.dataplane")
 
 OBJ_DIR = Path(__file__).resolve().parent / "bpf" / "obj"
 BALANCER_PROG = "balancer_ingress"
@@ -32,6 +35,12 @@ KNOBS = (
 MAX_SERVER_IDS_V3 = 1 << 24  # server_id_map entries when it is a hash (CID v3)
 RECIRC_SLOT = 0  # the balancer's own slot in its `subprograms` prog array
 GLOBAL_COUNTER_SLOTS = 32  # global counters live at stats[max_vips + 0..31]
+
+
+def state_safe(text: object) -> str:
+    from .errors import safe_text
+
+    return safe_text(text, 64)
 
 
 def packaged_object(name: str) -> Path:
@@ -66,6 +75,10 @@ def map_sizes(cfg: KatranConfig) -> dict[str, int]:
     }
 
 
+class AttachRefusedError(KatranError):
+    """The interface carries a program this instance does not own (refused without ``force``)."""
+
+
 class DataPlane:
     """The loaded balancer object (and the healthcheck program when ``enable_hc``)."""
 
@@ -78,14 +91,137 @@ class DataPlane:
         self._lru_maps: list = []
         self._attached_ifindex: Optional[int] = None
         self._registered_root: Optional[tuple] = None
+        self._instance_lock: Optional[state.InstanceLock] = None
+        self._pins: Optional[dict] = None  # what we pinned / adopted (persisting only)
+        self._old_own_ids: set = set()  # programs of an earlier instance of ours (pinned)
+        self.adopted = False  # started by adopting a running data plane
 
     @property
     def started(self) -> bool:
         return self.obj is not None
 
-    # ---------------------------------------------------------------- life cycle
-    def start(self, mac: bytes) -> None:
+    @property
+    def persisting(self) -> bool:
+        """Pins + state file + instance lock: standalone attach with ``persist`` on."""
         cfg = self.config
+        return cfg.persist and not cfg.testing and not cfg.root_map_path
+
+    @property
+    def pin_dir(self) -> Path:
+        return state.pin_dir_for(self.config)
+
+    @property
+    def state_path(self) -> Path:
+        return state.state_dir_for(self.config) / state.STATE_FILE
+
+    # ---------------------------------------------------------------- life cycle
+    def start(self, mac: bytes) -> Optional[dict]:
+        """Load (or adopt) the data plane.  Returns the saved state when the running data
+        plane was adopted (nothing loaded, attached or written), None after a fresh load."""
+        if not self.persisting:
+            self._start_fresh(mac)
+            return None
+        cfg = self.config
+        lock = state.InstanceLock(state.state_dir_for(cfg), f"interface {cfg.main_interface}")
+        lock.acquire()  # a second instance stops here, having touched nothing
+        self._instance_lock = lock
+        try:
+            saved = self._try_adopt()
+            if saved is None:
+                self._start_fresh(mac)
+            return saved
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _pinned_prog_id(self, name: str) -> int:
+        path = self.pin_dir / name
+        if not self.kernel.is_pinned(path):
+            return 0
+        prog = self.kernel.program_by_pin(path)
+        try:
+            return prog.id
+        finally:
+            prog.close()
+
+    def _describe_prog(self, prog_id: int) -> str:
+        try:
+            prog = self.kernel.program_by_id(prog_id)
+        except KatranError:
+            return f"program id {prog_id}"
+        try:
+            return f"program id {prog_id} ({state_safe(prog.name)})"
+        finally:
+            prog.close()
+
+    def _try_adopt(self) -> Optional[dict]:
+        """Adopt the running data plane when our pinned program is the attached one."""
+        cfg = self.config
+        k = self.kernel
+        ifindex = k.ifindex(cfg.main_interface)
+        attached = k.xdp_attached_prog_id(ifindex, cfg.xdp_attach_mode)
+        pinned = self._pinned_prog_id(state.PROG_PIN)
+        self._old_own_ids = {i for i in (pinned, self._pinned_prog_id(state.HC_PREFIX + "healthcheck_encap")) if i}
+        if not attached or attached != pinned:
+            return None  # nothing of ours runs: a fresh start (stale pins are replaced)
+        try:
+            saved = state.read(self.state_path)
+            if saved is None:
+                raise state.StateError(f"state file {self.state_path} is missing")
+            diffs = state.sizing_differences(saved.get("config", {}), cfg)
+            if diffs:
+                raise state.StateError(
+                    f"the running data plane was made with other settings ({'; '.join(diffs)})")
+        except state.StateError as exc:
+            if not cfg.force_reload:
+                raise state.StateError(
+                    f"cannot adopt the data plane running on {cfg.main_interface} "
+                    f"({self._describe_prog(attached)}): {exc}; start with the same settings, or with "
+                    f"force_reload (-force_reload) to load a fresh one in its place (loses the LRU -- "
+                    f"established flows may move to other reals -- and every VIP, real and route not "
+                    f"re-applied by -config)") from None
+            log.warning("force_reload: replacing the running data plane on %s (%s): %s; LRU and saved "
+                        "state are lost", cfg.main_interface, self._describe_prog(attached), exc)
+            return None
+        pins = saved["pins"]
+        path = Path(cfg.balancer_prog_path) if cfg.balancer_prog_path else packaged_object("balancer.bpf.o")
+        self.abi = contract.BALANCER.check(path, strict=not cfg.balancer_prog_path)
+        obj = state.PinnedObject.open(k, self.pin_dir, pins["maps"], pins["programs"])
+        self.obj = obj
+        try:
+            if obj.program(BALANCER_PROG).id != attached:  # replaced while we opened the pins
+                raise state.StateError(f"the XDP program on {cfg.main_interface} changed during adoption")
+            if cfg.enable_hc:
+                self.hc = HcManager.from_config(cfg, kernel=k)
+                self.hc.adopt(self.pin_dir, pins.get("hc_maps", ()), pins.get("hc_programs", ()),
+                              saved.get("hc_dsts", ()), force=cfg.force)
+            self._pins = dict(pins)
+        except BaseException:
+            self._close_handles()
+            raise
+        self._attached_ifindex = ifindex
+        self.adopted = True
+        return saved
+
+    def _check_attach_target(self) -> Optional[int]:
+        """Refuse (unless ``force``) an interface whose XDP program is not ours; returns its ifindex."""
+        cfg = self.config
+        if cfg.testing or cfg.root_map_path:
+            return None
+        ifindex = self.kernel.ifindex(cfg.main_interface)
+        if not self.persisting:
+            return ifindex
+        attached = self.kernel.xdp_attached_prog_id(ifindex, cfg.xdp_attach_mode)
+        if attached and attached not in self._old_own_ids and not cfg.force:
+            raise AttachRefusedError(
+                f"interface {cfg.main_interface} already has an XDP program ({cfg.xdp_attach_mode}) that is not "
+                f"this instance's: {self._describe_prog(attached)}; refusing to replace it (nothing was changed); "
+                f"detach it, or start with force (-force) to replace it")
+        return ifindex
+
+    def _start_fresh(self, mac: bytes) -> None:
+        cfg = self.config
+        self._check_attach_target()
         path = Path(cfg.balancer_prog_path) if cfg.balancer_prog_path else packaged_object("balancer.bpf.o")
         spec = self.kernel.open_object(path)
         try:
@@ -106,10 +242,30 @@ class DataPlane:
             if not cfg.testing:
                 self._attach()
                 if self.hc is not None:
-                    self.hc.attach()
+                    self.hc.attach(own_ids=self._old_own_ids, force=cfg.force)
+            if self.persisting:
+                self._pin()
         except BaseException:
             self.close()
             raise
+
+    def _pin(self) -> None:
+        """Replace stale pins of an earlier instance with ours."""
+        k = self.kernel
+        k.ensure_bpffs()
+        k.remove_pin_dir(self.pin_dir)
+        k.make_pin_dir(self.pin_dir)
+        self._pins = {"maps": [], "programs": []}  # set before pinning: close() removes the directory
+        state.pin_object(k, self.obj, self.pin_dir)
+        self._pins = {"maps": sorted(self.obj.maps), "programs": sorted(self.obj.programs)}
+        if self.hc is not None:
+            hc_obj = self.hc.loaded_object
+            state.pin_object(k, hc_obj, self.pin_dir, state.HC_PREFIX)
+            self._pins["hc_maps"] = sorted(hc_obj.maps)
+            self._pins["hc_programs"] = sorted(hc_obj.programs)
+
+    def pins(self) -> dict:
+        return dict(self._pins) if self._pins is not None else {}
 
     def _size_maps(self, spec) -> None:
         """max_entries of every map; a map the object lacks is a BuildError (the packaged object
@@ -199,13 +355,16 @@ class DataPlane:
             self._registered_root = (cfg.root_map_path, cfg.root_map_pos)
         else:
             ifindex = self.kernel.ifindex(cfg.main_interface)
-            prog.attach_xdp(ifindex, cfg.xdp_attach_mode, replace=True)
+            prog.attach_xdp(ifindex, cfg.xdp_attach_mode, replace=True)  # atomic: no gap
             self._attached_ifindex = ifindex
 
-    def close(self) -> None:
-        """Detach / unregister, then release every fd.  Safe to call twice."""
+    def close(self, keep: bool = False) -> None:
+        """Release every fd.  ``keep=False`` (a teardown, when ``cleanup_on_shutdown``): detach /
+        unregister our programs first and remove our pins and state file.  ``keep=True`` (a
+        restart-friendly stop): leave the data plane attached and pinned.  Safe to call twice."""
         errors = []
-        if self._attached_ifindex is not None and self.config.cleanup_on_shutdown:
+        teardown = not keep and self.config.cleanup_on_shutdown
+        if self._attached_ifindex is not None and teardown:
             try:
                 # only our own program: a newer instance may have replaced it already
                 mode = self.config.xdp_attach_mode
@@ -223,9 +382,27 @@ class DataPlane:
             self._registered_root = None
         if self.hc is not None:
             try:
-                self.hc.close(detach=self.config.cleanup_on_shutdown)
+                self.hc.close(detach=teardown)
             except KatranError as e:
                 errors.append(e)
+            self.hc = None
+        if teardown and self._pins is not None:
+            try:
+                self.kernel.remove_pin_dir(self.pin_dir)
+                state.remove(self.state_path)
+            except (KatranError, OSError) as e:
+                errors.append(e if isinstance(e, KatranError) else KernelError(f"remove {self.state_path}",
+                                                                               e.errno or errno.EIO))
+        self._pins = None
+        self._close_handles()
+        self._release_lock()
+        self.adopted = False
+        if errors:
+            raise errors[0]
+
+    def _close_handles(self) -> None:
+        if self.hc is not None:
+            self.hc.close(detach=False)
             self.hc = None
         for m in self._lru_maps:
             m.close()
@@ -234,8 +411,11 @@ class DataPlane:
             self.obj.close()
             self.obj = None
         self.abi = None
-        if errors:
-            raise errors[0]
+
+    def _release_lock(self) -> None:
+        if self._instance_lock is not None:
+            self._instance_lock.release()
+            self._instance_lock = None
 
     # ---------------------------------------------------------------- access
     def require_started(self):

@@ -85,6 +85,12 @@ def skb_ctx(mark: int = 0) -> bytes:
     return bytes(ctx)
 
 
+def _describe_filter(f: dict) -> str:
+    from .errors import safe_text
+
+    return f"program id {f.get('id') or '?'} (filter {safe_text(f.get('name') or '?', 64)})"
+
+
 def tc_verdict(retval: int) -> tuple[str, int]:
     signed = retval - (1 << 32) if retval >= 1 << 31 else retval
     return TC_VERDICTS.get(signed, f"TC_ACT_{signed}"), signed
@@ -244,16 +250,80 @@ class HcManager:
     def prog_fd(self) -> int:
         return self._loaded().program(HC_PROG_NAME).fd
 
-    def attach(self) -> None:
-        """Attach to clsact egress of ``interface`` (qdisc created when missing)."""
+    @property
+    def loaded_object(self):
+        return self._loaded()
+
+    def _filter_at_prio(self) -> Optional[dict]:
+        for f in self._kernel.tc_filters(self._ifindex, "egress", netns=self.netns):
+            if f.get("prio") == self.priority:
+                return f
+        return None
+
+    def attach(self, own_ids=(), force: bool = False) -> None:
+        """Attach to clsact egress of ``interface`` (qdisc created when missing).
+
+        A filter already at our priority is replaced only when its program is one of
+        ``own_ids`` (an earlier instance of ours) or with ``force``; otherwise refused, naming it.
+        """
         with self._lock:
             obj = self._loaded()
             if self._attached or self.testing:
                 return
             self._kernel.ensure_clsact(self._ifindex, netns=self.netns)
+            old = self._filter_at_prio()
+            if old is not None:
+                if not (force or (old.get("id") and old.get("id") in set(own_ids))):
+                    from .dataplane import AttachRefusedError
+
+                    raise AttachRefusedError(
+                        f"interface {self.interface} already has a tc egress filter at priority {self.priority} "
+                        f"that is not this instance's: {_describe_filter(old)}; refusing to replace it (nothing "
+                        f"was changed); remove it, choose another -priority, or start with force (-force)")
+                self._kernel.detach_tc(self._ifindex, direction="egress", prio=self.priority, netns=self.netns)
             self._kernel.attach_tc(self._ifindex, obj.program(HC_PROG_NAME).fd, direction="egress",
                                    prio=self.priority, name=HC_FILTER_NAME, netns=self.netns)
             self._attached = True
+
+    def adopt(self, directory, map_names, prog_names, dsts, force: bool = False) -> None:
+        """Open the pinned program and maps of an earlier instance instead of loading them;
+        keep its tc filter when it runs our program (else attach ours, as ``attach``)."""
+        from .state import HC_PREFIX, PinnedObject
+
+        with self._lock:
+            if self._obj is not None:
+                return
+            if not prog_names:
+                # the earlier instance ran without healthcheck forwarding
+                self.load()
+                self._ifindex = self._kernel.ifindex(self.interface, netns=self.netns)
+                self.attach(force=force)
+                return
+            obj = PinnedObject.open(self._kernel, Path(directory), map_names, prog_names, prefix=HC_PREFIX)
+            try:
+                self._ifindex = self._kernel.ifindex(self.interface, netns=self.netns)
+                self._obj = obj
+                self._reals = {int(m): parse_address(a, "hc_dsts") for m, a in dsts}
+                if self.encap == "direct":  # what load() discovered, read back from the maps
+                    srcs = obj.map("hc_pckt_srcs_map")
+                    for pos, attr in ((SRC_V4, "src_v4"), (SRC_V6, "src_v6")):
+                        raw = srcs.lookup(_U32.pack(pos))
+                        if getattr(self, attr) is None and raw is not None and any(raw[:16]):
+                            setattr(self, attr, unpack_real(raw))
+                    macs = obj.map("hc_pckt_macs")
+                    raw = macs.lookup(_U32.pack(MAC_SRC))
+                    if self.local_mac is None and raw is not None:
+                        self.local_mac = bytes(raw[:6])
+                ours = obj.program(HC_PROG_NAME).id
+                old = None if self.testing else self._filter_at_prio()
+                if old is not None and old.get("id") == ours:
+                    self._attached = True
+                else:
+                    self.attach(own_ids={ours}, force=force)
+            except BaseException:
+                self._obj = None
+                obj.close()
+                raise
 
     def start(self) -> None:
         self.load()

@@ -11,14 +11,16 @@ is serialised by one lock, so frontends may call it from a thread pool.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import threading
 from typing import Callable, Optional, Sequence, TypeVar
 
 import attrs
 import numpy as np
 
-from . import maglev, packets, structs
+from . import maglev, packets, state, structs
 from .config import KatranConfig
 from .dataplane import XDP_VERDICTS, DataPlane, packaged_object  # noqa: F401  (packaged_object: benchmarks)
 from .errors import (
@@ -49,7 +51,9 @@ from .models import (
     parse_mac,
     parse_prefix,
 )
-from .registry import RealRegistry, SlotAllocator, Transaction, pop_item, set_item
+from .registry import RealEntry, RealRegistry, SlotAllocator, Transaction, pop_item, set_item
+
+log = logging.getLogger("katran.lb")
 
 # VIP flags that need a load-time feature knob of the balancer (KatranConfig field)
 FLAG_FEATURES = {
@@ -67,7 +71,13 @@ def _locked(method: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(method)
     def wrapper(self: "KatranLb", *args, **kwargs):
         with self._lock:
-            return method(self, *args, **kwargs)
+            self._depth += 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._dirty:
+                    self._persist()  # the outermost call: one state file write per change
 
     return wrapper
 
@@ -124,6 +134,9 @@ class KatranLb:
         self._down_reals: dict[VipKey, set] = {}  # vip -> real nums marked down
         self._bpf_failed_calls = 0
         self._addr_validation_failed = 0
+        self._depth = 0  # nesting of locked calls / batch(): the state file is written at depth 0
+        self._dirty = False  # a change committed since the state file was written
+        self.adopted = False  # start() adopted a running data plane
 
     # ------------------------------------------------------------------ life cycle
     @property
@@ -157,14 +170,163 @@ class KatranLb:
 
     @_locked
     def start(self) -> None:
+        """Load, provision and attach -- or, with ``config.persist`` and our program found
+        running on the interface, adopt it: its maps (LRU included) are left untouched and
+        the VIPs, reals and routes are rebuilt from the state file, checked against the maps."""
         if self._dp.started:
             return
-        self._dp.start(self._mac)
+        saved = self._dp.start(self._mac)
+        if saved is not None:
+            try:
+                self._restore(saved)
+            except BaseException:
+                self._dp.close(keep=True)  # never detach what this run did not attach
+                raise
+            self.adopted = True
+            log.info("adopted the data plane on %s (program id %d): %d vips, %d reals",
+                     self._config.main_interface, self._dp.program().id, len(self._vips), len(self._reals))
+            want = self._config.default_mac
+            if want is not None and want != self._mac:
+                self.change_mac(want)
+        self._dirty = True
 
     @_locked
-    def close(self) -> None:
-        """Detach / unregister, then release every fd.  Safe to call twice."""
-        self._dp.close()
+    def close(self, keep: bool = False) -> None:
+        """Release every fd; safe to call twice.
+
+        ``keep=False`` (teardown): detach / unregister first and, when persisting, remove
+        the pins and the state file.  ``keep=True`` (a restart-friendly stop): write the
+        state file and leave the data plane attached and pinned -- forwarding continues
+        and the next start adopts it.
+        """
+        if keep and self._dp.started:
+            self._dirty = True
+            self._persist()
+        self._dirty = False
+        self._dp.close(keep=keep)
+        self.adopted = False
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Many changes, one state file write at the end (``declarative.apply`` of a big file)."""
+        with self._lock:
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._dirty:
+                    self._persist()
+
+    # ------------------------------------------------------------------ persistence
+    @property
+    def persisting(self) -> bool:
+        """True when the state file is kept (``config.persist``, started standalone)."""
+        return self._dp.started and self._dp.persisting
+
+    @property
+    def state_path(self):
+        return self._dp.state_path
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+
+    def _persist(self) -> None:
+        """Write the state file (atomically); a failure is logged and retried on the next change."""
+        if not self.persisting:
+            self._dirty = False
+            return
+        try:
+            state.write_atomic(self._dp.state_path, self._state_dict())
+            self._dirty = False
+        except Exception as exc:  # the change itself is committed: do not report it as failed
+            log.error("could not write the state file %s (retried on the next change): %s",
+                      self._dp.state_path, exc)
+
+    def state_dict(self) -> dict:
+        """What the maps cannot give back, as written to the state file (``katran.state``)."""
+        with self._lock:
+            return self._state_dict()
+
+    def _state_dict(self) -> dict:
+        hc = self._dp.hc
+        return {
+            "format": state.FORMAT,
+            "version": state.VERSION,
+            "interface": self._config.main_interface,
+            "prog_id": self._dp.program().id,
+            "pins": self._dp.pins(),
+            "config": state.sizing(self._config),
+            "mac": self._mac.hex(),
+            "vips": [{"address": format_address(v.address), "port": v.port, "proto": v.proto, "num": st.num,
+                      "flags": st.flags, "hash_function": int(st.hash_function),
+                      "reals": [[n, w] for n, w in st.reals.items()]} for v, st in self._vips.items()],
+            "reals": [[format_address(a), e.num, e.refcount, e.flags] for a, e in self._reals.entries()],
+            "quic_reals": [[sid, num] for sid, num in self._quic_reals.items()],
+            "src_routes": [[format_prefix(net), num] for net, num in self._lpm_rules.items()],
+            "decap_dsts": [format_address(a) for a in self._decap_dsts],
+            "down_reals": [[format_address(v.address), v.port, v.proto, sorted(nums)]
+                           for v, nums in self._down_reals.items()],
+            "hc_dsts": [[m, a] for m, a in hc.get_dsts().items()] if hc is not None else [],
+        }
+
+    def _restore(self, saved: dict) -> None:
+        """Rebuild the Python state from the state file, then check it against the maps."""
+        path = self._dp.state_path
+        cfg = self._config
+        try:
+            mac = bytes.fromhex(saved["mac"])
+            reals = RealRegistry.restored(cfg.max_reals, [
+                (parse_address(a, "reals.address"), RealEntry(int(num), int(ref), int(flags)))
+                for a, num, ref, flags in saved["reals"]])
+            vips: dict = {}
+            for v in saved["vips"]:
+                key = VipKey(v["address"], v["port"], v["proto"])
+                st = _VipState(int(v["num"]), int(v["flags"]), HashFunction(v["hash_function"]),
+                               {int(n): int(w) for n, w in v["reals"]})
+                if not 0 <= st.num < cfg.max_vips or any(n not in reals._by_num for n in st.reals):
+                    raise ValueError(f"vip {key}: number {st.num} or a real index out of range")
+                vips[key] = st
+            quic = {int(sid): int(num) for sid, num in saved["quic_reals"]}
+            lpm = {parse_prefix(p, "src_routes"): int(num) for p, num in saved["src_routes"]}
+            decap = [parse_address(a, "decap_dsts") for a in saved["decap_dsts"]]
+            down = {VipKey(a, port, proto): {int(n) for n in nums} for a, port, proto, nums in saved["down_reals"]}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise state.StateError(f"state file {path}: {str(exc)[:200]}") from None
+        self._mac = mac
+        self._reals = reals
+        self._vips = vips
+        self._vip_nums.restore_used(st.num for st in vips.values())
+        self._quic_reals = quic
+        self._lpm_rules = lpm
+        self._decap_dsts = decap
+        self._down_reals = down
+        for st in vips.values():
+            st.ring = self._compute_ring(st)
+        self._verify_against_maps(path)
+
+    def _verify_against_maps(self, path) -> None:
+        """StateError naming the first VIP / real whose map entry differs from the state file."""
+        def mismatch(what: str) -> state.StateError:
+            return state.StateError(f"the maps of the running data plane do not match the state file {path}: "
+                                    f"{what}; restart with force_reload (-force_reload) to load a fresh data plane")
+
+        vip_map = self._map("vip_map")
+        if sum(1 for _ in vip_map.keys()) != len(self._vips):
+            raise mismatch(f"vip_map has {sum(1 for _ in vip_map.keys())} VIPs, the file {len(self._vips)}")
+        size = self._config.ch_ring_size
+        rings = self._map("ch_rings")
+        for vip, st in self._vips.items():
+            if vip_map.lookup(_vip_def(vip)) != structs.vip_meta(st.flags, st.num):
+                raise mismatch(f"vip {vip} (number {st.num}, flags {st.flags})")
+            for pos in (0, size // 2, size - 1):
+                got = rings.lookup(structs.u32(st.num * size + pos))
+                if got is not None and got != structs.u32(int(st.ring[pos])):
+                    raise mismatch(f"vip {vip}: ring slot {pos}")
+        reals_map = self._map("reals")
+        for addr, entry in self._reals.entries():
+            if reals_map.lookup(structs.u32(entry.num)) != self._real_definition(addr, entry.flags):
+                raise mismatch(f"real {format_address(addr)} (index {entry.num})")
 
     # ------------------------------------------------------------------ helpers
     def _require_started(self):
@@ -174,7 +336,7 @@ class KatranLb:
         return self._dp.map(name)
 
     def _tx(self) -> Transaction:
-        return Transaction(on_failed_write=self._count_failed_call)
+        return Transaction(on_failed_write=self._count_failed_call, on_commit=self._mark_dirty)
 
     def _count_failed_call(self) -> None:
         self._bpf_failed_calls += 1
@@ -411,7 +573,7 @@ class KatranLb:
         return self._real_entry(address)[1].num
 
     # ------------------------------------------------------------------ CH rings
-    def _rebuild_ring(self, state: _VipState, tx: Transaction) -> None:
+    def _compute_ring(self, state: _VipState) -> np.ndarray:
         endpoints = [
             maglev.Endpoint(num=num, weight=weight, hash=maglev.endpoint_hash(self._reals.address(num)))
             for num, weight in state.reals.items()
@@ -419,9 +581,11 @@ class KatranLb:
         ]
         size = self._config.ch_ring_size
         if endpoints:
-            ring = maglev.build_ring(endpoints, size, state.hash_function)
-        else:
-            ring = np.zeros(size, dtype=np.uint32)  # no reals: every slot drops
+            return maglev.build_ring(endpoints, size, state.hash_function)
+        return np.zeros(size, dtype=np.uint32)  # no reals: every slot drops
+
+    def _rebuild_ring(self, state: _VipState, tx: Transaction) -> None:
+        ring = self._compute_ring(state)
         self._program_ring(state.num, state.ring, ring, tx)
         _set_attr(state, "ring", ring, tx)
 
@@ -794,10 +958,12 @@ class KatranLb:
     def add_healthchecker_dst(self, somark: int, address: object) -> None:
         """Probes sent with SO_MARK=somark leave encapsulated toward ``address``."""
         self._hc_manager().add_dst(somark, address)
+        self._dirty = True
 
     @_locked
     def del_healthchecker_dst(self, somark: int) -> None:
         self._hc_manager().del_dst(somark)
+        self._dirty = True
 
     @_locked
     def get_healthcheckers_dst(self) -> dict[int, str]:

@@ -28,14 +28,17 @@ from .models import IPAddress
 class Transaction:
     """An undo list.  ``with Transaction() as tx`` commits on success, rolls back on error.
 
-    ``on_failed_write`` is called for every kernel write that raised (KatranLb counts them).
+    ``on_failed_write`` is called for every kernel write that raised (KatranLb counts them);
+    ``on_commit`` once the transaction committed (KatranLb: the state file is due).
     """
 
-    def __init__(self, on_failed_write: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, on_failed_write: Optional[Callable[[], None]] = None,
+                 on_commit: Optional[Callable[[], None]] = None) -> None:
         self._undo: list[Callable[[], None]] = []
         self._deferred: list[Callable[[], None]] = []
         self._done = False
         self._on_failed_write = on_failed_write
+        self._on_commit = on_commit
         self.undo_errors: list[BaseException] = []
 
     def __enter__(self) -> "Transaction":
@@ -66,6 +69,8 @@ class Transaction:
     def commit(self) -> None:
         self._undo.clear()
         self._done = True
+        if self._on_commit is not None:
+            self._on_commit()
 
     def rollback(self) -> None:
         """Undo every step in reverse; undo failures are collected, not raised."""
@@ -170,6 +175,21 @@ class RealRegistry:
             raise CapacityError(f"{what}: {len(new)} new reals but only {len(self._free)} free real slots "
                                 f"(max_reals={self.max_reals})")
 
+    def entries(self) -> list[tuple[IPAddress, RealEntry]]:
+        return list(self._by_addr.items())
+
+    @classmethod
+    def restored(cls, max_reals: int, entries) -> "RealRegistry":
+        """A registry holding ``entries`` [(address, RealEntry)] (free indices ascending)."""
+        reg = cls(max_reals)
+        for addr, entry in entries:
+            if not 1 <= entry.num < max_reals or entry.num in reg._by_num or addr in reg._by_addr:
+                raise KatranError(f"real {addr}: index {entry.num} is out of range or used twice")
+            reg._by_addr[addr] = entry
+            reg._by_num[entry.num] = addr
+        reg._free = collections.deque(n for n in range(1, max_reals) if n not in reg._by_num)
+        return reg
+
     # staged changes
     def acquire(self, addr: IPAddress, flags: int, tx: Transaction) -> tuple[int, bool]:
         """One more reference to ``addr`` -> (index, newly allocated)."""
@@ -228,6 +248,10 @@ class SlotAllocator:
 
     def __len__(self) -> int:
         return len(self._free)
+
+    def restore_used(self, used) -> None:
+        used = set(used)
+        self._free = collections.deque(n for n in range(self.size) if n not in used)
 
     def take(self, tx: Transaction) -> int:
         num = self._free.popleft()

@@ -191,7 +191,8 @@ def test_hc_discovers_addresses_and_mac_when_attached(k):
     hc.start()
     assert str(hc.src_v4) == "10.0.0.2" and str(hc.src_v6) == "fc00::2"  # not the link-local one
     assert hc.local_mac == bytes.fromhex("020000000002")
-    assert k.tc_filters(2, "egress") == [{"name": "katran-healthchecker", "prio": hc.priority, "handle": 1}]
+    assert k.tc_filters(2, "egress") == [{"name": "katran-healthchecker", "prio": hc.priority, "handle": 1,
+                                          "id": hc._obj.program("healthcheck_encap").id}]
     hc.close()
     assert k.tc == {} and k.live_maps() == []
 

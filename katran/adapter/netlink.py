@@ -21,6 +21,20 @@ from katran.errors import KernelError, NotFoundError, ValidationError
 
 from .libbpf import ffi, libc
 
+
+def _teach_pyroute2_bpf_ids() -> None:
+    """pyroute2's cls_bpf options stop at TCA_BPF_FLAGS (8): add TCA_BPF_FLAGS_GEN, TCA_BPF_TAG
+    and TCA_BPF_ID (uapi/linux/pkt_cls.h) so a filter's program id can be read."""
+    from pyroute2.netlink.rtnl.tcmsg import sched_bpf
+
+    names = [n for n, _ in sched_bpf.options.nla_map]
+    if "TCA_BPF_ID" not in names and len(names) == 9:
+        sched_bpf.options.nla_map = tuple(sched_bpf.options.nla_map) + (
+            ("TCA_BPF_FLAGS_GEN", "uint32"), ("TCA_BPF_TAG", "hex"), ("TCA_BPF_ID", "uint32"))
+
+
+_teach_pyroute2_bpf_ids()
+
 CLONE_NEWNET = 0x40000000
 TC_H_CLSACT = 0xFFFFFFF1
 TC_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
@@ -228,7 +242,7 @@ def detach_tc_bpf(index: int, direction: str = "egress", prio: int = 1, handle: 
 
 
 def tc_bpf_filters(index: int, direction: str = "egress", netns: str | None = None) -> list[dict[str, object]]:
-    """bpf filters on clsact ``direction``: [{'name', 'prio', 'handle'}]."""
+    """bpf filters on clsact ``direction``: [{'name', 'prio', 'handle', 'id' (program id)}]."""
     parent = _parent(direction)
     out: list[dict[str, object]] = []
     with iproute(netns) as ipr:
@@ -244,5 +258,6 @@ def tc_bpf_filters(index: int, direction: str = "egress", netns: str | None = No
                 "name": opts.get_attr("TCA_BPF_NAME"),
                 "prio": f["info"] >> 16,
                 "handle": f["handle"],
+                "id": opts.get_attr("TCA_BPF_ID") or 0,
             })
     return out

@@ -799,8 +799,9 @@ class FakeKernel:
             self._collect()
 
     def tc_filters(self, ifindex: int, direction: str = "egress", netns=None) -> list[dict]:
-        return [{"name": name, "prio": prio, "handle": 1}
-                for (idx, d, prio), (_, name, ns) in sorted(self.tc.items()) if idx == ifindex and d == direction]
+        return [{"name": name, "prio": prio, "handle": 1, "id": store.id}
+                for (idx, d, prio), (store, name, ns) in sorted(self.tc.items(), key=lambda kv: kv[0])
+                if idx == ifindex and d == direction]
 
     # interfaces
     def _iface(self, name: str) -> Interface:
