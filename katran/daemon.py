@@ -43,7 +43,12 @@ class Daemon:
                 self._set_checks(self.desired.healthchecks)
 
     def _apply(self, desired: declarative.Desired, why: str) -> declarative.Plan:
-        plan = declarative.apply(self.lb, desired)
+        batch = getattr(self.lb, "batch", None)  # one state file write for the whole plan
+        if batch is None:
+            plan = declarative.apply(self.lb, desired)
+        else:
+            with batch():
+                plan = declarative.apply(self.lb, desired)
         self.generation += 1
         for line in plan.changes:
             log.info("config %s (%s): %s", self.config_path or "<api>", why, line.text)

@@ -459,3 +459,60 @@ class DataPlane:
 
     def test_run(self, data: bytes):
         return self.program(BALANCER_PROG).test_run(data)
+
+
+def teardown(config: KatranConfig, kernel: Optional[Kernel] = None) -> list[str]:
+    """Remove what a persisting instance left on ``config.main_interface`` (its XDP program,
+    its healthcheck tc filter, its pins, its state file and lock) without a running server.
+    Refused while an instance runs (it holds the lock). Returns what was removed."""
+    from .kernel import resolve
+
+    k = resolve(kernel)
+    cfg = config
+    state_dir = state.state_dir_for(cfg)
+    pin_dir = state.pin_dir_for(cfg)
+    lock = state.InstanceLock(state_dir, f"interface {cfg.main_interface}")
+    lock.acquire()
+    removed: list[str] = []
+    try:
+        def pinned_id(name: str) -> int:
+            path = pin_dir / name
+            if not k.is_pinned(path):
+                return 0
+            prog = k.program_by_pin(path)
+            try:
+                return prog.id
+            finally:
+                prog.close()
+
+        prog_id = pinned_id(state.PROG_PIN)
+        hc_id = pinned_id(state.HC_PREFIX + "healthcheck_encap")
+        try:
+            ifindex = k.ifindex(cfg.main_interface)
+        except KatranError:
+            ifindex = None  # the interface is gone: so is its XDP program
+        if ifindex is not None and prog_id and k.xdp_attached_prog_id(ifindex, cfg.xdp_attach_mode) == prog_id:
+            k.detach_xdp(ifindex, cfg.xdp_attach_mode)
+            removed.append(f"xdp program id {prog_id} on {cfg.main_interface}")
+        if hc_id:
+            for name in dict.fromkeys(n for n in (cfg.hc_interface, cfg.main_interface) if n):
+                try:
+                    idx = k.ifindex(name)
+                except KatranError:
+                    continue
+                for f in k.tc_filters(idx, "egress"):
+                    if f.get("id") == hc_id:
+                        k.detach_tc(idx, direction="egress", prio=f["prio"])
+                        removed.append(f"tc egress filter prio {f['prio']} (program id {hc_id}) on {name}")
+        if k.remove_pin_dir(pin_dir):
+            removed.append(f"pins in {pin_dir}")
+        if state.remove(state_dir / state.STATE_FILE):
+            removed.append(f"state file {state_dir / state.STATE_FILE}")
+    finally:
+        lock.release()
+    state.remove(state_dir / state.LOCK_FILE)
+    try:
+        os.rmdir(state_dir)
+    except OSError:
+        pass
+    return removed

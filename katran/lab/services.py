@@ -113,8 +113,10 @@ class GrpcServer:
     def pid(self) -> Optional[int]:
         return self.proc.pid if self.proc else None
 
-    def stop(self, timeout: float = 15.0) -> Optional[int]:
-        """SIGTERM (the server detaches and exits); SIGKILL after ``timeout``. Returns the exit code."""
+    def stop(self, timeout: float = 15.0, teardown: bool = True) -> Optional[int]:
+        """SIGTERM (the server leaves its data plane forwarding and exits); SIGKILL after
+        ``timeout``; then, unless ``teardown=False`` (a restart follows), ``katran-teardown``
+        removes the data plane, pins and state file. Returns the server's exit code."""
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None
@@ -129,7 +131,26 @@ class GrpcServer:
                 proc.wait(5)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+        if teardown:
+            self.teardown()
         return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL (a crash): the data plane stays, pinned, for the next start to adopt."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    def teardown(self) -> subprocess.CompletedProcess:
+        """``katran-teardown`` in the lb's namespace (what a stopped server left behind)."""
+        argv = [sys.executable, "-m", "katran.teardown", f"-intf={self.topo.lb.ifname}",
+                *[f for f in self.flags if f.split("=")[0] in ("-state_dir", "-pin_dir", "-xdp_mode", "-hc_intf")]]
+        return self.topo.run(self.topo.lb.netns, argv, env=python_env())
 
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """``katran-cli -server <unix socket> args...`` (text output captured)."""

@@ -130,7 +130,8 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
             daemon.close()
         if lb is not None:
             try:
-                lb.close()
+                # an adopted data plane stays as it was: a failed start detaches nothing it did not attach
+                lb.close(keep=lb.adopted)
             except KatranError:
                 pass
         print(error_line(prog, exc), file=sys.stderr)
@@ -169,7 +170,12 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
         log.info("Stopping Katran!")
         daemon.close()
         try:
-            lb.close()
+            # SIGTERM/SIGINT: a restart-friendly stop (the data plane keeps forwarding, the
+            # next start adopts it) unless -teardown_on_exit or there is nothing to adopt
+            keep = lb.persisting and not ns.teardown_on_exit
+            if keep:
+                log.info("leaving the data plane attached and pinned (state file %s)", lb.state_path)
+            lb.close(keep=keep)
         except KatranError as exc:
             print(error_line(prog, exc), file=sys.stderr)
             status = 1

@@ -65,6 +65,16 @@ def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> Flag
     fs.string("xdp_mode", "native", "XDP attach mode: native, generic or offload")
     fs.string("config", "", "declarative file (YAML): balancer options, VIPs, reals, health checks, ...; "
               "applied at start and again on SIGHUP (flags given explicitly win over its balancer section)")
+    # state that survives restarts (docs/operations.md)
+    fs.bool("persist", True, "pin maps and programs, keep a state file, adopt the running data plane on restart "
+            "(standalone mode; off with -testing or -map_path)")
+    fs.string("state_dir", "", "directory of the state file and the instance lock (default /var/lib/katran/<intf>)")
+    fs.string("pin_dir", "", "bpffs directory of the pinned maps and programs (default /sys/fs/bpf/katran/<intf>)")
+    fs.bool("force", False, "replace an XDP program or tc filter on the interface that is not this instance's")
+    fs.bool("force_reload", False, "when the running data plane cannot be adopted (other sizes, no state file), "
+            "load a fresh one in its place: the LRU and the saved state are lost")
+    fs.bool("teardown_on_exit", False, "on SIGTERM/SIGINT detach and remove programs, filters, pins and the state "
+            "file (default: leave the data plane forwarding for the next start to adopt)")
     return fs
 
 
@@ -123,6 +133,11 @@ def config_from_flags(ns, netns: Optional[str] = None) -> KatranConfig:
         katran_src_v4=ns.katran_src_v4 or None,
         katran_src_v6=ns.katran_src_v6 or None,
         testing=ns.testing,
+        persist=ns.persist,
+        state_dir=ns.state_dir or None,
+        pin_dir=ns.pin_dir or None,
+        force=ns.force,
+        force_reload=ns.force_reload,
     )
 
 
