@@ -100,7 +100,7 @@ class GrpcServer:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        self.stop()
+        self.stop(teardown=False)  # a failed start leaves whatever runs alone
         raise KatranError(f"katran-server-grpc did not start (log {self.log_path}): {self.tail_log()}")
 
     def tail_log(self, lines: int = 5) -> str:
@@ -150,7 +150,7 @@ class GrpcServer:
         """``katran-teardown`` in the lb's namespace (what a stopped server left behind)."""
         argv = [sys.executable, "-m", "katran.teardown", f"-intf={self.topo.lb.ifname}",
                 *[f for f in self.flags if f.split("=")[0] in ("-state_dir", "-pin_dir", "-xdp_mode", "-hc_intf")]]
-        return self.topo.run(self.topo.lb.netns, argv, env=python_env())
+        return self.topo.run(self.topo.lb.netns, argv, env=python_env(), check=False)
 
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """``katran-cli -server <unix socket> args...`` (text output captured)."""

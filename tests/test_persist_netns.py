@@ -1,0 +1,284 @@
+"""Restarts under real traffic (lab topology: client -> router -> katran-server-grpc (XDP) ->
+reals with decap): ``kill -9`` and SIGTERM then a restart with the same flags adopt the
+running data plane -- 0 established sessions broken, 0 new connections refused, the same
+state and program id; a second server on the interface, a foreign XDP program and other
+sizes are refused without touching anything; -teardown_on_exit and katran-teardown remove
+everything."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.privileged,
+    pytest.mark.netns,
+    pytest.mark.slow,
+]
+
+VIP = "10.100.1.20"
+VIP_B = "10.100.1.21"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    from katran import decap
+    from katran.lab import services
+    from katran.lab.netns import inside
+    from katran.lab.topology import TopologySpec, topology
+
+    old_affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(old_affinity)})  # one CPU: a flow keeps its per-CPU LRU (see test_e2e)
+    spec = TopologySpec(prefix=f"kps{os.getpid() % 10000}", n_reals=3)
+    try:
+        with topology(spec) as topo:
+            reals = {}
+            try:
+                for h in topo.reals:
+                    with inside(h.netns):
+                        decap.install(h.ifname, [VIP, VIP_B], pin_root=topo.pin_root / h.role, fix_rp_filter=0)
+                    reals[h.role] = services.RealServers(h.netns, h.role, [VIP, VIP_B])
+                yield topo
+            finally:
+                for r in reals.values():
+                    r.close()
+    finally:
+        os.sched_setaffinity(0, old_affinity)
+
+
+def _server(topo, *flags, name="grpc"):
+    from katran.lab import services
+
+    return services.GrpcServer(topo, topo.gateway_mac(), flags=list(flags), name=name)
+
+
+def _client(server):
+    from katran_grpc.client import GrpcKatranClient
+
+    return GrpcKatranClient(server.address, timeout=10.0)
+
+
+def _configure(server, topo, vip_addr=VIP):
+    from katran.lab import services
+    from katran.models import ModifyAction, Real, VipKey
+
+    vip = VipKey(vip_addr, services.ECHO_PORT, "tcp")
+    with _client(server) as c:
+        c.add_vip(vip)
+        c.modify_reals_for_vip(ModifyAction.ADD, [Real(h.ip4, 1 + i) for i, h in enumerate(topo.reals)], vip)
+        c.add_healthchecker_dst(1000, topo.reals[0].ip4) if _has_hc(c) else None
+
+
+def _has_hc(c) -> bool:
+    try:
+        c.get_healthcheckers_dst()
+        return True
+    except Exception:
+        return False
+
+
+def _listing(server) -> dict:
+    with _client(server) as c:
+        vips = sorted(c.get_all_vips(), key=str)
+        out = {str(v): ([(str(r.address), r.weight, r.flags) for r in c.get_reals_for_vip(v)],
+                        c.get_vip_flags(v), int(c.get_hash_function_for_vip(v))) for v in vips}
+        out["mac"] = c.get_mac()
+        if _has_hc(c):
+            out["hc"] = c.get_healthcheckers_dst()
+        return out
+
+
+class Traffic:
+    """Established echo sessions asked in a loop, plus a new connection per round.
+
+    ``broken``: established sessions that failed; ``refused``: new connections that failed;
+    ``stall``: the longest time between two successful rounds.
+    """
+
+    def __init__(self, topo, vip=VIP, n=8) -> None:
+        from katran.lab import services
+
+        self.topo, self.vip = topo, vip
+        self.sessions = []
+        for _ in range(n):
+            s = services.EchoSession(topo.client.netns, vip)
+            self.sessions.append([s, s.ask("first"), True])
+        self.broken = 0
+        self.refused = 0
+        self.rounds = 0
+        self.stall = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Traffic":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from katran.lab import services
+
+        last = time.monotonic()
+        while not self._stop.is_set():
+            for entry in self.sessions:
+                s, name, ok = entry
+                if not ok:
+                    continue
+                try:
+                    if s.ask(f"r{self.rounds}") != name:
+                        raise ConnectionError("moved to another real")
+                except Exception:
+                    entry[2] = False
+                    self.broken += 1
+            try:
+                fresh = services.EchoSession(self.topo.client.netns, self.vip, timeout=3.0)
+                try:
+                    fresh.ask("new")
+                finally:
+                    fresh.close()
+            except Exception:
+                self.refused += 1
+            now = time.monotonic()
+            self.stall = max(self.stall, now - last)
+            last = now
+            self.rounds += 1
+            time.sleep(0.02)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        for s, _, _ in self.sessions:
+            s.close()
+
+
+def _prog_id(topo) -> int:
+    from katran.lab import labnet
+
+    return labnet.xdp_prog_id(topo.lb.netns, topo.lb.ifname)
+
+
+@pytest.mark.parametrize("how", ["kill9", "sigterm"])
+def test_restart_under_traffic_adopts(lab, how):
+    topo = lab
+    server = _server(topo)
+    server.start()
+    try:
+        _configure(server, topo)
+        before = _listing(server)
+        prog = _prog_id(topo)
+        with Traffic(topo) as traffic:
+            time.sleep(0.3)
+            rounds0 = traffic.rounds
+            t0 = time.monotonic()
+            if how == "kill9":
+                server.kill()
+            else:
+                assert server.stop(teardown=False) == 0
+            assert _prog_id(topo) == prog  # still forwarding
+            server.start()
+            restart = time.monotonic() - t0
+            time.sleep(0.5)
+        print(f"{how}: restart {restart:.2f}s, rounds {traffic.rounds}, broken {traffic.broken}, "
+              f"refused {traffic.refused}, longest stall {traffic.stall * 1000:.0f} ms")
+        assert traffic.rounds > rounds0 + 3
+        assert traffic.broken == 0 and traffic.refused == 0, vars(traffic)
+        assert _prog_id(topo) == prog
+        assert _listing(server) == before
+        assert restart < 30
+        assert "adopted the data plane" in server.log_path.read_text()
+    finally:
+        server.stop()
+    assert _prog_id(topo) == 0  # stop() tears down
+
+
+def test_second_server_on_the_interface_refused(lab):
+    topo = lab
+    server = _server(topo)
+    server.start()
+    try:
+        _configure(server, topo)
+        prog, before = _prog_id(topo), _listing(server)
+        second = _server(topo, name="grpc2")
+        with pytest.raises(Exception, match="another katran instance"):
+            second.start(timeout=20)
+        assert _prog_id(topo) == prog and _listing(server) == before
+    finally:
+        server.stop()
+
+
+def test_foreign_xdp_program_not_replaced(lab):
+    from katran.adapter import bpf, netlink
+    from katran.dataplane import OBJ_DIR
+    from katran.lab.netns import inside
+
+    topo = lab
+    with inside(topo.lb.netns):
+        obj = bpf.load_object(OBJ_DIR / "xdp_pass.bpf.o")
+        (prog,) = obj.programs.values()
+        ifindex = netlink.ifindex(topo.lb.ifname)
+        prog.attach_xdp(ifindex, "native")
+    try:
+        fid = _prog_id(topo)
+        server = _server(topo)
+        with pytest.raises(Exception, match=f"XDP program .*program id {fid} "):
+            server.start(timeout=20)
+        assert _prog_id(topo) == fid
+        server = _server(topo, "-force")
+        server.start()
+        try:
+            assert _prog_id(topo) not in (0, fid)
+        finally:
+            server.stop()
+    finally:
+        with inside(topo.lb.netns):
+            if bpf.xdp_attached_prog_id(ifindex, "native") == fid:
+                bpf.detach_xdp(ifindex, "native")
+        obj.close()
+
+
+def test_other_sizes_refused_then_force_reload(lab):
+    topo = lab
+    server = _server(topo)
+    server.start()
+    try:
+        _configure(server, topo)
+        prog = _prog_id(topo)
+        assert server.stop(teardown=False) == 0
+        bigger = _server(topo, "-max_vips=32")
+        with pytest.raises(Exception, match="max_vips: 16 -> 32"):
+            bigger.start(timeout=20)
+        assert _prog_id(topo) == prog
+        server = _server(topo, "-max_vips=32", "-force_reload")
+        server.start()
+        assert _prog_id(topo) not in (0, prog)
+        assert _listing(server).keys() <= {"mac", "hc"}  # the saved state is gone, as announced
+    finally:
+        server.stop()
+
+
+def test_teardown_on_exit_and_katran_teardown(lab):
+    from katran import state
+    from katran.lab.netns import inside
+
+    topo = lab
+    server = _server(topo, "-teardown_on_exit")
+    server.start()
+    _configure(server, topo)
+    assert server.stop(teardown=False) == 0  # the flag alone removes everything
+    assert _prog_id(topo) == 0
+    server = _server(topo)
+    server.start()
+    _configure(server, topo)
+    server.kill()
+    assert _prog_id(topo)
+    res = server.teardown()
+    assert res.returncode == 0, res.stderr
+    assert "removed xdp program" in res.stdout and "removed state file" in res.stdout
+    assert _prog_id(topo) == 0
+    with inside(topo.lb.netns):
+        name = state.instance_name(topo.lb.ifname)
+    assert not (Path(state.DEFAULT_PIN_ROOT) / name).exists()
+    assert not (Path(state.DEFAULT_STATE_ROOT) / name).exists()
