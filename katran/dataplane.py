@@ -9,6 +9,7 @@ name, never VIPs or reals.  Every kernel call goes through the injected
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -35,6 +36,14 @@ KNOBS = (
 MAX_SERVER_IDS_V3 = 1 << 24  # server_id_map entries when it is a hash (CID v3)
 RECIRC_SLOT = 0  # the balancer's own slot in its `subprograms` prog array
 GLOBAL_COUNTER_SLOTS = 32  # global counters live at stats[max_vips + 0..31]
+
+
+class _Subset:
+    """Some maps and every program of a loaded object (what ``state.pin_object`` pins)."""
+
+    def __init__(self, obj, map_names) -> None:
+        self.maps = {n: obj.maps[n] for n in map_names}
+        self.programs = obj.programs
 
 
 def state_safe(text: object) -> str:
@@ -79,6 +88,19 @@ class AttachRefusedError(KatranError):
     """The interface carries a program this instance does not own (refused without ``force``)."""
 
 
+class IncompatibleObjectError(KatranError):
+    """A newer balancer object whose maps do not fit the live ones (hitless upgrade refused)."""
+
+
+def object_identity(path: Path) -> dict:
+    """Which object file a program came from: its path and sha256 (an upgrade changes either)."""
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise BuildError(f"cannot read the BPF object {path}: {exc.strerror}") from None
+    return {"path": str(path), "sha256": digest}
+
+
 class DataPlane:
     """The loaded balancer object (and the healthcheck program when ``enable_hc``)."""
 
@@ -95,6 +117,8 @@ class DataPlane:
         self._pins: Optional[dict] = None  # what we pinned / adopted (persisting only)
         self._old_own_ids: set = set()  # programs of an earlier instance of ours (pinned)
         self.adopted = False  # started by adopting a running data plane
+        self.upgraded_from: Optional[int] = None  # program id replaced by a hitless upgrade at start
+        self.object_identity: Optional[dict] = None
 
     @property
     def started(self) -> bool:
@@ -188,16 +212,35 @@ class DataPlane:
         self.abi = contract.BALANCER.check(path, strict=not cfg.balancer_prog_path)
         obj = state.PinnedObject.open(k, self.pin_dir, pins["maps"], pins["programs"])
         self.obj = obj
+        self._pins = dict(pins)
         try:
             if obj.program(BALANCER_PROG).id != attached:  # replaced while we opened the pins
                 raise state.StateError(f"the XDP program on {cfg.main_interface} changed during adoption")
+            identity = object_identity(path)
+            if saved.get("object") not in (None, identity):
+                try:
+                    self._upgrade(path, ifindex)
+                except IncompatibleObjectError as exc:
+                    if not cfg.force_reload:
+                        raise IncompatibleObjectError(
+                            f"cannot upgrade the data plane on {cfg.main_interface} "
+                            f"({self._describe_prog(attached)}) to {path} in place: {exc}; nothing was changed. "
+                            f"Use an object with the same map layout, or force_reload (-force_reload) to load it "
+                            f"with fresh maps (loses the LRU -- established flows may move to other reals -- and "
+                            f"every VIP, real and route not re-applied by -config)") from None
+                    log.warning("force_reload: %s: %s; loading it with fresh maps, the LRU and saved state are "
+                                "lost", path, exc)
+                    self._close_handles()
+                    self._pins = None
+                    return None
+            self.object_identity = identity
             if cfg.enable_hc:
                 self.hc = HcManager.from_config(cfg, kernel=k)
                 self.hc.adopt(self.pin_dir, pins.get("hc_maps", ()), pins.get("hc_programs", ()),
                               saved.get("hc_dsts", ()), force=cfg.force)
-            self._pins = dict(pins)
         except BaseException:
             self._close_handles()
+            self._pins = None
             raise
         self._attached_ifindex = ifindex
         self.adopted = True
@@ -234,6 +277,8 @@ class DataPlane:
         finally:
             spec.close()
         self.obj = obj
+        if self.persisting:
+            self.object_identity = object_identity(path)
         try:
             self._provision(mac)
             if cfg.enable_hc:
@@ -263,6 +308,71 @@ class DataPlane:
             state.pin_object(k, hc_obj, self.pin_dir, state.HC_PREFIX)
             self._pins["hc_maps"] = sorted(hc_obj.maps)
             self._pins["hc_programs"] = sorted(hc_obj.programs)
+
+    def _upgrade(self, path: Path, ifindex: int) -> None:
+        """Hitless upgrade: load ``path`` reusing every live map (LRU included), then swap the
+        XDP program atomically (XDP_FLAGS_REPLACE with the old program as the expected one)."""
+        cfg = self.config
+        k = self.kernel
+        live = self.obj
+        old_prog = live.program(BALANCER_PROG)
+        spec = k.open_object(path)
+        try:
+            try:
+                abi = contract.BALANCER.check(path, strict=not cfg.balancer_prog_path)
+            except KatranError as exc:
+                raise IncompatibleObjectError(str(exc)) from None
+            self.abi = abi
+            try:
+                self._size_maps(spec)
+                self._set_knobs(spec)
+            except KatranError as exc:
+                raise IncompatibleObjectError(str(exc)) from None
+            problems = []
+            names = set(spec.map_names)
+            for name, m in live.maps.items():
+                if name not in names:
+                    problems.append(f"map {name} is not in the new object")
+                    continue
+                want = spec.map_def(name)
+                have = {"type": m.type, "key_size": m.key_size, "value_size": m.value_size,
+                        "max_entries": m.max_entries}
+                diff = [f"{f} {have[f]} -> {want[f]}" for f in have if want[f] != have[f]]
+                if diff:
+                    problems.append(f"map {name}: {', '.join(diff)}")
+            if problems:
+                raise IncompatibleObjectError("; ".join(problems))
+            for name, m in live.maps.items():
+                spec.reuse_map_fd(name, m.fd)
+            new = spec.load()
+        finally:
+            spec.close()
+        new_prog = new.program(BALANCER_PROG)
+        recirc = (cfg.inline_decap_ipip or cfg.inline_decap_gue) and "subprograms" in new.maps
+        try:
+            if recirc:
+                new.map("subprograms").update(structs.u32(RECIRC_SLOT), structs.u32(new_prog.fd))
+            new_prog.attach_xdp(ifindex, cfg.xdp_attach_mode, expected_prog_fd=old_prog.fd)  # no gap
+        except BaseException:
+            if recirc:
+                try:
+                    new.map("subprograms").update(structs.u32(RECIRC_SLOT), structs.u32(old_prog.fd))
+                except KatranError:
+                    pass
+            new.close()
+            raise
+        old_id = old_prog.id
+        # the new program (and maps the old object lacked) replace the old pins
+        for name in new.programs:
+            k.unpin(self.pin_dir / name)
+        added = [n for n in new.maps if n not in live.maps]
+        state.pin_object(k, _Subset(new, added), self.pin_dir)
+        live.close()
+        self.obj = new
+        self._pins = {**self._pins, "maps": sorted(new.maps), "programs": sorted(new.programs)}
+        self.upgraded_from = old_id
+        log.info("hitless upgrade on %s: program id %d replaced by %d (%s), every map kept",
+                 cfg.main_interface, old_id, new_prog.id, path)
 
     def pins(self) -> dict:
         return dict(self._pins) if self._pins is not None else {}

@@ -256,6 +256,7 @@ class KatranLb:
             "interface": self._config.main_interface,
             "prog_id": self._dp.program().id,
             "pins": self._dp.pins(),
+            "object": self._dp.object_identity,
             "config": state.sizing(self._config),
             "mac": self._mac.hex(),
             "vips": [{"address": format_address(v.address), "port": v.port, "proto": v.proto, "num": st.num,

@@ -314,3 +314,55 @@ def test_write_atomic_leaves_old_file_on_error(tmp_path):
     with pytest.raises(KernelError, match="write state file"):
         state.write_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
+
+
+def test_newer_object_swapped_in_reusing_every_map(tmp_path):
+    import shutil
+
+    from katran.dataplane import OBJ_DIR
+
+    k = FakeKernel()
+    lb = KatranLb(cfg(tmp_path), kernel=k)
+    lb.start()
+    populate(lb)
+    before, maps_before = listing(lb), kernel_maps(k, lb)
+    old_id = lb._dp.program().id
+    map_ids = {n: m.id for n, m in lb._dp.obj.maps.items()}
+    lb.close(keep=True)
+    newer = tmp_path / "balancer-v2.bpf.o"
+    shutil.copy(OBJ_DIR / "balancer.bpf.o", newer)
+    lb2 = KatranLb(cfg(tmp_path, balancer_prog_path=str(newer)), kernel=k)
+    lb2.start()
+    new_id = lb2._dp.program().id
+    assert lb2.adopted and lb2._dp.upgraded_from == old_id and new_id != old_id
+    assert k.xdp_attached_prog_id(2) == new_id and k.calls["detach_xdp"] == 0  # swapped, never detached
+    assert {n: m.id for n, m in lb2._dp.obj.maps.items()} == map_ids  # the LRU maps included
+    assert listing(lb2) == before and kernel_maps(k, lb2) == maps_before
+    lb2.close(keep=True)
+    lb3 = KatranLb(cfg(tmp_path, balancer_prog_path=str(newer)), kernel=k)
+    lb3.start()  # the pins now name the new program: a plain adoption
+    assert lb3.adopted and lb3._dp.upgraded_from is None and lb3._dp.program().id == new_id
+    lb3.close()
+    assert k.xdp == {} and k.pins == {}
+
+
+def test_incompatible_object_refused_unless_force_reload(tmp_path):
+    from katran.dataplane import OBJ_DIR, IncompatibleObjectError
+
+    k = FakeKernel()
+    lb = KatranLb(cfg(tmp_path), kernel=k)
+    lb.start()
+    populate(lb)
+    old_id = lb._dp.program().id
+    lb.close(keep=True)
+    other = str(OBJ_DIR / "decap.bpf.o")
+    lb2 = KatranLb(cfg(tmp_path, balancer_prog_path=other), kernel=k)
+    with pytest.raises(IncompatibleObjectError, match="cannot upgrade .* in place: .*nothing was changed.*-force_reload"):
+        lb2.start()
+    lb2.close()
+    assert k.xdp_attached_prog_id(2) == old_id
+    lb3 = KatranLb(cfg(tmp_path, balancer_prog_path=other, force_reload=True), kernel=k)
+    with pytest.raises(Exception):
+        lb3.start()  # force_reload loads it with fresh maps: the decap object is no balancer at all
+    lb3.close()
+    assert k.xdp_attached_prog_id(2) == old_id  # the failed start left the running one alone

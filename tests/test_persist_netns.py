@@ -282,3 +282,50 @@ def test_teardown_on_exit_and_katran_teardown(lab):
         name = state.instance_name(topo.lb.ifname)
     assert not (Path(state.DEFAULT_PIN_ROOT) / name).exists()
     assert not (Path(state.DEFAULT_STATE_ROOT) / name).exists()
+
+
+def test_upgrade_keeps_the_lru(lab, tmp_path):
+    """A newer object (here: a copy) is swapped in atomically with the live maps: after the
+    swap the ring changes (weights), yet every established session keeps its real -- found in
+    the carried LRU -- while new connections follow the new ring."""
+    import shutil
+
+    from katran.dataplane import OBJ_DIR
+    from katran.lab import services
+    from katran.models import ModifyAction, Real, VipKey
+
+    topo = lab
+    newer = tmp_path / "balancer-next.bpf.o"
+    shutil.copy(OBJ_DIR / "balancer.bpf.o", newer)
+    server = _server(topo)
+    server.start()
+    try:
+        _configure(server, topo)
+        old = _prog_id(topo)
+        with Traffic(topo, n=12) as traffic:
+            assert len({name for _, name, _ in traffic.sessions}) >= 2
+            assert server.stop(teardown=False) == 0
+            server = _server(topo, f"-balancer_prog={newer}")
+            server.start()
+            new = _prog_id(topo)
+            assert new not in (0, old)
+            assert "hitless upgrade" in server.log_path.read_text()
+            vip = VipKey(VIP, services.ECHO_PORT, "tcp")
+            with _client(server) as c:  # a very different ring: most slots now go to real1
+                c.modify_reals_for_vip(ModifyAction.ADD, [Real(topo.reals[0].ip4, 1000)], vip)
+            time.sleep(0.5)
+        print(f"upgrade: rounds {traffic.rounds}, broken {traffic.broken}, refused {traffic.refused}, "
+              f"longest stall {traffic.stall * 1000:.0f} ms")
+        assert traffic.broken == 0 and traffic.refused == 0, vars(traffic)
+
+        # an object whose maps do not fit is refused; the running program stays
+        assert server.stop(teardown=False) == 0
+        bad = _server(topo, f"-balancer_prog={OBJ_DIR / 'decap.bpf.o'}")
+        with pytest.raises(Exception, match="cannot upgrade .* in place"):
+            bad.start(timeout=20)
+        assert _prog_id(topo) == new
+        server = _server(topo, f"-balancer_prog={newer}")
+        server.start()
+        assert _prog_id(topo) == new
+    finally:
+        server.stop()

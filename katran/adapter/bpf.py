@@ -596,12 +596,23 @@ class Program(_BpfFd):
         check(lib.bpf_prog_test_run_opts(self._fd(), opts), f"live test run {self.name}")
         return TestRunResult(retval=int(opts.retval), data=b"", duration_ns=int(opts.duration), ctx=None)
 
-    def attach_xdp(self, ifindex: int, mode: str = "native", replace: bool = False) -> None:
-        """Attach as the XDP program of ``ifindex``; replace=False fails (EBUSY) if one is there."""
+    def attach_xdp(self, ifindex: int, mode: str = "native", replace: bool = False,
+                   expected_prog_fd: int | None = None) -> None:
+        """Attach as the XDP program of ``ifindex``; replace=False fails (EBUSY) if one is there.
+
+        ``expected_prog_fd``: replace atomically only if that program is the attached one
+        (XDP_FLAGS_REPLACE; EEXIST otherwise) -- a hitless upgrade.
+        """
         flags = _xdp_mode_flags(mode)
-        if not replace:
+        opts = ffi.NULL
+        if expected_prog_fd is not None:
+            flags |= XDP_FLAGS_REPLACE
+            opts = ffi.new("struct bpf_xdp_attach_opts *")
+            opts.sz = ffi.sizeof("struct bpf_xdp_attach_opts")
+            opts.old_prog_fd = expected_prog_fd
+        elif not replace:
             flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
-        check(lib.bpf_xdp_attach(ifindex, self._fd(), flags, ffi.NULL),
+        check(lib.bpf_xdp_attach(ifindex, self._fd(), flags, opts),
               f"attach xdp program {self.name} to ifindex {ifindex} ({mode})")
 
 

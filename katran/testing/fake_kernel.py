@@ -375,9 +375,16 @@ class FakeProgram(_Handle):
         self._live()
         raise KernelError(f"test run {self.name}", errno.EOPNOTSUPP, "the fake kernel runs no BPF code")
 
-    def attach_xdp(self, ifindex: int, mode: str = "native", replace: bool = False) -> None:
+    def attach_xdp(self, ifindex: int, mode: str = "native", replace: bool = False,
+                   expected_prog_fd: Optional[int] = None) -> None:
         s = self._live()
-        s.kernel._call("attach_xdp", f"attach xdp program {self.name} to ifindex {ifindex} ({mode})")
+        what = f"attach xdp program {self.name} to ifindex {ifindex} ({mode})"
+        s.kernel._call("attach_xdp", what)
+        if expected_prog_fd is not None:
+            h = s.kernel._fds.get(expected_prog_fd)
+            if h is None or s.kernel.xdp.get((ifindex, mode)) is not h._store:
+                raise KernelError(what, errno.EEXIST)
+            replace = True
         s.kernel._attach_xdp(s, ifindex, mode, replace)
 
 
@@ -447,6 +454,12 @@ class FakeSpec:
     def set_map_type(self, map_name: str, map_type: int) -> None:
         self._map(map_name)["type"] = map_type
 
+    def reuse_map_fd(self, map_name: str, fd: int) -> None:
+        h = self.kernel._fds.get(fd)
+        if not isinstance(h, FakeMap):
+            raise KernelError(f"reuse fd {fd} for {map_name}", errno.EBADF)
+        self._map(map_name)["reuse"] = h._store
+
     def rodata_vars(self) -> dict:
         self._live()
         return {name: (self._rodata_offsets[name], size) for name, (size, _) in self._rodata.items()}
@@ -491,8 +504,8 @@ class FakeObject:
         self.rodata = {name: v for name, (_, v) in spec._rodata.items()}
         self.maps: dict[str, FakeMap] = {}
         for name, d in spec._maps.items():
-            store = _MapStore(k, name, d["type"], d["key_size"], d["value_size"], d["max_entries"], d["flags"],
-                              d["inner"])
+            store = d.get("reuse") or _MapStore(k, name, d["type"], d["key_size"], d["value_size"],
+                                                d["max_entries"], d["flags"], d["inner"])
             self.maps[name] = FakeMap(store)
         self.internal_maps: dict[str, FakeMap] = {}
         if spec._rodata:
