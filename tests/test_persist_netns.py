@@ -8,7 +8,6 @@ everything."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -92,68 +91,6 @@ def _listing(server) -> dict:
         return out
 
 
-class Traffic:
-    """Established echo sessions asked in a loop, plus a new connection per round.
-
-    ``broken``: established sessions that failed; ``refused``: new connections that failed;
-    ``stall``: the longest time between two successful rounds.
-    """
-
-    def __init__(self, topo, vip=VIP, n=8) -> None:
-        from katran.lab import services
-
-        self.topo, self.vip = topo, vip
-        self.sessions = []
-        for _ in range(n):
-            s = services.EchoSession(topo.client.netns, vip)
-            self.sessions.append([s, s.ask("first"), True])
-        self.broken = 0
-        self.refused = 0
-        self.rounds = 0
-        self.stall = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "Traffic":
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        from katran.lab import services
-
-        last = time.monotonic()
-        while not self._stop.is_set():
-            for entry in self.sessions:
-                s, name, ok = entry
-                if not ok:
-                    continue
-                try:
-                    if s.ask(f"r{self.rounds}") != name:
-                        raise ConnectionError("moved to another real")
-                except Exception:
-                    entry[2] = False
-                    self.broken += 1
-            try:
-                fresh = services.EchoSession(self.topo.client.netns, self.vip, timeout=3.0)
-                try:
-                    fresh.ask("new")
-                finally:
-                    fresh.close()
-            except Exception:
-                self.refused += 1
-            now = time.monotonic()
-            self.stall = max(self.stall, now - last)
-            last = now
-            self.rounds += 1
-            time.sleep(0.02)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        for s, _, _ in self.sessions:
-            s.close()
-
-
 def _prog_id(topo) -> int:
     from katran.lab import labnet
 
@@ -162,6 +99,8 @@ def _prog_id(topo) -> int:
 
 @pytest.mark.parametrize("how", ["kill9", "sigterm"])
 def test_restart_under_traffic_adopts(lab, how):
+    from katran.lab import services
+
     topo = lab
     server = _server(topo)
     server.start()
@@ -169,7 +108,7 @@ def test_restart_under_traffic_adopts(lab, how):
         _configure(server, topo)
         before = _listing(server)
         prog = _prog_id(topo)
-        with Traffic(topo) as traffic:
+        with services.TrafficProbe(topo.client.netns, VIP) as traffic:
             time.sleep(0.3)
             rounds0 = traffic.rounds
             t0 = time.monotonic()
@@ -302,7 +241,7 @@ def test_upgrade_keeps_the_lru(lab, tmp_path):
     try:
         _configure(server, topo)
         old = _prog_id(topo)
-        with Traffic(topo, n=12) as traffic:
+        with services.TrafficProbe(topo.client.netns, VIP, n=12) as traffic:
             assert len({name for _, name, _ in traffic.sessions}) >= 2
             assert server.stop(teardown=False) == 0
             server = _server(topo, f"-balancer_prog={newer}")

@@ -8,7 +8,10 @@ Steps (each gets PASS/FAIL in the report):
    straight from the reals to the client (DSR), ``katran-cli -s -lru`` and ``-l``;
 3. shared mode: root program, a firewall in slot 0 dropping one source prefix, katran in slot 2;
 4. healthcheck forwarding: somarks -> reals, hc_it_client.py probes, encapsulated probes captured;
-5. cleanup of everything made, also on failure or Ctrl-C.
+5. active health checks: a real goes down and comes back under traffic;
+6. restart and upgrade under traffic: standalone again, ``kill -9`` + restart, SIGTERM + restart,
+   a hitless upgrade to another object file -- broken connections and the longest stall reported;
+7. cleanup of everything made, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ VIP4, VIP6 = "10.100.1.1", "fc00:100::1"
 BLOCKED_PREFIX = "10.10.1.64/26"  # holds the client's second address 10.10.1.66
 HC_MARKS = {1000: "real1:4", 1001: "real2:4", 1002: "real1:6"}  # somark -> real (role:family)
 EXAMPLES = S.EXAMPLES
-STEPS = 7  # topology + 5 numbered steps + cleanup
+STEPS = 8  # topology + 6 numbered steps + cleanup
 
 
 @attrs.define
@@ -346,6 +349,65 @@ class Lab:
             st.note("server log: " + line.split(": ", 1)[-1])
         st.note(f"answers after detection: {dict(during)}")
 
+    def restart_upgrade(self, st: Step) -> None:
+        """Standalone server, echo sessions + new connections in a loop while the server is killed,
+        stopped and upgraded: every established session must keep its real."""
+        import shutil
+        import tempfile
+
+        from katran.dataplane import OBJ_DIR
+
+        from . import labnet
+
+        topo = self.topo
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        map_path = str(topo.pin_root / "jmp_eth0")
+        res = self.lb_run([S.entry_point("katran-xdp-root"), "uninstall", "--intf", topo.lb.ifname,
+                           "--map-path", map_path])
+        st.note("$ katran-xdp-root uninstall: " + (res.stdout + res.stderr).strip())
+        flags = ["-forwarding_cores=0"]
+        self.server = S.GrpcServer(topo, "auto", flags=flags)
+        self.server.start()
+        r1, r2 = topo.reals[0], topo.reals[1]
+        echo = f"{VIP4}:{S.ECHO_PORT}"
+        self.cli(st, "-A", "-t", echo)
+        for r in (r1, r2):
+            self.cli(st, "-a", "-t", echo, "-r", r.ip4, "-w", "1")
+        prog = labnet.xdp_prog_id(topo.lb.netns, topo.lb.ifname)
+        tmp = Path(tempfile.mkdtemp(prefix="katran-lab-obj-"))
+        newer = tmp / "balancer-next.bpf.o"
+        shutil.copy(OBJ_DIR / "balancer.bpf.o", newer)
+        try:
+            with S.TrafficProbe(topo.client.netns, VIP4, n=8) as traffic:
+                st.note(f"8 echo sessions to {echo}: {dict(collections.Counter(n for _, n, _ in traffic.sessions))}")
+                time.sleep(0.3)
+                t0 = time.monotonic()
+                self.server.kill()
+                self.server.start()
+                st.note(f"kill -9 + restart: serving again after {time.monotonic() - t0:.2f}s")
+                st.check(labnet.xdp_prog_id(topo.lb.netns, topo.lb.ifname) == prog,
+                         f"kill -9 + restart: program id {prog} adopted, not reloaded")
+                t0 = time.monotonic()
+                self.server.stop(teardown=False)
+                self.server.start()
+                st.note(f"SIGTERM + restart: serving again after {time.monotonic() - t0:.2f}s")
+                st.check(labnet.xdp_prog_id(topo.lb.netns, topo.lb.ifname) == prog,
+                         f"SIGTERM + restart: program id {prog} adopted")
+                self.server.stop(teardown=False)
+                self.server = S.GrpcServer(topo, "auto", flags=[*flags, f"-balancer_prog={newer}"])
+                self.server.start()
+                new = labnet.xdp_prog_id(topo.lb.netns, topo.lb.ifname)
+                st.check(new not in (0, prog), f"hitless upgrade to {newer.name}: program id {prog} -> {new}, "
+                                               f"maps (LRU) kept")
+                time.sleep(0.5)
+            st.check(traffic.broken == 0 and traffic.refused == 0,
+                     f"{traffic.rounds} rounds: {traffic.broken} established sessions broken, "
+                     f"{traffic.refused} new connections refused, longest stall {traffic.stall * 1000:.0f} ms")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def cleanup(self, st: Step) -> None:
         if self.server is not None:
             code = self.server.stop()
@@ -378,10 +440,11 @@ class Lab:
                 if self.server is not None:
                     self.step("5. active health checks: a real goes down and comes back under traffic",
                               self.active_healthchecks)
+                self.step("6. restart and upgrade under traffic: kill -9, SIGTERM, new object", self.restart_upgrade)
         except KeyboardInterrupt:
             print("\ninterrupted: cleaning up", flush=True)
         finally:
-            self.step("6. cleanup", self.cleanup)
+            self.step("7. cleanup", self.cleanup)
             signal.signal(signal.SIGTERM, old_term)
         print(self.report(time.monotonic() - t0))
         return 0 if self.steps and all(s.ok for s in self.steps) and len(self.steps) == STEPS else 1

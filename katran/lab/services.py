@@ -340,6 +340,64 @@ class EchoSession:
             self.sock.close()
 
 
+class TrafficProbe:
+    """Established echo sessions asked in a loop, plus a new connection per round.
+
+    ``broken``: established sessions that failed; ``refused``: new connections that failed;
+    ``stall``: the longest time between two successful rounds.
+    """
+
+    def __init__(self, netns: str, vip: str, n: int = 8) -> None:
+        self.netns, self.vip = netns, vip
+        self.sessions = []
+        for _ in range(n):
+            s = EchoSession(netns, vip)
+            self.sessions.append([s, s.ask("first"), True])
+        self.broken = 0
+        self.refused = 0
+        self.rounds = 0
+        self.stall = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "TrafficProbe":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            for entry in self.sessions:
+                s, name, ok = entry
+                if not ok:
+                    continue
+                try:
+                    if s.ask(f"r{self.rounds}") != name:
+                        raise ConnectionError("moved to another real")
+                except Exception:
+                    entry[2] = False
+                    self.broken += 1
+            try:
+                fresh = EchoSession(self.netns, self.vip, timeout=3.0)
+                try:
+                    fresh.ask("new")
+                finally:
+                    fresh.close()
+            except Exception:
+                self.refused += 1
+            now = time.monotonic()
+            self.stall = max(self.stall, now - last)
+            last = now
+            self.rounds += 1
+            time.sleep(0.02)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        for s, _, _ in self.sessions:
+            s.close()
+
+
 def bulk_send(netns: str, vip: str, nbytes: int, port: int = BULK_PORT, timeout: float = 20.0) -> tuple[str, int, float]:
     """Send ``nbytes`` over one TCP session; returns (real, bytes the real counted, seconds)."""
     chunk = os.urandom(1 << 16)
