@@ -268,3 +268,32 @@ def test_upgrade_keeps_the_lru(lab, tmp_path):
         assert _prog_id(topo) == new
     finally:
         server.stop()
+
+
+def test_restart_with_config_reconciles_to_an_empty_plan(lab, tmp_path):
+    """-config after an adoption: the file describes what already runs, so nothing is applied."""
+    from katran.lab import services
+
+    topo = lab
+    conf = tmp_path / "katran.yaml"
+    conf.write_text("version: 1\nvips:\n"
+                    f"  - address: {VIP_B}\n    port: {services.ECHO_PORT}\n    proto: tcp\n    reals:\n"
+                    + "".join(f"      - {{address: {h.ip4}, weight: {i + 1}}}\n" for i, h in enumerate(topo.reals)))
+    server = _server(topo, f"-config={conf}")
+    server.start()
+    try:
+        prog, before = _prog_id(topo), _listing(server)
+        assert f"{VIP_B}:{services.ECHO_PORT}/tcp" in before
+        with services.TrafficProbe(topo.client.netns, VIP_B) as traffic:
+            mark = server.log_path.stat().st_size
+            server.kill()
+            server.start()
+            time.sleep(0.3)
+        assert traffic.broken == 0 and traffic.refused == 0, vars(traffic)
+        with open(server.log_path) as f:
+            f.seek(mark)
+            log = f.read()
+        assert "adopted the data plane" in log and "(start): no change" in log, log[-2000:]
+        assert _prog_id(topo) == prog and _listing(server) == before
+    finally:
+        server.stop()
