@@ -481,7 +481,7 @@ def test_tc_bpf_attach_counts_egress_packets(loaded, netns_veth) -> None:
     pc = loaded.map("adapter_pcpu")
     netlink.attach_tc_bpf(ia, tc.fd, "egress", prio=3, handle=7, name="adt_tc", netns=ns)
     netlink.ensure_clsact(ia, ns)  # present: reused silently
-    assert netlink.tc_bpf_filters(ia, "egress", ns) == [{"name": "adt_tc", "prio": 3, "handle": 7}]
+    assert netlink.tc_bpf_filters(ia, "egress", ns) == [{"name": "adt_tc", "prio": 3, "handle": 7, "id": tc.id}]
     assert netlink.tc_bpf_filters(ia, "ingress", ns) == []
     with pytest.raises(KernelError, match="attach tc bpf adt_tc"):
         netlink.attach_tc_bpf(ia, tc.fd, "egress", prio=3, handle=7, name="adt_tc", netns=ns)
