@@ -11,7 +11,7 @@ from katran.config import KatranConfig
 from katran.errors import ValidationError
 from katran.models import HashFunction
 
-from .goflags import FlagError, FlagSet, HelpRequested
+from .goflags import FlagError, FlagSet, HelpRequested, VersionRequested
 
 # KatranConfig field -> the flag that sets it, to name the flag in start-up errors
 FLAG_OF_FIELD = {
@@ -132,6 +132,9 @@ def parse_server_flags(fs: FlagSet, argv, prog: str):
         ns = fs.parse(list(argv))
         if ns.args:
             raise FlagError(f"unexpected argument: {ns.args[0]}")
+    except VersionRequested:
+        print(version_line(prog))
+        return None, 0
     except HelpRequested:
         fs.usage()
         return None, 0
@@ -140,6 +143,13 @@ def parse_server_flags(fs: FlagSet, argv, prog: str):
         fs.usage()
         return None, 2
     return ns, None
+
+
+def version_line(prog: str) -> str:
+    """What ``-version`` / ``--version`` prints (one version source: ``katran.__version__``)."""
+    from katran import version_line as line
+
+    return line(prog)
 
 
 def error_line(prog: str, exc: BaseException) -> str:
