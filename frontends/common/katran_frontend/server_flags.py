@@ -63,6 +63,9 @@ def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> Flag
     fs.string("katran_src_v4", "", "source address of forwarded healthchecks / GUE, v4 (default: from -hc_intf/-intf)")
     fs.string("katran_src_v6", "", "source address of forwarded healthchecks / GUE, v6 (default: from -hc_intf/-intf)")
     fs.string("xdp_mode", "native", "XDP attach mode: native, generic or offload")
+    fs.string("log_format", "text", "log lines: text, or json (one object per line: time, level, logger, message, "
+              "fields)")
+    fs.string("log_level", "info", "least severe level logged: debug, info, warning or error")
     fs.string("config", "", "declarative file (YAML): balancer options, VIPs, reals, health checks, ...; "
               "applied at start and again on SIGHUP (flags given explicitly win over its balancer section)")
     return fs
