@@ -230,3 +230,16 @@ def test_thrift_changes_are_audited(lb, json_lines):
     assert all(a["frontend"] == "thrift" and a["peer"].startswith("127.0.0.1:") for a in audit)
     assert "10.7.0.2" in audit[0]["change"] and "port=443" in audit[0]["change"]
     assert all(len(json.dumps(x)) < 2000 for x in json_lines())  # the 100 kB MAC is never echoed whole
+
+
+# ---------------------------------------------------------------- server flags
+def test_server_flags_for_logs_and_server_ids():
+    from katran_frontend.server_flags import config_from_flags
+    from katran_grpc.server import build_flags
+
+    ns = build_flags().parse(["-testing", "-log_format", "json", "-log_level", "debug", "-max_server_ids", "1000"])
+    assert (ns.log_format, ns.log_level) == ("json", "debug")
+    assert config_from_flags(ns).max_server_ids == 1000
+    defaults = build_flags().parse(["-testing"])
+    assert (defaults.log_format, defaults.log_level) == ("text", "info")
+    assert config_from_flags(defaults).max_server_ids == 65_536

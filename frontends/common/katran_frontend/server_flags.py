@@ -60,6 +60,7 @@ def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> Flag
     fs.int("max_vips", 512, "maximum number of VIPs")
     fs.int("max_reals", 4096, "maximum number of reals")
     fs.int("ch_ring_size", 65537, "consistent hashing ring size per VIP")
+    fs.int("max_server_ids", 65536, "entries of the QUIC/TPR server id table: ids 1..N-1 (Katran: 16777214)")
     fs.string("katran_src_v4", "", "source address of forwarded healthchecks / GUE, v4 (default: from -hc_intf/-intf)")
     fs.string("katran_src_v6", "", "source address of forwarded healthchecks / GUE, v6 (default: from -hc_intf/-intf)")
     fs.string("xdp_mode", "native", "XDP attach mode: native, generic or offload")
@@ -122,6 +123,7 @@ def config_from_flags(ns, netns: Optional[str] = None) -> KatranConfig:
         max_vips=ns.max_vips,
         max_reals=ns.max_reals,
         ch_ring_size=ns.ch_ring_size,
+        max_server_ids=ns.max_server_ids,
         xdp_attach_mode=ns.xdp_mode,
         katran_src_v4=ns.katran_src_v4 or None,
         katran_src_v6=ns.katran_src_v6 or None,
