@@ -121,8 +121,17 @@ def setup(log_format: str = "text", log_level: str = "info", stream: Optional[Te
     for old in [h for h in root.handlers if getattr(h, "_katran", False)]:
         root.removeHandler(old)
     root.addHandler(handler)
+    handler._katran_old_level = root.level  # type: ignore[attr-defined]
     root.setLevel(log_level.upper())
     return handler
+
+
+def remove(handler: logging.Handler) -> None:
+    """Undo :func:`setup` (the handler it returned)."""
+    root = logging.getLogger()
+    root.removeHandler(handler)
+    root.setLevel(getattr(handler, "_katran_old_level", root.level))
+    handler.close()
 
 
 # ------------------------------------------------------------------ audit trail

@@ -107,10 +107,19 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
     from katran import logs
 
     try:
-        logs.setup(ns.log_format, ns.log_level)
+        handler = logs.setup(ns.log_format, ns.log_level)
     except KatranError as exc:
         print(error_line(prog, exc), file=sys.stderr)
         return 2
+    try:
+        return _serve(transport, ns, log)
+    finally:
+        logs.remove(handler)  # a server run in-process (tests) leaves no handler behind
+
+
+def _serve(transport: Transport, ns, log: logging.Logger) -> int:
+    prog = transport.prog
+    from katran import logs
     from katran.lb import KatranLb  # heavy import (cffi, libbpf) only once the flags are fine
 
     from katran.daemon import Daemon
