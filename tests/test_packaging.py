@@ -27,12 +27,7 @@ import pytest
 
 from katran.host.capabilities import REQUIRED
 
-pytestmark = [
-    pytest.mark.privileged,
-    pytest.mark.netns,
-    pytest.mark.skipif(shutil.which("setpriv") is None or shutil.which("unshare") is None,
-                       reason="setpriv and unshare (util-linux) are needed"),
-]
+pytestmark = [pytest.mark.privileged, pytest.mark.netns]  # setpriv, unshare, nsenter: util-linux (setup.sh)
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "packaging" / "systemd"
