@@ -63,6 +63,8 @@ def _netns_script(caps: str, argv: list[str]) -> str:
     return f"""set -e
 {_reachable_prefix_script()}
 ip link set lo up
+mount -t bpf bpf /sys/fs/bpf
+mkdir /sys/fs/bpf/katran && chown {NOBODY}:{NOBODY} /sys/fs/bpf/katran
 ip link add kv0 type veth peer name kv1
 ip link set kv0 up && ip link set kv1 up
 ip addr add 10.98.0.1/24 dev kv0
@@ -92,7 +94,7 @@ def sockdir():
 def _server_argv(sock: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "katran_grpc.server", "-intf", "kv0", "-default_mac", "00:00:00:00:00:01",
             "-server", f"unix:{sock}", "-lru_size", "1000", "-forwarding_cores", "0", "-log_format", "json",
-            "-shutdown_delay", "0", *extra]
+            "-shutdown_delay", "0", f"-state_dir={sock.parent / 'state'}", *extra]
 
 
 class JsonLog:
