@@ -117,6 +117,7 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
             raise StartupError(NOT_ROOT)
         lb = KatranLb(config)
         daemon = Daemon(lb, ns.config or None, desired)
+        daemon.drain_timeout = max(0, ns.drain_timeout) / 1000.0
         serving = transport.bind(lb, ns, prepared)
         if transport.log_starting:
             log.info("Starting Katran")
@@ -164,6 +165,8 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
                 log.error("%s: the server ended by itself", prog)
                 status = 1
                 break
+        if stop.is_set():
+            daemon.drain()  # bgp: withdraw first, wait for the traffic to leave
         serving.stop(ns.shutdown_delay)
     finally:
         log.info("Stopping Katran!")
