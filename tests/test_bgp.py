@@ -158,3 +158,62 @@ def test_announce_ecmp_withdraw_and_bfd(fleet):
             ann.stop()
         for lb in lbs:
             lb.close()
+
+
+# ----------------------------------------------------------------------- the declarative bgp section
+BGP_FILE = """version: 1
+balancer:
+  main_interface: eth0
+vips:
+  - address: 10.100.1.1
+    port: 80
+    proto: tcp
+    reals: [10.200.1.2]
+bgp:
+  router_id: 10.0.0.1
+  local_as: 65001
+  local_address: 10.0.0.1
+  peers:
+    - address: 10.0.0.254
+      asn: 65000
+    - address: fc00::fe
+      asn: 65000
+  communities: ["65001:100"]
+  min_healthy: 2
+  hold_time: 6
+  keepalive_time: 2
+"""
+
+
+def test_bgp_section_parses_and_dumps_back():
+    from katran import declarative
+
+    d = declarative.loads(BGP_FILE, "f.yaml")
+    assert d.bgp == BgpConfig(router_id="10.0.0.1", local_as=65001, local_address="10.0.0.1", min_healthy=2,
+                              communities=["65001:100"], hold_time=6, keepalive_time=2,
+                              peers=[BgpPeer(address="10.0.0.254", asn=65000), BgpPeer(address="fc00::fe", asn=65000)])
+    text = declarative.dumps(d)
+    assert "bgp:" in text and "hold_time: 6" in text and "bfd:" not in text  # defaults are left out
+    assert declarative.loads(text, "dump.yaml") == d
+    assert declarative.loads(BGP_FILE.split("bgp:")[0], "f.yaml").bgp is None
+
+
+@pytest.mark.parametrize("old, new, where", [
+    ("  local_as: 65001", "  local_as: 0", "f.yaml:11: bgp.local_as=0"),
+    ("  local_as: 65001", "  local_as: 65001\n  colour: red", "f.yaml:12: bgp.colour="),
+    ("      asn: 65000\n    - address: fc00::fe", "      asn: x\n    - address: fc00::fe", "f.yaml:15: bgp.peers[0].asn='x'"),
+    ("    - address: fc00::fe", "    - address: 10.0.0.300", "f.yaml:16: bgp.peers[1].address='10.0.0.300'"),
+    ("  min_healthy: 2", "  bfd: maybe", "f.yaml:19: bgp.bfd='maybe'"),
+    ("  communities: [\"65001:100\"]", "  communities: [\"65001:100000\"]", "bgp.communities"),
+    ("  keepalive_time: 2", "  keepalive_time: 3", "f.yaml:21: bgp.keepalive_time=3"),
+    ("  router_id: 10.0.0.1\n", "", "f.yaml:10: bgp="),
+    ("  router_id: 10.0.0.1", "  router_id: auto", "f.yaml:10: bgp.router_id='auto'"),  # no such main_interface here
+])
+def test_bgp_section_errors_name_file_line_field(old, new, where):
+    from katran import declarative
+
+    text = BGP_FILE.replace(old, new).replace("main_interface: eth0", "main_interface: kno-such-if")
+    assert text != BGP_FILE.replace("main_interface: eth0", "main_interface: kno-such-if")
+    with pytest.raises(declarative.ConfigFileError) as err:
+        declarative.loads(text, "f.yaml")
+    assert str(err.value).startswith(where) if where.startswith("f.yaml") else where in str(err.value), str(err.value)
