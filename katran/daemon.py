@@ -24,7 +24,7 @@ from typing import Optional
 
 from . import declarative
 from .bgp import Announcer, BgpConfig, Bird
-from .errors import KatranError
+from .errors import FeatureNotEnabledError, KatranError
 from .hc_checker import HcChecker
 
 log = logging.getLogger("katran.daemon")
@@ -184,6 +184,13 @@ class Daemon:
         for vip in self.lb.get_all_vips():
             total += self.lb.get_stats_for_vip(vip).v1
         return total
+
+    def bgp_state(self) -> tuple:
+        """(draining, announced addresses) of the announcer; FeatureNotEnabledError without bgp."""
+        ann = self.announcer
+        if ann is None:
+            raise FeatureNotEnabledError("bgp: this server runs without a bgp section in its -config file")
+        return ann.draining, sorted(map(str, ann.announced))
 
     def drain(self, timeout: Optional[float] = None, quiet_for: float = 1.0) -> Optional[float]:
         """Withdraw every VIP and wait until their traffic stops (``quiet_for`` s without a packet,

@@ -63,3 +63,33 @@ def test_fleet_config_is_one_valid_file():
     d = declarative.loads(text, "fleet.yaml")
     assert str(d.bgp.peers[0].address) == "10.77.1.254" and d.bgp.local_as == fleet.LB_AS
     assert len(d.vips) == 3 and len(d.healthchecks.checks) == 1
+
+
+def test_drain_rpc_without_bgp_is_a_failed_precondition(tmp_path):
+    """-drain on a server without a bgp section: FAILED_PRECONDITION naming bgp; with a Daemon
+    that has no announcer either; nothing changes."""
+    from katran import KatranConfig, KatranLb, VipKey
+    from katran.daemon import Daemon
+    from katran_frontend.client import RpcFailed
+    from katran_grpc.client import GrpcKatranClient
+    from katran_grpc.server import KatranGrpcServer
+
+    lb = KatranLb(KatranConfig(testing=True, default_mac="00:00:de:ad:be:af", forwarding_cores=(), max_vips=8,
+                               max_reals=16, lru_size=1000))
+    lb.start()
+    srv = KatranGrpcServer(lb, f"unix:{tmp_path}/s.sock")
+    srv.start()
+    client = GrpcKatranClient(f"unix:{tmp_path}/s.sock", timeout=10)
+    try:
+        lb.add_vip(VipKey("10.100.1.1", 80, "tcp"))
+        for daemon in (None, Daemon(lb)):
+            srv.ext.daemon = daemon
+            for call in (client.drain, client.undrain):
+                with pytest.raises(RpcFailed) as err:
+                    call()
+                assert err.value.code == "FAILED_PRECONDITION" and "bgp" in str(err.value)
+        assert [str(v.address) for v in lb.get_all_vips()] == ["10.100.1.1"]
+    finally:
+        client.close()
+        srv.stop(0)
+        lb.close()

@@ -193,6 +193,10 @@ class Balancer:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
 
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+        argv = [S.entry_point("katran-cli"), f"-server={self.address}", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=S.python_env())
+
     def client(self):
         from katran_grpc.client import GrpcKatranClient
 
@@ -590,11 +594,27 @@ def step_back(fleet: Fleet, sessions: Sessions, lb: Balancer, settle: float = 2.
 
 
 def step_drain(fleet: Fleet, sessions: Sessions, lb: Balancer) -> StepResult:
-    """(5) a graceful drain (SIGTERM: withdraw, wait for the traffic to leave, stop)."""
+    """(5) a graceful drain: ``katran-cli -drain`` (withdraw, wait for the traffic to leave),
+    ``-undrain``, then the graceful stop (SIGTERM: the same drain, then stop)."""
     st = StepResult(f"5. {lb.role} drained gracefully")
     broken0 = len(sessions.broken)
     sessions.reset_stall()
     conns = NewConnections(fleet.client)
+    time.sleep(0.5)
+    others = [lb_ip(b.n) for b in fleet.lbs if b is not lb]
+    t0 = time.monotonic()
+    res = lb.cli("-drain", "-drain_timeout", "5000")
+    took = time.monotonic() - t0
+    st.check(res.returncode == 0 and fleet.nexthops(VIP1) == others,
+             f"katran-cli -drain: {(res.stdout.strip() or res.stderr.strip()).splitlines()[0][:120]} ({took:.2f} s); "
+             f"router next hops {fleet.nexthops(VIP1)}")
+    quiet = fleet.vip_packets(lb)
+    time.sleep(0.5)
+    st.check(fleet.vip_packets(lb) == quiet, f"no echo packets reach {lb.role} once drained")
+    res = lb.cli("-undrain")
+    back = fleet.wait_nexthops(VIP1, [lb_ip(b.n) for b in fleet.lbs], 10) if res.returncode == 0 else -1
+    st.check(res.returncode == 0, f"katran-cli -undrain: {(res.stdout.strip() or res.stderr.strip()).splitlines()[0][:120]}; "
+                                  f"announced again in {back:.2f} s")
     time.sleep(0.5)
     t0 = time.monotonic()
     assert lb.proc is not None

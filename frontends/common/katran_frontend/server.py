@@ -56,6 +56,9 @@ class Serving(abc.ABC):
     def abort(self) -> None:
         """Release the port after a failed start (``start`` may not have been called)."""
 
+    def set_daemon(self, daemon) -> None:
+        """The server's Daemon (katran.daemon), for RPCs that reach it (drain); default: none do."""
+
     def alive(self) -> bool:
         """False once the server ended by itself (the lifecycle then shuts down)."""
         return True
@@ -119,6 +122,7 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
         daemon = Daemon(lb, ns.config or None, desired)
         daemon.drain_timeout = max(0, ns.drain_timeout) / 1000.0
         serving = transport.bind(lb, ns, prepared)
+        serving.set_daemon(daemon)
         if transport.log_starting:
             log.info("Starting Katran")
         lb.start()
