@@ -197,10 +197,29 @@ class Balancer:
         argv = [S.entry_point("katran-cli"), f"-server={self.address}", *args]
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=S.python_env())
 
-    def client(self):
-        from katran_grpc.client import GrpcKatranClient
+    def vip_packets(self) -> dict:
+        """``vip:port:proto`` -> packets so far (the first round of ``katran-cli -s`` is the total)."""
+        res = self.cli("-s", "-count", "1")
+        if res.returncode != 0:
+            raise KatranError(f"katran-cli -s on {self.role}: {res.stderr.strip()[:200]}")
+        out = {}
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[0] == "vip:":
+                out[parts[1]] = int(parts[3])
+        return out
 
-        return GrpcKatranClient(self.address, timeout=10)
+    def real_for_flows(self, vip: str, port: int, srcs: list) -> list:
+        """The real of each flow ``src:sport`` -> ``vip:port`` (tcp), by ``katran-cli -flow``."""
+        res = self.cli("-t", f"{vip}:{port}", "-flow", ",".join(f"{a}:{p}" for a, p in srcs), timeout=120)
+        if res.returncode != 0:
+            raise KatranError(f"katran-cli -flow on {self.role}: {res.stderr.strip()[:200]}")
+        got = {}
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "flow":
+                got[parts[1]] = parts[3] if parts[2] == "real:" else None
+        return [got.get(f"{a}:{p}") for a, p in srcs]
 
 
 class Fleet:
@@ -319,10 +338,7 @@ class Fleet:
         raise KatranError(f"router route to {vip}: next hops {self.nexthops(vip)} after {timeout} s, wanted {want}")
 
     def vip_packets(self, lb: Balancer, port: int = S.ECHO_PORT, vip: str = VIP1) -> int:
-        from katran import VipKey
-
-        with contextlib.closing(lb.client()) as c:
-            return c.get_stats_for_vip(VipKey(vip, port, "tcp")).v1
+        return lb.vip_packets().get(f"{vip}:{port}:6", 0)
 
     def lose(self, lb: Balancer) -> None:
         """Node loss: the link goes (veth pair deleted) and the processes die (SIGKILL)."""
@@ -520,14 +536,9 @@ def step_spread(fleet: Fleet, flows: int = 60) -> StepResult:
 def step_same_real(fleet: Fleet, flows: int = 300, connect: int = 60) -> StepResult:
     """(2) every balancer picks the same real for each of ``flows`` flows; ``connect`` of them
     are then opened for real and must be answered (and seen) by that real."""
-    from katran import Flow
-
     st = StepResult("2. the same real on every balancer")
     sports = [30000 + i for i in range(flows)]
-    picks = {}
-    for lb in fleet.lbs:
-        with contextlib.closing(lb.client()) as c:
-            picks[lb.role] = [c.get_real_for_flow(Flow(CLIENT_IP, VIP1, sp, S.HTTP_PORT, "tcp")) for sp in sports]
+    picks = {lb.role: lb.real_for_flows(VIP1, S.HTTP_PORT, [(CLIENT_IP, sp) for sp in sports]) for lb in fleet.lbs}
     first = picks[fleet.lbs[0].role]
     agree = sum(1 for i in range(flows) if len({p[i] for p in picks.values()}) == 1 and first[i])
     per_real = {r: first.count(r) for r in sorted(set(first), key=str)}

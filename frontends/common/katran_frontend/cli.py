@@ -127,7 +127,8 @@ def build_flags() -> FlagSet:
     fs.bool("real_info", False, "show index and flags of the real -r")
     fs.string("hash", "", "set the hash function of the VIP -t/-u: maglev or maglev_v2")
     fs.bool("show_hash", False, "show the hash function of the VIP -t/-u")
-    fs.string("flow", "", "show the real a flow from <addr>:<port> to the VIP -t/-u goes to")
+    fs.string("flow", "", "show the real a flow from <addr>:<port> to the VIP -t/-u goes to "
+              "(several: <addr>:<port>,<addr>:<port>,... one line each)")
     fs.int("count", 0, "stats: stop after this many rounds (0: until interrupted)", aliases=("iterations",))
     # feature parity: source routing, inline decap, down reals, feature counters
     fs.bool("src_route", False, "add a source routing rule: packets from the -src prefixes to SRC_ROUTING VIPs "
@@ -584,10 +585,17 @@ class Cli:
                     + (f"; traffic quiet after {waited:.2f} s" if not undo else "") + "\n")
 
     def real_for_flow(self, vip: VipKey, src: str) -> None:
-        src_vip = self.parse_vip(src, vip.proto)  # same <addr>:<port> syntax
-        flow = self.model(Flow, src_vip.address, vip.address, src_vip.port, vip.port, vip.proto)
-        real = self.check(self.kc.get_real_for_flow, flow)
-        self.printf(f"real: {real}\n" if real is not None else "no real for this flow\n")
+        srcs = [s.strip() for s in src.split(",") if s.strip()]
+        if not srcs:
+            raise self.fatal("-flow needs <addr>:<port>[,<addr>:<port>...]")
+        flows = []
+        for one in srcs:
+            src_vip = self.parse_vip(one, vip.proto)  # same <addr>:<port> syntax
+            flows.append((one, self.model(Flow, src_vip.address, vip.address, src_vip.port, vip.port, vip.proto)))
+        for one, flow in flows:
+            real = self.check(self.kc.get_real_for_flow, flow)
+            text = f"real: {real}" if real is not None else "no real for this flow"
+            self.printf(f"{text}\n" if len(flows) == 1 else f"flow {one} {text}\n")
 
     # ------------------------------------------------------------ feature parity
     def need(self, value: str, flag: str, command: str) -> str:
