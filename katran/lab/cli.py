@@ -115,6 +115,8 @@ def _fleet(args) -> int:
         for lb in f.lbs:
             print(f"  {lb.role}: netns {lb.netns}, katran-server-grpc pid {lb.pid}, {lb.address}, log {lb.log_path}")
         print(f"  config (every balancer): {f.config_path}")
+        print("  the reals have decap and the VIPs on lo; their lab services (and the health port of "
+              f"{fleet.VIP2}) ran in this process only: start your own, e.g. python3 -m http.server 80")
         print(f"  ip -n {f.router} route show {fleet.VIP1}")
         print(f"  birdc -s {f.router_bird.socket} show protocols")
         print(f"tear down: katran-lab fleet down --prefix {prefix}")

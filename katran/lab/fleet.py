@@ -367,14 +367,19 @@ def teardown(prefix: str) -> list[str]:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(bird, signal.SIGKILL)
                     removed.append(f"pid {bird}")
+    import shutil
+
+    for ns in labnet.list_netns(prefix + "-lb"):  # the balancers' BIRD directories (katran.daemon's default)
+        with contextlib.suppress(OSError):
+            speaker = Path(f"/run/katran/bird-eth0-{os.stat(labnet.NETNS_DIR / ns).st_ino}")
+            if speaker.is_dir():
+                shutil.rmtree(speaker, ignore_errors=True)
+                removed.append(str(speaker))
     removed += labnet.remove_all(labnet.list_netns(prefix + "-"))
     pins = BPFFS / f"katran-lab-{prefix}"
     if pins.exists():
-        import shutil
-
         shutil.rmtree(pins, ignore_errors=True)
         removed.append(str(pins))
-    import shutil
 
     bird_dir = STATE_DIR / f"{prefix}-router-bird"
     if bird_dir.exists():
