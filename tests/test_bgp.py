@@ -217,3 +217,75 @@ def test_bgp_section_errors_name_file_line_field(old, new, where):
     with pytest.raises(declarative.ConfigFileError) as err:
         declarative.loads(text, "f.yaml")
     assert str(err.value).startswith(where) if where.startswith("f.yaml") else where in str(err.value), str(err.value)
+
+
+# ----------------------------------------------------------------------- the daemon's announcer
+def _listen(ns: str, addr: str, port: int):
+    import socket
+
+    from katran.lab.netns import inside
+
+    with inside(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(512)  # the kernel completes the checks' handshakes
+    return s
+
+
+def test_daemon_announces_by_health_drains_and_withdraws_on_close(fleet):
+    """The server's Daemon with a file holding vips, a tcp health check and a bgp section: its
+    own BIRD (in balancer namespace a) announces the VIP; every real failing its check
+    withdraws it (the checker's transition wakes the announcer), recovery announces it again;
+    drain / undrain; close withdraws."""
+    from katran import declarative
+    from katran.daemon import Daemon
+    from katran.lab.netns import inside
+
+    r, a, b, router, tmp = fleet
+    text = f"""version: 1
+vips:
+  - address: 10.100.1.1
+    port: 80
+    proto: tcp
+    healthcheck: {{type: tcp, port: 9911, interval: 0.2, timeout: 0.15, rise: 1, fall: 1}}
+    reals: [127.0.0.2, 127.0.0.3]
+bgp:
+  router_id: 10.77.1.1
+  local_as: 65001
+  peers: [{{address: 10.77.1.254, asn: 65000}}]
+  state_dir: {tmp}/daemon-bird
+"""
+    desired = declarative.loads(text, "lb.yaml")
+    lb = KatranLb(KatranConfig(testing=True, default_mac="00:00:de:ad:be:af", forwarding_cores=(),
+                               max_vips=8, max_reals=16, lru_size=1000))
+    lb.start()
+    socks = [_listen(a, addr, 9911) for addr in ("127.0.0.2", "127.0.0.3")]
+    daemon = Daemon(lb, None, desired)
+    try:
+        with inside(a):  # BIRD, the checker's probes and the announcer's thread live in namespace a
+            daemon.start()
+        assert daemon.announcer is not None and str(daemon.announcer.bird.dir) == f"{tmp}/daemon-bird"
+        wait_for(lambda: nexthops(r, "10.100.1.1/32"), ["10.77.1.1"], 20)
+        assert daemon.bgp_state() == (False, ["10.100.1.1"])
+        socks.pop().close()  # one real down: still min_healthy (1)
+        wait_for(lambda: sum(1 for st in daemon.health() if not st.healthy), 1, 5)
+        assert daemon.healthy_reals(VIP) == 1 and nexthops(r, "10.100.1.1/32") == ["10.77.1.1"]
+        socks.pop().close()  # every real down: withdrawn, though the checker fails open
+        t_down = wait_for(lambda: nexthops(r, "10.100.1.1/32"), [], 5)
+        assert sorted(x.weight for x in lb.get_reals_for_vip(VIP)) == [1, 1]  # fail open on the lb
+        socks = [_listen(a, addr, 9911) for addr in ("127.0.0.2", "127.0.0.3")]
+        t_up = wait_for(lambda: nexthops(r, "10.100.1.1/32"), ["10.77.1.1"], 10)
+        waited = daemon.drain(timeout=3, quiet_for=0.2)
+        assert nexthops(r, "10.100.1.1/32") == [] and daemon.bgp_state() == (True, []) and waited < 3
+        assert daemon.undrain()
+        wait_for(lambda: nexthops(r, "10.100.1.1/32"), ["10.77.1.1"], 10)
+        daemon.close()
+        wait_for(lambda: nexthops(r, "10.100.1.1/32"), [], 5)
+        assert daemon.announcer is None
+        print(f"\ndaemon: withdrawn {t_down:.2f} s after the last real failed, announced {t_up:.2f} s after recovery")
+    finally:
+        daemon.close()
+        for s in socks:
+            s.close()
+        lb.close()

@@ -1,8 +1,9 @@
 """The fleet end to end (issue 17), with two balancers: a BIRD router with ECMP and L4
 hashing, two balancer namespaces each running katran-server-grpc with the same declarative
 file (bgp section with ``auto`` values), two reals with decap.  Steps 2 (same real on every
-balancer, and on the wire), 3 (a balancer lost mid-transfer: 0 broken sessions), 4 (back)
-and 5 (graceful drain: 0 broken, 0 failed new connections) of ``katran-lab fleet``."""
+balancer, and on the wire), 3 (a balancer lost mid-transfer: 0 broken sessions), 4 (back),
+5 (graceful drain: 0 broken, 0 failed new connections) and 6 (every real of a VIP unhealthy:
+withdrawn by every balancer) of ``katran-lab fleet``."""
 
 from __future__ import annotations
 
@@ -20,18 +21,19 @@ def test_fleet_two_balancers_lose_one_and_drain_one():
     lines: list[str] = []
     spec = fleet.FleetSpec(prefix=f"kft{os.getpid() % 10000}", n_lbs=2, n_reals=2, sessions=10, flows=120)
     start = time.monotonic()
-    results = fleet.run(spec, out=lines.append, steps=(2, 3, 4, 5))
+    results = fleet.run(spec, out=lines.append, steps=(2, 3, 4, 5, 6))
     took = time.monotonic() - start
     report = "\n".join(lines)
     print("\n" + report + f"\n(fleet test {took:.1f} s)")
-    assert [r.name[0] for r in results] == ["2", "3", "4", "5"], report
+    assert [r.name[0] for r in results] == ["2", "3", "4", "5", "6"], report
     assert all(r.ok for r in results), report
-    same, lost, back, drain = results
+    same, lost, back, drain, unhealthy = results
     assert same.numbers["agree"] == 120 and same.numbers["connected_match"] > 0
     assert lost.numbers["broken"] == 0 and lost.numbers["sessions"] == 10
     assert lost.numbers["failover"] < 3.0, report  # link loss: the router drops the next hop at once
     assert back.numbers["broken"] == 0
     assert drain.numbers["broken"] == 0 and drain.numbers["new_failed"] == 0 and drain.numbers["new_ok"] > 0
+    assert unhealthy.numbers["withdrawn"] < 5.0, report  # checks every 0.5 s, fall 2
     assert "broken sessions: 0 of 10" in report and "longest stall:" in report
     assert took < 240, took
     # everything went: namespaces, pins, state files
