@@ -268,6 +268,7 @@ bgp:
         assert daemon.announcer is not None and str(daemon.announcer.bird.dir) == f"{tmp}/daemon-bird"
         wait_for(lambda: nexthops(r, "10.100.1.1/32"), ["10.77.1.1"], 20)
         assert daemon.bgp_state() == (False, ["10.100.1.1"])
+        assert declarative.loads(daemon.dump(), "dump.yaml").bgp == desired.bgp  # -dump keeps the section
         socks.pop().close()  # one real down: still min_healthy (1)
         wait_for(lambda: sum(1 for st in daemon.health() if not st.healthy), 1, 5)
         assert daemon.healthy_reals(VIP) == 1 and nexthops(r, "10.100.1.1/32") == ["10.77.1.1"]
