@@ -314,6 +314,15 @@ class Announcer:
                 break
         return time.monotonic() - start
 
+    def reconfigure(self, cfg: BgpConfig) -> None:
+        """A new configuration for the running BIRD (``birdc configure``: BIRD restarts only the
+        sessions whose settings changed; a changed filter, e.g. communities, re-exports in place)."""
+        with self._lock:
+            self.bird.write_config(speaker_config(cfg, self.routes_file))
+            self.bird.configure()
+            self.cfg = cfg
+            self._update()
+
     def undrain(self) -> None:
         self.draining = False
         self.update()

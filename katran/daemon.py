@@ -143,6 +143,11 @@ class Daemon:
         if self.announcer is not None and self.announcer.cfg == cfg:
             self._bgp_wake.set()
             return
+        if (self.announcer is not None and cfg is not None
+                and str(self.announcer.bird.dir) == self.bird_dir(cfg)):
+            self.announcer.reconfigure(cfg)  # same BIRD, new settings: no withdrawal
+            log.info("bgp: speaker reconfigured")
+            return
         self._stop_bgp()
         if cfg is None:
             return

@@ -256,12 +256,14 @@ bgp:
   peers: [{{address: 10.77.1.254, asn: 65000}}]
   state_dir: {tmp}/daemon-bird
 """
-    desired = declarative.loads(text, "lb.yaml")
+    path = tmp / "lb.yaml"
+    path.write_text(text)
+    desired = declarative.load(str(path))
     lb = KatranLb(KatranConfig(testing=True, default_mac="00:00:de:ad:be:af", forwarding_cores=(),
                                max_vips=8, max_reals=16, lru_size=1000))
     lb.start()
     socks = [_listen(a, addr, 9911) for addr in ("127.0.0.2", "127.0.0.3")]
-    daemon = Daemon(lb, None, desired)
+    daemon = Daemon(lb, str(path), desired)
     try:
         with inside(a):  # BIRD, the checker's probes and the announcer's thread live in namespace a
             daemon.start()
@@ -281,6 +283,17 @@ bgp:
         assert nexthops(r, "10.100.1.1/32") == [] and daemon.bgp_state() == (True, []) and waited < 3
         assert daemon.undrain()
         wait_for(lambda: nexthops(r, "10.100.1.1/32"), ["10.77.1.1"], 10)
+        # SIGHUP with a changed bgp section: the same BIRD reconfigured; a broken file changes nothing
+        old = daemon.announcer
+        path.write_text(text.replace("local_as: 65001", "local_as: 65001\n  communities: ['65001:7']"))
+        with inside(a):
+            assert daemon.reload() is not None
+        assert daemon.announcer is old and daemon.announcer.cfg.communities == ((65001, 7),)
+        assert nexthops(r, "10.100.1.1/32") == ["10.77.1.1"]  # reconfigured in place: never withdrawn
+        wait_for(lambda: "(65001,7)" in router.ctl("show route 10.100.1.1/32 all").stdout, True, 10)
+        current = daemon.announcer
+        path.write_text(text.replace("local_as: 65001", "local_as: 0"))
+        assert daemon.reload() is None and daemon.announcer is current
         daemon.close()
         wait_for(lambda: nexthops(r, "10.100.1.1/32"), [], 5)
         assert daemon.announcer is None
