@@ -7,7 +7,8 @@ file changes nothing and is logged with its file, line and field), and runs the 
 health checks of its ``healthchecks`` section and, with a ``bgp`` section, a BIRD 2
 speaker announcing the VIPs (:class:`katran.bgp.Announcer`, its files under
 ``/run/katran/bird-<intf>-<netns>/``): a VIP address is announced while the data plane runs and
-one of its VIPs has ``min_healthy`` healthy reals (the checker's states for checked VIPs,
+one of its VIPs has ``min_healthy`` healthy reals (the data plane: started and, unless testing,
+our XDP program still attached, ``katran.watch``) (the checker's states for checked VIPs,
 else the reals with weight > 0), re-evaluated after every applied change, on every health
 transition and once a second. :meth:`drain` withdraws everything and waits for the VIP
 traffic to stop (``katran-cli -drain``, the graceful stop). Every applied change is logged
@@ -26,6 +27,7 @@ from . import declarative
 from .bgp import Announcer, BgpConfig, Bird
 from .errors import FeatureNotEnabledError, KatranError
 from .hc_checker import HcChecker
+from .watch import AttachmentWatch
 
 log = logging.getLogger("katran.daemon")
 
@@ -39,6 +41,7 @@ class Daemon:
         self.generation = 0  # files applied (start + reloads)
         self._lock = threading.Lock()
         self.announcer: Optional[Announcer] = None
+        self._watch = AttachmentWatch(lb)
         self.drain_timeout = 10.0  # seconds the graceful stop waits for the traffic to leave
         self._bgp_wake = threading.Event()
         self._bgp_stop = threading.Event()
@@ -130,6 +133,14 @@ class Daemon:
             netns = 0
         return f"/run/katran/bird-{intf}-{netns}"
 
+    def attached(self) -> bool:
+        """The data plane forwards: started, and (unless testing) our program is the one attached
+        (katran.watch: someone may detach or replace it; then the VIPs are withdrawn)."""
+        if not self.lb.started:
+            return False
+        state = self._watch.check()
+        return state is None or state.attached
+
     def healthy_reals(self, vip) -> int:
         """Healthy reals of ``vip``: the checker's verdicts when it checks the VIP, else weight > 0."""
         checker = self.checker
@@ -152,7 +163,7 @@ class Daemon:
         if cfg is None:
             return
         ann = Announcer(self.lb, cfg, Bird(self.bird_dir(cfg), name="bird"), healthy_reals=self.healthy_reals,
-                        attached=lambda: self.lb.started)
+                        attached=self.attached)
         ann.start()
         self.announcer = ann
         log.info("bgp: speaker started (BIRD, %s), announcing %s", ann.bird.dir,

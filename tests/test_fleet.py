@@ -21,13 +21,14 @@ def test_fleet_two_balancers_lose_one_and_drain_one():
     lines: list[str] = []
     spec = fleet.FleetSpec(prefix=f"kft{os.getpid() % 10000}", n_lbs=2, n_reals=2, sessions=10, flows=120)
     start = time.monotonic()
-    results = fleet.run(spec, out=lines.append, steps=(2, 3, 4, 5, 6))
+    results = fleet.run(spec, out=lines.append, steps=(2, 3, 4, 5, 6, 7))
     took = time.monotonic() - start
     report = "\n".join(lines)
     print("\n" + report + f"\n(fleet test {took:.1f} s)")
-    assert [r.name[0] for r in results] == ["2", "3", "4", "5", "6"], report
+    assert [r.name[0] for r in results] == ["2", "3", "4", "5", "6", "7"], report
     assert all(r.ok for r in results), report
-    same, lost, back, drain, unhealthy = results
+    same, lost, back, drain, unhealthy, detached = results
+    assert detached.numbers["withdrawn"] < 5.0, report
     assert same.numbers["agree"] == 120 and same.numbers["connected_match"] > 0
     assert lost.numbers["broken"] == 0 and lost.numbers["sessions"] == 10
     assert lost.numbers["failover"] < 3.0, report  # link loss: the router drops the next hop at once

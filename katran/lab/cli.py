@@ -23,6 +23,7 @@ from katran.errors import KatranError
 
 from . import services as S
 from .topology import TopologySpec, build, load_saved, pids_alive, teardown
+from katran import add_version_argument
 
 VIP4, VIP6 = "10.100.1.1", "fc00:100::1"
 
@@ -131,6 +132,7 @@ def _fleet(args) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="katran-lab", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(ap, "katran-lab")
     ap.add_argument("command", nargs="?", default="run", choices=("run", "up", "down", "status", "fleet"))
     ap.add_argument("action", nargs="?", help="fleet: run (default), up or down")
     ap.add_argument("--balancers", type=int, default=3, help="fleet: number of balancers (default 3)")

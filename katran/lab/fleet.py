@@ -672,6 +672,20 @@ def step_unhealthy(fleet: Fleet) -> StepResult:
     return st
 
 
+def step_detached(fleet: Fleet, lb: Balancer) -> StepResult:
+    """(extra) someone detaches a balancer's XDP program: the balancer withdraws its VIPs."""
+    st = StepResult(f"7. {lb.role}'s XDP program detached by hand")
+    t0 = time.monotonic()
+    subprocess.run(["ip", "-n", lb.netns, "link", "set", "dev", "eth0", "xdp", "off"], check=True,
+                   capture_output=True)
+    others = [lb_ip(b.n) for b in fleet.lbs if b is not lb and b.proc]
+    fleet.wait_nexthops(VIP1, others, 10)
+    took = time.monotonic() - t0
+    st.numbers["withdrawn"] = took
+    st.check(took < 5.0, f"{lb.role} withdrew {VIP1} {took:.2f} s after its program was detached")
+    return st
+
+
 def run(spec: FleetSpec = FleetSpec(), out: Callable[[str], None] = print,
         steps: tuple = (1, 2, 3, 4, 5, 6)) -> list[StepResult]:
     """Build the fleet, run ``steps``, print each, tear down; returns the results."""
@@ -713,6 +727,8 @@ def run(spec: FleetSpec = FleetSpec(), out: Callable[[str], None] = print,
             sessions = None
         if 6 in steps:
             report(step_unhealthy(fleet))
+        if 7 in steps:
+            report(step_detached(fleet, fleet.lbs[-1]))
     finally:
         if sessions is not None:
             sessions.stop()
