@@ -193,3 +193,19 @@ class StableRtPacketsStats(_message.Message):
     cid_unknown_real_dropped: int
     invalid_packet_type: int
     def __init__(self, ch_routed: _Optional[int] = ..., cid_routed: _Optional[int] = ..., cid_invalid_server_id: _Optional[int] = ..., cid_unknown_real_dropped: _Optional[int] = ..., invalid_packet_type: _Optional[int] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("timeout_ms",)
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    timeout_ms: int
+    def __init__(self, timeout_ms: _Optional[int] = ...) -> None: ...
+
+class DrainState(_message.Message):
+    __slots__ = ("draining", "waited", "announced")
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    WAITED_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCED_FIELD_NUMBER: _ClassVar[int]
+    draining: bool
+    waited: float
+    announced: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, draining: _Optional[bool] = ..., waited: _Optional[float] = ..., announced: _Optional[_Iterable[str]] = ...) -> None: ...
