@@ -62,9 +62,12 @@ def instance_name(interface: str) -> str:
     bpffs and /var/lib are shared by every namespace, interface names are not."""
     try:
         mine = os.stat("/proc/self/ns/net").st_ino
-        init = os.stat("/proc/1/ns/net").st_ino
     except OSError:
         return interface
+    try:
+        init = os.stat("/proc/1/ns/net").st_ino
+    except OSError:  # pid 1 not ours to inspect (a container): the inode keeps names apart
+        init = None
     return interface if mine == init else f"{interface}@ns{mine}"
 
 
