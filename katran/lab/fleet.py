@@ -30,6 +30,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -375,6 +376,11 @@ def teardown(prefix: str) -> list[str]:
             if speaker.is_dir():
                 shutil.rmtree(speaker, ignore_errors=True)
                 removed.append(str(speaker))
+        # the stopped server left its data plane pinned for a restart (docs/operations.md): remove it
+        res = subprocess.run(["nsenter", f"--net={labnet.NETNS_DIR / ns}", "--", sys.executable, "-m",
+                              "katran.teardown", "-intf=eth0"], capture_output=True, text=True, env=S.python_env())
+        if res.returncode == 0 and not res.stdout.startswith("nothing"):
+            removed.append(f"katran data plane of {ns}")
     removed += labnet.remove_all(labnet.list_netns(prefix + "-"))
     pins = BPFFS / f"katran-lab-{prefix}"
     if pins.exists():
