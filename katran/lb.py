@@ -147,6 +147,9 @@ class KatranLb:
         self._down_reals: dict[VipKey, set] = {}  # vip -> real nums marked down
         self._bpf_failed_calls = 0
         self._addr_validation_failed = 0
+        self._config_generation = 0  # successful mutations (metrics)
+        self._state_version = 0  # every mutating call, failed ones too (metrics caches)
+        self._mutation_depth = 0
 
     # ------------------------------------------------------------------ life cycle
     @property
@@ -156,6 +159,16 @@ class KatranLb:
     @property
     def started(self) -> bool:
         return self._obj is not None
+
+    @property
+    def config_generation(self) -> int:
+        """Successful configuration changes since construction (one per public mutating call)."""
+        return self._config_generation
+
+    @property
+    def data_plane_attached(self) -> bool:
+        """True while the balancer is attached to its interface or registered in a root program."""
+        return self._attached_ifindex is not None or self._registered_root is not None
 
     def __enter__(self) -> "KatranLb":
         self.start()
@@ -753,6 +766,27 @@ class KatranLb:
     def get_katran_lb_stats(self) -> LbStats:
         return LbStats(self._bpf_failed_calls, self._addr_validation_failed)
 
+    @_locked
+    def counter_snapshot(self, known_version: Optional[int] = None):
+        """Every counter at one point in time, one batch read per map (``katran.metrics``).
+
+        VIPs and reals are left out (None) when ``known_version`` is the current
+        ``snapshot.version``: the caller's copy is still right.
+        """
+        from . import metrics
+
+        if self._obj is None:
+            return metrics.CounterSnapshot(False, False, self._config_generation, version=self._state_version)
+        same = known_version == self._state_version
+        return metrics.read_snapshot(
+            self._obj,
+            vips=None if same else [(v, s.num) for v, s in self._vips.items()],
+            reals=None if same else [(a, m.num) for a, m in self._reals.items()],
+            max_vips=self._config.max_vips, hc=self._hc, lb_stats=(self._bpf_failed_calls, self._addr_validation_failed),
+            config_generation=self._config_generation, attached=self.data_plane_attached,
+            version=self._state_version,
+        )
+
     # ------------------------------------------------------------------ source routing (LPM)
     def _require_feature(self, knob: str, what: str) -> None:
         self._require_started()
@@ -1027,3 +1061,38 @@ class KatranLb:
         if res.verdict != "XDP_TX":
             return None
         return packets.outer_destination(res.data)
+
+
+# Public methods that change the configuration: each successful outermost call bumps
+# KatranLb.config_generation (a call made by another one counts once).
+MUTATING_METHODS = (
+    "change_mac", "add_vip", "del_vip", "modify_vip", "change_hash_function_for_vip",
+    "add_real_for_vip", "del_real_for_vip", "modify_reals_for_vip", "modify_real",
+    "modify_quic_reals_mapping", "add_src_routing_rule", "del_src_routing_rule",
+    "clear_all_src_routing_rules", "add_inline_decap_dst", "del_inline_decap_dst",
+    "add_down_real", "remove_down_real", "clear_down_reals", "add_healthchecker_dst",
+    "del_healthchecker_dst",
+)
+
+
+def _counts_generation(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(self: KatranLb, *args, **kwargs):
+        with self._lock:
+            self._mutation_depth += 1
+            try:
+                result = method(self, *args, **kwargs)
+            finally:
+                self._mutation_depth -= 1
+                if self._mutation_depth == 0:
+                    self._state_version += 1
+            if self._mutation_depth == 0:
+                self._config_generation += 1
+            return result
+
+    return wrapper
+
+
+for _name in MUTATING_METHODS:
+    setattr(KatranLb, _name, _counts_generation(getattr(KatranLb, _name)))
+del _name
