@@ -1046,12 +1046,18 @@ class KatranLb:
         return PacketResult(verdict, res.retval, res.data, res.duration_ns)
 
     @_locked
-    def get_real_for_flow(self, flow: Flow) -> Optional[str]:
-        """Which real this flow goes to, by running the balancer on a built packet.
+    def get_real_for_flow(self, flow: Flow, *, side_effect_free: bool = False) -> Optional[str]:
+        """Which real this flow goes to (None: the VIP has no real for it).
 
-        Like Katran's simulator, this runs the real program, so the flow is
-        counted and (on a miss) inserted into the LRU like a client packet.
+        By default, like Katran's simulator, this runs the real program on a
+        built packet, so the flow is counted and (on a miss) inserted into the
+        LRU like a client packet. ``side_effect_free=True`` computes the same
+        choice in the control plane (``lookup_flow``): nothing is counted or
+        inserted, and a flow to no VIP raises NotFoundError.
         """
+        if side_effect_free:
+            route = self.lookup_flow(flow)
+            return None if route.real is None else str(route.real)
         if not isinstance(flow, Flow):
             raise ValidationError("flow", flow, "expected a katran.Flow")
         if flow.src.version != flow.dst.version:
@@ -1061,6 +1067,82 @@ class KatranLb:
         if res.verdict != "XDP_TX":
             return None
         return packets.outer_destination(res.data)
+
+
+    # ------------------------------------------------------------------ flow table (katran.flows)
+    def _flow_view(self):
+        from . import flows
+        from .adapter import bpf
+
+        obj = self._require_started()
+        cfg = self._config
+        tables, owned = [], []
+        try:
+            lru_mapping = obj.map("lru_mapping")
+            for core in self._forwarding_cores():
+                inner_id = lru_mapping.inner_map_id(core)
+                if inner_id:
+                    inner = bpf.Map.from_id(inner_id)
+                    owned.append(inner)
+                    tables.append((f"cpu{core}", inner))
+        except BaseException:
+            for m in owned:
+                m.close()
+            raise
+        tables.append((flows.FALLBACK, obj.map("fallback_cache")))
+        return flows.FlowTableView(
+            tables=tables, reals_map=obj.map("reals"),
+            vips={v: flows.VipView(s.num, s.flags, s.ring) for v, s in self._vips.items()},
+            num_to_real=dict(self._num_to_real), lpm_rules=dict(self._lpm_rules),
+            down_reals={v: set(n) for v, n in self._down_reals.items()}, ring_size=cfg.ch_ring_size,
+            max_vips=cfg.max_vips, max_reals=cfg.max_reals, lru_udp_timeout_ns=cfg.lru_udp_timeout_ns,
+            lpm_src_lookup=bool(cfg.lpm_src_lookup), owned=owned,
+        )
+
+    @_locked
+    def lookup_flow(self, flow: Flow, *, cpu: Optional[int] = None):
+        """Where ``flow`` goes, without side effects: a ``katran.flows.FlowRoute``
+        (real, and whether the LRU, source routing or the ring chose it)."""
+        from . import flows
+
+        if cpu is not None:
+            cpu = check_int(cpu, "cpu", 0, 4095)
+        with self._flow_view() as view:
+            return flows.route_flow(view, flow, cpu=cpu)
+
+    @_locked
+    def list_lru(self, vip: Optional[VipKey] = None, *, real: object = None, src: object = None,
+                 limit: Optional[int] = 1000):
+        """Connection-table entries of every LRU matching the filters (Katran's listLru)."""
+        from . import flows
+
+        with self._flow_view() as view:
+            return flows.list_lru(view, vip, real=real, src=src, limit=limit)
+
+    @_locked
+    def search_lru(self, vip: VipKey, src: object, src_port: int) -> list:
+        """The entries of one flow in every LRU (Katran's searchLru)."""
+        from . import flows
+
+        with self._flow_view() as view:
+            return flows.search_lru(view, vip, src, src_port)
+
+    @_locked
+    def delete_lru(self, vip: VipKey, src: object, src_port: int) -> list[str]:
+        """Delete one flow from every LRU; the tables it was in (Katran's deleteLru)."""
+        from . import flows
+
+        with self._flow_view() as view:
+            return flows.delete_lru(view, vip, src, src_port)
+
+    @_locked
+    def purge_vip_lru(self, vip: Optional[VipKey] = None, *, real: object = None, src: object = None) -> dict:
+        """Delete every entry of a VIP (and/or of a real, a client prefix); per table counts
+        (Katran's purgeVipLru / purgeVipLruForReal)."""
+        from . import flows
+
+        with self._flow_view() as view:
+            return flows.purge_lru(view, vip, real=real, src=src)
 
 
 # Public methods that change the configuration: each successful outermost call bumps
