@@ -435,6 +435,34 @@ def render_text(families: Iterable[Metric]) -> str:
     return "".join(out)
 
 
+class HcCheckerCollector(Collector):
+    """Health-check state of a ``katran.hc_checker.HcChecker``: per VIP and real."""
+
+    def __init__(self, checker) -> None:
+        self._checker = checker
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["vip", "real"]
+        healthy = GaugeMetricFamily("katran_hc_check_healthy", "1 when the real passes its health check",
+                                    labels=labels)
+        applied = GaugeMetricFamily("katran_hc_check_action_applied",
+                                    "1 when the checker's drain/remove of the real is in effect", labels=labels)
+        latency = GaugeMetricFamily("katran_hc_check_latency_seconds", "Duration of the last check", labels=labels)
+        checks = CounterMetricFamily("katran_hc_checks", "Health checks run", labels=labels)
+        transitions = CounterMetricFamily("katran_hc_check_transitions", "Health changes", labels=labels)
+        for st in self._checker.states():
+            lv = [vip_label(st.vip), str(st.real)]
+            healthy.add_metric(lv, 1 if st.healthy else 0)
+            applied.add_metric(lv, 1 if st.applied else 0)
+            latency.add_metric(lv, st.last_latency)
+            checks.add_metric(lv, st.checks)
+            transitions.add_metric(lv, st.transitions)
+        yield from (healthy, applied, latency, checks, transitions)
+
+
 # ------------------------------------------------------------------ RPC metrics
 def status_for_exception(exc: BaseException) -> str:
     """The status label of an RPC that raised ``exc`` (gRPC code names for katran errors)."""
@@ -531,6 +559,10 @@ class MetricsEndpoint:
         self.registry.register(_Forward(self.rpc_registry))
         self._httpd = None
         self._thread = None
+
+    def add_hc_checker(self, checker) -> None:
+        """Also serve the health-check state of ``checker`` (a katran.hc_checker.HcChecker)."""
+        self.registry.register(HcCheckerCollector(checker))
 
     def render(self) -> bytes:
         return render_text(self.registry.collect()).encode()

@@ -294,3 +294,37 @@ def test_collector_of_a_stopped_balancer_reports_not_loaded():
     assert value(samples, "katran_dataplane_loaded") == 0
     assert value(samples, "katran_dataplane_attached") == 0
     assert not any(k[0] == "katran_vip_packets_total" for k in samples)
+
+
+@root
+def test_health_check_state_is_exported(busy_lb):
+    import asyncio
+
+    from katran.hc_checker import CheckSpec, HcChecker, ProbeFailed
+
+    lb = busy_lb
+    vip = VipKey("10.200.1.1", 80, "tcp")
+
+    async def prober(spec, target, port, mark, src):
+        if str(target) == "10.0.0.2":
+            raise ProbeFailed("connection refused")
+        return 0.001
+
+    checker = HcChecker(lb, {vip: CheckSpec(fall=1, rise=1)}, prober=prober, through_vip=False)
+    checker.sync()
+
+    async def once():
+        for key in list(checker._states):
+            await checker.check_once(key)
+
+    asyncio.run(once())
+    ep = metrics.MetricsEndpoint(lb, ":0", "test")
+    ep.add_hc_checker(checker)
+    samples, _ = parse(ep.render().decode())
+    for real, healthy in (("10.0.0.1", 1), ("10.0.0.2", 0), ("10.0.0.3", 1)):
+        labels = {"vip": str(vip), "real": real}
+        assert value(samples, "katran_hc_check_healthy", **labels) == healthy
+        assert value(samples, "katran_hc_checks_total", **labels) == 1
+        assert value(samples, "katran_hc_check_action_applied", **labels) == 1 - healthy
+    # the drain is visible in the balancer's metrics too: generation went up
+    assert value(samples, "katran_config_generation_total") == lb.config_generation
