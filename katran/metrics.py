@@ -182,6 +182,9 @@ GLOBAL_COUNTERS: tuple = (
     (structs.QUIC_ICMP_STATS, "katran_quic_icmp_packets", "ICMP errors to QUIC VIPs",
      "class", ("all", "ignorable")),
 )
+if hasattr(structs, "MALFORMED_CNTR"):  # not in Katran: packets to a VIP dropped as malformed
+    GLOBAL_COUNTERS += ((structs.MALFORMED_CNTR, "katran_malformed_packets",
+                         "Packets to a VIP dropped as malformed", "reason", ("bad_ip_length", "martian_source")),)
 XDP_ACTIONS = ((structs.XDP_TX_CNTR, "tx"), (structs.XDP_PASS_CNTR, "pass"), (structs.XDP_DROP_CNTR, "drop"))
 
 

@@ -51,12 +51,14 @@ def rpc(method: F) -> F:
         try:
             return method(*args, **kwargs)
         except KatranError as exc:
-            message = str(exc)
+            message, cause = str(exc), exc
         except Exception as exc:  # noqa: BLE001 - the client must get a message, never a bare drop
             log.exception("%s: unexpected error", method.__name__)
-            message = f"{type(exc).__name__}: {exc}"
+            message, cause = f"{type(exc).__name__}: {exc}", exc
         log.info("%s failed: %s", method.__name__, message)
-        raise TApplicationException(TApplicationException.INTERNAL_ERROR, message)
+        error = TApplicationException(TApplicationException.INTERNAL_ERROR, message)
+        error.katran_error = cause  # for the RPC metrics (katran_thrift.metrics)
+        raise error
 
     return wrapper  # type: ignore[return-value]
 
