@@ -26,13 +26,10 @@ from . import structs
 from .errors import KatranError, ValidationError
 from .models import VipKey
 
-try:
-    from prometheus_client import CollectorRegistry, Counter, Histogram
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-    from prometheus_client.samples import Sample
-    from prometheus_client.registry import Collector
-except ImportError:  # pragma: no cover - prometheus_client is a dependency
-    raise ImportError("katran.metrics needs prometheus_client (pip install prometheus_client)") from None
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 DEFAULT_METRICS_HOST = "127.0.0.1"
 # the largest values buffer of one batch-read syscall (bytes)
@@ -43,8 +40,9 @@ RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 
 
 # ------------------------------------------------------------------ reading the maps
-def read_u64_table(bpf_map) -> np.ndarray:
-    """A map of structs of __u64 counters as an array (max_entries x fields), CPUs summed.
+def read_u64_table(bpf_map, per_cpu_row: Optional[int] = None) -> tuple[np.ndarray, list]:
+    """A map of structs of __u64 counters as an array (max_entries x fields), CPUs summed,
+    and field 0 of row ``per_cpu_row`` for each CPU (``[]`` when not asked for).
 
     One batch lookup (a loop of lookups where the kernel has no batch op); rows of
     absent keys are zero. Keys must be u32 indices (arrays).
@@ -54,29 +52,24 @@ def read_u64_table(bpf_map) -> np.ndarray:
     fields = bpf_map.value_size // 8
     slot = (bpf_map.value_size + 7) // 8  # per-CPU values are 8-byte aligned
     ncpu = bpf.num_possible_cpus() if bpf_map.per_cpu else 1
-    per_elem = slot * 8 * ncpu
-    chunk = max(1, min(bpf_map.max_entries, _BATCH_BYTES // per_elem))
+    chunk = max(1, min(bpf_map.max_entries, _BATCH_BYTES // (slot * 8 * ncpu)))
     raw = bpf_map.lookup_batch_raw(chunk)
-    out = np.zeros((bpf_map.max_entries, fields), dtype=np.uint64)
     if raw is None:  # pragma: no cover - every array type has batch ops since Linux 5.6
-        for key, value in bpf_map.items():
-            values = value if bpf_map.per_cpu else [value]
-            row = sum(np.frombuffer(v[: fields * 8], dtype="<u8") for v in values)
-            out[structs.u32_unpack(key)] = row
-        return out
+        items = list(bpf_map.items())
+        raw = (b"".join(k for k, _ in items),
+               b"".join(b"".join(v) if bpf_map.per_cpu else v for _, v in items), len(items))
     keys, values, n = raw
+    out = np.zeros((bpf_map.max_entries, fields), dtype=np.uint64)
     if n == 0:
-        return out
+        return out, [0] * ncpu if per_cpu_row is not None else []
     idx = np.frombuffer(keys, dtype="<u4", count=n)
     vals = np.frombuffer(values, dtype="<u8").reshape(n, ncpu, slot)[:, :, :fields]
     out[idx] = vals.sum(axis=1, dtype=np.uint64)
-    return out
-
-
-def read_u64_table_per_cpu(bpf_map, index: int) -> list[int]:
-    """Field 0 of one element of a per-CPU u64-struct map, for each CPU."""
-    values = bpf_map.lookup(structs.u32(index)) or []
-    return [int(np.frombuffer(v[:8], dtype="<u8")[0]) for v in values]
+    per_cpu = []
+    if per_cpu_row is not None:
+        hit = np.flatnonzero(idx == per_cpu_row)
+        per_cpu = vals[hit[0], :, 0].tolist() if len(hit) else [0] * ncpu
+    return out, per_cpu
 
 
 @attrs.frozen
@@ -102,7 +95,6 @@ class CounterSnapshot:
     stable_rt: Optional[dict] = None
     hc: Any = None  # healthcheck.HcStats or None
     lb_stats: tuple = (0, 0)  # failed bpf calls, failed address validations
-    extra_globals: dict = attrs.field(factory=dict)  # name -> (v1, v2) of newer global counters
     read_seconds: float = 0.0
     version: int = 0  # KatranLb's state version (VIPs and reals change only with it)
 
@@ -120,12 +112,10 @@ def read_snapshot(obj, *, vips: Optional[list], reals: Optional[list], max_vips:
     """Read every counter map of a loaded balancer object (``KatranLb`` calls this under its lock)."""
     t0 = time.perf_counter()
     maps = obj.maps
-    stats_map = maps["stats"]
-    stats = read_u64_table(stats_map)
-    per_cpu = read_u64_table_per_cpu(stats_map, max_vips + structs.XDP_TOTAL_CNTR)
+    stats, per_cpu = read_u64_table(maps["stats"], per_cpu_row=max_vips + structs.XDP_TOTAL_CNTR)
 
     def table(name: str) -> Optional[np.ndarray]:
-        return read_u64_table(maps[name]) if name in maps else None
+        return read_u64_table(maps[name])[0] if name in maps else None
 
     def counters(name: str, fields: tuple) -> Optional[dict]:
         t = table(name)
@@ -342,10 +332,6 @@ class KatranCollector(Collector):
                 fam = CounterMetricFamily(name, help_, labels=[label])
                 fam.add_metric([values[0]], v1)
                 fam.add_metric([values[1]], v2)
-            yield fam
-        for name, (help_, v1) in snap.extra_globals.items():
-            fam = CounterMetricFamily(name, help_)
-            fam.add_metric([], v1)
             yield fam
 
     # -------------------------------------------------------------- feature structs, hc, control plane

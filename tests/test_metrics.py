@@ -331,3 +331,22 @@ def test_health_check_state_is_exported(busy_lb):
         assert value(samples, "katran_hc_check_action_applied", **labels) == 1 - healthy
     # the drain is visible in the balancer's metrics too: generation went up
     assert value(samples, "katran_config_generation_total") == lb.config_generation
+
+
+@root
+def test_a_scrape_reads_each_map_once(busy_lb, monkeypatch):
+    from katran.adapter import bpf
+
+    reads = []
+    for name in ("lookup_batch_raw", "lookup", "items", "keys"):
+        original = getattr(bpf.Map, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(self.name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(bpf.Map, name, spy)
+    metrics.scrape_text(busy_lb)
+    assert sorted(reads) == sorted(set(reads))  # no map twice
+    assert {"stats", "reals_stats", "decap_vip_stats", "server_id_stats", "quic_stats_map", "tpr_stats_map",
+            "stable_rt_stats"} <= set(reads)
