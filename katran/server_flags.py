@@ -54,6 +54,8 @@ def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> Flag
     fs.string("katran_src_v4", "", "source address of forwarded healthchecks / GUE, v4 (default: from -hc_intf/-intf)")
     fs.string("katran_src_v6", "", "source address of forwarded healthchecks / GUE, v6 (default: from -hc_intf/-intf)")
     fs.string("xdp_mode", "native", "XDP attach mode: native, generic or offload")
+    fs.string("metrics_addr", "", "serve Prometheus metrics at http://HOST:PORT/metrics "
+              "(off when empty; PORT or :PORT alone: loopback)")
     return fs
 
 

@@ -80,10 +80,16 @@ class KatranGrpcServer:
     """
 
     def __init__(self, lb, address: str = DEFAULT_ADDRESS, *, credentials: Optional[grpc.ServerCredentials] = None,
-                 max_workers: int = 8) -> None:
+                 max_workers: int = 8, rpc_metrics=None) -> None:
+        interceptors = []
+        if rpc_metrics is not None:  # katran.metrics.RpcMetrics
+            from .metrics import RpcMetricsInterceptor
+
+            interceptors.append(RpcMetricsInterceptor(rpc_metrics))
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="katran-grpc"),
             options=[("grpc.so_reuseport", 0)],  # a busy port must be an error
+            interceptors=interceptors,
         )
         add_services(self._server, lb)
         self._health = health.HealthServicer()
@@ -143,17 +149,27 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     lb = None
     server = None
+    endpoint = None
     try:
         config = config_from_flags(ns)
         credentials = server_credentials(ns.tls_cert, ns.tls_key, ns.tls_client_ca)
         if os.geteuid() != 0:
             raise ServerError("must run as root (loading and attaching BPF programs needs CAP_BPF/CAP_NET_ADMIN)")
         lb = KatranLb(config)
-        server = KatranGrpcServer(lb, ns.server, credentials=credentials, max_workers=ns.workers)
+        if ns.metrics_addr:
+            from katran.metrics import MetricsEndpoint
+
+            endpoint = MetricsEndpoint(lb, ns.metrics_addr, "grpc")
+        server = KatranGrpcServer(lb, ns.server, credentials=credentials, max_workers=ns.workers,
+                                  rpc_metrics=endpoint.rpc if endpoint else None)
         log.info("Starting Katran")
         lb.start()
+        if endpoint is not None:
+            endpoint.start()
         server.start()
     except (KatranError, ServerError, OSError) as exc:
+        if endpoint is not None:
+            endpoint.stop()
         if server is not None:
             server.stop()
         if lb is not None:
@@ -165,6 +181,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
 
     print(f"Server listening on {server.address}", flush=True)
+    if endpoint is not None:
+        print(f"Metrics on {endpoint.url}", flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame) -> None:
@@ -179,6 +197,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     while not stop.wait(0.5):
         pass
     server.stop(ns.shutdown_delay)
+    if endpoint is not None:
+        endpoint.stop()
     log.info("Stopping Katran!")
     try:
         lb.close()

@@ -215,6 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     lb = None
     server = None
+    endpoint = None
     try:
         config = config_from_flags(ns)
         try:
@@ -226,12 +227,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if os.geteuid() != 0:
             raise _StartupError("must run as root (loading and attaching BPF programs needs CAP_BPF/CAP_NET_ADMIN)")
         lb = KatranLb(config)
+        handler = KatranThriftHandler(lb)
+        if ns.metrics_addr:
+            from katran.metrics import MetricsEndpoint
+
+            from .metrics import instrumented
+
+            endpoint = MetricsEndpoint(lb, ns.metrics_addr, "thrift")
+            handler = instrumented(handler, endpoint.rpc)
         try:
-            server = KatranThriftServer(KatranThriftHandler(lb), host, port)
+            server = KatranThriftServer(handler, host, port)
         except OSError as exc:
             raise _StartupError(f"cannot listen on {ns.server}: {exc.strerror or exc}") from None
         lb.start()
+        if endpoint is not None:
+            endpoint.start()
     except (KatranError, _StartupError, OSError) as exc:
+        if endpoint is not None:
+            endpoint.stop()
         if server is not None:
             server.shutdown()
             server.serve_forever()  # returns at once: releases the socket
@@ -260,10 +273,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bound_host, bound_port = server.address
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"Server listening on {shown}:{bound_port}", flush=True)
+    if endpoint is not None:
+        print(f"Metrics on {endpoint.url}", flush=True)
     status = 0
     try:
         server.serve_forever()
     finally:
+        if endpoint is not None:
+            endpoint.stop()
         log.info("Stopping Katran!")
         try:
             lb.close()
