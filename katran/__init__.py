@@ -7,7 +7,12 @@ Packet-for-packet compatible with Meta's Katran.  The public API::
         vip = VipKey("10.0.0.10", 80, "tcp")
         lb.add_vip(vip)
         lb.add_real_for_vip(Real("10.0.1.1"), vip)
+
+``KatranLb`` and ``HcStats`` are imported on first use, so that ``import katran.models``
+(the CLI) does not load numpy, the native module or libbpf.
 """
+
+from typing import TYPE_CHECKING
 
 from .config import KatranConfig
 from .errors import (
@@ -20,8 +25,6 @@ from .errors import (
     NotFoundError,
     ValidationError,
 )
-from .healthcheck import HcStats
-from .lb import KatranLb
 from .models import (
     Flow,
     HashFunction,
@@ -42,3 +45,23 @@ __all__ = [
     "ValidationError", "VipFlag", "VipKey",
 ]
 __version__ = "0.1.0"
+
+_LAZY = {"KatranLb": ".lb", "HcStats": ".healthcheck"}
+
+if TYPE_CHECKING:
+    from .healthcheck import HcStats
+    from .lb import KatranLb
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

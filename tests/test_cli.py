@@ -17,18 +17,17 @@ import pytest
 pytest.importorskip("grpc", reason="grpcio not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
-GRPC_DIR = ROOT / "frontends" / "grpc"
 
 from katran import KatranConfig, KatranLb  # noqa: E402
 from katran.models import HashFunction, ModifyAction, QuicReal, Real, VipFlag, VipKey  # noqa: E402
-from katran_grpc import cli  # noqa: E402
+from katran_frontend import cli  # noqa: E402
 from katran_grpc.server import KatranGrpcServer  # noqa: E402
 
 MAC = "00:00:de:ad:be:af"
 STAMP = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ", re.MULTILINE)
 VIP = VipKey("10.0.0.1", 80, "tcp")
 V6VIP = VipKey("fc00::1", 53, "udp")
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(GRPC_DIR), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+ENV = dict(os.environ)  # the frontends are installed (pip install -e .)
 
 
 @pytest.fixture(scope="module")
@@ -489,7 +488,7 @@ def test_features_off_are_refused(run, lb):
 
 def test_feature_commands_over_a_transport_without_them(capsys):
     """A KatranClient lacking the feature methods (e.g. thrift): Unimplemented, fatal or retried."""
-    from katran_grpc.client import KatranClient
+    from katran_frontend.client import KatranClient
 
     stubbed = {name: (lambda self, *a, **kw: None) for name in KatranClient.__abstractmethods__}
     Minimal = type("Minimal", (KatranClient,), stubbed)
@@ -515,7 +514,7 @@ def test_flag_errors(capsys):
 def test_cli_subprocess(server, lb):
     lb.add_vip(VIP)
     try:
-        res = subprocess.run([sys.executable, "-m", "katran_grpc.cli", "--server", server.address, "-l"],
+        res = subprocess.run([sys.executable, "-m", "katran_frontend.cli", "--server", server.address, "-l"],
                              capture_output=True, text=True, env=ENV, timeout=60)
         assert res.returncode == 0, res.stderr
         assert res.stdout == "VIP:             10.0.0.1 Port:     80 Protocol: tcp\nVip's flags: \nexiting\n"
@@ -538,7 +537,7 @@ def test_server_subprocess_end_to_end():
         address = m.group(1)
 
         def katran_cli(*argv):
-            return subprocess.run([sys.executable, "-m", "katran_grpc.cli", "-server", address, *argv],
+            return subprocess.run([sys.executable, "-m", "katran_frontend.cli", "-server", address, *argv],
                                   capture_output=True, text=True, env=ENV, timeout=60)
 
         assert katran_cli("-A", "-t", "10.0.0.1:80").returncode == 0

@@ -29,7 +29,7 @@ def decap_obj(tmp_path_factory):
 @pytest.fixture
 def lab():
     """a = the load balancer side (sends encapsulated frames), b = the real."""
-    from katran.adapter import netns
+    from katran.lab import netns
 
     pin_root = Path(f"/sys/fs/bpf/katran-test-{os.getpid()}")
     with netns.veth_link("ktdc") as link:
@@ -40,7 +40,7 @@ def lab():
 
 
 def _inject(link, frame: bytes) -> None:
-    from katran.adapter import netns
+    from katran.lab import netns
 
     with netns.inside(link.a.netns):
         with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s:
@@ -65,7 +65,7 @@ def _frames(link):
 
 
 def _listen(netns_name: str):
-    from katran.adapter import netns
+    from katran.lab import netns
 
     with netns.inside(netns_name):
         s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -87,7 +87,8 @@ def _recv(s):
 
 def test_encapsulated_packets_reach_the_vip_socket(lab, decap_obj):
     from katran import decap
-    from katran.adapter import bpf, hostcfg, netns
+    from katran.adapter import bpf, hostcfg
+    from katran.lab import netns
 
     link, pin_root = lab
     b = link.b
@@ -126,7 +127,8 @@ def test_encapsulated_packets_reach_the_vip_socket(lab, decap_obj):
 
 def test_strict_rp_filter_is_reported(lab, decap_obj):
     from katran import decap
-    from katran.adapter import hostcfg, netns
+    from katran.adapter import hostcfg
+    from katran.lab import netns
 
     link, pin_root = lab
     b = link.b

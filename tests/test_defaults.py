@@ -39,8 +39,8 @@ def test_server_starts_with_testing_only(module):
 
 
 def test_testing_mode_defaults_hc_forwarding_off_unless_asked():
-    from katran.goflags import FlagSet
-    from katran.server_flags import add_server_flags, config_from_flags
+    from katran_frontend.goflags import FlagSet
+    from katran_frontend.server_flags import add_server_flags, config_from_flags
 
     def cfg(*argv):
         return config_from_flags(add_server_flags(FlagSet("t"), "127.0.0.1:0", "").parse(list(argv)))
@@ -52,8 +52,8 @@ def test_testing_mode_defaults_hc_forwarding_off_unless_asked():
 
 def test_hc_forwarding_without_source_says_which_flag():
     from katran import KatranLb, ValidationError
-    from katran.goflags import FlagSet
-    from katran.server_flags import add_server_flags, config_from_flags
+    from katran_frontend.goflags import FlagSet
+    from katran_frontend.server_flags import add_server_flags, config_from_flags
 
     ns = add_server_flags(FlagSet("t"), "127.0.0.1:0", "").parse(
         ["-testing", "-hc_forwarding=true", "-lru_size=1000", "-max_vips=8", "-max_reals=16"])

@@ -33,7 +33,7 @@ VIPS6 = ["fc00:100::1", "fc00:100::2"]
 def lab():
     """(topology, grpc server, {real name: RealServers})."""
     from katran import decap
-    from katran.adapter.netns import inside
+    from katran.lab.netns import inside
     from katran.lab import services
     from katran.lab.topology import TopologySpec, topology
 
@@ -59,11 +59,18 @@ def lab():
             os.sched_setaffinity(0, old_affinity)
 
 
+def _grpc_client(server):
+    """An in-process gRPC client of the lab's server (the lab itself only runs katran-cli)."""
+    from katran_grpc.client import GrpcKatranClient
+
+    return GrpcKatranClient(server.address, timeout=10.0)
+
+
 @pytest.fixture
 def kc(lab):
     """A gRPC client of the lab's server; VIPs added through ``add`` are deleted afterwards."""
     _, server, _ = lab
-    client = server.client()
+    client = _grpc_client(server)
     client.created = []
     yield client
     for vip in client.created:
@@ -266,7 +273,7 @@ def test_weight_zero_drains_a_real(lab, kc):
 def test_server_restart_keeps_established_flows(lab, kc):
     """Stop katran-server-grpc (it detaches), start a new one, apply the same configuration:
     the LRU is gone but the Maglev ring is the same, so established sessions continue."""
-    from katran.adapter import labnet
+    from katran.lab import labnet
     from katran.lab import services
     from katran.models import Real, VipKey
 
@@ -281,7 +288,7 @@ def test_server_restart_keeps_established_flows(lab, kc):
         assert server.stop() == 0
         assert labnet.xdp_prog_id(topo.lb.netns, topo.lb.ifname) == 0  # the old process detached
         server.start()
-        with server.client() as kc2:
+        with _grpc_client(server) as kc2:
             vip = VipKey(VIPS4[7], services.ECHO_PORT, "tcp")
             kc2.add_vip(vip)
             for addr in reals:

@@ -670,7 +670,7 @@ def test_client_feature_methods(feat_channel, feat_lb):
 
 def test_other_transports_answer_unimplemented():
     """KatranClient's default for the feature methods: RpcFailed(UNIMPLEMENTED), no call made."""
-    from katran_grpc.client import KatranClient, RpcFailed
+    from katran_frontend.client import KatranClient, RpcFailed
 
     stubbed = {name: (lambda self, *a, **kw: None) for name in KatranClient.__abstractmethods__}
     Minimal = type("Minimal", (KatranClient,), stubbed)
@@ -923,7 +923,9 @@ def test_startup_errors_are_one_line(capsys, argv, needle):
 
 
 def test_startup_not_root(capsys, monkeypatch):
-    monkeypatch.setattr(server_mod.os, "geteuid", lambda: 1000)
+    from katran_frontend import server as lifecycle
+
+    monkeypatch.setattr(lifecycle.os, "geteuid", lambda: 1000)
     rc = server_mod.main(["-testing", "-server", "127.0.0.1:0"])
     err = capsys.readouterr().err
     assert rc == 1 and "root" in err and "Traceback" not in err

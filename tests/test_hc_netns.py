@@ -17,7 +17,7 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
-CLIENT = REPO / "examples" / "hc_it_client.py"
+CLIENT = REPO / "katran" / "lab" / "examples" / "hc_it_client.py"
 VIP4, VIP6, PORT = "10.100.0.1", "fd00:100::1", 5353
 # somark -> real: two v4 reals, one v6 real for a v4 probe (4in6), one v6 real for the v6 VIP
 REALS = {1: "10.200.0.1", 2: "10.200.0.2", 3: "fd00:200::3", 4: "fd00:200::4"}
@@ -33,7 +33,7 @@ def hc_obj(tmp_path_factory):
 @pytest.fixture
 def lab():
     """a = the LB host sending probes, b = its gateway (capture side)."""
-    from katran.adapter import netns
+    from katran.lab import netns
 
     with netns.veth_link("kthc") as link:
         ns = link.a.netns
@@ -69,7 +69,7 @@ def _probes(frames: list[bytes]) -> list[dict]:
 
 
 def _client(netns_name: str, vip: str, marks: list[int], count: int = 2) -> None:
-    from katran.adapter import netns
+    from katran.lab import netns
 
     argv = [sys.executable, str(CLIENT), "--vip", vip, "--port", str(PORT), "--count", str(count)]
     for m in marks:
@@ -137,7 +137,7 @@ def test_clsact_is_reused_and_filter_removed(lab, hc_obj):
 
 def test_tunnel_mode(lab, hc_obj):
     """Katran's tunnel mode: the program sets the tunnel key, ipip0 / ipip60 encapsulate."""
-    from katran.adapter import netns
+    from katran.lab import netns
     from katran.healthcheck import HcManager
 
     a, b = lab.a, lab.b

@@ -9,7 +9,7 @@ import pytest
 
 from katran import KatranConfig, KatranLb
 from katran.adapter import bpf
-from katran.adapter.netns import inside, veth_link
+from katran.lab.netns import inside, veth_link
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="XDP attach needs root")
 

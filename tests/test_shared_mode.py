@@ -70,12 +70,12 @@ def objs(tmp_path_factory):
     return {
         "root": compile_one(BPF_DIR / "xdp_root.bpf.c", d),
         "fake": compile_one(src, d),
-        "firewall": compile_one(REPO / "examples" / "firewall.bpf.c", d),
+        "firewall": compile_one(REPO / "katran" / "lab" / "examples" / "firewall.bpf.c", d),
     }
 
 
 def _firewall_module():
-    spec = importlib.util.spec_from_file_location("katran_example_firewall", REPO / "examples" / "firewall.py")
+    spec = importlib.util.spec_from_file_location("katran_example_firewall", REPO / "katran" / "lab" / "examples" / "firewall.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -101,7 +101,7 @@ class FakeBalancer:
 @pytest.fixture
 def lab(objs):
     """veth link: a = client namespace, b = the LB host with a UDP socket on PORT."""
-    from katran.adapter import netns
+    from katran.lab import netns
 
     with netns.veth_link("ktsh", addrs_a=("10.77.0.1/24", "10.78.0.1/24"), addrs_b=("10.77.0.2/24",)) as link:
         with netns.inside(link.b.netns):
@@ -121,7 +121,7 @@ def lab(objs):
 
 
 def _send(link, src: str, payload: bytes, count: int = 3) -> None:
-    from katran.adapter import netns
+    from katran.lab import netns
 
     with netns.inside(link.a.netns):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -166,7 +166,8 @@ def test_root_program_test_run(objs):
 
 def test_install_is_idempotent_and_uninstall_cleans(lab, objs):
     from katran import shared
-    from katran.adapter import bpf, netns
+    from katran.adapter import bpf
+    from katran.lab import netns
 
     link, _, map_path = lab
     with netns.inside(link.b.netns):
@@ -184,7 +185,7 @@ def test_install_is_idempotent_and_uninstall_cleans(lab, objs):
 
 def test_register_validates_position(lab, objs):
     from katran import shared
-    from katran.adapter import netns
+    from katran.lab import netns
     from katran.errors import NotFoundError, ValidationError
 
     link, _, map_path = lab
@@ -206,7 +207,7 @@ def test_register_validates_position(lab, objs):
 
 def test_traffic_through_root_firewall_and_fallthrough(lab, objs):
     from katran import shared
-    from katran.adapter import netns
+    from katran.lab import netns
 
     link, rx, map_path = lab
     fw_mod = _firewall_module()
@@ -250,7 +251,8 @@ def test_traffic_through_root_firewall_and_fallthrough(lab, objs):
 def test_unpinned_array_is_emptied(lab, objs):
     """The prog_array is emptied when its last user reference (pin or fd) goes away."""
     from katran import shared
-    from katran.adapter import bpf, netns
+    from katran.adapter import bpf
+    from katran.lab import netns
 
     link, rx, map_path = lab
     fake = FakeBalancer(objs["fake"])
@@ -282,7 +284,8 @@ def test_unpinned_array_is_emptied(lab, objs):
 def test_katran_balancer_in_shared_mode(lab, objs):
     """KatranLb with root_map_path registers at root_map_pos; close() lets packets fall through."""
     from katran import shared
-    from katran.adapter import bpf, hostcfg, netns
+    from katran.adapter import bpf, hostcfg
+    from katran.lab import netns
     from katran.build import BPF_DIR, compile_one
 
     from katran import KatranConfig, KatranLb, Real, VipKey
@@ -337,7 +340,7 @@ def test_katran_balancer_in_shared_mode(lab, objs):
 
 
 def _capture(end):
-    from katran.adapter import netns
+    from katran.lab import netns
 
     with netns.inside(end.netns):
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))

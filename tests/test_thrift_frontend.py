@@ -25,12 +25,6 @@ thrift = pytest.importorskip("thrift", reason="Apache Thrift's Python library (p
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 THRIFT_DIR = REPO_ROOT / "frontends" / "thrift"
-GRPC_DIR = REPO_ROOT / "frontends" / "grpc"
-for _pkg, _dir in (("katran_thrift", THRIFT_DIR), ("katran_grpc", GRPC_DIR)):  # katran_grpc: its Go-style flags
-    try:
-        __import__(_pkg)
-    except ImportError:  # not installed (yet): use the source tree
-        sys.path.insert(0, str(_dir))
 
 from thrift.protocol import TBinaryProtocol, TCompactProtocol  # noqa: E402
 from thrift.protocol.THeaderProtocol import THeaderProtocol  # noqa: E402
@@ -428,10 +422,7 @@ def test_shutdown_closes_open_connections(lb):
 
 # ------------------------------------------------------------------ katran-server-thrift
 def _server_env() -> dict:
-    env = dict(os.environ)
-    parts = [str(THRIFT_DIR), env.get("PYTHONPATH", ""), str(GRPC_DIR), str(REPO_ROOT)]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in parts if p)
-    return env
+    return dict(os.environ)  # the frontends are installed (pip install -e .)
 
 
 def _run_server(*flags: str) -> subprocess.Popen:
@@ -570,7 +561,6 @@ def test_server_command_bad_flag_is_go_style_usage_error():
 # ------------------------------------------------------------------ ThriftKatranClient (katran-cli's transport)
 @pytest.fixture(params=DIALECTS, ids=["-".join(d) for d in DIALECTS])
 def kc(request, server):
-    pytest.importorskip("grpc", reason="the client implements katran_grpc.client.KatranClient (needs grpcio)")
     from katran_thrift.client import ThriftKatranClient
 
     framing, protocol = request.param
@@ -579,7 +569,7 @@ def kc(request, server):
 
 
 def test_client_every_method(kc, lb):
-    from katran_grpc.client import KatranClient
+    from katran_frontend.client import KatranClient
 
     assert isinstance(kc, KatranClient)
     vk, vk6 = VipKey("10.200.1.1", 80, 6), VipKey("fc00:1::1", 443, 17)
@@ -610,7 +600,7 @@ def test_client_every_method(kc, lb):
 
 
 def test_client_errors(kc, lb):
-    from katran_grpc.client import OperationFailed, RpcFailed
+    from katran_frontend.client import OperationFailed, RpcFailed
 
     kc.add_vip(VipKey("10.200.1.1", 80, 6))
     before = snapshot(lb)
@@ -630,8 +620,7 @@ def test_client_errors(kc, lb):
 
 
 def test_client_server_down_and_reconnect(lb):
-    pytest.importorskip("grpc", reason="the client implements katran_grpc.client.KatranClient (needs grpcio)")
-    from katran_grpc.client import RpcFailed
+    from katran_frontend.client import RpcFailed
     from katran_thrift.client import ThriftKatranClient
 
     srv = KatranThriftServer(KatranThriftHandler(lb), "127.0.0.1", 0)
@@ -655,7 +644,6 @@ def test_client_server_down_and_reconnect(lb):
 
 
 def test_client_bad_arguments():
-    pytest.importorskip("grpc", reason="the client implements katran_grpc.client.KatranClient (needs grpcio)")
     from katran import ValidationError
     from katran_thrift.client import ThriftKatranClient
 
@@ -668,8 +656,7 @@ def test_client_bad_arguments():
 
 
 def test_katran_cli_over_thrift(server, lb, capsys):
-    pytest.importorskip("grpc", reason="katran-cli is part of the gRPC frontend (needs grpcio)")
-    from katran_grpc import cli
+    from katran_frontend import cli  # the thrift transport alone: no gRPC needed
 
     def run(*argv: str) -> int:  # the CLI's own -thrift_server flag selects the thrift transport
         return cli.main(["-thrift_server", f"127.0.0.1:{server.port}", *argv])

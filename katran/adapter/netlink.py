@@ -26,6 +26,7 @@ TC_H_CLSACT = 0xFFFFFFF1
 TC_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 ETH_P_ALL = 0x0003
 NETNS_DIR = "/var/run/netns"
+NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
 
 
 def _ipr(netns: str | None) -> IPRoute:
@@ -132,7 +133,8 @@ def neighbour_mac(ip: str, ifname_: str, netns: str | None = None) -> str:
         for n in ipr.neigh("dump", ifindex=idx, family=fam):
             dst = n.get_attr("NDA_DST")
             mac = n.get_attr("NDA_LLADDR")
-            if dst and mac and ipaddress.ip_address(dst) == addr:
+            # NUD_INCOMPLETE / NUD_FAILED entries carry no usable lladdr
+            if dst and mac and ipaddress.ip_address(dst) == addr and n["state"] not in (NUD_INCOMPLETE, NUD_FAILED):
                 return str(mac).lower()
     raise NotFoundError("neighbour", f"{ip} on {ifname_}")
 

@@ -27,7 +27,7 @@ VIP4, VIP6 = "10.100.1.1", "fc00:100::1"
 
 def _up(args) -> int:
     from katran import decap
-    from katran.adapter.netns import inside
+    from .netns import inside
 
     spec = TopologySpec(prefix=args.prefix, n_reals=args.reals)
     topo = build(spec)
@@ -49,7 +49,9 @@ def _up(args) -> int:
         raise
     print(topo.describe())
     print(f"\nVIPs {VIP4} and {VIP6} are on lo of every real (decap attached); nothing serves them yet.")
-    ns = lambda role: f"nsenter --net=/run/netns/{topo.prefix}-{role} --"  # noqa: E731
+    from .netns import NETNS_DIR
+
+    ns = lambda role: f"nsenter --net={NETNS_DIR}/{topo.prefix}-{role} --"  # noqa: E731
     if server:
         print(f"katran-server-grpc: pid {server.pid}, {server.address}, log {server.log_path}")
         print(f"  katran-cli -server {server.address} -A -t {VIP4}:80")

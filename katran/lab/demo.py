@@ -26,16 +26,16 @@ from typing import Callable, Optional
 import attrs
 
 from katran import decap
-from katran.adapter.netns import inside
 from katran.errors import KatranError
 
 from . import services as S
+from .netns import inside
 from .topology import Topology, TopologySpec, build, teardown
 
 VIP4, VIP6 = "10.100.1.1", "fc00:100::1"
 BLOCKED_PREFIX = "10.10.1.64/26"  # holds the client's second address 10.10.1.66
 HC_MARKS = {1000: "real1:4", 1001: "real2:4", 1002: "real1:6"}  # somark -> real (role:family)
-EXAMPLES = S.REPO / "examples"
+EXAMPLES = S.EXAMPLES
 
 
 @attrs.define
@@ -139,7 +139,7 @@ class Lab:
 
     def standalone(self, st: Step) -> None:
         self.server = S.GrpcServer(self.topo, self.gw_mac, flags=["-forwarding_cores=0"])
-        st.note("$ " + " ".join(["katran-server-grpc", *self.server.argv[3:]]))
+        st.note("$ " + " ".join(["katran-server-grpc", *self.server.argv[1:]]))
         self.server.start()
         st.note(f"server pid {self.server.pid}, XDP attached to {self.topo.lb.netns}/{self.topo.lb.ifname}")
         self.configure_vips(st)
@@ -196,14 +196,14 @@ class Lab:
         map_path = str(topo.pin_root / "jmp_eth0")
         topo.pin_root.mkdir(parents=True, exist_ok=True)
         res = self.lb_run(["sh", str(EXAMPLES / "install_xdproot.sh"), topo.lb.ifname, map_path])
-        st.note("$ examples/install_xdproot.sh " + f"{topo.lb.ifname} {map_path}")
+        st.note("$ install_xdproot.sh " + f"{topo.lb.ifname} {map_path}")
         for line in (res.stdout + res.stderr).strip().splitlines():
             st.note("  " + line)
         if res.returncode != 0:
             raise KatranError("root program install failed")
         res = self.lb_run([sys.executable, str(EXAMPLES / "firewall.py"), "--root-map", map_path, "--pos", "0",
                            "--drop", BLOCKED_PREFIX])
-        st.note(f"$ examples/firewall.py --root-map {map_path} --pos 0 --drop {BLOCKED_PREFIX}")
+        st.note(f"$ firewall.py --root-map {map_path} --pos 0 --drop {BLOCKED_PREFIX}")
         st.note("  " + (res.stdout + res.stderr).strip().replace("\n", "\n      "))
         if res.returncode != 0:
             raise KatranError("firewall install failed")
@@ -212,7 +212,7 @@ class Lab:
         self.server.start()
         st.note(f"katran-server-grpc -map_path={map_path} -prog_pos=2 (pid {self.server.pid})")
         self.configure_vips(st)
-        res = self.lb_run([sys.executable, "-m", "katran.cli_root", "status", "--intf", topo.lb.ifname,
+        res = self.lb_run([S.entry_point("katran-xdp-root"), "status", "--intf", topo.lb.ifname,
                            "--map-path", map_path])
         st.note("$ katran-xdp-root status: " + res.stdout.strip())
         st.check("slot 0" in res.stdout and "slot 2" in res.stdout, "firewall in slot 0, katran in slot 2")
@@ -265,7 +265,7 @@ class Lab:
         self.reals.clear()
         removed = teardown(self.spec.prefix)
         st.note("removed: " + (", ".join(removed) or "nothing"))
-        from katran.adapter import labnet
+        from . import labnet
 
         left = labnet.list_netns(self.spec.prefix + "-")
         st.check(not left and not (Path("/sys/fs/bpf") / f"katran-lab-{self.spec.prefix}").exists(),

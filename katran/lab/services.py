@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import socket
 import socketserver
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -23,24 +25,33 @@ from typing import Optional, Sequence
 
 import attrs
 
-from katran.adapter.netns import inside
 from katran.errors import KatranError
 
+from .netns import inside
 from .topology import STATE_DIR, Topology
 
-REPO = Path(__file__).resolve().parents[2]
-GRPC_FRONTEND = REPO / "frontends" / "grpc"
+EXAMPLES = Path(__file__).resolve().parent / "examples"  # package data: scripts the lab runs
 HTTP_PORT, ECHO_PORT, BULK_PORT, UDP_PORT = 80, 8080, 9000, 9053
 
 
+def entry_point(name: str) -> str:
+    """Path of the installed console script ``name`` (katran-server-grpc, katran-cli, ...):
+    next to this interpreter first, then on PATH."""
+    here = Path(sysconfig.get_path("scripts")) / name
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise KatranError(f"{name} is not installed (pip install 'katran[lab]')")
+
+
 def python_env() -> dict:
-    """Environment for our Python subprocesses: the gRPC frontend importable."""
+    """Environment for our subprocesses: unbuffered output, and ``PYTHON`` (used by
+    install_xdproot.sh) is this interpreter."""
     env = dict(os.environ)
-    paths = [str(GRPC_FRONTEND), str(REPO)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["PYTHON"] = sys.executable
     return env
 
 
@@ -64,7 +75,7 @@ class GrpcServer:
 
     @property
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "katran_grpc.server", f"-server={self.address}",
+        return [entry_point("katran-server-grpc"), f"-server={self.address}",
                 f"-intf={self.topo.lb.ifname}", f"-default_mac={self.default_mac}",
                 "-max_vips=16", "-max_reals=64", "-lru_size=20000", "-shutdown_delay=0", *self.flags]
 
@@ -120,17 +131,9 @@ class GrpcServer:
             self.socket_path.unlink()
         return proc.returncode
 
-    def client(self):
-        """An in-process gRPC client (katran_grpc.client.GrpcKatranClient)."""
-        if str(GRPC_FRONTEND) not in sys.path:
-            sys.path.append(str(GRPC_FRONTEND))
-        from katran_grpc.client import GrpcKatranClient
-
-        return GrpcKatranClient(self.address, timeout=10.0)
-
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """``katran-cli -server <unix socket> args...`` (text output captured)."""
-        argv = [sys.executable, "-m", "katran_grpc.cli", f"-server={self.address}", *args]
+        argv = [entry_point("katran-cli"), f"-server={self.address}", *args]
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=python_env())
 
 

@@ -28,9 +28,11 @@ from typing import Iterator, Optional, Sequence
 
 import attrs
 
-from katran.adapter import labnet
-from katran.adapter.netns import inside
-from katran.errors import KatranError, ValidationError
+from katran.adapter import netlink
+from katran.errors import KatranError, NotFoundError, ValidationError
+
+from . import labnet
+from .netns import inside
 
 STATE_DIR = Path("/run/katran-lab")
 BPFFS = Path("/sys/fs/bpf")
@@ -123,9 +125,10 @@ class Topology:
         gw = self.lb.gw4
         deadline = time.monotonic() + timeout
         while True:
-            mac = labnet.neighbour_mac(self.lb.netns, self.lb.ifname, gw)
-            if mac:
-                return mac
+            try:
+                return netlink.neighbour_mac(gw, self.lb.ifname, self.lb.netns)
+            except NotFoundError:
+                pass
             if time.monotonic() > deadline:
                 raise KatranError(f"gateway {gw} of {self.lb.netns} did not resolve")
             # any packet toward the gateway triggers ARP

@@ -12,44 +12,30 @@ optional TLS / mTLS, ``-testing`` loads the programs without attaching them.
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
 import sys
-import threading
 import time
 from concurrent import futures
-from typing import Optional
+from typing import Any, Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from katran.errors import KatranError, ValidationError
+from katran.errors import ValidationError
+from katran_frontend import GRPC_DEFAULT_SERVER
+from katran_frontend import server as lifecycle
+from katran_frontend.goflags import FlagSet
+from katran_frontend.server_flags import config_from_flags  # noqa: F401  (the server's flags -> KatranConfig)
 
 from . import EXT_SERVICE, KATRAN_SERVICE
-from katran.goflags import FlagSet
-from katran.server_flags import add_server_flags, config_from_flags, error_line, parse_server_flags
 from .service import add_services
 
 PROG = "katran-server-grpc"
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_ADDRESS = GRPC_DEFAULT_SERVER
 
-log = logging.getLogger("katran_grpc.server")
 
-class ServerError(Exception):
+class ServerError(lifecycle.StartupError):
     """The gRPC server could not be set up (bind failure, bad TLS files, ...)."""
-
-
-def build_flags() -> FlagSet:
-    """The server's flags: Katran's names and defaults, our extras, then gRPC's transport options."""
-    fs = FlagSet(PROG, "katran gRPC server (Katran-compatible lb.katran.KatranService)")
-    add_server_flags(fs, DEFAULT_ADDRESS, "Service server:port (Katran's default is 0.0.0.0:50051)")
-    fs.string("tls_cert", "", "PEM server certificate (enables TLS; needs -tls_key)")
-    fs.string("tls_key", "", "PEM private key of -tls_cert")
-    fs.string("tls_client_ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
-    fs.int("workers", 8, "gRPC worker threads")
-    return fs
 
 
 def _read(path: str, flag: str) -> bytes:
@@ -82,7 +68,7 @@ class KatranGrpcServer:
     def __init__(self, lb, address: str = DEFAULT_ADDRESS, *, credentials: Optional[grpc.ServerCredentials] = None,
                  max_workers: int = 8, rpc_metrics=None) -> None:
         interceptors = []
-        if rpc_metrics is not None:  # katran.metrics.RpcMetrics
+        if rpc_metrics is not None:  # katran.metrics.RpcMetrics: every RPC counted and timed
             from .metrics import RpcMetricsInterceptor
 
             interceptors.append(RpcMetricsInterceptor(rpc_metrics))
@@ -134,78 +120,56 @@ class KatranGrpcServer:
         return self._server.wait_for_termination(timeout)
 
 
-def _error_line(exc: BaseException) -> str:
-    return error_line(PROG, exc)
+class _Serving(lifecycle.Serving):
+    def __init__(self, server: KatranGrpcServer) -> None:
+        self.server = server
+        self.address = server.address
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self, delay_ms: int) -> None:
+        self.server.stop(delay_ms)
+
+    def abort(self) -> None:
+        self.server.stop()
+
+
+class GrpcTransport(lifecycle.Transport):
+    """katran-server-grpc's part of the lifecycle: TLS and worker flags, a KatranGrpcServer."""
+
+    prog = PROG
+    summary = "katran gRPC server (Katran-compatible lb.katran.KatranService)"
+    default_server = DEFAULT_ADDRESS
+    server_help = "Service server:port (Katran's default is 0.0.0.0:50051)"
+    log_starting = True
+    frontend = "grpc"
+
+    def add_flags(self, fs: FlagSet) -> None:
+        fs.string("tls_cert", "", "PEM server certificate (enables TLS; needs -tls_key)")
+        fs.string("tls_key", "", "PEM private key of -tls_cert")
+        fs.string("tls_client_ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
+        fs.int("workers", 8, "gRPC worker threads")
+
+    def prepare(self, ns) -> Optional[grpc.ServerCredentials]:
+        return server_credentials(ns.tls_cert, ns.tls_key, ns.tls_client_ca)
+
+    def bind(self, lb, ns, prepared: Any, rpc_metrics=None) -> lifecycle.Serving:
+        return _Serving(KatranGrpcServer(lb, ns.server, credentials=prepared, max_workers=ns.workers,
+                                         rpc_metrics=rpc_metrics))
+
+
+GRPC = GrpcTransport()
+
+
+def build_flags() -> FlagSet:
+    """The server's flags: Katran's names and defaults, our extras, then gRPC's transport options."""
+    return GRPC.build_flags()
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of katran-server-grpc; returns the exit status."""
-    ns, status = parse_server_flags(build_flags(), sys.argv[1:] if argv is None else argv, PROG)
-    if ns is None:
-        return status
-
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from katran.lb import KatranLb  # heavy import (cffi, libbpf) only once the flags are fine
-
-    lb = None
-    server = None
-    endpoint = None
-    try:
-        config = config_from_flags(ns)
-        credentials = server_credentials(ns.tls_cert, ns.tls_key, ns.tls_client_ca)
-        if os.geteuid() != 0:
-            raise ServerError("must run as root (loading and attaching BPF programs needs CAP_BPF/CAP_NET_ADMIN)")
-        lb = KatranLb(config)
-        if ns.metrics_addr:
-            from katran.metrics import MetricsEndpoint
-
-            endpoint = MetricsEndpoint(lb, ns.metrics_addr, "grpc")
-        server = KatranGrpcServer(lb, ns.server, credentials=credentials, max_workers=ns.workers,
-                                  rpc_metrics=endpoint.rpc if endpoint else None)
-        log.info("Starting Katran")
-        lb.start()
-        if endpoint is not None:
-            endpoint.start()
-        server.start()
-    except (KatranError, ServerError, OSError) as exc:
-        if endpoint is not None:
-            endpoint.stop()
-        if server is not None:
-            server.stop()
-        if lb is not None:
-            try:
-                lb.close()
-            except KatranError:
-                pass
-        print(_error_line(exc), file=sys.stderr)
-        return 1
-
-    print(f"Server listening on {server.address}", flush=True)
-    if endpoint is not None:
-        print(f"Metrics on {endpoint.url}", flush=True)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame) -> None:
-        if stop.is_set():
-            log.info("Ignoring signal %d: shutdown already scheduled", signum)
-            return
-        log.info("Signal %d, stopping service in %d milliseconds.", signum, ns.shutdown_delay)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stop.wait(0.5):
-        pass
-    server.stop(ns.shutdown_delay)
-    if endpoint is not None:
-        endpoint.stop()
-    log.info("Stopping Katran!")
-    try:
-        lb.close()
-    except KatranError as exc:
-        print(_error_line(exc), file=sys.stderr)
-        return 1
-    return 0
+    return lifecycle.run(GRPC, argv)
 
 
 if __name__ == "__main__":

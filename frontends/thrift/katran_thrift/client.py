@@ -1,13 +1,13 @@
 """``ThriftKatranClient``: katran-cli's ``KatranClient`` interface over thrift.
 
-Same methods, values and errors as ``katran_grpc.client.GrpcKatranClient``:
-katran.models values in and out; a refused update raises
-``OperationFailed``, any other failed call ``RpcFailed`` (codes are gRPC
+The interface and its errors are ``katran_frontend.client``'s, as for
+``katran_grpc.client.GrpcKatranClient``: katran.models values in and out; a
+refused update raises ``OperationFailed``, any other failed call ``RpcFailed`` (codes are gRPC
 status names so katran-cli prints them the same way).  Methods of our gRPC
 extension service, which Katran's thrift service does not have, raise
 ``RpcFailed(code="UNIMPLEMENTED")``.
 
-Use it from katran-cli with ``katran_grpc.cli.main(argv, client_factory=client_from_flags)``.
+``client_from_flags`` is katran-cli's "thrift" transport (``katran-cli -thrift ...``).
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from thrift.transport.TTransport import TBufferedTransport, TFramedTransport, TT
 
 from katran.errors import ValidationError
 from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey
-from katran_grpc.client import KatranClient, OperationFailed, RpcFailed
+from katran_frontend import THRIFT_DEFAULT_SERVER
+from katran_frontend.client import KatranClient, OperationFailed, RpcFailed
 
 from .gen import KatranService
 from .gen.ttypes import Healthcheck, Mac, QuicReal as TQuicReal, Real as TReal, RealMeta, Stats, Vip, VipMeta
 
-DEFAULT_SERVER = "127.0.0.1:12307"
+DEFAULT_SERVER = THRIFT_DEFAULT_SERVER
 TRANSPORTS = ("header", "framed", "buffered")
 PROTOCOLS = ("compact", "binary")
 _U32 = (1 << 32) - 1

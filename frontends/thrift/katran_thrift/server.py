@@ -9,12 +9,11 @@ detected per message and the reply is written in the same dialect.
 from __future__ import annotations
 
 import logging
-import os
 import selectors
-import signal
 import socket
 import sys
 import threading
+import time
 from typing import List, Optional, Sequence, Set, Tuple
 
 from thrift.protocol.THeaderProtocol import THeaderProtocol
@@ -22,12 +21,16 @@ from thrift.transport.THeaderTransport import THeaderClientType
 from thrift.transport.TSocket import TSocket
 from thrift.transport.TTransport import TTransportException
 
+from katran_frontend import THRIFT_DEFAULT_SERVER
+from katran_frontend import server as lifecycle
+from katran_frontend.server_flags import config_from_flags  # noqa: F401  (the server's flags -> KatranConfig)
+
 from .gen import KatranService
 from .handler import KatranThriftHandler
 
 log = logging.getLogger("katran_thrift.server")
 
-DEFAULT_SERVER = "127.0.0.1:12307"
+DEFAULT_SERVER = THRIFT_DEFAULT_SERVER
 
 
 class _QuietHandlerErrors(logging.Filter):
@@ -172,122 +175,85 @@ class KatranThriftServer:
 
 
 # ---------------------------------------------------------------------------
-# command line: the flags of katran-server-grpc (Katran's names and defaults),
-# parsed by the same Go-style parser (-flag=value, -flag value, --flag, --fl-ag)
+# command line: the flags of katran-server-grpc (Katran's names and defaults), parsed by
+# the same Go-style parser (-flag=value, -flag value, --flag, --fl-ag), and the shared
+# server lifecycle of katran_frontend.server
 
 PROG = "katran-server-thrift"
 
+
+class _Serving(lifecycle.Serving):
+    """A KatranThriftServer served from a background thread."""
+
+    def __init__(self, server: KatranThriftServer) -> None:
+        self.server = server
+        host, port = server.address
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = self.server.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, delay_ms: int) -> None:
+        # as Katran's server: keep serving during the delay, then stop
+        if delay_ms > 0:
+            time.sleep(delay_ms / 1000.0)
+        self.server.shutdown()
+        if self._thread is not None:
+            self._thread.join()
+
+    def abort(self) -> None:
+        self.server.shutdown()
+        if self._thread is None:
+            self.server.serve_forever()  # returns at once: releases the socket
+        else:
+            self._thread.join()
+
+
+class ThriftTransport(lifecycle.Transport):
+    """katran-server-thrift's part of the lifecycle: -server as host:port, a KatranThriftServer."""
+
+    prog = PROG
+    summary = "katran thrift server (Katran-compatible lb.katran KatranService)"
+    default_server = DEFAULT_SERVER
+    server_help = "Service server:port (Katran's thrift example port is 12307)"
+    frontend = "thrift"
+
+    def prepare(self, ns) -> Tuple[str, int]:
+        try:
+            host_port = parse_host_port(ns.server)
+        except ValueError as exc:
+            raise lifecycle.StartupError(f"-server: {exc}") from None
+        if ns.shutdown_delay < 0:
+            raise lifecycle.StartupError(f"-shutdown_delay={ns.shutdown_delay}: must not be negative")
+        return host_port
+
+    def bind(self, lb, ns, prepared: Tuple[str, int], rpc_metrics=None) -> lifecycle.Serving:
+        handler = KatranThriftHandler(lb)
+        if rpc_metrics is not None:  # katran.metrics.RpcMetrics: every RPC counted and timed
+            from .metrics import instrumented
+
+            handler = instrumented(handler, rpc_metrics)
+        try:
+            return _Serving(KatranThriftServer(handler, *prepared))
+        except OSError as exc:
+            raise lifecycle.StartupError(f"cannot listen on {ns.server}: {exc.strerror or exc}") from None
+
+
+THRIFT = ThriftTransport()
+
+
 def build_flags():
     """Katran's example-server flags plus ours, the same as katran-server-grpc has them."""
-    from katran.goflags import FlagSet
-    from katran.server_flags import add_server_flags
-
-    fs = FlagSet(PROG, "katran thrift server (Katran-compatible lb.katran KatranService)")
-    return add_server_flags(fs, DEFAULT_SERVER, "Service server:port (Katran's thrift example port is 12307)")
-
-
-def config_from_flags(ns):
-    from katran.server_flags import config_from_flags as from_flags
-
-    return from_flags(ns)
-
-
-def _error_line(exc: BaseException) -> str:
-    from katran.server_flags import error_line
-
-    return error_line(PROG, exc)
-
-
-class _StartupError(Exception):
-    """The server cannot start (bad -server, port in use, not root)."""
+    return THRIFT.build_flags()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of katran-server-thrift; returns the exit status."""
-    from katran.server_flags import parse_server_flags
-
-    ns, status = parse_server_flags(build_flags(), sys.argv[1:] if argv is None else argv, PROG)
-    if ns is None:
-        return status
-
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from katran import KatranError, KatranLb
-
-    lb = None
-    server = None
-    endpoint = None
-    try:
-        config = config_from_flags(ns)
-        try:
-            host, port = parse_host_port(ns.server)
-        except ValueError as exc:
-            raise _StartupError(f"-server: {exc}") from None
-        if ns.shutdown_delay < 0:
-            raise _StartupError(f"-shutdown_delay={ns.shutdown_delay}: must not be negative")
-        if os.geteuid() != 0:
-            raise _StartupError("must run as root (loading and attaching BPF programs needs CAP_BPF/CAP_NET_ADMIN)")
-        lb = KatranLb(config)
-        handler = KatranThriftHandler(lb)
-        if ns.metrics_addr:
-            from katran.metrics import MetricsEndpoint
-
-            from .metrics import instrumented
-
-            endpoint = MetricsEndpoint(lb, ns.metrics_addr, "thrift")
-            handler = instrumented(handler, endpoint.rpc)
-        try:
-            server = KatranThriftServer(handler, host, port)
-        except OSError as exc:
-            raise _StartupError(f"cannot listen on {ns.server}: {exc.strerror or exc}") from None
-        lb.start()
-        if endpoint is not None:
-            endpoint.start()
-    except (KatranError, _StartupError, OSError) as exc:
-        if endpoint is not None:
-            endpoint.stop()
-        if server is not None:
-            server.shutdown()
-            server.serve_forever()  # returns at once: releases the socket
-        if lb is not None:
-            try:
-                lb.close()
-            except KatranError:
-                pass
-        print(_error_line(exc), file=sys.stderr)
-        return 1
-
-    scheduled = threading.Event()
-
-    def on_signal(signum: int, _frame) -> None:
-        if scheduled.is_set():
-            log.info("Ignoring signal %d: shutdown already scheduled", signum)
-            return
-        scheduled.set()
-        log.info("Signal %d, stopping service in %d milliseconds.", signum, ns.shutdown_delay)
-        timer = threading.Timer(ns.shutdown_delay / 1000.0, server.shutdown)
-        timer.daemon = True
-        timer.start()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    bound_host, bound_port = server.address
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    print(f"Server listening on {shown}:{bound_port}", flush=True)
-    if endpoint is not None:
-        print(f"Metrics on {endpoint.url}", flush=True)
-    status = 0
-    try:
-        server.serve_forever()
-    finally:
-        if endpoint is not None:
-            endpoint.stop()
-        log.info("Stopping Katran!")
-        try:
-            lb.close()
-        except KatranError as exc:
-            print(_error_line(exc), file=sys.stderr)
-            status = 1
-    return status
+    return lifecycle.run(THRIFT, argv)
 
 
 if __name__ == "__main__":

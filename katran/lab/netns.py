@@ -1,4 +1,4 @@
-"""Network namespaces and veth pairs for tests and labs (pyroute2), always cleaned up.
+"""Network namespaces and veth pairs for the lab and the tests (pyroute2), always cleaned up.
 
 ``veth_link()`` builds two namespaces joined by a veth pair with addresses on both
 ends; ``inside(netns)`` switches the *calling thread* into a namespace (sockets,
@@ -14,23 +14,29 @@ import itertools
 import os
 import subprocess
 import threading
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import attrs
-from pyroute2 import IPRoute, NetNS, netns as _netns
-
+from pyroute2 import IPRoute, netns as _netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from katran.adapter.netlink import NETNS_DIR as _NETNS_DIR, in_netns
 from katran.errors import KernelError, NotFoundError
 
-from .netlink import in_netns
+NETNS_DIR = Path(_NETNS_DIR)  # where named namespaces live (the one constant, from the adapter)
 
 _counter = itertools.count()
 _lock = threading.Lock()
 
 
+def iproute(netns: str) -> IPRoute:
+    """Netlink socket in the existing namespace ``netns`` (never creates it)."""
+    return IPRoute(netns=netns, flags=0)
+
+
 def inside(netns: str):
-    """Run the body with the calling thread in ``netns`` (a name under /run/netns)."""
+    """Run the body with the calling thread in ``netns`` (a name under ``NETNS_DIR``)."""
     return in_netns(netns)
 
 
@@ -90,7 +96,7 @@ IFA_F_NODAD = 0x02  # IPv6 addresses usable at once, no duplicate address detect
 
 def configure(ns: str, ifname: str, addrs: Sequence[str]) -> VethEnd:
     """Put ``addrs`` (``a.b.c.d/len``, ``x::y/len``) on ``ifname`` and bring it up."""
-    with NetNS(ns) as ipr:
+    with iproute(ns) as ipr:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             raise NotFoundError("interface", f"{ifname} in {ns}")

@@ -14,34 +14,57 @@ prefix, and "exiting" is printed last.  Differences, all additive:
   reals (``-down_real``), hash functions, the real of a flow;
 * TLS (``-tls_ca``, ``-tls_cert``, ``-tls_key``) and a call ``-timeout``.
 
-The transport is a ``katran_grpc.client.KatranClient``; pass
-``client_factory`` to ``main`` to use another one.
+The transport is a ``katran_frontend.client.KatranClient`` chosen by name from
+``TRANSPORTS`` (gRPC unless ``-thrift``/``-thrift_server``) and imported only
+then, so the CLI starts without numpy, the native module or ``katran.lb``;
+``register_transport`` adds one, ``client_factory`` passed to ``main`` overrides
+the choice.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 import time
 from typing import Callable, Optional
 
-import grpc
-
 from katran.errors import KatranError
 from katran.models import Flow, HashFunction, ModifyAction, QuicReal, Real, RealFlag, VipFlag, VipKey
 
-from .client import (
-    DEFAULT_SERVER,
-    GrpcKatranClient,
-    KatranClient,
-    KatranClientError,
-    OperationFailed,
-    RpcFailed,
-    channel_credentials,
-)
-from katran.goflags import FlagError, FlagSet, HelpRequested
+from . import GRPC_DEFAULT_SERVER as DEFAULT_SERVER
+from .client import KatranClient, KatranClientError, OperationFailed, RpcFailed
+from .goflags import FlagError, FlagSet, HelpRequested
 
 PROG = "katran-cli"
+
+ClientFactory = Callable[[object], KatranClient]
+
+# transport name -> ("module:function" making a KatranClient from the parsed flags, the extra it needs)
+TRANSPORTS: dict[str, tuple[str, str]] = {
+    "grpc": ("katran_grpc.client:client_from_flags", "grpc"),
+    "thrift": ("katran_thrift.client:client_from_flags", "thrift"),
+}
+
+
+def register_transport(name: str, factory: str, extra: str = "") -> None:
+    """Make ``factory`` ("module:function", imported when chosen) the transport ``name``."""
+    TRANSPORTS[name] = (factory, extra)
+
+
+def transport_factory(name: str) -> ClientFactory:
+    """Import the transport ``name`` (KatranError naming the extra when it is not installed)."""
+    try:
+        target, extra = TRANSPORTS[name]
+    except KeyError:
+        raise KatranError(f"unknown transport {name!r} (known: {', '.join(sorted(TRANSPORTS))})") from None
+    module, _, func = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), func)
+    except ImportError as exc:
+        hint = f" (pip install katran[{extra}])" if extra else ""
+        flag = "-thrift" if name == "thrift" else f"the {name} transport"
+        raise KatranError(f"{flag} needs the {extra or name} extra{hint}: {exc}") from None
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 _MASK64 = (1 << 64) - 1
@@ -136,23 +159,14 @@ def build_flags() -> FlagSet:
     return fs
 
 
-def make_client(ns) -> KatranClient:
+def transport_name(ns) -> str:
     """gRPC unless -thrift / -thrift_server asks for the thrift server."""
-    if ns.thrift or ns.thrift_server:
-        try:
-            from katran_thrift.client import client_from_flags
-        except ImportError as exc:
-            raise KatranError(f"-thrift needs the thrift extra (pip install katran[thrift]): {exc}") from None
-        return client_from_flags(ns)
-    return make_grpc_client(ns)
+    return "thrift" if ns.thrift or ns.thrift_server else "grpc"
 
 
-def make_grpc_client(ns) -> KatranClient:
-    """The default transport, from the parsed flags."""
-    creds = channel_credentials(ns.tls_ca, ns.tls_cert, ns.tls_key)
-    if creds is None and ns.tls_server_name:
-        creds = grpc.ssl_channel_credentials()  # TLS with the system's CAs
-    return GrpcKatranClient(ns.server, timeout=ns.timeout or None, credentials=creds, server_name=ns.tls_server_name)
+def make_client(ns) -> KatranClient:
+    """The client of the transport the flags choose."""
+    return transport_factory(transport_name(ns))(ns)
 
 
 def go_error(exc: KatranClientError) -> str:
@@ -782,7 +796,7 @@ class Cli:
         self.printf("exiting\n")
 
 
-def main(argv: Optional[list[str]] = None, *, client_factory: Optional[Callable[[object], KatranClient]] = None) -> int:
+def main(argv: Optional[list[str]] = None, *, client_factory: Optional[ClientFactory] = None) -> int:
     """Entry point of katran-cli; returns the exit status."""
     fs = build_flags()
     try:

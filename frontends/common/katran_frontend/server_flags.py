@@ -4,12 +4,13 @@ their translation to a KatranConfig.  No RPC library is imported here.
 
 from __future__ import annotations
 
-from .config import KatranConfig
-from .errors import ValidationError
 import sys
 
+from katran.config import KatranConfig
+from katran.errors import ValidationError
+from katran.models import HashFunction
+
 from .goflags import FlagError, FlagSet, HelpRequested
-from .models import HashFunction
 
 # KatranConfig field -> the flag that sets it, to name the flag in start-up errors
 FLAG_OF_FIELD = {

@@ -2,9 +2,9 @@
 # Install katran's root XDP program (shared mode) on an interface, like Katran's
 # install_xdproot.sh: mounts bpffs when needed, attaches xdp_root and pins its
 # program array so that the balancer (-map_path ... -prog_pos 2) and other XDP
-# programs (examples/firewall.py) can take slots in it.
+# programs (katran/lab/examples/firewall.py) can take slots in it.
 #
-#   examples/install_xdproot.sh [interface] [map path] [slots]
+#   katran/lab/examples/install_xdproot.sh [interface] [map path] [slots]
 #   defaults: eth0  /sys/fs/bpf/jmp_<interface>  3
 #
 # Remove it with: katran-xdp-root uninstall --intf <interface> --map-path <map path>

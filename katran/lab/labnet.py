@@ -1,10 +1,10 @@
 """Kernel side of the lab topology (pyroute2): named namespaces, veth pairs, routes.
 
-Extends ``katran.adapter.netns`` (which builds throw-away two-namespace links) with
+Extends ``katran.lab.netns`` (which builds throw-away two-namespace links) with
 what a multi-host topology needs: namespaces with chosen names, veth pairs whose
-ends get chosen names inside their namespaces, static routes, neighbour lookups
-and a dummy XDP program for veth peers (frames sent with XDP_TX reach a veth peer
-only when that peer has an XDP program).
+ends get chosen names inside their namespaces, static routes and a dummy XDP
+program for veth peers (frames sent with XDP_TX reach a veth peer only when that
+peer has an XDP program).  Neighbour lookups are ``katran.adapter.netlink``'s.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import socket
 from pathlib import Path
 from typing import Iterable, Optional
 
-from pyroute2 import IPRoute, NetNS, netns as _netns
+from pyroute2 import IPRoute, netns as _netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from katran.errors import KernelError, NotFoundError
 
-from .netns import configure, inside, sysctl, unique_name
+from .netns import NETNS_DIR, configure, inside, iproute, sysctl, unique_name
 
-NETNS_DIR = Path("/run/netns")
 XDP_PASS_OBJECT = Path(__file__).resolve().parents[1] / "bpf" / "obj" / "xdp_pass.bpf.o"
 
 
@@ -33,7 +32,7 @@ def netns_exists(name: str) -> bool:
 
 
 def list_netns(prefix: str = "") -> list[str]:
-    """Names under /run/netns starting with ``prefix``."""
+    """Names under ``NETNS_DIR`` starting with ``prefix``."""
     if not NETNS_DIR.is_dir():
         return []
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
@@ -44,7 +43,7 @@ def create_netns(name: str) -> None:
     if netns_exists(name):
         raise KernelError(f"create netns {name}", errno.EEXIST, "it exists already")
     _netns.create(name)
-    with NetNS(name) as ipr:
+    with iproute(name) as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
         ipr.link("set", index=lo, state="up")
 
@@ -75,7 +74,7 @@ def veth_pair(ns_a: str, if_a: str, ns_b: str, if_b: str, mtu: int = 1500) -> No
                 ipr.link("del", ifname=tmp_a)
             raise
     for tmp, name, ns in ((tmp_a, if_a, ns_a), (tmp_b, if_b, ns_b)):
-        with NetNS(ns) as ipr:
+        with iproute(ns) as ipr:
             idx = ipr.link_lookup(ifname=tmp)[0]
             ipr.link("set", index=idx, ifname=name, mtu=mtu)
 
@@ -88,7 +87,7 @@ def add_route(ns: str, dst: str, gateway: str) -> None:
     if dst not in ("default", "default6"):
         net = ipaddress.ip_network(dst, strict=False)
         kw.update(dst=str(net.network_address), dst_len=net.prefixlen)
-    with NetNS(ns) as ipr:
+    with iproute(ns) as ipr:
         try:
             ipr.route("add", **kw)
         except NetlinkError as exc:
@@ -107,26 +106,12 @@ def set_sysctls(ns: str, values: dict) -> None:
         sysctl(ns, key, str(value))
 
 
-def neighbour_mac(ns: str, ifname: str, address: str) -> Optional[str]:
-    """MAC of ``address`` in the neighbour table of ``ns`` (None when unresolved)."""
-    want = ipaddress.ip_address(address)
-    family = socket.AF_INET6 if want.version == 6 else socket.AF_INET
-    with NetNS(ns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)[0]
-        for n in ipr.neigh("dump", ifindex=idx, family=family):
-            dst, mac = n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR")
-            # NUD_INCOMPLETE / NUD_FAILED have no usable lladdr
-            if dst and mac and ipaddress.ip_address(dst) == want and n["state"] not in (0x01, 0x20):
-                return str(mac).lower()
-    return None
-
-
 def attach_xdp_pass(ns: str, ifname: str, obj_path: Optional[os.PathLike] = None) -> int:
     """Attach the empty ``xdp_pass`` program to ``ifname`` in ``ns``; returns its id.
 
     The attachment keeps the program alive; it goes away with the interface.
     """
-    from . import bpf
+    from katran.adapter import bpf
 
     spec = bpf.ObjectSpec.open(obj_path or XDP_PASS_OBJECT)
     try:
@@ -146,7 +131,7 @@ def attach_xdp_pass(ns: str, ifname: str, obj_path: Optional[os.PathLike] = None
 
 def xdp_prog_id(ns: str, ifname: str) -> int:
     """Id of the native XDP program on ``ifname`` in ``ns`` (0: none)."""
-    from . import bpf
+    from katran.adapter import bpf
 
     with inside(ns):
         with IPRoute() as ipr:

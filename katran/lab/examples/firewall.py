@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Example: a source-prefix firewall in a shared-mode slot in front of the balancer.
 
-    python examples/firewall.py --root-map /sys/fs/bpf/jmp_eth0 --pos 0 --drop 10.1.0.0/16
+    python katran/lab/examples/firewall.py --root-map /sys/fs/bpf/jmp_eth0 --pos 0 --drop 10.1.0.0/16
 
-compiles examples/firewall.bpf.c (unless --obj is given), loads it sharing the root
+compiles the firewall.bpf.c next to it (unless --obj is given), loads it sharing the root
 program's array, fills the blocked prefixes and registers it at --pos. The root
 array then keeps the program alive after this script exits; remove it with --remove.
 """

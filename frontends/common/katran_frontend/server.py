@@ -1,0 +1,180 @@
+"""One server lifecycle for katran's RPC servers.
+
+``run(transport, argv)``: parse the flags (``server_flags`` plus the transport's
+own) -> ``KatranConfig`` -> the transport's checks -> ``KatranLb`` -> bind the
+transport's server -> ``lb.start()`` -> serve -> on SIGINT/SIGTERM stop serving
+(with ``-shutdown_delay``) -> ``lb.close()``.  A start-up failure prints one
+line (``<prog>: error: ...``, naming the flag of a bad config value), releases
+what was made and returns 1; bad flags print the usage and return 2.
+
+A transport (``katran_grpc.server.GRPC``, ``katran_thrift.server.THRIFT``) is a
+``Transport``: its program name and default address, its extra flags, a check of
+them before anything starts, and ``bind(lb, ns, prepared)`` returning a
+``Serving`` (start, stop with a delay, abort).  No RPC library is imported here.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any, Optional, Sequence
+
+from katran.errors import KatranError
+
+from .goflags import FlagSet
+from .server_flags import add_server_flags, config_from_flags, error_line, parse_server_flags
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+NOT_ROOT = "must run as root (loading and attaching BPF programs needs CAP_BPF/CAP_NET_ADMIN)"
+
+
+class StartupError(Exception):
+    """The server cannot start (bad transport flag, address in use, not root, ...)."""
+
+
+class Serving(abc.ABC):
+    """A bound server of one transport (its port is taken; nothing served yet)."""
+
+    #: the bound address as printed in "Server listening on <address>"
+    address: str
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Serve in the background."""
+
+    @abc.abstractmethod
+    def stop(self, delay_ms: int) -> None:
+        """Graceful stop after a signal; returns once nothing is served any more."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Release the port after a failed start (``start`` may not have been called)."""
+
+    def alive(self) -> bool:
+        """False once the server ended by itself (the lifecycle then shuts down)."""
+        return True
+
+
+class Transport(abc.ABC):
+    """The transport-specific part of a server: flags, checks, binding."""
+
+    prog: str
+    summary: str
+    default_server: str
+    server_help: str
+    #: log Katran's "Starting Katran" line before ``lb.start()``
+    log_starting: bool = False
+    #: the ``frontend`` label of the RPC metrics
+    frontend: str = ""
+
+    def build_flags(self) -> FlagSet:
+        """The shared server flags, then the transport's own (``add_flags``)."""
+        fs = FlagSet(self.prog, self.summary)
+        add_server_flags(fs, self.default_server, self.server_help)
+        self.add_flags(fs)
+        return fs
+
+    def add_flags(self, fs: FlagSet) -> None:
+        """Add the transport's own flags (after the shared ones)."""
+
+    def prepare(self, ns) -> Any:
+        """Check the transport's flags before anything starts; the result goes to ``bind``.
+
+        Raises ``ValidationError`` / ``StartupError``.
+        """
+        return None
+
+    @abc.abstractmethod
+    def bind(self, lb, ns, prepared: Any, rpc_metrics=None) -> Serving:
+        """A server over ``lb`` bound to ``-server`` (``StartupError`` / ``OSError`` if it cannot).
+
+        ``rpc_metrics`` (a ``katran.metrics.RpcMetrics``, with ``-metrics_addr``): record
+        every RPC in it.
+        """
+
+
+def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
+    """A server's ``main``: returns the exit status."""
+    prog = transport.prog
+    log = logging.getLogger(type(transport).__module__)  # katran_grpc.server, katran_thrift.server
+    ns, status = parse_server_flags(transport.build_flags(), sys.argv[1:] if argv is None else argv, prog)
+    if ns is None:
+        return status
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
+    from katran.lb import KatranLb  # heavy import (cffi, libbpf) only once the flags are fine
+
+    lb = None
+    serving: Optional[Serving] = None
+    metrics = None
+    try:
+        config = config_from_flags(ns)
+        prepared = transport.prepare(ns)
+        if ns.metrics_addr:
+            from katran.metrics import parse_metrics_addr
+
+            parse_metrics_addr(ns.metrics_addr)  # a bad value fails before anything is loaded
+        if os.geteuid() != 0:
+            raise StartupError(NOT_ROOT)
+        lb = KatranLb(config)
+        if ns.metrics_addr:
+            from katran.metrics import MetricsEndpoint
+
+            metrics = MetricsEndpoint(lb, ns.metrics_addr, transport.frontend or prog)
+        serving = transport.bind(lb, ns, prepared, rpc_metrics=metrics.rpc if metrics else None)
+        if transport.log_starting:
+            log.info("Starting Katran")
+        lb.start()
+        if metrics is not None:
+            metrics.start()
+        serving.start()
+    except (KatranError, StartupError, OSError) as exc:
+        if metrics is not None:
+            metrics.stop()
+        if serving is not None:
+            serving.abort()
+        if lb is not None:
+            try:
+                lb.close()
+            except KatranError:
+                pass
+        print(error_line(prog, exc), file=sys.stderr)
+        return 1
+
+    print(f"Server listening on {serving.address}", flush=True)
+    if metrics is not None:
+        print(f"Metrics on {metrics.url}", flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame) -> None:
+        if stop.is_set():
+            log.info("Ignoring signal %d: shutdown already scheduled", signum)
+            return
+        log.info("Signal %d, stopping service in %d milliseconds.", signum, ns.shutdown_delay)
+        stop.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    status = 0
+    try:
+        while not stop.wait(0.5):
+            if not serving.alive():
+                log.error("%s: the server ended by itself", prog)
+                status = 1
+                break
+        serving.stop(ns.shutdown_delay)
+    finally:
+        if metrics is not None:
+            metrics.stop()
+        log.info("Stopping Katran!")
+        try:
+            lb.close()
+        except KatranError as exc:
+            print(error_line(prog, exc), file=sys.stderr)
+            status = 1
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return status
