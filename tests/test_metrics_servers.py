@@ -125,10 +125,8 @@ def test_netns_scrape_with_real_tcp_traffic_equals_the_getters():
     from katran.lab import services
     from katran.lab.topology import TopologySpec, topology
 
-    try:
-        from katran.adapter.netns import inside
-    except ImportError:  # moved with the lab (frontend restructure)
-        from katran.lab.netns import inside
+    from katran.lab.netns import inside
+    from katran_grpc.client import GrpcKatranClient
 
     vip_addr = "10.100.1.1"
     old_affinity = os.sched_getaffinity(0)
@@ -154,7 +152,7 @@ def test_netns_scrape_with_real_tcp_traffic_equals_the_getters():
                     m = re.search(r"Metrics on (http://\S+/metrics)", server.log_path.read_text(errors="replace"))
                     url = m.group(1) if m else time.sleep(0.1)
                 assert url, server.tail_log()
-                kc = server.client()
+                kc = GrpcKatranClient(server.address)
                 vip = VipKey(vip_addr, services.HTTP_PORT, "tcp")
                 kc.add_vip(vip)
                 for h in topo.reals:
