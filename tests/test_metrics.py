@@ -75,7 +75,8 @@ def traffic(n: int) -> list:
 
 @pytest.fixture
 def busy_lb():
-    cfg = config(lpm_src_lookup=True, icmp_toobig_generation=True, max_pckt_size=1500)
+    cfg = config(lpm_src_lookup=True, icmp_toobig_generation=True, max_pckt_size=1500, enable_hc=True,
+                 katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337")
     with KatranLb(cfg) as lb:
         tcp, udp, v6 = VipKey("10.200.1.1", 80, "tcp"), VipKey("10.200.1.2", 53, "udp"), VipKey("fc00:1::1", 443, "tcp")
         routed, empty = VipKey("10.200.1.9", 53, "udp"), VipKey("10.200.1.3", 80, "tcp")
@@ -147,6 +148,9 @@ def getter_values(lb: KatranLb) -> dict:
             want[(f"{prefix}_{field}{suffix}", frozenset())] = v
     for cpu, v in enumerate(lb.get_per_core_packets_stats()):
         want[("katran_cpu_packets_total", frozenset({"cpu": str(cpu)}.items()))] = v
+    hc = lb.get_hc_program_stats()
+    for field in ("processed", "dropped", "skipped", "too_big", "dst_matched", "src_matched"):
+        want[("katran_hc_packets_total", frozenset({"result": field}.items()))] = getattr(hc, field)
     failed, invalid = lb.get_katran_lb_stats().v1, lb.get_katran_lb_stats().v2
     want[("katran_bpf_failed_calls_total", frozenset())] = failed
     want[("katran_addr_validation_failures_total", frozenset())] = invalid
@@ -161,9 +165,13 @@ def getter_values(lb: KatranLb) -> dict:
 def test_scrape_under_traffic_equals_the_getters(busy_lb):
     lb = busy_lb
     collector_text = []
+    lb.add_healthchecker_dst(1000, "10.0.0.1")
+    probe = eth(IP(src="10.0.13.37", dst="10.200.1.1") / TCP(sport=5555, dport=80, flags="S"))
     for round_ in range(3):
         for frame in traffic(20):
             lb.run_packet(frame)
+        for mark in (1000, 0):  # one forwarded probe, one packet the hc program skips
+            lb.run_hc_packet(probe, mark)
         text = metrics.scrape_text(lb)
         collector_text.append(text)
         samples, types = parse(text)
@@ -180,6 +188,7 @@ def test_scrape_under_traffic_equals_the_getters(busy_lb):
     assert value(samples, "katran_src_routing_packets_total", result="routed") == 20  # new flows only
     assert value(samples, "katran_lru_tcp_misses_total", **{"class": "syn"}) == 60 + 12  # + the empty VIP's
     assert value(samples, "katran_real_packets_total", real="10.0.0.9") == 60
+    assert value(samples, "katran_hc_packets_total", result="processed") == 3  # the marked probes
     # prometheus conventions: katran_ prefix, counters end in _total, per-VIP label format
     assert all(name.startswith("katran_") for name in types)
     assert types["katran_vip_packets"] == "counter" and types["katran_vips"] == "gauge"
