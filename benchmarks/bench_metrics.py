@@ -8,7 +8,10 @@ of M reals and for N x M distinct reals:
   map; VIPs and reals unchanged since the last scrape);
 * ``first scrape``: a scrape by a new collector (as after a configuration change: the VIP
   and real lists and their label strings are built again), no HTTP;
-* ``GET /metrics``: repeated scrapes of a ``MetricsEndpoint`` over HTTP on loopback.
+* ``scrape``: what the server does for each ``GET /metrics`` (map reads, metric families,
+  text), VIPs and reals unchanged since the previous scrape;
+* ``GET /metrics``: the same over HTTP on loopback, the client in this process (it reads
+  the body under the same interpreter lock: an upper bound).
 
 Prints the median and best of R runs (ms) and the number of samples of one scrape.
 """
@@ -80,7 +83,8 @@ def bench(n_vips: int, n_reals: int, distinct: bool, runs: int, ring_size: int) 
             label = f"{n_vips} VIPs x {n_reals} reals ({'distinct' if distinct else 'shared'}: {total_reals} reals)"
             version = lb.counter_snapshot().version
             for what, fn in (("map reads", lambda: lb.counter_snapshot(known_version=version)),
-                             ("first scrape", lambda: metrics.scrape_text(lb)), ("GET /metrics", get)):
+                             ("first scrape", lambda: metrics.scrape_text(lb)), ("scrape", endpoint.render),
+                             ("GET /metrics", get)):
                 med, best = _time(fn, runs)
                 rows.append((label, what, med, best, samples))
         finally:

@@ -14,6 +14,7 @@ histogram; fed by the frontends) and ``MetricsEndpoint`` (an HTTP server for
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import operator
 import time
@@ -412,16 +413,29 @@ class _One:
 
 
 def render_text(families: Iterable[Metric]) -> str:
-    """The text exposition of ``families``, as ``generate_latest`` writes it (bulk families fast)."""
+    """The text exposition of ``families``, as ``generate_latest`` writes it (bulk families fast).
+
+    The cyclic garbage collector is paused meanwhile: a big scrape makes hundreds of
+    thousands of short-lived strings, whose allocation would start full collections over
+    the whole heap (about a third of the time of a 200,000-sample scrape); nothing made
+    here is cyclic.
+    """
     from prometheus_client import generate_latest
 
-    out = []
-    for fam in families:
-        if isinstance(fam, BulkCounterFamily):
-            out.append(fam.render_text())
-        else:
-            out.append(generate_latest(_One(fam)).decode())
-    return "".join(out)
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        out = []
+        for fam in families:
+            if isinstance(fam, BulkCounterFamily):
+                out.append(fam.render_text())
+            else:
+                out.append(generate_latest(_One(fam)).decode())
+        return "".join(out)
+    finally:
+        if paused:
+            gc.enable()
 
 
 class HcCheckerCollector(Collector):
