@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import attrs
 import numpy as np
