@@ -6,8 +6,10 @@ of M reals and for N x M distinct reals:
 
 * ``map reads``: ``KatranLb.counter_snapshot()`` as a scrape makes it (one batch read per
   map; VIPs and reals unchanged since the last scrape);
-* ``first scrape``: a scrape by a new collector (as after a configuration change: the VIP
-  and real lists and their label strings are built again), no HTTP;
+* ``first scrape``: a scrape by a new collector (the VIP and real lists and all their
+  label strings are built), no HTTP;
+* ``after a change``: a configuration change (``change_mac``), then a scrape: the VIP and
+  real lists are read again, label strings of unchanged VIPs and reals are reused;
 * ``scrape``: what the server does for each ``GET /metrics`` (map reads, metric families,
   text), VIPs and reals unchanged since the previous scrape;
 * ``GET /metrics``: the same over HTTP on loopback, the client in this process (it reads
@@ -83,7 +85,9 @@ def bench(n_vips: int, n_reals: int, distinct: bool, runs: int, ring_size: int) 
             label = f"{n_vips} VIPs x {n_reals} reals ({'distinct' if distinct else 'shared'}: {total_reals} reals)"
             version = lb.counter_snapshot().version
             for what, fn in (("map reads", lambda: lb.counter_snapshot(known_version=version)),
-                             ("first scrape", lambda: metrics.scrape_text(lb)), ("scrape", endpoint.render),
+                             ("first scrape", lambda: metrics.scrape_text(lb)),
+                             ("after a change", lambda: (lb.change_mac("00:00:de:ad:be:af"), endpoint.render())),
+                             ("scrape", endpoint.render),
                              ("GET /metrics", get)):
                 med, best = _time(fn, runs)
                 rows.append((label, what, med, best, samples))
@@ -106,9 +110,9 @@ def main() -> None:
     rows = bench(args.vips, args.reals, False, args.runs, args.ring_size)
     if not args.shared_only:
         rows += bench(args.vips, args.reals, True, args.runs, args.ring_size)
-    print(f"{'configuration':<52} {'step':<13} {'median ms':>10} {'best ms':>9} {'samples':>8}")
+    print(f"{'configuration':<52} {'step':<15} {'median ms':>10} {'best ms':>9} {'samples':>8}")
     for label, what, med, best, samples in rows:
-        print(f"{label:<52} {what:<13} {med:>10.1f} {best:>9.1f} {samples:>8}")
+        print(f"{label:<52} {what:<15} {med:>10.1f} {best:>9.1f} {samples:>8}")
     load = os.getloadavg()[0]
     print(f"(load average {load:.1f} on {os.cpu_count()} CPUs while measuring)")
 

@@ -194,16 +194,29 @@ class _Layout:
     real_labels: list
     real_nums: np.ndarray
     prefixes: dict = attrs.field(factory=dict)  # family name -> exposition line prefixes
+    names: dict = attrs.field(factory=dict)  # ("vip"|"real", number) -> (key object, label string)
 
 
-def _layout(version: int, vips: list, reals: list) -> _Layout:
-    vips = sorted(vips, key=lambda kv: kv[1])
-    reals = sorted(reals, key=lambda kv: kv[1])
-    return _Layout(
-        version,
-        [vip_label(v) for v, _ in vips], np.fromiter((n for _, n in vips), dtype=np.int64, count=len(vips)),
-        [str(a) for a, _ in reals], np.fromiter((n for _, n in reals), dtype=np.int64, count=len(reals)),
-    )
+def _labels(kind: str, items: list, old: dict, new: dict, name) -> tuple[list, np.ndarray]:
+    labels = []
+    for key, num in items:
+        hit = old.get((kind, num))
+        if hit is None or hit[0] is not key:  # the same object still holds that number: same label
+            hit = (key, name(key))
+        new[(kind, num)] = hit
+        labels.append(hit[1])
+    return labels, np.fromiter((num for _, num in items), dtype=np.int64, count=len(items))
+
+
+def _layout(version: int, vips: list, reals: list, previous: Optional[_Layout] = None) -> _Layout:
+    old = previous.names if previous is not None else {}
+    names: dict = {}
+    vip_labels, vip_nums = _labels("vip", vips, old, names, vip_label)
+    real_labels, real_nums = _labels("real", reals, old, names, str)
+    if (previous is not None and vip_labels == previous.vip_labels and real_labels == previous.real_labels
+            and np.array_equal(vip_nums, previous.vip_nums) and np.array_equal(real_nums, previous.real_nums)):
+        return attrs.evolve(previous, version=version)  # same series: keep the line prefixes too
+    return _Layout(version, vip_labels, vip_nums, real_labels, real_nums, names=names)
 
 
 class KatranCollector(Collector):
@@ -229,7 +242,7 @@ class KatranCollector(Collector):
             snap = None
         if snap is not None and snap.started:
             if snap.vips is not None or layout is None:
-                layout = self._layout = _layout(snap.version, snap.vips or [], snap.reals or [])
+                layout = self._layout = _layout(snap.version, snap.vips or [], snap.reals or [], layout)
         yield from self.families(snap, layout)
         g = GaugeMetricFamily("katran_scrape_duration_seconds",
                               "Time this scrape took to read the balancer's maps and build the metrics")
@@ -250,8 +263,8 @@ class KatranCollector(Collector):
         yield gen
         if snap is None or not snap.started:
             return
-        if layout is None or snap.vips is not None:
-            layout = _layout(snap.version, snap.vips or [], snap.reals or [])
+        if layout is None or layout.version != snap.version:
+            layout = _layout(snap.version, snap.vips or [], snap.reals or [], layout)
         yield from self._vip_families(snap, layout)
         yield from self._real_families(snap, layout)
         yield from self._global_families(snap)
