@@ -17,17 +17,20 @@ from typing import Iterable, Optional, Sequence, Union
 
 import attrs
 
+from . import contract
 from .errors import KernelError, NotFoundError, ValidationError
 from .models import PacketResult, check_int, parse_address
 
 DECAP_PROG_NAME = "xdp_decap"
 DEFAULT_OBJECT = Path(__file__).resolve().parent / "bpf" / "obj" / "decap.bpf.o"
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/katran"
-PINNED_MAPS = ("decap_counters", "tpr_server_id", "decap_host_addrs")
+PINNED_MAPS = tuple(contract.DECAP.maps)  # decap_counters, tpr_server_id, decap_host_addrs
 XDP_VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
 
 _U32 = struct.Struct("=I")
-_STATS = struct.Struct("=6Q")
+_STATS = contract.DECAP_STATS
+_HOST_V4 = contract.DECAP_HOST_SLOTS.value("DECAP_HOST_V4")
+_HOST_V6 = contract.DECAP_HOST_SLOTS.value("DECAP_HOST_V6")
 
 
 @attrs.frozen
@@ -43,9 +46,9 @@ class DecapStats:
 
 
 def sum_stats(per_cpu: Sequence[bytes]) -> DecapStats:
-    totals = [0] * 6
+    totals = [0] * len(_STATS.fields)
     for raw in per_cpu:
-        for i, v in enumerate(_STATS.unpack(raw[: _STATS.size])):
+        for i, v in enumerate(_STATS.unpack(raw)):
             totals[i] += v
     return DecapStats(*totals)
 
@@ -78,6 +81,7 @@ def load_decap(
         raise ValidationError("strict_dst", strict_dst, "needs host_v4 and/or host_v6")
     spec = bpf.ObjectSpec.open(prog_path or DEFAULT_OBJECT)
     try:
+        contract.DECAP.check(prog_path or DEFAULT_OBJECT)  # missing map / knob / layout: ContractError
         spec.set_rodata("decap_gue_dport", gue_dport)
         spec.set_rodata("decap_strict_dst", int(bool(strict_dst)))
         obj = spec.load()
@@ -87,9 +91,10 @@ def load_decap(
         if server_id:
             obj.map("tpr_server_id").update(_U32.pack(0), _U32.pack(server_id))
         if v4 is not None:
-            obj.map("decap_host_addrs").update(_U32.pack(0), v4.packed.ljust(16, b"\0"))
+            host = contract.DECAP_HOST_ADDR.pack(v4.packed.ljust(16, b"\0"))
+            obj.map("decap_host_addrs").update(_U32.pack(_HOST_V4), host)
         if v6 is not None:
-            obj.map("decap_host_addrs").update(_U32.pack(1), v6.packed)
+            obj.map("decap_host_addrs").update(_U32.pack(_HOST_V6), contract.DECAP_HOST_ADDR.pack(v6.packed))
     except Exception:
         obj.close()
         raise

@@ -25,6 +25,7 @@ from typing import Optional, Union
 
 import attrs
 
+from . import contract
 from .errors import CapacityError, NotFoundError, ValidationError
 from .models import IPAddress, PacketResult, check_int, format_mac, parse_address, parse_mac, parse_optional_address
 
@@ -32,11 +33,13 @@ HC_PROG_NAME = "healthcheck_encap"
 HC_FILTER_NAME = "katran-healthchecker"
 DEFAULT_OBJECT = Path(__file__).resolve().parent / "bpf" / "obj" / "healthchecking.bpf.o"
 
-ENCAP_MODES = {"direct": 0, "tunnel": 1}
-REAL_V6 = 1  # hc_real_definition.flags
-CTRL_V4_TUN, CTRL_V6_TUN, CTRL_MAIN_INTF = 1, 2, 3
-SRC_V4, SRC_V6 = 0, 1
-MAC_SRC, MAC_DST = 0, 1
+# values and layouts from the healthcheck object's contract (C enums / structs via BTF)
+ENCAP_MODES = contract.HC_ENCAP_MODES.py_values()  # {"direct": 0, "tunnel": 1}
+REAL_V6 = contract.HC_REAL_FLAGS.value("HC_REAL_V6")  # hc_real_definition.flags
+CTRL_V4_TUN, CTRL_V6_TUN, CTRL_MAIN_INTF = (
+    contract.HC_CTRL_SLOTS.value(n) for n in ("HC_CTRL_V4_TUN", "HC_CTRL_V6_TUN", "HC_CTRL_MAIN_INTF"))
+SRC_V4, SRC_V6 = contract.HC_SRC_SLOTS.value("HC_SRC_V4"), contract.HC_SRC_SLOTS.value("HC_SRC_V6")
+MAC_SRC, MAC_DST = contract.HC_MAC_SLOTS.value("HC_MAC_SRC"), contract.HC_MAC_SLOTS.value("HC_MAC_DST")
 SKB_CTX_SIZE, SKB_MARK_OFFSET = 192, 8  # struct __sk_buff
 
 TC_VERDICTS = {-1: "TC_ACT_UNSPEC", 0: "TC_ACT_OK", 1: "TC_ACT_RECLASSIFY", 2: "TC_ACT_SHOT",
@@ -44,7 +47,7 @@ TC_VERDICTS = {-1: "TC_ACT_UNSPEC", 0: "TC_ACT_OK", 1: "TC_ACT_RECLASSIFY", 2: "
                7: "TC_ACT_REDIRECT"}
 
 _U32 = struct.Struct("=I")
-_HC_STATS = struct.Struct("=6Q")
+_HC_STATS = contract.HC_STATS
 
 AddressLike = Union[str, IPAddress]
 
@@ -63,15 +66,15 @@ class HcStats:
 
 def pack_real(addr: IPAddress) -> bytes:
     """hc_real_definition: 16 address bytes (network order), flags, 3 pad bytes."""
-    if addr.version == 6:
-        return addr.packed + bytes([REAL_V6]) + b"\0" * 3
-    return addr.packed.ljust(16, b"\0") + b"\0" * 4
+    flags = REAL_V6 if addr.version == 6 else 0
+    return contract.HC_REAL_DEFINITION.pack(addr.packed.ljust(16, b"\0"), flags)
 
 
 def unpack_real(raw: bytes) -> IPAddress:
-    if raw[16] & REAL_V6:
-        return ipaddress.IPv6Address(raw[:16])
-    return ipaddress.IPv4Address(raw[:4])
+    daddr, flags = contract.HC_REAL_DEFINITION.unpack(raw)
+    if flags & REAL_V6:
+        return ipaddress.IPv6Address(daddr)
+    return ipaddress.IPv4Address(daddr[:4])
 
 
 def skb_ctx(mark: int = 0) -> bytes:
@@ -200,6 +203,7 @@ class HcManager:
 
             spec = bpf.ObjectSpec.open(self.prog_path)
             try:
+                contract.HEALTHCHECK.check(self.prog_path)  # missing map / knob / layout: ContractError
                 spec.set_max_entries("hc_reals_map", self.max_reals)
                 knobs = spec.rodata_vars()
                 spec.set_rodata("hc_encap_mode", ENCAP_MODES[self.encap])
@@ -334,9 +338,9 @@ class HcManager:
 
     def stats(self) -> HcStats:
         per_cpu = self._loaded().map("hc_stats_map").lookup(_U32.pack(0)) or []
-        totals = [0] * 6
+        totals = [0] * len(_HC_STATS.fields)
         for raw in per_cpu:
-            for i, v in enumerate(_HC_STATS.unpack(raw[: _HC_STATS.size])):
+            for i, v in enumerate(_HC_STATS.unpack(raw)):
                 totals[i] += v
         return HcStats(*totals)
 

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 import attrs
 import numpy as np
 
-from . import maglev, packets, structs
+from . import contract, maglev, packets, structs
 from .config import KatranConfig
 from .errors import (
     AlreadyExistsError,
@@ -130,6 +130,7 @@ class KatranLb:
         self._config = config
         self._lock = threading.RLock()
         self._obj = None
+        self._abi: Optional[contract.Binding] = None  # what the balancer object has
         self._lru_maps: list = []
         self._attached_ifindex: Optional[int] = None
         self._registered_root = None
@@ -187,6 +188,8 @@ class KatranLb:
         path = Path(cfg.balancer_prog_path) if cfg.balancer_prog_path else packaged_object("balancer.bpf.o")
         spec = bpf.ObjectSpec.open(path)
         try:
+            # our own object must match the contract fully; a user-supplied one may lack maps/knobs
+            self._abi = contract.BALANCER.check(path, strict=not cfg.balancer_prog_path)
             self._size_maps(spec)
             self._set_knobs(spec)
             obj = spec.load()
@@ -227,24 +230,25 @@ class KatranLb:
             "decap_vip_stats": cfg.max_vips,
             "server_id_stats": cfg.max_vips,
         }
-        if cfg.enable_cid_v3 and "server_id_map" in spec.map_names:
+        abi = self._abi
+        if cfg.enable_cid_v3 and abi.has_map("server_id_map"):
             # 32-bit server ids do not fit an array: the same lookups work on a hash
             from .adapter import bpf
 
             spec.set_map_type("server_id_map", bpf.BPF_MAP_TYPE_HASH)
             sizes["server_id_map"] = MAX_SERVER_IDS_V3
         for name, size in sizes.items():
-            if name in spec.map_names:
+            if abi.has_map(name):
                 spec.set_max_entries(name, size)
-        if "vip_to_down_reals_map" in spec.map_names:
+        if abi.has_map("vip_to_down_reals_map"):
             spec.set_inner_map_max_entries("vip_to_down_reals_map", cfg.max_reals)
         numa = cfg.numa_nodes
-        if "lru_mapping" in spec.map_names:
+        if abi.has_map("lru_mapping"):
             # per-core LRUs must match the template, BPF_F_NUMA_NODE flag included
             spec.set_inner_map_max_entries(
                 "lru_mapping", self._per_core_lru_size(), numa_node=numa[0] if numa else None
             )
-        if cfg.global_lru and "global_lru_maps" in spec.map_names:
+        if cfg.global_lru and abi.has_map("global_lru_maps"):
             spec.set_inner_map_max_entries(
                 "global_lru_maps", cfg.global_lru_size, numa_node=numa[0] if numa else None
             )
@@ -253,11 +257,10 @@ class KatranLb:
         cfg = self._config
         knobs = {"ring_size": cfg.ch_ring_size, "max_vips": cfg.max_vips}
         knobs.update({name: int(getattr(cfg, name)) for name in KNOBS})
-        available = spec.rodata_vars()
         for name, value in knobs.items():
-            if name in available:
+            if self._abi.has_knob(name):
                 spec.set_rodata(name, value)
-        missing = [n for n in KNOBS if getattr(cfg, n) is True and n not in available]
+        missing = [n for n in KNOBS if getattr(cfg, n) is True and not self._abi.has_knob(n)]
         if missing:
             raise FeatureNotEnabledError(f"the balancer object {spec.path} has no knob(s) {', '.join(missing)}")
 
@@ -303,8 +306,8 @@ class KatranLb:
                 self._update(self._map("global_lru_maps"), structs.u32(core), structs.u32(glru.fd))
         self._update(self._map("ctl_array"), structs.u32(structs.CTL_MAC_POS), structs.ctl_value_mac(self._mac))
         cfg = self._config
-        srcs = self._require_started().maps.get("pckt_srcs")
-        if srcs is not None:
+        if self._abi.has_map("pckt_srcs"):
+            srcs = self._map("pckt_srcs")
             # outer source of GUE packets, and "this host" for strict inline decap
             for pos, src in ((0, cfg.katran_src_v4), (1, cfg.katran_src_v6)):
                 if src is not None:

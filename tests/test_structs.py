@@ -1,4 +1,4 @@
-"""katran/structs.py against the C side: BTF of the compiled balancer and consts.h."""
+"""katran/structs.py: packing of the balancer's keys and values (the layouts: tests/test_abi.py)."""
 
 from __future__ import annotations
 
@@ -18,90 +18,14 @@ OBJ = BPF_DIR / "obj" / "balancer.bpf.o"
 needs_obj = pytest.mark.skipif(not OBJ.is_file(), reason=f"{OBJ} not built (python -m katran.build)")
 
 
-def _btf_layout(name: str):
-    from katran.adapter.bpf import btf_struct_layout
+def test_layouts_are_the_contract():
+    """LAYOUTS (kept for callers) is derived from the contract that tests/test_abi.py checks via BTF."""
+    from katran import contract
 
-    return btf_struct_layout(OBJ, name)
-
-
-@needs_obj
-@pytest.mark.parametrize("name", sorted(structs.LAYOUTS))
-def test_layout_matches_btf(name):
-    size, offsets = structs.LAYOUTS[name]
-    btf_size, btf_members = _btf_layout(name)
-    assert btf_size == size, f"{name}: BTF size {btf_size}, structs.py says {size}"
-    assert {m: off for m, (off, _sz) in btf_members.items()} == offsets
-
-
-@needs_obj
-@pytest.mark.parametrize(
-    "map_name,key,value",
-    [
-        ("vip_map", "vip_definition", "vip_meta"),
-        ("reals", None, "real_definition"),
-        ("fallback_cache", "flow_key", "real_pos_lru"),
-        ("stats", None, "lb_stats"),
-        ("reals_stats", None, "lb_stats"),
-        ("ctl_array", None, "ctl_value"),
-        ("decap_dst", "address", None),
-        ("lpm_src_v4", "v4_lpm_key", None),
-        ("lpm_src_v6", "v6_lpm_key", None),
-        ("quic_stats_map", None, "lb_quic_packets_stats"),
-        ("tpr_stats_map", None, "lb_tpr_packets_stats"),
-        ("stable_rt_stats", None, "lb_stable_rt_packets_stats"),
-        ("pckt_srcs", None, "real_definition"),
-    ],
-)
-def test_map_key_value_sizes(map_name, key, value):
-    from katran.adapter import bpf
-
-    spec = bpf.ObjectSpec.open(OBJ)
-    try:
-        m = spec._map(map_name)
-        from katran.adapter.libbpf import lib
-
-        ksize, vsize = int(lib.bpf_map__key_size(m)), int(lib.bpf_map__value_size(m))
-    finally:
-        spec.close()
-    assert ksize == (structs.size_of(key) if key else 4)
-    if value:
-        assert vsize == structs.size_of(value)
-
-
-def _c_defines(header: str, prefix: str) -> dict[str, int]:
-    text = (BPF_DIR / header).read_text()
-    return {m[1]: int(m[2], 0) for m in re.finditer(rf"#define ({prefix}\w*)\s+(\w+)", text)}
-
-
-def test_counter_slots_match_consts_h():
-    c = _c_defines("consts.h", "CNT_")
-    py = {
-        "CNT_LRU": structs.LRU_CNTRS, "CNT_LRU_MISS": structs.LRU_MISS_CNTR,
-        "CNT_NEW_CONN_RATE": structs.NEW_CONN_RATE_CNTR, "CNT_FALLBACK_LRU": structs.FALLBACK_LRU_CNTR,
-        "CNT_ICMP_TOOBIG": structs.ICMP_TOOBIG_CNTRS, "CNT_LPM_SRC": structs.LPM_SRC_CNTRS,
-        "CNT_REMOTE_ENCAP": structs.REMOTE_ENCAP_CNTRS, "CNT_ENCAP_FAIL": structs.ENCAP_FAIL_CNTR,
-        "CNT_GLOBAL_LRU": structs.GLOBAL_LRU_CNTR, "CNT_CH_DROP": structs.CH_DROP_STATS,
-        "CNT_DECAP": structs.DECAP_CNTR, "CNT_QUIC_ICMP": structs.QUIC_ICMP_STATS,
-        "CNT_ICMP_PTB_V6": structs.ICMP_PTB_V6_STATS, "CNT_ICMP_PTB_V4": structs.ICMP_PTB_V4_STATS,
-        "CNT_XPOP_DECAP": structs.XPOP_DECAP_SUCCESSFUL, "CNT_UDP_FLOW_MIG": structs.UDP_FLOW_MIGRATION_STATS,
-        "CNT_XDP_TOTAL": structs.XDP_TOTAL_CNTR, "CNT_XDP_TX": structs.XDP_TX_CNTR,
-        "CNT_XDP_DROP": structs.XDP_DROP_CNTR, "CNT_XDP_PASS": structs.XDP_PASS_CNTR,
-        "CNT_EGRESS_DECAP": structs.EGRESS_DECAP_CNTR,
-    }
-    assert c == py
-
-
-def _c_shift(name: str) -> int:
-    m = re.search(rf"#define {name}\s+\(1 << (\d+)\)", (BPF_DIR / "consts.h").read_text())
-    assert m, f"{name} not found in consts.h"
-    return 1 << int(m[1])
-
-
-def test_flags_match_consts_h():
-    assert _c_shift("REAL_F_IPV6") == structs.REAL_F_IPV6
-    assert _c_shift("REAL_F_LOCAL") == structs.REAL_F_LOCAL
-    assert _c_defines("consts.h", "PCKT_SRC_") == {"PCKT_SRC_V4": structs.PCKT_SRC_V4, "PCKT_SRC_V6": structs.PCKT_SRC_V6}
-    assert _c_defines("consts.h", "CTL_DEFAULT_MAC") == {"CTL_DEFAULT_MAC": structs.CTL_MAC_POS}
+    assert set(structs.LAYOUTS) == set(contract.BALANCER.structs)
+    assert structs.LAYOUTS["flow_key"] == (40, {"src": 0, "srcv6": 0, "dst": 16, "dstv6": 16, "ports": 32,
+                                                "port16": 32, "proto": 36})
+    assert structs.size_of("lb_quic_packets_stats") == 104
 
 
 @needs_obj

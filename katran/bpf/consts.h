@@ -9,9 +9,7 @@
 
 #include <linux/types.h>
 
-/* EtherType values as they sit in memory on a little-endian host. */
-#define ETH_P_IP_BE 0x0008
-#define ETH_P_IPV6_BE 0xDD86
+#include "lib/addr.h" /* ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_FRAG_MASK_BE */
 
 /* Internal "no verdict yet" return value of helpers (XDP verdicts are >= 0). */
 #define LB_CONTINUE (-1)
@@ -27,8 +25,6 @@
  */
 #define LB_OUT_OF_LINE static __attribute__((noinline))
 
-/* IPv4 frag_off mask (MF flag + offset), as read from the wire on LE hosts. */
-#define IPV4_FRAG_MASK_BE 0xFF3F
 #define IPV4_HDR_LEN 20
 
 /* Default sizes; the real sizes are set per map at load time. */
@@ -47,38 +43,49 @@
 
 #define NSEC_PER_SEC_U64 1000000000ULL
 
+/*
+ * Values the control plane shares are C enums (not #defines) so that the
+ * object's BTF carries their names: balancer.bpf.c exports them with
+ * KATRAN_ABI_ENUM and katran/contract.py checks them.
+ */
+
 /* ctl_array slots */
-#define CTL_DEFAULT_MAC 0
+enum ctl_slot {
+	CTL_DEFAULT_MAC = 0,
+};
 
 /* pckt_srcs slots (outer source addresses for GUE, host addresses) */
-#define PCKT_SRC_V4 0
-#define PCKT_SRC_V6 1
+enum pckt_src_slot {
+	PCKT_SRC_V4 = 0,
+	PCKT_SRC_V6 = 1,
+};
 
-/* real_definition.flags */
-#define REAL_F_IPV6 (1 << 0)
-#define REAL_F_LOCAL (1 << 1)
+/* real_definition.flags (Katran's values) */
+enum real_flag {
+	REAL_F_IPV6 = 1 << 0,
+	REAL_F_LOCAL = 1 << 1,
+};
 
-/* vip_meta.flags */
-#define VIP_F_NO_SPORT (1 << 0)
-#define VIP_F_LRU_BYPASS (1 << 1)
-#define VIP_F_QUIC (1 << 2)
-#define VIP_F_DPORT_HASH (1 << 3)
-#define VIP_F_SRC_ROUTING (1 << 4)
-#define VIP_F_LOCAL (1 << 5)
-#define VIP_F_GLOBAL_LRU (1 << 6)
-#define VIP_F_HASH_SRC_DST_PORT (1 << 7)
-#define VIP_F_UDP_STABLE_RT (1 << 8)
-#define VIP_F_UDP_FLOW_MIGRATION (1 << 9)
+/* vip_meta.flags (Katran's values; katran.models.VipFlag) */
+enum vip_flag {
+	VIP_F_NO_SPORT = 1 << 0,
+	VIP_F_LRU_BYPASS = 1 << 1,
+	VIP_F_QUIC = 1 << 2,
+	VIP_F_DPORT_HASH = 1 << 3,
+	VIP_F_SRC_ROUTING = 1 << 4,
+	VIP_F_LOCAL = 1 << 5,
+	VIP_F_GLOBAL_LRU = 1 << 6,
+	VIP_F_HASH_SRC_DST_PORT = 1 << 7,
+	VIP_F_UDP_STABLE_RT = 1 << 8,
+	VIP_F_UDP_FLOW_MIGRATION = 1 << 9,
+};
 
 /* pkt_meta.flags */
 #define PKT_F_ICMP (1 << 0) /* flow was rebuilt from an ICMP error's quote */
 #define PKT_F_SYN (1 << 1)
 #define PKT_F_RST (1 << 2) /* a reset never creates a connection-table entry */
 
-/* outer headers */
-#define ENCAP_TTL 64
-#define IPIP_V4_SRC_PREFIX 0x10AC /* 172.16.0.0/16 in memory order */
-#define IPIP_V6_SRC_W0 1          /* 0100::/64 (RFC 6666), first word */
+/* outer headers: TTL and IPIP source prefixes are in lib/hdr.h */
 /* GUE v1: the top nibble of the inner packet tells v4 from v6 */
 #define GUE_V6_MASK 0x30
 
@@ -101,15 +108,12 @@
 #define STABLE_RT_MARK 0x52
 #define STABLE_RT_CID_LEN 8
 
-/* TCP header option carrying a server id (TPR) */
-#define TPR_OPT_KIND 0xB7
-#define TPR_OPT_LEN 6
-#define TPR_MAX_OPTS 15
-#define TCP_OPT_EOL 0
-#define TCP_OPT_NOP 1
+/* TCP header option carrying a server id (TPR): lib/tcp_opt.h */
 
 /* decap_dst value flags */
-#define DECAP_DST_F_EGRESS 0x2
+enum decap_dst_flag {
+	DECAP_DST_F_EGRESS = 0x2,
+};
 
 /* LRU comparison results of server-id routing */
 #define LRU_DST_MATCH 0
@@ -117,28 +121,31 @@
 #define LRU_DST_ABSENT 2
 
 /*
- * Global counters: slot max_vips + N of the `stats` map (Katran numbering).
+ * Global counters: slot max_vips + N of the `stats` map (Katran numbering;
+ * Katran's names are in katran/contract.py GLOBAL_COUNTERS).
  */
-#define CNT_LRU 0             /* v1 packets to VIPs, v2 LRU misses */
-#define CNT_LRU_MISS 1        /* v1 TCP SYN misses, v2 TCP non-SYN misses */
-#define CNT_NEW_CONN_RATE 2   /* v1 new conns in the window, v2 window start */
-#define CNT_FALLBACK_LRU 3    /* v1 packets that used fallback_cache */
-#define CNT_ICMP_TOOBIG 4     /* v1 v4, v2 v6 too-big replies/drops */
-#define CNT_LPM_SRC 5         /* v1 no match, v2 source-routed */
-#define CNT_REMOTE_ENCAP 6    /* v1 packets to a decap_dst address */
-#define CNT_ENCAP_FAIL 7      /* v1 v4, v2 v6 encapsulation failures */
-#define CNT_GLOBAL_LRU 8      /* v1 no per-cpu global lru, v2 routed by it */
-#define CNT_CH_DROP 9         /* v1 real index invalid, v2 ring slot is 0 */
-#define CNT_DECAP 10          /* v1 outer v4, v2 outer v6 decapsulated */
-#define CNT_QUIC_ICMP 11      /* v1 ICMP to QUIC VIPs, v2 ignorable ones */
-#define CNT_ICMP_PTB_V6 12    /* v1 all, v2 mtu < 1280 */
-#define CNT_ICMP_PTB_V4 13    /* v1 all, v2 mtu < 1280 */
-#define CNT_XPOP_DECAP 14     /* v1 inner v4, v2 inner v6 recirculated */
-#define CNT_UDP_FLOW_MIG 15   /* v1 LRU entries dropped for a down real */
-#define CNT_XDP_TOTAL 16      /* v1 packets, v2 bytes seen */
-#define CNT_XDP_TX 17
-#define CNT_XDP_DROP 18
-#define CNT_XDP_PASS 19
-#define CNT_EGRESS_DECAP 20   /* v1 inner v4, v2 inner v6 (decap + TX) */
+enum lb_global_counter {
+	CNT_LRU = 0,               /* v1 packets to VIPs, v2 LRU misses */
+	CNT_LRU_MISS = 1,          /* v1 TCP SYN misses, v2 TCP non-SYN misses */
+	CNT_NEW_CONN_RATE = 2,     /* v1 new conns in the window, v2 window start */
+	CNT_FALLBACK_LRU = 3,      /* v1 packets that used fallback_cache */
+	CNT_ICMP_TOOBIG = 4,       /* v1 v4, v2 v6 too-big replies/drops */
+	CNT_LPM_SRC = 5,           /* v1 no match, v2 source-routed */
+	CNT_REMOTE_ENCAP = 6,      /* v1 packets to a decap_dst address */
+	CNT_ENCAP_FAIL = 7,        /* v1 v4, v2 v6 encapsulation failures */
+	CNT_GLOBAL_LRU = 8,        /* v1 no per-cpu global lru, v2 routed by it */
+	CNT_CH_DROP = 9,           /* v1 real index invalid, v2 ring slot is 0 */
+	CNT_DECAP = 10,            /* v1 outer v4, v2 outer v6 decapsulated */
+	CNT_QUIC_ICMP = 11,        /* v1 ICMP to QUIC VIPs, v2 ignorable ones */
+	CNT_ICMP_PTB_V6 = 12,      /* v1 all, v2 mtu < 1280 */
+	CNT_ICMP_PTB_V4 = 13,      /* v1 all, v2 mtu < 1280 */
+	CNT_XPOP_DECAP = 14,       /* v1 inner v4, v2 inner v6 recirculated */
+	CNT_UDP_FLOW_MIG = 15,     /* v1 LRU entries dropped for a down real */
+	CNT_XDP_TOTAL = 16,        /* v1 packets, v2 bytes seen */
+	CNT_XDP_TX = 17,
+	CNT_XDP_DROP = 18,
+	CNT_XDP_PASS = 19,
+	CNT_EGRESS_DECAP = 20,     /* v1 inner v4, v2 inner v6 (decap + TX) */
+};
 
 #endif /* KATRAN_CONSTS_H */

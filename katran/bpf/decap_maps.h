@@ -7,8 +7,11 @@
 
 #include "decap_structs.h"
 
-#define DECAP_HOST_V4 0
-#define DECAP_HOST_V6 1
+/* decap_host_addrs slots (a C enum: BTF carries it to katran/contract.py) */
+enum decap_host_slot {
+	DECAP_HOST_V4 = 0,
+	DECAP_HOST_V6 = 1,
+};
 
 /* counters, slot 0 */
 struct {

@@ -1,4 +1,10 @@
-/* Healthcheck forwarding: outer header builders for tc (skb) encapsulation. */
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Healthcheck forwarding: encapsulation of a probe in the skb (tc). Room is
+ * made with bpf_skb_adjust_room; the headers are written by the writers the
+ * balancer uses too (lib/hdr.h), as Katran shares encap_helpers.h between
+ * its balancer and healthchecker. No maps, no knobs.
+ */
 #ifndef KATRAN_HC_ENCAP_H
 #define KATRAN_HC_ENCAP_H
 
@@ -13,54 +19,9 @@
 #include <bpf/bpf_endian.h>
 
 #include "hc_structs.h"
-
-#define HC_TTL 64
-
-/* one's complement checksum of a 20-byte IPv4 header */
-static __always_inline __u16 hc_ipv4_csum(const struct iphdr *iph)
-{
-	const __u16 *w = (const __u16 *)iph;
-	__u32 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*iph) / 2); i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
-}
-
-static __always_inline void hc_fill_v4(struct iphdr *iph, __be32 saddr, __be32 daddr,
-				       __u16 payload_len, __u8 proto)
-{
-	iph->version = 4;
-	iph->ihl = 5;
-	iph->tos = 0;
-	iph->tot_len = bpf_htons(payload_len + sizeof(*iph));
-	iph->id = 0;
-	iph->frag_off = 0;
-	iph->ttl = HC_TTL;
-	iph->protocol = proto;
-	iph->check = 0;
-	iph->saddr = saddr;
-	iph->daddr = daddr;
-	iph->check = hc_ipv4_csum(iph);
-}
-
-static __always_inline void hc_fill_v6(struct ipv6hdr *ip6h, const __be32 *saddr,
-				       const __be32 *daddr, __u16 payload_len, __u8 proto)
-{
-	ip6h->version = 6;
-	ip6h->priority = 0;
-	ip6h->flow_lbl[0] = 0;
-	ip6h->flow_lbl[1] = 0;
-	ip6h->flow_lbl[2] = 0;
-	ip6h->payload_len = bpf_htons(payload_len);
-	ip6h->nexthdr = proto;
-	ip6h->hop_limit = HC_TTL;
-	__builtin_memcpy(ip6h->saddr.s6_addr32, saddr, 16);
-	__builtin_memcpy(ip6h->daddr.s6_addr32, daddr, 16);
-}
+#include "lib/addr.h"
+#include "lib/cursor.h"
+#include "lib/hdr.h"
 
 /* a GUE source port outside the well-known range */
 static __always_inline __u16 hc_gue_sport(void)
@@ -95,37 +56,34 @@ static __always_inline bool hc_encap(struct __sk_buff *skb, const struct hc_real
 
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
+	eth = pkt_ptr(data, data_end, 0, sizeof(*eth));
+	if (!eth)
 		return false;
-	eth->h_proto = bpf_htons(outer_v6 ? ETH_P_IPV6 : ETH_P_IP);
+	eth->h_proto = outer_v6 ? ETH_P_IPV6_BE : ETH_P_IP_BE;
 	payload = inner_len + l4_len;
 
 	if (gue_dport) {
-		struct udphdr *udp = data + sizeof(*eth) + l3_len;
+		struct udphdr *udp = pkt_ptr(data, data_end, sizeof(*eth) + l3_len, sizeof(*udp));
 
-		if ((void *)(udp + 1) > data_end)
+		if (!udp)
 			return false;
-		udp->source = bpf_htons(hc_gue_sport());
-		udp->dest = bpf_htons(gue_dport);
-		udp->len = bpf_htons(payload);
-		udp->check = 0;
+		put_udp_hdr(udp, bpf_htons(hc_gue_sport()), gue_dport, payload);
 		inner_proto = IPPROTO_UDP;
 	}
 	if (outer_v6) {
-		struct ipv6hdr *ip6h = data + sizeof(*eth);
+		struct ipv6hdr *ip6h = pkt_ptr(data, data_end, sizeof(*eth), sizeof(*ip6h));
 
-		if ((void *)(ip6h + 1) > data_end)
+		if (!ip6h)
 			return false;
-		hc_fill_v6(ip6h, src->v6daddr, real->v6daddr, payload, inner_proto);
+		put_ipv6_hdr(ip6h, 0, src->v6daddr, real->v6daddr, payload, inner_proto);
 	} else {
-		struct iphdr *iph = data + sizeof(*eth);
+		struct iphdr *iph = pkt_ptr(data, data_end, sizeof(*eth), sizeof(*iph));
 
-		if ((void *)(iph + 1) > data_end)
+		if (!iph)
 			return false;
-		hc_fill_v4(iph, src->daddr, real->daddr, payload, inner_proto);
+		put_ipv4_hdr(iph, 0, src->daddr, real->daddr, payload, inner_proto);
 	}
 	return true;
 }
 
-#endif
+#endif /* KATRAN_HC_ENCAP_H */

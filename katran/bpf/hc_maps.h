@@ -7,15 +7,22 @@
 
 #include "hc_structs.h"
 
-/* hc_ctrl_map slots: ifindexes */
-#define HC_CTRL_V4_TUN 1
-#define HC_CTRL_V6_TUN 2
-#define HC_CTRL_MAIN_INTF 3
-/* hc_pckt_srcs_map / hc_pckt_macs slots */
-#define HC_SRC_V4 0
-#define HC_SRC_V6 1
-#define HC_MAC_SRC 0
-#define HC_MAC_DST 1
+/* hc_ctrl_map slots: ifindexes (C enums: BTF carries them to katran/contract.py) */
+enum hc_ctrl_slot {
+	HC_CTRL_V4_TUN = 1,
+	HC_CTRL_V6_TUN = 2,
+	HC_CTRL_MAIN_INTF = 3,
+};
+/* hc_pckt_srcs_map slots */
+enum hc_src_slot {
+	HC_SRC_V4 = 0,
+	HC_SRC_V6 = 1,
+};
+/* hc_pckt_macs slots */
+enum hc_mac_slot {
+	HC_MAC_SRC = 0,
+	HC_MAC_DST = 1,
+};
 
 /* ifindexes: 1 = v4 tunnel, 2 = v6 tunnel, 3 = interface probes leave by */
 struct {

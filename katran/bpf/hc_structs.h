@@ -4,8 +4,16 @@
 
 #include <linux/types.h>
 
-/* real_definition.flags bit: the address is IPv6 */
-#define HC_REAL_V6 (1 << 0)
+/* hc_real_definition.flags bit: the address is IPv6 */
+enum hc_real_flag {
+	HC_REAL_V6 = 1 << 0,
+};
+
+/* knob hc_encap_mode */
+enum hc_encap_mode {
+	HC_ENCAP_DIRECT = 0, /* build the outer header, redirect to the main interface */
+	HC_ENCAP_TUNNEL = 1, /* set the tunnel key, redirect to the ipip/ip6tnl device */
+};
 
 /* where a probe goes: 20 bytes, addresses in network order */
 struct hc_real_definition {

@@ -18,46 +18,18 @@
 
 #include "hc_structs.h"
 #include "hc_maps.h"
+#include "hc_knobs.h"
 #include "hc_encap.h"
+#include "hc_tunnel.h"
+#include "lib/abi.h"
+#include "lib/cursor.h"
+#include "lib/hdr.h"
 
-#define HC_ENCAP_DIRECT 0
-#define HC_ENCAP_TUNNEL 1
-
-/* load-time knobs */
-const volatile __u32 hc_encap_mode = HC_ENCAP_DIRECT; /* direct / tunnel */
-const volatile __u32 hc_max_pckt_size = 0;            /* 0: no length check */
-const volatile __u16 hc_gue_dport = 0;                /* direct mode: GUE when != 0 */
-
-static __always_inline int hc_drop(struct hc_stats *st)
-{
-	st->pckts_dropped += 1;
-	return TC_ACT_SHOT;
-}
-
-static __always_inline int hc_tunnel(struct __sk_buff *skb, struct hc_stats *st,
-				     const struct hc_real_definition *real)
-{
-	struct bpf_tunnel_key tkey = {};
-	__u32 pos = (real->flags & HC_REAL_V6) ? HC_CTRL_V6_TUN : HC_CTRL_V4_TUN;
-	__u64 tflags = 0;
-	__u32 *ifindex;
-
-	ifindex = bpf_map_lookup_elem(&hc_ctrl_map, &pos);
-	if (!ifindex || !*ifindex)
-		return hc_drop(st);
-	tkey.tunnel_ttl = HC_TTL;
-	if (real->flags & HC_REAL_V6) {
-		tflags = BPF_F_TUNINFO_IPV6;
-		__builtin_memcpy(tkey.remote_ipv6, real->v6daddr, 16);
-	} else {
-		tkey.remote_ipv4 = bpf_ntohl(real->daddr); /* host order for the tunnel key */
-	}
-	skb->mark = 0;
-	if (bpf_skb_set_tunnel_key(skb, &tkey, sizeof(tkey), tflags))
-		return hc_drop(st);
-	st->pckts_processed += 1;
-	return bpf_redirect(*ifindex, 0);
-}
+KATRAN_ABI_ENUM(hc_ctrl_slot);
+KATRAN_ABI_ENUM(hc_src_slot);
+KATRAN_ABI_ENUM(hc_mac_slot);
+KATRAN_ABI_ENUM(hc_real_flag);
+KATRAN_ABI_ENUM(hc_encap_mode);
 
 SEC("tc")
 int healthcheck_encap(struct __sk_buff *skb)
@@ -74,10 +46,10 @@ int healthcheck_encap(struct __sk_buff *skb)
 	if (!st)
 		return TC_ACT_UNSPEC;
 
-	eth = (void *)(long)skb->data;
-	if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+	eth = pkt_ptr((void *)(long)skb->data, (void *)(long)skb->data_end, 0, sizeof(*eth));
+	if (!eth)
 		return hc_drop(st);
-	inner_v6 = eth->h_proto == bpf_htons(ETH_P_IPV6);
+	inner_v6 = eth->h_proto == ETH_P_IPV6_BE;
 
 	real = somark ? bpf_map_lookup_elem(&hc_reals_map, &somark) : NULL;
 	if (!real) {
@@ -109,8 +81,8 @@ int healthcheck_encap(struct __sk_buff *skb)
 	if (!hc_encap(skb, real, src, inner_v6, hc_gue_dport))
 		return hc_drop(st);
 
-	eth = (void *)(long)skb->data;
-	if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+	eth = pkt_ptr((void *)(long)skb->data, (void *)(long)skb->data_end, 0, sizeof(*eth));
+	if (!eth)
 		return hc_drop(st);
 	__builtin_memcpy(eth->h_source, smac->mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, dmac->mac, ETH_ALEN);

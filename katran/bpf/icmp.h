@@ -3,7 +3,9 @@
  * ICMP / ICMPv6 handling of the balancer: echo replies, flows rebuilt from
  * the quote of "fragmentation needed" / "packet too big" / "unreachable"
  * errors, and generation of too-big errors for oversized frames.
- * Counting is left to the caller through struct icmp_seen.
+ * Counting is left to the caller through struct icmp_seen; the balancer's
+ * ICMP policy (which echo requests to answer, counters) is lb_icmp.h.
+ * No maps, no knobs.
  */
 #ifndef KATRAN_ICMP_H
 #define KATRAN_ICMP_H
@@ -22,7 +24,9 @@
 
 #include "consts.h"
 #include "structs.h"
-#include "csum.h"
+#include "lib/addr.h"
+#include "lib/csum.h"
+#include "lib/hdr.h"
 #include "parsing.h"
 
 /* Side information for the caller's counters. */
@@ -30,15 +34,6 @@ struct icmp_seen {
 	bool ptb;     /* a frag-needed / packet-too-big message was seen */
 	__u32 mtu;    /* the MTU it asked for */
 };
-
-static __always_inline void eth_swap_macs(struct ethhdr *eth)
-{
-	__u8 tmp[ETH_ALEN];
-
-	__builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
-}
 
 /* Turn an IPv4 echo request into the reply, in place. */
 static __always_inline int icmp4_echo_reply(void *data, void *data_end)
@@ -57,7 +52,7 @@ static __always_inline int icmp4_echo_reply(void *data, void *data_end)
 	/* type 8 -> 0 lowers the first word by 0x0800 (network order): patch
 	 * the checksum the same way Katran does, without end-around carry */
 	icmp->checksum += 0x0008;
-	iph->ttl = ENCAP_TTL;
+	iph->ttl = OUTER_TTL;
 	addr = iph->daddr;
 	iph->daddr = iph->saddr;
 	iph->saddr = addr;
@@ -83,7 +78,7 @@ static __always_inline int icmp6_echo_reply(void *data, void *data_end)
 	icmp6->icmp6_type = ICMPV6_ECHO_REPLY;
 	/* type 128 -> 129: adjust the checksum in memory order, as Katran */
 	icmp6->icmp6_cksum -= 0x0001;
-	ip6h->hop_limit = ENCAP_TTL;
+	ip6h->hop_limit = OUTER_TTL;
 	addr = ip6h->saddr;
 	ip6h->saddr = ip6h->daddr;
 	ip6h->daddr = addr;
@@ -199,7 +194,7 @@ static __always_inline int icmp_send_too_big(struct xdp_md *xdp, bool is_ipv6, _
 		ip6h->priority = 0;
 		__builtin_memset(ip6h->flow_lbl, 0, sizeof(ip6h->flow_lbl));
 		ip6h->nexthdr = IPPROTO_ICMPV6;
-		ip6h->hop_limit = ENCAP_TTL;
+		ip6h->hop_limit = OUTER_TTL;
 		ip6h->payload_len = bpf_htons(ICMP6_TOOBIG_QUOTE - 6);
 		ip6h->daddr = orig->saddr;
 		ip6h->saddr = orig->daddr;
@@ -235,7 +230,7 @@ static __always_inline int icmp_send_too_big(struct xdp_md *xdp, bool is_ipv6, _
 	icmp->un.frag.__unused = 0;
 	icmp->checksum = 0;
 	icmp->checksum = buf_csum(icmp, ICMP4_TOOBIG_QUOTE - 6);
-	iph->ttl = ENCAP_TTL;
+	iph->ttl = OUTER_TTL;
 	iph->daddr = orig->saddr;
 	iph->saddr = orig->daddr;
 	iph->frag_off = 0;

@@ -23,10 +23,12 @@
 #include "structs.h"
 #include "knobs.h"
 #include "maps.h"
+#include "lib/addr.h"
+#include "lib/cursor.h"
+#include "lib/xdp_decap.h"
 #include "parsing.h"
-#include "icmp.h"
-#include "encap.h"
-#include "lb_route.h"
+#include "lb_stats.h"
+#include "lb_icmp.h"
 
 /*
  * Is the outer destination one we decapsulate for re-balancing (decap_dst:
@@ -62,25 +64,12 @@ static __always_inline int decap_dst_check(struct pkt_meta *pkt, bool is_ipv6, b
 	if (!host)
 		return LB_CONTINUE;
 	if (is_ipv6) {
-		if (host->dstv6[0] != pkt->flow.dstv6[0] || host->dstv6[1] != pkt->flow.dstv6[1] ||
-		    host->dstv6[2] != pkt->flow.dstv6[2] || host->dstv6[3] != pkt->flow.dstv6[3])
+		if (!addr6_eq(host->dstv6, pkt->flow.dstv6))
 			return XDP_PASS;
 	} else if (host->dst != pkt->flow.dst) {
 		return XDP_PASS;
 	}
 	return LB_CONTINUE;
-}
-
-static __always_inline void count_pair(__u32 which, bool second)
-{
-	struct lb_stats *cnt = global_cnt(which);
-
-	if (!cnt)
-		return;
-	if (second)
-		cnt->v2 += 1;
-	else
-		cnt->v1 += 1;
 }
 
 /* Run the decapsulated packet through the balancer again. */
@@ -135,18 +124,19 @@ static __always_inline int decap_ipip(struct xdp_md *xdp, bool outer_v6, __u8 pr
 	void *data = (void *)(long)xdp->data;
 	void *data_end = (void *)(long)xdp->data_end;
 	bool inner_v6 = proto == IPPROTO_IPV6;
-	int outer_len, verdict;
+	int outer_len;
+	bool alive;
 
 	/* Katran strips an IPv6-sized header for proto 41 whatever the outer */
 	outer_len = (outer_v6 || inner_v6) ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
 	if (!pkt_ptr(data, data_end, 0, sizeof(struct ethhdr) + outer_len))
 		return XDP_DROP;
-	verdict = ip_ttl_decrement(data, data_end, sizeof(struct ethhdr) + outer_len, inner_v6);
-	if (!decap_strip(xdp, outer_len, inner_v6))
+	alive = ip_ttl_decrement(data, data_end, sizeof(struct ethhdr) + outer_len, inner_v6);
+	if (!xdp_decap_strip(xdp, outer_len, inner_v6))
 		return XDP_DROP;
 	count_pair(CNT_DECAP, outer_v6);
-	if (verdict >= 0)
-		return verdict;
+	if (!alive)
+		return XDP_DROP;
 	if (pass)
 		return XDP_PASS;
 	count_pair(CNT_XPOP_DECAP, inner_v6);
@@ -163,7 +153,8 @@ static __always_inline int decap_gue(struct xdp_md *xdp, bool outer_v6, bool pas
 	void *data = (void *)(long)xdp->data;
 	void *data_end = (void *)(long)xdp->data_end;
 	bool inner_v6 = false;
-	int outer_len, verdict;
+	int outer_len;
+	bool alive;
 	__u8 *first;
 
 	outer_len = (outer_v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr)) + sizeof(struct udphdr);
@@ -172,12 +163,12 @@ static __always_inline int decap_gue(struct xdp_md *xdp, bool outer_v6, bool pas
 		return XDP_DROP;
 	if (outer_v6)
 		inner_v6 = (*first & GUE_V6_MASK) != 0;
-	verdict = ip_ttl_decrement(data, data_end, sizeof(struct ethhdr) + outer_len, inner_v6);
-	if (!decap_strip(xdp, outer_len, inner_v6))
+	alive = ip_ttl_decrement(data, data_end, sizeof(struct ethhdr) + outer_len, inner_v6);
+	if (!xdp_decap_strip(xdp, outer_len, inner_v6))
 		return XDP_DROP;
 	count_pair(CNT_DECAP, outer_v6);
-	if (verdict >= 0)
-		return verdict;
+	if (!alive)
+		return XDP_DROP;
 
 	if (!pass && (decap_flags & DECAP_DST_F_EGRESS)) {
 		/* egress decap: the inner packet is a reply, send it back out */

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Packet parsing for the balancer: bounds-checked header access, L3/L4
- * parsing into a pkt_meta, and the id-carrying headers (QUIC connection id,
- * UDP stable-routing header, TCP server-id option). No maps, no knobs.
+ * Packet parsing for the balancer: L3/L4 parsing into a pkt_meta and the
+ * id-carrying UDP headers (QUIC connection id, UDP stable-routing header).
+ * Header access: lib/cursor.h; the TCP server-id option: lib/tcp_opt.h.
+ * No maps, no knobs.
  */
 #ifndef KATRAN_PARSING_H
 #define KATRAN_PARSING_H
@@ -23,19 +24,8 @@
 
 #include "consts.h"
 #include "structs.h"
-
-/*
- * The cursor: `len` bytes at offset `off` of the frame, or NULL when they
- * are not all inside [data, data_end). Every header access goes through it.
- */
-static __always_inline void *pkt_ptr(void *data, void *data_end, __u64 off, __u64 len)
-{
-	void *p = data + off;
-
-	if (p + len > data_end)
-		return NULL;
-	return p;
-}
+#include "lib/cursor.h"
+#include "lib/tcp_opt.h"
 
 /*
  * Offset of the L4 header Katran's way: right after a 20-byte IPv4 header or
@@ -220,60 +210,6 @@ static __always_inline struct stable_rt_info parse_stable_rt(void *data, void *d
 	res.is_stable_rt = true;
 	res.server_id = (p[1] << 16) | (p[2] << 8) | p[3];
 	return res;
-}
-
-/*
- * Find the server id carried in TCP option 0xB7 (kind, len 6, 4-byte id read
- * in memory order). Scans at most TPR_MAX_OPTS options. Returns 0 if none.
- */
-static __always_inline __u32 tcp_opt_server_id(void *data, void *data_end, bool is_ipv6)
-{
-	__u64 off = l4_offset(is_ipv6, false);
-	struct tcphdr *tcp = pkt_ptr(data, data_end, off, sizeof(*tcp));
-	__u8 left, pos, kind, len;
-	__u8 *opt;
-
-	if (!tcp)
-		return 0;
-	left = (__u8)(tcp->doff * 4 - sizeof(*tcp));
-	if (left < TPR_OPT_LEN)
-		return 0;
-	pos = (__u8)(off + sizeof(*tcp)); /* Katran keeps the offset in a byte */
-
-	for (int i = 0; i < TPR_MAX_OPTS; i++) {
-		opt = pkt_ptr(data, data_end, pos, 1);
-		if (!opt)
-			return 0;
-		kind = opt[0];
-		if (kind == TCP_OPT_EOL)
-			return 0;
-		if (kind == TCP_OPT_NOP) {
-			left--;
-			pos++;
-		} else {
-			if (left < 2)
-				return 0;
-			opt = pkt_ptr(data, data_end, pos, 2);
-			if (!opt)
-				return 0;
-			len = opt[1];
-			if (len > left)
-				return 0;
-			if (kind == TPR_OPT_KIND) {
-				if (len != TPR_OPT_LEN)
-					return 0;
-				opt = pkt_ptr(data, data_end, pos, TPR_OPT_LEN);
-				if (!opt)
-					return 0;
-				return *(__u32 *)(opt + 2);
-			}
-			left -= len;
-			pos += len;
-		}
-		if (!left)
-			return 0;
-	}
-	return 0;
 }
 
 #endif /* KATRAN_PARSING_H */

@@ -5,8 +5,11 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-/* upper bound of root_slots, so the verifier sees a bounded loop */
-#define ROOT_MAX_SLOTS 32
+/* upper bound of root_slots, so the verifier sees a bounded loop (a C enum:
+ * BTF carries it to katran/contract.py; katran.shared.MAX_SLOTS follows it) */
+enum root_limit {
+	ROOT_MAX_SLOTS = 32,
+};
 
 /* slot -> XDP program, tried in slot order; max_entries is set at load */
 struct {

@@ -9,6 +9,9 @@
 #include <bpf/bpf_helpers.h>
 
 #include "root_maps.h"
+#include "lib/abi.h"
+
+KATRAN_ABI_ENUM(root_limit);
 
 /* load-time knob: slots to try (root_array's max_entries, <= ROOT_MAX_SLOTS) */
 const volatile __u32 root_slots = 3;

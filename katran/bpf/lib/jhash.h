@@ -3,9 +3,10 @@
  * Bob Jenkins' lookup3 hash as used by the Linux kernel's jhash.h, restricted
  * to the two shapes the balancer needs: two 32-bit words, and a 16-byte key
  * (an IPv6 address). Results are bit-identical to the kernel/Katran versions.
+ * Part of the helper library: no maps, no knobs.
  */
-#ifndef KATRAN_JHASH_H
-#define KATRAN_JHASH_H
+#ifndef KATRAN_LIB_JHASH_H
+#define KATRAN_LIB_JHASH_H
 
 #include <linux/types.h>
 
@@ -64,4 +65,4 @@ static __always_inline __u32 jhash_16bytes(const __u32 *k, __u32 seed)
 	return c;
 }
 
-#endif /* KATRAN_JHASH_H */
+#endif /* KATRAN_LIB_JHASH_H */

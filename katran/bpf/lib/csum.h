@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Internet checksum helpers (RFC 1071 / RFC 1624) for XDP programs.
- * Sums are kept in a __u64 accumulator and folded at the end.
- * Reusable by every object (no maps, no knobs).
+ * Internet checksum helpers (RFC 1071 / RFC 1624), usable from XDP and tc:
+ * they work on header pointers, never on the context. Sums are kept in a
+ * __u64 accumulator and folded at the end. Part of the helper library: no
+ * maps, no knobs.
  */
-#ifndef KATRAN_CSUM_H
-#define KATRAN_CSUM_H
+#ifndef KATRAN_LIB_CSUM_H
+#define KATRAN_LIB_CSUM_H
 
 #include <linux/types.h>
 #include <linux/in6.h>
@@ -169,4 +170,4 @@ static __always_inline int gue_udp_csum(void *outer4, void *outer6, struct udphd
 	return 0;
 }
 
-#endif /* KATRAN_CSUM_H */
+#endif /* KATRAN_LIB_CSUM_H */

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Encapsulation and decapsulation of XDP frames: IPIP / IP6IP6 /
- * IPv4-in-IPv6 with Katran's crafted outer source addresses, GUE (UDP) with
- * the incremental outer checksum, and the matching decap helpers.
- * Reusable: callers pass MACs, addresses and ports; no maps, no knobs.
+ * Encapsulation of the balancer (XDP): IPIP / IP6IP6 / IPv4-in-IPv6 with
+ * Katran's crafted outer source addresses, GUE (UDP) with the incremental
+ * outer checksum, and encap_to_real(), the dispatch by knob gue_encap. The
+ * header writers are shared with the healthchecker (lib/hdr.h). Uses
+ * maps.h (pckt_srcs) and knobs.h.
  */
-#ifndef KATRAN_ENCAP_H
-#define KATRAN_ENCAP_H
+#ifndef KATRAN_LB_ENCAP_H
+#define KATRAN_LB_ENCAP_H
 
 #include <stdbool.h>
 #include <linux/types.h>
@@ -22,7 +23,11 @@
 
 #include "consts.h"
 #include "structs.h"
-#include "csum.h"
+#include "knobs.h"
+#include "maps.h"
+#include "lib/csum.h"
+#include "lib/cursor.h"
+#include "lib/hdr.h"
 #include "parsing.h"
 
 /* What an encapsulation needs to know about the client's flow. */
@@ -32,67 +37,6 @@ struct encap_flow {
 	__u8 tos;         /* inner ToS / traffic class, copied to the outer header */
 	__u8 l4_proto;    /* inner L4 protocol (GUE checksum needs TCP or UDP) */
 };
-
-/* IPIP outer source: 172.16.(sp[1]^s[2]).(sp[0]^s[3]). */
-static __always_inline __be32 ipip_v4_src(__u16 sport, __be32 src)
-{
-	__u32 hi = (__u32)bpf_htons(sport) << 16;
-
-	return ((hi ^ src) & 0xFFFF0000) | IPIP_V4_SRC_PREFIX;
-}
-
-/* IP6IP6 / 4in6 outer source: 0100::/64 then the client's last word ^ port. */
-static __always_inline void ipip_v6_src(__u16 sport, __be32 src_word, __be32 out[4])
-{
-	out[0] = IPIP_V6_SRC_W0;
-	out[1] = 0;
-	out[2] = 0;
-	out[3] = src_word ^ sport;
-}
-
-/* Write a 20-byte IPv4 header with TTL 64, id 0, DF clear, and its checksum. */
-static __always_inline void put_ipv4_hdr(struct iphdr *iph, __u8 tos, __be32 saddr, __be32 daddr,
-					 __u16 payload_bytes, __u8 proto)
-{
-	iph->version = 4;
-	iph->ihl = 5;
-	iph->tos = tos;
-	iph->tot_len = bpf_htons(payload_bytes + sizeof(struct iphdr));
-	iph->id = 0;
-	iph->frag_off = 0;
-	iph->ttl = ENCAP_TTL;
-	iph->protocol = proto;
-	iph->saddr = saddr;
-	iph->daddr = daddr;
-	iph->check = 0;
-	iph->check = iph_csum(iph);
-}
-
-/* Write an IPv6 header with hop limit 64 and traffic class `tc`. */
-static __always_inline void put_ipv6_hdr(struct ipv6hdr *ip6h, __u8 tc, const __be32 *saddr,
-					 const __be32 *daddr, __u16 payload_len, __u8 proto)
-{
-	ip6h->version = 6;
-	ip6h->priority = (tc & 0xF0) >> 4;
-	ip6h->flow_lbl[0] = (tc & 0x0F) << 4;
-	ip6h->flow_lbl[1] = 0;
-	ip6h->flow_lbl[2] = 0;
-	ip6h->payload_len = bpf_htons(payload_len);
-	ip6h->nexthdr = proto;
-	ip6h->hop_limit = ENCAP_TTL;
-	__builtin_memcpy(&ip6h->saddr, saddr, 16);
-	__builtin_memcpy(&ip6h->daddr, daddr, 16);
-}
-
-/* Write a UDP header; sport is stored as given (already in wire order). */
-static __always_inline void put_udp_hdr(struct udphdr *udph, __u16 sport_wire, __u16 dport,
-					__u16 len)
-{
-	udph->source = sport_wire;
-	udph->dest = bpf_htons(dport);
-	udph->len = bpf_htons(len);
-	udph->check = 0;
-}
 
 /*
  * Grow the frame by `push` bytes in front and write the new Ethernet header
@@ -260,52 +204,40 @@ static __always_inline bool encap_gue_v6(struct xdp_md *xdp, const __u8 *gw_mac,
 	return true;
 }
 
-/*
- * Remove `outer` bytes of tunnel headers after the Ethernet header, keeping
- * the MACs; the new EtherType says whether the inner packet is v6.
- */
-static __always_inline bool decap_strip(struct xdp_md *xdp, int outer, bool inner_v6)
+/* Encapsulate towards dst with the configured scheme (IPIP family or GUE). */
+static __always_inline bool encap_to_real(struct xdp_md *xdp, struct ctl_value *gw,
+					  struct pkt_meta *pkt, struct real_definition *dst,
+					  bool is_ipv6, __u16 pkt_bytes)
 {
-	void *data = (void *)(long)xdp->data;
-	void *data_end = (void *)(long)xdp->data_end;
-	struct ethhdr *old_eth = pkt_ptr(data, data_end, 0, outer + sizeof(struct ethhdr));
-	struct ethhdr *new_eth;
+	struct encap_flow f = {
+		.sport = pkt->flow.port16[0],
+		.tos = pkt->tos,
+		.l4_proto = pkt->flow.proto,
+	};
+	struct real_definition *src;
+	__u32 key;
 
-	if (!old_eth)
-		return false;
-	new_eth = (void *)old_eth + outer;
-	__builtin_memcpy(new_eth->h_source, old_eth->h_source, ETH_ALEN);
-	__builtin_memcpy(new_eth->h_dest, old_eth->h_dest, ETH_ALEN);
-	new_eth->h_proto = inner_v6 ? ETH_P_IPV6_BE : ETH_P_IP_BE;
-	return bpf_xdp_adjust_head(xdp, outer) == 0;
-}
-
-/*
- * Decrement the TTL / hop limit of the IP header at `off` (IPv4 checksum
- * adjusted first, as Katran). Returns XDP_DROP when it reaches 0 or the
- * header is truncated, LB_CONTINUE otherwise.
- */
-static __always_inline int ip_ttl_decrement(void *data, void *data_end, __u64 off, bool is_ipv6)
-{
-	if (is_ipv6) {
-		struct ipv6hdr *ip6h = pkt_ptr(data, data_end, off, sizeof(*ip6h));
-
-		if (!ip6h)
-			return XDP_DROP;
-		if (!--ip6h->hop_limit)
-			return XDP_DROP;
-		return LB_CONTINUE;
+	if (dst->flags & REAL_F_IPV6) {
+		f.src_word = is_ipv6 ? pkt->flow.srcv6[3] : pkt->flow.src;
+		if (gue_encap) {
+			key = PCKT_SRC_V6;
+			src = bpf_map_lookup_elem(&pckt_srcs, &key);
+			if (!src)
+				return false;
+			return encap_gue_v6(xdp, gw->mac, &f, is_ipv6, src->dstv6, dst->dstv6,
+					    pkt_bytes, gue_dport);
+		}
+		return encap_ipip_v6(xdp, gw->mac, &f, is_ipv6, dst->dstv6, pkt_bytes);
 	}
-	struct iphdr *iph = pkt_ptr(data, data_end, off, sizeof(*iph));
-	__u32 sum;
-
-	if (!iph)
-		return XDP_DROP;
-	sum = (__u32)iph->check + 0x0001;
-	iph->check = (sum & 0xffff) + (sum >> 16);
-	if (!--iph->ttl)
-		return XDP_DROP;
-	return LB_CONTINUE;
+	f.src_word = pkt->flow.src;
+	if (gue_encap) {
+		key = PCKT_SRC_V4;
+		src = bpf_map_lookup_elem(&pckt_srcs, &key);
+		if (!src)
+			return false;
+		return encap_gue_v4(xdp, gw->mac, &f, src->dst, dst->dst, pkt_bytes, gue_dport);
+	}
+	return encap_ipip_v4(xdp, gw->mac, &f, dst->dst, pkt_bytes);
 }
 
-#endif /* KATRAN_ENCAP_H */
+#endif /* KATRAN_LB_ENCAP_H */

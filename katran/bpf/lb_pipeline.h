@@ -1,0 +1,264 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The balancer's per-packet pipeline: process_packet() parses the IP header,
+ * hands ICMP to lb_icmp.h and tunnelled packets to lb_decap.h, then
+ * balance_flow() finds the VIP, picks a real (lb_server_id.h, lb_conntrack.h,
+ * lb_ch.h), counts (lb_stats.h) and encapsulates (lb_encap.h). Uses maps.h and
+ * knobs.h.
+ */
+#ifndef KATRAN_LB_PIPELINE_H
+#define KATRAN_LB_PIPELINE_H
+
+#include <stdbool.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "knobs.h"
+#include "maps.h"
+#include "lib/cursor.h"
+#include "parsing.h"
+#include "icmp.h"
+#include "lb_stats.h"
+#include "lb_icmp.h"
+#include "lb_conntrack.h"
+#include "lb_ch.h"
+#include "lb_server_id.h"
+#include "lb_encap.h"
+#include "lb_decap.h"
+
+/*
+ * A frame to a VIP above max_pckt_size (knob icmp_toobig_generation): count
+ * it and answer with frag-needed / packet-too-big. Out of line: rare.
+ */
+LB_OUT_OF_LINE int answer_too_big(struct xdp_md *xdp, bool is_ipv6, __u64 frame_len)
+{
+	struct lb_stats *cnt = global_cnt(CNT_ICMP_TOOBIG);
+
+	if (!cnt)
+		return XDP_DROP;
+	if (is_ipv6)
+		cnt->v2 += 1;
+	else
+		cnt->v1 += 1;
+	return icmp_send_too_big(xdp, is_ipv6, frame_len, max_pckt_size - sizeof(struct ethhdr));
+}
+
+/* The L4 part of the pipeline: from a parsed TCP/UDP flow to a verdict. */
+static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt, bool is_ipv6,
+					__u16 pkt_bytes)
+{
+	void *data = (void *)(long)xdp->data;
+	void *data_end = (void *)(long)xdp->data_end;
+	struct real_definition *dst = NULL;
+	struct vip_definition vip;
+	struct vip_meta *vip_info;
+	struct lb_stats *lru_cnt, *cnt;
+	struct ctl_value *gw;
+	__u32 key, vip_num, cpu;
+	__u64 frame_len;
+	__u16 client_sport;
+	void *lru_map;
+
+	__builtin_memset(&vip, 0, sizeof(vip));
+	if (is_ipv6)
+		__builtin_memcpy(vip.vipv6, pkt->flow.dstv6, 16);
+	else
+		vip.vip = pkt->flow.dst;
+	vip.port = pkt->flow.port16[1];
+	vip.proto = pkt->flow.proto;
+	vip_info = bpf_map_lookup_elem(&vip_map, &vip);
+	if (!vip_info) {
+		vip.port = 0;
+		vip_info = bpf_map_lookup_elem(&vip_map, &vip);
+		if (!vip_info)
+			return XDP_PASS;
+		/* any-port VIP: the destination port is not part of the flow */
+		if (!(vip_info->flags & (VIP_F_DPORT_HASH | VIP_F_HASH_SRC_DST_PORT)))
+			pkt->flow.port16[1] = 0;
+	}
+
+	frame_len = data_end - data;
+	if (frame_len > max_pckt_size) {
+		if (icmp_toobig_generation)
+			return answer_too_big(xdp, is_ipv6, frame_len);
+		return XDP_DROP;
+	}
+
+	lru_cnt = global_cnt(CNT_LRU);
+	if (!lru_cnt)
+		return XDP_DROP;
+	lru_cnt->v1 += 1;
+
+	if (vip_info->flags & VIP_F_NO_SPORT)
+		pkt->flow.port16[0] = 0;
+
+	vip_num = vip_info->vip_num;
+	cpu = bpf_get_smp_processor_id();
+	lru_map = bpf_map_lookup_elem(&lru_mapping, &cpu);
+	if (!lru_map) {
+		lru_map = &fallback_cache;
+		cnt = global_cnt(CNT_FALLBACK_LRU);
+		if (!cnt)
+			return XDP_DROP;
+		cnt->v1 += 1;
+	}
+
+	if (vip_info->flags & VIP_F_QUIC) {
+		int verdict = route_quic(xdp, pkt, is_ipv6, vip_info, lru_map);
+
+		if (verdict >= 0)
+			return verdict;
+		if (verdict == LB_ROUTED)
+			dst = routed_real(pkt);
+	}
+
+	if (udp_stable_routing && pkt->flow.proto == IPPROTO_UDP &&
+	    (vip_info->flags & VIP_F_UDP_STABLE_RT)) {
+		if (route_stable_rt(xdp, pkt, is_ipv6) == LB_ROUTED)
+			dst = routed_real(pkt);
+	}
+
+	/* the client's source port seeds the outer source, keep it */
+	client_sport = pkt->flow.port16[0];
+
+	if (!dst) {
+		if (tcp_server_id_routing && pkt->flow.proto == IPPROTO_TCP) {
+			int verdict = route_tpr(xdp, pkt, is_ipv6, vip_info, lru_map);
+
+			if (verdict >= 0)
+				return verdict;
+			if (verdict == LB_ROUTED)
+				dst = routed_real(pkt);
+		}
+
+		if (!dst && !(pkt->flags & PKT_F_SYN) && !(vip_info->flags & VIP_F_LRU_BYPASS))
+			lru_lookup(pkt, lru_map, false, &dst);
+
+		if (global_lru && !dst && !(pkt->flags & PKT_F_SYN) &&
+		    (vip_info->flags & VIP_F_GLOBAL_LRU)) {
+			int verdict = global_lru_lookup(pkt, cpu);
+
+			if (verdict >= 0)
+				return verdict;
+			if (verdict == LB_ROUTED)
+				dst = routed_real(pkt);
+		}
+
+		udp_flow_migration_check(pkt, vip_info, &vip, &dst);
+
+		if (!dst) {
+			if (pkt->flow.proto == IPPROTO_TCP) {
+				cnt = global_cnt(CNT_LRU_MISS);
+				if (!cnt)
+					return XDP_DROP;
+				if (pkt->flags & PKT_F_SYN)
+					cnt->v1 += 1;
+				else
+					cnt->v2 += 1;
+			}
+			if (!pick_real(pkt, vip_info, is_ipv6, lru_map))
+				return XDP_DROP;
+			dst = routed_real(pkt);
+			if (!dst)
+				return XDP_DROP;
+			if (count_vip_lru_miss(&vip, pkt, is_ipv6) < 0)
+				return XDP_DROP;
+			lru_cnt->v2 += 1;
+		}
+	}
+
+	key = CTL_DEFAULT_MAC;
+	gw = bpf_map_lookup_elem(&ctl_array, &key);
+	if (!gw)
+		return XDP_DROP;
+
+	cnt = bpf_map_lookup_elem(&stats, &vip_num);
+	if (!cnt)
+		return XDP_DROP;
+	cnt->v1 += 1;
+	cnt->v2 += pkt_bytes;
+
+	cnt = bpf_map_lookup_elem(&reals_stats, &pkt->real_index);
+	if (!cnt)
+		return XDP_DROP;
+	cnt->v1 += 1;
+	cnt->v2 += pkt_bytes;
+
+	if (local_delivery && (vip_info->flags & VIP_F_LOCAL) && (dst->flags & REAL_F_LOCAL))
+		return XDP_PASS;
+
+	pkt->flow.port16[0] = client_sport;
+	if (!encap_to_real(xdp, gw, pkt, dst, is_ipv6, pkt_bytes)) {
+		cnt = global_cnt(CNT_ENCAP_FAIL);
+		if (cnt) {
+			if (dst->flags & REAL_F_IPV6)
+				cnt->v2 += 1;
+			else
+				cnt->v1 += 1;
+		}
+		return XDP_DROP;
+	}
+	return XDP_TX;
+}
+
+static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6)
+{
+	void *data = (void *)(long)xdp->data;
+	void *data_end = (void *)(long)xdp->data_end;
+	__u64 nh_off = sizeof(struct ethhdr);
+	struct pkt_meta pkt;
+	__u16 pkt_bytes = 0;
+	__u8 proto = 0;
+	int verdict;
+
+	__builtin_memset(&pkt, 0, sizeof(pkt));
+	verdict = parse_ip(data, data_end, nh_off, is_ipv6, &pkt, &proto, &pkt_bytes);
+	if (verdict >= 0)
+		return verdict;
+
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		verdict = handle_icmp(data, data_end, is_ipv6, proto, &pkt);
+		if (verdict >= 0)
+			return verdict;
+	}
+	proto = pkt.flow.proto;
+
+	if (inline_decap_ipip && (proto == IPPROTO_IPIP || proto == IPPROTO_IPV6)) {
+		__u32 decap_flags = 0;
+		bool pass = true;
+
+		verdict = decap_dst_check(&pkt, is_ipv6, &pass, &decap_flags);
+		if (verdict >= 0)
+			return verdict;
+		return decap_ipip(xdp, is_ipv6, proto, pass);
+	}
+
+	if (proto == IPPROTO_TCP) {
+		if (!parse_ports(data, data_end, is_ipv6, true, &pkt))
+			return XDP_DROP;
+	} else if (proto == IPPROTO_UDP) {
+		if (!parse_ports(data, data_end, is_ipv6, false, &pkt))
+			return XDP_DROP;
+		if (inline_decap_gue && pkt.flow.port16[1] == bpf_htons(gue_dport)) {
+			__u32 decap_flags = 0;
+			bool pass = true;
+
+			verdict = decap_dst_check(&pkt, is_ipv6, &pass, &decap_flags);
+			if (verdict >= 0)
+				return verdict;
+			return decap_gue(xdp, is_ipv6, pass, decap_flags);
+		}
+	} else {
+		return XDP_PASS;
+	}
+
+	return balance_flow(xdp, &pkt, is_ipv6, pkt_bytes);
+}
+
+#endif /* KATRAN_LB_PIPELINE_H */
