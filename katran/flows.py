@@ -162,8 +162,9 @@ def _addr_of(hi: int, lo: int, v6: bool) -> IPAddress:
 
 
 def _read(bpf_map) -> tuple[np.ndarray, np.ndarray]:
-    raw = bpf_map.lookup_batch_raw(chunk=4096)
-    if raw is None:  # pragma: no cover - LRU hashes have batch lookups since Linux 5.6
+    batch = getattr(bpf_map, "lookup_batch_raw", None)
+    raw = batch(chunk=4096) if batch is not None else None
+    if raw is None:  # no batch op (old kernels; a test kernel): one lookup per element
         items = list(bpf_map.items())
         kb, vb, n = b"".join(k for k, _ in items), b"".join(v for _, v in items), len(items)
     else:
@@ -333,7 +334,34 @@ def delete_lru(view: FlowTableView, vip: VipKey, src: object, src_port: object) 
         raise ValidationError("vip", vip, "expected a katran.VipKey")
     addr, port = _client(vip, src, src_port)
     key = flow_key_for(view, vip, addr, port)
-    return [source for source, bpf_map in view.tables if bpf_map.delete(key)]
+    removed: list = []  # (map, key, value) to put back if a later delete fails
+    with _undo_on_error(removed):
+        sources = []
+        for source, bpf_map in view.tables:
+            value = bpf_map.lookup(key)
+            if value is not None and bpf_map.delete(key):
+                removed.append((bpf_map, key, value))
+                sources.append(source)
+    return sources
+
+
+class _undo_on_error:  # noqa: N801 - a context manager used like a function
+    """On an exception, write back the entries already deleted (all or nothing), then re-raise."""
+
+    def __init__(self, removed: list) -> None:
+        self.removed = removed
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            return
+        for bpf_map, key, value in reversed(self.removed):
+            try:
+                bpf_map.update(key, value)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
 
 
 def purge_lru(view: FlowTableView, vip: Optional[VipKey] = None, *, real: object = None,
@@ -341,7 +369,8 @@ def purge_lru(view: FlowTableView, vip: Optional[VipKey] = None, *, real: object
     """Delete every entry matching all the filters given; deleted entries per table.
 
     ``purge_lru(view, vip)`` is Katran's purgeVipLru, with ``real`` its purgeVipLruForReal.
-    At least one filter is needed (an empty filter would flush every connection).
+    At least one filter is needed (an empty filter would flush every connection). A kernel
+    error part way writes the deleted entries back before it is raised.
     """
     vip = _check_vip(vip)
     if vip is None and real is None and src is None:
@@ -349,16 +378,20 @@ def purge_lru(view: FlowTableView, vip: Optional[VipKey] = None, *, real: object
     real_index = _real_index(view, real)
     net = parse_prefix(src) if src is not None else None
     deleted = {}
-    for source, bpf_map in view.tables:
-        keys, values = _read(bpf_map)
-        idx = _filter(view, keys, values, vip, real_index, net)
-        if len(idx):
-            # entries evicted meanwhile are not an error: delete what is still there
-            raw = keys[idx].tobytes()
-            ks = KEY_DTYPE.itemsize
-            deleted[source] = sum(1 for i in range(len(idx)) if bpf_map.delete(raw[i * ks:(i + 1) * ks]))
-        else:
-            deleted[source] = 0
+    removed: list = []
+    ks, vs = KEY_DTYPE.itemsize, VALUE_DTYPE.itemsize
+    with _undo_on_error(removed):
+        for source, bpf_map in view.tables:
+            keys, values = _read(bpf_map)
+            idx = _filter(view, keys, values, vip, real_index, net)
+            kraw, vraw = keys[idx].tobytes(), values[idx].tobytes()
+            count = 0
+            for i in range(len(idx)):
+                key = kraw[i * ks:(i + 1) * ks]
+                if bpf_map.delete(key):  # an entry evicted meanwhile is not an error
+                    removed.append((bpf_map, key, vraw[i * vs:(i + 1) * vs]))
+                    count += 1
+            deleted[source] = count
     return deleted
 
 

@@ -54,11 +54,14 @@ def read_u64_table(bpf_map, per_cpu_row: Optional[int] = None) -> tuple[np.ndarr
     slot = (bpf_map.value_size + 7) // 8  # per-CPU values are 8-byte aligned
     ncpu = bpf.num_possible_cpus() if bpf_map.per_cpu else 1
     chunk = max(1, min(bpf_map.max_entries, _BATCH_BYTES // (slot * 8 * ncpu)))
-    raw = bpf_map.lookup_batch_raw(chunk)
-    if raw is None:  # pragma: no cover - every array type has batch ops since Linux 5.6
+    batch = getattr(bpf_map, "lookup_batch_raw", None)
+    raw = batch(chunk) if batch is not None else None
+    if raw is None:  # no batch op (old kernels; a test kernel): one lookup per element
         items = list(bpf_map.items())
+        pad = slot * 8
         raw = (b"".join(k for k, _ in items),
-               b"".join(b"".join(v) if bpf_map.per_cpu else v for _, v in items), len(items))
+               b"".join(b"".join(x.ljust(pad, b"\0") for x in (v if bpf_map.per_cpu else [v])) for _, v in items),
+               len(items))
     keys, values, n = raw
     out = np.zeros((bpf_map.max_entries, fields), dtype=np.uint64)
     if n == 0:

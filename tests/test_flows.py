@@ -257,3 +257,30 @@ def test_per_cpu_tables_are_listed_and_searched_per_cpu():
         assert lb.lookup_flow(f, cpu=1).source == "ring"  # CPU 1 has no entry for it
         assert lb.lookup_flow(f).lru_source == "cpu0"
         assert lb.purge_vip_lru(vip) == {"cpu0": 25, "cpu1": 15, "fallback": 0}
+
+
+@root
+def test_purge_and_delete_are_all_or_nothing_when_the_kernel_fails(lb, monkeypatch):
+    from katran.adapter import bpf
+    from katran.errors import KernelError
+
+    vip = VipKey("10.200.8.1", 53, "udp")
+    _vip_with_reals(lb, vip, ["10.0.7.1", "10.0.7.2"])
+    for f in flows_for(vip, 30, seed=5):
+        live_real(lb, f)
+    before = {(e.src, e.src_port, e.real_index) for e in lb.list_lru(vip, limit=None).entries}
+    original, calls = bpf.Map.delete, []
+
+    def failing_delete(self, key):
+        calls.append(key)
+        if len(calls) == 12:
+            raise KernelError("delete from fallback_cache", 28, "injected")
+        return original(self, key)
+
+    monkeypatch.setattr(bpf.Map, "delete", failing_delete)
+    with pytest.raises(KernelError, match="injected"):
+        lb.purge_vip_lru(vip)
+    monkeypatch.setattr(bpf.Map, "delete", original)
+    after = {(e.src, e.src_port, e.real_index) for e in lb.list_lru(vip, limit=None).entries}
+    assert after == before and len(calls) == 12  # 11 deleted, written back
+    assert lb.purge_vip_lru(vip) == {"fallback": 30}
