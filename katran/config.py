@@ -31,7 +31,7 @@ def _cpu_list(field: str):
                 raise ValidationError(field, value, f"{n} is negative")
             if field == "forwarding_cores" and n >= ncpu:
                 raise ValidationError(field, value, f"cpu {n} does not exist (this host has {ncpu})")
-            if n in out:
+            if n in out and field == "forwarding_cores":  # numa nodes repeat: one per core
                 raise ValidationError(field, value, f"{n} is listed twice")
             out.append(n)
         return tuple(out)

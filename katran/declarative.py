@@ -230,8 +230,40 @@ def _hash_function(doc: _Doc, path: tuple, value: object) -> Optional[HashFuncti
     raise doc.error(path, value, "expected maglev or maglev_v2")
 
 
-def loads(text: str, source: str = "<config>") -> Desired:
-    """Parse and validate a declarative file's text (raises ConfigFileError)."""
+AUTO_FIELDS = ("default_mac", "forwarding_cores", "numa_nodes")
+
+
+def _resolve_auto(doc: "_Doc", balancer: dict, netns: Optional[str]) -> dict:
+    """``auto`` as the value of default_mac / forwarding_cores / numa_nodes: what the host
+    shows for main_interface (katran.host, as the servers' -default_mac=auto)."""
+    from .host import is_auto, resolve_auto_flags
+
+    if not any(is_auto(balancer.get(k)) for k in AUTO_FIELDS):
+        return balancer
+
+    def text(value) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        return str(value)
+
+    try:
+        got = resolve_auto_flags(text(balancer.get("main_interface")), *(text(balancer.get(k)) for k in AUTO_FIELDS),
+                                 netns=netns)
+    except ValidationError as exc:
+        field = "main_interface" if exc.field == "intf" else exc.field
+        raise doc.error(("balancer", field) if field in balancer else ("balancer",), exc.value, exc.reason) from None
+    out = dict(balancer)
+    for k in AUTO_FIELDS:
+        if is_auto(balancer.get(k)):
+            out[k] = getattr(got, k) or None
+    return out
+
+
+def loads(text: str, source: str = "<config>", *, netns: Optional[str] = None) -> Desired:
+    """Parse and validate a declarative file's text (raises ConfigFileError).  ``auto`` values
+    of default_mac / forwarding_cores / numa_nodes are discovered on this host (in ``netns``)."""
     doc = _Doc(text, source)
     top = _mapping(doc, (), doc.value)
     _unknown_keys(doc, (), top, TOP_KEYS)
@@ -241,6 +273,7 @@ def loads(text: str, source: str = "<config>") -> Desired:
 
     balancer = _mapping(doc, ("balancer",), top.get("balancer"))
     _unknown_keys(doc, ("balancer",), balancer, CONFIG_FIELDS)
+    balancer = _resolve_auto(doc, balancer, netns)
     try:
         KatranConfig(**{"testing": True, **balancer})
     except ValidationError as exc:
@@ -358,7 +391,7 @@ def _healthchecks(doc: _Doc, top: dict, checks: dict, overrides: dict) -> Option
         raise doc.error(("healthchecks", exc.field), exc.value, exc.reason) from None
 
 
-def load(path: str) -> Desired:
+def load(path: str, *, netns: Optional[str] = None) -> Desired:
     """Read and validate a declarative file (raises ConfigFileError naming the file and line)."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -367,7 +400,7 @@ def load(path: str) -> Desired:
         raise ConfigFileError(path, None, "file", path, exc.strerror or str(exc)) from None
     except UnicodeDecodeError as exc:
         raise ConfigFileError(path, None, "file", path, f"not UTF-8 text ({exc.reason})") from None
-    return loads(text, path)
+    return loads(text, path, netns=netns)
 
 
 # ----------------------------------------------------------------------------- live state

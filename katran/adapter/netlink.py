@@ -29,12 +29,20 @@ NETNS_DIR = "/var/run/netns"
 NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
 
 
-def _ipr(netns: str | None) -> IPRoute:
+def netns_path(netns: str) -> str:
+    """NETNS_DIR/<name> for a name; a path (``/proc/1/ns/net``) is taken as it is."""
+    return netns if netns.startswith("/") else os.path.join(NETNS_DIR, netns)
+
+
+def iproute(netns: str | None = None) -> IPRoute:
+    """A netlink socket in ``netns`` (None: ours). Made by this thread inside the namespace:
+    pyroute2's own ``IPRoute(netns=)`` forks a helper process that times out under load."""
     if netns is None:
         return IPRoute()
-    if not os.path.exists(os.path.join(NETNS_DIR, netns)):
-        raise NotFoundError("network namespace", netns)
-    return IPRoute(netns=netns, flags=0)
+    with in_netns(netns):
+        return IPRoute()
+
+
 
 
 def _nl_error(operation: str, exc: NetlinkError) -> KernelError:
@@ -43,11 +51,11 @@ def _nl_error(operation: str, exc: NetlinkError) -> KernelError:
 
 @contextlib.contextmanager
 def in_netns(netns: str | None) -> Iterator[None]:
-    """Run the body with the calling thread inside ``netns`` (None: stay where we are)."""
+    """Run the body with the calling thread inside ``netns``, a name or a path (None: stay)."""
     if netns is None:
         yield
         return
-    path = os.path.join(NETNS_DIR, netns)
+    path = netns_path(netns)
     if not os.path.exists(path):
         raise NotFoundError("network namespace", netns)
     here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
@@ -69,7 +77,7 @@ def in_netns(netns: str | None) -> Iterator[None]:
 
 def ifindex(name: str, netns: str | None = None) -> int:
     """Index of interface ``name``; NotFoundError if there is none."""
-    with _ipr(netns) as ipr:
+    with iproute(netns) as ipr:
         found = ipr.link_lookup(ifname=name)
     if not found:
         raise NotFoundError("interface", name)
@@ -78,7 +86,7 @@ def ifindex(name: str, netns: str | None = None) -> int:
 
 def ifname(index: int, netns: str | None = None) -> str:
     """Name of interface ``index``."""
-    with _ipr(netns) as ipr:
+    with iproute(netns) as ipr:
         try:
             link = ipr.link("get", index=index)[0]
         except NetlinkError as exc:
@@ -90,7 +98,7 @@ def ifname(index: int, netns: str | None = None) -> str:
 
 def mac_address(name: str, netns: str | None = None) -> str:
     """MAC of interface ``name`` as 'aa:bb:cc:dd:ee:ff'."""
-    with _ipr(netns) as ipr:
+    with iproute(netns) as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
             raise NotFoundError("interface", name)
@@ -106,7 +114,7 @@ def interface_addresses(name: str, netns: str | None = None, family: int | None 
     fam = {None: None, 4: socket.AF_INET, 6: socket.AF_INET6}.get(family, -1)
     if fam == -1:
         raise ValidationError("family", family, "must be 4, 6 or None")
-    with _ipr(netns) as ipr:
+    with iproute(netns) as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
             raise NotFoundError("interface", name)
@@ -129,7 +137,7 @@ def neighbour_mac(ip: str, ifname_: str, netns: str | None = None) -> str:
         raise ValidationError("ip", ip, "not an IP address") from None
     idx = ifindex(ifname_, netns)
     fam = socket.AF_INET if addr.version == 4 else socket.AF_INET6
-    with _ipr(netns) as ipr:
+    with iproute(netns) as ipr:
         for n in ipr.neigh("dump", ifindex=idx, family=fam):
             dst = n.get_attr("NDA_DST")
             mac = n.get_attr("NDA_LLADDR")
@@ -142,7 +150,7 @@ def neighbour_mac(ip: str, ifname_: str, netns: str | None = None) -> str:
 def default_gateway(family: int = 4, netns: str | None = None) -> tuple[str, str] | None:
     """(gateway ip, interface name) of the default route, or None."""
     fam = socket.AF_INET if family == 4 else socket.AF_INET6
-    with _ipr(netns) as ipr:
+    with iproute(netns) as ipr:
         for r in ipr.route("dump", family=fam):
             if r["dst_len"] != 0 or r.get_attr("RTA_DST") is not None:
                 continue
@@ -163,7 +171,7 @@ def _has_clsact(ipr: IPRoute, index: int) -> bool:
 
 def ensure_clsact(index: int, netns: str | None = None) -> None:
     """Add the clsact qdisc to ``index`` unless it is there already."""
-    with _ipr(netns) as ipr:
+    with iproute(netns) as ipr:
         if _has_clsact(ipr, index):
             return
         try:
@@ -175,7 +183,7 @@ def ensure_clsact(index: int, netns: str | None = None) -> None:
 
 def remove_clsact(index: int, netns: str | None = None) -> None:
     """Delete the clsact qdisc (and with it all its filters); no error if absent."""
-    with _ipr(netns) as ipr:
+    with iproute(netns) as ipr:
         if not _has_clsact(ipr, index):
             return
         try:
@@ -197,7 +205,7 @@ def attach_tc_bpf(index: int, prog_fd: int, direction: str = "egress", prio: int
     """Attach a SCHED_CLS program as a direct-action bpf filter on clsact (created if missing)."""
     parent = _parent(direction)
     ensure_clsact(index, netns)
-    with _ipr(netns) as ipr:
+    with iproute(netns) as ipr:
         try:
             ipr.tc("add-filter", "bpf", index, handle, fd=prog_fd, name=name, parent=parent,
                    prio=prio, protocol=ETH_P_ALL, classid=1, direct_action=True)
@@ -209,7 +217,7 @@ def detach_tc_bpf(index: int, direction: str = "egress", prio: int = 1, handle: 
                   netns: str | None = None) -> None:
     """Remove the bpf filter (``prio``/``handle``) from clsact ``direction``; no error if absent."""
     parent = _parent(direction)
-    with _ipr(netns) as ipr:
+    with iproute(netns) as ipr:
         if not _has_clsact(ipr, index):
             return
         try:
@@ -223,7 +231,7 @@ def tc_bpf_filters(index: int, direction: str = "egress", netns: str | None = No
     """bpf filters on clsact ``direction``: [{'name', 'prio', 'handle'}]."""
     parent = _parent(direction)
     out: list[dict[str, object]] = []
-    with _ipr(netns) as ipr:
+    with iproute(netns) as ipr:
         if not _has_clsact(ipr, index):
             return out
         for f in ipr.get_filters(index=index, parent=parent):

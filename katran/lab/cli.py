@@ -37,7 +37,7 @@ def _up(args) -> int:
                 decap.install(h.ifname, [VIP4, VIP6], pin_root=topo.pin_root / h.role, fix_rp_filter=0)
         server = None
         if not args.no_server:
-            server = S.GrpcServer(topo, topo.gateway_mac(), flags=["-forwarding_cores=0"])
+            server = S.GrpcServer(topo, "auto", flags=["-forwarding_cores=0"])
             server.start()
         path = topo.save()
         state = json.loads(path.read_text())

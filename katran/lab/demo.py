@@ -2,7 +2,7 @@
 
 Steps (each gets PASS/FAIL in the report):
 
-1. standalone: katran-server-grpc on the lb (gateway MAC discovered), a TCP VIP with two
+1. standalone: katran-preflight on the lb, katran-server-grpc -default_mac=auto, a TCP VIP with two
    reals configured through katran-cli, HTTP, a bulk TCP session and UDP from the client;
 2. on the wire: IPIP toward the reals with a crafted 172.16.x.y source per flow, replies
    straight from the reals to the client (DSR), ``katran-cli -s -lru`` and ``-l``;
@@ -66,7 +66,6 @@ class Lab:
         self.topo: Optional[Topology] = None
         self.server: Optional[S.GrpcServer] = None
         self.reals: dict = {}
-        self.gw_mac = ""
 
     # ------------------------------------------------------------------ plumbing
     def step(self, name: str, body: Callable[[Step], None]) -> Step:
@@ -120,9 +119,15 @@ class Lab:
                 ds = decap.install(h.ifname, [VIP4, VIP6], pin_root=self.topo.pin_root / h.role, fix_rp_filter=0)
             st.note(f"{h.role}: decap prog {ds.prog_id} on {h.ifname}, VIPs {VIP4} {VIP6} on lo")
             self.reals[h.role] = S.RealServers(h.netns, h.role, [VIP4, VIP6])
-        self.gw_mac = self.topo.gateway_mac()
-        st.note(f"gateway MAC seen from the lb (ip route default -> neighbour table): {self.gw_mac}")
-        st.check(self.gw_mac == self.topo.lb.router_mac, "it is the router's MAC on the lb link")
+        # the seed's pre-run data collection (ip route, ip n, ethtool -l, /proc/interrupts, ...)
+        lb_if = self.topo.lb.ifname
+        res = self.lb_run([S.entry_point("katran-preflight"), "--intf", lb_if])
+        st.note(f"$ katran-preflight --intf {lb_if}   (in {self.topo.lb.netns})")
+        for line in (res.stdout + res.stderr).strip().splitlines():
+            st.note("  " + line)
+        st.check(res.returncode in (0, 1), f"katran-preflight exited {res.returncode} (0: all ok, 1: warnings)")
+        st.check(f"-default_mac={self.topo.lb.router_mac}" in res.stdout,
+                 f"it finds the router's MAC on the lb link ({self.topo.lb.router_mac})")
 
     def configure_vips(self, st: Step) -> None:
         r1, r2 = self.topo.reals[0], self.topo.reals[1]
@@ -138,10 +143,15 @@ class Lab:
             self.cli(st, "-a", "-t", f"[{VIP6}]:{S.HTTP_PORT}", "-r", r.ip6, "-w", "1")
 
     def standalone(self, st: Step) -> None:
-        self.server = S.GrpcServer(self.topo, self.gw_mac, flags=["-forwarding_cores=0"])
+        self.server = S.GrpcServer(self.topo, "auto", flags=["-forwarding_cores=0"])
         st.note("$ " + " ".join(["katran-server-grpc", *self.server.argv[1:]]))
         self.server.start()
         st.note(f"server pid {self.server.pid}, XDP attached to {self.topo.lb.netns}/{self.topo.lb.ifname}")
+        found = [ln.split(": ", 1)[-1] for ln in self.server.tail_log(40).split(" | ") if "-default_mac=auto:" in ln]
+        st.note("server log: " + (found[-1] if found else "(no -default_mac=auto line)"))
+        res = self.server.cli("-list_mac")
+        st.check(f"Mac address is {self.topo.lb.router_mac}" in res.stderr,
+                 f"-default_mac=auto resolved to the router's MAC ({self.topo.lb.router_mac})")
         self.configure_vips(st)
         c = self.topo.client.netns
         got = collections.Counter(S.http_get(c, VIP4) for _ in range(20))
@@ -207,7 +217,7 @@ class Lab:
         st.note("  " + (res.stdout + res.stderr).strip().replace("\n", "\n      "))
         if res.returncode != 0:
             raise KatranError("firewall install failed")
-        self.server = S.GrpcServer(topo, self.gw_mac, flags=["-forwarding_cores=0", f"-map_path={map_path}",
+        self.server = S.GrpcServer(topo, "auto", flags=["-forwarding_cores=0", f"-map_path={map_path}",
                                                              "-prog_pos=2"])
         self.server.start()
         st.note(f"katran-server-grpc -map_path={map_path} -prog_pos=2 (pid {self.server.pid})")

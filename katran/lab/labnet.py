@@ -17,12 +17,12 @@ import socket
 from pathlib import Path
 from typing import Iterable, Optional
 
-from pyroute2 import IPRoute, netns as _netns
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from katran.errors import KernelError, NotFoundError
 
-from .netns import NETNS_DIR, configure, inside, iproute, sysctl, unique_name
+from .netns import NETNS_DIR, add_netns, configure, del_netns, inside, iproute, sysctl, unique_name
 
 XDP_PASS_OBJECT = Path(__file__).resolve().parents[1] / "bpf" / "obj" / "xdp_pass.bpf.o"
 
@@ -42,7 +42,7 @@ def create_netns(name: str) -> None:
     """Create namespace ``name`` (KernelError EEXIST when it exists)."""
     if netns_exists(name):
         raise KernelError(f"create netns {name}", errno.EEXIST, "it exists already")
-    _netns.create(name)
+    add_netns(name)
     with iproute(name) as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
         ipr.link("set", index=lo, state="up")
@@ -53,7 +53,7 @@ def remove_netns(name: str) -> bool:
     if not netns_exists(name):
         return False
     with contextlib.suppress(OSError):
-        _netns.remove(name)
+        del_netns(name)
     return True
 
 

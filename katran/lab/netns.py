@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import attrs
-from pyroute2 import IPRoute, netns as _netns
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from katran.adapter.netlink import NETNS_DIR as _NETNS_DIR, in_netns
+from katran.adapter.netlink import NETNS_DIR as _NETNS_DIR, in_netns, iproute as _iproute
 from katran.errors import KernelError, NotFoundError
 
 NETNS_DIR = Path(_NETNS_DIR)  # where named namespaces live (the one constant, from the adapter)
@@ -32,7 +32,20 @@ _lock = threading.Lock()
 
 def iproute(netns: str) -> IPRoute:
     """Netlink socket in the existing namespace ``netns`` (never creates it)."""
-    return IPRoute(netns=netns, flags=0)
+    return _iproute(netns)
+
+
+def add_netns(name: str) -> None:
+    # iproute2, not pyroute2's netns.create: that forks a helper process which a loaded
+    # machine can make time out ("child process is dead")
+    res = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if res.returncode != 0:
+        code = errno.EEXIST if "exists" in res.stderr else errno.EIO
+        raise KernelError(f"create netns {name}", code, res.stderr.strip())
+
+
+def del_netns(name: str) -> None:
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, text=True)
 
 
 def inside(netns: str):
@@ -119,12 +132,11 @@ def configure(ns: str, ifname: str, addrs: Sequence[str]) -> VethEnd:
 def netns(prefix: str = "kt") -> Iterator[str]:
     """A fresh, empty network namespace, removed on exit."""
     name = unique_name(prefix)
-    _netns.create(name)
+    add_netns(name)
     try:
         yield name
     finally:
-        with contextlib.suppress(OSError):
-            _netns.remove(name)
+        del_netns(name)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ their translation to a KatranConfig.  No RPC library is imported here.
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 from katran.config import KatranConfig
 from katran.errors import ValidationError
@@ -36,15 +37,17 @@ def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> Flag
     fs.string("ipip6_intf", "ipip60", "ip(6)ip6 (v6) encap interface")
     fs.string("balancer_prog", "", "path to balancer bpf prog (default: the packaged balancer.bpf.o)")
     fs.string("healthchecker_prog", "", "path to healthchecking bpf prog (default: the packaged object)")
-    fs.string("default_mac", "00:00:00:00:00:01", "mac address of default router. must be in format: xx:xx:xx:xx:xx:xx")
+    fs.string("default_mac", "00:00:00:00:00:01", "mac address of default router. must be in format: xx:xx:xx:xx:xx:xx"
+              " (or auto: the default gateway's, as katran-preflight finds it)")
     fs.int("priority", 2307, "tc's priority for bpf progs")
     fs.string("map_path", "", "path to pinned map from root xdp prog. default path forces to work in standalone mode")
     fs.int("prog_pos", 2, "katran's position inside root xdp array")
     fs.bool("hc_forwarding", True, "turn on forwarding path for healthchecks (default off with -testing)")
     fs.int("shutdown_delay", 10000, "shutdown delay in milliseconds")
     fs.int("lru_size", 8000000, "size of LRU table")
-    fs.string("forwarding_cores", "", "comma separated list of forwarding cores (default: every CPU)")
-    fs.string("numa_nodes", "", "comma separated list of numa nodes to forwarding cores mapping")
+    fs.string("forwarding_cores", "", "comma separated list of forwarding cores (default: every CPU; "
+              "auto: the CPUs of -intf's queue IRQs)")
+    fs.string("numa_nodes", "", "comma separated list of numa nodes to forwarding cores mapping (auto: from /sys)")
     # ours
     fs.bool("testing", False, "load and provision the programs without attaching them")
     fs.string("hash_function", "maglev_v2",
@@ -69,8 +72,12 @@ def hash_function_from_flag(value: str) -> HashFunction:
         raise ValidationError("hash_function", value, "expected maglev or maglev_v2") from None
 
 
-def config_from_flags(ns) -> KatranConfig:
-    """Parsed server flags -> KatranConfig (raises ValidationError)."""
+def config_from_flags(ns, netns: Optional[str] = None) -> KatranConfig:
+    """Parsed server flags -> KatranConfig (raises ValidationError).  ``auto`` values of
+    -default_mac / -forwarding_cores / -numa_nodes are discovered on the host (in ``netns``)."""
+    from katran.host import resolve_auto_flags
+
+    auto = resolve_auto_flags(ns.intf, ns.default_mac, ns.forwarding_cores, ns.numa_nodes, netns=netns)
     return KatranConfig(
         main_interface=ns.intf,
         hc_interface=ns.hc_intf,
@@ -78,7 +85,7 @@ def config_from_flags(ns) -> KatranConfig:
         v6_tun_interface=ns.ipip6_intf,
         balancer_prog_path=ns.balancer_prog or None,
         healthchecking_prog_path=ns.healthchecker_prog or None,
-        default_mac=ns.default_mac,
+        default_mac=auto.default_mac,
         priority=ns.priority,
         root_map_path=ns.map_path or None,
         root_map_pos=ns.prog_pos,
@@ -86,8 +93,8 @@ def config_from_flags(ns) -> KatranConfig:
         # healthcheck forwarding is off there unless asked for explicitly
         enable_hc=ns.hc_forwarding if (ns.is_set("hc_forwarding") or not ns.testing) else False,
         lru_size=ns.lru_size,
-        forwarding_cores=ns.forwarding_cores or None,  # empty: one LRU per CPU
-        numa_nodes=ns.numa_nodes or None,
+        forwarding_cores=auto.forwarding_cores or None,  # empty: one LRU per CPU
+        numa_nodes=auto.numa_nodes or None,
         hash_function=hash_function_from_flag(ns.hash_function),
         max_vips=ns.max_vips,
         max_reals=ns.max_reals,
