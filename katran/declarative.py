@@ -120,7 +120,7 @@ class _Doc:
         self.source = source
         self.lines: dict[tuple, int] = {}
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml when present
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise ConfigFileError(source, mark.line + 1 if mark else None, "yaml", "",
@@ -519,7 +519,9 @@ def dumps(desired: Desired) -> str:
     if desired.healthchecks is not None:
         hc = desired.healthchecks
         doc["healthchecks"] = {"action": hc.action, "all_down": hc.all_down, "concurrency": hc.concurrency}
-    return "# katran declarative configuration\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present
+    return "# katran declarative configuration\n" + yaml.dump(doc, Dumper=dumper, sort_keys=False,
+                                                              default_flow_style=False)
 
 
 # ----------------------------------------------------------------------------- the difference

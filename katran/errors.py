@@ -7,6 +7,38 @@ keep working.
 
 from __future__ import annotations
 
+# Longest value text an error message quotes, and longest message a server
+# sends back or logs: a 4 MB address must not become a 4 MB reply / log line.
+MAX_VALUE_TEXT = 64
+MAX_MESSAGE_TEXT = 512
+
+
+def safe_text(text: object, limit: int = MAX_MESSAGE_TEXT) -> str:
+    """``text`` as printable ASCII (other characters backslash-escaped), at most ~``limit`` chars.
+
+    Used for every error text a server sends (gRPC details and trailers must
+    be ASCII) or logs.
+    """
+    text = str(text)
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} chars)"
+    out = text.encode("ascii", "backslashreplace").decode("ascii")
+    if not out.isprintable():
+        out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in out)
+    if len(out) > limit + 32:  # escapes can grow the text up to 10x
+        out = f"{out[:limit]}... ({len(text)} chars)"
+    return out
+
+
+def safe_repr(value: object, limit: int = MAX_VALUE_TEXT) -> str:
+    """repr() of a (user supplied) value, ASCII-only and truncated to about ``limit`` chars."""
+    if isinstance(value, (str, bytes, bytearray)) and len(value) > limit:
+        return f"{ascii(value[:limit])[:-1]}...{ascii(value[:limit])[-1]} ({len(value)} chars)"
+    text = ascii(value)
+    if len(text) > limit + 2:
+        return f"{text[:limit]}... ({len(text)} chars)"
+    return text
+
 
 class KatranError(Exception):
     """Root of every error raised by katran."""
@@ -19,7 +51,7 @@ class ValidationError(KatranError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}={value!r}: {reason}")
+        super().__init__(f"{field}={safe_repr(value)}: {reason}")
 
 
 class NotFoundError(KatranError, KeyError):
@@ -28,7 +60,7 @@ class NotFoundError(KatranError, KeyError):
     def __init__(self, what: str, key: object) -> None:
         self.what = what
         self.key = key
-        super().__init__(f"{what} {key} not found")
+        super().__init__(f"{what} {safe_text(key, MAX_VALUE_TEXT * 2)} not found")
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
@@ -40,7 +72,7 @@ class AlreadyExistsError(KatranError, ValueError):
     def __init__(self, what: str, key: object) -> None:
         self.what = what
         self.key = key
-        super().__init__(f"{what} {key} already exists")
+        super().__init__(f"{what} {safe_text(key, MAX_VALUE_TEXT * 2)} already exists")
 
 
 class CapacityError(KatranError, OverflowError):

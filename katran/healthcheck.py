@@ -27,7 +27,7 @@ import attrs
 
 from . import contract
 from .errors import CapacityError, NotFoundError, ValidationError
-from .models import IPAddress, PacketResult, check_int, format_mac, parse_address, parse_mac, parse_optional_address
+from .models import IPAddress, PacketResult, check_int, format_address, format_mac, parse_address, parse_mac, parse_optional_address
 
 HC_PROG_NAME = "healthcheck_encap"
 HC_FILTER_NAME = "katran-healthchecker"
@@ -316,7 +316,7 @@ class HcManager:
 
     def get_dsts(self) -> dict[int, str]:
         with self._lock:
-            return {m: str(a) for m, a in self._reals.items()}
+            return {m: format_address(a) for m, a in self._reals.items()}
 
     def kernel_dsts(self) -> dict[int, str]:
         """somark -> real as read back from hc_reals_map (for checks)."""

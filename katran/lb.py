@@ -45,9 +45,12 @@ from .models import (
     VipFlag,
     VipKey,
     check_int,
+    format_address,
     format_mac,
+    format_prefix,
     parse_address,
     parse_mac,
+    parse_prefix,
 )
 
 OBJ_DIR = Path(__file__).resolve().parent / "bpf" / "obj"
@@ -741,6 +744,12 @@ class KatranLb:
         return self._global_stats(structs.ENCAP_FAIL_CNTR)
 
     @_locked
+    def get_malformed_stats(self) -> LbStats:
+        """Packets to a VIP dropped as malformed (not in Katran): v1 an IP length field
+        that contradicts the frame, v2 a martian source address."""
+        return self._global_stats(structs.MALFORMED_CNTR)
+
+    @_locked
     def get_xdp_total_stats(self) -> LbStats:
         return self._global_stats(structs.XDP_TOTAL_CNTR)
 
@@ -798,12 +807,7 @@ class KatranLb:
 
     @staticmethod
     def _parse_prefix(value: object, field: str = "src"):
-        if not isinstance(value, str):
-            raise ValidationError(field, value, "expected a prefix like 10.0.0.0/8 or fc00::/64")
-        try:
-            return ipaddress.ip_network(value.strip(), strict=False)
-        except ValueError:
-            raise ValidationError(field, value, "not a valid IPv4/IPv6 prefix") from None
+        return parse_prefix(value, field)
 
     def _lpm_key(self, net) -> tuple:
         if net.version == 4:
@@ -849,7 +853,7 @@ class KatranLb:
 
     @_locked
     def get_src_routing_rule(self) -> dict[str, str]:
-        return {str(net): str(self._num_to_real[num]) for net, num in self._lpm_rules.items()}
+        return {format_prefix(net): format_address(self._num_to_real[num]) for net, num in self._lpm_rules.items()}
 
     @_locked
     def get_src_routing_rule_size(self) -> int:
@@ -889,7 +893,7 @@ class KatranLb:
 
     @_locked
     def get_inline_decap_dst(self) -> list[str]:
-        return [str(a) for a in self._decap_dsts]
+        return [format_address(a) for a in self._decap_dsts]
 
     @_locked
     def get_inline_decap_stats(self) -> LbStats:
@@ -969,7 +973,8 @@ class KatranLb:
     @_locked
     def get_down_reals(self, vip: VipKey) -> list[str]:
         self._vip(vip)
-        return sorted(str(self._num_to_real.get(n, f"#{n}")) for n in self._down_reals.get(vip, ()))
+        return sorted(format_address(self._num_to_real[n]) if n in self._num_to_real else f"#{n}"
+                      for n in self._down_reals.get(vip, ()))
 
     # ------------------------------------------------------------------ feature stats
     def _counters(self, map_name: str, fields: tuple) -> dict[str, int]:
@@ -1060,7 +1065,7 @@ class KatranLb:
         """
         if side_effect_free:
             route = self.lookup_flow(flow)
-            return None if route.real is None else str(route.real)
+            return None if route.real is None else format_address(route.real)
         if not isinstance(flow, Flow):
             raise ValidationError("flow", flow, "expected a katran.Flow")
         if flow.src.version != flow.dst.version:
@@ -1069,7 +1074,8 @@ class KatranLb:
         res = self.run_packet(frame)
         if res.verdict != "XDP_TX":
             return None
-        return packets.outer_destination(res.data)
+        dst = packets.outer_destination(res.data)
+        return None if dst is None else format_address(dst)
 
 
     # ------------------------------------------------------------------ flow table (katran.flows)

@@ -458,12 +458,16 @@ class HcCheckerCollector(Collector):
     """Health-check state of a ``katran.hc_checker.HcChecker``: per VIP and real."""
 
     def __init__(self, checker) -> None:
-        self._checker = checker
+        # a checker, or a callable returning the current one (None: no checks)
+        self._checker = checker if callable(checker) and not hasattr(checker, "states") else (lambda: checker)
 
     def describe(self) -> list:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        checker = self._checker()
+        if checker is None:
+            return
         labels = ["vip", "real"]
         healthy = GaugeMetricFamily("katran_hc_check_healthy", "1 when the real passes its health check",
                                     labels=labels)
@@ -472,7 +476,7 @@ class HcCheckerCollector(Collector):
         latency = GaugeMetricFamily("katran_hc_check_latency_seconds", "Duration of the last check", labels=labels)
         checks = CounterMetricFamily("katran_hc_checks", "Health checks run", labels=labels)
         transitions = CounterMetricFamily("katran_hc_check_transitions", "Health changes", labels=labels)
-        for st in self._checker.states():
+        for st in checker.states():
             lv = [vip_label(st.vip), str(st.real)]
             healthy.add_metric(lv, 1 if st.healthy else 0)
             applied.add_metric(lv, 1 if st.applied else 0)
@@ -580,7 +584,8 @@ class MetricsEndpoint:
         self._thread = None
 
     def add_hc_checker(self, checker) -> None:
-        """Also serve the health-check state of ``checker`` (a katran.hc_checker.HcChecker)."""
+        """Also serve the health-check state of ``checker`` (a katran.hc_checker.HcChecker, or a
+        callable returning the current one or None)."""
         self.registry.register(HcCheckerCollector(checker))
 
     def render(self) -> bytes:

@@ -16,6 +16,8 @@ from .errors import ValidationError
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
@@ -51,19 +53,70 @@ class ModifyAction(enum.IntEnum):
     DEL = 1
 
 
+def _address_text_problem(text: str) -> Optional[str]:
+    """Why ``text`` can never be an address we accept (before ipaddress looks at it), or None."""
+    if text != text.strip():
+        return "surrounding whitespace is not allowed"
+    if not text.isascii():
+        return "not a valid IPv4 or IPv6 address (non-ASCII characters)"
+    if "%" in text:
+        return "scoped IPv6 addresses (with a %zone) are not supported"
+    return None
+
+
 def parse_address(value: object, field: str = "address") -> IPAddress:
-    """Parse an IPv4/IPv6 address (str, bytes-free) or raise ValidationError."""
+    """Parse an IPv4/IPv6 address text (``[v6]`` brackets allowed) or raise ValidationError.
+
+    Refused: surrounding whitespace, non-ASCII text and scoped IPv6 addresses
+    (``fe80::1%eth0``): the kernel maps key on the 16 address bytes only, so
+    two zones of one address would share (and steal) one key.
+    """
+    if isinstance(value, ipaddress.IPv6Address) and value.scope_id is not None:
+        raise ValidationError(field, str(value), "scoped IPv6 addresses (with a %zone) are not supported")
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return value
     if not isinstance(value, str):
         raise ValidationError(field, value, "expected an IPv4 or IPv6 address string")
-    text = value.strip()
+    problem = _address_text_problem(value)
+    if problem:
+        raise ValidationError(field, value, problem)
+    text = value
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     try:
         return ipaddress.ip_address(text)
     except ValueError:
         raise ValidationError(field, value, "not a valid IPv4 or IPv6 address") from None
+
+
+def parse_prefix(value: object, field: str = "src") -> Union[ipaddress.IPv4Network, ipaddress.IPv6Network]:
+    """Parse a prefix like 10.0.0.0/8 or fc00::/64 (host bits are cleared) or raise ValidationError."""
+    if not isinstance(value, str):
+        raise ValidationError(field, value, "expected a prefix like 10.0.0.0/8 or fc00::/64")
+    problem = _address_text_problem(value)
+    if problem:
+        raise ValidationError(field, value, problem.replace("address", "prefix"))
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValidationError(field, value, "not a valid IPv4/IPv6 prefix") from None
+
+
+def format_address(address: object) -> str:
+    """An address as output text, as Katran prints it: IPv4-mapped IPv6 in dotted form.
+
+    ``::ffff:10.0.0.77`` (Python alone would print ``::ffff:a00:4d``).
+    """
+    if isinstance(address, str):
+        address = ipaddress.ip_address(address)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
+
+
+def format_prefix(net: Union[ipaddress.IPv4Network, ipaddress.IPv6Network]) -> str:
+    """A prefix as output text (its address as ``format_address`` prints it)."""
+    return f"{format_address(net.network_address)}/{net.prefixlen}"
 
 
 def parse_optional_address(value: object, field: str, version: int) -> Optional[IPAddress]:
@@ -100,13 +153,10 @@ def parse_mac(value: object, field: str = "mac") -> bytes:
     """'aa:bb:cc:dd:ee:ff' (or '-' separated) -> 6 bytes."""
     if isinstance(value, (bytes, bytearray)) and len(value) == 6:
         return bytes(value)
-    if isinstance(value, str):
-        parts = value.strip().replace("-", ":").split(":")
-        if len(parts) == 6 and all(1 <= len(p) <= 2 for p in parts):
-            try:
-                return bytes(int(p, 16) for p in parts)
-            except ValueError:
-                pass
+    if isinstance(value, str) and value == value.strip() and value.isascii():
+        parts = value.replace("-", ":").split(":")
+        if len(parts) == 6 and all(1 <= len(p) <= 2 and all(c in _HEX for c in p) for p in parts):
+            return bytes(int(p, 16) for p in parts)
     raise ValidationError(field, value, "expected a MAC address like 00:11:22:33:44:55")
 
 
@@ -128,7 +178,7 @@ class VipKey:
 
     def __str__(self) -> str:
         name = {6: "tcp", 17: "udp"}[self.proto]
-        host = f"[{self.address}]" if self.is_v6 else str(self.address)
+        host = f"[{format_address(self.address)}]" if self.is_v6 else str(self.address)
         return f"{host}:{self.port}/{name}"
 
 

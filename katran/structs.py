@@ -42,6 +42,7 @@ XDP_TX_CNTR = _G["XDP_TX_CNTR"]
 XDP_DROP_CNTR = _G["XDP_DROP_CNTR"]
 XDP_PASS_CNTR = _G["XDP_PASS_CNTR"]
 EGRESS_DECAP_CNTR = _G["EGRESS_DECAP_CNTR"]  # v1 inner v4, v2 inner v6
+MALFORMED_CNTR = _G["MALFORMED_CNTR"]  # not in Katran: drops to a VIP, v1 bad IP length, v2 martian source
 GLOBAL_COUNTERS: dict[str, int] = dict(_G)  # Katran's name -> slot offset
 
 # --- slots / flags (C enums of consts.h) ----------------------------------------

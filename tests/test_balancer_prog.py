@@ -27,7 +27,7 @@ pytestmark = [
     pytest.mark.skipif(not OBJ.is_file(), reason=f"{OBJ} not built (python -m katran.build)"),
 ]
 
-MAX_VIPS = 32  # stats holds max_vips + 21 global counters within 2 * max_vips
+MAX_VIPS = 32  # stats holds max_vips + 22 global counters within 2 * max_vips
 RING = 13
 GW_MAC = bytes.fromhex("0000deadbeaf")
 IN_DST_MAC = "02:00:00:00:00:02"

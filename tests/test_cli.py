@@ -105,8 +105,18 @@ def test_delete_service(run, lb):
     lb.add_vip(VIP)
     assert run("-D", "-t", "10.0.0.1:80") == (0, "exiting\n", "Deleting service: 10.0.0.1:80 6\nVip modified\n")
     assert lb.get_all_vips() == []
-    rc, out, err = run("-D", "-t", "10.0.0.1:80")  # unknown now: refused, reason logged
-    assert rc == 1 and "Vip modified" not in err and "NOT_FOUND" in err and "10.0.0.1:80" in err
+    rc, out, err = run("-D", "-t", "10.0.0.1:80")  # unknown now: refused (CANCELLED), fatal as in Katran's client
+    assert_refused(rc, out, err, "vip 10.0.0.1:80/tcp not found")
+    assert "Vip modified" not in err
+
+
+def assert_refused(rc: int, out: str, err: str, *needles: str) -> None:
+    """A refused Bool RPC, printed as Katran's Go client prints its server's CANCELLED: exit 1, no "exiting"."""
+    assert rc == 1 and out == "", (rc, out, err)
+    last = err.splitlines()[-1]
+    assert last.startswith("Error: rpc error: code = Canceled desc = "), err
+    for needle in needles:
+        assert needle in last, (needle, err)
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -137,7 +147,8 @@ def test_reals(run, lb):
     rc, out, err = run("-a", "-t", "10.0.0.1:80", "-r", "10.1.1")
     assert rc == 1 and "real.address" in err
     rc, out, err = run("-a", "-t", "10.0.0.9:80", "-r", "10.1.1.3")
-    assert rc == 1 and "NOT_FOUND" in err and "Reals modified" not in err
+    assert_refused(rc, out, err, "vip 10.0.0.9:80/tcp not found")
+    assert "Reals modified" not in err
     assert [str(r.address) for r in lb.get_reals_for_vip(VIP)] == ["10.1.1.2"]
 
 
@@ -166,7 +177,10 @@ def test_mac(run, lb):
     assert run("-change_mac", "02:00:00:00:00:07") == (0, "exiting\n", "Mac address changed!\n")
     assert lb.get_mac() == "02:00:00:00:00:07"
     rc, out, err = run("-change_mac", "02:00:00:00:07")
-    assert rc == 1 and err.endswith("Mac was not changed\n") and "INVALID_ARGUMENT" in err
+    assert_refused(rc, out, err, "mac='02:00:00:00:07'")
+    assert "changed" not in err
+    rc, out, err = run("-change_mac", "\u00e9:11:22:33:44:55")  # non-ASCII: a clean error, escaped
+    assert_refused(rc, out, err, "mac='\\xe9:11:22:33:44:55'")
     assert lb.get_mac() == "02:00:00:00:00:07"
 
 
@@ -191,10 +205,10 @@ def test_healthchecks(run, lb):
     assert lb.get_healthcheckers_dst() == {1000: "10.5.5.5", 1001: "fc00::5"}
     assert run("-list_hc")[1] == "somark:       1000 addr:   10.5.5.5\nsomark:       1001 addr:    fc00::5\nexiting\n"
     rc, out, err = run("-new_hc", "10.5.5", "-somark", "1002")
-    assert rc == 1 and out == "error while add hc w/ somark: 1002 and addr 10.5.5\nexiting\n"
+    assert_refused(rc, out, err, "address='10.5.5'")
     assert run("-del_hc", "-somark", "1000") == (0, "exiting\n", "")
     rc, out, err = run("-del_hc", "-somark", "4242")
-    assert rc == 1 and out == "error while deleting hc w/ somark: 4242\nexiting\n" and "NOT_FOUND" in err
+    assert_refused(rc, out, err, "healthcheck somark 4242 not found")
     assert lb.get_healthcheckers_dst() == {1001: "fc00::5"}
 
 
@@ -527,7 +541,7 @@ def test_server_subprocess_end_to_end():
     if os.geteuid() != 0:
         pytest.skip("loading BPF programs needs root")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "katran_grpc.server", "-testing", "-server=127.0.0.1:0", "-lru_size", "1000",
+        [sys.executable, "-m", "katran_grpc.server", "-testing", "-server=127.0.0.1:0", "-insecure", "-lru_size", "1000",
          "--max_vips", "16", "-hc_forwarding=false", "-shutdown_delay", "300", "-default_mac", MAC],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:

@@ -18,8 +18,10 @@ pytestmark = [
 
 @pytest.mark.parametrize("module", ["katran_grpc.server", "katran_thrift.server"])
 def test_server_starts_with_testing_only(module):
-    # a private network namespace: the default listen address cannot collide with anything
-    cmd = ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {sys.executable} -m {module} -testing"]
+    # private network and mount namespaces with an empty /run: the default listener
+    # (unix:/run/katran/<server>.sock) can collide with nothing and leaves nothing behind
+    cmd = ["unshare", "-n", "-m", "sh", "-c",
+           f"ip link set lo up && mount -t tmpfs katran-test /run && exec {sys.executable} -m {module} -testing"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60

@@ -98,13 +98,17 @@ def call(method, request):
 
 
 def assert_refused(method, request, code: str, *needles: str) -> str:
-    """Katran's contract: Bool{success=false}, reason in trailing metadata."""
-    response, meta = call(method, request)
-    assert response.success is False
+    """Katran's contract for a refused Bool RPC: status CANCELLED (Katran's C++ server answers so);
+    our reason is the status details, its katran code in the trailing metadata."""
+    with pytest.raises(grpc.RpcError) as info:
+        method(request)
+    assert info.value.code() == grpc.StatusCode.CANCELLED, info.value.details()
+    meta = {m.key: m.value for m in info.value.trailing_metadata() or ()}
     assert meta[ERROR_CODE_KEY] == code, meta
+    assert meta[ERROR_KEY] == info.value.details()
     for needle in needles:
-        assert needle in meta[ERROR_KEY], meta
-    return meta[ERROR_KEY]
+        assert needle in info.value.details(), info.value.details()
+    return info.value.details()
 
 
 def assert_status(method, request, code: grpc.StatusCode, *needles: str) -> None:
@@ -181,6 +185,59 @@ def test_add_vip_twice(stub, lb):
     assert stub.addVip(pb.VipMeta(vip=vip_msg(), flags=int(VipFlag.NO_LRU))).success
     assert_refused(stub.addVip, pb.VipMeta(vip=vip_msg()), "ALREADY_EXISTS", "10.0.0.1")
     assert lb.get_vip_flags(VipKey("10.0.0.1", 80, 6)) == VipFlag.NO_LRU
+
+
+def test_ipv4_mapped_addresses_are_answered_in_dotted_form(stub, lb):
+    """Katran prints ::ffff:10.0.0.77 (inet_ntop); Python's ipaddress alone gives ::ffff:a00:4d."""
+    v = vip_msg("::ffff:10.0.0.77")
+    assert stub.addVip(pb.VipMeta(vip=v)).success
+    assert stub.addRealForVip(pb.realForVip(real=pb.Real(address="::ffff:a00:101", weight=1), vip=v)).success
+    assert [x.address for x in stub.getAllVips(pb.Empty()).vips] == ["::ffff:10.0.0.77"]
+    assert [r.address for r in stub.getRealsForVip(v).reals] == ["::ffff:10.0.1.1"]
+    assert stub.getVipFlags(vip_msg("::ffff:a00:4d")).flags == 0  # either text names the same VIP
+
+
+def test_bool_rpc_failure_is_cancelled_for_katrans_clients(stub, lb, server):
+    """Katran's Go client exits 1 on a non-OK status: our failed Bool RPCs answer CANCELLED, reason in details;
+    our client turns that into OperationFailed with the katran reason code."""
+    from katran_grpc.client import GrpcKatranClient, OperationFailed
+
+    assert stub.addVip(pb.VipMeta(vip=vip_msg())).success
+    with pytest.raises(grpc.RpcError) as info:
+        stub.addVip(pb.VipMeta(vip=vip_msg()))
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    assert info.value.details() == "vip 10.0.0.1:80/tcp already exists"
+    with GrpcKatranClient(server.address, timeout=10) as kc:
+        with pytest.raises(OperationFailed) as failed:
+            kc.add_vip(VipKey("10.0.0.1", 80, 6))
+        assert (failed.value.rpc, failed.value.code) == ("addVip", "ALREADY_EXISTS")
+        assert failed.value.message == "vip 10.0.0.1:80/tcp already exists"
+        with pytest.raises(OperationFailed) as failed:
+            kc.change_mac("\u00e9:11:22:33:44:55")
+        assert failed.value.code == "INVALID_ARGUMENT" and failed.value.message.startswith("mac='\\xe9:11")
+    assert lb.get_mac() == MAC
+
+
+def test_invalid_utf8_is_a_clean_error_naming_the_field(channel, lb):
+    """A string that is not UTF-8 fails protobuf parsing; gRPC alone would answer INTERNAL
+    "Exception deserializing request!"."""
+    raw = pb.VipMeta(vip=vip_msg("10.0.0.1")).SerializeToString().replace(b"10.0.0.1", b"10.0.0.\xff")
+    add_vip = channel.unary_unary("/lb.katran.KatranService/addVip", request_serializer=lambda b: b,
+                                  response_deserializer=pb.Bool.FromString)
+    with pytest.raises(grpc.RpcError) as info:
+        add_vip(raw)
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    assert info.value.details() == "vip.address=b'10.0.0.\\xff': not valid UTF-8 text"
+    get_flags = channel.unary_unary("/lb.katran.KatranService/getVipFlags", request_serializer=lambda b: b,
+                                    response_deserializer=pb.Flags.FromString)
+    with pytest.raises(grpc.RpcError) as info:
+        get_flags(b"\x0a\x01\xff")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "vip.address=b'\\xff'" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        get_flags(b"\x0a\x05\x01")  # truncated: not a message at all
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("request='<3 bytes>': not a valid lb.katran.Vip message")
+    assert lb.get_all_vips() == []
 
 
 def test_unknown_vip(stub, lb):
@@ -281,6 +338,7 @@ def test_stats(stub, ext, lb):
         (ext.getXdpPassStats, lb.get_xdp_pass_stats),
         (ext.getChDropStats, lb.get_ch_drop_stats),
         (ext.getEncapFailStats, lb.get_encap_fail_stats),
+        (ext.getMalformedStats, lb.get_malformed_stats),
         (ext.getKatranLbStats, lb.get_katran_lb_stats),
     ]:
         got = rpc(pb.Empty())
@@ -888,7 +946,7 @@ def test_flags_map_onto_config():
 def test_flag_defaults_are_katrans_except_listen_address():
     ns = _parse([])
     cfg = config_from_flags(ns)
-    assert ns.server == "127.0.0.1:50051"
+    assert ns.server == "unix:/run/katran/katran-grpc.sock"  # not Katran's 0.0.0.0:50051: docs/security.md
     assert ns.shutdown_delay == 10000
     assert cfg.main_interface == "eth0"
     assert cfg.default_mac == bytes.fromhex("000000000001")
@@ -914,7 +972,7 @@ def test_flag_defaults_are_katrans_except_listen_address():
 def test_startup_errors_are_one_line(capsys, argv, needle):
     if os.geteuid() != 0:
         pytest.skip("start-up path needs root")
-    rc = server_mod.main(["-testing", "-server", "127.0.0.1:0", "-lru_size", "1000", "-shutdown_delay", "0", *argv])
+    rc = server_mod.main(["-testing", "-server", "127.0.0.1:0", "-insecure", "-lru_size", "1000", "-shutdown_delay", "0", *argv])
     out, err = capsys.readouterr()
     assert rc == 1
     lines = [ln for ln in err.splitlines() if ln.startswith("katran-server-grpc:")]
@@ -926,7 +984,7 @@ def test_startup_not_root(capsys, monkeypatch):
     from katran_frontend import server as lifecycle
 
     monkeypatch.setattr(lifecycle.os, "geteuid", lambda: 1000)
-    rc = server_mod.main(["-testing", "-server", "127.0.0.1:0"])
+    rc = server_mod.main(["-testing", "-server", "127.0.0.1:0", "-insecure"])
     err = capsys.readouterr().err
     assert rc == 1 and "root" in err and "Traceback" not in err
 

@@ -536,3 +536,33 @@ def test_echo_requests_are_answered_only_for_vip_addresses(lb):
     lb.del_vip(udp)
     assert lb.run_packet(ping).verdict == "XDP_PASS"
     assert lb._map("vip_addrs").lookup(structs.address("10.200.1.1")) is None
+
+
+def test_scoped_addresses_are_refused_everywhere(lb):
+    """fe80::1%a and fe80::1%b would share one kernel key (and fc00::77%x get its own real index)."""
+    from katran import ValidationError
+
+    vip = VipKey("fc00::1", 80, 6)
+    lb.add_vip(vip)
+    lb.add_real_for_vip(Real("fc00::77"), vip)
+    before = (lb.get_all_vips(), lb.get_reals_for_vip(vip), lb.get_index_for_real("fc00::77"))
+    calls = [
+        lambda: lb.add_vip(VipKey("fe80::1%a", 80, 6)),
+        lambda: lb.add_real_for_vip(Real("fc00::77%x"), vip),
+        lambda: lb.modify_real("fc00::77%x", 2),
+        lambda: lb.get_index_for_real("fc00::77%x"),
+        lambda: lb.get_real_flags("fc00::77%x"),
+    ]
+    for call in calls:
+        with pytest.raises(ValidationError, match="scoped IPv6 addresses"):
+            call()
+    assert (lb.get_all_vips(), lb.get_reals_for_vip(vip), lb.get_index_for_real("fc00::77")) == before
+
+
+def test_ipv4_mapped_addresses_are_listed_in_dotted_form(lb):
+    vip = VipKey("::ffff:10.0.0.77", 80, 6)
+    lb.add_vip(vip)
+    lb.add_real_for_vip(Real("::ffff:10.1.1.1"), vip)
+    lb.add_down_real(vip, "::ffff:10.1.1.1")
+    assert lb.get_down_reals(vip) == ["::ffff:10.1.1.1"]
+    assert str(vip) == "[::ffff:10.0.0.77]:80/tcp"

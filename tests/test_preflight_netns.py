@@ -257,8 +257,8 @@ def test_thrift_server_starts_with_default_mac_auto(gw):
     gw.flush_neighbours()
     proc = subprocess.Popen(
         ["ip", "netns", "exec", gw.lb, sys.executable, "-m", "katran_thrift.server", "-testing", "-intf=eth0",
-         "-default_mac=auto", "-server=127.0.0.1:0", "-hc_forwarding=false", "-lru_size=1000", "-max_vips=16",
-         "-shutdown_delay=0"],
+         "-default_mac=auto", "-server=127.0.0.1:0", "-insecure", "-hc_forwarding=false", "-lru_size=1000",
+         "-max_vips=16", "-shutdown_delay=0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         line = proc.stdout.readline()

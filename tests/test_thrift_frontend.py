@@ -139,6 +139,18 @@ def expect_error(call, *needles: str) -> str:
 
 
 # ------------------------------------------------------------------ every method, every dialect
+def test_addresses_are_answered_as_katran_prints_them(client, lb):
+    """IPv4-mapped IPv6 in dotted form (::ffff:10.0.0.77); scoped / space-padded / non-ASCII text refused."""
+    assert client.addVip(VipMeta(vip=Vip(address="::ffff:a00:4d", port=80, protocol=6), flags=0)) is True
+    assert [v.address for v in client.getAllVips()] == ["::ffff:10.0.0.77"]
+    before = snapshot(lb)
+    for text, needle in (("fe80::1%a", "scoped"), (" 10.0.0.1", "whitespace"), ("\u00e9t\u00e9", "'\\xe9t\\xe9'")):
+        msg = expect_error(lambda: client.addVip(VipMeta(vip=Vip(address=text, port=80, protocol=6), flags=0)),
+                           "vip.address=", needle)
+        assert msg.isascii()
+    assert snapshot(lb) == before
+
+
 def test_mac(client, lb):
     assert client.getMac().mac == lb.get_mac() == DEFAULT_MAC
     assert client.changeMac(Mac(mac="02:11:22:33:44:55")) is True
@@ -443,7 +455,7 @@ def _listening_port(proc: subprocess.Popen) -> int:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_server_command_serves_and_stops_on_signal(sig):
-    proc = _run_server("-server", "127.0.0.1:0", "--testing", "-hc_forwarding=false", "-shutdown_delay", "300",
+    proc = _run_server("-server", "127.0.0.1:0", "-insecure", "--testing", "-hc_forwarding=false", "-shutdown_delay", "300",
                        "-default_mac", "02:00:00:00:00:07")
     try:
         port = _listening_port(proc)
@@ -475,7 +487,7 @@ def test_server_command_serves_and_stops_on_signal(sig):
     ids=["mac", "cores", "server", "priority", "prog"],
 )
 def test_server_command_startup_errors_are_one_line(flags, needles):
-    proc = _run_server("--testing", "-server", "127.0.0.1:0", *flags)
+    proc = _run_server("--testing", "-server", "127.0.0.1:0", "-insecure", *flags)
     try:
         out, err = proc.communicate(timeout=60)
     finally:
@@ -526,7 +538,7 @@ def test_server_flags_go_and_gnu_style():
     assert cfg.hash_function == HashFunction.MAGLEV
 
     d = fs.parse([])
-    assert (d.server, d.intf, d.hc_intf, d.ipip_intf, d.ipip6_intf) == ("127.0.0.1:12307", "eth0", "", "ipip0", "ipip60")
+    assert (d.server, d.intf, d.hc_intf, d.ipip_intf, d.ipip6_intf) == ("unix:/run/katran/katran-thrift.sock", "eth0", "", "ipip0", "ipip60")
     assert (d.default_mac, d.priority, d.map_path, d.prog_pos, d.hc_forwarding) == (
         "00:00:00:00:00:01", 2307, "", 2, True)
     assert (d.shutdown_delay, d.lru_size, d.forwarding_cores, d.numa_nodes, d.testing) == (10000, 8000000, "", "",
@@ -539,9 +551,10 @@ def test_server_flags_match_grpc_server():
     from katran_thrift.server import build_flags
 
     ours, theirs = vars(build_flags().parse([])), vars(grpc_server.build_flags().parse([]))
-    grpc_only = {"tls_cert", "tls_key", "tls_client_ca", "workers"}  # gRPC transport options
-    assert set(ours) == set(theirs) - grpc_only
-    assert {k: v for k, v in ours.items() if k != "server"} == {
+    grpc_only = {"max_concurrent_rpcs", "max_concurrent_streams", "keepalive_time", "keepalive_timeout"}
+    thrift_only = {"max_string_size", "max_container_size", "read_timeout"}  # transport options of each
+    assert set(ours) - thrift_only == set(theirs) - grpc_only
+    assert {k: v for k, v in ours.items() if k not in thrift_only | {"server"}} == {
         k: v for k, v in theirs.items() if k not in grpc_only | {"server"}}
 
 

@@ -26,6 +26,7 @@
 #define LB_OUT_OF_LINE static __attribute__((noinline))
 
 #define IPV4_HDR_LEN 20
+#define IPV4_VERSION_IHL5 0x45 /* first byte of an IPv4 header without options */
 
 /* Default sizes; the real sizes are set per map at load time. */
 #define DEFAULT_RING_SIZE 65537
@@ -146,6 +147,7 @@ enum lb_global_counter {
 	CNT_XDP_DROP = 18,
 	CNT_XDP_PASS = 19,
 	CNT_EGRESS_DECAP = 20,     /* v1 inner v4, v2 inner v6 (decap + TX) */
+	CNT_MALFORMED = 21,        /* not in Katran: dropped to a VIP, v1 bad IP length, v2 martian source */
 };
 
 #endif /* KATRAN_CONSTS_H */

@@ -13,6 +13,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 
 #include "consts.h"
 #include "structs.h"
@@ -23,11 +24,14 @@
 
 /*
  * Answer an echo request when its destination is a VIP address; anything else
- * (the host's own addresses, transit) is left to the kernel.
+ * (the host's own addresses, transit) is left to the kernel. A request to a
+ * VIP with a bad length or a martian source is dropped (see balance_flow).
  */
 static __always_inline int echo_reply_for_vip(void *data, void *data_end, bool is_ipv6)
 {
 	struct address dst = {};
+	const __be32 *src;
+	__u16 ip_len;
 
 	if (is_ipv6) {
 		struct ipv6hdr *ip6h = pkt_ptr(data, data_end, sizeof(struct ethhdr), sizeof(*ip6h));
@@ -35,15 +39,23 @@ static __always_inline int echo_reply_for_vip(void *data, void *data_end, bool i
 		if (!ip6h)
 			return XDP_DROP;
 		__builtin_memcpy(dst.addrv6, ip6h->daddr.s6_addr32, sizeof(dst.addrv6));
+		src = ip6h->saddr.s6_addr32;
+		ip_len = bpf_ntohs(ip6h->payload_len);
 	} else {
 		struct iphdr *iph = pkt_ptr(data, data_end, sizeof(struct ethhdr), sizeof(*iph));
 
 		if (!iph)
 			return XDP_DROP;
 		dst.addr = iph->daddr;
+		src = &iph->saddr;
+		ip_len = bpf_ntohs(iph->tot_len);
 	}
 	if (!bpf_map_lookup_elem(&vip_addrs, &dst))
 		return XDP_PASS;
+	if (ip_len_malformed(data_end - data, ip_len, is_ipv6))
+		return drop_malformed(true);
+	if (src_is_martian(src, is_ipv6))
+		return drop_malformed(false);
 	return is_ipv6 ? icmp6_echo_reply(data, data_end) : icmp4_echo_reply(data, data_end);
 }
 

@@ -83,7 +83,14 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 			pkt->flow.port16[1] = 0;
 	}
 
+	/* not in Katran: a length field that lies about the frame (the outer
+	 * header would carry it) or a martian source is dropped and counted */
 	frame_len = data_end - data;
+	if (ip_len_malformed(frame_len, pkt_bytes, is_ipv6))
+		return drop_malformed(true);
+	if (src_is_martian(pkt->flow.srcv6, is_ipv6))
+		return drop_malformed(false);
+
 	if (frame_len > max_pckt_size) {
 		if (icmp_toobig_generation)
 			return answer_too_big(xdp, is_ipv6, frame_len);

@@ -39,4 +39,15 @@ static __always_inline void count_pair(__u32 which, bool second)
 		cnt->v1 += 1;
 }
 
+/*
+ * Drop a packet to a VIP that is malformed (bad_len: its IP length field
+ * contradicts the frame) or comes from a martian source, and count it in
+ * CNT_MALFORMED (not in Katran). Out of line: such packets are rare.
+ */
+LB_OUT_OF_LINE int drop_malformed(bool bad_len)
+{
+	count_pair(CNT_MALFORMED, !bad_len);
+	return XDP_DROP;
+}
+
 #endif /* KATRAN_LB_STATS_H */

@@ -52,7 +52,8 @@ static __always_inline __u64 l4_offset(bool is_ipv6, bool from_icmp)
  * Parse the IP header at nh_off into pkt: protocol, ToS/traffic class,
  * addresses (not for ICMP, whose flow comes from the quoted packet).
  * *pkt_bytes gets the IPv4 total length or the IPv6 payload length.
- * Drops IPv4 with options, fragments, and truncated headers.
+ * Drops IPv4 with options, fragments, truncated headers, and a version field
+ * that contradicts the EtherType (Katran reads such headers as v4 / v6).
  * Returns LB_CONTINUE or an XDP verdict.
  */
 static __always_inline int parse_ip(void *data, void *data_end, __u64 nh_off, bool is_ipv6,
@@ -62,6 +63,8 @@ static __always_inline int parse_ip(void *data, void *data_end, __u64 nh_off, bo
 		struct ipv6hdr *ip6h = pkt_ptr(data, data_end, nh_off, sizeof(*ip6h));
 
 		if (!ip6h)
+			return XDP_DROP;
+		if (ip6h->version != 6)
 			return XDP_DROP;
 		*proto = ip6h->nexthdr;
 		pkt->flow.proto = ip6h->nexthdr;
@@ -80,7 +83,7 @@ static __always_inline int parse_ip(void *data, void *data_end, __u64 nh_off, bo
 
 	if (!iph)
 		return XDP_DROP;
-	if (iph->ihl != 5) /* options are not supported */
+	if (*(__u8 *)iph != IPV4_VERSION_IHL5) /* version 4; options are not supported */
 		return XDP_DROP;
 	pkt->tos = iph->tos;
 	*proto = iph->protocol;
@@ -93,6 +96,44 @@ static __always_inline int parse_ip(void *data, void *data_end, __u64 nh_off, bo
 		pkt->flow.dst = iph->daddr;
 	}
 	return LB_CONTINUE;
+}
+
+/*
+ * Does the declared IP length contradict the frame? IPv4: tot_len below the
+ * header (ihl * 4, always 20 here: parse_ip drops options) or beyond the bytes
+ * after the Ethernet header; IPv6: 40 + payload_len beyond them. Bytes past
+ * the declared length (Ethernet padding) are legal. pkt_bytes is what
+ * parse_ip stored (tot_len / payload_len); the frame holds the parsed header.
+ * One unsigned compare: for tot_len < 20, tot_len - 20 wraps above any room.
+ */
+static __always_inline bool ip_len_malformed(__u64 frame_len, __u16 pkt_bytes, bool is_ipv6)
+{
+	__u64 hdr = is_ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
+	__u64 room = frame_len - sizeof(struct ethhdr) - hdr;
+
+	if (is_ipv6)
+		return (__u64)pkt_bytes > room;
+	return (__u64)pkt_bytes - hdr > room;
+}
+
+/*
+ * A source no client can have (RFC 1122 / 4291 martians): 0.0.0.0/8,
+ * 127.0.0.0/8, 224.0.0.0/4 (multicast), 255.255.255.255; ::, ::1, ff00::/8.
+ * addr is in wire order (v4: addr[0]). The first byte sorts out common
+ * clients; the whole address is read only when that byte is 0xFF (v4) or 0 (v6).
+ */
+static __always_inline bool src_is_martian(const __be32 *addr, bool is_ipv6)
+{
+	__u8 first = *(const __u8 *)addr;
+
+	if (is_ipv6) {
+		if (first == 0xFF)
+			return true;
+		return first == 0 && !(addr[0] | addr[1] | addr[2]) && !(addr[3] & ~bpf_htonl(1));
+	}
+	if (first == 0 || first == 127 || (first & 0xF0) == 0xE0)
+		return true;
+	return first == 0xFF && addr[0] == 0xFFFFFFFF;
 }
 
 /*

@@ -239,6 +239,19 @@ class RealServers:
         for srv in self._servers:
             threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
 
+    def stop_http(self) -> None:
+        """Stop the HTTP service only (a real whose web server died; its host stays up)."""
+        http = self._servers[0]
+        http.shutdown()
+        http.server_close()
+
+    def start_http(self) -> None:
+        """Start the HTTP service again after :meth:`stop_http`."""
+        handler = self._servers[0].RequestHandlerClass
+        with inside(self.netns):
+            self._servers[0] = _bind_retry(_Tcp6Server, ("::", HTTP_PORT), handler)
+        threading.Thread(target=self._servers[0].serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+
     def close(self) -> None:
         for srv in self._servers:
             srv.shutdown()

@@ -5,13 +5,16 @@
 * ``server``: one server lifecycle (parse, config, start ``KatranLb``, serve, signals, close)
   with a small transport-specific part (``katran_grpc.server``, ``katran_thrift.server``);
 * ``client``: the ``KatranClient`` interface and its errors, which every transport implements;
+* ``security``: listen addresses, unix socket permissions, bearer tokens, the TCP policy and the
+  transport flags (limits) of both servers;
 * ``cli``: katran-cli, with its transports registered by name and imported only when chosen.
 
 ``katran_grpc`` and ``katran_thrift`` build on this package and do not import each other;
 nothing under ``katran/`` imports a frontend.
 """
 
-GRPC_DEFAULT_SERVER = "127.0.0.1:50051"
-THRIFT_DEFAULT_SERVER = "127.0.0.1:12307"
+# the servers' default listeners, and so the clients' defaults (docs/security.md)
+GRPC_DEFAULT_SERVER = "unix:/run/katran/katran-grpc.sock"
+THRIFT_DEFAULT_SERVER = "unix:/run/katran/katran-thrift.sock"
 
 __all__ = ["GRPC_DEFAULT_SERVER", "THRIFT_DEFAULT_SERVER"]

@@ -4,7 +4,10 @@ Same flags, same dispatch order, same output: ``fmt.Printf`` lines go to
 stdout, ``log.Printf`` lines to stderr with Go's ``YYYY/MM/DD HH:MM:SS``
 prefix, and "exiting" is printed last.  Differences, all additive:
 
-* failures the Go client is silent about get a reason line on stderr and
+* a refused Bool RPC (status CANCELLED, as Katran's server answers) is fatal
+  as in the Go client: ``Error: rpc error: code = Canceled desc = <reason>``
+  on stderr, exit status 1 (our server puts the reason in the details);
+  failures the Go client is silent about get a reason line on stderr and
   exit status 1 (fatal errors: 1, bad flags: 2); stats loops sleep before
   retrying instead of spinning, and stop after ``-count N`` rounds;
 * ``-vf``/``-rf`` take every flag name of katran.models (comma separated);
@@ -30,7 +33,7 @@ import time
 from typing import Callable, Optional
 
 from katran.errors import KatranError
-from katran.models import Flow, HashFunction, ModifyAction, QuicReal, Real, RealFlag, VipFlag, VipKey
+from katran.models import Flow, HashFunction, ModifyAction, QuicReal, Real, RealFlag, VipFlag, VipKey, format_address
 
 from . import GRPC_DEFAULT_SERVER as DEFAULT_SERVER
 from .client import KatranClient, KatranClientError, OperationFailed, RpcFailed
@@ -115,7 +118,7 @@ def build_flags() -> FlagSet:
     fs.string("quic_mapping", "", "mapping of real to connectionId. must be in <addr>=<id> format")
     fs.bool("list_qm", False, "List current quic's mappings")
     fs.bool("del_qm", False, "Delete instead of adding specified quic mapping")
-    fs.string("server", DEFAULT_SERVER, "Katran server listen address")
+    fs.string("server", DEFAULT_SERVER, "Katran server listen address (host:port or unix:PATH)")
     # extensions (lb.katran.ext.KatranExtService and client options)
     fs.bool("reals", False, "with -s: per-real stats (reals of -t/-u, or -r, or of every VIP)")
     fs.bool("xdp", False, "with -s: XDP verdict totals")
@@ -152,8 +155,10 @@ def build_flags() -> FlagSet:
     fs.string("tls_cert", "", "PEM client certificate (mTLS)")
     fs.string("tls_key", "", "PEM key of -tls_cert")
     fs.string("tls_server_name", "", "expected server name in its certificate")
+    fs.string("token_file", "", "file holding the bearer token of a TCP server started with -token_file")
     fs.bool("thrift", False, "talk to katran-server-thrift instead of the gRPC server")
-    fs.string("thrift_server", "", "thrift server address (implies -thrift; default 127.0.0.1:12307)")
+    fs.string("thrift_server", "", "thrift server address, host:port or unix:PATH "
+              "(implies -thrift; default unix:/run/katran/katran-thrift.sock)")
     fs.string("thrift_transport", "header", "thrift transport: header, framed or buffered")
     fs.string("thrift_protocol", "compact", "thrift protocol: compact or binary")
     return fs
@@ -219,21 +224,14 @@ class Cli:
         except KatranClientError as exc:
             raise self.fatal(f"Error: {go_error(exc)}") from None
 
-    def refused(self, exc: KatranClientError) -> None:
-        """An operation the server said no to: extra reason line, exit status 1."""
-        self.failed = True
-        self.log(f"{exc.rpc} failed: {exc.code}: {exc.message}")
-
-    def update(self, call: Callable, *args) -> bool:
-        """A Bool RPC: True on success, False (reason logged) when refused."""
+    def update(self, call: Callable, *args) -> None:
+        """A Bool RPC: a refusal is fatal, printed as the Go client prints Katran's CANCELLED."""
         try:
             call(*args)
         except OperationFailed as exc:
-            self.refused(exc)
-            return False
+            raise self.fatal(f"Error: rpc error: code = {_GO_CODES['CANCELLED']} desc = {exc.message}") from None
         except RpcFailed as exc:
             raise self.fatal(f"Error: {go_error(exc)}") from None
-        return True
 
     def model(self, build: Callable, *args):
         """Build a katran.models value; bad input is fatal with katran's message."""
@@ -272,10 +270,8 @@ class Cli:
 
     # ------------------------------------------------------------ katranc commands
     def change_mac(self, mac: str) -> None:
-        if self.update(self.kc.change_mac, mac):
-            self.log("Mac address changed!")
-        else:
-            self.log("Mac was not changed")
+        self.update(self.kc.change_mac, mac)
+        self.log("Mac address changed!")
 
     def get_mac(self) -> None:
         self.log(f"Mac address is {self.check(self.kc.get_mac)}")
@@ -288,15 +284,17 @@ class Cli:
             flags = self.parse_flags(flags_text, VipFlag)
             if flags is None:
                 return
-        ok = self.update(self.kc.modify_vip, vip, flags, set_flags) if modify else self.update(self.kc.add_vip, vip, flags)
-        if ok:
-            self.log("Vip modified")
+        if modify:
+            self.update(self.kc.modify_vip, vip, flags, set_flags)
+        else:
+            self.update(self.kc.add_vip, vip, flags)
+        self.log("Vip modified")
 
     def del_service(self, addr: str, proto: int) -> None:
         self.log(f"Deleting service: {addr} {proto}")
         vip = self.parse_vip(addr, proto)
-        if self.update(self.kc.del_vip, vip):
-            self.log("Vip modified")
+        self.update(self.kc.del_vip, vip)
+        self.log("Vip modified")
 
     def update_server_for_vip(self, vip_addr: str, proto: int, real_addr: str, weight: int, real_flags: str,
                               delete: bool) -> None:
@@ -308,8 +306,8 @@ class Cli:
                 return
         real = self.model(Real, real_addr, weight, flags)
         action = ModifyAction.DEL if delete else ModifyAction.ADD
-        if self.update(self.kc.modify_reals_for_vip, action, [real], vip):
-            self.log("Reals modified")
+        self.update(self.kc.modify_reals_for_vip, action, [real], vip)
+        self.log("Reals modified")
 
     def modify_quic_mappings(self, mapping: str, delete: bool) -> None:
         parts = mapping.split("=")
@@ -321,17 +319,17 @@ class Cli:
             raise self.fatal(f'Error: strconv.ParseInt: parsing "{parts[1]}": invalid syntax') from None
         qreal = self.model(QuicReal, parts[0], qid)
         action = ModifyAction.DEL if delete else ModifyAction.ADD
-        if self.update(self.kc.modify_quic_reals_mapping, action, [qreal]):
-            self.log("Quic mapping modified")
+        self.update(self.kc.modify_quic_reals_mapping, action, [qreal])
+        self.log("Quic mapping modified")
 
     def list_vip_and_reals(self, vip: VipKey) -> None:
         reals = self.check(self.kc.get_reals_for_vip, vip)
         proto = "tcp" if vip.proto == IPPROTO_TCP else "udp"
-        self.printf(f"VIP: {str(vip.address):>20} Port: {vip.port:>6} Protocol: {proto}\n")
+        self.printf(f"VIP: {format_address(vip.address):>20} Port: {vip.port:>6} Protocol: {proto}\n")
         flags = self.check(self.kc.get_vip_flags, vip)
         self.printf(f"Vip's flags: {_vip_flags_text(flags)}\n")
         for real in reals:
-            self.printf(f"{' ->' + str(real.address):<20} weight: {real.weight} flags: {_real_flags_text(real.flags)}\n")
+            self.printf(f"{' ->' + format_address(real.address):<20} weight: {real.weight} flags: {_real_flags_text(real.flags)}\n")
 
     def list(self) -> None:
         vips = self.check(self.kc.get_all_vips)
@@ -346,7 +344,7 @@ class Cli:
                 self.kc.del_vip(vip)
             except KatranClientError as exc:
                 self.failed = True
-                self.printf(f"error while deleting vip: {vip.address}\n")
+                self.printf(f"error while deleting vip: {format_address(vip.address)}\n")
                 self.log(f"{exc.rpc} failed: {exc.code}: {exc.message}")
         self.printf("Deleting Healthchecks\n")
         for somark in self.check(self.kc.get_healthcheckers_dst):
@@ -360,15 +358,13 @@ class Cli:
     def list_qm(self) -> None:
         self.printf("printing address to quic's connection id mapping\n")
         for qr in self.check(self.kc.get_quic_reals_mapping):
-            self.printf(f"real: {str(qr.address):>20} = connection id: {qr.id:>6}\n")
+            self.printf(f"real: {format_address(qr.address):>20} = connection id: {qr.id:>6}\n")
 
     def add_hc(self, addr: str, somark: int) -> None:
-        if not self.update(self.kc.add_healthchecker_dst, somark & 0xFFFFFFFF, addr):
-            self.printf(f"error while add hc w/ somark: {somark} and addr {addr}\n")
+        self.update(self.kc.add_healthchecker_dst, somark & 0xFFFFFFFF, addr)
 
     def del_hc(self, somark: int) -> None:
-        if not self.update(self.kc.del_healthchecker_dst, somark & 0xFFFFFFFF):
-            self.printf(f"error while deleting hc w/ somark: {somark}\n")
+        self.update(self.kc.del_healthchecker_dst, somark & 0xFFFFFFFF)
 
     def list_hc(self) -> None:
         hcs = self.check(self.kc.get_healthcheckers_dst)
@@ -451,7 +447,7 @@ class Cli:
                     stats = self.kc.get_stats_for_vip(vip)
                 except KatranClientError:
                     continue
-                key = f"{vip.address}:{vip.port}:{vip.proto}"
+                key = f"{format_address(vip.address)}:{vip.port}:{vip.proto}"
                 self.printf(f"vip: {key:>16} : {_diff(stats.v1, old[vip][0]):>8} pkts/sec "
                             f"{_diff(stats.v2, old[vip][1]):>8} bytes/sec\n")
                 old[vip] = (stats.v1, stats.v2)
@@ -472,14 +468,14 @@ class Cli:
     # ------------------------------------------------------------ extensions
     def show_real_stats(self, vip: Optional[VipKey], real_addr: str) -> None:
         if real_addr:
-            addresses = [str(self.model(Real, real_addr).address)]
+            addresses = [format_address(self.model(Real, real_addr).address)]
         else:
             vips = [vip] if vip is not None else self.check(self.kc.get_all_vips)
             addresses = []
             for v in vips:
                 for real in self.check(self.kc.get_reals_for_vip, v):
-                    if str(real.address) not in addresses:
-                        addresses.append(str(real.address))
+                    if format_address(real.address) not in addresses:
+                        addresses.append(format_address(real.address))
         index = {addr: self.check(self.kc.get_index_for_real, addr) for addr in addresses}
         old = {addr: (0, 0) for addr in addresses}
 
@@ -553,8 +549,8 @@ class Cli:
         flags = self.parse_flags(flags_text, RealFlag)
         if flags is None:
             return
-        if self.update(self.kc.modify_real, addr, flags, set_flag):
-            self.log("Real modified")
+        self.update(self.kc.modify_real, addr, flags, set_flag)
+        self.log("Real modified")
 
     def real_info(self, addr: str) -> None:
         index = self.check(self.kc.get_index_for_real, addr)
@@ -662,7 +658,7 @@ class Cli:
         out = {f"tpr {name}": n for name, n in self.kc.get_tcp_server_id_routing_stats().items()}
         if vip is not None:
             sid = self.kc.get_sid_routing_stats_for_vip(vip)
-            key = f"{vip.address}:{vip.port}:{vip.proto}"
+            key = f"{format_address(vip.address)}:{vip.port}:{vip.proto}"
             out.update({f"tpr vip {key} new conns": sid.v1, f"tpr vip {key} dst_mismatch_in_lru": sid.v2})
         return out
 
@@ -676,7 +672,7 @@ class Cli:
         out = {"decap v4": decap.v1, "decap v6": decap.v2, "inline decap": inline.v1,
                "xpop decap v4": xpop.v1, "xpop decap v6": xpop.v2}
         if vip is not None:
-            out[f"decap vip {vip.address}:{vip.port}:{vip.proto}"] = self.kc.get_decap_stats_for_vip(vip).v1
+            out[f"decap vip {format_address(vip.address)}:{vip.port}:{vip.proto}"] = self.kc.get_decap_stats_for_vip(vip).v1
         return out
 
     def src_route_counters(self) -> dict:

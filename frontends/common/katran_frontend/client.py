@@ -4,9 +4,11 @@ interface katran-cli drives, and its errors.
 Values in and out are katran.models values (VipKey, Real, QuicReal, Flow,
 LbStats); method names are KatranLb's.  Failures raise:
 
-* ``OperationFailed``: the server answered "no" (Katran's Bool{success:
-  false}); ``code``/``message`` come from the trailing metadata when the
-  server sends them (ours does, Katran's C++ server does not).
+* ``OperationFailed``: the server refused an update (gRPC: status CANCELLED
+  of a Bool RPC, as Katran's C++ server answers; thrift: an exception reply);
+  ``code`` is the katran reason code when the server sends it (ours does in
+  the trailing metadata, Katran's C++ server does not: "CANCELLED"),
+  ``message`` the reason.
 * ``RpcFailed``: the call itself failed (status code != OK, server down, ...).
 
 Transports (``katran_grpc.client.GrpcKatranClient``,
@@ -43,7 +45,7 @@ class RpcFailed(KatranClientError):
 
 
 class OperationFailed(KatranClientError):
-    """The server refused the operation (Katran's Bool{success: false})."""
+    """The server refused the operation (a failed Bool RPC: status CANCELLED)."""
 
 
 class KatranClient(abc.ABC):
@@ -114,6 +116,8 @@ class KatranClient(abc.ABC):
     def get_ch_drop_stats(self) -> LbStats: ...
     @abc.abstractmethod
     def get_encap_fail_stats(self) -> LbStats: ...
+    @abc.abstractmethod
+    def get_malformed_stats(self) -> LbStats: ...
     @abc.abstractmethod
     def get_katran_lb_stats(self) -> LbStats: ...
     @abc.abstractmethod

@@ -3,7 +3,8 @@
 ``run(transport, argv)``: parse the flags (``server_flags`` plus the transport's
 own) -> ``KatranConfig`` -> the transport's checks -> ``KatranLb`` -> bind the
 transport's server -> ``lb.start()`` -> serve -> on SIGINT/SIGTERM stop serving
-(with ``-shutdown_delay``) -> ``lb.close()``.  A start-up failure prints one
+(with ``-shutdown_delay``) -> ``lb.close()``.  ``-config FILE`` (a declarative file,
+``katran.declarative``) is applied after the start and re-read on SIGHUP (``katran.daemon``).  A start-up failure prints one
 line (``<prog>: error: ...``, naming the flag of a bad config value), releases
 what was made and returns 1; bad flags print the usage and return 2.
 
@@ -26,7 +27,8 @@ from typing import Any, Optional, Sequence
 from katran.errors import KatranError
 
 from .goflags import FlagSet
-from .server_flags import add_server_flags, config_from_flags, error_line, parse_server_flags
+from .server_flags import (add_server_flags, config_from_flags, config_from_flags_and_file, error_line,
+                           parse_server_flags)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 NOT_ROOT = "must run as root (loading and attaching BPF programs needs CAP_BPF/CAP_NET_ADMIN)"
@@ -108,11 +110,15 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
     from katran.lb import KatranLb  # heavy import (cffi, libbpf) only once the flags are fine
 
+    from katran.daemon import Daemon
+
     lb = None
+    daemon = None
     serving: Optional[Serving] = None
     metrics = None
     try:
-        config = config_from_flags(ns)
+        desired = Daemon.read(ns.config) if ns.config else None
+        config = config_from_flags(ns) if desired is None else config_from_flags_and_file(ns, desired)
         prepared = transport.prepare(ns)
         if ns.metrics_addr:
             from katran.metrics import parse_metrics_addr
@@ -121,14 +127,17 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
         if os.geteuid() != 0:
             raise StartupError(NOT_ROOT)
         lb = KatranLb(config)
+        daemon = Daemon(lb, ns.config or None, desired)
         if ns.metrics_addr:
             from katran.metrics import MetricsEndpoint
 
             metrics = MetricsEndpoint(lb, ns.metrics_addr, transport.frontend or prog)
+            metrics.add_hc_checker(lambda: daemon.checker)  # the file's health checks, when it has some
         serving = transport.bind(lb, ns, prepared, rpc_metrics=metrics.rpc if metrics else None)
         if transport.log_starting:
             log.info("Starting Katran")
         lb.start()
+        daemon.start()
         if metrics is not None:
             metrics.start()
         serving.start()
@@ -137,6 +146,8 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
             metrics.stop()
         if serving is not None:
             serving.abort()
+        if daemon is not None:
+            daemon.close()
         if lb is not None:
             try:
                 lb.close()
@@ -157,10 +168,20 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
         log.info("Signal %d, stopping service in %d milliseconds.", signum, ns.shutdown_delay)
         stop.set()
 
+    reload = threading.Event()
+
+    def on_hup(_signum: int, _frame) -> None:
+        reload.set()
+
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     status = 0
     try:
-        while not stop.wait(0.5):
+        while not stop.wait(0.5 if not reload.is_set() else 0):
+            if reload.is_set():
+                reload.clear()
+                log.info("Signal %d: re-reading %s", signal.SIGHUP, ns.config or "(no -config)")
+                daemon.reload()
             if not serving.alive():
                 log.error("%s: the server ended by itself", prog)
                 status = 1
@@ -170,6 +191,7 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
         if metrics is not None:
             metrics.stop()
         log.info("Stopping Katran!")
+        daemon.close()
         try:
             lb.close()
         except KatranError as exc:

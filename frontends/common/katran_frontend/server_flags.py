@@ -29,7 +29,12 @@ FLAG_OF_FIELD = {
 
 
 def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> FlagSet:
-    """Katran's katran_server_grpc flags (names, defaults), then our extensions."""
+    """Katran's katran_server_grpc flags (names, defaults), then our extensions.
+
+    Katran's servers parse their flags with gflags: ``fs`` is switched to gflags'
+    syntax (``-noflag``, ``--flagfile=FILE``, ...; see katran_frontend.goflags).
+    """
+    fs.gflags = True
     fs.string("server", default_server, server_help)
     fs.string("intf", "eth0", "main interface")
     fs.string("hc_intf", "", "interface for healthchecking")
@@ -58,9 +63,26 @@ def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> Flag
     fs.string("katran_src_v4", "", "source address of forwarded healthchecks / GUE, v4 (default: from -hc_intf/-intf)")
     fs.string("katran_src_v6", "", "source address of forwarded healthchecks / GUE, v6 (default: from -hc_intf/-intf)")
     fs.string("xdp_mode", "native", "XDP attach mode: native, generic or offload")
+    fs.string("config", "", "declarative file (YAML): balancer options, VIPs, reals, health checks, ...; "
+              "applied at start and again on SIGHUP (flags given explicitly win over its balancer section)")
     fs.string("metrics_addr", "", "serve Prometheus metrics at http://HOST:PORT/metrics "
               "(off when empty; PORT or :PORT alone: loopback)")
     return fs
+
+
+def config_from_flags_and_file(ns, desired, netns: Optional[str] = None) -> KatranConfig:
+    """The KatranConfig of the flags and a declarative file: the file's ``balancer`` section
+    gives what no flag set explicitly (a flag on the command line wins)."""
+    import attrs
+
+    flags = config_from_flags(ns, netns)
+    merged = {a.name: getattr(flags, a.name) for a in attrs.fields(KatranConfig)}
+    for field, value in desired.balancer.items():
+        flag = FLAG_OF_FIELD.get(field, field)
+        if flag in vars(ns) and ns.is_set(flag):
+            continue
+        merged[field] = value
+    return KatranConfig(**merged)
 
 
 def hash_function_from_flag(value: str) -> HashFunction:

@@ -3,6 +3,11 @@
 
 The interface and its errors (``OperationFailed``, ``RpcFailed``) are
 ``katran_frontend.client``'s; ``client_from_flags`` is the CLI's "grpc" transport.
+A refused Bool RPC (status CANCELLED, as Katran's C++ server answers; older
+servers: Bool{success: false} with status OK) raises ``OperationFailed`` whose
+``code`` is the katran reason code from the trailing metadata when the server
+sends it (ours does; Katran's server does not: "CANCELLED") and ``message`` the
+status details.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from katran.healthcheck import HcStats
 from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey, parse_address
 from katran_frontend import GRPC_DEFAULT_SERVER
 from katran_frontend.client import KatranClient, OperationFailed, RpcFailed
+from katran_frontend.security import token_from_file
 
 from . import ERROR_CODE_KEY, ERROR_KEY
 from . import katran_ext_pb2 as ext_pb
@@ -103,8 +109,11 @@ class GrpcKatranClient(KatranClient):
     """KatranClient over gRPC: lb.katran.KatranService (+ lb.katran.ext.KatranExtService)."""
 
     def __init__(self, server: str = DEFAULT_SERVER, *, timeout: Optional[float] = 30.0,
-                 credentials: Optional[grpc.ChannelCredentials] = None, server_name: str = "") -> None:
+                 credentials: Optional[grpc.ChannelCredentials] = None, server_name: str = "",
+                 token: Optional[bytes] = None) -> None:
         options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        # a bearer token for TCP servers started with -token_file (docs/security.md)
+        self._metadata = (("authorization", "Bearer " + token.decode("ascii")),) if token else None
         if credentials is None:
             self._channel = grpc.insecure_channel(server, options=options)
         else:
@@ -120,15 +129,25 @@ class GrpcKatranClient(KatranClient):
     # ------------------------------------------------------------- plumbing
     def _call(self, stub, rpc: str, request):
         try:
-            return getattr(stub, rpc).with_call(request, timeout=self._timeout)
+            return getattr(stub, rpc).with_call(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise RpcFailed(rpc, exc.code().name, exc.details() or "") from None
+
+    def _katran_stub_call(self, rpc: str, request):
+        return getattr(self._katran, rpc).with_call(request, timeout=self._timeout)
 
     def _get(self, rpc: str, request, *, ext: bool = False):
         return self._call(self._ext if ext else self._katran, rpc, request)[0]
 
     def _ok(self, rpc: str, request) -> None:
-        response, call = self._call(self._katran, rpc, request)
+        try:
+            response, call = self._katran_stub_call(rpc, request)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise RpcFailed(rpc, exc.code().name, exc.details() or "") from None
+            meta = {m.key: m.value for m in (exc.trailing_metadata() or ())}
+            raise OperationFailed(rpc, meta.get(ERROR_CODE_KEY, "CANCELLED"),
+                                  exc.details() or meta.get(ERROR_KEY, "operation failed")) from None
         if not response.success:
             meta = {m.key: m.value for m in (call.trailing_metadata() or ())}
             raise OperationFailed(rpc, meta.get(ERROR_CODE_KEY, "UNKNOWN"), meta.get(ERROR_KEY, "operation failed"))
@@ -233,6 +252,9 @@ class GrpcKatranClient(KatranClient):
 
     def get_encap_fail_stats(self) -> LbStats:
         return _stats(self._get("getEncapFailStats", pb.Empty(), ext=True))
+
+    def get_malformed_stats(self) -> LbStats:
+        return _stats(self._get("getMalformedStats", pb.Empty(), ext=True))
 
     def get_katran_lb_stats(self) -> LbStats:
         return _stats(self._get("getKatranLbStats", pb.Empty(), ext=True))
@@ -369,8 +391,10 @@ class GrpcKatranClient(KatranClient):
 
 
 def client_from_flags(ns: Any) -> GrpcKatranClient:
-    """katran-cli's "grpc" transport: -server, -timeout, -tls_ca/-tls_cert/-tls_key, -tls_server_name."""
+    """katran-cli's "grpc" transport: -server, -timeout, -tls_ca/-tls_cert/-tls_key, -tls_server_name,
+    -token_file."""
     creds = channel_credentials(ns.tls_ca, ns.tls_cert, ns.tls_key)
     if creds is None and ns.tls_server_name:
         creds = grpc.ssl_channel_credentials()  # TLS with the system's CAs
-    return GrpcKatranClient(ns.server, timeout=ns.timeout or None, credentials=creds, server_name=ns.tls_server_name)
+    return GrpcKatranClient(ns.server, timeout=ns.timeout or None, credentials=creds, server_name=ns.tls_server_name,
+                            token=token_from_file(getattr(ns, "token_file", "")))

@@ -75,6 +75,11 @@ class KatranExtServiceStub:
                 request_serializer=katran__pb2.Empty.SerializeToString,
                 response_deserializer=katran__pb2.Stats.FromString,
                 _registered_method=True)
+        self.getMalformedStats = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getMalformedStats',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__pb2.Stats.FromString,
+                _registered_method=True)
         self.getKatranLbStats = channel.unary_unary(
                 '/lb.katran.ext.KatranExtService/getKatranLbStats',
                 request_serializer=katran__pb2.Empty.SerializeToString,
@@ -300,6 +305,13 @@ class KatranExtServiceServicer:
 
     def getEncapFailStats(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getMalformedStats(self, request, context):
+        """not in Katran: packets to a VIP dropped, v1 bad IP length, v2 martian source
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -568,6 +580,11 @@ def add_KatranExtServiceServicer_to_server(servicer, server):
             ),
             'getEncapFailStats': grpc.unary_unary_rpc_method_handler(
                     servicer.getEncapFailStats,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__pb2.Stats.SerializeToString,
+            ),
+            'getMalformedStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.getMalformedStats,
                     request_deserializer=katran__pb2.Empty.FromString,
                     response_serializer=katran__pb2.Stats.SerializeToString,
             ),
@@ -961,6 +978,33 @@ class KatranExtService:
             request,
             target,
             '/lb.katran.ext.KatranExtService/getEncapFailStats',
+            katran__pb2.Empty.SerializeToString,
+            katran__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getMalformedStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getMalformedStats',
             katran__pb2.Empty.SerializeToString,
             katran__pb2.Stats.FromString,
             options,

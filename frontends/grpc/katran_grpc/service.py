@@ -4,12 +4,18 @@ values, makes exactly one ``KatranLb`` call and translates the result back.
 Error reporting:
 
 * Katran's ``KatranService`` keeps Katran's contract for the RPCs returning
-  ``Bool``: a failure is ``Bool{success: false}`` with status OK; the reason
-  is in the trailing metadata (``katran-error``: message,
-  ``katran-error-code``: the gRPC code name the error maps to).
+  ``Bool``: a failure is status CANCELLED (as Katran's C++ server answers,
+  so Katran's Go client prints the error and exits 1); our reason is the
+  status details.
 * Every other RPC (of both services) fails with a gRPC status code chosen
   from the katran error class (see ``status_code_for``), the message as
-  details and the same trailing metadata.
+  details.
+* Both carry trailing metadata: ``katran-error`` (the message) and
+  ``katran-error-code`` (the code name the katran error maps to, e.g.
+  ALREADY_EXISTS, also for a CANCELLED Bool RPC).
+* Every text sent or logged is ASCII and truncated (``katran.errors.safe_text``):
+  gRPC metadata must be ASCII, and a 4 MB address must not come back as a
+  4 MB reply nor a 4 MB log line.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ import logging
 from typing import Any, Callable
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
 
 from katran import errors
-from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey
+from katran.errors import safe_text
+from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey, format_address
 
 from . import ERROR_CODE_KEY, ERROR_KEY
 from . import katran_ext_pb2 as ext_pb
@@ -43,47 +52,151 @@ _STATUS_CODES: tuple = (
 )
 
 
-def status_code_for(exc: errors.KatranError) -> grpc.StatusCode:
-    """The gRPC status code reporting a katran error."""
+def status_code_for(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status code reporting a katran error (INTERNAL for anything else)."""
+    if not isinstance(exc, errors.KatranError):
+        return grpc.StatusCode.INTERNAL
     for cls, code in _STATUS_CODES:
         if isinstance(exc, cls):
             return code
     return grpc.StatusCode.UNKNOWN
 
 
-def _report(context: grpc.ServicerContext, rpc: str, exc: errors.KatranError) -> grpc.StatusCode:
+def error_message(exc: BaseException) -> str:
+    """The ASCII, truncated text reporting ``exc`` to a client."""
+    if isinstance(exc, errors.KatranError):
+        return safe_text(exc)
+    return safe_text(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _report(context: grpc.ServicerContext, rpc: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
     code = status_code_for(exc)
-    message = str(exc)
-    log.info("%s failed: %s: %s", rpc, code.name, message)
+    message = error_message(exc)
+    if isinstance(exc, errors.KatranError):
+        log.info("%s failed: %s: %s", rpc, code.name, message)
+    else:
+        log.error("%s failed: %s", rpc, message, exc_info=(type(exc), exc, None))
     context.set_trailing_metadata(((ERROR_KEY, message), (ERROR_CODE_KEY, code.name)))
-    return code
+    return code, message
+
+
+class BadRequest:
+    """What the request deserializer hands over for bytes that are no valid message."""
+
+    def __init__(self, message_type, data: bytes, error: Exception) -> None:
+        self.message_type = message_type
+        self.data = data
+        self.error = error
+
+    def validation_error(self) -> errors.ValidationError:
+        found = _bad_utf8_field(self.message_type, self.data)
+        if found is not None:
+            field, raw = found
+            return errors.ValidationError(field, raw, "not valid UTF-8 text")
+        return errors.ValidationError("request", f"<{len(self.data)} bytes>",
+                                      f"not a valid {self.message_type.full_name} message: {self.error}")
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+# message type -> the name katran.models gives its fields' owner ("vip.address", "real.address", ...)
+_FIELD_OWNERS = {"lb.katran.Vip": "vip.", "lb.katran.Real": "real.", "lb.katran.QuicReal": "quic_real.",
+                 "lb.katran.ext.Flow": "flow."}
+
+
+def _bad_utf8_field(desc, data: bytes) -> "tuple[str, bytes] | None":
+    """(field name, bytes) of the first string field (in nested messages too) that is not UTF-8;
+    the name as katran's errors name it (``vip.address``, ``real.address``, ``mac``)."""
+    pos = 0
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                _, pos = _varint(data, pos)
+                continue
+            if wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+                continue
+            if wire != 2:
+                return None
+            size, pos = _varint(data, pos)
+            chunk, pos = data[pos:pos + size], pos + size
+            field = desc.fields_by_number.get(number)
+            if field is None:
+                continue
+            name = _FIELD_OWNERS.get(desc.full_name, "") + field.name
+            if field.type == field.TYPE_STRING:
+                try:
+                    chunk.decode("utf-8")
+                except UnicodeDecodeError:
+                    return name, chunk
+            elif field.type == field.TYPE_MESSAGE:
+                found = _bad_utf8_field(field.message_type, chunk)
+                if found is not None:
+                    return found
+    except ValueError:
+        return None
+    return None
+
+
+def _request_deserializer(desc) -> Callable[[bytes], Any]:
+    """FromString, but bytes that do not parse become a BadRequest (answered INVALID_ARGUMENT /
+    CANCELLED naming the field) instead of gRPC's bare "INTERNAL: Exception deserializing request!"."""
+    cls = message_factory.GetMessageClass(desc)
+
+    def parse(data: bytes):
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return BadRequest(desc, data, exc)
+
+    return parse
+
+
+def _check_request(request) -> None:
+    if isinstance(request, BadRequest):
+        raise request.validation_error()
 
 
 def _bool_rpc(method: Callable[[Any, Any], None]) -> Callable:
-    """Katran's Bool contract: success=True, or success=False + reason in trailers."""
+    """Katran's Bool contract: success=True, or status CANCELLED with the reason as details."""
 
     @functools.wraps(method)
     def handler(self, request, context):
         try:
+            _check_request(request)
             method(self, request)
-        except errors.KatranError as exc:
-            _report(context, method.__name__, exc)
-            return pb.Bool(success=False)
+        except Exception as exc:  # noqa: BLE001 - every failure is a clean CANCELLED
+            _, message = _report(context, method.__name__, exc)
+            context.abort(grpc.StatusCode.CANCELLED, message)
         return pb.Bool(success=True)
 
     return handler
 
 
 def _rpc(method: Callable[[Any, Any], Any]) -> Callable:
-    """Value-returning RPC: a katran error aborts with the matching status code."""
+    """Value-returning RPC: an error aborts with the matching status code."""
 
     @functools.wraps(method)
     def handler(self, request, context):
         try:
+            _check_request(request)
             return method(self, request)
-        except errors.KatranError as exc:
-            code = _report(context, method.__name__, exc)
-            context.abort(code, str(exc))
+        except Exception as exc:  # noqa: BLE001 - never an "Exception calling application" with raw text
+            code, message = _report(context, method.__name__, exc)
+            context.abort(code, message)
 
     return handler
 
@@ -99,7 +212,7 @@ def vip_from_msg(msg: pb.Vip) -> VipKey:
 
 
 def vip_to_msg(vip: VipKey) -> pb.Vip:
-    return pb.Vip(address=str(vip.address), port=vip.port, protocol=vip.proto)
+    return pb.Vip(address=format_address(vip.address), port=vip.port, protocol=vip.proto)
 
 
 def real_from_msg(msg: pb.Real) -> Real:
@@ -107,7 +220,7 @@ def real_from_msg(msg: pb.Real) -> Real:
 
 
 def real_to_msg(real: Real) -> pb.Real:
-    return pb.Real(address=str(real.address), weight=_int32(real.weight), flags=real.flags)
+    return pb.Real(address=format_address(real.address), weight=_int32(real.weight), flags=real.flags)
 
 
 def action_from_msg(value: int) -> ModifyAction:
@@ -217,7 +330,7 @@ class KatranServicer(pb_grpc.KatranServiceServicer):
     @_rpc
     def getQuicRealsMapping(self, request: pb.Empty) -> pb.QuicReals:
         qreals = self._lb.get_quic_reals_mapping()
-        return pb.QuicReals(qreals=[pb.QuicReal(address=str(q.address), id=_int32(q.id)) for q in qreals])
+        return pb.QuicReals(qreals=[pb.QuicReal(address=format_address(q.address), id=_int32(q.id)) for q in qreals])
 
     @_rpc
     def getStatsForVip(self, request: pb.Vip) -> pb.Stats:
@@ -250,7 +363,7 @@ class KatranServicer(pb_grpc.KatranServiceServicer):
     @_rpc
     def getHealthcheckersDst(self, request: pb.Empty) -> pb.hcMap:
         dsts = self._lb.get_healthcheckers_dst()
-        return pb.hcMap(healthchecks={_int32(somark): str(addr) for somark, addr in dsts.items()})
+        return pb.hcMap(healthchecks={_int32(somark): format_address(addr) for somark, addr in dsts.items()})
 
 
 class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
@@ -292,6 +405,10 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
         return stats_to_msg(self._lb.get_encap_fail_stats())
 
     @_rpc
+    def getMalformedStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_malformed_stats())
+
+    @_rpc
     def getKatranLbStats(self, request: pb.Empty) -> pb.Stats:
         return stats_to_msg(self._lb.get_katran_lb_stats())
 
@@ -315,7 +432,7 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
     def getRealForFlow(self, request: ext_pb.Flow) -> ext_pb.RealForFlow:
         flow = Flow(request.src, request.dst, request.src_port, request.dst_port, request.protocol)
         address = self._lb.get_real_for_flow(flow)
-        return ext_pb.RealForFlow(found=address is not None, address=str(address or ""))
+        return ext_pb.RealForFlow(found=address is not None, address="" if address is None else format_address(address))
 
     @_rpc
     def lookupFlow(self, request: ext_pb.FlowLookup) -> ext_pb.FlowRoute:
@@ -475,7 +592,21 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
         return stats_to_msg(self._lb.get_sid_routing_stats_for_vip(vip_from_msg(request)))
 
 
+def _add_servicer(server: grpc.Server, servicer, service_desc) -> None:
+    """What the generated add_*Servicer_to_server does, with our request deserializers."""
+    handlers = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, m.name),
+            request_deserializer=_request_deserializer(m.input_type),
+            response_serializer=lambda msg: msg.SerializeToString(),
+        )
+        for m in service_desc.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_desc.full_name, handlers),))
+    server.add_registered_method_handlers(service_desc.full_name, handlers)
+
+
 def add_services(server: grpc.Server, lb) -> None:
     """Register both katran services over ``lb`` on ``server``."""
-    pb_grpc.add_KatranServiceServicer_to_server(KatranServicer(lb), server)
-    ext_grpc.add_KatranExtServiceServicer_to_server(KatranExtServicer(lb), server)
+    _add_servicer(server, KatranServicer(lb), pb.DESCRIPTOR.services_by_name["KatranService"])
+    _add_servicer(server, KatranExtServicer(lb), ext_pb.DESCRIPTOR.services_by_name["KatranExtService"])

@@ -13,6 +13,7 @@ extension service, which Katran's thrift service does not have, raise
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from typing import Any, NoReturn, Optional
 
@@ -28,6 +29,7 @@ from katran.errors import ValidationError
 from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey
 from katran_frontend import THRIFT_DEFAULT_SERVER
 from katran_frontend.client import KatranClient, OperationFailed, RpcFailed
+from katran_frontend.security import token_from_file, unix_path
 
 from .gen import KatranService
 from .gen.ttypes import Healthcheck, Mac, QuicReal as TQuicReal, Real as TReal, RealMeta, Stats, Vip, VipMeta
@@ -41,6 +43,10 @@ _NOT_IN_THRIFT = "not part of Katran's thrift KatranService (use the gRPC server
 
 def split_server(server: str) -> tuple[str, int]:
     """'host:port' / '[v6]:port' -> (host, port); ValidationError(field 'server') otherwise."""
+    if unix_path(server) is not None:
+        if not unix_path(server):
+            raise ValidationError("server", server, "expected unix:PATH with a path")
+        return unix_path(server), 0
     host, sep, port = str(server).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValidationError("server", server, "expected host:port")
@@ -64,6 +70,18 @@ def _real(real: Real) -> TReal:
     return TReal(address=str(real.address), weight=_i32(real.weight, "real.weight"), flags=real.flags)
 
 
+def _code_of(exc: TApplicationException) -> str:
+    """The gRPC status name for an error reply (our server's refusals have their own texts)."""
+    text = exc.message or ""
+    if exc.type == TApplicationException.UNKNOWN_METHOD:
+        return "UNIMPLEMENTED"
+    if text.startswith("unauthenticated:"):
+        return "UNAUTHENTICATED"
+    if exc.type == TApplicationException.PROTOCOL_ERROR and " exceeds -max_" in text:
+        return "RESOURCE_EXHAUSTED"  # what gRPC answers to a request over its size limits
+    return "UNKNOWN"
+
+
 def _stats(stats: Stats) -> LbStats:
     return LbStats(stats.v1 or 0, stats.v2 or 0)
 
@@ -71,19 +89,30 @@ def _stats(stats: Stats) -> LbStats:
 class ThriftKatranClient(KatranClient):
     """KatranClient over Katran's thrift KatranService (ours or Katran's C++ server).
 
-    ``transport``: header (fbthrift's default), framed or buffered;
-    ``protocol``: compact or binary.  Connects lazily, reconnects after a
-    transport error; one call at a time (a lock serialises threads).
+    ``server``: host:port or unix:PATH; ``transport``: header (fbthrift's
+    default), framed or buffered; ``protocol``: compact or binary;
+    ``ssl_context``: TLS (with a client certificate for mTLS servers);
+    ``token``: bearer token for servers started with -token_file (sent in the
+    THeader 'authorization' header, so it needs the header transport).
+    Connects lazily, reconnects after a transport error; one call at a time
+    (a lock serialises threads).
     """
 
     def __init__(self, server: str = DEFAULT_SERVER, *, transport: str = "header", protocol: str = "compact",
-                 timeout: Optional[float] = 30.0) -> None:
+                 timeout: Optional[float] = 30.0, ssl_context: Optional[ssl.SSLContext] = None,
+                 server_name: str = "", token: Optional[bytes] = None) -> None:
         if transport not in TRANSPORTS:
             raise ValidationError("transport", transport, f"expected one of {', '.join(TRANSPORTS)}")
         if protocol not in PROTOCOLS:
             raise ValidationError("protocol", protocol, f"expected one of {', '.join(PROTOCOLS)}")
+        if token and transport != "header":
+            raise ValidationError("thrift_transport", transport, "a token travels in THeader headers: use header")
         self.host, self.port = split_server(server)
+        self.unix = unix_path(server) is not None
         self.server = server
+        self._ssl = ssl_context
+        self._server_name = server_name
+        self._token = token
         self.transport = transport
         self.protocol = protocol
         self._timeout = timeout
@@ -92,10 +121,28 @@ class ThriftKatranClient(KatranClient):
         self._client: Optional[KatranService.Client] = None
 
     # ------------------------------------------------------------- plumbing
+    def _open_socket(self) -> socket.socket:
+        if self.unix:
+            raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            raw.settimeout(self._timeout)
+            try:
+                raw.connect(self.host)
+            except OSError:
+                raw.close()
+                raise
+        else:
+            raw = socket.create_connection((self.host, self.port), timeout=self._timeout)
+        if self._ssl is not None:
+            try:
+                raw = self._ssl.wrap_socket(raw, server_hostname=self._server_name or self.host)
+            except (OSError, ssl.SSLError):
+                raw.close()
+                raise
+        return raw
+
     def _connect(self) -> KatranService.Client:
-        sock = TSocket(self.host, self.port, socket_family=socket.AF_UNSPEC)
-        if self._timeout:
-            sock.setTimeout(self._timeout * 1000.0)
+        sock = TSocket()
+        sock.setHandle(self._open_socket())
         if self.transport == "header":
             subproto = THeaderSubprotocolID.COMPACT if self.protocol == "compact" else THeaderSubprotocolID.BINARY
             proto = THeaderProtocol(sock, [THeaderClientType.HEADERS], subproto)
@@ -104,7 +151,6 @@ class ThriftKatranClient(KatranClient):
             trans = TFramedTransport(sock) if self.transport == "framed" else TBufferedTransport(sock)
             factory = TCompactProtocolAccelerated if self.protocol == "compact" else TBinaryProtocolAccelerated
             proto = factory(trans)
-        trans.open()
         self._trans = trans
         return KatranService.Client(proto)
 
@@ -126,10 +172,11 @@ class ThriftKatranClient(KatranClient):
             try:
                 if self._client is None:
                     self._client = self._connect()
+                if self._token:  # the THeader transport sends its headers with the next frame only
+                    self._trans.set_header(b"authorization", b"Bearer " + self._token)
                 return getattr(self._client, rpc)(*args)
             except TApplicationException as exc:  # the server answered with an error
-                code = "UNIMPLEMENTED" if exc.type == TApplicationException.UNKNOWN_METHOD else "UNKNOWN"
-                raise RpcFailed(rpc, code, exc.message or "") from None
+                raise RpcFailed(rpc, _code_of(exc), exc.message or "") from None
             except TTransportException as exc:
                 self._drop()
                 code = "DEADLINE_EXCEEDED" if exc.type == TTransportException.TIMED_OUT else "UNAVAILABLE"
@@ -249,6 +296,9 @@ class ThriftKatranClient(KatranClient):
     def get_encap_fail_stats(self) -> LbStats:
         self._unimplemented("getEncapFailStats")
 
+    def get_malformed_stats(self) -> LbStats:
+        self._unimplemented("getMalformedStats")
+
     def get_katran_lb_stats(self) -> LbStats:
         self._unimplemented("getKatranLbStats")
 
@@ -268,15 +318,41 @@ class ThriftKatranClient(KatranClient):
         self._unimplemented("getHealthcheckProgramStats")
 
 
+def tls_client_context(ca: str = "", cert: str = "", key: str = "", server_name: str = "") -> Optional[ssl.SSLContext]:
+    """A client TLS context (CA to verify the server, cert/key for mTLS), or None for plaintext."""
+    if not (ca or cert or key or server_name):
+        return None
+    if bool(cert) != bool(key):
+        raise ValidationError("tls_cert" if not cert else "tls_key", cert or key,
+                              "mTLS needs both -tls_cert and -tls_key")
+    try:
+        ctx = ssl.create_default_context(cafile=ca or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValidationError("tls_ca", ca, f"cannot load: {getattr(exc, 'strerror', None) or exc}") from None
+    if cert:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise ValidationError("tls_cert", cert, f"cannot load certificate/key: {reason}") from None
+    return ctx
+
+
 def client_from_flags(ns: Any) -> ThriftKatranClient:
     """katran-cli's ``client_factory``: -thrift_server (else an explicit -server, else
-    127.0.0.1:12307), -thrift_transport, -thrift_protocol, -timeout (missing flags: defaults)."""
+    unix:/run/katran/katran-thrift.sock), -thrift_transport, -thrift_protocol, -timeout,
+    -tls_ca/-tls_cert/-tls_key/-tls_server_name, -token_file (missing flags: defaults)."""
     server = getattr(ns, "thrift_server", "")
     if not server and hasattr(ns, "is_set") and ns.is_set("server"):
         server = ns.server
+    server_name = getattr(ns, "tls_server_name", "")
     return ThriftKatranClient(
         server or DEFAULT_SERVER,
         transport=getattr(ns, "thrift_transport", "") or "header",
         protocol=getattr(ns, "thrift_protocol", "") or "compact",
         timeout=getattr(ns, "timeout", 30.0) or None,
+        ssl_context=tls_client_context(getattr(ns, "tls_ca", ""), getattr(ns, "tls_cert", ""),
+                                       getattr(ns, "tls_key", ""), server_name),
+        server_name=server_name,
+        token=token_from_file(getattr(ns, "token_file", "")),
     )

@@ -3,7 +3,9 @@
 Translation only: thrift structs -> katran value classes and back.  Every
 error (bad input, unknown VIP, ...) is re-raised as a
 ``TApplicationException(INTERNAL_ERROR, message)``, which the generated
-processor sends to the client as a regular thrift exception reply.
+processor sends to the client as a regular thrift exception reply.  The
+message (and the log line) is ASCII and truncated
+(``katran.errors.safe_text``, the same helper as the gRPC server's).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any, Callable, Dict, List, Optional, TypeVar
 from thrift.Thrift import TApplicationException
 
 from katran import KatranError, KatranLb, LbStats, ModifyAction, QuicReal, Real, ValidationError, VipKey
+from katran.errors import safe_text
+from katran.models import format_address
 
 from .gen import KatranService
 from .gen.ttypes import Action, Healthcheck, Mac, QuicReal as TQuicReal, Real as TReal
@@ -51,11 +55,11 @@ def rpc(method: F) -> F:
         try:
             return method(*args, **kwargs)
         except KatranError as exc:
-            message, cause = str(exc), exc
+            message, cause = safe_text(exc), exc
+            log.info("%s failed: %s", method.__name__, message)
         except Exception as exc:  # noqa: BLE001 - the client must get a message, never a bare drop
-            log.exception("%s: unexpected error", method.__name__)
-            message, cause = f"{type(exc).__name__}: {exc}", exc
-        log.info("%s failed: %s", method.__name__, message)
+            message, cause = safe_text(f"internal error: {type(exc).__name__}: {exc}"), exc
+            log.error("%s failed: %s", method.__name__, message, exc_info=(type(exc), exc, None))
         error = TApplicationException(TApplicationException.INTERNAL_ERROR, message)
         error.katran_error = cause  # for the RPC metrics (katran_thrift.metrics)
         raise error
@@ -69,7 +73,7 @@ def vip_key(vip: Optional[Vip]) -> VipKey:
 
 
 def vip_struct(vip: VipKey) -> Vip:
-    return Vip(address=str(vip.address), port=vip.port, protocol=vip.proto)
+    return Vip(address=format_address(vip.address), port=vip.port, protocol=vip.proto)
 
 
 def real_value(real: Optional[TReal]) -> Real:
@@ -78,7 +82,7 @@ def real_value(real: Optional[TReal]) -> Real:
 
 
 def real_struct(real: Real) -> TReal:
-    return TReal(address=str(real.address), weight=_i32(real.weight), flags=real.flags)
+    return TReal(address=format_address(real.address), weight=_i32(real.weight), flags=real.flags)
 
 
 def quic_real_value(real: Optional[TQuicReal]) -> QuicReal:
@@ -87,7 +91,7 @@ def quic_real_value(real: Optional[TQuicReal]) -> QuicReal:
 
 
 def quic_real_struct(real: QuicReal) -> TQuicReal:
-    return TQuicReal(address=str(real.address), id=_i32(real.id))
+    return TQuicReal(address=format_address(real.address), id=_i32(real.id))
 
 
 def modify_action(action: Optional[int]) -> ModifyAction:
@@ -213,4 +217,4 @@ class KatranThriftHandler(KatranService.Iface):
 
     @rpc
     def getHealthcheckersDst(self) -> Dict[int, str]:
-        return {_i32(k): str(v) for k, v in self.lb.get_healthcheckers_dst().items()}
+        return {_i32(k): format_address(v) for k, v in self.lb.get_healthcheckers_dst().items()}

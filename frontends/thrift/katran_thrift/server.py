@@ -9,24 +9,25 @@ detected per message and the reply is written in the same dialect.
 from __future__ import annotations
 
 import logging
-import selectors
+import os
 import socket
+import ssl
 import sys
 import threading
 import time
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import Optional, Sequence, Tuple
 
-from thrift.protocol.THeaderProtocol import THeaderProtocol
-from thrift.transport.THeaderTransport import THeaderClientType
-from thrift.transport.TSocket import TSocket
-from thrift.transport.TTransport import TTransportException
-
+from katran.errors import ValidationError
 from katran_frontend import THRIFT_DEFAULT_SERVER
 from katran_frontend import server as lifecycle
+from katran_frontend.security import (
+    add_transport_flags, limits_from_flags, prepare_unix_socket, secure_unix_socket, token_from_flags, unix_path,
+)
 from katran_frontend.server_flags import config_from_flags  # noqa: F401  (the server's flags -> KatranConfig)
 
 from .gen import KatranService
 from .handler import KatranThriftHandler
+from .transport import ServerLimits, ThriftTransportServer
 
 log = logging.getLogger("katran_thrift.server")
 
@@ -47,40 +48,62 @@ class _QuietHandlerErrors(logging.Filter):
 
 _QUIET_FILTER = _QuietHandlerErrors()
 
-ALL_CLIENT_TYPES = (
-    THeaderClientType.HEADERS,
-    THeaderClientType.FRAMED_BINARY,
-    THeaderClientType.UNFRAMED_BINARY,
-    THeaderClientType.FRAMED_COMPACT,
-    THeaderClientType.UNFRAMED_COMPACT,
-)
-
-
 def parse_host_port(text: str) -> Tuple[str, int]:
     """'host:port', '[v6]:port' or ':port' -> (host, port); ValueError if malformed."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"expected host:port, got {text!r}")
+        raise ValueError(f"expected host:port or unix:PATH, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host or "0.0.0.0", int(port)
 
 
-class KatranThriftServer:
-    """Threaded thrift server: one thread per connection, all dialects on one port."""
+def tls_server_context(cert: str = "", key: str = "", client_ca: str = "") -> Optional[ssl.SSLContext]:
+    """A server TLS context from PEM files, or None for plaintext; client_ca
+    requires client certificates signed by it (mTLS).  Same flags as the gRPC server."""
+    if not (cert or key or client_ca):
+        return None
+    if not cert or not key:
+        raise ValidationError("tls_cert" if not cert else "tls_key", cert or key or "",
+                              "TLS needs both -tls_cert and -tls_key")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ValidationError("tls_cert", cert, f"cannot load certificate/key: {reason}") from None
+    if client_ca:
+        try:
+            ctx.load_verify_locations(client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise ValidationError("tls_client_ca", client_ca, f"cannot load: {reason}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
-    def __init__(self, handler: KatranService.Iface, host: str = "127.0.0.1", port: int = 12307) -> None:
-        self.processor = KatranService.Processor(handler)
+
+class KatranThriftServer:
+    """KatranService on one listener (TCP ``host``/``port``, or ``host="unix:PATH"``),
+    all dialects, limits, TLS and token as in ``transport.ThriftTransportServer``."""
+
+    def __init__(self, handler: KatranService.Iface, host: str = "127.0.0.1", port: int = 12307, *,
+                 limits: ServerLimits = ServerLimits(), ssl_context: Optional[ssl.SSLContext] = None,
+                 token: Optional[bytes] = None) -> None:
+        processor = KatranService.Processor(handler)
         root = logging.getLogger()
         if _QUIET_FILTER not in root.filters:
             root.addFilter(_QUIET_FILTER)
-        self._listener = self._listen(host, port)
-        self.address: Tuple[str, int] = self._listener.getsockname()[:2]
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._conns: Set[socket.socket] = set()
-        self._threads: List[threading.Thread] = []
+        path = unix_path(host)
+        listener = self._listen_unix(path) if path is not None else self._listen(host, port)
+        self.unix_path: Optional[str] = path
+        if path is not None:
+            self.address = path
+        else:
+            self.address: Tuple[str, int] = listener.getsockname()[:2]
+        self._core = ThriftTransportServer(processor, listener, limits=limits, ssl_context=ssl_context, token=token)
+        self.processor = processor
+        self.limits = limits
 
     @staticmethod
     def _listen(host: str, port: int) -> socket.socket:
@@ -98,50 +121,52 @@ class KatranThriftServer:
             raise
         return sock
 
+    @staticmethod
+    def _listen_unix(path: str) -> socket.socket:
+        prepare_unix_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # born 0600: never reachable before secure_unix_socket
+        try:
+            sock.bind(path)
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            os.umask(old)
+        try:
+            secure_unix_socket(path)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            os.unlink(path)
+            raise
+        return sock
+
     @property
     def port(self) -> int:
-        return self.address[1]
+        return 0 if self.unix_path is not None else self.address[1]
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return self._core.connections
+
+    def display_address(self) -> str:
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        host, port = self.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def serve_forever(self) -> None:
         """Accept and serve connections until ``shutdown()``."""
-        sel = selectors.DefaultSelector()
-        sel.register(self._listener, selectors.EVENT_READ)
-        sel.register(self._wake_r, selectors.EVENT_READ)
         try:
-            while not self._stopping.is_set():
-                for key, _ in sel.select():
-                    if key.fileobj is self._listener and not self._stopping.is_set():
-                        self._accept()
+            self._core.serve_forever()
         finally:
-            sel.close()
-            self._close_all()
-
-    def _accept(self) -> None:
-        try:
-            conn, _ = self._listener.accept()
-        except OSError:
-            return
-        with self._lock:
-            self._conns.add(conn)
-        thread = threading.Thread(target=self._serve_conn, args=(conn,), name="katran-thrift-conn", daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
-
-    def _serve_conn(self, conn: socket.socket) -> None:
-        trans = TSocket()
-        trans.setHandle(conn)
-        proto = THeaderProtocol(trans, ALL_CLIENT_TYPES)
-        try:
-            while not self._stopping.is_set():
-                self.processor.process(proto, proto)
-        except TTransportException:
-            pass  # peer closed, or a frame we cannot parse: drop the connection
-        except Exception:  # noqa: BLE001 - keep serving the other connections
-            log.exception("connection error")
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-            conn.close()
+            if self.unix_path is not None:
+                try:
+                    os.unlink(self.unix_path)
+                except OSError:
+                    pass
 
     def start(self) -> threading.Thread:
         """Serve in a background thread (tests); returns the thread."""
@@ -151,27 +176,7 @@ class KatranThriftServer:
 
     def shutdown(self) -> None:
         """Stop accepting, close every connection; safe from any thread, idempotent."""
-        if self._stopping.is_set():
-            return
-        self._stopping.set()
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass
-
-    def _close_all(self) -> None:
-        self._listener.close()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._wake_r.close()
-        self._wake_w.close()
+        self._core.shutdown()
 
 
 # ---------------------------------------------------------------------------
@@ -187,8 +192,7 @@ class _Serving(lifecycle.Serving):
 
     def __init__(self, server: KatranThriftServer) -> None:
         self.server = server
-        host, port = server.address
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.address = server.display_address()
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
@@ -214,31 +218,41 @@ class _Serving(lifecycle.Serving):
 
 
 class ThriftTransport(lifecycle.Transport):
-    """katran-server-thrift's part of the lifecycle: -server as host:port, a KatranThriftServer."""
+    """katran-server-thrift's part of the lifecycle: -server as unix:PATH or host:port, TLS, token
+    and limits flags, a KatranThriftServer."""
 
     prog = PROG
     summary = "katran thrift server (Katran-compatible lb.katran KatranService)"
     default_server = DEFAULT_SERVER
-    server_help = "Service server:port (Katran's thrift example port is 12307)"
+    server_help = ("Service address: unix:PATH or host:port (Katran's thrift example port is 12307; "
+                   "a TCP listener needs -tls_client_ca, -token_file or -insecure)")
     frontend = "thrift"
 
-    def prepare(self, ns) -> Tuple[str, int]:
-        try:
-            host_port = parse_host_port(ns.server)
-        except ValueError as exc:
-            raise lifecycle.StartupError(f"-server: {exc}") from None
+    def add_flags(self, fs) -> None:
+        add_transport_flags(fs, "thrift")
+
+    def prepare(self, ns) -> dict:
+        if unix_path(ns.server) is not None:
+            host, port = ns.server, 0
+        else:
+            try:
+                host, port = parse_host_port(ns.server)
+            except ValueError as exc:
+                raise lifecycle.StartupError(f"-server: {exc}") from None
         if ns.shutdown_delay < 0:
             raise lifecycle.StartupError(f"-shutdown_delay={ns.shutdown_delay}: must not be negative")
-        return host_port
+        return dict(host=host, port=port, limits=limits_from_flags(ns, ServerLimits, "thrift"),
+                    ssl_context=tls_server_context(ns.tls_cert, ns.tls_key, ns.tls_client_ca),
+                    token=token_from_flags(ns))
 
-    def bind(self, lb, ns, prepared: Tuple[str, int], rpc_metrics=None) -> lifecycle.Serving:
+    def bind(self, lb, ns, prepared: dict, rpc_metrics=None) -> lifecycle.Serving:
         handler = KatranThriftHandler(lb)
         if rpc_metrics is not None:  # katran.metrics.RpcMetrics: every RPC counted and timed
             from .metrics import instrumented
 
             handler = instrumented(handler, rpc_metrics)
         try:
-            return _Serving(KatranThriftServer(handler, *prepared))
+            return _Serving(KatranThriftServer(handler, **prepared))
         except OSError as exc:
             raise lifecycle.StartupError(f"cannot listen on {ns.server}: {exc.strerror or exc}") from None
 
