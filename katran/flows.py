@@ -83,7 +83,8 @@ class FlowRoute:
 
     ``source``: "lru" (an existing connection-table entry, in table ``lru_source``),
     "src_routing" (a source-routing rule), "ring" (the VIP's Maglev ring, slot
-    ``ring_slot``) or "none" (the ring slot is empty: the packet is dropped).
+    ``ring_slot``), "none" (the ring slot is empty: the packet is dropped) or
+    "martian" (a source no client can have: the packet is dropped as malformed).
     """
 
     vip: VipKey
@@ -407,6 +408,15 @@ def flow_hash(src: IPAddress, src_port: int, dst_port: int, ring_size: int, max_
     return maglev.jhash_2words(first, ports, seed)
 
 
+def _src_is_martian(src: IPAddress) -> bool:
+    """A source no client can have, as the balancer drops it (parsing.h src_is_martian):
+    0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/4, 255.255.255.255; ::, ::1, ff00::/8."""
+    raw = src.packed
+    if src.version == 6:
+        return raw[0] == 0xFF or int.from_bytes(raw, "big") <= 1
+    return raw[0] in (0, 127) or raw[0] & 0xF0 == 0xE0 or raw == b"\xff\xff\xff\xff"
+
+
 def _lpm_match(rules: dict, src: IPAddress) -> Optional[int]:
     best, best_len = None, -1
     for net, num in rules.items():
@@ -438,6 +448,8 @@ def route_flow(view: FlowTableView, flow: Flow, *, cpu: Optional[int] = None) ->
             raise NotFoundError("vip", f"for flow to {VipKey(flow.dst, flow.dst_port, flow.proto)}")
         if not state.flags & (VipFlag.DPORT_HASH | VipFlag.HASH_SRC_DST_PORT):
             dport = 0
+    if _src_is_martian(src):
+        return FlowRoute(vip, None, 0, "martian")  # the data plane drops it (and counts it malformed)
     if state.flags & VipFlag.NO_SPORT:
         sport = 0
 

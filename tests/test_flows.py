@@ -50,10 +50,12 @@ def flows_for(vip: VipKey, n: int, seed: int) -> list:
     rnd = random.Random(seed)
     out = []
     for _ in range(n):
+        # client addresses (the program drops martian sources: 0/8, 127/8, multicast, ff00::/8)
         if vip.is_v6:
-            src = str(ipaddress.IPv6Address(rnd.getrandbits(128) | (0xFC00 << 112)))
+            src = str(ipaddress.IPv6Address((0xFC00 << 112) | rnd.getrandbits(112)))
         else:
-            src = str(ipaddress.IPv4Address(rnd.getrandbits(32) | 0x01000000))
+            first = rnd.choice([b for b in range(1, 224) if b != 127])
+            src = str(ipaddress.IPv4Address((first << 24) | rnd.getrandbits(24)))
         dport = vip.port or rnd.randrange(1, 65536)
         out.append(Flow(src, str(vip.address), rnd.randrange(1, 65536), dport, vip.proto))
     return out
@@ -168,6 +170,11 @@ def test_unknown_vip_is_an_error_in_side_effect_free_mode(lb):
         lb.lookup_flow(Flow("1.2.3.4", "10.9.9.9", 1, 80, "tcp"))
     with pytest.raises(ValidationError, match="flow.src"):
         lb.lookup_flow(Flow("fc00::1", "10.200.5.1", 1, 80, "tcp"))
+    # a martian source: dropped by the program, no real here either
+    for src in ("127.0.0.1", "224.0.0.5", "0.1.2.3", "255.255.255.255"):
+        f = Flow(src, "10.200.5.1", 1, 80, "tcp")
+        assert lb.lookup_flow(f).source == "martian" and live_real(lb, f) is None
+    assert lb.lookup_flow(Flow("240.0.0.1", "10.200.5.1", 1, 80, "tcp")).source == "ring"
     # a VIP without reals: no real, not an error
     lb.add_vip(VipKey("10.200.5.2", 80, "tcp"))
     route = lb.lookup_flow(Flow("1.2.3.4", "10.200.5.2", 1, 80, "tcp"))

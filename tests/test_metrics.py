@@ -69,6 +69,7 @@ def traffic(n: int) -> list:
                 eth(IP(src="192.168.9.9", dst="10.99.99.99") / TCP(sport=sport, dport=80)),  # not a VIP: pass
                 eth(IP(src="192.168.9.9", dst="10.200.1.3") / TCP(sport=sport, dport=80)),  # no reals: CH drop
                 eth(IP(src="192.168.9.9", dst="10.200.1.1") / TCP(sport=sport, dport=80) / (b"x" * 1600)),
+                eth(IP(src="127.0.0.1", dst="10.200.1.1") / TCP(sport=sport, dport=80)),  # martian: malformed
             ]
     return frames
 
@@ -189,6 +190,7 @@ def test_scrape_under_traffic_equals_the_getters(busy_lb):
     assert value(samples, "katran_lru_tcp_misses_total", **{"class": "syn"}) == 60 + 12  # + the empty VIP's
     assert value(samples, "katran_real_packets_total", real="10.0.0.9") == 60
     assert value(samples, "katran_hc_packets_total", result="processed") == 3  # the marked probes
+    assert value(samples, "katran_malformed_packets_total", reason="martian_source") == 12
     # prometheus conventions: katran_ prefix, counters end in _total, per-VIP label format
     assert all(name.startswith("katran_") for name in types)
     assert types["katran_vip_packets"] == "counter" and types["katran_vips"] == "gauge"

@@ -33,7 +33,7 @@ def value(samples: dict, name: str, **labels) -> float:
 
 def start_server(module: str, *flags: str):
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, "-testing", "-server=127.0.0.1:0", "-hc_forwarding=false",
+        [sys.executable, "-m", module, "-testing", "-server=127.0.0.1:0", "-insecure", "-hc_forwarding=false",
          "-shutdown_delay=0", "-max_vips=8", "-max_reals=16", *flags],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
     )
@@ -99,7 +99,7 @@ def test_server_serves_metrics_with_rpc_counts(frontend):
 @pytest.mark.parametrize("frontend", ["grpc", "thrift"])
 def test_metrics_addr_off_by_default_and_bad_values_name_the_flag(frontend):
     module = "katran_grpc.server" if frontend == "grpc" else "katran_thrift.server"
-    proc = subprocess.Popen([sys.executable, "-m", module, "-testing", "-server=127.0.0.1:0", "-shutdown_delay=0",
+    proc = subprocess.Popen([sys.executable, "-m", module, "-testing", "-server=127.0.0.1:0", "-insecure", "-shutdown_delay=0",
                              "-hc_forwarding=false"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
@@ -111,7 +111,7 @@ def test_metrics_addr_off_by_default_and_bad_values_name_the_flag(frontend):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    bad = subprocess.run([sys.executable, "-m", module, "-testing", "-server=127.0.0.1:0", "-hc_forwarding=false",
+    bad = subprocess.run([sys.executable, "-m", module, "-testing", "-server=127.0.0.1:0", "-insecure", "-hc_forwarding=false",
                           "-metrics_addr=::1:9100"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     [line] = [ln for ln in bad.stderr.splitlines() if ln.strip()]

@@ -1,9 +1,9 @@
 """RPC metrics of the gRPC server: a server interceptor feeding ``katran.metrics.RpcMetrics``.
 
-Every unary RPC is counted by method and status and timed. The status is the gRPC
-status code name; an RPC of Katran's ``Bool`` contract that answered
-``success: false`` (status OK) counts with the code its trailing metadata names
-(``katran-error-code``), so refused operations are visible too.
+Every unary RPC is counted by method and status and timed. The status is the code the
+service names in the ``katran-error-code`` trailer of a failed RPC (``ALREADY_EXISTS``,
+``NOT_FOUND``, ...: Katran's ``Bool`` RPCs answer CANCELLED for every failure, so the
+trailer tells more), else the gRPC status code name.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from . import ERROR_CODE_KEY
 
 
 def _status(context: grpc.ServicerContext, failed: bool) -> str:
-    code = context.code()
-    if code is not None and code != grpc.StatusCode.OK:
-        return code.name
+    """The katran error code of a failed RPC when the service named one (Katran's Bool RPCs
+    answer CANCELLED for every failure), else the gRPC status code."""
     for key, value in context.trailing_metadata() or ():
         if key == ERROR_CODE_KEY:
             return str(value)
+    code = context.code()
+    if code is not None and code != grpc.StatusCode.OK:
+        return code.name
     return "UNKNOWN" if failed else "OK"
 
 
