@@ -134,7 +134,7 @@ class GrpcKatranClient(KatranClient):
             raise RpcFailed(rpc, exc.code().name, exc.details() or "") from None
 
     def _katran_stub_call(self, rpc: str, request):
-        return getattr(self._katran, rpc).with_call(request, timeout=self._timeout)
+        return getattr(self._katran, rpc).with_call(request, timeout=self._timeout, metadata=self._metadata)
 
     def _get(self, rpc: str, request, *, ext: bool = False):
         return self._call(self._ext if ext else self._katran, rpc, request)[0]
