@@ -26,7 +26,7 @@ import numpy as np
 
 from . import maglev, structs
 from .errors import NotFoundError, ValidationError
-from .models import Flow, IPAddress, VipFlag, VipKey
+from .models import Flow, IPAddress, VipFlag, VipKey, parse_address
 
 FALLBACK = "fallback"
 # flow_key / real_pos_lru as numpy records (structs.h; ports in network order)
@@ -138,16 +138,14 @@ def _ktime_ns() -> int:
 
 
 def parse_prefix(value: object, field: str = "src") -> Prefix:
+    """A client address or prefix (an address is its /32 or /128)."""
+    from .models import parse_prefix as parse_network
+
     if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return value
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return ipaddress.ip_network(value)
-    if not isinstance(value, str) or not value.strip():
-        raise ValidationError(field, value, "expected an address or prefix like 10.0.0.0/8 or fc00::/64")
-    try:
-        return ipaddress.ip_network(value.strip().strip("[]"), strict=False)
-    except ValueError:
-        raise ValidationError(field, value, "not a valid IPv4/IPv6 address or prefix") from None
+        return ipaddress.ip_network(parse_address(value, field))
+    return parse_network(value, field)
 
 
 def _words(addr: IPAddress) -> tuple[int, int]:
@@ -259,8 +257,6 @@ def _filter(view: FlowTableView, keys: np.ndarray, values: np.ndarray, vip: Opti
 def _real_index(view: FlowTableView, real: object) -> Optional[int]:
     if real is None:
         return None
-    from .models import parse_address
-
     addr = parse_address(real, "real")
     for num, a in view.num_to_real.items():
         if a == addr:
@@ -268,17 +264,22 @@ def _real_index(view: FlowTableView, real: object) -> Optional[int]:
     raise NotFoundError("real", addr)
 
 
-def _check_vip(vip: object, field: str = "vip") -> Optional[VipKey]:
-    if vip is None or isinstance(vip, VipKey):
-        return vip
-    raise ValidationError(field, vip, "expected a katran.VipKey")
+def _check_vip(view: FlowTableView, vip: object, *, required: bool = False) -> Optional[VipKey]:
+    """The VipKey filter: a configured VIP (NotFoundError otherwise), or None if allowed."""
+    if vip is None and not required:
+        return None
+    if not isinstance(vip, VipKey):
+        raise ValidationError("vip", vip, "expected a katran.VipKey")
+    if vip not in view.vips:
+        raise NotFoundError("vip", vip)
+    return vip
 
 
 # ------------------------------------------------------------------ list / search / delete / purge
 def list_lru(view: FlowTableView, vip: Optional[VipKey] = None, *, real: object = None, src: object = None,
              limit: Optional[int] = 1000) -> LruListing:
     """Entries of every table matching all the filters given (VIP, real address, client prefix)."""
-    vip = _check_vip(vip)
+    vip = _check_vip(view, vip)
     real_index = _real_index(view, real)
     net = parse_prefix(src) if src is not None else None
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
@@ -302,7 +303,7 @@ def flow_key_for(view: FlowTableView, vip: VipKey, src: IPAddress, src_port: int
 
 
 def _client(vip: VipKey, src: object, src_port: object) -> tuple[IPAddress, int]:
-    from .models import check_int, parse_address
+    from .models import check_int
 
     addr = parse_address(src, "src")
     if addr.version != vip.address.version:
@@ -312,9 +313,7 @@ def _client(vip: VipKey, src: object, src_port: object) -> tuple[IPAddress, int]
 
 def search_lru(view: FlowTableView, vip: VipKey, src: object, src_port: object) -> list:
     """The entry of one flow (vip, client address, client port) in every table that has it."""
-    vip = _check_vip(vip)
-    if vip is None:
-        raise ValidationError("vip", vip, "expected a katran.VipKey")
+    vip = _check_vip(view, vip, required=True)
     addr, port = _client(vip, src, src_port)
     key = flow_key_for(view, vip, addr, port)
     resolve, now, out = _resolver(view), _ktime_ns(), []
@@ -330,9 +329,7 @@ def search_lru(view: FlowTableView, vip: VipKey, src: object, src_port: object) 
 
 def delete_lru(view: FlowTableView, vip: VipKey, src: object, src_port: object) -> list:
     """Delete one flow from every table; the names of the tables it was in."""
-    vip = _check_vip(vip)
-    if vip is None:
-        raise ValidationError("vip", vip, "expected a katran.VipKey")
+    vip = _check_vip(view, vip, required=True)
     addr, port = _client(vip, src, src_port)
     key = flow_key_for(view, vip, addr, port)
     removed: list = []  # (map, key, value) to put back if a later delete fails
@@ -373,7 +370,7 @@ def purge_lru(view: FlowTableView, vip: Optional[VipKey] = None, *, real: object
     At least one filter is needed (an empty filter would flush every connection). A kernel
     error part way writes the deleted entries back before it is raised.
     """
-    vip = _check_vip(vip)
+    vip = _check_vip(view, vip)
     if vip is None and real is None and src is None:
         raise ValidationError("filter", None, "give a vip, a real or a src prefix (refusing to flush everything)")
     real_index = _real_index(view, real)
