@@ -23,6 +23,7 @@ from .errors import (
     KatranError,
     KernelError,
     NotFoundError,
+    NotStartedError,
     ValidationError,
 )
 from .models import (
@@ -41,7 +42,7 @@ from .models import (
 __all__ = [
     "AlreadyExistsError", "BuildError", "CapacityError", "FeatureNotEnabledError", "Flow",
     "HashFunction", "HcStats", "KatranConfig", "KatranError", "KatranLb", "KernelError", "LbStats",
-    "ModifyAction", "NotFoundError", "PacketResult", "QuicReal", "Real", "RealFlag",
+    "ModifyAction", "NotFoundError", "NotStartedError", "PacketResult", "QuicReal", "Real", "RealFlag",
     "ValidationError", "VipFlag", "VipKey",
 ]
 __version__ = "0.1.0"

@@ -92,6 +92,8 @@ class KatranConfig:
     enable_hc: bool = False
     hc_interface: str = ""
     hc_encap: str = attrs.field(default="direct", converter=_choice("hc_encap", HC_ENCAP_MODES))
+    # largest probe the healthcheck program forwards (bytes; 0: no check, Katran's HC_MAX_PACKET_SIZE)
+    hc_max_pckt_size: int = attrs.field(default=0, converter=lambda v: check_int(v, "hc_max_pckt_size", 0, 65535))
     v4_tun_interface: str = "ipip0"
     v6_tun_interface: str = "ipip60"
     katran_src_v4: Optional[object] = attrs.field(default=None, converter=_opt_addr("katran_src_v4", 4))

@@ -599,7 +599,10 @@ ROOT = ObjectContract(
     object_file="xdp_root.bpf.o",
     programs=("xdp_root",),
     maps=_maps(MapDef("root_array", MapType.PROG_ARRAY, U32, U32, "slot -> XDP program, tried in order")),
-    knobs=_knobs(Knob("root_slots", U32, 3, "slots to try (root_array's max_entries)")),
+    knobs=_knobs(Knob("root_slots", U32, 3, "slots to try (root_array's max_entries)"),
+                 # the version marker (docs/shared-mode.md): read back by katran.shared, never set
+                 Knob("root_magic", U32, 0x4B524F4F, "'KROO': this is katran's root program"),
+                 Knob("root_version", U32, 1, "slot protocol version (katran.shared.ROOT_VERSION)")),
     structs={},
     enums=_enums(CEnum("root_limit", {"ROOT_MAX_SLOTS": 32})),
 )

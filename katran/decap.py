@@ -10,6 +10,7 @@ The program and its maps are pinned under ``<pin_root>/decap_<intf>/`` so that
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from pathlib import Path
@@ -19,6 +20,7 @@ import attrs
 
 from . import contract
 from .errors import KernelError, NotFoundError, ValidationError
+from .kernel import Kernel, resolve
 from .models import PacketResult, check_int, parse_address
 
 DECAP_PROG_NAME = "xdp_decap"
@@ -65,10 +67,10 @@ def load_decap(
     host_v4: Optional[str] = None,
     host_v6: Optional[str] = None,
     server_id: int = 0,
+    kernel: Optional[Kernel] = None,
 ):
     """Open, set the knobs, load and provision the decap object -> LoadedObject."""
-    from .adapter import bpf
-
+    k = resolve(kernel)
     gue_dport = check_int(gue_dport, "gue_dport", 0, 65535)
     server_id = check_int(server_id, "server_id", 0, 2**32 - 1)
     v4 = parse_address(host_v4, "host_v4") if host_v4 else None
@@ -79,7 +81,7 @@ def load_decap(
         raise ValidationError("host_v6", host_v6, "expected an IPv6 address")
     if strict_dst and v4 is None and v6 is None:
         raise ValidationError("strict_dst", strict_dst, "needs host_v4 and/or host_v6")
-    spec = bpf.ObjectSpec.open(prog_path or DEFAULT_OBJECT)
+    spec = k.open_object(prog_path or DEFAULT_OBJECT)
     try:
         contract.DECAP.check(prog_path or DEFAULT_OBJECT)  # missing map / knob / layout: ContractError
         spec.set_rodata("decap_gue_dport", gue_dport)
@@ -125,11 +127,9 @@ def _vips(vips: Iterable[str]) -> list[str]:
     return [str(parse_address(v, "vip")) for v in vips]
 
 
-def check_rp_filter(intf: str) -> tuple[dict, list[str]]:
+def check_rp_filter(intf: str, kernel: Optional[Kernel] = None) -> tuple[dict, list[str]]:
     """rp_filter values and a warning when strict mode would drop decapsulated packets."""
-    from .adapter import hostcfg
-
-    values = hostcfg.rp_filter(intf)
+    values = resolve(kernel).rp_filter(intf)
     warnings = []
     if max(values.values()) == 1:
         warnings.append(
@@ -148,48 +148,48 @@ def install(
     pin_root: Union[str, os.PathLike] = DEFAULT_PIN_ROOT,
     lo: str = "lo",
     fix_rp_filter: Optional[int] = None,
+    kernel: Optional[Kernel] = None,
     **knobs,
 ) -> DecapStatus:
     """Attach the decap program to ``intf`` (once) and put ``vips`` on ``lo`` (idempotent)."""
-    from .adapter import bpf, hostcfg, netlink
-
+    k = resolve(kernel)
     vip_list = _vips(vips)
-    ifindex = netlink.ifindex(intf)
+    ifindex = k.ifindex(intf)
     pins = pin_dir(intf, pin_root)
-    attached = bpf.xdp_attached_prog_id(ifindex, mode)
-    ours = _pinned_prog_id(pins)
+    attached = k.xdp_attached_prog_id(ifindex, mode)
+    ours = _pinned_prog_id(pins, k)
     newly = False
     if attached and attached == ours:
         prog_id = ours
     elif attached:
-        raise KernelError(f"install decap on {intf}", 16,  # EBUSY
+        raise KernelError(f"install decap on {intf}", errno.EBUSY,
                           f"another XDP program (id {attached}) is attached; remove it first")
     else:
-        bpf.ensure_bpffs()
-        _remove_pins(pins)
-        obj = load_decap(prog_path, **knobs)
+        k.ensure_bpffs()
+        k.remove_pin_dir(pins)
+        obj = load_decap(prog_path, kernel=k, **knobs)
         try:
             prog = obj.program(DECAP_PROG_NAME)
             prog.attach_xdp(ifindex, mode)
             try:
-                pins.mkdir(parents=True, exist_ok=True)
+                k.make_pin_dir(pins)
                 prog.pin(pins / "prog")
                 for name in PINNED_MAPS:
                     obj.map(name).pin(pins / name)
             except Exception:
-                bpf.detach_xdp(ifindex, mode)
-                _remove_pins(pins)
+                k.detach_xdp(ifindex, mode)
+                k.remove_pin_dir(pins)
                 raise
             prog_id = prog.id
             newly = True
         finally:
             obj.close()
-    added = tuple(v for v in vip_list if hostcfg.add_host_address(lo, v))
+    added = tuple(v for v in vip_list if k.add_host_address(lo, v))
     if fix_rp_filter is not None:
-        hostcfg.set_rp_filter(intf, check_int(fix_rp_filter, "rp_filter", 0, 2))
-        if hostcfg.rp_filter(intf)["all"] == 1 and fix_rp_filter != 1:
-            hostcfg.set_rp_filter("all", fix_rp_filter)
-    values, warnings = check_rp_filter(intf)
+        k.set_rp_filter(intf, check_int(fix_rp_filter, "rp_filter", 0, 2))
+        if k.rp_filter(intf)["all"] == 1 and fix_rp_filter != 1:
+            k.set_rp_filter("all", fix_rp_filter)
+    values, warnings = check_rp_filter(intf, k)
     return DecapStatus(intf, prog_id, newly, added, values, tuple(warnings))
 
 
@@ -200,55 +200,43 @@ def uninstall(
     mode: str = "native",
     pin_root: Union[str, os.PathLike] = DEFAULT_PIN_ROOT,
     lo: str = "lo",
+    kernel: Optional[Kernel] = None,
 ) -> bool:
     """Detach our program (if attached), drop the pins and the ``vips`` from ``lo``.
 
     Returns True when something was removed; a second call is a no-op.
     """
-    from .adapter import bpf, hostcfg, netlink
-
+    k = resolve(kernel)
     vip_list = _vips(vips)
     pins = pin_dir(intf, pin_root)
     removed = False
     try:
-        ifindex = netlink.ifindex(intf)
+        ifindex = k.ifindex(intf)
     except NotFoundError:
         ifindex = 0
-    ours = _pinned_prog_id(pins)
-    if ifindex and ours and bpf.xdp_attached_prog_id(ifindex, mode) == ours:
-        bpf.detach_xdp(ifindex, mode)
+    ours = _pinned_prog_id(pins, k)
+    if ifindex and ours and k.xdp_attached_prog_id(ifindex, mode) == ours:
+        k.detach_xdp(ifindex, mode)
         removed = True
-    if pins.exists():
-        _remove_pins(pins)
-        removed = True
+    removed |= k.remove_pin_dir(pins)
     for v in vip_list:
-        removed |= hostcfg.del_host_address(lo, v)
+        removed |= k.del_host_address(lo, v)
     return removed
 
 
-def stats(intf: str, pin_root: Union[str, os.PathLike] = DEFAULT_PIN_ROOT) -> DecapStats:
+def stats(intf: str, pin_root: Union[str, os.PathLike] = DEFAULT_PIN_ROOT,
+          kernel: Optional[Kernel] = None) -> DecapStats:
     """Counters of the decap program installed on ``intf``."""
-    from .adapter import bpf
-
+    k = resolve(kernel)
     path = pin_dir(intf, pin_root) / "decap_counters"
-    if not path.exists():
+    if not k.is_pinned(path):
         raise NotFoundError("decap program on interface", intf)
-    with bpf.Map.from_pinned(path) as m:
+    with k.map_by_pin(path) as m:
         return sum_stats(m.lookup(_U32.pack(0)) or [])
 
 
-def _pinned_prog_id(pins: Path) -> int:
-    from .adapter import bpf
-
-    if not (pins / "prog").exists():
+def _pinned_prog_id(pins: Path, k: Kernel) -> int:
+    if not k.is_pinned(pins / "prog"):
         return 0
-    with bpf.Program.from_pinned(pins / "prog") as prog:
+    with k.program_by_pin(pins / "prog") as prog:
         return prog.id
-
-
-def _remove_pins(pins: Path) -> None:
-    if not pins.exists():
-        return
-    for child in pins.iterdir():
-        child.unlink()
-    pins.rmdir()

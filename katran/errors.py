@@ -96,6 +96,7 @@ class KernelError(KatranError, OSError):
             msg += f": {detail}"
         super().__init__(errno_, msg)
         self.operation = operation
+        self.errno_name = name
 
     def __str__(self) -> str:
         return str(self.args[1])
@@ -103,3 +104,7 @@ class KernelError(KatranError, OSError):
 
 class FeatureNotEnabledError(KatranError):
     """The feature is not compiled into / enabled in the loaded BPF object."""
+
+
+class NotStartedError(KatranError, RuntimeError):
+    """The load balancer (or a manager) is used before ``start()`` / ``load()``."""

@@ -11,7 +11,7 @@ program encapsulates it toward the real registered for that somark:
   redirects to the ipip / ip6tnl devices ``v4_tun_interface`` / ``v6_tun_interface``.
 
 ``KatranLb`` owns one ``HcManager`` (see ``from_config``); all kernel access goes
-through ``katran.adapter``.
+through the injected :class:`katran.kernel.Kernel` (default: the running kernel).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from typing import Optional, Union
 import attrs
 
 from . import contract
-from .errors import CapacityError, NotFoundError, ValidationError
-from .models import IPAddress, PacketResult, check_int, format_address, format_mac, parse_address, parse_mac, parse_optional_address
+from .errors import CapacityError, NotFoundError, NotStartedError, ValidationError
+from .kernel import Kernel, resolve
+from .models import IPAddress, PacketResult, check_int, format_address, parse_address, parse_mac, parse_optional_address
 
 HC_PROG_NAME = "healthcheck_encap"
 HC_FILTER_NAME = "katran-healthchecker"
@@ -115,7 +116,9 @@ class HcManager:
         prog_path: Optional[Union[str, os.PathLike]] = None,
         testing: bool = False,
         netns: Optional[str] = None,
+        kernel: Optional[Kernel] = None,
     ) -> None:
+        self._kernel = resolve(kernel)
         if encap not in ENCAP_MODES:
             raise ValidationError("hc_encap", encap, f"expected one of {', '.join(ENCAP_MODES)}")
         self.encap = encap
@@ -143,8 +146,12 @@ class HcManager:
         self._attached = False
 
     @classmethod
-    def from_config(cls, config) -> "HcManager":  # config: katran.config.KatranConfig
-        """The manager KatranLb builds when ``config.enable_hc`` is set."""
+    def from_config(cls, config, kernel: Optional[Kernel] = None) -> "HcManager":
+        """The manager KatranLb builds when ``config.enable_hc`` (a KatranConfig) is set.
+
+        Probes are GUE-encapsulated (to ``gue_dport``) when the balancer is (``gue_encap``);
+        ``hc_max_pckt_size`` bounds probe sizes (0: no check, Katran's default).
+        """
         return cls(
             interface=config.hc_interface or config.main_interface,
             main_interface=config.main_interface,
@@ -157,30 +164,30 @@ class HcManager:
             v6_tun_interface=config.v6_tun_interface,
             max_reals=config.max_reals,
             priority=config.priority,
+            gue_dport=config.gue_dport if config.gue_encap else 0,
+            max_pckt_size=config.hc_max_pckt_size,
             prog_path=config.healthchecking_prog_path,
             testing=config.testing,
+            kernel=kernel,
         )
 
     # lifecycle --------------------------------------------------------------
 
     def _discover(self) -> None:
         """Fill source addresses / local MAC from the main interface when not given."""
-        from .adapter import netlink
-
         if self.src_v4 is None or self.src_v6 is None:
-            for text in netlink.interface_addresses(self.main_interface, netns=self.netns):
+            for text in self._kernel.interface_addresses(self.main_interface, netns=self.netns):
                 addr = ipaddress.ip_interface(text).ip if "/" in text else ipaddress.ip_address(text)
                 if addr.version == 4 and self.src_v4 is None and not addr.is_loopback:
                     self.src_v4 = addr
                 elif addr.version == 6 and self.src_v6 is None and not (addr.is_link_local or addr.is_loopback):
                     self.src_v6 = addr
         if self.local_mac is None:
-            self.local_mac = parse_mac(netlink.mac_address(self.main_interface, netns=self.netns), "local_mac")
+            self.local_mac = parse_mac(self._kernel.mac_address(self.main_interface, netns=self.netns), "local_mac")
 
     def load(self) -> None:
         """Open, size, set the knobs, load and provision the program (no attach)."""
-        from .adapter import bpf, netlink
-
+        k = self._kernel
         with self._lock:
             if self._obj is not None:
                 return
@@ -195,13 +202,13 @@ class HcManager:
                         "(enable_hc=False, server flag -hc_forwarding=false)")
                 if self.gateway_mac is None:
                     raise ValidationError("default_mac", None, "the gateway MAC is needed for direct healthchecking")
-            ctrl = {CTRL_MAIN_INTF: netlink.ifindex(self.main_interface, netns=self.netns)}
+            ctrl = {CTRL_MAIN_INTF: k.ifindex(self.main_interface, netns=self.netns)}
             if self.encap == "tunnel":
-                ctrl[CTRL_V4_TUN] = netlink.ifindex(self.v4_tun_interface, netns=self.netns)
-                ctrl[CTRL_V6_TUN] = netlink.ifindex(self.v6_tun_interface, netns=self.netns)
-            self._ifindex = netlink.ifindex(self.interface, netns=self.netns)
+                ctrl[CTRL_V4_TUN] = k.ifindex(self.v4_tun_interface, netns=self.netns)
+                ctrl[CTRL_V6_TUN] = k.ifindex(self.v6_tun_interface, netns=self.netns)
+            self._ifindex = k.ifindex(self.interface, netns=self.netns)
 
-            spec = bpf.ObjectSpec.open(self.prog_path)
+            spec = k.open_object(self.prog_path)
             try:
                 contract.HEALTHCHECK.check(self.prog_path)  # missing map / knob / layout: ContractError
                 spec.set_max_entries("hc_reals_map", self.max_reals)
@@ -239,15 +246,13 @@ class HcManager:
 
     def attach(self) -> None:
         """Attach to clsact egress of ``interface`` (qdisc created when missing)."""
-        from .adapter import netlink
-
         with self._lock:
             obj = self._loaded()
             if self._attached or self.testing:
                 return
-            netlink.ensure_clsact(self._ifindex, netns=self.netns)
-            netlink.attach_tc_bpf(self._ifindex, obj.program(HC_PROG_NAME).fd, direction="egress",
-                                  prio=self.priority, name=HC_FILTER_NAME, netns=self.netns)
+            self._kernel.ensure_clsact(self._ifindex, netns=self.netns)
+            self._kernel.attach_tc(self._ifindex, obj.program(HC_PROG_NAME).fd, direction="egress",
+                                   prio=self.priority, name=HC_FILTER_NAME, netns=self.netns)
             self._attached = True
 
     def start(self) -> None:
@@ -255,12 +260,10 @@ class HcManager:
         self.attach()
 
     def detach(self) -> None:
-        from .adapter import netlink
-
         with self._lock:
             if not self._attached:
                 return
-            netlink.detach_tc_bpf(self._ifindex, direction="egress", prio=self.priority, netns=self.netns)
+            self._kernel.detach_tc(self._ifindex, direction="egress", prio=self.priority, netns=self.netns)
             self._attached = False
 
     def close(self, detach: bool = True) -> None:
@@ -282,9 +285,9 @@ class HcManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _loaded(self):  # -> katran.adapter.bpf.LoadedObject
+    def _loaded(self):  # -> katran.kernel.LoadedObjectHandle
         if self._obj is None:
-            raise ValidationError("hc", "not loaded", "call load()/start() first")
+            raise NotStartedError("the healthcheck program is not loaded: call load()/start() first")
         return self._obj
 
     # somark -> real ----------------------------------------------------------
@@ -331,8 +334,13 @@ class HcManager:
                 self._obj.map("hc_pckt_macs").update(_U32.pack(MAC_DST), raw)
             self.gateway_mac = raw
 
-    def get_gateway_mac(self) -> Optional[str]:
-        return None if self.gateway_mac is None else format_mac(self.gateway_mac)
+    def restore_gateway_mac(self, raw: Optional[bytes]) -> None:
+        """Put back a gateway MAC read from ``gateway_mac`` (None included): undo of set_gateway_mac."""
+        if raw is None:
+            with self._lock:
+                self.gateway_mac = None
+        else:
+            self.set_gateway_mac(raw)
 
     # stats / test runs -------------------------------------------------------
 

@@ -1,37 +1,34 @@
-"""KatranLb: the domain layer.
+"""KatranLb: the public API -- validation, locking, and all-or-nothing changes.
 
-Owns the loaded BPF objects and every piece of load-balancer state (VIPs, reals,
-their indices and reference counts, CH rings), validates input, and writes only
-what changed into the BPF maps.  Kernel access goes through ``katran.adapter``.
-Every public method is serialised by one lock, so frontends may call it from a
-thread pool.
+Layers (see docs/internals.md): the kernel facade (``katran.kernel``, injected), the
+data plane (``katran.dataplane``: objects, maps, attach, counters), the registry
+(``katran.registry``: real indices, refcounts, VIP numbers, transactions) and this
+module.  Every mutation is: validate (raise before anything changes) -> stage in a
+``Transaction`` -> kernel writes, each with its undo -> commit; a ``KernelError``
+undoes every step, Python state and maps alike, and is re-raised.  Every public method
+is serialised by one lock, so frontends may call it from a thread pool.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
-import ipaddress
-import os
 import threading
-from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
 
 import attrs
 import numpy as np
 
-from . import contract, maglev, packets, structs
+from . import maglev, packets, structs
 from .config import KatranConfig
+from .dataplane import XDP_VERDICTS, DataPlane, packaged_object  # noqa: F401  (packaged_object: benchmarks)
 from .errors import (
     AlreadyExistsError,
-    BuildError,
     CapacityError,
     FeatureNotEnabledError,
-    KatranError,
-    KernelError,
     NotFoundError,
     ValidationError,
 )
+from .kernel import Kernel, resolve
 from .models import (
     Flow,
     HashFunction,
@@ -52,10 +49,8 @@ from .models import (
     parse_mac,
     parse_prefix,
 )
+from .registry import RealRegistry, SlotAllocator, Transaction, pop_item, set_item
 
-OBJ_DIR = Path(__file__).resolve().parent / "bpf" / "obj"
-BALANCER_PROG = "balancer_ingress"
-XDP_VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
 # VIP flags that need a load-time feature knob of the balancer (KatranConfig field)
 FLAG_FEATURES = {
     VipFlag.SRC_ROUTING: "lpm_src_lookup",
@@ -63,29 +58,9 @@ FLAG_FEATURES = {
     VipFlag.GLOBAL_LRU: "global_lru",
     VipFlag.UDP_STABLE_ROUTING_VIP: "udp_stable_routing",
 }
-# KatranConfig fields written into the balancer's `const volatile` knobs before load
-KNOBS = (
-    "gue_encap", "gue_dport", "tcp_server_id_routing", "udp_stable_routing", "lpm_src_lookup",
-    "global_lru", "local_delivery", "icmp_toobig_generation", "inline_decap_ipip", "inline_decap_gue",
-    "decap_strict_destination", "max_pckt_size", "lru_udp_timeout_ns", "max_conn_rate",
-)
-MAX_SERVER_IDS_V3 = 1 << 24  # server_id_map entries when it is a hash (CID v3)
-MAX_QUIC_REAL_ID = 0xFFFFFE  # server ids are 24 bits wide in CIDs v1/v2 (kMaxQuicIdV2)
-RECIRC_SLOT = 0  # the balancer's own slot in its `subprograms` prog array
-GLOBAL_COUNTER_SLOTS = 32  # global counters live at stats[max_vips + 0..31]
+MAX_QUIC_REAL_ID_V3 = 2**32 - 1
 
 T = TypeVar("T")
-
-
-def packaged_object(name: str) -> Path:
-    """Path of a packaged BPF object; BuildError telling how to build it if missing."""
-    path = OBJ_DIR / name
-    if not path.is_file():
-        raise BuildError(
-            f"BPF object {path} is missing: build it with `pip install -e .` "
-            f"or `python -m katran.build` (needs clang and libbpf-dev)"
-        )
-    return path
 
 
 def _locked(method: Callable[..., T]) -> Callable[..., T]:
@@ -103,11 +78,8 @@ def _vip_key(vip: object) -> VipKey:
     raise ValidationError("vip", vip, "expected a katran.VipKey")
 
 
-@attrs.define
-class _RealMeta:
-    num: int
-    refcount: int
-    flags: int
+def _vip_def(vip: VipKey) -> bytes:
+    return structs.vip_definition(vip.address, vip.port, vip.proto)
 
 
 @attrs.define
@@ -119,32 +91,33 @@ class _VipState:
     ring: Optional[np.ndarray] = None
 
 
+def _set_attr(obj: object, name: str, value: object, tx: Transaction) -> None:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    tx.on_rollback(lambda: setattr(obj, name, old))
+
+
 class KatranLb:
     """The load balancer: configure VIPs and reals, read stats.
 
     ``start()`` opens, sizes, loads and provisions the BPF programs and, unless
     ``config.testing``, attaches the balancer (standalone) or registers it in
     the root program's prog_array (shared mode).  ``close()`` undoes that.
+    ``kernel`` defaults to the running kernel; tests pass ``katran.testing.FakeKernel``.
     """
 
-    def __init__(self, config: KatranConfig) -> None:
+    def __init__(self, config: KatranConfig, kernel: Optional[Kernel] = None) -> None:
         if not isinstance(config, KatranConfig):
             raise ValidationError("config", config, "expected a katran.KatranConfig")
         self._config = config
+        self._kernel = resolve(kernel)
         self._lock = threading.RLock()
-        self._obj = None
-        self._abi: Optional[contract.Binding] = None  # what the balancer object has
-        self._lru_maps: list = []
-        self._attached_ifindex: Optional[int] = None
-        self._registered_root = None
-        self._hc = None
+        self._dp = DataPlane(config, self._kernel)
         self._mac = config.default_mac or bytes(6)
         self._vips: dict[VipKey, _VipState] = {}
-        self._free_vip_nums = collections.deque(range(config.max_vips))
-        self._reals: dict[IPAddress, _RealMeta] = {}
-        self._num_to_real: dict[int, IPAddress] = {}
+        self._vip_nums = SlotAllocator(config.max_vips)
         # index 0 is reserved as "no real": a zeroed ring slot drops the packet
-        self._free_real_nums = collections.deque(range(1, config.max_reals))
+        self._reals = RealRegistry(config.max_reals)
         self._quic_reals: dict[int, int] = {}  # server id -> real num
         self._lpm_rules: dict = {}  # source prefix (ip_network) -> real num
         self._decap_dsts: list = []  # inline decap destinations
@@ -161,8 +134,22 @@ class KatranLb:
         return self._config
 
     @property
+    def kernel(self) -> Kernel:
+        return self._kernel
+
+    @property
     def started(self) -> bool:
-        return self._obj is not None
+        return self._dp.started
+
+    @property
+    def _obj(self):
+        """The loaded balancer object (None before start)."""
+        return self._dp.obj
+
+    @property
+    def _abi(self):
+        """What the balancer object has, checked against its contract (None before start)."""
+        return self._dp.abi
 
     @property
     def config_generation(self) -> int:
@@ -183,211 +170,33 @@ class KatranLb:
 
     @_locked
     def start(self) -> None:
-        if self._obj is not None:
+        if self._dp.started:
             return
-        from .adapter import bpf
-
-        cfg = self._config
-        path = Path(cfg.balancer_prog_path) if cfg.balancer_prog_path else packaged_object("balancer.bpf.o")
-        spec = bpf.ObjectSpec.open(path)
-        try:
-            # our own object must match the contract fully; a user-supplied one may lack maps/knobs
-            self._abi = contract.BALANCER.check(path, strict=not cfg.balancer_prog_path)
-            self._size_maps(spec)
-            self._set_knobs(spec)
-            obj = spec.load()
-        finally:
-            spec.close()
-        self._obj = obj
-        try:
-            self._provision()
-            if cfg.enable_hc:
-                from .healthcheck import HcManager
-
-                self._hc = HcManager.from_config(cfg)
-                self._hc.load()
-            if not cfg.testing:
-                self._attach()
-                if self._hc is not None:
-                    self._hc.attach()
-        except BaseException:
-            self.close()
-            raise
-
-    def _size_maps(self, spec) -> None:
-        cfg = self._config
-        sizes = {
-            "vip_map": cfg.max_vips,
-            "vip_addrs": cfg.max_vips,
-            "ch_rings": cfg.max_vips * cfg.ch_ring_size,
-            "reals": cfg.max_reals,
-            "reals_stats": cfg.max_reals,
-            "lru_miss_stats": cfg.max_reals,
-            # per-VIP counters, then the global ones at max_vips + N (Katran: 2 * MAX_VIPS)
-            "stats": cfg.max_vips + max(cfg.max_vips, GLOBAL_COUNTER_SLOTS),
-            "fallback_cache": cfg.fallback_lru_size,
-            "vip_to_down_reals_map": cfg.max_vips,
-            "decap_dst": cfg.max_decap_dst,
-            "lpm_src_v4": cfg.max_lpm_src_size,
-            "lpm_src_v6": cfg.max_lpm_src_size,
-            "decap_vip_stats": cfg.max_vips,
-            "server_id_stats": cfg.max_vips,
-        }
-        abi = self._abi
-        if cfg.enable_cid_v3 and abi.has_map("server_id_map"):
-            # 32-bit server ids do not fit an array: the same lookups work on a hash
-            from .adapter import bpf
-
-            spec.set_map_type("server_id_map", bpf.BPF_MAP_TYPE_HASH)
-            sizes["server_id_map"] = MAX_SERVER_IDS_V3
-        for name, size in sizes.items():
-            if abi.has_map(name):
-                spec.set_max_entries(name, size)
-        if abi.has_map("vip_to_down_reals_map"):
-            spec.set_inner_map_max_entries("vip_to_down_reals_map", cfg.max_reals)
-        numa = cfg.numa_nodes
-        if abi.has_map("lru_mapping"):
-            # per-core LRUs must match the template, BPF_F_NUMA_NODE flag included
-            spec.set_inner_map_max_entries(
-                "lru_mapping", self._per_core_lru_size(), numa_node=numa[0] if numa else None
-            )
-        if cfg.global_lru and abi.has_map("global_lru_maps"):
-            spec.set_inner_map_max_entries(
-                "global_lru_maps", cfg.global_lru_size, numa_node=numa[0] if numa else None
-            )
-
-    def _set_knobs(self, spec) -> None:
-        cfg = self._config
-        knobs = {"ring_size": cfg.ch_ring_size, "max_vips": cfg.max_vips}
-        knobs.update({name: int(getattr(cfg, name)) for name in KNOBS})
-        for name, value in knobs.items():
-            if self._abi.has_knob(name):
-                spec.set_rodata(name, value)
-        missing = [n for n in KNOBS if getattr(cfg, n) is True and not self._abi.has_knob(n)]
-        if missing:
-            raise FeatureNotEnabledError(f"the balancer object {spec.path} has no knob(s) {', '.join(missing)}")
-
-    def _forwarding_cores(self) -> tuple:
-        cfg = self._config
-        if cfg.forwarding_cores is None:
-            # production default: every CPU gets its own LRU (testing: fallback LRU only)
-            return () if cfg.testing else tuple(range(os.cpu_count() or 1))
-        return cfg.forwarding_cores
-
-    def _per_core_lru_size(self) -> int:
-        cores = self._forwarding_cores()
-        return max(1, self._config.lru_size // len(cores)) if cores else 1000
-
-    def _provision(self) -> None:
-        from .adapter import bpf
-
-        lru_mapping = self._map("lru_mapping")
-        fallback = self._map("fallback_cache")
-        cores = self._forwarding_cores()
-        numa = self._config.numa_nodes
-        for i, core in enumerate(cores):
-            inner = bpf.create_map(
-                bpf.BPF_MAP_TYPE_LRU_HASH,
-                fallback.key_size,
-                fallback.value_size,
-                self._per_core_lru_size(),
-                name=f"katran_lru_{core}",
-                numa_node=numa[i] if numa else None,
-            )
-            self._lru_maps.append(inner)
-            self._update(lru_mapping, structs.u32(core), structs.u32(inner.fd))
-            if self._config.global_lru:
-                glru = bpf.create_map(
-                    bpf.BPF_MAP_TYPE_LRU_PERCPU_HASH,
-                    fallback.key_size,
-                    4,
-                    self._config.global_lru_size,
-                    name=f"katran_glru_{core}",
-                    numa_node=numa[i] if numa else None,
-                )
-                self._lru_maps.append(glru)
-                self._update(self._map("global_lru_maps"), structs.u32(core), structs.u32(glru.fd))
-        self._update(self._map("ctl_array"), structs.u32(structs.CTL_MAC_POS), structs.ctl_value_mac(self._mac))
-        cfg = self._config
-        if self._abi.has_map("pckt_srcs"):
-            srcs = self._map("pckt_srcs")
-            # outer source of GUE packets, and "this host" for strict inline decap
-            for pos, src in ((0, cfg.katran_src_v4), (1, cfg.katran_src_v6)):
-                if src is not None:
-                    self._update(srcs, structs.u32(pos), structs.real_definition(src, 0))
-        if cfg.inline_decap_ipip or cfg.inline_decap_gue:
-            # recirculation: a decapsulated packet is balanced again by a tail call
-            prog = self._obj.program(BALANCER_PROG)
-            self._update(self._map("subprograms"), structs.u32(RECIRC_SLOT), structs.u32(prog.fd))
-
-    def _attach(self) -> None:
-        from .adapter import netlink
-
-        cfg = self._config
-        prog = self._obj.program(BALANCER_PROG)
-        if cfg.root_map_path:
-            from . import shared
-
-            shared.register(prog, cfg.root_map_path, cfg.root_map_pos)
-            self._registered_root = (cfg.root_map_path, cfg.root_map_pos)
-        else:
-            ifindex = netlink.ifindex(cfg.main_interface)
-            prog.attach_xdp(ifindex, cfg.xdp_attach_mode, replace=True)
-            self._attached_ifindex = ifindex
+        self._dp.start(self._mac)
 
     @_locked
     def close(self) -> None:
         """Detach / unregister, then release every fd.  Safe to call twice."""
-        from .adapter import bpf
-
-        errors = []
-        if self._attached_ifindex is not None and self._config.cleanup_on_shutdown:
-            try:
-                # only our own program: a newer instance may have replaced it already
-                mode = self._config.xdp_attach_mode
-                ours = self._obj.program(BALANCER_PROG).id
-                if bpf.xdp_attached_prog_id(self._attached_ifindex, mode) == ours:
-                    bpf.detach_xdp(self._attached_ifindex, mode)
-            except KatranError as e:
-                errors.append(e)
-        self._attached_ifindex = None
-        if self._registered_root is not None:
-            from . import shared
-
-            try:
-                shared.unregister(*self._registered_root)
-            except KatranError as e:
-                errors.append(e)
-            self._registered_root = None
-        if self._hc is not None:
-            try:
-                self._hc.close(detach=self._config.cleanup_on_shutdown)
-            except KatranError as e:
-                errors.append(e)
-            self._hc = None
-        for m in self._lru_maps:
-            m.close()
-        self._lru_maps.clear()
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
-        if errors:
-            raise errors[0]
+        self._dp.close()
 
     # ------------------------------------------------------------------ helpers
     def _require_started(self):
-        if self._obj is None:
-            raise KatranError("KatranLb is not started: call start() first")
-        return self._obj
+        return self._dp.require_started()
 
     def _map(self, name: str):
-        return self._require_started().map(name)
+        return self._dp.map(name)
 
-    def _update(self, bpf_map, key: bytes, value: bytes) -> None:
+    def _tx(self) -> Transaction:
+        return Transaction(on_failed_write=self._count_failed_call)
+
+    def _count_failed_call(self) -> None:
+        self._bpf_failed_calls += 1
+
+    def _parse_address(self, value: object, field: str) -> IPAddress:
         try:
-            bpf_map.update(key, value)
-        except KernelError:
-            self._bpf_failed_calls += 1
+            return parse_address(value, field)
+        except ValidationError:
+            self._addr_validation_failed += 1
             raise
 
     def _vip(self, vip: VipKey) -> _VipState:
@@ -396,21 +205,21 @@ class KatranLb:
             raise NotFoundError("vip", vip)
         return state
 
-    def _write_vip(self, vip: VipKey, state: _VipState) -> None:
-        self._update(
-            self._map("vip_map"),
-            structs.vip_definition(vip.address, vip.port, vip.proto),
-            structs.vip_meta(state.flags, state.num),
-        )
+    def _write_vip(self, vip: VipKey, state: _VipState, tx: Transaction) -> None:
+        tx.update(self._map("vip_map"), _vip_def(vip), structs.vip_meta(state.flags, state.num))
 
     # ------------------------------------------------------------------ MAC
     @_locked
     def change_mac(self, mac: object) -> None:
         new = parse_mac(mac, "mac")
-        self._update(self._map("ctl_array"), structs.u32(structs.CTL_MAC_POS), structs.ctl_value_mac(new))
-        self._mac = new
-        if self._hc is not None:
-            self._hc.set_gateway_mac(new)
+        self._require_started()
+        with self._tx() as tx:
+            tx.update(self._map("ctl_array"), structs.u32(structs.CTL_MAC_POS), structs.ctl_value_mac(new))
+            _set_attr(self, "_mac", new, tx)
+            hc = self._dp.hc
+            if hc is not None:
+                old = hc.gateway_mac
+                tx.call(lambda: hc.set_gateway_mac(new), lambda: hc.restore_gateway_mac(old))
 
     @_locked
     def get_mac(self) -> str:
@@ -433,42 +242,40 @@ class KatranLb:
     def add_vip(self, vip: VipKey, flags: int = 0) -> None:
         vip = _vip_key(vip)
         flags = self._check_vip_flags(flags)
+        self._require_started()
         if vip in self._vips:
             raise AlreadyExistsError("vip", vip)
-        if not self._free_vip_nums:
+        if not len(self._vip_nums):
             raise CapacityError(f"add vip {vip}: all {self._config.max_vips} VIP slots are in use (max_vips)")
-        state = _VipState(self._free_vip_nums[0], flags, self._config.hash_function)
-        self._write_vip(vip, state)
-        self._free_vip_nums.popleft()
-        self._vips[vip] = state
-        self._write_vip_address(vip.address)
+        with self._tx() as tx:
+            state = _VipState(self._vip_nums.take(tx), flags, self._config.hash_function)
+            self._write_vip(vip, state, tx)
+            set_item(self._vips, vip, state, tx)
+            self._write_vip_address(vip.address, tx)
 
     @_locked
     def del_vip(self, vip: VipKey) -> None:
         state = self._vip(vip)
-        try:
-            self._map("vip_map").delete(structs.vip_definition(vip.address, vip.port, vip.proto))
-        except KernelError:
-            self._bpf_failed_calls += 1
-            raise
-        self._clear_down_reals(vip)
-        del self._vips[vip]
-        self._free_vip_nums.append(state.num)
-        self._write_vip_address(vip.address)
-        for num in state.reals:
-            self._decrease_refcount(num)
-        if state.ring is not None:
-            # leave no stale real numbers behind for the next VIP that gets this number
-            self._program_ring(state.num, state.ring, np.zeros_like(state.ring))
+        with self._tx() as tx:
+            tx.delete(self._map("vip_map"), _vip_def(vip))
+            self._clear_down_reals(vip, tx)
+            pop_item(self._vips, vip, tx)
+            self._vip_nums.give_back(state.num, tx)
+            self._write_vip_address(vip.address, tx)
+            for num in state.reals:
+                self._release_real(num, tx)
+            if state.ring is not None:
+                # leave no stale real numbers behind for the next VIP that gets this number
+                self._program_ring(state.num, state.ring, np.zeros_like(state.ring), tx)
 
-    def _write_vip_address(self, address: IPAddress) -> None:
+    def _write_vip_address(self, address: IPAddress, tx: Transaction) -> None:
         """vip_addrs[address] = how many VIPs use it: the data plane answers echo requests to it."""
         count = sum(1 for v in self._vips if v.address == address)
         key = structs.address(address)
         if count:
-            self._update(self._map("vip_addrs"), key, structs.u32(count))
+            tx.update(self._map("vip_addrs"), key, structs.u32(count))
         else:
-            self._map("vip_addrs").delete(key)
+            tx.delete(self._map("vip_addrs"), key)
 
     @_locked
     def get_all_vips(self) -> list[VipKey]:
@@ -480,12 +287,9 @@ class KatranLb:
         flags = check_int(flags, "flags", 0, 2**32 - 1)
         new = state.flags | flags if set_flag else state.flags & ~flags
         self._check_vip_flags(new)
-        old, state.flags = state.flags, new
-        try:
-            self._write_vip(vip, state)
-        except KatranError:
-            state.flags = old
-            raise
+        with self._tx() as tx:
+            _set_attr(state, "flags", new, tx)
+            self._write_vip(vip, state, tx)
 
     @_locked
     def get_vip_flags(self, vip: VipKey) -> int:
@@ -498,8 +302,9 @@ class KatranLb:
             func = HashFunction(hash_function)
         except ValueError:
             raise ValidationError("hash_function", hash_function, "expected 0 (maglev) or 1 (maglev_v2)") from None
-        state.hash_function = func
-        self._rebuild_ring(state)
+        with self._tx() as tx:
+            _set_attr(state, "hash_function", func, tx)
+            self._rebuild_ring(state, tx)
 
     @_locked
     def get_hash_function_for_vip(self, vip: VipKey) -> HashFunction:
@@ -512,26 +317,19 @@ class KatranLb:
                 "real.address", str(real.address), f"IPv6 VIP {vip} cannot have an IPv4 real"
             )
 
-    def _increase_refcount(self, address: IPAddress, flags: int) -> int:
-        meta = self._reals.get(address)
-        if meta is not None:
-            meta.refcount += 1
-            return meta.num
-        num = self._free_real_nums[0]
-        self._update(self._map("reals"), structs.u32(num), self._real_definition(address, flags))
-        self._free_real_nums.popleft()
-        self._reals[address] = _RealMeta(num, 1, flags)
-        self._num_to_real[num] = address
+    def _acquire_real(self, address: IPAddress, flags: int, tx: Transaction) -> int:
+        """One more reference to ``address``; a new index gets its ``reals`` entry."""
+        num, new = self._reals.acquire(address, flags, tx)
+        if new:
+            tx.update(self._map("reals"), structs.u32(num), self._real_definition(address, flags))
         return num
 
-    def _decrease_refcount(self, num: int) -> None:
-        address = self._num_to_real[num]
-        meta = self._reals[address]
-        meta.refcount -= 1
-        if meta.refcount == 0:
-            del self._reals[address]
-            del self._num_to_real[num]
-            self._free_real_nums.append(num)
+    def _release_real(self, num: int, tx: Transaction) -> None:
+        """One reference less; a freed index loses its down marks (the next real would inherit them)."""
+        if self._reals.release(num, tx):
+            for vip, nums in self._down_reals.items():
+                if num in nums:
+                    self._unmark_down(vip, num, tx)
 
     @staticmethod
     def _real_definition(address: IPAddress, flags: int) -> bytes:
@@ -566,72 +364,69 @@ class KatranLb:
         if action == ModifyAction.DEL:
             nums = []
             for r in reals:
-                meta = self._reals.get(r.address)
-                if meta is None or meta.num not in state.reals:
+                entry = self._reals.get(r.address)
+                if entry is None or entry.num not in state.reals:
                     raise NotFoundError("real", f"{r.address} of vip {vip}")
-                nums.append(meta.num)
-            for num in dict.fromkeys(nums):
-                del state.reals[num]
-                self._decrease_refcount(num)
-        else:
+                nums.append(entry.num)
+            with self._tx() as tx:
+                for num in dict.fromkeys(nums):
+                    pop_item(state.reals, num, tx)
+                    # a down mark outlives the real's membership (Katran: LRU entries of
+                    # its flows keep being re-hashed) but not its index: see _release_real
+                    self._release_real(num, tx)
+                self._rebuild_ring(state, tx)
+            return
+        for r in reals:
+            self._check_real_for_vip(vip, r)
+        self._reals.check_capacity([r.address for r in reals], f"add reals to vip {vip}")
+        with self._tx() as tx:
             for r in reals:
-                self._check_real_for_vip(vip, r)
-            new_addrs = {r.address for r in reals if r.address not in self._reals}
-            if len(new_addrs) > len(self._free_real_nums):
-                raise CapacityError(
-                    f"add reals to vip {vip}: {len(new_addrs)} new reals but only "
-                    f"{len(self._free_real_nums)} free real slots (max_reals={self._config.max_reals})"
-                )
-            for r in reals:
-                meta = self._reals.get(r.address)
-                if meta is None or meta.num not in state.reals:
-                    num = self._increase_refcount(r.address, r.flags)
+                entry = self._reals.get(r.address)
+                if entry is None or entry.num not in state.reals:
+                    num = self._acquire_real(r.address, r.flags, tx)
                 else:
-                    num = meta.num
-                state.reals[num] = r.weight
-        self._rebuild_ring(state)
+                    num = entry.num
+                set_item(state.reals, num, r.weight, tx)
+            self._rebuild_ring(state, tx)
 
     @_locked
     def get_reals_for_vip(self, vip: VipKey) -> list[Real]:
         state = self._vip(vip)
         out = []
         for num, weight in state.reals.items():
-            address = self._num_to_real[num]
-            out.append(Real(address, weight, self._reals[address].flags))
+            address = self._reals.address(num)
+            out.append(Real(address, weight, self._reals.get(address).flags))
         return out
+
+    def _real_entry(self, address: object):
+        addr = self._parse_address(address, "address")
+        entry = self._reals.get(addr)
+        if entry is None:
+            raise NotFoundError("real", addr)
+        return addr, entry
 
     @_locked
     def modify_real(self, address: object, flags: int, set_flag: bool = True) -> None:
-        addr = parse_address(address, "address")
+        addr, entry = self._real_entry(address)
         flags = check_int(flags, "flags", 0, 255)
-        meta = self._reals.get(addr)
-        if meta is None:
-            raise NotFoundError("real", addr)
         flags &= ~RealFlag.IPV6
-        new = meta.flags | flags if set_flag else meta.flags & ~flags
-        self._update(self._map("reals"), structs.u32(meta.num), self._real_definition(addr, new))
-        meta.flags = new
+        new = entry.flags | flags if set_flag else entry.flags & ~flags
+        with self._tx() as tx:
+            tx.update(self._map("reals"), structs.u32(entry.num), self._real_definition(addr, new))
+            self._reals.set_flags(addr, new, tx)
 
     @_locked
     def get_real_flags(self, address: object) -> int:
-        addr = parse_address(address, "address")
-        meta = self._reals.get(addr)
-        if meta is None:
-            raise NotFoundError("real", addr)
-        return meta.flags
+        return self._real_entry(address)[1].flags
 
     @_locked
     def get_index_for_real(self, address: object) -> int:
-        addr = parse_address(address, "address")
-        meta = self._reals.get(addr)
-        if meta is None:
-            raise NotFoundError("real", addr)
-        return meta.num
+        return self._real_entry(address)[1].num
 
     # ------------------------------------------------------------------ CH rings
-    def _rebuild_ring(self, state: _VipState) -> None:
+    def _rebuild_ring(self, state: _VipState, tx: Transaction) -> None:
         endpoints = [
-            maglev.Endpoint(num=num, weight=weight, hash=maglev.endpoint_hash(self._num_to_real[num]))
+            maglev.Endpoint(num=num, weight=weight, hash=maglev.endpoint_hash(self._reals.address(num)))
             for num, weight in state.reals.items()
             if weight > 0
         ]
@@ -640,84 +435,80 @@ class KatranLb:
             ring = maglev.build_ring(endpoints, size, state.hash_function)
         else:
             ring = np.zeros(size, dtype=np.uint32)  # no reals: every slot drops
-        self._program_ring(state.num, state.ring, ring)
-        state.ring = ring
+        self._program_ring(state.num, state.ring, ring, tx)
+        _set_attr(state, "ring", ring, tx)
 
-    def _program_ring(self, vip_num: int, old: Optional[np.ndarray], new: np.ndarray) -> None:
+    def _program_ring(self, vip_num: int, old: Optional[np.ndarray], new: np.ndarray, tx: Transaction) -> None:
         positions, values = maglev.ring_delta(old, new)
         if len(positions) == 0:
             return
         keys = (positions.astype(np.uint64) + vip_num * self._config.ch_ring_size).astype(np.uint32)
-        try:
-            self._map("ch_rings").update_batch(keys.tobytes(), values.astype(np.uint32).tobytes())
-        except KernelError:
-            self._bpf_failed_calls += 1
-            raise
+        before = old[positions] if old is not None else np.zeros(len(positions), dtype=np.uint32)
+        tx.update_batch(self._map("ch_rings"), keys.tobytes(), values.astype(np.uint32).tobytes(),
+                        before.astype(np.uint32).tobytes())
 
     # ------------------------------------------------------------------ QUIC mapping
+    def _max_quic_id(self) -> int:
+        if self._config.enable_cid_v3:
+            return MAX_QUIC_REAL_ID_V3
+        # the array holds ids 0 .. max_entries - 1 (Katran's MAX_QUIC_REALS - 1)
+        return self._map("server_id_map").max_entries - 1
+
     @_locked
     def modify_quic_reals_mapping(self, action: ModifyAction, reals: Sequence[QuicReal]) -> None:
-        if "server_id_map" not in self._require_started().maps:
+        """Add (or move) / delete server id -> real mappings; the whole batch or nothing."""
+        if not self._dp.has_map("server_id_map"):
             raise FeatureNotEnabledError("QUIC server id routing is not in this balancer object")
         try:
             action = ModifyAction(action)
         except ValueError:
             raise ValidationError("action", action, "expected ADD (0) or DEL (1)") from None
         reals = list(reals)
+        max_id = self._max_quic_id()
         for qr in reals:
             if not isinstance(qr, QuicReal):
                 raise ValidationError("quic_real", qr, "expected a katran.QuicReal")
-            max_id = 2**32 - 1 if self._config.enable_cid_v3 else MAX_QUIC_REAL_ID
             if not 1 <= qr.id <= max_id:
                 hint = "" if self._config.enable_cid_v3 else " (larger ids need enable_cid_v3)"
                 raise ValidationError("quic_real.id", qr.id, f"server id must be in [1, {max_id}]{hint}")
             if action == ModifyAction.DEL:
                 num = self._quic_reals.get(qr.id)
-                if num is None or self._num_to_real.get(num) != qr.address:
+                if num is None or self._reals.address_or_none(num) != qr.address:
                     raise NotFoundError("quic real", f"{qr.address} with id {qr.id}")
-        new_addrs = {qr.address for qr in reals if qr.address not in self._reals}
-        if action == ModifyAction.ADD and len(new_addrs) > len(self._free_real_nums):
-            raise CapacityError("modify quic reals: no free real slots (max_reals)")
         sid_map = self._map("server_id_map")
-        for qr in reals:
-            if action == ModifyAction.ADD:
-                old = self._quic_reals.get(qr.id)
-                if old is not None and self._num_to_real[old] == qr.address:
-                    continue
-                num = self._increase_refcount(qr.address, 0)
-                self._update(sid_map, structs.u32(qr.id), structs.u32(num))
-                if old is not None:
-                    self._decrease_refcount(old)
-                self._quic_reals[qr.id] = num
-            else:
-                num = self._quic_reals.pop(qr.id)
+        if action == ModifyAction.ADD:
+            self._reals.check_capacity([qr.address for qr in reals], "modify quic reals")
+            with self._tx() as tx:
+                for qr in reals:
+                    old = self._quic_reals.get(qr.id)
+                    if old is not None and self._reals.address(old) == qr.address:
+                        continue
+                    num = self._acquire_real(qr.address, 0, tx)
+                    tx.update(sid_map, structs.u32(qr.id), structs.u32(num))
+                    set_item(self._quic_reals, qr.id, num, tx)
+                    if old is not None:
+                        self._release_real(old, tx)
+            return
+        with self._tx() as tx:
+            for sid in dict.fromkeys(qr.id for qr in reals):
+                num = pop_item(self._quic_reals, sid, tx)
                 if self._config.enable_cid_v3:
-                    sid_map.delete(structs.u32(qr.id))
+                    tx.delete(sid_map, structs.u32(sid))
                 else:
-                    self._update(sid_map, structs.u32(qr.id), structs.u32(0))
-                self._decrease_refcount(num)
+                    tx.update(sid_map, structs.u32(sid), structs.u32(0))
+                self._release_real(num, tx)
 
     @_locked
     def get_quic_reals_mapping(self) -> list[QuicReal]:
-        return [QuicReal(self._num_to_real[num], sid) for sid, num in sorted(self._quic_reals.items())]
+        return [QuicReal(self._reals.address(num), sid) for sid, num in sorted(self._quic_reals.items())]
 
     # ------------------------------------------------------------------ stats
-    def _percpu_stats(self, map_name: str, index: int) -> list[LbStats]:
-        values = self._map(map_name).lookup(structs.u32(index))
-        if values is None:
-            raise KernelError(f"lookup {map_name}[{index}]", 2)
-        return [LbStats(*structs.lb_stats_unpack(v)) for v in values]
-
-    def _sum_stats(self, map_name: str, index: int) -> LbStats:
-        per_cpu = self._percpu_stats(map_name, index)
-        return LbStats(sum(s.v1 for s in per_cpu), sum(s.v2 for s in per_cpu))
-
     def _global_stats(self, counter: int) -> LbStats:
-        return self._sum_stats("stats", self._config.max_vips + counter)
+        return self._dp.global_stats(counter)
 
     @_locked
     def get_stats_for_vip(self, vip: VipKey) -> LbStats:
-        return self._sum_stats("stats", self._vip(vip).num)
+        return self._dp.sum_stats("stats", self._vip(vip).num)
 
     @_locked
     def get_lru_stats(self) -> LbStats:
@@ -768,14 +559,15 @@ class KatranLb:
     @_locked
     def get_real_stats(self, index: int) -> LbStats:
         index = check_int(index, "index", 0, self._config.max_reals - 1)
-        return self._sum_stats("reals_stats", index)
+        return self._dp.sum_stats("reals_stats", index)
 
     @_locked
     def get_per_core_packets_stats(self) -> list[int]:
-        return [s.v1 for s in self._percpu_stats("stats", self._config.max_vips + structs.XDP_TOTAL_CNTR)]
+        return [s.v1 for s in self._dp.percpu_stats("stats", self._config.max_vips + structs.XDP_TOTAL_CNTR)]
 
     @_locked
     def get_katran_lb_stats(self) -> LbStats:
+        """v1: failed BPF map writes, v2: addresses KatranLb refused as invalid (Katran's names)."""
         return LbStats(self._bpf_failed_calls, self._addr_validation_failed)
 
     @_locked
@@ -816,23 +608,26 @@ class KatranLb:
 
     @_locked
     def add_src_routing_rule(self, srcs: Sequence[str], dst: object) -> None:
-        """Packets to SRC_ROUTING VIPs from these source prefixes go to real ``dst``."""
+        """Packets to SRC_ROUTING VIPs from these source prefixes go to real ``dst`` (all or none)."""
         self._require_feature("lpm_src_lookup", "source routing")
-        dst_addr = parse_address(dst, "dst")
-        nets = [self._parse_prefix(src) for src in srcs]
-        new = [n for n in dict.fromkeys(nets) if n not in self._lpm_rules]
+        dst_addr = self._parse_address(dst, "dst")
+        nets = list(dict.fromkeys(self._parse_prefix(src) for src in srcs))
+        new = [n for n in nets if n not in self._lpm_rules]
         if len(self._lpm_rules) + len(new) > self._config.max_lpm_src_size:
             raise CapacityError(f"add src routing rules: more than max_lpm_src_size={self._config.max_lpm_src_size}")
-        if dst_addr not in self._reals and not self._free_real_nums:
+        if nets and dst_addr not in self._reals and not self._reals.free_count:
             raise CapacityError(f"add src routing rule to {dst_addr}: no free real slots (max_reals)")
-        for net in dict.fromkeys(nets):
-            num = self._increase_refcount(dst_addr, 0)
-            bpf_map, key = self._lpm_key(net)
-            self._update(bpf_map, key, structs.u32(num))
-            old = self._lpm_rules.get(net)
-            self._lpm_rules[net] = num
-            if old is not None:
-                self._decrease_refcount(old)
+        with self._tx() as tx:
+            for net in nets:
+                old = self._lpm_rules.get(net)
+                num = self._acquire_real(dst_addr, 0, tx)
+                bpf_map, key = self._lpm_key(net)
+                # an LPM lookup answers the longest match, not this key: the old value is ours
+                tx.update(bpf_map, key, structs.u32(num), old=None if old is None else structs.u32(old),
+                          known_old=True)
+                set_item(self._lpm_rules, net, num, tx)
+                if old is not None:
+                    self._release_real(old, tx)
 
     @_locked
     def del_src_routing_rule(self, srcs: Sequence[str]) -> None:
@@ -841,10 +636,12 @@ class KatranLb:
         for net in nets:
             if net not in self._lpm_rules:
                 raise NotFoundError("src routing rule", net)
-        for net in dict.fromkeys(nets):
-            bpf_map, key = self._lpm_key(net)
-            bpf_map.delete(key)
-            self._decrease_refcount(self._lpm_rules.pop(net))
+        with self._tx() as tx:
+            for net in dict.fromkeys(nets):
+                bpf_map, key = self._lpm_key(net)
+                num = pop_item(self._lpm_rules, net, tx)
+                tx.delete(bpf_map, key, old=structs.u32(num), known_old=True)
+                self._release_real(num, tx)
 
     @_locked
     def clear_all_src_routing_rules(self) -> None:
@@ -853,7 +650,8 @@ class KatranLb:
 
     @_locked
     def get_src_routing_rule(self) -> dict[str, str]:
-        return {format_prefix(net): format_address(self._num_to_real[num]) for net, num in self._lpm_rules.items()}
+        return {format_prefix(net): format_address(self._reals.address(num))
+                for net, num in self._lpm_rules.items()}
 
     @_locked
     def get_src_routing_rule_size(self) -> int:
@@ -874,22 +672,27 @@ class KatranLb:
     def add_inline_decap_dst(self, dst: object) -> None:
         """Tunnelled packets to ``dst`` are decapsulated and balanced again."""
         self._require_inline_decap()
-        addr = parse_address(dst, "dst")
+        addr = self._parse_address(dst, "dst")
         if addr in self._decap_dsts:
             raise AlreadyExistsError("inline decap dst", addr)
         if len(self._decap_dsts) >= self._config.max_decap_dst:
             raise CapacityError(f"add inline decap dst {addr}: max_decap_dst={self._config.max_decap_dst} reached")
-        self._update(self._map("decap_dst"), structs.address(addr), structs.u32(0))
-        self._decap_dsts.append(addr)
+        with self._tx() as tx:
+            tx.update(self._map("decap_dst"), structs.address(addr), structs.u32(0))
+            self._decap_dsts.append(addr)
+            tx.on_rollback(self._decap_dsts.pop)
 
     @_locked
     def del_inline_decap_dst(self, dst: object) -> None:
         self._require_inline_decap()
-        addr = parse_address(dst, "dst")
+        addr = self._parse_address(dst, "dst")
         if addr not in self._decap_dsts:
             raise NotFoundError("inline decap dst", addr)
-        self._map("decap_dst").delete(structs.address(addr))
-        self._decap_dsts.remove(addr)
+        with self._tx() as tx:
+            tx.delete(self._map("decap_dst"), structs.address(addr))
+            pos = self._decap_dsts.index(addr)
+            del self._decap_dsts[pos]
+            tx.on_rollback(lambda: self._decap_dsts.insert(pos, addr))
 
     @_locked
     def get_inline_decap_dst(self) -> list[str]:
@@ -912,88 +715,90 @@ class KatranLb:
 
     @_locked
     def get_decap_stats_for_vip(self, vip: VipKey) -> LbStats:
-        return self._sum_stats("decap_vip_stats", self._vip(vip).num)
+        return self._dp.sum_stats("decap_vip_stats", self._vip(vip).num)
 
     # ------------------------------------------------------------------ down reals (UDP flow migration)
-    def _down_map_for(self, vip: VipKey, create: bool):
-        from .adapter import bpf
-
+    def _down_map(self, vip: VipKey, tx: Transaction, create: bool):
+        """A handle on the VIP's inner down-reals map (closed when ``tx`` ends); None if absent."""
         outer = self._map("vip_to_down_reals_map")
-        key = structs.vip_definition(vip.address, vip.port, vip.proto)
+        key = _vip_def(vip)
         inner_id = outer.inner_map_id(key)
         if inner_id:
-            return bpf.Map.from_id(inner_id)
+            inner = self._kernel.map_by_id(inner_id)
+            tx.defer(inner.close)
+            return inner
         if not create:
             return None
-        inner = bpf.create_map(
-            bpf.BPF_MAP_TYPE_HASH, 4, 1, self._config.max_reals, name="katran_down", flags=bpf.BPF_F_NO_PREALLOC
-        )
-        try:
-            outer.set_inner_map(key, inner)
-        except BaseException:
-            inner.close()
-            raise
+        inner = tx.call(self._dp.create_down_reals_map, lambda: None)
+        tx.defer(inner.close)
+        tx.call(lambda: outer.set_inner_map(key, inner), lambda: outer.delete(key))
         return inner
 
-    def _down_real_num(self, address: object) -> int:
-        addr = parse_address(address, "address")
-        meta = self._reals.get(addr)
-        if meta is None:
-            raise NotFoundError("real", addr)
-        return meta.num
+    def _unmark_down(self, vip: VipKey, num: int, tx: Transaction) -> None:
+        inner = self._down_map(vip, tx, create=False)
+        if inner is not None:
+            tx.delete(inner, structs.u32(num))
+        nums = self._down_reals[vip]
+        nums.discard(num)
+        tx.on_rollback(lambda: nums.add(num))
 
     @_locked
     def add_down_real(self, vip: VipKey, address: object) -> None:
         """Mark a real of a VIP down: UDP_FLOW_MIGRATION flows pinned to it re-hash away."""
         self._vip(vip)
-        num = self._down_real_num(address)
-        with self._down_map_for(vip, create=True) as inner:
-            inner.update(structs.u32(num), b"\x01")
-        self._down_reals.setdefault(vip, set()).add(num)
+        _, entry = self._real_entry(address)
+        with self._tx() as tx:
+            inner = self._down_map(vip, tx, create=True)
+            tx.update(inner, structs.u32(entry.num), b"\x01")
+            if vip not in self._down_reals:
+                set_item(self._down_reals, vip, set(), tx)
+            nums = self._down_reals[vip]
+            if entry.num not in nums:
+                nums.add(entry.num)
+                tx.on_rollback(lambda: nums.discard(entry.num))
 
     @_locked
     def remove_down_real(self, vip: VipKey, address: object) -> None:
         self._vip(vip)
-        num = self._down_real_num(address)
-        if num not in self._down_reals.get(vip, ()):
+        _, entry = self._real_entry(address)
+        if entry.num not in self._down_reals.get(vip, ()):
             raise NotFoundError("down real", f"{address} of vip {vip}")
-        with self._down_map_for(vip, create=False) as inner:
-            inner.delete(structs.u32(num))
-        self._down_reals[vip].discard(num)
+        with self._tx() as tx:
+            self._unmark_down(vip, entry.num, tx)
 
     @_locked
     def clear_down_reals(self, vip: VipKey) -> None:
         self._vip(vip)
-        self._clear_down_reals(vip)
+        with self._tx() as tx:
+            self._clear_down_reals(vip, tx)
 
-    def _clear_down_reals(self, vip: VipKey) -> None:
-        if self._down_reals.pop(vip, None) is not None:
-            self._map("vip_to_down_reals_map").delete(structs.vip_definition(vip.address, vip.port, vip.proto))
+    def _clear_down_reals(self, vip: VipKey, tx: Transaction) -> None:
+        if vip not in self._down_reals:
+            return
+        pop_item(self._down_reals, vip, tx)
+        outer = self._map("vip_to_down_reals_map")
+        key = _vip_def(vip)
+        inner = self._down_map(vip, tx, create=False)  # our handle keeps it alive for an undo
+        if inner is not None:
+            tx.call(lambda: outer.delete(key), lambda: outer.set_inner_map(key, inner))
 
     @_locked
     def get_down_reals(self, vip: VipKey) -> list[str]:
         self._vip(vip)
-        return sorted(format_address(self._num_to_real[n]) if n in self._num_to_real else f"#{n}"
-                      for n in self._down_reals.get(vip, ()))
+        return sorted(format_address(self._reals.address(n)) for n in self._down_reals.get(vip, ()))
 
     # ------------------------------------------------------------------ feature stats
-    def _counters(self, map_name: str, fields: tuple) -> dict[str, int]:
-        per_cpu = self._map(map_name).lookup(structs.u32(0))
-        if per_cpu is None:
-            raise KernelError(f"lookup {map_name}[0]", 2)
-        return structs.counters_sum(per_cpu, fields)
-
     @_locked
     def get_lb_quic_packets_stats(self) -> dict[str, int]:
-        return self._counters("quic_stats_map", structs.QUIC_STATS_FIELDS)
+        return self._dp.counters("quic_stats_map", structs.QUIC_STATS_FIELDS)
 
     @_locked
     def get_tcp_server_id_routing_stats(self) -> dict[str, int]:
-        return self._counters("tpr_stats_map", structs.TPR_STATS_FIELDS)
+        return self._dp.counters("tpr_stats_map", structs.TPR_STATS_FIELDS)
 
     @_locked
     def get_udp_stable_routing_stats(self) -> dict[str, int]:
-        return self._counters("stable_rt_stats", structs.STABLE_RT_STATS_FIELDS)
+        return self._dp.counters("stable_rt_stats", structs.STABLE_RT_STATS_FIELDS)
 
     @_locked
     def get_udp_flow_migration_stats(self) -> LbStats:
@@ -1010,14 +815,14 @@ class KatranLb:
 
     @_locked
     def get_sid_routing_stats_for_vip(self, vip: VipKey) -> LbStats:
-        return self._sum_stats("server_id_stats", self._vip(vip).num)
+        return self._dp.sum_stats("server_id_stats", self._vip(vip).num)
 
     # ------------------------------------------------------------------ healthchecks
     def _hc_manager(self):
         self._require_started()
-        if self._hc is None:
+        if self._dp.hc is None:
             raise FeatureNotEnabledError("healthcheck forwarding is off (KatranConfig.enable_hc=False)")
-        return self._hc
+        return self._dp.hc
 
     @_locked
     def add_healthchecker_dst(self, somark: int, address: object) -> None:
@@ -1048,8 +853,7 @@ class KatranLb:
         """Run one frame through the loaded balancer (BPF_PROG_TEST_RUN)."""
         if not isinstance(data, (bytes, bytearray)):
             raise ValidationError("data", type(data).__name__, "expected the frame as bytes")
-        prog = self._require_started().program(BALANCER_PROG)
-        res = prog.test_run(bytes(data))
+        res = self._dp.test_run(bytes(data))
         verdict = XDP_VERDICTS.get(res.retval, f"XDP_{res.retval}")
         return PacketResult(verdict, res.retval, res.data, res.duration_ns)
 

@@ -54,3 +54,86 @@ def pytest_make_collect_report(collector):
     rep = outcome.get_result()
     if in_ci() and rep.skipped:
         _fail_skip(rep)
+
+
+# ------------------------------------------------------------------ privileges
+# Tests that need root (BPF syscalls, XDP/tc attach, network namespaces) carry
+# ``@pytest.mark.privileged`` (a whole file: ``pytestmark``).  A fixture that needs root
+# is decorated with ``@privileged_fixture`` (the line below ``@pytest.fixture``) or listed
+# in PRIVILEGED_FIXTURES; every test using it is marked too.  Not root: those tests skip,
+# saying so (with CI set that skip is a failure, like any other).
+# ``pytest -m "not privileged"`` runs the rest, which passes as any user.
+PRIVILEGED_SKIP = "needs root (BPF, XDP/tc attach or network namespaces): run the suite as root"
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def privileged_fixture(fn):
+    """Mark a fixture function as needing root; apply it under ``@pytest.fixture``."""
+    fn._katran_privileged = True
+    return fn
+
+
+# fixtures (per test module) that need root: a KatranLb on the real kernel, network namespaces
+PRIVILEGED_FIXTURES = {
+    "test_cli": {"lb", "feat_lb"},
+    "test_grpc_frontend": {"lb", "feat_lb"},
+    "test_thrift_frontend": {"lb"},
+    "test_bgp": {"fleet"},
+    "test_auth": {"lb"},
+}
+
+
+def _privileged(fd) -> bool:
+    func = fd.func
+    if getattr(func, "_katran_privileged", False):
+        return True
+    return fd.argname in PRIVILEGED_FIXTURES.get(getattr(func, "__module__", ""), ())
+
+
+def _uses_privileged_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(_privileged(fd) for defs in info.name2fixturedefs.values() for fd in defs)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("privileged") is None and _uses_privileged_fixture(item):
+            item.add_marker(pytest.mark.privileged)
+        if item.get_closest_marker("privileged") is not None and not is_root():
+            item.add_marker(pytest.mark.skip(reason=PRIVILEGED_SKIP))
+
+
+# ------------------------------------------------------------------ shared fixtures
+MAC = "00:00:de:ad:be:af"  # the gateway MAC of Katran's fixtures and tester
+
+
+def lb_config(**kw):
+    """A KatranConfig for tests: testing mode (nothing attached), the fixtures' MAC, no per-CPU LRUs."""
+    from katran import KatranConfig
+
+    kw.setdefault("testing", True)
+    kw.setdefault("default_mac", MAC)
+    kw.setdefault("forwarding_cores", ())
+    return KatranConfig(**kw)
+
+
+@pytest.fixture
+def fake_kernel():
+    """A dict-backed kernel (katran.testing.FakeKernel): no privileges needed."""
+    from katran.testing import FakeKernel
+
+    return FakeKernel()
+
+
+@pytest.fixture
+def fake_lb(fake_kernel):
+    """A started KatranLb on the fake kernel: 8 VIPs, 16 reals, a small ring."""
+    from katran import KatranLb
+
+    with KatranLb(lb_config(max_vips=8, max_reals=16, ch_ring_size=13), kernel=fake_kernel) as lb:
+        yield lb

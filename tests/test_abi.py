@@ -335,6 +335,7 @@ def test_loaders_check_their_objects(tmp_path):
         decap.load_decap(contract.HEALTHCHECK.path)
 
 
+@pytest.mark.privileged
 def test_balancer_loader_tolerates_only_user_objects(tmp_path):
     """KatranLb: our packaged object strictly; balancer_prog_path tolerantly (absent knobs skipped)."""
     from katran import KatranConfig, KatranLb
@@ -359,11 +360,11 @@ def test_balancer_loader_tolerates_only_user_objects(tmp_path):
 
 def test_balancer_loader_is_strict_for_our_object(monkeypatch):
     """The packaged balancer is checked strictly: a map the contract names and the object lacks stops start()."""
-    from katran import KatranConfig, KatranLb, lb as lb_mod
+    from katran import KatranConfig, KatranLb
 
     maps = dict(contract.BALANCER.maps)
     maps["vip_map_v2"] = attrs.evolve(maps["vip_map"], name="vip_map_v2")
-    monkeypatch.setattr(lb_mod.contract, "BALANCER", _variant(contract.BALANCER, maps=maps))
+    monkeypatch.setattr(contract, "BALANCER", _variant(contract.BALANCER, maps=maps))
     lb = KatranLb(KatranConfig(main_interface="lo", default_mac="00:00:de:ad:be:af", testing=True))
     with pytest.raises(ContractError, match="missing map 'vip_map_v2'"):
         lb.start()
@@ -449,7 +450,7 @@ def test_programs_share_the_library(src, shared):
 
 
 def test_every_balancer_knob_is_set_by_the_loader():
-    """KatranLb writes every knob of the contract (KatranConfig field or ring_size/max_vips), no other."""
-    from katran import lb
+    """The data plane writes every knob of the contract (KatranConfig field or ring_size/max_vips), no other."""
+    from katran import dataplane
 
-    assert set(lb.KNOBS) | {"ring_size", "max_vips"} == set(contract.BALANCER.knobs)
+    assert set(dataplane.KNOBS) | {"ring_size", "max_vips"} == set(contract.BALANCER.knobs)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root"),
+    pytest.mark.privileged,
     pytest.mark.skipif(shutil.which("clang") is None, reason="clang is needed to compile the test program"),
 ]
 

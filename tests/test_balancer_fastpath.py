@@ -13,7 +13,7 @@ from katran import structs
 
 from test_balancer_prog import ALL_KNOBS, IP, OBJ, TCP, XDP_TX, Balancer, Ether, outer_dst, tcp4, udp4  # noqa: F401
 
-pytestmark = pytest.mark.skipif(not OBJ.is_file(), reason=f"{OBJ} not built (python -m katran.build)")
+pytestmark = [pytest.mark.privileged, pytest.mark.skipif(not OBJ.is_file(), reason=f"{OBJ} not built (python -m katran.build)")]
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ OBJ_DIR = Path(__file__).resolve().parents[1] / "katran" / "bpf" / "obj"
 OBJ = OBJ_DIR / "balancer.bpf.o"
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root"),
+    pytest.mark.privileged,
     pytest.mark.skipif(not OBJ.is_file(), reason=f"{OBJ} not built (python -m katran.build)"),
 ]
 

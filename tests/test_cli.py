@@ -537,6 +537,7 @@ def test_cli_subprocess(server, lb):
         lb.del_vip(VIP)
 
 
+@pytest.mark.privileged
 def test_server_subprocess_end_to_end():
     if os.geteuid() != 0:
         pytest.skip("loading BPF programs needs root")

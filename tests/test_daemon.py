@@ -3,7 +3,6 @@ difference; an invalid file changes nothing), flags given explicitly win over th
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 
 from katran.declarative import loads
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root (run the suite as root)")
+pytestmark = pytest.mark.privileged
 
 FILE = textwrap.dedent("""\
     version: 1

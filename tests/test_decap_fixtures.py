@@ -9,7 +9,7 @@ import pytest
 from katran_fixtures import FIXTURES_DIR, explain_mismatch, load_set
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root"),
+    pytest.mark.privileged,
     pytest.mark.skipif(not FIXTURES_DIR.is_dir(), reason=f"fixtures not found at {FIXTURES_DIR}"),
 ]
 

@@ -3,7 +3,6 @@ the same shape; the minimal difference is applied, all or nothing."""
 
 from __future__ import annotations
 
-import os
 import textwrap
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from katran import KatranConfig, KatranLb, ModifyAction, Real, VipKey
 from katran import declarative as dcl
 
-root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root (run the suite as root)")
+root = pytest.mark.privileged
 
 BASE = textwrap.dedent("""\
     version: 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 import pytest
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root (run the suite as root)"),
+    pytest.mark.privileged,
     pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed"),
 ]
 

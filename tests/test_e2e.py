@@ -20,7 +20,7 @@ import time
 import pytest
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="XDP, network namespaces and katran-server-grpc need root"),
+    pytest.mark.privileged,
     pytest.mark.netns,
     pytest.mark.slow,
 ]

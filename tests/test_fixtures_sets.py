@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from katran import LbStats
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root"),
+    pytest.mark.privileged,
     pytest.mark.skipif(not FIXTURES_DIR.is_dir(), reason=f"fixtures not found at {FIXTURES_DIR}"),
 ]
 

@@ -32,7 +32,7 @@ from ip_lengths import (ETH_LEN, ICMP_PROTOS, addresses, answer_length_errors, e
                         l4_proto)
 from katran import KatranConfig, KatranLb, ModifyAction, Real, VipFlag, VipKey
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+pytestmark = pytest.mark.privileged
 
 VIPS = [
     (VipKey("10.200.1.1", 80, "tcp"), ["10.0.0.1", "10.0.0.2"]),

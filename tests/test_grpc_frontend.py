@@ -428,7 +428,7 @@ def test_healthcheckers(stub, ext, lb):
         want.processed, want.dropped, want.skipped, want.too_big)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+@pytest.mark.privileged
 def test_hc_disabled_is_failed_precondition():
     lb = KatranLb(_config(enable_hc=False))
     lb.start()
@@ -957,6 +957,7 @@ def test_flag_defaults_are_katrans_except_listen_address():
     assert (cfg.v4_tun_interface, cfg.v6_tun_interface) == ("ipip0", "ipip60")
 
 
+@pytest.mark.privileged
 @pytest.mark.parametrize(
     "argv, needle",
     [

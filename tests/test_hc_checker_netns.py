@@ -12,7 +12,7 @@ import time
 import pytest
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="XDP, tc and network namespaces need root (run the suite as root)"),
+    pytest.mark.privileged,
     pytest.mark.netns,
     pytest.mark.slow,
 ]

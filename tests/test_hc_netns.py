@@ -12,7 +12,7 @@ from katran.lab.services import Capture
 from conftest import skip_kernel_module
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="BPF, tc and network namespaces need root"),
+    pytest.mark.privileged,
     pytest.mark.netns,
 ]
 

@@ -21,7 +21,6 @@ from katran import (
     FeatureNotEnabledError,
     Flow,
     HashFunction,
-    KatranConfig,
     KatranError,
     KatranLb,
     LbStats,
@@ -32,18 +31,12 @@ from katran import (
     VipFlag,
     VipKey,
 )
+from conftest import MAC, lb_config
 from katran import maglev, structs
 
-root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
-MAC = "00:00:de:ad:be:af"
+root = pytest.mark.privileged
 RING = 65537
-
-
-def config(**kw) -> KatranConfig:
-    kw.setdefault("testing", True)
-    kw.setdefault("default_mac", MAC)
-    kw.setdefault("forwarding_cores", ())
-    return KatranConfig(**kw)
+config = lb_config
 
 
 @pytest.fixture
@@ -392,7 +385,7 @@ def test_concurrent_calls_are_serialised(lb):
         t.join()
     assert not errors
     assert sorted(v.num for v in lb._vips.values()) == list(range(8))
-    assert lb._reals[lb._num_to_real[1]].refcount == 8
+    assert lb._reals.get(lb._reals.address(1)).refcount == 8
 
 
 @root

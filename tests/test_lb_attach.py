@@ -11,7 +11,7 @@ from katran import KatranConfig, KatranLb
 from katran.adapter import bpf
 from katran.lab.netns import inside, veth_link
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="XDP attach needs root")
+pytestmark = pytest.mark.privileged
 
 
 @pytest.mark.parametrize("mode", ["native", "generic"])

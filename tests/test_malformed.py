@@ -8,7 +8,6 @@ GUE encapsulation; a failure lists every row that did not behave, with what was 
 
 from __future__ import annotations
 
-import os
 import struct
 
 import attrs
@@ -20,7 +19,7 @@ from scapy.layers.l2 import Ether
 from ip_lengths import ETH_LEN, answer_length_errors, encap_length_errors
 from katran import KatranConfig, KatranLb, ModifyAction, Real, VipKey
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+pytestmark = pytest.mark.privileged
 
 VIP4, VIP6 = VipKey("10.200.1.1", 80, "tcp"), VipKey("fc00:1::2", 80, "tcp")
 REAL4, REAL6 = "10.0.0.1", "fc00::2"

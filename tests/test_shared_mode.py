@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="BPF and network namespaces need root"),
+    pytest.mark.privileged,
     pytest.mark.netns,
 ]
 

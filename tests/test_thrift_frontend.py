@@ -453,6 +453,7 @@ def _listening_port(proc: subprocess.Popen) -> int:
     return int(match.group(1))
 
 
+@pytest.mark.privileged
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_server_command_serves_and_stops_on_signal(sig):
     proc = _run_server("-server", "127.0.0.1:0", "-insecure", "--testing", "-hc_forwarding=false", "-shutdown_delay", "300",
@@ -486,6 +487,7 @@ def test_server_command_serves_and_stops_on_signal(sig):
     ],
     ids=["mac", "cores", "server", "priority", "prog"],
 )
+@pytest.mark.privileged
 def test_server_command_startup_errors_are_one_line(flags, needles):
     proc = _run_server("--testing", "-server", "127.0.0.1:0", "-insecure", *flags)
     try:
@@ -502,6 +504,7 @@ def test_server_command_startup_errors_are_one_line(flags, needles):
         assert needle in lines[0], (needle, lines[0])
 
 
+@pytest.mark.privileged
 def test_server_command_port_in_use():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

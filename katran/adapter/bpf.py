@@ -539,6 +539,20 @@ class Program(_BpfFd):
     def from_id(cls, prog_id: int) -> "Program":
         return cls._owning(check(lib.bpf_prog_get_fd_by_id(prog_id), f"open program id {prog_id}"))
 
+    def map_ids(self) -> list[int]:
+        """Ids of the maps the program uses (its .rodata included)."""
+        fd = self._fd()
+        n = int(self._info_of(fd, self.name).nr_map_ids)
+        if n == 0:
+            return []
+        ids = ffi.new("__u32[]", n)
+        info = ffi.new("struct bpf_prog_info *")
+        info.nr_map_ids = n
+        info.map_ids = int(ffi.cast("uintptr_t", ids))
+        ln = ffi.new("__u32 *", ffi.sizeof("struct bpf_prog_info"))
+        check(lib.bpf_obj_get_info_by_fd(fd, info, ln), f"get map ids of program {self.name}")
+        return [int(ids[i]) for i in range(min(n, int(info.nr_map_ids)))]
+
     def test_run(self, data: bytes, *, ctx: bytes | None = None, repeat: int = 1,
                  data_size_out: int = 4096, ctx_size_out: int = 0, flags: int = 0,
                  cpu: int = 0) -> TestRunResult:
@@ -711,6 +725,21 @@ class ObjectSpec(_Closing):
 
     def max_entries(self, map_name: str) -> int:
         return int(lib.bpf_map__max_entries(self._map(map_name)))
+
+    def map_def(self, map_name: str) -> dict:
+        """Declared shape of a map: type, key_size, value_size, max_entries, flags, and
+        ``inner`` (the same for the inner-map template of a map-in-map, else None)."""
+        m = self._map(map_name)
+
+        def shape(p):  # type: ignore[no-untyped-def]
+            return {"type": int(lib.bpf_map__type(p)), "key_size": int(lib.bpf_map__key_size(p)),
+                    "value_size": int(lib.bpf_map__value_size(p)),
+                    "max_entries": int(lib.bpf_map__max_entries(p)), "flags": int(lib.bpf_map__map_flags(p))}
+
+        out = shape(m)
+        inner = lib.bpf_map__inner_map(m)
+        out["inner"] = None if inner == ffi.NULL else shape(inner)
+        return out
 
     def set_max_entries(self, map_name: str, n: int) -> None:
         if not isinstance(n, int) or not 0 < n <= 0xFFFFFFFF:

@@ -16,6 +16,15 @@ KATRAN_ABI_ENUM(root_limit);
 /* load-time knob: slots to try (root_array's max_entries, <= ROOT_MAX_SLOTS) */
 const volatile __u32 root_slots = 3;
 
+/*
+ * Version marker (the model: xdp-tools' dispatcher config in .rodata). A loader
+ * reads both from the attached program's .rodata and refuses a root whose magic
+ * differs (not ours) or whose version it does not speak. Bump root_version when
+ * the slot protocol changes (see docs/shared-mode.md); never set them at load.
+ */
+const volatile __u32 root_magic = 0x4b524f4f; /* "KROO" */
+const volatile __u32 root_version = 1;
+
 SEC("xdp")
 int xdp_root(struct xdp_md *ctx)
 {

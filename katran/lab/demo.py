@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -36,6 +37,7 @@ VIP4, VIP6 = "10.100.1.1", "fc00:100::1"
 BLOCKED_PREFIX = "10.10.1.64/26"  # holds the client's second address 10.10.1.66
 HC_MARKS = {1000: "real1:4", 1001: "real2:4", 1002: "real1:6"}  # somark -> real (role:family)
 EXAMPLES = S.EXAMPLES
+STEPS = 7  # topology + 5 numbered steps + cleanup
 
 
 @attrs.define
@@ -265,6 +267,85 @@ class Lab:
                      (", ".join(f"{e} to {d}" for e, d in sorted(got)) or "nothing encapsulated"))
         self.cli(st, "-s", "-hc_stats", "-count", "1", "-interval", "0.2", show=True)
 
+    def active_healthchecks(self, st: Step) -> None:
+        """The server runs the checks of its declarative file; one real's web server stops and
+        comes back while a client keeps sending requests."""
+        topo = self.topo
+        r1, r2 = topo.reals[0], topo.reals[1]
+        spec = {"interval": 0.5, "timeout": 0.4, "rise": 2, "fall": 3}
+        path = S.STATE_DIR / f"{topo.prefix}-lb.yaml"
+        path.write_text(
+            "version: 1\n"
+            "vips:\n"
+            f"  - {{address: {VIP4}, port: {S.HTTP_PORT}, proto: tcp,\n"
+            f"     reals: [{r1.ip4}, {r2.ip4}],\n"
+            "     healthcheck: {type: http, path: /, interval: %(interval)s, timeout: %(timeout)s, "
+            "rise: %(rise)s, fall: %(fall)s}}\n" % spec)
+        st.note(f"{path}: VIP {VIP4}:{S.HTTP_PORT} with {r1.ip4}, {r2.ip4}; http check every "
+                f"{spec['interval']} s, fall {spec['fall']}, rise {spec['rise']}, through the VIP (somarks)")
+        flags = [f for f in self.server.flags] + [f"-config={path}"]
+        self.server.stop()
+        self.server = S.GrpcServer(topo, "auto", flags=flags)
+        self.server.start()
+        st.note("$ katran-server-grpc ... " + " ".join(flags))
+        stop = threading.Event()
+        results: list = []  # (time, real name or None)
+
+        def client() -> None:
+            while not stop.is_set():
+                try:
+                    results.append((time.monotonic(), S.http_get(topo.client.netns, VIP4, timeout=1.0)))
+                except OSError:
+                    results.append((time.monotonic(), None))
+                time.sleep(0.02)
+
+        def weight(addr: str) -> Optional[int]:
+            for line in self.server.cli("-l").stdout.splitlines():
+                if line.strip().startswith(f"->{addr} "):
+                    return int(line.split("weight:")[1].split()[0])
+            return None
+
+        def wait(cond, timeout: float) -> Optional[float]:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < timeout:
+                if cond():
+                    return time.monotonic() - t0
+                time.sleep(0.05)
+            return None
+
+        t = threading.Thread(target=client, daemon=True)
+        t.start()
+        try:
+            st.check(wait(lambda: weight(r1.ip4) == 1 and weight(r2.ip4) == 1, 10) is not None,
+                     "both reals in service (weight 1)")
+            time.sleep(1.0)
+            self.reals[r2.role].stop_http()
+            down_at = time.monotonic()
+            detect = wait(lambda: weight(r2.ip4) == 0, 10)
+            detected_at = time.monotonic()
+            time.sleep(1.5)
+            self.reals[r2.role].start_http()
+            recover = wait(lambda: weight(r2.ip4) == 1, 10)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            t.join(5)
+        bound = (spec["fall"] + 1) * spec["interval"]
+        st.check(detect is not None and detect <= bound + 0.5,
+                 f"{r2.role}'s web server stopped: drained (weight 0) after {detect or -1:.2f} s "
+                 f"(fall {spec['fall']} x {spec['interval']} s)")
+        st.check(recover is not None and recover <= (spec["rise"] + 1) * spec["interval"] + 0.5,
+                 f"started again: weight 1 back after {recover or -1:.2f} s (rise {spec['rise']} x {spec['interval']} s)")
+        failed_before = sum(1 for at, name in results if name is None and down_at <= at < detected_at)
+        failed_after = sum(1 for at, name in results if name is None and at >= detected_at)
+        during = collections.Counter(name for at, name in results if detected_at <= at and name)
+        st.check(failed_after == 0, f"{len(results)} requests under traffic: {failed_before} failed between the "
+                                    f"stop and its detection, {failed_after} after it")
+        log = [ln for ln in self.server.tail_log(200).split(" | ") if "hc: real" in ln]
+        for line in log[-2:]:
+            st.note("server log: " + line.split(": ", 1)[-1])
+        st.note(f"answers after detection: {dict(during)}")
+
     def cleanup(self, st: Step) -> None:
         if self.server is not None:
             code = self.server.stop()
@@ -294,13 +375,16 @@ class Lab:
                 self.step("3. shared mode: root program, firewall in slot 0, katran in slot 2", self.shared)
                 if self.server is not None:
                     self.step("4. healthcheck forwarding: somarks, probes, capture", self.healthchecks)
+                if self.server is not None:
+                    self.step("5. active health checks: a real goes down and comes back under traffic",
+                              self.active_healthchecks)
         except KeyboardInterrupt:
             print("\ninterrupted: cleaning up", flush=True)
         finally:
-            self.step("5. cleanup", self.cleanup)
+            self.step("6. cleanup", self.cleanup)
             signal.signal(signal.SIGTERM, old_term)
         print(self.report(time.monotonic() - t0))
-        return 0 if self.steps and all(s.ok for s in self.steps) and len(self.steps) == 6 else 1
+        return 0 if self.steps and all(s.ok for s in self.steps) and len(self.steps) == STEPS else 1
 
     def report(self, seconds: float) -> str:
         out = ["", "=" * 72, f"katran lab report ({seconds:.1f}s)", "=" * 72]
@@ -309,10 +393,10 @@ class Lab:
             for line in s.lines:
                 if line.startswith(("ok ", "FAIL")):
                     out.append(f"        {line}")
-        if len(self.steps) < 6:
+        if len(self.steps) < STEPS:
             out.append("[FAIL] not every step ran")
         passed = sum(1 for s in self.steps if s.ok)
-        out.append(f"{passed}/{max(len(self.steps), 6)} steps passed")
+        out.append(f"{passed}/{max(len(self.steps), STEPS)} steps passed")
         return "\n".join(out)
 
 

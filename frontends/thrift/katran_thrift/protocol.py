@@ -45,10 +45,24 @@ class LimitExceeded(TProtocolException):
 
 
 class _Limits:
-    """Mixin: string and container limits with clear errors (None: no limit)."""
+    """Mixin: string and container limits with clear errors (None: no limit), and the ids of
+    the fields being read (``field_ids``), so a refusal can name the field."""
 
     max_string_size = None
     max_container_size = None
+
+    def readStructBegin(self):
+        self.__dict__.setdefault("field_ids", []).append(None)
+        return super().readStructBegin()
+
+    def readStructEnd(self):
+        self.field_ids.pop()
+        return super().readStructEnd()
+
+    def readFieldBegin(self):
+        name, ftype, fid = super().readFieldBegin()
+        self.field_ids[-1] = fid
+        return name, ftype, fid
 
     def _check_string_length(self, length: int) -> None:
         if length < 0:

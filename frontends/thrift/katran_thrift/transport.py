@@ -34,6 +34,7 @@ import selectors
 import socket
 import ssl
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -43,7 +44,7 @@ from typing import Callable, Optional, Tuple
 
 import attrs
 from thrift.protocol.TProtocol import TProtocolException
-from thrift.Thrift import TApplicationException, TException, TMessageType
+from thrift.Thrift import TApplicationException, TException, TMessageType, TType
 from thrift.transport.TTransport import TTransportBase, TTransportException
 
 from .protocol import BinaryProtocol, CompactProtocol, LimitExceeded
@@ -81,6 +82,26 @@ class ServerLimits:
         for name in ("idle_timeout", "read_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be positive")
+
+
+def field_name(processor, method: str, ids: list) -> str:
+    """The dotted name of the argument field being read (``newMac.mac``) from the ids the
+    protocol saw and the generated ``<method>_args`` spec; '' when it cannot be told."""
+    module = sys.modules.get(type(processor).__module__)
+    cls = getattr(module, f"{method}_args", None)
+    names = []
+    for fid in ids:
+        spec = getattr(cls, "thrift_spec", None)
+        if fid is None or spec is None or not 0 <= fid < len(spec) or spec[fid] is None:
+            break
+        _, ftype, name, args = spec[fid][:4]
+        names.append(name)
+        if ftype in (TType.LIST, TType.SET) and args and args[0] == TType.STRUCT:
+            args = args[1]  # (element type, [element class, spec], ...)
+        cls = args[0] if isinstance(args, (list, tuple)) and args else None
+        if not isinstance(cls, type):
+            break
+    return ".".join(names)
 
 
 class _Refused(Exception):
@@ -522,12 +543,23 @@ class ThriftTransportServer:
                 if refusal:
                     proto.readMessageBegin()  # to answer the call by name
                     raise _Refused(refusal)
-            self.processor.process(proto, proto)
+            try:
+                self.processor.process(proto, proto)
+            except UnicodeDecodeError:  # a string argument that is not UTF-8 (Apache's readString)
+                raise TProtocolException(TProtocolException.INVALID_DATA, "not valid UTF-8 text") from None
         except (LimitExceeded, _Refused, TProtocolException) as exc:
             if called:
                 code = (TApplicationException.UNKNOWN if isinstance(exc, _Refused)
                         else TApplicationException.PROTOCOL_ERROR)
-                self._reply_error(conn, kind, head, proto_id, getattr(proto, "version", 1), called, code, str(exc))
+                text = str(exc)
+                field = field_name(self.processor, called.get("name", ""), getattr(proto, "field_ids", []))
+                if field and not isinstance(exc, _Refused):
+                    text = f"{field}: {text}"
+                self._reply_error(conn, kind, head, proto_id, getattr(proto, "version", 1), called, code, text)
+                if kind != "unframed" and not isinstance(exc, _Refused):
+                    # the whole frame was read and answered: the connection goes on
+                    log.warning("refused a request from %s: %s", conn.peer, exc)
+                    return True
             raise
         if exchange.out:
             self._send(conn, kind, head, bytes(exchange.out))
