@@ -159,7 +159,7 @@ class KatranLb:
     @property
     def data_plane_attached(self) -> bool:
         """True while the balancer is attached to its interface or registered in a root program."""
-        return self._attached_ifindex is not None or self._registered_root is not None
+        return self._dp.attached
 
     def __enter__(self) -> "KatranLb":
         self.start()
@@ -585,8 +585,8 @@ class KatranLb:
         return metrics.read_snapshot(
             self._obj,
             vips=None if same else [(v, s.num) for v, s in self._vips.items()],
-            reals=None if same else [(a, m.num) for a, m in self._reals.items()],
-            max_vips=self._config.max_vips, hc=self._hc, lb_stats=(self._bpf_failed_calls, self._addr_validation_failed),
+            reals=None if same else [(a, self._reals.get(a).num) for a in self._reals],
+            max_vips=self._config.max_vips, hc=self._dp.hc, lb_stats=(self._bpf_failed_calls, self._addr_validation_failed),
             config_generation=self._config_generation, attached=self.data_plane_attached,
             version=self._state_version,
         )
@@ -885,17 +885,16 @@ class KatranLb:
     # ------------------------------------------------------------------ flow table (katran.flows)
     def _flow_view(self):
         from . import flows
-        from .adapter import bpf
 
         obj = self._require_started()
         cfg = self._config
         tables, owned = [], []
         try:
             lru_mapping = obj.map("lru_mapping")
-            for core in self._forwarding_cores():
+            for core in self._dp.forwarding_cores():
                 inner_id = lru_mapping.inner_map_id(core)
                 if inner_id:
-                    inner = bpf.Map.from_id(inner_id)
+                    inner = self._kernel.map_by_id(inner_id)
                     owned.append(inner)
                     tables.append((f"cpu{core}", inner))
         except BaseException:
@@ -906,7 +905,7 @@ class KatranLb:
         return flows.FlowTableView(
             tables=tables, reals_map=obj.map("reals"),
             vips={v: flows.VipView(s.num, s.flags, s.ring) for v, s in self._vips.items()},
-            num_to_real=dict(self._num_to_real), lpm_rules=dict(self._lpm_rules),
+            num_to_real={self._reals.get(a).num: a for a in self._reals}, lpm_rules=dict(self._lpm_rules),
             down_reals={v: set(n) for v, n in self._down_reals.items()}, ring_size=cfg.ch_ring_size,
             max_vips=cfg.max_vips, max_reals=cfg.max_reals, lru_udp_timeout_ns=cfg.lru_udp_timeout_ns,
             lpm_src_lookup=bool(cfg.lpm_src_lookup), owned=owned,
