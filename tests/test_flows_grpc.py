@@ -14,7 +14,7 @@ from katran.packets import build_flow_packet  # noqa: E402
 from katran_grpc.client import GrpcKatranClient, RpcFailed  # noqa: E402
 from katran_grpc.server import KatranGrpcServer  # noqa: E402
 
-root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+root = pytest.mark.privileged  # BPF programs (and namespaces): needs root
 
 
 @pytest.fixture

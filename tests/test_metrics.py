@@ -21,7 +21,7 @@ from scapy.layers.l2 import Ether
 
 from katran import KatranConfig, KatranLb, ModifyAction, Real, ValidationError, VipFlag, VipKey, metrics
 
-root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+root = pytest.mark.privileged  # BPF programs (and namespaces): needs root
 MAC = "00:00:de:ad:be:af"
 
 

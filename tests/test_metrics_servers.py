@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from katran.models import Real, VipKey
 
-root = pytest.mark.skipif(os.geteuid() != 0, reason="the servers load BPF programs: needs root")
+root = pytest.mark.privileged  # BPF programs (and namespaces): needs root
 METRICS_LINE = re.compile(r"Metrics on (http://\S+/metrics)$")
 
 
