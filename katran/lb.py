@@ -181,7 +181,8 @@ class KatranLb:
         self._addr_validation_failed = 0
         self._config_generation = 0  # successful mutations (metrics)
         self._state_version = 0  # every mutating call, failed ones too (metrics caches)
-        self._mutation_depth = 0
+        self._generation_lock = threading.Lock()  # the two counters above
+        self._mutating = threading.local()  # .depth: nesting of mutating calls in this thread
 
     # ------------------------------------------------------------------ life cycle
     @property
@@ -1104,19 +1105,24 @@ MUTATING_METHODS = (
 
 
 def _counts_generation(method: Callable[..., T]) -> Callable[..., T]:
+    # Not under the balancer's lock: modify_reals_for_vip queues before it takes it (coalescing).
     @functools.wraps(method)
     def wrapper(self: KatranLb, *args, **kwargs):
-        with self._lock:
-            self._mutation_depth += 1
-            try:
-                result = method(self, *args, **kwargs)
-            finally:
-                self._mutation_depth -= 1
-                if self._mutation_depth == 0:
-                    self._state_version += 1
-            if self._mutation_depth == 0:
-                self._config_generation += 1
+        local = self._mutating
+        depth = getattr(local, "depth", 0)
+        local.depth = depth + 1
+        ok = False
+        try:
+            result = method(self, *args, **kwargs)
+            ok = True
             return result
+        finally:
+            local.depth = depth
+            if depth == 0:
+                with self._generation_lock:
+                    self._state_version += 1
+                    if ok:
+                        self._config_generation += 1
 
     return wrapper
 
