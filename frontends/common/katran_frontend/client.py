@@ -227,6 +227,13 @@ class KatranClient(abc.ABC):
                       src: Optional[str] = None) -> dict[str, int]:
         self._unsupported("purgeLru")
 
+    def drain(self, timeout_ms: int = 0) -> tuple:
+        """BGP: withdraw every VIP, wait for the traffic to leave; (draining, seconds waited, announced)."""
+        self._unsupported("drain")
+
+    def undrain(self) -> tuple:
+        self._unsupported("undrain")
+
     def close(self) -> None:
         """Release the connection."""
 

@@ -305,3 +305,19 @@ class FlowRoute(_message.Message):
     lru_source: str
     ring_slot: int
     def __init__(self, vip: _Optional[_Union[_katran_pb2.Vip, _Mapping]] = ..., found: _Optional[bool] = ..., real: _Optional[str] = ..., real_index: _Optional[int] = ..., source: _Optional[str] = ..., lru_source: _Optional[str] = ..., ring_slot: _Optional[int] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("timeout_ms",)
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    timeout_ms: int
+    def __init__(self, timeout_ms: _Optional[int] = ...) -> None: ...
+
+class DrainState(_message.Message):
+    __slots__ = ("draining", "waited", "announced")
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    WAITED_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCED_FIELD_NUMBER: _ClassVar[int]
+    draining: bool
+    waited: float
+    announced: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, draining: _Optional[bool] = ..., waited: _Optional[float] = ..., announced: _Optional[_Iterable[str]] = ...) -> None: ...
