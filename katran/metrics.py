@@ -111,6 +111,16 @@ def _fields_of(table: np.ndarray, fields: tuple) -> dict:
     return {name: int(v) for name, v in zip(fields, table[0])}
 
 
+# What katran.watch last saw (None: no watch runs; the server process runs one balancer).
+_watched_attached: Optional[bool] = None
+
+
+def set_dataplane_attached(attached: bool) -> None:
+    """Called by katran.watch each time it checks who is attached."""
+    global _watched_attached
+    _watched_attached = bool(attached)
+
+
 def read_snapshot(obj, *, vips: Optional[list], reals: Optional[list], max_vips: int, hc, lb_stats: tuple,
                   config_generation: int, attached: bool, version: int) -> CounterSnapshot:
     """Read every counter map of a loaded balancer object (``KatranLb`` calls this under its lock)."""
@@ -257,8 +267,10 @@ class KatranCollector(Collector):
         up.add_metric([], 1 if snap is not None and snap.started else 0)
         yield up
         attached = GaugeMetricFamily("katran_dataplane_attached",
-                                     "1 when the balancer is attached to its interface or root program")
-        attached.add_metric([], 1 if snap is not None and snap.attached else 0)
+                                     "1 when the balancer is attached to its interface or root program "
+                                     "(0 once the attachment watch sees it detached or replaced)")
+        seen = _watched_attached is not False  # katran.watch: what is really attached now
+        attached.add_metric([], 1 if snap is not None and snap.attached and seen else 0)
         yield attached
         gen = CounterMetricFamily("katran_config_generation",
                                   "Successful configuration changes of the load balancer since start")
