@@ -79,6 +79,8 @@ def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> Flag
             "load a fresh one in its place: the LRU and the saved state are lost")
     fs.bool("teardown_on_exit", False, "on SIGTERM/SIGINT detach and remove programs, filters, pins and the state "
             "file (default: leave the data plane forwarding for the next start to adopt)")
+    fs.string("metrics_addr", "", "serve Prometheus metrics at http://HOST:PORT/metrics "
+              "(off when empty; PORT or :PORT alone: loopback)")
     fs.int("drain_timeout", 10000, "with a bgp section: on SIGTERM/SIGINT withdraw the VIPs and wait at most this "
            "many milliseconds for their traffic to leave before stopping")
     return fs
