@@ -15,13 +15,18 @@ flows really hit: this is checked).  Run as root:
 
     python benchmarks/bench_packets.py [--runs 4000] [--reps 3] [--instances 3] [--cpu 1]
                                        [--all-features] [--object other_balancer.bpf.o]
+                                       [--compare before_balancer.bpf.o] [--capture]
 
 ``--all-features`` enables every data-plane feature knob at load time
 (TPR, UDP stable routing, source routing, global LRU, local delivery, ICMP
 too-big, inline IPIP/GUE decap, strict decap destination) while the VIPs
 and packets use none of them; encapsulation stays IPIP (GUE would change
 the packet).  The functions are importable so other programs can be timed
-in the same table: ``run_bench(factory, args, title)``.
+in the same table: ``run_bench(factory, args, title)``.  ``--compare OBJ``
+adds a column for another balancer object loaded the same way (paired: the
+cost of a change, e.g. the capture hook, is the difference of two columns
+measured in turns on the same CPU); ``--capture`` a column for the balancer
+with a packet capture running whose filter matches none of the packets.
 """
 
 from __future__ import annotations
@@ -255,6 +260,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=1, help="seed of the placement spacers")
     ap.add_argument("--object", default=None, help="balancer object to time (default: the packaged one)")
     ap.add_argument("--all-features", action="store_true", help="every feature knob on, unused by the packets")
+    ap.add_argument("--compare", default=None, metavar="OBJ",
+                    help="also time this balancer object (column 'compare'), e.g. the build before a change")
+    ap.add_argument("--capture", action="store_true",
+                    help="also time the balancer with a packet capture running whose filter matches "
+                         "none of the packets (column 'capture')")
     return ap.parse_args(argv)
 
 
@@ -273,21 +283,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def load() -> tuple[dict[str, bpf.Program], Callable[[], None]]:
         empty_obj = _load_empty()
+        extra: dict[str, KatranLb] = {}
+        captures = []
         try:
             lb = make_lb(args.cpu, args.reals, args.all_features, args.lru_size, args.object)
+            if args.compare:
+                extra["compare"] = make_lb(args.cpu, args.reals, args.all_features, args.lru_size, args.compare)
+            if args.capture:
+                extra["capture"] = make_lb(args.cpu, args.reals, args.all_features, args.lru_size, args.object)
+                # a running capture whose filter no benchmark packet matches (TEST-NET-3 sources)
+                captures.append(extra["capture"].capture(src="203.0.113.0/24"))
         except Exception:
+            for c in captures:
+                c.close()
+            for other in extra.values():
+                other.close()
             empty_obj.close()
             raise
 
         def close() -> None:
             lbs.remove(lb)
+            for c in captures:
+                c.close()
+            for other in extra.values():
+                other.close()
             lb.close()
             empty_obj.close()
 
         lbs.append(lb)
 
         # the benchmark times the loaded program itself
-        return {"balancer": lb._obj.program("balancer_ingress"), "empty": empty_obj.program("xdp_pass")}, close
+        progs = {"balancer": lb._obj.program("balancer_ingress")}
+        progs.update({name: other._obj.program("balancer_ingress") for name, other in extra.items()})
+        progs["empty"] = empty_obj.program("xdp_pass")
+        return progs, close
 
     def check_hits(progs: dict[str, bpf.Program], cases: list[Case]) -> None:
         # the "LRU hit" rows must really hit: a connection table too small for the
