@@ -23,7 +23,7 @@ from typing import BinaryIO, Callable, Iterator, Optional
 import attrs
 
 from . import contract, structs
-from .errors import KatranError, KernelError, ValidationError
+from .errors import AlreadyExistsError, KatranError, KernelError, ValidationError
 from .models import check_int, parse_prefix
 
 MAX_SNAPLEN = contract.CAPTURE_MAX_SNAPLEN  # bytes a record keeps at most (the BPF side's buffer)
@@ -129,8 +129,12 @@ class PcapWriter:
         self.out.flush()
 
 
-class CaptureBusyError(KatranError):
+class CaptureBusyError(AlreadyExistsError):
     """A capture is already running on this balancer (there is one capture filter)."""
+
+    def __init__(self, message: str) -> None:
+        self.what, self.key = "capture", "running"
+        KatranError.__init__(self, message)
 
 
 class Capture:

@@ -575,7 +575,7 @@ class KatranLb:
         self._require_started()
         filt = CaptureFilter(
             vip_num=None if vip is None else self._vip(vip).num,
-            real_index=None if real is None else self._real_entry(real)[1].num,
+            real_index=None if real is None else self._capture_real(real),
             src=check_src(src), snaplen=check_snaplen(snaplen))
         count = check_count(count)
         if self._capture is not None and not self._capture.closed:
@@ -597,6 +597,13 @@ class KatranLb:
             raise
         self._capture = cap
         return cap
+
+    def _capture_real(self, real: object) -> int:
+        addr = self._parse_address(real, "real")
+        entry = self._reals.get(addr)
+        if entry is None:
+            raise NotFoundError("real", addr)
+        return entry.num
 
     def _capture_closed(self, cap: Capture) -> None:
         with self._lock:

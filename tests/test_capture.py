@@ -170,7 +170,7 @@ def test_one_capture_at_a_time(lb):
 @pytest.mark.parametrize("kw, field", [
     ({"vip": VipKey("10.9.9.9", 80, 6)}, "vip"),
     ({"real": "10.9.9.9"}, "real"),
-    ({"real": "not-an-ip"}, "address"),
+    ({"real": "not-an-ip"}, "real"),
     ({"src": "10.0.0.0/33"}, "src"),
     ({"src": "bogus"}, "src"),
     ({"snaplen": 0}, "snaplen"),
