@@ -261,3 +261,74 @@ def test_tcpdump_reads_the_capture(lb, tmp_path):
     assert "192.168.7.7.4242 > 10.200.1.1.80" in lines[0] and "IP-in-IP" not in lines[0]
     # the encapsulated one: tcpdump shows the outer header towards the real and the inner flow
     assert REAL_A in lines[1] and "192.168.7.7.4242 > 10.200.1.1.80" in lines[1]
+
+
+# ------------------------------------------------------------------ katran-cli -capture (no server)
+class _FakeCaptureClient:
+    """A KatranClient stand-in recording the capture call; yields the given packets."""
+
+    def __init__(self, packets=(), fail=None):
+        self.packets, self.fail, self.calls = list(packets), fail, []
+        self.capture_lost = 3
+
+    def capture(self, **kw):
+        self.calls.append(kw)
+        if self.fail:
+            raise self.fail
+        yield from self.packets
+
+    def close(self):
+        pass
+
+
+def test_cli_capture_writes_pcap_and_passes_the_filter(tmp_path, capsys):
+    from katran_frontend import cli
+
+    pkts = [CapturedPacket("in", 2, 10**18, 60, b"\x01" * 60), CapturedPacket("out", 2, 10**18 + 1000, 80, b"\x02" * 80)]
+    fake = _FakeCaptureClient(pkts)
+    out = tmp_path / "c.pcap"
+    rc = cli.main(["-capture", "-vip", "10.0.0.1:53/udp", "-r", "10.1.1.1", "-src", "10.2.0.0/16", "-count", "2",
+                   "-snaplen", "100", "-w", str(out)], client_factory=lambda ns: fake)
+    o, e = capsys.readouterr()
+    assert rc == 0 and o == "" and "2 packets captured, 3 lost" in e
+    assert fake.calls == [dict(vip=VipKey("10.0.0.1", 53, 17), real="10.1.1.1", src="10.2.0.0/16", count=2,
+                               snaplen=100)]
+    raw = out.read_bytes()
+    assert raw[:4] == b"\xd4\xc3\xb2\xa1" and len(raw) == 24 + 16 + 60 + 16 + 80
+    # -t works as the VIP too; -w= form
+    rc = cli.main(["-capture", "-t", "10.0.0.1:80", f"-w={out}"], client_factory=lambda ns: _FakeCaptureClient())
+    assert rc == 0 and len(out.read_bytes()) == 24
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["-capture"], "-capture needs -w FILE"),
+    (["-capture", "-vip", "10.0.0.1:80/sctp", "-w", "x.pcap"], "protocol must be tcp or udp"),
+    (["-capture", "-vip", "10.0.0.1", "-w", "x.pcap"], "10.0.0.1"),
+    (["-capture", "-count", "-1", "-w", "x.pcap"], "must be >= 0"),
+    (["-capture", "-w", "/nonexistent-dir/x.pcap"], "cannot write /nonexistent-dir/x.pcap"),
+])
+def test_cli_capture_bad_input(argv, text, capsys, tmp_path, monkeypatch):
+    from katran_frontend import cli
+
+    monkeypatch.chdir(tmp_path)
+    fake = _FakeCaptureClient()
+    assert cli.main(argv, client_factory=lambda ns: fake) == 1
+    assert text in capsys.readouterr().err
+    assert fake.calls == []
+
+
+def test_cli_capture_server_error_is_fatal(tmp_path, capsys):
+    from katran_frontend import cli
+    from katran_frontend.client import RpcFailed
+
+    fake = _FakeCaptureClient(fail=RpcFailed("capture", "ALREADY_EXISTS", "a packet capture is already running"))
+    rc = cli.main(["-capture", "-w", str(tmp_path / "x.pcap")], client_factory=lambda ns: fake)
+    assert rc == 1 and "already running" in capsys.readouterr().err
+
+
+def test_w_stays_the_weight_without_capture():
+    from katran_frontend.cli import capture_argv
+
+    assert capture_argv(["-a", "-w", "5"]) == ["-a", "-w", "5"]
+    assert capture_argv(["-capture", "-w", "f.pcap"]) == ["-capture", "-write", "f.pcap"]
+    assert capture_argv(["--capture", "--w=-"]) == ["--capture", "-write=-"]
