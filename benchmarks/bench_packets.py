@@ -22,16 +22,15 @@ flows really hit: this is checked).  Run as root:
 too-big, inline IPIP/GUE decap, strict decap destination) while the VIPs
 and packets use none of them; encapsulation stays IPIP (GUE would change
 the packet).  The functions are importable so other programs can be timed
-in the same table: ``run_bench(factory, args, title)``.  ``--compare OBJ``
-adds a column for another balancer object loaded the same way (paired: the
-cost of a change, e.g. the capture hook, is the difference of two columns
-measured in turns on the same CPU); ``--capture`` a column for the balancer
-with a packet capture running whose filter matches none of the packets.
+in the same table: ``run_bench(factory, args, title)``.  ``--capture`` adds
+a column for the balancer with a packet capture running whose filter matches
+none of the packets (the capture-on cost; capture off is the plain column).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import random
@@ -259,9 +258,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lru-size", type=int, default=200_000, help="size of the per-cpu connection table")
     ap.add_argument("--seed", type=int, default=1, help="seed of the placement spacers")
     ap.add_argument("--object", default=None, help="balancer object to time (default: the packaged one)")
+    ap.add_argument("--compare", default=None, metavar="OBJECT",
+                    help="a second balancer object (e.g. our previous release's) timed in the same table, "
+                         "paired; prints its cost above empty as a ratio to the balancer's")
     ap.add_argument("--all-features", action="store_true", help="every feature knob on, unused by the packets")
-    ap.add_argument("--compare", default=None, metavar="OBJ",
-                    help="also time this balancer object (column 'compare'), e.g. the build before a change")
     ap.add_argument("--capture", action="store_true",
                     help="also time the balancer with a packet capture running whose filter matches "
                          "none of the packets (column 'capture')")
@@ -281,42 +281,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lbs: list[KatranLb] = []
 
+    loads = itertools.count()
+
     def load() -> tuple[dict[str, bpf.Program], Callable[[], None]]:
-        empty_obj = _load_empty()
-        extra: dict[str, KatranLb] = {}
-        captures = []
+        # with --compare the two balancers are loaded in turns first and second
+        # (what is loaded first lands elsewhere in memory and times differently)
+        objs = {"balancer": args.object}
+        if args.compare:
+            objs["compare"] = args.compare
+        order = list(objs) if next(loads) % 2 == 0 else list(reversed(objs))
+        stack = contextlib.ExitStack()
         try:
-            lb = make_lb(args.cpu, args.reals, args.all_features, args.lru_size, args.object)
-            if args.compare:
-                extra["compare"] = make_lb(args.cpu, args.reals, args.all_features, args.lru_size, args.compare)
+            empty_obj = _load_empty()
+            stack.callback(empty_obj.close)
+            loaded = {}
+            for name in order:
+                loaded[name] = make_lb(args.cpu, args.reals, args.all_features, args.lru_size, objs[name])
+                stack.callback(loaded[name].close)
             if args.capture:
-                extra["capture"] = make_lb(args.cpu, args.reals, args.all_features, args.lru_size, args.object)
+                loaded["capture"] = make_lb(args.cpu, args.reals, args.all_features, args.lru_size, args.object)
+                stack.callback(loaded["capture"].close)
                 # a running capture whose filter no benchmark packet matches (TEST-NET-3 sources)
-                captures.append(extra["capture"].capture(src="203.0.113.0/24"))
-        except Exception:
-            for c in captures:
-                c.close()
-            for other in extra.values():
-                other.close()
-            empty_obj.close()
+                stack.callback(loaded["capture"].capture(src="203.0.113.0/24").close)
+        except BaseException:
+            stack.close()
             raise
-
-        def close() -> None:
-            lbs.remove(lb)
-            for c in captures:
-                c.close()
-            for other in extra.values():
-                other.close()
-            lb.close()
-            empty_obj.close()
-
+        lb = loaded["balancer"]
         lbs.append(lb)
-
-        # the benchmark times the loaded program itself
-        progs = {"balancer": lb._obj.program("balancer_ingress")}
-        progs.update({name: other._obj.program("balancer_ingress") for name, other in extra.items()})
+        stack.callback(lbs.remove, lb)
+        # the benchmark times the loaded programs themselves
+        progs = {name: loaded[name]._obj.program("balancer_ingress") for name in loaded}
         progs["empty"] = empty_obj.program("xdp_pass")
-        return progs, close
+        return progs, stack.close
 
     def check_hits(progs: dict[str, bpf.Program], cases: list[Case]) -> None:
         # the "LRU hit" rows must really hit: a connection table too small for the
@@ -331,11 +327,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"{misses} connection-table misses on the LRU-hit rows: raise --lru-size")
 
     mode = "all feature knobs on" if args.all_features else "default knobs"
-    run_bench(load, args, (
+    results = run_bench(load, args, (
         f"per-packet cost ({mode}), cpu {args.cpu}, {args.reals} reals, per-cpu LRU of {args.lru_size}: "
         f"median over {args.instances} loads x {args.reps} repetitions of the median of {args.runs} "
         f"BPF_PROG_TEST_RUN calls (repeat=1, fresh packet each); (±) = half the spread"), check_hits)
+    if args.compare:
+        print_ratios(results, build_cases(1))
     return 0
+
+
+def print_ratios(results: Mapping[tuple[str, str], list[float]], cases: Sequence[Case]) -> None:
+    """Per row: compare's cost above empty / the balancer's, paired per repetition (same load,
+    same block order): median and the range over the repetitions."""
+    print(f"{'packet':<24} {'compare / balancer (above empty)':>34}")
+    for case in cases:
+        b = results[(case.name, "balancer")]
+        c = results[(case.name, "compare")]
+        e = results[(case.name, "empty")]
+        ratios = [(ci - ei) / (bi - ei) for bi, ci, ei in zip(b, c, e) if bi - ei > 0]
+        if not ratios:
+            print(f"{case.name:<24} {'n/a':>34}")
+            continue
+        print(f"{case.name:<24} {statistics.median(ratios):>20.2f} [{min(ratios):.2f} .. {max(ratios):.2f}]")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ import attrs
 
 from . import decap
 from .errors import KatranError
+from katran import add_version_argument
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="katran-decap", description=__doc__)
+    add_version_argument(ap, "katran-decap")
     ap.add_argument("action", choices=("install", "uninstall", "stats"))
     ap.add_argument("--intf", required=True, help="interface receiving encapsulated packets")
     ap.add_argument("--vip", action="append", default=[], help="VIP to put on lo (repeatable)")

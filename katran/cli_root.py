@@ -8,10 +8,12 @@ from typing import Optional
 
 from . import shared
 from .errors import KatranError
+from katran import add_version_argument
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="katran-xdp-root", description=__doc__)
+    add_version_argument(ap, "katran-xdp-root")
     ap.add_argument("action", choices=("install", "uninstall", "status"))
     ap.add_argument("--intf", required=True, help="interface to attach the root program to")
     ap.add_argument("--map-path", help="pin path of the program array (default /sys/fs/bpf/jmp_<intf>)")

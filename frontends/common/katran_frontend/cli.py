@@ -37,7 +37,7 @@ from katran.models import Flow, HashFunction, ModifyAction, QuicReal, Real, Real
 
 from . import GRPC_DEFAULT_SERVER as DEFAULT_SERVER
 from .client import KatranClient, KatranClientError, OperationFailed, RpcFailed
-from .goflags import FlagError, FlagSet, HelpRequested
+from .goflags import FlagError, FlagSet, HelpRequested, VersionRequested
 
 PROG = "katran-cli"
 
@@ -865,6 +865,11 @@ def main(argv: Optional[list[str]] = None, *, client_factory: Optional[ClientFac
     fs = build_flags()
     try:
         ns = fs.parse(capture_argv(sys.argv[1:] if argv is None else argv))
+    except VersionRequested:
+        from katran import version_line
+
+        print(version_line(PROG))
+        return 0
     except HelpRequested:
         fs.usage()
         return 0
