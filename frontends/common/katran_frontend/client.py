@@ -212,6 +212,13 @@ class KatranClient(abc.ABC):
     def get_sid_routing_stats_for_vip(self, vip: VipKey) -> LbStats:
         self._unsupported("getSidRoutingStatsForVip")
 
+    def drain(self, timeout_ms: int = 0) -> tuple:
+        """BGP: withdraw every VIP, wait for the traffic to leave; (draining, seconds waited, announced)."""
+        self._unsupported("drain")
+
+    def undrain(self) -> tuple:
+        self._unsupported("undrain")
+
     def close(self) -> None:
         """Release the connection."""
 

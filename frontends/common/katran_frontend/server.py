@@ -56,6 +56,9 @@ class Serving(abc.ABC):
     def abort(self) -> None:
         """Release the port after a failed start (``start`` may not have been called)."""
 
+    def set_daemon(self, daemon) -> None:
+        """The server's Daemon (katran.daemon), for RPCs that reach it (drain); default: none do."""
+
     def alive(self) -> bool:
         """False once the server ended by itself (the lifecycle then shuts down)."""
         return True
@@ -138,7 +141,9 @@ def _serve(transport: Transport, ns, log: logging.Logger) -> int:
             raise StartupError(missing)
         lb = KatranLb(config)
         daemon = Daemon(lb, ns.config or None, desired)
+        daemon.drain_timeout = max(0, ns.drain_timeout) / 1000.0
         serving = transport.bind(lb, ns, prepared)
+        serving.set_daemon(daemon)
         if transport.log_starting:
             log.info("Starting Katran")
         lb.start()
@@ -193,6 +198,8 @@ def _serve(transport: Transport, ns, log: logging.Logger) -> int:
                 log.error("%s: the server ended by itself", prog)
                 status = 1
                 break
+        if stop.is_set():
+            daemon.drain()  # bgp: withdraw first, wait for the traffic to leave
         serving.stop(ns.shutdown_delay)
     finally:
         log.info("Stopping Katran!")

@@ -338,6 +338,15 @@ class GrpcKatranClient(KatranClient):
     def get_sid_routing_stats_for_vip(self, vip: VipKey) -> LbStats:
         return _stats(self._get("getSidRoutingStatsForVip", _vip_msg(vip), ext=True))
 
+    def drain(self, timeout_ms: int = 0) -> tuple:
+        # the call returns once the traffic left (or timeout_ms): within the client's deadline (-timeout)
+        msg = self._call(self._ext, "drain", ext_pb.DrainRequest(timeout_ms=timeout_ms))[0]
+        return msg.draining, msg.waited, list(msg.announced)
+
+    def undrain(self) -> tuple:
+        msg = self._get("undrain", pb.Empty(), ext=True)
+        return msg.draining, msg.waited, list(msg.announced)
+
 
     # ------------------------------------------------------------- packet capture
     def capture(self, vip: Optional[VipKey] = None, real: Optional[str] = None, src: Optional[str] = None,

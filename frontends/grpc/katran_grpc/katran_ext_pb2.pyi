@@ -229,3 +229,19 @@ class CapturedPacket(_message.Message):
     data: bytes
     lost: int
     def __init__(self, direction: _Optional[_Union[CapturedPacket.Direction, str]] = ..., ifindex: _Optional[int] = ..., timestamp_ns: _Optional[int] = ..., orig_len: _Optional[int] = ..., data: _Optional[bytes] = ..., lost: _Optional[int] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("timeout_ms",)
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    timeout_ms: int
+    def __init__(self, timeout_ms: _Optional[int] = ...) -> None: ...
+
+class DrainState(_message.Message):
+    __slots__ = ("draining", "waited", "announced")
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    WAITED_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCED_FIELD_NUMBER: _ClassVar[int]
+    draining: bool
+    waited: float
+    announced: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, draining: _Optional[bool] = ..., waited: _Optional[float] = ..., announced: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -154,7 +154,7 @@ class KatranGrpcServer:
             interceptors=interceptors,
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
-        add_services(self._server, lb)
+        self.ext = add_services(self._server, lb)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for name in ("", KATRAN_SERVICE, EXT_SERVICE):
@@ -231,6 +231,9 @@ class _Serving(lifecycle.Serving):
     def __init__(self, server: KatranGrpcServer) -> None:
         self.server = server
         self.address = server.address
+
+    def set_daemon(self, daemon) -> None:
+        self.server.ext.daemon = daemon
 
     def start(self) -> None:
         self.server.start()

@@ -410,6 +410,31 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
 
     def __init__(self, lb) -> None:
         self._lb = lb
+        self.daemon = None  # katran.daemon.Daemon of a server run by the lifecycle (drain / undrain)
+
+    def _daemon(self):
+        if self.daemon is None:
+            raise errors.FeatureNotEnabledError("bgp: this server runs without a bgp section in its -config file")
+        return self.daemon
+
+    def _drain_state(self, waited: float = 0.0) -> ext_pb.DrainState:
+        draining, announced = self._daemon().bgp_state()
+        return ext_pb.DrainState(draining=draining, waited=waited, announced=announced)
+
+    @_rpc
+    def drain(self, request: ext_pb.DrainRequest) -> ext_pb.DrainState:
+        daemon = self._daemon()
+        daemon.bgp_state()  # FAILED_PRECONDITION without bgp
+        timeout = request.timeout_ms / 1000.0 if request.timeout_ms else None
+        waited = daemon.drain(timeout=timeout)
+        return self._drain_state(waited or 0.0)
+
+    @_rpc
+    def undrain(self, request: pb.Empty) -> ext_pb.DrainState:
+        daemon = self._daemon()
+        daemon.bgp_state()
+        daemon.undrain()
+        return self._drain_state()
 
     @_rpc
     def getIndexForReal(self, request: ext_pb.RealAddress) -> ext_pb.RealIndex:
@@ -627,7 +652,9 @@ def _add_servicer(server: grpc.Server, servicer, service_desc) -> None:
     server.add_registered_method_handlers(service_desc.full_name, handlers)
 
 
-def add_services(server: grpc.Server, lb) -> None:
-    """Register both katran services over ``lb`` on ``server``."""
+def add_services(server: grpc.Server, lb) -> "KatranExtServicer":
+    """Register both katran services over ``lb`` on ``server``; returns the ext servicer."""
     _add_servicer(server, KatranServicer(lb), pb.DESCRIPTOR.services_by_name["KatranService"])
-    _add_servicer(server, KatranExtServicer(lb), ext_pb.DESCRIPTOR.services_by_name["KatranExtService"])
+    ext = KatranExtServicer(lb)
+    _add_servicer(server, ext, ext_pb.DESCRIPTOR.services_by_name["KatranExtService"])
+    return ext
