@@ -41,7 +41,7 @@ DEFAULT_STATE_ROOT = "/var/lib/katran"
 # been made with the same values (else its maps do not fit what this config expects)
 SIZING_FIELDS = (
     "max_vips", "max_reals", "ch_ring_size", "lru_size", "fallback_lru_size", "max_decap_dst",
-    "max_lpm_src_size", "max_server_ids", "global_lru", "global_lru_size", "enable_cid_v3", "xdp_attach_mode",
+    "max_lpm_src_size", "max_server_ids", "capture_ring_size", "global_lru", "global_lru_size", "enable_cid_v3", "xdp_attach_mode",
     "enable_hc", "forwarding_cores", "gue_encap", "gue_dport", "tcp_server_id_routing",
     "udp_stable_routing", "lpm_src_lookup", "local_delivery", "icmp_toobig_generation",
     "inline_decap_ipip", "inline_decap_gue", "decap_strict_destination", "max_pckt_size",

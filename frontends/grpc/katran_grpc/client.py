@@ -12,7 +12,7 @@ status details.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import grpc
 
@@ -28,6 +28,9 @@ from . import katran_ext_pb2 as ext_pb
 from . import katran_ext_pb2_grpc as ext_grpc
 from . import katran_pb2 as pb
 from . import katran_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from katran.capture import CapturedPacket
 
 DEFAULT_SERVER = GRPC_DEFAULT_SERVER
 _U32 = (1 << 32) - 1
@@ -397,6 +400,31 @@ class GrpcKatranClient(KatranClient):
     def undrain(self) -> tuple:
         msg = self._get("undrain", pb.Empty(), ext=True)
         return msg.draining, msg.waited, list(msg.announced)
+
+
+    # ------------------------------------------------------------- packet capture
+    def capture(self, vip: Optional[VipKey] = None, real: Optional[str] = None, src: Optional[str] = None,
+                count: int = 0, snaplen: int = 0) -> Iterator["CapturedPacket"]:
+        """The balanced packets matching the filter (in, then out encapsulated), as the server
+        streams them; ends after ``count`` records (0: when the caller stops iterating).
+        ``self.capture_lost`` holds the records the server's ring lost so far."""
+        from katran.capture import CapturedPacket  # only the capture command needs it
+
+        request = ext_pb.CaptureFilter(real=real or "", src=src or "", count=count, snaplen=snaplen)
+        if vip is not None:
+            request.vip.CopyFrom(_vip_msg(vip))
+        self.capture_lost = 0
+        stream = self._ext.capture(request, metadata=self._metadata)  # no deadline: runs until count/cancel
+        try:
+            for msg in stream:
+                self.capture_lost = msg.lost
+                yield CapturedPacket("out" if msg.direction == ext_pb.CapturedPacket.OUT else "in", msg.ifindex,
+                                     msg.timestamp_ns, msg.orig_len, bytes(msg.data))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise RpcFailed("capture", exc.code().name, exc.details() or "") from None
+        finally:
+            stream.cancel()
 
 
 def client_from_flags(ns: Any) -> GrpcKatranClient:
