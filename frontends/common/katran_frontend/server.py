@@ -89,8 +89,9 @@ class Transport(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def bind(self, lb, ns, prepared: Any) -> Serving:
-        """A server over ``lb`` bound to ``-server`` (``StartupError`` / ``OSError`` if it cannot)."""
+    def bind(self, lb, ns, prepared: Any, daemon=None) -> Serving:
+        """A server over ``lb`` bound to ``-server`` (``StartupError`` / ``OSError`` if it cannot);
+        ``daemon`` (``katran.daemon.Daemon``) for the RPCs reading its state (health checks)."""
 
 
 def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
@@ -117,7 +118,7 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
             raise StartupError(NOT_ROOT)
         lb = KatranLb(config)
         daemon = Daemon(lb, ns.config or None, desired)
-        serving = transport.bind(lb, ns, prepared)
+        serving = transport.bind(lb, ns, prepared, daemon=daemon)
         if transport.log_starting:
             log.info("Starting Katran")
         lb.start()

@@ -12,15 +12,14 @@ status details.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import grpc
 
 from katran.errors import ValidationError
-from katran.healthcheck import HcStats
 from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey
 from katran_frontend import GRPC_DEFAULT_SERVER
-from katran_frontend.client import KatranClient, OperationFailed, RpcFailed
+from katran_frontend.client import KatranClient, OperationFailed, RealHealth, RpcFailed
 from katran_frontend.security import token_from_file
 
 from . import ERROR_CODE_KEY, ERROR_KEY
@@ -28,6 +27,9 @@ from . import katran_ext_pb2 as ext_pb
 from . import katran_ext_pb2_grpc as ext_grpc
 from . import katran_pb2 as pb
 from . import katran_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from katran.healthcheck import HcStats
 
 DEFAULT_SERVER = GRPC_DEFAULT_SERVER
 _U32 = (1 << 32) - 1
@@ -255,6 +257,8 @@ class GrpcKatranClient(KatranClient):
         return found.address if found.found else None
 
     def get_hc_program_stats(self) -> HcStats:
+        from katran.healthcheck import HcStats  # not at start-up: it loads the kernel facade
+
         s = self._get("getHealthcheckProgramStats", pb.Empty(), ext=True)
         return HcStats(processed=s.packets_processed, dropped=s.packets_dropped, skipped=s.packets_skipped,
                        too_big=s.packets_too_big, dst_matched=s.packets_dst_matched, src_matched=s.packets_src_matched)
@@ -334,6 +338,15 @@ class GrpcKatranClient(KatranClient):
 
     def get_sid_routing_stats_for_vip(self, vip: VipKey) -> LbStats:
         return _stats(self._get("getSidRoutingStatsForVip", _vip_msg(vip), ext=True))
+
+    # health checks
+    def get_health_check_states(self) -> Optional[list[RealHealth]]:
+        msg = self._get("getHealthCheckStates", pb.Empty(), ext=True)
+        if not msg.enabled:
+            return None
+        return [RealHealth(VipKey(s.vip.address, s.vip.port, s.vip.protocol), s.real, s.healthy, s.reason, s.mode,
+                           s.somark, s.checks, s.successes, s.failures, s.transitions, s.since, s.applied,
+                           s.last_latency) for s in msg.states]
 
 
 def client_from_flags(ns: Any) -> GrpcKatranClient:

@@ -352,10 +352,13 @@ class KatranServicer(pb_grpc.KatranServiceServicer):
 
 
 class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
-    """lb.katran.ext.KatranExtService: what Katran's proto lacks."""
+    """lb.katran.ext.KatranExtService: what Katran's proto lacks.
 
-    def __init__(self, lb) -> None:
+    ``daemon`` (``katran.daemon.Daemon``, optional) answers the health check RPC."""
+
+    def __init__(self, lb, daemon=None) -> None:
         self._lb = lb
+        self._daemon = daemon
 
     @_rpc
     def getIndexForReal(self, request: ext_pb.RealAddress) -> ext_pb.RealIndex:
@@ -539,6 +542,24 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
     def getSidRoutingStatsForVip(self, request: pb.Vip) -> pb.Stats:
         return stats_to_msg(self._lb.get_sid_routing_stats_for_vip(vip_from_msg(request)))
 
+    @_rpc
+    def getHealthCheckStates(self, request: pb.Empty) -> ext_pb.HealthCheckStates:
+        daemon = self._daemon
+        if daemon is None or getattr(daemon, "checker", None) is None:
+            return ext_pb.HealthCheckStates(enabled=False)
+        states = [health_state_to_msg(st) for st in daemon.health()]
+        states.sort(key=lambda m: (m.vip.address, m.vip.port, m.vip.protocol, m.real))
+        return ext_pb.HealthCheckStates(enabled=True, states=states)
+
+
+def health_state_to_msg(st) -> ext_pb.HealthCheckState:
+    """A ``katran.hc_checker.CheckState`` as its message."""
+    return ext_pb.HealthCheckState(
+        vip=vip_to_msg(st.vip), real=format_address(st.real), healthy=bool(st.healthy),
+        reason=safe_text(st.last_reason), mode=st.mode, somark=st.somark & 0xFFFFFFFF, checks=st.checks,
+        successes=st.successes, failures=st.failures, transitions=st.transitions, since=st.since,
+        applied=st.applied, last_latency=st.last_latency)
+
 
 def _add_servicer(server: grpc.Server, servicer, service_desc) -> None:
     """What the generated add_*Servicer_to_server does, with our request deserializers."""
@@ -554,7 +575,7 @@ def _add_servicer(server: grpc.Server, servicer, service_desc) -> None:
     server.add_registered_method_handlers(service_desc.full_name, handlers)
 
 
-def add_services(server: grpc.Server, lb) -> None:
-    """Register both katran services over ``lb`` on ``server``."""
+def add_services(server: grpc.Server, lb, daemon=None) -> None:
+    """Register both katran services over ``lb`` (and the ``daemon``'s health checks) on ``server``."""
     _add_servicer(server, KatranServicer(lb), pb.DESCRIPTOR.services_by_name["KatranService"])
-    _add_servicer(server, KatranExtServicer(lb), ext_pb.DESCRIPTOR.services_by_name["KatranExtService"])
+    _add_servicer(server, KatranExtServicer(lb, daemon), ext_pb.DESCRIPTOR.services_by_name["KatranExtService"])
