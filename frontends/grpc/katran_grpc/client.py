@@ -23,10 +23,9 @@ from katran_frontend.client import KatranClient, OperationFailed, RealHealth, Rp
 from katran_frontend.security import token_from_file
 
 from . import ERROR_CODE_KEY, ERROR_KEY
+from . import EXT_SERVICE, KATRAN_SERVICE
 from . import katran_ext_pb2 as ext_pb
-from . import katran_ext_pb2_grpc as ext_grpc
 from . import katran_pb2 as pb
-from . import katran_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from katran.healthcheck import HcStats
@@ -86,6 +85,33 @@ def channel_credentials(ca: str = "", cert: str = "", key: str = "") -> Optional
     )
 
 
+_MODULES = {pb.DESCRIPTOR.name: pb, ext_pb.DESCRIPTOR.name: ext_pb}
+
+
+class _Stub:
+    """``stub.<rpc>``: a unary-unary callable of one service, made on first use."""
+
+    def __init__(self, channel: grpc.Channel, service_desc, full_name: str) -> None:
+        self._channel = channel
+        self._desc = service_desc
+        self._full_name = full_name
+
+    def __getattr__(self, rpc: str):
+        method = self._desc.methods_by_name.get(rpc)
+        if method is None:
+            raise AttributeError(rpc)
+        out = method.output_type
+        response = getattr(_MODULES[out.file.name], out.name)
+        call = self._channel.unary_unary(f"/{self._full_name}/{rpc}", request_serializer=_serialize,
+                                         response_deserializer=response.FromString)
+        setattr(self, rpc, call)
+        return call
+
+
+def _serialize(msg) -> bytes:
+    return msg.SerializeToString()
+
+
 class GrpcKatranClient(KatranClient):
     """KatranClient over gRPC: lb.katran.KatranService (+ lb.katran.ext.KatranExtService)."""
 
@@ -99,8 +125,10 @@ class GrpcKatranClient(KatranClient):
             self._channel = grpc.insecure_channel(server, options=options)
         else:
             self._channel = grpc.secure_channel(server, credentials, options=options)
-        self._katran = pb_grpc.KatranServiceStub(self._channel)
-        self._ext = ext_grpc.KatranExtServiceStub(self._channel)
+        # method callables made on first use from the services' descriptors (what the generated
+        # *_pb2_grpc stubs do for every method up front: not importing them keeps katran-cli's start short)
+        self._katran = _Stub(self._channel, pb.DESCRIPTOR.services_by_name["KatranService"], KATRAN_SERVICE)
+        self._ext = _Stub(self._channel, ext_pb.DESCRIPTOR.services_by_name["KatranExtService"], EXT_SERVICE)
         self._timeout = timeout
         self.server = server
 
