@@ -6,19 +6,27 @@ import argparse
 import sys
 from typing import Optional
 
-from . import shared
+from . import argstyle, shared
 from .errors import KatranError
+
+EXAMPLES = f"""examples:
+  katran-xdp-root install --intf eth0              attach the root program, pin /sys/fs/bpf/jmp_eth0
+  katran-xdp-root status -intf eth0                the registered programs, by slot
+  katran-xdp-root uninstall --intf eth0 --mode generic
+{argstyle.CONVENTION}"""
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="katran-xdp-root", description=__doc__)
+    ap = argparse.ArgumentParser(prog="katran-xdp-root", description=__doc__, epilog=EXAMPLES,
+                                 usage="%(prog)s {install,uninstall,status} --intf IFNAME [options]",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=("install", "uninstall", "status"))
     ap.add_argument("--intf", required=True, help="interface to attach the root program to")
     ap.add_argument("--map-path", help="pin path of the program array (default /sys/fs/bpf/jmp_<intf>)")
     ap.add_argument("--slots", type=int, default=shared.DEFAULT_SLOTS, help="program array size (install)")
     ap.add_argument("--mode", default="native", choices=("native", "generic", "offload"), help="XDP attach mode")
     ap.add_argument("--prog", help="compiled xdp_root.bpf.o (default: the packaged one)")
-    args = ap.parse_args(argv)
+    args = argstyle.parse(ap, argv)
     map_path = args.map_path or shared.default_map_path(args.intf)
     try:
         if args.action == "install":

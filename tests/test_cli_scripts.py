@@ -5,6 +5,7 @@ gRPC server over a real KatranLb (testing mode) where a server is needed."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -305,3 +306,54 @@ def test_cli_process_json_and_exit_status(server, lb):
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stdout == "" and "unexpected argument" in res.stderr
     lb.del_vip(VIP)
+
+
+# ------------------------------------------------------------------ start-up
+_PROBE = """
+import sys, katran_frontend.cli as cli
+ns = cli.build_flags().parse(["-l"])
+client = cli.make_client(ns)
+heavy = ("katran.healthcheck", "katran.kernel", "katran.contract", "katran.lb", "katran_grpc.katran_pb2_grpc",
+         "katran_grpc.katran_ext_pb2_grpc", "numpy")
+print(sorted(m for m in sys.modules if m in heavy or m.split(".")[0] == "numpy"))
+"""
+
+
+def test_list_loads_only_what_it_needs():
+    """katran-cli -l's transport: no kernel facade, contract, generated stubs or numpy (start-up time)."""
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------ the small tools' flags
+def test_small_tools_take_both_flag_styles():
+    from katran import argstyle
+    from katran.host.cli import build_parser
+
+    ap = build_parser()
+    gnu = ap.parse_args(["--intf", "eth0", "--forwarding-cores=0,1", "--no-gateway", "--json"])
+    for argv in (["-intf", "eth0", "-forwarding_cores=0,1", "-no_gateway", "-json"],
+                 ["--intf", "eth0", "--forwarding_cores", "0,1", "-no-gateway", "--json"]):
+        assert argstyle.parse(ap, argv) == gnu, argv
+    # values, short options and what follows -- are left alone
+    assert argstyle.go_style(ap, ["-h", "--intf", "-json", "--", "-intf"]) == ["-h", "--intf", "--json", "--", "-intf"]
+
+
+@pytest.mark.parametrize("tool, example", [("katran-xdp-root", "katran-xdp-root install --intf eth0"),
+                                           ("katran-decap", "katran-decap install --intf eth0 --vip 10.200.1.1"),
+                                           ("katran-preflight", "katran-preflight --intf eth0 --json")])
+def test_small_tools_help_has_usage_and_examples(tool, example):
+    exe = shutil.which(tool, path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    assert exe, f"{tool} is not installed (pip install -e .)"
+    res = subprocess.run([exe, "-help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"usage: {tool} ") and "\nexamples:\n" in res.stdout and example in res.stdout
+    assert "Katran's Go style (-intf eth0, -map_path=P)" in res.stdout
+
+
+def test_xdp_root_single_dash_flags_reach_the_tool():
+    exe = shutil.which("katran-xdp-root", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    for argv in (["-intf", "lo", "-map_path", "/nonexistent/jmp"], ["--intf", "lo", "--map-path", "/nonexistent/jmp"]):
+        res = subprocess.run([exe, "status", *argv], capture_output=True, text=True, timeout=60)
+        assert (res.returncode, res.stderr.strip()) == (1, "katran-xdp-root: root map /nonexistent/jmp not found"), argv
