@@ -83,6 +83,9 @@ PRIVILEGED_FIXTURES = {
     "test_thrift_frontend": {"lb"},
     "test_bgp": {"fleet"},
     "test_auth": {"lb"},
+    "test_grpc_limits": {"lb"},
+    "test_thrift_transport": {"lb"},
+    "test_lb": {"lb"},
 }
 
 

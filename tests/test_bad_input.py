@@ -29,10 +29,10 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
-import os
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import pytest
+from conftest import privileged_fixture
 
 grpc = pytest.importorskip("grpc", reason="grpcio not installed")
 pytest.importorskip("thrift", reason="Apache Thrift's Python library is not installed")
@@ -580,9 +580,8 @@ class _LogLengths(logging.Handler):
 
 
 @pytest.fixture(scope="module")
+@privileged_fixture
 def lb():
-    if os.geteuid() != 0:
-        pytest.skip("loading BPF programs needs root")
     cfg = KatranConfig(testing=True, default_mac=MAC, lru_size=1000, max_vips=64, enable_hc=True,
                        lpm_src_lookup=True, inline_decap_ipip=True, max_decap_dst=4, max_lpm_src_size=64,
                        katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337")

@@ -341,9 +341,8 @@ def test_fix_failure_undoes_what_was_written(tmp_path, capsys, monkeypatch):
     assert tree.affinity(40) == "0-1"
 
 
+@pytest.mark.privileged
 def test_fix_mounts_bpffs(tmp_path, capsys, monkeypatch):
-    if os.geteuid() != 0:
-        pytest.skip("mounting bpffs needs root")
     HostTree(tmp_path, irqbalance=False, bpffs=False)
     monkeypatch.setattr("katran.host.kernel.KernelNet", lambda netns=None: StaticNet())
     target = tmp_path / "sys/fs/bpf"

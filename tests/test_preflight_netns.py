@@ -17,7 +17,7 @@ import attrs
 import pytest
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.privileged,
     pytest.mark.netns,
 ]
 
