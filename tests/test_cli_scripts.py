@@ -285,6 +285,10 @@ def test_json_stats_are_one_document_per_round(run, lb):
     st = lb.get_real_stats(lb.get_index_for_real("10.1.1.1"))
     assert json.loads(run("-s", "-reals", "-json")[1]) == {"reals": [
         {"address": "10.1.1.1", "index": lb.get_index_for_real("10.1.1.1"), "packets": st.v1, "bytes": st.v2}]}
+    lb.add_real_for_vip(Real("10.1.1.2"), VIP)
+    st2 = lb.get_real_stats(lb.get_index_for_real("10.1.1.2"))
+    doc = json.loads(run("-s", "-reals", "-r", "10.1.1.2,10.1.1.1", "-json")[1])
+    assert [(r["address"], r["packets"]) for r in doc["reals"]] == [("10.1.1.2", st2.v1), ("10.1.1.1", st.v1)]
     t = lb.get_xdp_total_stats()
     doc = json.loads(run("-s", "-xdp", "-json")[1])
     assert doc["total"] == {"packets": t.v1, "bytes": t.v2} and set(doc) == {"total", "tx", "drop", "pass"}

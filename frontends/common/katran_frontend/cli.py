@@ -179,8 +179,8 @@ def usage_problem(ns) -> Optional[str]:
         return f"{used} is not used by {_flag(command)}" + (" (to add reals: -a -t VIP -r REAL)" if command in ("A", "E") else "")
     if command in _ONE_REAL and (ns.reals_file or sum(len(v.split(",")) for v in ns.r) > 1):
         return f"-{command} takes one real (-r <addr>)"
-    if command == "s" and ns.reals_file:
-        return "-reals_file is for -a/-e/-d"
+    if command == "s" and (ns.r or ns.reals_file) and not ns.reals:
+        return f"{'-r' if ns.r else '-reals_file'} goes with -s -reals (per-real stats)"
     if ns.json and command not in _JSON_COMMANDS:
         return f"-json is for the listing and stats commands (-l, -list_*, -s, ...), not {_flag(command)}"
     return None
@@ -778,9 +778,12 @@ class Cli:
         self.loop(one_round)
 
     # ------------------------------------------------------------ extensions
-    def show_real_stats(self, vip: Optional[VipKey], real_addr: str) -> None:
-        if real_addr:
-            addresses = [format_address(self.model(Real, real_addr).address)]
+    def show_real_stats(self, vip: Optional[VipKey], real_addrs: list[str]) -> None:
+        if real_addrs:
+            addresses = []
+            for addr in real_addrs:
+                if format_address(self.model(Real, addr).address) not in addresses:
+                    addresses.append(format_address(self.model(Real, addr).address))
         else:
             vips = [vip] if vip is not None else self.check(self.kc.get_all_vips)
             addresses = []
@@ -1090,7 +1093,8 @@ class Cli:
             elif ns.icmp:
                 self.show_icmp_stats()
             elif ns.reals:
-                self.show_real_stats(self.parse_vip(service, proto) if service else None, self.one_real())
+                self.show_real_stats(self.parse_vip(service, proto) if service else None,
+                                     [a for a, _, _ in self.real_specs()])
             elif ns.xdp:
                 self.show_xdp_stats()
             elif ns.cores:
