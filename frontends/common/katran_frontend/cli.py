@@ -27,7 +27,6 @@ the choice.
 from __future__ import annotations
 
 import importlib
-import json
 import re
 import sys
 import time
@@ -406,6 +405,8 @@ class Cli:
 
     def emit(self, doc) -> None:
         """One JSON document on one line (-json)."""
+        import json
+
         self.printf(json.dumps(doc, separators=(", ", ": ")) + "\n")
 
     def log(self, text: str) -> None:

@@ -20,7 +20,6 @@ from katran.errors import ValidationError
 from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey
 from katran_frontend import GRPC_DEFAULT_SERVER
 from katran_frontend.client import KatranClient, OperationFailed, RealHealth, RpcFailed
-from katran_frontend.security import token_from_file
 
 from . import ERROR_CODE_KEY, ERROR_KEY
 from . import EXT_SERVICE, KATRAN_SERVICE
@@ -384,4 +383,12 @@ def client_from_flags(ns: Any) -> GrpcKatranClient:
     if creds is None and ns.tls_server_name:
         creds = grpc.ssl_channel_credentials()  # TLS with the system's CAs
     return GrpcKatranClient(ns.server, timeout=ns.timeout or None, credentials=creds, server_name=ns.tls_server_name,
-                            token=token_from_file(getattr(ns, "token_file", "")))
+                            token=_token(getattr(ns, "token_file", "")))
+
+
+def _token(path: str) -> Optional[bytes]:
+    if not path:
+        return None
+    from katran_frontend.security import token_from_file  # only then: katran-cli's start-up
+
+    return token_from_file(path)
