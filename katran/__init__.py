@@ -45,7 +45,18 @@ __all__ = [
     "ModifyAction", "NotFoundError", "NotStartedError", "PacketResult", "QuicReal", "Real", "RealFlag",
     "ValidationError", "VipFlag", "VipKey",
 ]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source (pyproject reads it; every command's --version prints it)
+
+
+def version_line(prog: str) -> str:
+    """``<prog> <version>``: what ``--version`` / ``-version`` of every katran command prints."""
+    return f"{prog} {__version__}"
+
+
+def add_version_argument(parser, prog: str) -> None:
+    """``--version`` and ``-version`` on an argparse parser."""
+    parser.add_argument("--version", "-version", action="version", version=version_line(prog),
+                        help="print the version and exit")
 
 _LAZY = {"KatranLb": ".lb", "HcStats": ".healthcheck"}
 

@@ -135,7 +135,10 @@ def build_all(out_dir: Path = OBJ_DIR, quiet: bool = False) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="katran-build-bpf", description=__doc__.split("\n\n")[0])
+    from katran import add_version_argument
+
+    add_version_argument(parser, "katran-build-bpf")
     parser.add_argument("--out", type=Path, default=OBJ_DIR)
     args = parser.parse_args(argv)
     try:

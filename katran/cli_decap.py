@@ -10,6 +10,7 @@ import attrs
 
 from . import argstyle, decap
 from .errors import KatranError
+from katran import add_version_argument
 
 EXAMPLES = f"""examples:
   katran-decap install --intf eth0 --vip 10.200.1.1 --vip fc00::1   decap + the VIPs on lo
@@ -22,6 +23,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="katran-decap", description=__doc__, epilog=EXAMPLES,
                                  usage="%(prog)s {install,uninstall,stats} --intf IFNAME [--vip VIP ...] [options]",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(ap, "katran-decap")
     ap.add_argument("action", choices=("install", "uninstall", "stats"))
     ap.add_argument("--intf", required=True, help="interface receiving encapsulated packets")
     ap.add_argument("--vip", action="append", default=[], help="VIP to put on lo (repeatable)")

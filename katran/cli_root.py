@@ -8,6 +8,7 @@ from typing import Optional
 
 from . import argstyle, shared
 from .errors import KatranError
+from katran import add_version_argument
 
 EXAMPLES = f"""examples:
   katran-xdp-root install --intf eth0              attach the root program, pin /sys/fs/bpf/jmp_eth0
@@ -20,6 +21,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="katran-xdp-root", description=__doc__, epilog=EXAMPLES,
                                  usage="%(prog)s {install,uninstall,status} --intf IFNAME [options]",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(ap, "katran-xdp-root")
     ap.add_argument("action", choices=("install", "uninstall", "status"))
     ap.add_argument("--intf", required=True, help="interface to attach the root program to")
     ap.add_argument("--map-path", help="pin path of the program array (default /sys/fs/bpf/jmp_<intf>)")

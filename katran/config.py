@@ -12,6 +12,7 @@ from .models import HashFunction, check_int, parse_mac, parse_optional_address
 
 XDP_ATTACH_MODES = ("native", "generic", "offload")
 HC_ENCAP_MODES = ("direct", "tunnel")
+MAX_SERVER_IDS = 16_777_214  # Katran's MAX_QUIC_REALS: the largest server_id_map
 
 
 def _cpu_list(field: str):
@@ -120,6 +121,11 @@ class KatranConfig:
     inline_decap_gue: bool = False  # decapsulate GUE to decap dsts, re-balance
     decap_strict_destination: bool = False  # decap only for decap dsts / this host (pckt_srcs)
     enable_cid_v3: bool = False  # QUIC CID v3: 32-bit server ids (server_id_map becomes a hash)
+    # entries of server_id_map (QUIC CID / TPR / stable-routing server id -> real).  An array
+    # (ids 1 .. max_server_ids - 1 allowed) or, with enable_cid_v3, a hash of at most this many
+    # ids (any 32-bit id).  Katran preallocates 16,777,214 (134 MB); the default costs 512 KiB.
+    max_server_ids: int = attrs.field(default=65_536,
+                                      converter=lambda v: check_int(v, "max_server_ids", 2, MAX_SERVER_IDS))
     max_pckt_size: int = attrs.field(default=1514, converter=lambda v: check_int(v, "max_pckt_size", 64, 65535))
     lru_udp_timeout_ns: int = attrs.field(
         default=30_000_000_000, converter=lambda v: check_int(v, "lru_udp_timeout_ns", 0, 2**64 - 1)

@@ -29,7 +29,6 @@ KNOBS = (
     "global_lru", "local_delivery", "icmp_toobig_generation", "inline_decap_ipip", "inline_decap_gue",
     "decap_strict_destination", "max_pckt_size", "lru_udp_timeout_ns", "max_conn_rate",
 )
-MAX_SERVER_IDS_V3 = 1 << 24  # server_id_map entries when it is a hash (CID v3)
 RECIRC_SLOT = 0  # the balancer's own slot in its `subprograms` prog array
 GLOBAL_COUNTER_SLOTS = 32  # global counters live at stats[max_vips + 0..31]
 
@@ -63,6 +62,7 @@ def map_sizes(cfg: KatranConfig) -> dict[str, int]:
         "lpm_src_v6": cfg.max_lpm_src_size,
         "decap_vip_stats": cfg.max_vips,
         "server_id_stats": cfg.max_vips,
+        "server_id_map": cfg.max_server_ids,
     }
 
 
@@ -122,7 +122,6 @@ class DataPlane:
                 raise FeatureNotEnabledError(f"enable_cid_v3: the balancer object {spec.path} has no server_id_map")
             # 32-bit server ids do not fit an array: the same lookups work on a hash
             spec.set_map_type("server_id_map", BPF_MAP_TYPE_HASH)
-            sizes["server_id_map"] = MAX_SERVER_IDS_V3
         inner = {"vip_to_down_reals_map", "lru_mapping"} | ({"global_lru_maps"} if cfg.global_lru else set())
         missing = sorted(n for n in (set(sizes) | {n for n in inner if abi.has_map(n)}) if n not in spec.map_names)
         if missing:

@@ -19,7 +19,7 @@ import attrs
 import numpy as np
 
 from . import maglev, packets, structs
-from .config import KatranConfig
+from .config import MAX_SERVER_IDS, KatranConfig
 from .dataplane import XDP_VERDICTS, DataPlane, packaged_object  # noqa: F401  (packaged_object: benchmarks)
 from .errors import (
     AlreadyExistsError,
@@ -456,7 +456,9 @@ class KatranLb:
             if not isinstance(qr, QuicReal):
                 raise ValidationError("quic_real", qr, "expected a katran.QuicReal")
             if not 1 <= qr.id <= max_id:
-                hint = "" if self._config.enable_cid_v3 else " (larger ids need enable_cid_v3)"
+                hint = "" if self._config.enable_cid_v3 else (
+                    f" (raise max_server_ids, now {self._config.max_server_ids}; ids above"
+                    f" {MAX_SERVER_IDS - 1} need enable_cid_v3)")
                 raise ValidationError("quic_real.id", qr.id, f"server id must be in [1, {max_id}]{hint}")
             if action == ModifyAction.DEL:
                 num = self._quic_reals.get(qr.id)
@@ -464,6 +466,11 @@ class KatranLb:
                     raise NotFoundError("quic real", f"{qr.address} with id {qr.id}")
         sid_map = self._map("server_id_map")
         if action == ModifyAction.ADD:
+            if self._config.enable_cid_v3:  # a hash: at most max_entries ids
+                ids = set(self._quic_reals) | {qr.id for qr in reals}
+                if len(ids) > sid_map.max_entries:
+                    raise ValidationError("max_server_ids", self._config.max_server_ids,
+                                          f"{len(ids)} QUIC server ids would not fit server_id_map")
             self._reals.check_capacity([qr.address for qr in reals], "modify quic reals")
             with self._tx() as tx:
                 for qr in reals:

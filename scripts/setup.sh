@@ -13,9 +13,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # BPF build: clang llvm libbpf-dev linux-libc-dev (kernel uapi headers only, no glibc headers);
-# native helper: gcc libc6-dev; tests and lab: the rest (bird2: the BGP daemon of katran.bgp).
+# native helper: gcc libc6-dev; tests and lab: the rest (bird2: the BGP daemon of katran.bgp;
+# util-linux: unshare, nsenter, setpriv of the netns and capability tests).
 APT_PACKAGES=(clang llvm libbpf-dev linux-libc-dev gcc libc6-dev make
-              bpftool iproute2 tcpdump iputils-ping ethtool thrift-compiler bird2)
+              bpftool iproute2 tcpdump iputils-ping ethtool thrift-compiler bird2 util-linux)
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null || APT_PACKAGES+=(python3 python3-venv python3-dev)
 case "$(command -v "$PY" || true)" in

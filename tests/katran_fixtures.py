@@ -144,6 +144,7 @@ def base_config(**overrides):
         max_vips=512,
         max_reals=4096,
         ch_ring_size=65537,
+        max_server_ids=1 << 18,  # the CID v2 ids (0x030000 | v1 id) of addQuicMappings
     )
     kwargs.update(overrides)
     return KatranConfig(**kwargs)

@@ -981,13 +981,16 @@ def test_startup_errors_are_one_line(capsys, argv, needle):
     assert "Traceback" not in err and "Server listening" not in out
 
 
-def test_startup_not_root(capsys, monkeypatch):
-    from katran_frontend import server as lifecycle
+def test_startup_without_capabilities(capsys, monkeypatch):
+    """The root check is a capability check (CapEff): a process without them fails in one line."""
+    from katran.host import capabilities
 
-    monkeypatch.setattr(lifecycle.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(capabilities, "effective_capabilities", lambda status_path="": 1 << 12)  # NET_ADMIN only
     rc = server_mod.main(["-testing", "-server", "127.0.0.1:0", "-insecure"])
     err = capsys.readouterr().err
-    assert rc == 1 and "root" in err and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("katran-server-grpc: error:")]
+    assert rc == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert "missing capabilities CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN" in lines[0]
 
 
 def test_startup_busy_port(capsys, lb, server):

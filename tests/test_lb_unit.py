@@ -428,11 +428,12 @@ def test_quic_ids_map_to_real_indices(fake_lb):
 
 
 def test_quic_id_range_is_the_map_size(fake_lb):
-    """-quic_mapping 10.9.9.9=16777214 failed with E2BIG and leaked the real (issue 11)."""
+    """-quic_mapping 10.9.9.9=16777214 failed with E2BIG and leaked the real (issue 11); the map is
+    sized by max_server_ids (default 65,536 entries, not Katran's 16,777,214: issue 12)."""
     top = fake_lb._map("server_id_map").max_entries - 1
-    assert top == 16777213
-    with pytest.raises(ValidationError, match=r"quic_real.id=16777214.*\[1, 16777213\]"):
-        fake_lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.9.9.9", 16777214)])
+    assert top == 65535 == fake_lb._config.max_server_ids - 1
+    with pytest.raises(ValidationError, match=r"quic_real.id=65536.*\[1, 65535\].*max_server_ids"):
+        fake_lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.9.9.9", 65536)])
     assert len(fake_lb._reals) == 0
     fake_lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.9.9.9", top)])
     assert fake_lb.get_quic_reals_mapping() == [QuicReal("10.9.9.9", top)]
@@ -450,10 +451,36 @@ def test_kernel_refusing_a_quic_id_leaves_no_real_allocated(fake_lb, fake_kernel
     assert fake_lb.get_index_for_real("10.0.0.1") == 1  # the index was given back
 
 
+def test_max_server_ids_sizes_the_array():
+    lb = make(max_server_ids=1000)
+    assert lb._map("server_id_map").max_entries == 1000
+    lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.0.0.1", 999)])
+    with pytest.raises(ValidationError, match=r"quic_real.id=1000: .*\[1, 999\]"):
+        lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.0.0.2", 1000)])
+    assert lb.get_quic_reals_mapping() == [QuicReal("10.0.0.1", 999)]
+    lb.close()
+
+
+@pytest.mark.parametrize("value", [0, 1, 16_777_215, "x"])
+def test_max_server_ids_is_validated(value):
+    with pytest.raises(ValidationError, match="max_server_ids"):
+        lb_config(max_server_ids=value)
+
+
+def test_cid_v3_hash_holds_at_most_max_server_ids():
+    lb = make(enable_cid_v3=True, max_server_ids=2)
+    lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.0.0.1", 7), QuicReal("10.0.0.2", 2**31)])
+    lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.0.0.3", 7)])  # a move needs no new entry
+    with pytest.raises(ValidationError, match=r"max_server_ids=2: 3 QUIC server ids"):
+        lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.0.0.1", 9)])
+    assert len(contents(lb, "server_id_map")) == 2
+    lb.close()
+
+
 def test_cid_v3_server_ids_use_a_hash():
     lb = make(enable_cid_v3=True)
     sid = lb._map("server_id_map")
-    assert sid.type == 1 and sid.max_entries == 1 << 24
+    assert sid.type == 1 and sid.max_entries == 65_536
     lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.0.0.1", 2**32 - 1)])
     assert structs.u32(2**32 - 1) in contents(lb, "server_id_map")
     lb.modify_quic_reals_mapping(ModifyAction.DEL, [QuicReal("10.0.0.1", 2**32 - 1)])

@@ -19,6 +19,7 @@ from . import fix as F
 from .discovery import check_ifname
 from .report import build_report, gather
 from .root import HostRoot
+from katran import add_version_argument
 
 PROG = "katran-preflight"
 EXIT_ERROR = 3
@@ -39,6 +40,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                  usage="%(prog)s --intf IFNAME [--json] [--fix] [options]", epilog=EXAMPLES)
+    add_version_argument(ap, PROG)
     ap.add_argument("--intf", required=True, help="the interface the balancer will receive on (server flag -intf)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON (schema 1)")
     ap.add_argument("--fix", action="store_true",

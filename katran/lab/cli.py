@@ -21,6 +21,7 @@ from katran.errors import KatranError
 
 from . import services as S
 from .topology import TopologySpec, build, load_saved, pids_alive, teardown
+from katran import add_version_argument
 
 VIP4, VIP6 = "10.100.1.1", "fc00:100::1"
 
@@ -97,6 +98,7 @@ def _status(args) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="katran-lab", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(ap, "katran-lab")
     ap.add_argument("command", nargs="?", default="run", choices=("run", "up", "down", "status"))
     ap.add_argument("--prefix", default="klab", help="namespace name prefix (default klab)")
     ap.add_argument("--reals", type=int, default=2, help="number of reals (default 2)")

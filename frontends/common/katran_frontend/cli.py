@@ -37,7 +37,7 @@ from katran.models import Flow, HashFunction, ModifyAction, QuicReal, Real, Real
 
 from . import GRPC_DEFAULT_SERVER as DEFAULT_SERVER
 from .client import KatranClient, KatranClientError, OperationFailed, RealHealth, RpcFailed
-from .goflags import FlagError, FlagSet, HelpRequested
+from .goflags import FlagError, FlagSet, HelpRequested, VersionRequested
 
 PROG = "katran-cli"
 
@@ -218,7 +218,7 @@ def completion_script(fs: FlagSet, shell: str) -> str:
     if shell not in ("bash", "zsh"):
         raise KatranError(f"-completion={_quote(shell)}: expected bash or zsh")
     names = fs.names()
-    words = " ".join(f"-{n}" for n in names)
+    words = " ".join(f"-{n}" for n in sorted(names + ["h", "version"]))
     valued = [n for n in names if fs.kind(n) != "bool"]
     files = ["reals_file", "token_file", "tls_ca", "tls_cert", "tls_key"]
     choices = {"vf": " ".join(f.name for f in VipFlag), "rf": "LOCAL_REAL", "hash": "maglev maglev_v2",
@@ -321,7 +321,6 @@ def build_flags() -> FlagSet:
     fs.string("thrift_transport", "header", "thrift transport: header, framed or buffered")
     fs.string("thrift_protocol", "compact", "thrift protocol: compact or binary")
     fs.bool("json", False, "print listings and stats as JSON (one document per stats round; -count defaults to 1)")
-    fs.bool("version", False, "print the version and exit")
     fs.string("completion", "", "print a shell completion script and exit (bash): "
               "source <(katran-cli -completion bash)")
     fs.examples = EXAMPLES
@@ -1164,6 +1163,11 @@ def main(argv: Optional[list[str]] = None, *, client_factory: Optional[ClientFac
     fs = build_flags()
     try:
         ns = fs.parse(sys.argv[1:] if argv is None else argv)
+    except VersionRequested:
+        from katran import version_line
+
+        print(version_line(PROG))
+        return 0
     except HelpRequested:
         fs.usage(sys.stdout)
         return 0
@@ -1171,11 +1175,6 @@ def main(argv: Optional[list[str]] = None, *, client_factory: Optional[ClientFac
         print(f"{PROG}: {exc}{suggest_flag(fs, str(exc))}", file=sys.stderr)
         print(SHORT_USAGE, file=sys.stderr)
         return 2
-    if ns.version:
-        from katran import __version__
-
-        print(f"{PROG} {__version__}")
-        return 0
     if ns.completion:
         try:
             sys.stdout.write(completion_script(fs, ns.completion))

@@ -46,6 +46,10 @@ class HelpRequested(Exception):
     """-h / -help was given."""
 
 
+class VersionRequested(Exception):
+    """-version / --version was given (and the program defines no flag of that name)."""
+
+
 @attrs.define
 class Flag:
     name: str
@@ -171,6 +175,8 @@ class FlagSet:
             if flag is None:
                 if name in ("h", "help"):
                     raise HelpRequested()
+                if name == "version" and not has_value:
+                    raise VersionRequested()
                 raise FlagError(f"{where}flag provided but not defined: -{name}")
             try:
                 if negated:

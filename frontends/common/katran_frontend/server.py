@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import abc
 import logging
-import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Optional, Sequence
 
 from katran.errors import KatranError
@@ -30,8 +30,8 @@ from .goflags import FlagSet
 from .server_flags import (add_server_flags, config_from_flags, config_from_flags_and_file, error_line,
                            parse_server_flags)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-NOT_ROOT = "must run as root (loading and attaching BPF programs needs CAP_BPF/CAP_NET_ADMIN)"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # katran.logs.TEXT_FORMAT
+WATCH_INTERVAL = 1.0  # seconds between two checks that our XDP program is still attached
 
 
 class StartupError(Exception):
@@ -59,6 +59,9 @@ class Serving(abc.ABC):
     def alive(self) -> bool:
         """False once the server ended by itself (the lifecycle then shuts down)."""
         return True
+
+    def set_serving(self, serving: bool) -> None:
+        """Report the data plane's state (health SERVING / NOT_SERVING) where the transport can."""
 
 
 class Transport(abc.ABC):
@@ -102,10 +105,27 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
     if ns is None:
         return status
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
+    from katran import logs
+
+    try:
+        handler = logs.setup(ns.log_format, ns.log_level)
+    except KatranError as exc:
+        print(error_line(prog, exc), file=sys.stderr)
+        return 2
+    try:
+        return _serve(transport, ns, log)
+    finally:
+        logs.remove(handler)  # a server run in-process (tests) leaves no handler behind
+
+
+def _serve(transport: Transport, ns, log: logging.Logger) -> int:
+    prog = transport.prog
+    from katran import logs
     from katran.lb import KatranLb  # heavy import (cffi, libbpf) only once the flags are fine
 
     from katran.daemon import Daemon
+    from katran.host.capabilities import require_capabilities
+    from katran.watch import AttachmentWatch
 
     lb = None
     daemon = None
@@ -114,14 +134,16 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
         desired = Daemon.read(ns.config) if ns.config else None
         config = config_from_flags(ns) if desired is None else config_from_flags_and_file(ns, desired)
         prepared = transport.prepare(ns)
-        if os.geteuid() != 0:
-            raise StartupError(NOT_ROOT)
+        missing = require_capabilities(config)
+        if missing:
+            raise StartupError(missing)
         lb = KatranLb(config)
         daemon = Daemon(lb, ns.config or None, desired)
         serving = transport.bind(lb, ns, prepared, daemon=daemon)
         if transport.log_starting:
             log.info("Starting Katran")
         lb.start()
+        logs.log_startup_summary(lb, log)
         daemon.start()
         serving.start()
     except (KatranError, StartupError, OSError) as exc:
@@ -155,12 +177,19 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     status = 0
+    watch = AttachmentWatch(lb)
+    next_check = 0.0
     try:
-        while not stop.wait(0.5 if not reload.is_set() else 0):
+        while not stop.wait(0 if reload.is_set() else max(0.0, min(0.5, next_check - time.monotonic()))):
             if reload.is_set():
                 reload.clear()
                 log.info("Signal %d: re-reading %s", signal.SIGHUP, ns.config or "(no -config)")
                 daemon.reload()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + WATCH_INTERVAL
+                changed = watch.poll()
+                if changed is not None:
+                    serving.set_serving(changed.attached)
             if not serving.alive():
                 log.error("%s: the server ended by itself", prog)
                 status = 1

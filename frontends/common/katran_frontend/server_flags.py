@@ -11,7 +11,7 @@ from katran.config import KatranConfig
 from katran.errors import ValidationError
 from katran.models import HashFunction
 
-from .goflags import FlagError, FlagSet, HelpRequested
+from .goflags import FlagError, FlagSet, HelpRequested, VersionRequested
 
 # KatranConfig field -> the flag that sets it, to name the flag in start-up errors
 FLAG_OF_FIELD = {
@@ -60,9 +60,13 @@ def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> Flag
     fs.int("max_vips", 512, "maximum number of VIPs")
     fs.int("max_reals", 4096, "maximum number of reals")
     fs.int("ch_ring_size", 65537, "consistent hashing ring size per VIP")
+    fs.int("max_server_ids", 65536, "entries of the QUIC/TPR server id table: ids 1..N-1 (Katran: 16777214)")
     fs.string("katran_src_v4", "", "source address of forwarded healthchecks / GUE, v4 (default: from -hc_intf/-intf)")
     fs.string("katran_src_v6", "", "source address of forwarded healthchecks / GUE, v6 (default: from -hc_intf/-intf)")
     fs.string("xdp_mode", "native", "XDP attach mode: native, generic or offload")
+    fs.string("log_format", "text", "log lines: text, or json (one object per line: time, level, logger, message, "
+              "fields)")
+    fs.string("log_level", "info", "least severe level logged: debug, info, warning or error")
     fs.string("config", "", "declarative file (YAML): balancer options, VIPs, reals, health checks, ...; "
               "applied at start and again on SIGHUP (flags given explicitly win over its balancer section)")
     return fs
@@ -119,6 +123,7 @@ def config_from_flags(ns, netns: Optional[str] = None) -> KatranConfig:
         max_vips=ns.max_vips,
         max_reals=ns.max_reals,
         ch_ring_size=ns.ch_ring_size,
+        max_server_ids=ns.max_server_ids,
         xdp_attach_mode=ns.xdp_mode,
         katran_src_v4=ns.katran_src_v4 or None,
         katran_src_v6=ns.katran_src_v6 or None,
@@ -132,6 +137,9 @@ def parse_server_flags(fs: FlagSet, argv, prog: str):
         ns = fs.parse(list(argv))
         if ns.args:
             raise FlagError(f"unexpected argument: {ns.args[0]}")
+    except VersionRequested:
+        print(version_line(prog))
+        return None, 0
     except HelpRequested:
         fs.usage()
         return None, 0
@@ -140,6 +148,13 @@ def parse_server_flags(fs: FlagSet, argv, prog: str):
         fs.usage()
         return None, 2
     return ns, None
+
+
+def version_line(prog: str) -> str:
+    """What ``-version`` / ``--version`` prints (one version source: ``katran.__version__``)."""
+    from katran import version_line as line
+
+    return line(prog)
 
 
 def error_line(prog: str, exc: BaseException) -> str:

@@ -197,6 +197,14 @@ class KatranGrpcServer:
     def start(self) -> None:
         self._server.start()
 
+    def set_serving(self, serving: bool) -> None:
+        """gRPC health of every service: SERVING, or NOT_SERVING (our XDP program is not attached)."""
+        if self._stopped:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", KATRAN_SERVICE, EXT_SERVICE):
+            self._health.set(name, status)
+
     def stop(self, delay_ms: int = 0) -> None:
         """Stop accepting RPCs now; return once ``delay_ms`` has passed and
         in-flight RPCs are done (they get ``delay_ms`` to finish)."""
@@ -233,6 +241,9 @@ class _Serving(lifecycle.Serving):
 
     def abort(self) -> None:
         self.server.stop()
+
+    def set_serving(self, serving: bool) -> None:
+        self.server.set_serving(serving)
 
 
 class GrpcTransport(lifecycle.Transport):

@@ -170,6 +170,41 @@ def _check_request(request) -> None:
         raise request.validation_error()
 
 
+CHANGE_PREFIXES = ("add", "del", "remove", "clear", "change", "modify", "set", "update")
+
+
+def is_change(rpc: str) -> bool:
+    """Does the RPC change the balancer (an audit-trail entry) rather than read it?"""
+    return rpc.startswith(CHANGE_PREFIXES)
+
+
+def caller(context: grpc.ServicerContext) -> tuple[str, str]:
+    """(peer, credential) of an RPC: the peer address and how it was authenticated (never the secret)."""
+    peer = context.peer() or "unknown"
+    auth = context.auth_context() or {}
+    names = auth.get("x509_common_name") or auth.get("x509_subject_alternative_name")
+    if names:
+        return peer, "client certificate " + ",".join(n.decode("utf-8", "replace") for n in names[:2])
+    if any(key == "authorization" for key, _ in context.invocation_metadata() or ()):
+        return peer, "bearer token"
+    if peer.startswith("unix:"):
+        return peer, "unix socket"
+    return peer, "none (-insecure)"
+
+
+def _audit(rpc: str, request, context: grpc.ServicerContext) -> None:
+    from google.protobuf import text_format
+
+    from katran.logs import audit
+
+    try:
+        change = text_format.MessageToString(request, as_one_line=True) or "(empty)"
+        peer, credential = caller(context)
+    except Exception as exc:  # noqa: BLE001 - the change is done: never fail the RPC for its log line
+        change, peer, credential = f"(not printable: {type(exc).__name__})", None, None
+    audit(rpc, change, peer=peer, credential=credential, frontend="grpc")
+
+
 def _bool_rpc(method: Callable[[Any, Any], None]) -> Callable:
     """Katran's Bool contract: success=True, or status CANCELLED with the reason as details."""
 
@@ -181,6 +216,7 @@ def _bool_rpc(method: Callable[[Any, Any], None]) -> Callable:
         except Exception as exc:  # noqa: BLE001 - every failure is a clean CANCELLED
             _, message = _report(context, method.__name__, exc)
             context.abort(grpc.StatusCode.CANCELLED, message)
+        _audit(method.__name__, request, context)  # every Bool RPC is a change
         return pb.Bool(success=True)
 
     return handler
@@ -193,10 +229,13 @@ def _rpc(method: Callable[[Any, Any], Any]) -> Callable:
     def handler(self, request, context):
         try:
             _check_request(request)
-            return method(self, request)
+            reply = method(self, request)
         except Exception as exc:  # noqa: BLE001 - never an "Exception calling application" with raw text
             code, message = _report(context, method.__name__, exc)
             context.abort(code, message)
+        if is_change(method.__name__):
+            _audit(method.__name__, request, context)
+        return reply
 
     return handler
 

@@ -53,7 +53,10 @@ def rpc(method: F) -> F:
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return method(*args, **kwargs)
+            result = method(*args, **kwargs)
+            if is_change(method.__name__):
+                _audit(method.__name__, args[1:], kwargs)
+            return result
         except KatranError as exc:
             message = safe_text(exc)
             log.info("%s failed: %s", method.__name__, message)
@@ -63,6 +66,24 @@ def rpc(method: F) -> F:
         raise TApplicationException(TApplicationException.INTERNAL_ERROR, message)
 
     return wrapper  # type: ignore[return-value]
+
+
+CHANGE_PREFIXES = ("add", "del", "remove", "clear", "change", "modify", "set", "update")
+
+
+def is_change(name: str) -> bool:
+    """Does the method change the balancer (an audit-trail entry) rather than read it?"""
+    return name.startswith(CHANGE_PREFIXES)
+
+
+def _audit(name: str, args: tuple, kwargs: dict) -> None:
+    from katran.logs import audit
+
+    from .transport import current_caller
+
+    peer, credential = current_caller()
+    change = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]) or "(no arguments)"
+    audit(name, change, peer=peer, credential=credential, frontend="thrift")
 
 
 def vip_key(vip: Optional[Vip]) -> VipKey:

@@ -56,6 +56,12 @@ PROTO_BINARY, PROTO_COMPACT = 0, 2  # THeader protocol ids
 TRANSFORM_ZLIB = 1
 INFO_KEYVALUE, INFO_PKEYVALUE = 1, 2
 AUTH_HEADER = b"authorization"
+_CALLER = threading.local()  # peer / credential of the request this worker thread serves
+
+
+def current_caller() -> tuple:
+    """(peer, credential) of the request being served on this thread ((None, None) outside one)."""
+    return getattr(_CALLER, "peer", None), getattr(_CALLER, "credential", None)
 
 _LINGER_MS = 5  # a worker waits this long for a connection's next request before handing it back
 _MAX_IN_A_ROW = 256  # then it goes back to the event loop anyway (fairness)
@@ -543,6 +549,8 @@ class ThriftTransportServer:
                 if refusal:
                     proto.readMessageBegin()  # to answer the call by name
                     raise _Refused(refusal)
+            _CALLER.peer = conn.peer
+            _CALLER.credential = self._credential(conn, head)
             try:
                 self.processor.process(proto, proto)
             except UnicodeDecodeError:  # a string argument that is not UTF-8 (Apache's readString)
@@ -564,6 +572,16 @@ class ThriftTransportServer:
         if exchange.out:
             self._send(conn, kind, head, bytes(exchange.out))
         return True
+
+    def _credential(self, conn: _Conn, head: Optional[_Header]) -> str:
+        """How the caller of this request was authenticated (never the secret itself)."""
+        if self._unix:
+            return "unix socket"
+        if self._ssl is not None and self._ssl.verify_mode == ssl.CERT_REQUIRED:
+            return "client certificate"
+        if self._token is not None:
+            return "bearer token"
+        return "none (-insecure)"
 
     def _protocol(self, proto_id: int, trans):
         limits = self.limits
