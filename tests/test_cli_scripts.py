@@ -356,6 +356,15 @@ def test_small_tools_help_has_usage_and_examples(tool, example):
     assert "Katran's Go style (-intf eth0, -map_path=P)" in res.stdout
 
 
+@pytest.mark.parametrize("server", ["katran-server-grpc", "katran-server-thrift"])
+def test_servers_help_ends_with_examples(server):
+    exe = shutil.which(server, path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    res = subprocess.run([exe, "-h"], capture_output=True, text=True, timeout=60)
+    text = res.stdout + res.stderr
+    assert res.returncode == 0 and text.startswith(f"Usage of {server}:")
+    assert f"\nExamples:\n  {server} -intf=eth0 -default_mac=auto" in text
+
+
 def test_xdp_root_single_dash_flags_reach_the_tool():
     exe = shutil.which("katran-xdp-root", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     for argv in (["-intf", "lo", "-map_path", "/nonexistent/jmp"], ["--intf", "lo", "--map-path", "/nonexistent/jmp"]):
