@@ -15,7 +15,22 @@ prefix, and "exiting" is printed last.  Differences, all additive:
   XDP, per-CPU and feature counters (``-s -quic|-tpr|-stable_rt|-decap|...``),
   source routing (``-src_route``), inline decap dsts (``-decap_dst``), down
   reals (``-down_real``), hash functions, the real of a flow;
-* TLS (``-tls_ca``, ``-tls_cert``, ``-tls_key``) and a call ``-timeout``.
+* TLS (``-tls_ca``, ``-tls_cert``, ``-tls_key``) and a call ``-timeout``;
+* one command per call, checked before anything is sent (``usage_problem``): no
+  command, a stray argument, two commands, a stats view without ``-s``, ``-t``
+  with ``-u``, ``-r`` for a command without reals: exit status 2 and a short
+  usage; an unknown flag gets "did you mean -xyz?" (difflib);
+* address errors say what to type (a missing port, ``[v6]:port``), never Go's
+  ``strconv`` text;
+* several reals in one ``modifyRealsForVip`` (``-r A -r B``, ``-r A,B``,
+  ``-reals_file F`` of ``<addr> [weight]`` lines);
+* ``-json`` on every listing and stats command: stdout holds only JSON documents
+  (stable keys, README "katran-cli for scripts and people"), one per stats round
+  with the absolute counters; ``-count`` defaults to 1;
+* ``-l`` shows each checked real's health (`` health: up|down (reason)`` after its
+  flags) when the server runs health checks (ext RPC getHealthCheckStates);
+  without checks, or against a server without the RPC, Katran's lines as they are;
+* ``-version``/``--version``, ``-completion bash|zsh`` (a generated script).
 
 The transport is a ``katran_frontend.client.KatranClient`` chosen by name from
 ``TRANSPORTS`` (gRPC unless ``-thrift``/``-thrift_server``) and imported only
@@ -133,10 +148,6 @@ def commands_given(ns) -> list[str]:
             on = bool(ns.rf) and not (ns.a or ns.e or ns.d)
         elif name == "src_route":  # with -s it is a stats view
             on = ns.src_route and not ns.s
-        elif name == "change_mac":
-            on = bool(ns.change_mac)
-        elif name in ("new_hc", "hash", "flow"):
-            on = bool(getattr(ns, name))
         else:
             on = bool(getattr(ns, name))
         if on:
