@@ -27,6 +27,7 @@ in the same table: ``run_bench(factory, args, title)``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import random
@@ -254,6 +255,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lru-size", type=int, default=200_000, help="size of the per-cpu connection table")
     ap.add_argument("--seed", type=int, default=1, help="seed of the placement spacers")
     ap.add_argument("--object", default=None, help="balancer object to time (default: the packaged one)")
+    ap.add_argument("--compare", default=None, metavar="OBJECT",
+                    help="a second balancer object (e.g. our previous release's) timed in the same table, "
+                         "paired; prints its cost above empty as a ratio to the balancer's")
     ap.add_argument("--all-features", action="store_true", help="every feature knob on, unused by the packets")
     return ap.parse_args(argv)
 
@@ -271,23 +275,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lbs: list[KatranLb] = []
 
+    loads = itertools.count()
+
     def load() -> tuple[dict[str, bpf.Program], Callable[[], None]]:
-        empty_obj = _load_empty()
+        # with --compare the two balancers are loaded in turns first and second
+        # (what is loaded first lands elsewhere in memory and times differently)
+        objs = {"balancer": args.object}
+        if args.compare:
+            objs["compare"] = args.compare
+        order = list(objs) if next(loads) % 2 == 0 else list(reversed(objs))
+        stack = contextlib.ExitStack()
         try:
-            lb = make_lb(args.cpu, args.reals, args.all_features, args.lru_size, args.object)
-        except Exception:
-            empty_obj.close()
+            empty_obj = _load_empty()
+            stack.callback(empty_obj.close)
+            loaded = {}
+            for name in order:
+                loaded[name] = make_lb(args.cpu, args.reals, args.all_features, args.lru_size, objs[name])
+                stack.callback(loaded[name].close)
+        except BaseException:
+            stack.close()
             raise
-
-        def close() -> None:
-            lbs.remove(lb)
-            lb.close()
-            empty_obj.close()
-
+        lb = loaded["balancer"]
         lbs.append(lb)
-
-        # the benchmark times the loaded program itself
-        return {"balancer": lb._obj.program("balancer_ingress"), "empty": empty_obj.program("xdp_pass")}, close
+        stack.callback(lbs.remove, lb)
+        # the benchmark times the loaded programs themselves
+        progs = {name: loaded[name]._obj.program("balancer_ingress") for name in objs}
+        progs["empty"] = empty_obj.program("xdp_pass")
+        return progs, stack.close
 
     def check_hits(progs: dict[str, bpf.Program], cases: list[Case]) -> None:
         # the "LRU hit" rows must really hit: a connection table too small for the
@@ -302,11 +316,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"{misses} connection-table misses on the LRU-hit rows: raise --lru-size")
 
     mode = "all feature knobs on" if args.all_features else "default knobs"
-    run_bench(load, args, (
+    results = run_bench(load, args, (
         f"per-packet cost ({mode}), cpu {args.cpu}, {args.reals} reals, per-cpu LRU of {args.lru_size}: "
         f"median over {args.instances} loads x {args.reps} repetitions of the median of {args.runs} "
         f"BPF_PROG_TEST_RUN calls (repeat=1, fresh packet each); (±) = half the spread"), check_hits)
+    if args.compare:
+        print_ratios(results, build_cases(1))
     return 0
+
+
+def print_ratios(results: Mapping[tuple[str, str], list[float]], cases: Sequence[Case]) -> None:
+    """Per row: compare's cost above empty / the balancer's, paired per repetition (same load,
+    same block order): median and the range over the repetitions."""
+    print(f"{'packet':<24} {'compare / balancer (above empty)':>34}")
+    for case in cases:
+        b = results[(case.name, "balancer")]
+        c = results[(case.name, "compare")]
+        e = results[(case.name, "empty")]
+        ratios = [(ci - ei) / (bi - ei) for bi, ci, ei in zip(b, c, e) if bi - ei > 0]
+        if not ratios:
+            print(f"{case.name:<24} {'n/a':>34}")
+            continue
+        print(f"{case.name:<24} {statistics.median(ratios):>20.2f} [{min(ratios):.2f} .. {max(ratios):.2f}]")
 
 
 if __name__ == "__main__":

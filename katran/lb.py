@@ -59,14 +59,39 @@ FLAG_FEATURES = {
     VipFlag.UDP_STABLE_ROUTING_VIP: "udp_stable_routing",
 }
 MAX_QUIC_REAL_ID_V3 = 2**32 - 1
+_ENDPOINT_CACHE_SIZE = 1 << 16
 
 T = TypeVar("T")
 
 
 def _locked(method: Callable[..., T]) -> Callable[..., T]:
+    """A write (or a read of state that has no committed view): one at a time.
+
+    When the outermost locked call ends (committed or rolled back), the read
+    views of the VIPs it touched are published (``_publish_views``).
+    """
+
     @functools.wraps(method)
     def wrapper(self: "KatranLb", *args, **kwargs):
         with self._lock:
+            self._depth += 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._publish_views()
+
+    return wrapper
+
+
+def _read(method: Callable[..., T]) -> Callable[..., T]:
+    """A read that never waits behind a write (a ring rebuild): it reads the
+    committed views and the kernel's maps; only start/close exclude it."""
+
+    @functools.wraps(method)
+    def wrapper(self: "KatranLb", *args, **kwargs):
+        with self._life_lock:
             return method(self, *args, **kwargs)
 
     return wrapper
@@ -91,6 +116,28 @@ class _VipState:
     ring: Optional[np.ndarray] = None
 
 
+@attrs.frozen
+class _VipView:
+    """The committed, immutable read view of one VIP (swapped in after each write)."""
+
+    state: _VipState = attrs.field(eq=False)  # the state it was taken from (identity)
+    num: int
+    flags: int
+    hash_function: HashFunction
+    reals: tuple  # (address, weight, flags) in insertion order
+
+
+@attrs.define(eq=False)
+class _RealsChange:
+    """One queued modify_reals_for_vip call (see KatranLb.modify_reals_for_vip)."""
+
+    action: object
+    reals: object
+    vip: object
+    done: bool = False
+    error: Optional[BaseException] = None
+
+
 def _set_attr(obj: object, name: str, value: object, tx: Transaction) -> None:
     old = getattr(obj, name)
     setattr(obj, name, value)
@@ -112,12 +159,20 @@ class KatranLb:
         self._config = config
         self._kernel = resolve(kernel)
         self._lock = threading.RLock()
+        self._depth = 0  # nesting of _locked calls (the outermost publishes the views)
+        self._life_lock = threading.Lock()  # start/close vs lock-free reads
+        self._pending_lock = threading.Lock()
+        self._pending: list[_RealsChange] = []  # modify_reals_for_vip calls waiting for the write lock
+        self._views: dict[VipKey, _VipView] = {}  # committed read views, replaced whole
+        self._dirty: set[int] = set()  # id() of the _VipStates changed since the last publish
         self._dp = DataPlane(config, self._kernel)
         self._mac = config.default_mac or bytes(6)
         self._vips: dict[VipKey, _VipState] = {}
         self._vip_nums = SlotAllocator(config.max_vips)
         # index 0 is reserved as "no real": a zeroed ring slot drops the packet
         self._reals = RealRegistry(config.max_reals)
+        # (real num, weight, address) -> maglev.Endpoint: a rebuild builds no new objects
+        self._endpoint_cache: dict[tuple, maglev.Endpoint] = {}
         self._quic_reals: dict[int, int] = {}  # server id -> real num
         self._lpm_rules: dict = {}  # source prefix (ip_network) -> real num
         self._decap_dsts: list = []  # inline decap destinations
@@ -159,12 +214,37 @@ class KatranLb:
     def start(self) -> None:
         if self._dp.started:
             return
-        self._dp.start(self._mac)
+        with self._life_lock:
+            self._dp.start(self._mac)
 
     @_locked
     def close(self) -> None:
         """Detach / unregister, then release every fd.  Safe to call twice."""
-        self._dp.close()
+        with self._life_lock:
+            self._dp.close()
+
+    # ------------------------------------------------------------------ read views
+    def _publish_views(self) -> None:
+        """Swap in read views of the VIPs as committed now (under the write lock)."""
+        old, dirty = self._views, self._dirty
+        if not dirty and old.keys() == self._vips.keys():
+            return
+        new = {}
+        for key, state in self._vips.items():
+            view = old.get(key)
+            if view is None or view.state is not state or id(state) in dirty:
+                view = _VipView(state, state.num, state.flags, state.hash_function, tuple(
+                    (self._reals.address(num), weight, self._reals.get(self._reals.address(num)).flags)
+                    for num, weight in state.reals.items()))
+            new[key] = view
+        self._views = new
+        self._dirty = set()
+
+    def _view(self, vip: VipKey) -> _VipView:
+        view = self._views.get(_vip_key(vip))
+        if view is None:
+            raise NotFoundError("vip", vip)
+        return view
 
     # ------------------------------------------------------------------ helpers
     def _require_started(self):
@@ -193,6 +273,7 @@ class KatranLb:
         return state
 
     def _write_vip(self, vip: VipKey, state: _VipState, tx: Transaction) -> None:
+        self._dirty.add(id(state))
         tx.update(self._map("vip_map"), _vip_def(vip), structs.vip_meta(state.flags, state.num))
 
     # ------------------------------------------------------------------ MAC
@@ -208,7 +289,7 @@ class KatranLb:
                 old = hc.gateway_mac
                 tx.call(lambda: hc.set_gateway_mac(new), lambda: hc.restore_gateway_mac(old))
 
-    @_locked
+    @_read
     def get_mac(self) -> str:
         return format_mac(self._mac)
 
@@ -264,9 +345,9 @@ class KatranLb:
         else:
             tx.delete(self._map("vip_addrs"), key)
 
-    @_locked
+    @_read
     def get_all_vips(self) -> list[VipKey]:
-        return list(self._vips)
+        return list(self._views)
 
     @_locked
     def modify_vip(self, vip: VipKey, flags: int, set_flag: bool = True) -> None:
@@ -278,9 +359,9 @@ class KatranLb:
             _set_attr(state, "flags", new, tx)
             self._write_vip(vip, state, tx)
 
-    @_locked
+    @_read
     def get_vip_flags(self, vip: VipKey) -> int:
-        return self._vip(vip).flags
+        return self._view(vip).flags
 
     @_locked
     def change_hash_function_for_vip(self, vip: VipKey, hash_function: HashFunction) -> None:
@@ -293,9 +374,9 @@ class KatranLb:
             _set_attr(state, "hash_function", func, tx)
             self._rebuild_ring(state, tx)
 
-    @_locked
+    @_read
     def get_hash_function_for_vip(self, vip: VipKey) -> HashFunction:
-        return self._vip(vip).hash_function
+        return self._view(vip).hash_function
 
     # ------------------------------------------------------------------ reals
     def _check_real_for_vip(self, vip: VipKey, real: Real) -> None:
@@ -325,21 +406,67 @@ class KatranLb:
             flags |= RealFlag.IPV6
         return structs.real_definition(address, int(flags))
 
-    @_locked
     def add_real_for_vip(self, real: Real, vip: VipKey) -> None:
         self.modify_reals_for_vip(ModifyAction.ADD, [real], vip)
 
-    @_locked
     def del_real_for_vip(self, real: Real, vip: VipKey) -> None:
         self.modify_reals_for_vip(ModifyAction.DEL, [real], vip)
 
-    @_locked
     def modify_reals_for_vip(self, action: ModifyAction, reals: Sequence[Real], vip: VipKey) -> None:
         """Add (or re-weight) / delete a batch of reals; one ring rebuild.
 
         The whole batch is validated first: on any error nothing changes.
+        Concurrent calls are coalesced: whoever holds the write lock applies
+        every change queued meanwhile, one ring rebuild per VIP; each call
+        still succeeds or fails as a whole (a change that fails validation
+        fails alone; a failed ring write fails every change of that rebuild).
         """
-        state = self._vip(vip)
+        change = _RealsChange(action, reals, vip)
+        with self._pending_lock:
+            self._pending.append(change)
+        self._apply_pending(change)
+        if change.error is not None:
+            raise change.error
+
+    @_locked
+    def _apply_pending(self, mine: "_RealsChange") -> None:
+        if mine.done:  # applied by the previous holder of the lock
+            return
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        try:
+            groups: dict[int, tuple[_VipState, list[_RealsChange]]] = {}
+            for ch in batch:
+                try:
+                    state = self._vip(ch.vip)
+                except Exception as e:
+                    ch.error = e
+                    continue
+                groups.setdefault(id(state), (state, []))[1].append(ch)
+            for state, changes in groups.values():
+                staged: list[_RealsChange] = []
+                try:
+                    with self._tx() as tx:
+                        for ch in changes:
+                            try:
+                                with tx.savepoint():
+                                    self._stage_reals(ch.action, ch.reals, ch.vip, state, tx)
+                            except Exception as e:
+                                ch.error = e
+                            else:
+                                staged.append(ch)
+                        if staged:
+                            self._rebuild_ring(state, tx)
+                except Exception as e:
+                    for ch in staged:
+                        ch.error = e
+        finally:
+            for ch in batch:
+                ch.done = True
+
+    def _stage_reals(self, action: ModifyAction, reals: Sequence[Real], vip: VipKey, state: _VipState,
+                     tx: Transaction) -> None:
+        """The changes of one modify_reals_for_vip call to ``state`` (in ``tx``), without the ring."""
         try:
             action = ModifyAction(action)
         except ValueError:
@@ -355,35 +482,26 @@ class KatranLb:
                 if entry is None or entry.num not in state.reals:
                     raise NotFoundError("real", f"{r.address} of vip {vip}")
                 nums.append(entry.num)
-            with self._tx() as tx:
-                for num in dict.fromkeys(nums):
-                    pop_item(state.reals, num, tx)
-                    # a down mark outlives the real's membership (Katran: LRU entries of
-                    # its flows keep being re-hashed) but not its index: see _release_real
-                    self._release_real(num, tx)
-                self._rebuild_ring(state, tx)
+            for num in dict.fromkeys(nums):
+                pop_item(state.reals, num, tx)
+                # a down mark outlives the real's membership (Katran: LRU entries of
+                # its flows keep being re-hashed) but not its index: see _release_real
+                self._release_real(num, tx)
             return
         for r in reals:
             self._check_real_for_vip(vip, r)
         self._reals.check_capacity([r.address for r in reals], f"add reals to vip {vip}")
-        with self._tx() as tx:
-            for r in reals:
-                entry = self._reals.get(r.address)
-                if entry is None or entry.num not in state.reals:
-                    num = self._acquire_real(r.address, r.flags, tx)
-                else:
-                    num = entry.num
-                set_item(state.reals, num, r.weight, tx)
-            self._rebuild_ring(state, tx)
+        for r in reals:
+            entry = self._reals.get(r.address)
+            if entry is None or entry.num not in state.reals:
+                num = self._acquire_real(r.address, r.flags, tx)
+            else:
+                num = entry.num
+            set_item(state.reals, num, r.weight, tx)
 
-    @_locked
+    @_read
     def get_reals_for_vip(self, vip: VipKey) -> list[Real]:
-        state = self._vip(vip)
-        out = []
-        for num, weight in state.reals.items():
-            address = self._reals.address(num)
-            out.append(Real(address, weight, self._reals.get(address).flags))
-        return out
+        return [Real(address, weight, flags) for address, weight, flags in self._view(vip).reals]
 
     def _real_entry(self, address: object):
         addr = self._parse_address(address, "address")
@@ -398,6 +516,7 @@ class KatranLb:
         flags = check_int(flags, "flags", 0, 255)
         flags &= ~RealFlag.IPV6
         new = entry.flags | flags if set_flag else entry.flags & ~flags
+        self._dirty.update(id(st) for st in self._vips.values() if entry.num in st.reals)
         with self._tx() as tx:
             tx.update(self._map("reals"), structs.u32(entry.num), self._real_definition(addr, new))
             self._reals.set_flags(addr, new, tx)
@@ -412,11 +531,8 @@ class KatranLb:
 
     # ------------------------------------------------------------------ CH rings
     def _rebuild_ring(self, state: _VipState, tx: Transaction) -> None:
-        endpoints = [
-            maglev.Endpoint(num=num, weight=weight, hash=maglev.endpoint_hash(self._reals.address(num)))
-            for num, weight in state.reals.items()
-            if weight > 0
-        ]
+        self._dirty.add(id(state))
+        endpoints = [self._endpoint(num, weight) for num, weight in state.reals.items() if weight > 0]
         size = self._config.ch_ring_size
         if endpoints:
             ring = maglev.build_ring(endpoints, size, state.hash_function)
@@ -424,6 +540,17 @@ class KatranLb:
             ring = np.zeros(size, dtype=np.uint32)  # no reals: every slot drops
         self._program_ring(state.num, state.ring, ring, tx)
         _set_attr(state, "ring", ring, tx)
+
+    def _endpoint(self, num: int, weight: int) -> maglev.Endpoint:
+        """The (immutable, cached) ring endpoint of real ``num`` at ``weight``."""
+        key = (num, weight, self._reals.address(num))
+        ep = self._endpoint_cache.get(key)
+        if ep is None:
+            if len(self._endpoint_cache) >= _ENDPOINT_CACHE_SIZE:
+                self._endpoint_cache.clear()
+            ep = maglev.Endpoint(num=num, weight=weight, hash=maglev.endpoint_hash(key[2]))
+            self._endpoint_cache[key] = ep
+        return ep
 
     def _program_ring(self, vip_num: int, old: Optional[np.ndarray], new: np.ndarray, tx: Transaction) -> None:
         positions, values = maglev.ring_delta(old, new)
@@ -500,31 +627,31 @@ class KatranLb:
     def _global_stats(self, counter: int) -> LbStats:
         return self._dp.global_stats(counter)
 
-    @_locked
+    @_read
     def get_stats_for_vip(self, vip: VipKey) -> LbStats:
-        return self._dp.sum_stats("stats", self._vip(vip).num)
+        return self._dp.sum_stats("stats", self._view(vip).num)
 
-    @_locked
+    @_read
     def get_lru_stats(self) -> LbStats:
         return self._global_stats(structs.LRU_CNTRS)
 
-    @_locked
+    @_read
     def get_lru_miss_stats(self) -> LbStats:
         return self._global_stats(structs.LRU_MISS_CNTR)
 
-    @_locked
+    @_read
     def get_lru_fallback_stats(self) -> LbStats:
         return self._global_stats(structs.FALLBACK_LRU_CNTR)
 
-    @_locked
+    @_read
     def get_icmp_too_big_stats(self) -> LbStats:
         return self._global_stats(structs.ICMP_TOOBIG_CNTRS)
 
-    @_locked
+    @_read
     def get_ch_drop_stats(self) -> LbStats:
         return self._global_stats(structs.CH_DROP_STATS)
 
-    @_locked
+    @_read
     def get_encap_fail_stats(self) -> LbStats:
         return self._global_stats(structs.ENCAP_FAIL_CNTR)
 
@@ -534,28 +661,28 @@ class KatranLb:
         that contradicts the frame, v2 a martian source address."""
         return self._global_stats(structs.MALFORMED_CNTR)
 
-    @_locked
+    @_read
     def get_xdp_total_stats(self) -> LbStats:
         return self._global_stats(structs.XDP_TOTAL_CNTR)
 
-    @_locked
+    @_read
     def get_xdp_tx_stats(self) -> LbStats:
         return self._global_stats(structs.XDP_TX_CNTR)
 
-    @_locked
+    @_read
     def get_xdp_drop_stats(self) -> LbStats:
         return self._global_stats(structs.XDP_DROP_CNTR)
 
-    @_locked
+    @_read
     def get_xdp_pass_stats(self) -> LbStats:
         return self._global_stats(structs.XDP_PASS_CNTR)
 
-    @_locked
+    @_read
     def get_real_stats(self, index: int) -> LbStats:
         index = check_int(index, "index", 0, self._config.max_reals - 1)
         return self._dp.sum_stats("reals_stats", index)
 
-    @_locked
+    @_read
     def get_per_core_packets_stats(self) -> list[int]:
         return [s.v1 for s in self._dp.percpu_stats("stats", self._config.max_vips + structs.XDP_TOTAL_CNTR)]
 
@@ -778,11 +905,11 @@ class KatranLb:
         """v1: LRU entries invalidated because their real was down."""
         return self._global_stats(structs.UDP_FLOW_MIGRATION_STATS)
 
-    @_locked
+    @_read
     def get_global_lru_stats(self) -> LbStats:
         return self._global_stats(structs.GLOBAL_LRU_CNTR)
 
-    @_locked
+    @_read
     def get_quic_icmp_stats(self) -> LbStats:
         return self._global_stats(structs.QUIC_ICMP_STATS)
 

@@ -17,6 +17,7 @@ the middle leaves both the maps and the Python state as they were.
 from __future__ import annotations
 
 import collections
+import contextlib
 from typing import Callable, Iterator, Optional
 
 import attrs
@@ -66,6 +67,23 @@ class Transaction:
     def commit(self) -> None:
         self._undo.clear()
         self._done = True
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator["Transaction"]:
+        """A step inside the transaction that fails alone: on error, undo only what the
+        body did (newest first) and re-raise; on success its undo steps stay with the
+        transaction (a later failure undoes them too)."""
+        mark = len(self._undo)
+        try:
+            yield self
+        except BaseException:
+            while len(self._undo) > mark:
+                step = self._undo.pop()
+                try:
+                    step()
+                except Exception as e:
+                    self.undo_errors.append(e)
+            raise
 
     def rollback(self) -> None:
         """Undo every step in reverse; undo failures are collected, not raised."""

@@ -1,0 +1,99 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The helper programs of bench_forwarding.py.
+ *
+ * xdp_reflect: the forwarding ceiling: swap the Ethernet addresses, XDP_TX.
+ * xdp_flows:   the driver of every timed run: rewrites the TCP/UDP source port of an
+ *              IPv4 frame to base + (seq++ % flows) and tail-calls the program under test
+ *              (slot 0 of `target`), so one live-frames run carries many flows.
+ * xdp_sink:    the veth peer: counts the IPv4 TCP or IPIP frames that arrive (XDP_TX really
+ *              transmitted; the kernel's own IPv6 chatter on the link is not counted), drops all.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} target SEC(".maps");
+
+/* [0] flows, [1] base source port, [2] sequence number */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 3);
+	__type(key, __u32);
+	__type(value, __u32);
+} flow_cfg SEC(".maps");
+
+/* [0] frames the sink saw */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sink_count SEC(".maps");
+
+SEC("xdp")
+int xdp_reflect(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	unsigned char tmp[ETH_ALEN];
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(tmp, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, tmp, ETH_ALEN);
+	return XDP_TX;
+}
+
+SEC("xdp")
+int xdp_flows(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__be16 *sport = (void *)(ip + 1);
+	__u32 k0 = 0, k1 = 1, k2 = 2;
+	__u32 *flows, *base, *seq;
+
+	if ((void *)(sport + 1) > data_end || ip->ihl != 5)
+		return XDP_DROP;
+	flows = bpf_map_lookup_elem(&flow_cfg, &k0);
+	base = bpf_map_lookup_elem(&flow_cfg, &k1);
+	seq = bpf_map_lookup_elem(&flow_cfg, &k2);
+	if (!flows || !base || !seq || *flows == 0)
+		return XDP_DROP;
+	*sport = bpf_htons((__u16)(*base + *seq % *flows));
+	*seq += 1;
+	bpf_tail_call(ctx, &target, 0);
+	return XDP_DROP;
+}
+
+SEC("xdp")
+int xdp_sink(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__u32 k = 0;
+	__u64 *n;
+
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
+	    (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_IPIP))
+		return XDP_DROP;
+	n = bpf_map_lookup_elem(&sink_count, &k);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	return XDP_DROP;
+}
+
+char _license[] SEC("license") = "GPL";
