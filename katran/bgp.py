@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -52,6 +53,13 @@ def _community(value: object) -> tuple:
     return (int(parts[0]), int(parts[1]))
 
 
+def _state_dir(value: object) -> str:
+    text = str(value)
+    if not text.startswith("/") or len(text) > 200 or any(c in text for c in '"\\\n;'):
+        raise ValidationError("bgp.state_dir", value, "expected an absolute path (no quotes, ';' or newlines)")
+    return text
+
+
 @attrs.frozen(kw_only=True)
 class BgpPeer:
     address: IPAddress = attrs.field(converter=_addr("bgp.peers.address"))
@@ -74,6 +82,8 @@ class BgpConfig:
     bfd_multiplier: int = attrs.field(default=3, converter=lambda v: check_int(v, "bgp.bfd_multiplier", 1, 255))
     hold_time: int = attrs.field(default=3, converter=lambda v: check_int(v, "bgp.hold_time", 3, 65535))
     keepalive_time: int = attrs.field(default=1, converter=lambda v: check_int(v, "bgp.keepalive_time", 1, 21845))
+    # where the balancer's BIRD keeps its config, control socket and pid (None: the daemon's default)
+    state_dir: Optional[str] = attrs.field(default=None, converter=lambda v: None if v is None else _state_dir(v))
 
     def __attrs_post_init__(self) -> None:
         if not self.peers:
@@ -242,6 +252,7 @@ class Announcer:
         self.attached = attached or (lambda: True)
         self.announced: frozenset = frozenset()
         self.draining = False
+        self._lock = threading.RLock()  # the daemon's tick, drains and RPCs update from several threads
 
     def start(self) -> None:
         self.bird.dir.mkdir(parents=True, exist_ok=True)
@@ -267,6 +278,10 @@ class Announcer:
 
     def update(self) -> tuple[frozenset, frozenset]:
         """Announce / withdraw to match the policy; returns (announced, withdrawn) addresses."""
+        with self._lock:
+            return self._update()
+
+    def _update(self) -> tuple[frozenset, frozenset]:
         want = self.wanted()
         if want == self.announced:
             return frozenset(), frozenset()
@@ -298,6 +313,15 @@ class Announcer:
             elif time.monotonic() - still_since >= quiet_for:
                 break
         return time.monotonic() - start
+
+    def reconfigure(self, cfg: BgpConfig) -> None:
+        """A new configuration for the running BIRD (``birdc configure``: BIRD restarts only the
+        sessions whose settings changed; a changed filter, e.g. communities, re-exports in place)."""
+        with self._lock:
+            self.bird.write_config(speaker_config(cfg, self.routes_file))
+            self.bird.configure()
+            self.cfg = cfg
+            self._update()
 
     def undrain(self) -> None:
         self.draining = False

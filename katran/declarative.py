@@ -42,6 +42,7 @@ import attrs
 
 from .config import KatranConfig
 from .errors import KatranError, ValidationError
+from .bgp import BgpConfig, BgpPeer
 from .hc_checker import CHECK_FIELDS, CheckSpec, HcConfig
 from .models import (
     HashFunction,
@@ -59,7 +60,10 @@ from .models import (
 
 FORMAT_VERSION = 1
 TOP_KEYS = ("version", "balancer", "vips", "real_flags", "hc_dsts", "quic_reals", "src_routes", "decap_dsts",
-            "healthchecks")
+            "healthchecks", "bgp")
+BGP_KEYS = ("router_id", "local_as", "local_address", "peers", "communities", "min_healthy", "bfd",
+            "bfd_interval_ms", "bfd_multiplier", "hold_time", "keepalive_time", "state_dir")
+BGP_PEER_KEYS = ("address", "asn")
 VIP_KEYS = ("address", "port", "proto", "flags", "hash_function", "reals", "down_reals", "healthcheck")
 REAL_KEYS = ("address", "weight", "healthcheck")
 HEALTHCHECKS_KEYS = ("action", "all_down", "concurrency", "defaults")
@@ -104,6 +108,7 @@ class Desired:
     src_routes: dict = attrs.field(factory=dict)  # ip_network -> address
     decap_dsts: frozenset = frozenset()
     healthchecks: Optional[HcConfig] = None  # the active health checks (katran.hc_checker)
+    bgp: Optional[BgpConfig] = None  # the VIP announcement (katran.bgp)
 
     def katran_config(self, **overrides) -> KatranConfig:
         """The KatranConfig of the ``balancer`` section (``overrides`` win)."""
@@ -359,7 +364,68 @@ def loads(text: str, source: str = "<config>", *, netns: Optional[str] = None) -
                       for j, a in enumerate(_list(doc, ("decap_dsts",), top.get("decap_dsts"))))
     return Desired(balancer=dict(balancer), vips=vips, real_flags=real_flags, hc_dsts=hc_dsts,
                    quic_reals=quic, src_routes=routes, decap_dsts=decap,
-                   healthchecks=_healthchecks(doc, top, hc_checks, hc_overrides))
+                   healthchecks=_healthchecks(doc, top, hc_checks, hc_overrides),
+                   bgp=_bgp(doc, top, balancer, netns))
+
+
+def _auto_address(doc: _Doc, path: tuple, balancer: dict, netns: Optional[str], what: str) -> str:
+    """``auto`` in the bgp section: this host's address on main_interface (router_id,
+    local_address) or its default gateway (a peer's address), so one file serves a fleet."""
+    from .adapter import netlink
+
+    intf = balancer.get("main_interface") or "eth0"
+    try:
+        if what == "gateway":
+            gw = netlink.default_gateway(4, netns) or netlink.default_gateway(6, netns)
+            if gw is None:
+                raise doc.error(path, "auto", "no default gateway on this host to peer with")
+            return gw[0]
+        found = netlink.interface_addresses(str(intf), netns, 4)
+    except KatranError as exc:
+        raise doc.error(path, "auto", f"cannot read main_interface {str(intf)[:40]}: {exc}") from None
+    if not found:
+        raise doc.error(path, "auto", f"main_interface {str(intf)[:40]} has no IPv4 address")
+    return found[0]
+
+
+def _bgp(doc: _Doc, top: dict, balancer: dict, netns: Optional[str]) -> Optional[BgpConfig]:
+    if "bgp" not in top:
+        return None
+    path = ("bgp",)
+    section = _mapping(doc, path, top.get("bgp"))
+    _unknown_keys(doc, path, section, BGP_KEYS)
+    for key in ("router_id", "local_as", "peers"):
+        if key not in section:
+            raise doc.error(path, section, f"bgp needs {key}")
+    given = dict(section)
+    for key in ("router_id", "local_address"):
+        if isinstance(given.get(key), str) and given[key].lower() == "auto":
+            given[key] = _auto_address(doc, path + (key,), balancer, netns, "address")
+    peers = []
+    for i, peer in enumerate(_list(doc, path + ("peers",), section["peers"])):
+        ppath = path + ("peers", i)
+        peer = _mapping(doc, ppath, peer)
+        _unknown_keys(doc, ppath, peer, BGP_PEER_KEYS)
+        for key in BGP_PEER_KEYS:
+            if key not in peer:
+                raise doc.error(ppath, peer, f"a peer needs {key}")
+        addr = peer["address"]
+        if isinstance(addr, str) and addr.lower() == "auto":
+            addr = _auto_address(doc, ppath + ("address",), balancer, netns, "gateway")
+        try:
+            peers.append(BgpPeer(address=str(addr), asn=peer["asn"]))
+        except ValidationError as exc:
+            raise doc.error(ppath + (exc.field.rpartition(".")[2],), exc.value, exc.reason) from None
+    given["peers"] = peers
+    if "communities" in given:
+        given["communities"] = _list(doc, path + ("communities",), given["communities"])
+    if "bfd" in given and not isinstance(given["bfd"], bool):
+        raise doc.error(path + ("bfd",), given["bfd"], "expected true or false")
+    try:
+        return BgpConfig(**given)
+    except ValidationError as exc:
+        key = exc.field.rpartition(".")[2]
+        raise doc.error(path + ((key,) if key in section else ()), exc.value, exc.reason) from None
 
 
 def _check_spec(doc: _Doc, path: tuple, value: object, base: dict) -> CheckSpec:
@@ -404,7 +470,7 @@ def load(path: str, *, netns: Optional[str] = None) -> Desired:
 
 
 # ----------------------------------------------------------------------------- live state
-def snapshot(lb, healthchecks: Optional[HcConfig] = None) -> Desired:
+def snapshot(lb, healthchecks: Optional[HcConfig] = None, bgp: Optional[BgpConfig] = None) -> Desired:
     """The live state of a started KatranLb, in the declarative shape (with the checker's config)."""
     cfg = lb.config
     balancer = {}
@@ -437,7 +503,7 @@ def snapshot(lb, healthchecks: Optional[HcConfig] = None) -> Desired:
     decap = (frozenset(parse_address(a) for a in lb.get_inline_decap_dst())
              if (cfg.inline_decap_ipip or cfg.inline_decap_gue) else frozenset())
     return Desired(balancer=balancer, vips=vips, real_flags=real_flags, hc_dsts=hc, quic_reals=quic,
-                   src_routes=routes, decap_dsts=decap, healthchecks=healthchecks)
+                   src_routes=routes, decap_dsts=decap, healthchecks=healthchecks, bgp=bgp)
 
 
 def _addr_order(addr) -> tuple:  # v4 and v6 addresses (or networks) in one sorted list
@@ -467,6 +533,23 @@ def _spec_fields(spec: CheckSpec, base: CheckSpec) -> dict:
         value = getattr(spec, name)
         if value != getattr(base, name):
             out[name] = value.decode("latin-1") if isinstance(value, bytes) else value
+    return out
+
+
+def _bgp_dict(cfg: BgpConfig) -> dict:
+    """The bgp section: the required keys, then those that differ from the defaults."""
+    out: dict[str, Any] = {"router_id": str(cfg.router_id), "local_as": cfg.local_as}
+    if cfg.local_address is not None:
+        out["local_address"] = str(cfg.local_address)
+    out["peers"] = [{"address": str(p.address), "asn": p.asn} for p in cfg.peers]
+    if cfg.communities:
+        out["communities"] = [f"{a}:{b}" for a, b in cfg.communities]
+    for a in attrs.fields(BgpConfig):
+        if a.name in out or a.name in ("peers", "communities", "local_address"):
+            continue
+        value = getattr(cfg, a.name)
+        if value != a.default:
+            out[a.name] = value
     return out
 
 
@@ -519,6 +602,8 @@ def dumps(desired: Desired) -> str:
     if desired.healthchecks is not None:
         hc = desired.healthchecks
         doc["healthchecks"] = {"action": hc.action, "all_down": hc.all_down, "concurrency": hc.concurrency}
+    if desired.bgp is not None:
+        doc["bgp"] = _bgp_dict(desired.bgp)
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present
     return "# katran declarative configuration\n" + yaml.dump(doc, Dumper=dumper, sort_keys=False,
                                                               default_flow_style=False)

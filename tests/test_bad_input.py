@@ -428,6 +428,9 @@ def grpc_cases(target: GrpcTarget) -> list[Case]:
             add(X, rpc, label, dict(vip=v, address=REAL1), fields)
         for label, value in BAD_ADDRESSES + BAD_EXISTING:
             add(X, rpc, f"address={label}", dict(vip=vip(V4), address=value), ("address",))
+    # bgp (docs/fleet.md): this server has no bgp section, so both are refused naming it
+    add(X, "drain", "no_bgp", dict(timeout_ms=1), ("bgp",))
+    add(X, "undrain", "no_bgp", {}, ("bgp",))
     return cases
 
 

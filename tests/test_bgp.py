@@ -158,3 +158,148 @@ def test_announce_ecmp_withdraw_and_bfd(fleet):
             ann.stop()
         for lb in lbs:
             lb.close()
+
+
+# ----------------------------------------------------------------------- the declarative bgp section
+BGP_FILE = """version: 1
+balancer:
+  main_interface: eth0
+vips:
+  - address: 10.100.1.1
+    port: 80
+    proto: tcp
+    reals: [10.200.1.2]
+bgp:
+  router_id: 10.0.0.1
+  local_as: 65001
+  local_address: 10.0.0.1
+  peers:
+    - address: 10.0.0.254
+      asn: 65000
+    - address: fc00::fe
+      asn: 65000
+  communities: ["65001:100"]
+  min_healthy: 2
+  hold_time: 6
+  keepalive_time: 2
+"""
+
+
+def test_bgp_section_parses_and_dumps_back():
+    from katran import declarative
+
+    d = declarative.loads(BGP_FILE, "f.yaml")
+    assert d.bgp == BgpConfig(router_id="10.0.0.1", local_as=65001, local_address="10.0.0.1", min_healthy=2,
+                              communities=["65001:100"], hold_time=6, keepalive_time=2,
+                              peers=[BgpPeer(address="10.0.0.254", asn=65000), BgpPeer(address="fc00::fe", asn=65000)])
+    text = declarative.dumps(d)
+    assert "bgp:" in text and "hold_time: 6" in text and "bfd:" not in text  # defaults are left out
+    assert declarative.loads(text, "dump.yaml") == d
+    assert declarative.loads(BGP_FILE.split("bgp:")[0], "f.yaml").bgp is None
+
+
+@pytest.mark.parametrize("old, new, where", [
+    ("  local_as: 65001", "  local_as: 0", "f.yaml:11: bgp.local_as=0"),
+    ("  local_as: 65001", "  local_as: 65001\n  colour: red", "f.yaml:12: bgp.colour="),
+    ("      asn: 65000\n    - address: fc00::fe", "      asn: x\n    - address: fc00::fe", "f.yaml:15: bgp.peers[0].asn='x'"),
+    ("    - address: fc00::fe", "    - address: 10.0.0.300", "f.yaml:16: bgp.peers[1].address='10.0.0.300'"),
+    ("  min_healthy: 2", "  bfd: maybe", "f.yaml:19: bgp.bfd='maybe'"),
+    ("  communities: [\"65001:100\"]", "  communities: [\"65001:100000\"]", "bgp.communities"),
+    ("  keepalive_time: 2", "  keepalive_time: 3", "f.yaml:21: bgp.keepalive_time=3"),
+    ("  router_id: 10.0.0.1\n", "", "f.yaml:10: bgp="),
+    ("  router_id: 10.0.0.1", "  router_id: auto", "f.yaml:10: bgp.router_id='auto'"),  # no such main_interface here
+])
+def test_bgp_section_errors_name_file_line_field(old, new, where):
+    from katran import declarative
+
+    text = BGP_FILE.replace(old, new).replace("main_interface: eth0", "main_interface: kno-such-if")
+    assert text != BGP_FILE.replace("main_interface: eth0", "main_interface: kno-such-if")
+    with pytest.raises(declarative.ConfigFileError) as err:
+        declarative.loads(text, "f.yaml")
+    assert str(err.value).startswith(where) if where.startswith("f.yaml") else where in str(err.value), str(err.value)
+
+
+# ----------------------------------------------------------------------- the daemon's announcer
+def _listen(ns: str, addr: str, port: int):
+    import socket
+
+    from katran.lab.netns import inside
+
+    with inside(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(512)  # the kernel completes the checks' handshakes
+    return s
+
+
+def test_daemon_announces_by_health_drains_and_withdraws_on_close(fleet):
+    """The server's Daemon with a file holding vips, a tcp health check and a bgp section: its
+    own BIRD (in balancer namespace a) announces the VIP; every real failing its check
+    withdraws it (the checker's transition wakes the announcer), recovery announces it again;
+    drain / undrain; close withdraws."""
+    from katran import declarative
+    from katran.daemon import Daemon
+    from katran.lab.netns import inside
+
+    r, a, b, router, tmp = fleet
+    text = f"""version: 1
+vips:
+  - address: 10.100.1.1
+    port: 80
+    proto: tcp
+    healthcheck: {{type: tcp, port: 9911, interval: 0.2, timeout: 0.15, rise: 1, fall: 1}}
+    reals: [127.0.0.2, 127.0.0.3]
+bgp:
+  router_id: 10.77.1.1
+  local_as: 65001
+  peers: [{{address: 10.77.1.254, asn: 65000}}]
+  state_dir: {tmp}/daemon-bird
+"""
+    path = tmp / "lb.yaml"
+    path.write_text(text)
+    desired = declarative.load(str(path))
+    lb = KatranLb(KatranConfig(testing=True, default_mac="00:00:de:ad:be:af", forwarding_cores=(),
+                               max_vips=8, max_reals=16, lru_size=1000))
+    lb.start()
+    socks = [_listen(a, addr, 9911) for addr in ("127.0.0.2", "127.0.0.3")]
+    daemon = Daemon(lb, str(path), desired)
+    try:
+        with inside(a):  # BIRD, the checker's probes and the announcer's thread live in namespace a
+            daemon.start()
+        assert daemon.announcer is not None and str(daemon.announcer.bird.dir) == f"{tmp}/daemon-bird"
+        wait_for(lambda: nexthops(r, "10.100.1.1/32"), ["10.77.1.1"], 20)
+        assert daemon.bgp_state() == (False, ["10.100.1.1"])
+        assert declarative.loads(daemon.dump(), "dump.yaml").bgp == desired.bgp  # -dump keeps the section
+        socks.pop().close()  # one real down: still min_healthy (1)
+        wait_for(lambda: sum(1 for st in daemon.health() if not st.healthy), 1, 5)
+        assert daemon.healthy_reals(VIP) == 1 and nexthops(r, "10.100.1.1/32") == ["10.77.1.1"]
+        socks.pop().close()  # every real down: withdrawn, though the checker fails open
+        t_down = wait_for(lambda: nexthops(r, "10.100.1.1/32"), [], 5)
+        assert sorted(x.weight for x in lb.get_reals_for_vip(VIP)) == [1, 1]  # fail open on the lb
+        socks = [_listen(a, addr, 9911) for addr in ("127.0.0.2", "127.0.0.3")]
+        t_up = wait_for(lambda: nexthops(r, "10.100.1.1/32"), ["10.77.1.1"], 10)
+        waited = daemon.drain(timeout=3, quiet_for=0.2)
+        assert nexthops(r, "10.100.1.1/32") == [] and daemon.bgp_state() == (True, []) and waited < 3
+        assert daemon.undrain()
+        wait_for(lambda: nexthops(r, "10.100.1.1/32"), ["10.77.1.1"], 10)
+        # SIGHUP with a changed bgp section: the same BIRD reconfigured; a broken file changes nothing
+        old = daemon.announcer
+        path.write_text(text.replace("local_as: 65001", "local_as: 65001\n  communities: ['65001:7']"))
+        with inside(a):
+            assert daemon.reload() is not None
+        assert daemon.announcer is old and daemon.announcer.cfg.communities == ((65001, 7),)
+        assert nexthops(r, "10.100.1.1/32") == ["10.77.1.1"]  # reconfigured in place: never withdrawn
+        wait_for(lambda: "(65001,7)" in router.ctl("show route 10.100.1.1/32 all").stdout, True, 10)
+        current = daemon.announcer
+        path.write_text(text.replace("local_as: 65001", "local_as: 0"))
+        assert daemon.reload() is None and daemon.announcer is current
+        daemon.close()
+        wait_for(lambda: nexthops(r, "10.100.1.1/32"), [], 5)
+        assert daemon.announcer is None
+        print(f"\ndaemon: withdrawn {t_down:.2f} s after the last real failed, announced {t_up:.2f} s after recovery")
+    finally:
+        daemon.close()
+        for s in socks:
+            s.close()
+        lb.close()

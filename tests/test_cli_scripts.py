@@ -48,6 +48,7 @@ def _no_client(ns):
     (["-l", "-reals_file", "reals.txt"], "katran-cli: -reals_file is not used by -l"),
     (["-real_info", "-r", "10.1.1.1,10.1.1.2"], "katran-cli: -real_info takes one real (-r <addr>)"),
     (["-A", "-t", "10.0.0.1:80", "-json"], "katran-cli: -json is for the listing and stats commands"),
+    (["-drain", "-undrain"], "katran-cli: conflicting commands -drain and -undrain"),
 ])
 def test_usage_errors_exit_2_with_a_short_usage(capsys, argv, message):
     assert cli.main(argv, client_factory=_no_client) == 2
@@ -258,8 +259,10 @@ def test_json_listings(run, lb):
     assert json.loads(run("-show_hash", "-t", "10.0.0.1:80", "-json")[1]) == {
         "vip": {"address": "10.0.0.1", "port": 80, "proto": "tcp"},
         "hash_function": lb.get_hash_function_for_vip(VIP).name.lower()}
-    doc = json.loads(run("-flow", "192.168.1.1:4000", "-t", "10.0.0.1:80", "-json")[1])
-    assert doc["real"] in ("10.1.1.1", "10.1.1.2") and doc["src"] == "192.168.1.1" and doc["src_port"] == 4000
+    doc = json.loads(run("-flow", "192.168.1.1:4000,192.168.1.2:4001", "-t", "10.0.0.1:80", "-json")[1])
+    assert doc["vip"] == {"address": "10.0.0.1", "port": 80, "proto": "tcp"}
+    assert [(f["src"], f["src_port"]) for f in doc["flows"]] == [("192.168.1.1", 4000), ("192.168.1.2", 4001)]
+    assert all(f["real"] in ("10.1.1.1", "10.1.1.2") for f in doc["flows"])
 
 
 def test_json_stats_are_one_document_per_round(run, lb):

@@ -4,6 +4,8 @@
     katran-lab up              build the topology (+ decap on the reals, katran-server-grpc on the lb) and leave it
     katran-lab status          show what `up` built
     katran-lab down            remove what `up` (or an interrupted run) left behind
+    katran-lab fleet           the fleet: a BGP/ECMP router, three balancers, reals; six steps (docs/fleet.md)
+    katran-lab fleet up        build the fleet and leave it running; `katran-lab fleet down` removes it
 """
 
 from __future__ import annotations
@@ -95,11 +97,46 @@ def _status(args) -> int:
     return 0
 
 
+def _fleet(args) -> int:
+    from . import fleet
+
+    prefix = args.prefix if args.prefix != "klab" else "kfl"
+    action = args.action or "run"
+    if action == "down":
+        removed = fleet.teardown(prefix)
+        print("removed: " + (", ".join(removed) if removed else f"nothing (no fleet '{prefix}')"))
+        return 0
+    spec = fleet.FleetSpec(prefix=prefix, n_lbs=args.balancers, n_reals=args.reals, sessions=args.sessions)
+    if action == "up":
+        f = fleet.Fleet(spec)
+        f.up()
+        f.save()
+        print(f"fleet {prefix} up: router {f.router} (BIRD, ECMP), client {f.client}, next hops of "
+              f"{fleet.VIP1}: {f.nexthops(fleet.VIP1)}")
+        for lb in f.lbs:
+            print(f"  {lb.role}: netns {lb.netns}, katran-server-grpc pid {lb.pid}, {lb.address}, log {lb.log_path}")
+        print(f"  config (every balancer): {f.config_path}")
+        print("  the reals have decap and the VIPs on lo; their lab services (and the health port of "
+              f"{fleet.VIP2}) ran in this process only: start your own, e.g. python3 -m http.server 80")
+        print(f"  ip -n {f.router} route show {fleet.VIP1}")
+        print(f"  birdc -s {f.router_bird.socket} show protocols")
+        print(f"tear down: katran-lab fleet down --prefix {prefix}")
+        return 0
+    if action != "run":
+        print(f"katran-lab fleet: unknown action {action[:20]!r} (run, up, down)", file=sys.stderr)
+        return 2
+    results = fleet.run(spec)
+    return 0 if results and all(r.ok for r in results) else 1
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="katran-lab", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_argument(ap, "katran-lab")
-    ap.add_argument("command", nargs="?", default="run", choices=("run", "up", "down", "status"))
+    ap.add_argument("command", nargs="?", default="run", choices=("run", "up", "down", "status", "fleet"))
+    ap.add_argument("action", nargs="?", help="fleet: run (default), up or down")
+    ap.add_argument("--balancers", type=int, default=3, help="fleet: number of balancers (default 3)")
+    ap.add_argument("--sessions", type=int, default=30, help="fleet: long-lived TCP sessions (default 30)")
     ap.add_argument("--prefix", default="klab", help="namespace name prefix (default klab)")
     ap.add_argument("--reals", type=int, default=2, help="number of reals (default 2)")
     ap.add_argument("--bulk-mb", type=int, default=8, help="size of the bulk TCP transfer (run)")
@@ -110,6 +147,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("katran-lab: must run as root (network namespaces, XDP)", file=sys.stderr)
         return 1
     try:
+        if args.command == "fleet":
+            return _fleet(args)
+        if args.action:
+            ap.error(f"unexpected argument {args.action[:20]!r}")
         if args.command == "up":
             return _up(args)
         if args.command == "down":

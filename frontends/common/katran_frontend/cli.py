@@ -123,7 +123,7 @@ usage: {PROG} [-server ADDR] COMMAND [OPTIONS]   (one command per call)
 _COMMANDS = ("change_mac", "list_mac", "A", "l", "D", "E", "a", "e", "d", "quic_mapping", "list_qm", "C", "new_hc",
              "del_hc", "list_hc", "s", "rf", "real_info", "hash", "show_hash", "flow", "src_route", "del_src_route",
              "clear_src_routes", "list_src_routes", "decap_dst", "list_decap_dst", "down_real", "del_down_real",
-             "clear_down_reals", "list_down_reals")
+             "clear_down_reals", "list_down_reals", "drain", "undrain")
 # views of -s (at most one)
 _STATS_VIEWS = ("sum", "lru", "icmp", "reals", "xdp", "cores", "hc_stats", "quic", "tpr", "stable_rt", "decap",
                 "src_route", "flow_migration", "global_lru")
@@ -297,7 +297,8 @@ def build_flags() -> FlagSet:
     fs.bool("real_info", False, "show index and flags of the real -r")
     fs.string("hash", "", "set the hash function of the VIP -t/-u: maglev or maglev_v2")
     fs.bool("show_hash", False, "show the hash function of the VIP -t/-u")
-    fs.string("flow", "", "show the real a flow from <addr>:<port> to the VIP -t/-u goes to")
+    fs.string("flow", "", "show the real a flow from <addr>:<port> to the VIP -t/-u goes to "
+              "(several: <addr>:<port>,<addr>:<port>,... one line each)")
     fs.int("count", 0, "stats: stop after this many rounds (0: until interrupted)", aliases=("iterations",))
     # feature parity: source routing, inline decap, down reals, feature counters
     fs.bool("src_route", False, "add a source routing rule: packets from the -src prefixes to SRC_ROUTING VIPs "
@@ -313,6 +314,9 @@ def build_flags() -> FlagSet:
     fs.bool("del_down_real", False, "mark the real -r of the VIP -t/-u up again")
     fs.bool("clear_down_reals", False, "mark every down real of the VIP -t/-u up again")
     fs.bool("list_down_reals", False, "list the down reals of the VIP -t/-u")
+    fs.bool("drain", False, "bgp: withdraw every VIP and wait for its traffic to leave (-drain_timeout ms)")
+    fs.bool("undrain", False, "bgp: announce the VIPs again after -drain")
+    fs.int("drain_timeout", 0, "with -drain: wait at most this many ms (0: the server's -drain_timeout)")
     fs.bool("quic", False, "with -s: QUIC routing counters and QUIC ICMP counters")
     fs.bool("tpr", False, "with -s: TCP server id routing counters (with -t/-u: also the VIP's)")
     fs.bool("stable_rt", False, "with -s: UDP stable routing counters")
@@ -923,15 +927,36 @@ class Cli:
             return
         self.printf(f"hash function: {func.name.lower()}\n")
 
+    def drain(self, undo: bool, timeout_ms: int) -> None:
+        if timeout_ms < 0 or timeout_ms > 3_600_000:
+            raise self.fatal(f"-drain_timeout={timeout_ms}: expected 0..3600000 ms")
+        if undo:
+            draining, waited, announced = self.check(self.kc.undrain)
+        else:
+            draining, waited, announced = self.check(self.kc.drain, timeout_ms)
+        state = "draining" if draining else "announcing"
+        self.printf(f"bgp: {state}; announced: {', '.join(announced) or 'nothing'}"
+                    + (f"; traffic quiet after {waited:.2f} s" if not undo else "") + "\n")
+
     def real_for_flow(self, vip: VipKey, src: str) -> None:
-        src_vip = self.parse_vip(src, vip.proto)  # same <addr>:<port> syntax
-        flow = self.model(Flow, src_vip.address, vip.address, src_vip.port, vip.port, vip.proto)
-        real = self.check(self.kc.get_real_for_flow, flow)
+        srcs = [s.strip() for s in src.split(",") if s.strip()]
+        if not srcs:
+            raise self.fatal("-flow needs <addr>:<port>[,<addr>:<port>...]")
+        flows = []
+        for one in srcs:
+            src_vip = self.parse_vip(one, vip.proto, "-flow")  # same <addr>:<port> syntax
+            flows.append((one, src_vip, self.model(Flow, src_vip.address, vip.address, src_vip.port, vip.port,
+                                                   vip.proto)))
+        docs = []
+        for one, src_vip, flow in flows:
+            real = self.check(self.kc.get_real_for_flow, flow)
+            if self.json:
+                docs.append({"src": format_address(src_vip.address), "src_port": src_vip.port, "real": real})
+                continue
+            text = f"real: {real}" if real is not None else "no real for this flow"
+            self.printf(f"{text}\n" if len(flows) == 1 else f"flow {one} {text}\n")
         if self.json:
-            self.emit({"vip": _vip_json(vip), "src": format_address(src_vip.address), "src_port": src_vip.port,
-                       "real": real})
-            return
-        self.printf(f"real: {real}\n" if real is not None else "no real for this flow\n")
+            self.emit({"vip": _vip_json(vip), "flows": docs})
 
     # ------------------------------------------------------------ feature parity
     def need(self, value: str, flag: str, command: str) -> str:
@@ -1161,6 +1186,8 @@ class Cli:
             self.clear_down_reals(self.parse_vip(service, proto))
         elif ns.list_down_reals:
             self.list_down_reals(self.parse_vip(service, proto))
+        elif ns.drain or ns.undrain:
+            self.drain(ns.undrain, ns.drain_timeout)
         if not self.json:
             self.printf("exiting\n")
 

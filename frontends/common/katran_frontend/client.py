@@ -230,6 +230,13 @@ class KatranClient(abc.ABC):
         """The server's health check states; None when it runs no checks."""
         self._unsupported("getHealthCheckStates")
 
+    def drain(self, timeout_ms: int = 0) -> tuple:
+        """BGP: withdraw every VIP, wait for the traffic to leave; (draining, seconds waited, announced)."""
+        self._unsupported("drain")
+
+    def undrain(self) -> tuple:
+        self._unsupported("undrain")
+
     def close(self) -> None:
         """Release the connection."""
 

@@ -56,6 +56,10 @@ class Serving(abc.ABC):
     def abort(self) -> None:
         """Release the port after a failed start (``start`` may not have been called)."""
 
+    def set_daemon(self, daemon) -> None:
+        """The server's Daemon (katran.daemon), for RPCs that reach it (drain, health check states);
+        default: none do."""
+
     def alive(self) -> bool:
         """False once the server ended by itself (the lifecycle then shuts down)."""
         return True
@@ -102,9 +106,8 @@ class Transport(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def bind(self, lb, ns, prepared: Any, daemon=None) -> Serving:
-        """A server over ``lb`` bound to ``-server`` (``StartupError`` / ``OSError`` if it cannot);
-        ``daemon`` (``katran.daemon.Daemon``) for the RPCs reading its state (health checks)."""
+    def bind(self, lb, ns, prepared: Any) -> Serving:
+        """A server over ``lb`` bound to ``-server`` (``StartupError`` / ``OSError`` if it cannot)."""
 
 
 def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
@@ -149,7 +152,9 @@ def _serve(transport: Transport, ns, log: logging.Logger) -> int:
             raise StartupError(missing)
         lb = KatranLb(config)
         daemon = Daemon(lb, ns.config or None, desired)
-        serving = transport.bind(lb, ns, prepared, daemon=daemon)
+        daemon.drain_timeout = max(0, ns.drain_timeout) / 1000.0
+        serving = transport.bind(lb, ns, prepared)
+        serving.set_daemon(daemon)
         if transport.log_starting:
             log.info("Starting Katran")
         lb.start()
@@ -204,6 +209,8 @@ def _serve(transport: Transport, ns, log: logging.Logger) -> int:
                 log.error("%s: the server ended by itself", prog)
                 status = 1
                 break
+        if stop.is_set():
+            daemon.drain()  # bgp: withdraw first, wait for the traffic to leave
         serving.stop(ns.shutdown_delay)
     finally:
         log.info("Stopping Katran!")

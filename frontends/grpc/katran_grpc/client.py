@@ -375,6 +375,15 @@ class GrpcKatranClient(KatranClient):
                            s.somark, s.checks, s.successes, s.failures, s.transitions, s.since, s.applied,
                            s.last_latency) for s in msg.states]
 
+    def drain(self, timeout_ms: int = 0) -> tuple:
+        # the call returns once the traffic left (or timeout_ms): within the client's deadline (-timeout)
+        msg = self._call(self._ext, "drain", ext_pb.DrainRequest(timeout_ms=timeout_ms))[0]
+        return msg.draining, msg.waited, list(msg.announced)
+
+    def undrain(self) -> tuple:
+        msg = self._get("undrain", pb.Empty(), ext=True)
+        return msg.draining, msg.waited, list(msg.announced)
+
 
 def client_from_flags(ns: Any) -> GrpcKatranClient:
     """katran-cli's "grpc" transport: -server, -timeout, -tls_ca/-tls_cert/-tls_key, -tls_server_name,

@@ -231,3 +231,19 @@ class HealthCheckStates(_message.Message):
     enabled: bool
     states: _containers.RepeatedCompositeFieldContainer[HealthCheckState]
     def __init__(self, enabled: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[HealthCheckState, _Mapping]]] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("timeout_ms",)
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    timeout_ms: int
+    def __init__(self, timeout_ms: _Optional[int] = ...) -> None: ...
+
+class DrainState(_message.Message):
+    __slots__ = ("draining", "waited", "announced")
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    WAITED_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCED_FIELD_NUMBER: _ClassVar[int]
+    draining: bool
+    waited: float
+    announced: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, draining: _Optional[bool] = ..., waited: _Optional[float] = ..., announced: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -235,6 +235,16 @@ class KatranExtServiceStub:
                 request_serializer=katran__pb2.Empty.SerializeToString,
                 response_deserializer=katran__ext__pb2.HealthCheckStates.FromString,
                 _registered_method=True)
+        self.drain = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/drain',
+                request_serializer=katran__ext__pb2.DrainRequest.SerializeToString,
+                response_deserializer=katran__ext__pb2.DrainState.FromString,
+                _registered_method=True)
+        self.undrain = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/undrain',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__ext__pb2.DrainState.FromString,
+                _registered_method=True)
 
 
 class KatranExtServiceServicer:
@@ -493,6 +503,20 @@ class KatranExtServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def drain(self, request, context):
+        """BGP: withdraw every VIP and wait for its traffic to leave (katran-cli -drain), announce again (-undrain).
+        FAILED_PRECONDITION when the server runs without a bgp section.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def undrain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KatranExtServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -695,6 +719,16 @@ def add_KatranExtServiceServicer_to_server(servicer, server):
                     servicer.getHealthCheckStates,
                     request_deserializer=katran__pb2.Empty.FromString,
                     response_serializer=katran__ext__pb2.HealthCheckStates.SerializeToString,
+            ),
+            'drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.drain,
+                    request_deserializer=katran__ext__pb2.DrainRequest.FromString,
+                    response_serializer=katran__ext__pb2.DrainState.SerializeToString,
+            ),
+            'undrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.undrain,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__ext__pb2.DrainState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1777,6 +1811,60 @@ class KatranExtService:
             '/lb.katran.ext.KatranExtService/getHealthCheckStates',
             katran__pb2.Empty.SerializeToString,
             katran__ext__pb2.HealthCheckStates.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/drain',
+            katran__ext__pb2.DrainRequest.SerializeToString,
+            katran__ext__pb2.DrainState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def undrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/undrain',
+            katran__pb2.Empty.SerializeToString,
+            katran__ext__pb2.DrainState.FromString,
             options,
             channel_credentials,
             insecure,

@@ -136,13 +136,12 @@ class KatranGrpcServer:
     The port is bound in the constructor (port 0 picks a free one; see
     ``address``); ``unix:PATH`` listens on a unix socket with mode 0660
     (docs/security.md).  ``token``: TCP clients must send it as a bearer token.
-    ``daemon`` (``katran.daemon.Daemon``): its health checks are served (getHealthCheckStates).
     ``lb`` is neither started nor closed here.
     """
 
     def __init__(self, lb, address: str = DEFAULT_ADDRESS, *, credentials: Optional[grpc.ServerCredentials] = None,
                  max_workers: Optional[int] = None, limits: GrpcLimits = GrpcLimits(),
-                 token: Optional[bytes] = None, daemon=None) -> None:
+                 token: Optional[bytes] = None) -> None:
         if max_workers is not None:
             limits = attrs.evolve(limits, workers=max_workers)
         self.limits = limits
@@ -155,7 +154,7 @@ class KatranGrpcServer:
             interceptors=interceptors,
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
-        add_services(self._server, lb, daemon)
+        self.ext = add_services(self._server, lb)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for name in ("", KATRAN_SERVICE, EXT_SERVICE):
@@ -233,6 +232,9 @@ class _Serving(lifecycle.Serving):
         self.server = server
         self.address = server.address
 
+    def set_daemon(self, daemon) -> None:
+        self.server.ext.daemon = daemon
+
     def start(self) -> None:
         self.server.start()
 
@@ -263,10 +265,9 @@ class GrpcTransport(lifecycle.Transport):
         credentials = server_credentials(ns.tls_cert, ns.tls_key, ns.tls_client_ca)
         return credentials, limits_from_flags(ns, GrpcLimits, "grpc"), token_from_flags(ns)
 
-    def bind(self, lb, ns, prepared: Any, daemon=None) -> lifecycle.Serving:
+    def bind(self, lb, ns, prepared: Any) -> lifecycle.Serving:
         credentials, limits, token = prepared
-        return _Serving(KatranGrpcServer(lb, ns.server, credentials=credentials, limits=limits, token=token,
-                                         daemon=daemon))
+        return _Serving(KatranGrpcServer(lb, ns.server, credentials=credentials, limits=limits, token=token))
 
 
 GRPC = GrpcTransport()

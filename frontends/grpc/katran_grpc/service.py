@@ -393,11 +393,36 @@ class KatranServicer(pb_grpc.KatranServiceServicer):
 class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
     """lb.katran.ext.KatranExtService: what Katran's proto lacks.
 
-    ``daemon`` (``katran.daemon.Daemon``, optional) answers the health check RPC."""
+    ``daemon`` (``katran.daemon.Daemon``, set by the server lifecycle) answers drain / undrain
+    and the health check states."""
 
-    def __init__(self, lb, daemon=None) -> None:
+    def __init__(self, lb) -> None:
         self._lb = lb
-        self._daemon = daemon
+        self.daemon = None  # katran.daemon.Daemon of a server run by the lifecycle (drain / undrain)
+
+    def _daemon(self):
+        if self.daemon is None:
+            raise errors.FeatureNotEnabledError("bgp: this server runs without a bgp section in its -config file")
+        return self.daemon
+
+    def _drain_state(self, waited: float = 0.0) -> ext_pb.DrainState:
+        draining, announced = self._daemon().bgp_state()
+        return ext_pb.DrainState(draining=draining, waited=waited, announced=announced)
+
+    @_rpc
+    def drain(self, request: ext_pb.DrainRequest) -> ext_pb.DrainState:
+        daemon = self._daemon()
+        daemon.bgp_state()  # FAILED_PRECONDITION without bgp
+        timeout = request.timeout_ms / 1000.0 if request.timeout_ms else None
+        waited = daemon.drain(timeout=timeout)
+        return self._drain_state(waited or 0.0)
+
+    @_rpc
+    def undrain(self, request: pb.Empty) -> ext_pb.DrainState:
+        daemon = self._daemon()
+        daemon.bgp_state()
+        daemon.undrain()
+        return self._drain_state()
 
     @_rpc
     def getIndexForReal(self, request: ext_pb.RealAddress) -> ext_pb.RealIndex:
@@ -583,7 +608,7 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
 
     @_rpc
     def getHealthCheckStates(self, request: pb.Empty) -> ext_pb.HealthCheckStates:
-        daemon = self._daemon
+        daemon = self.daemon
         if daemon is None or getattr(daemon, "checker", None) is None:
             return ext_pb.HealthCheckStates(enabled=False)
         states = [health_state_to_msg(st) for st in daemon.health()]
@@ -614,7 +639,9 @@ def _add_servicer(server: grpc.Server, servicer, service_desc) -> None:
     server.add_registered_method_handlers(service_desc.full_name, handlers)
 
 
-def add_services(server: grpc.Server, lb, daemon=None) -> None:
-    """Register both katran services over ``lb`` (and the ``daemon``'s health checks) on ``server``."""
+def add_services(server: grpc.Server, lb) -> "KatranExtServicer":
+    """Register both katran services over ``lb`` on ``server``; returns the ext servicer."""
     _add_servicer(server, KatranServicer(lb), pb.DESCRIPTOR.services_by_name["KatranService"])
-    _add_servicer(server, KatranExtServicer(lb, daemon), ext_pb.DESCRIPTOR.services_by_name["KatranExtService"])
+    ext = KatranExtServicer(lb)
+    _add_servicer(server, ext, ext_pb.DESCRIPTOR.services_by_name["KatranExtService"])
+    return ext

@@ -245,7 +245,7 @@ class ThriftTransport(lifecycle.Transport):
                     ssl_context=tls_server_context(ns.tls_cert, ns.tls_key, ns.tls_client_ca),
                     token=token_from_flags(ns))
 
-    def bind(self, lb, ns, prepared: dict, daemon=None) -> lifecycle.Serving:
+    def bind(self, lb, ns, prepared: dict) -> lifecycle.Serving:
         try:
             return _Serving(KatranThriftServer(KatranThriftHandler(lb), **prepared))
         except OSError as exc:
