@@ -181,7 +181,7 @@ class Bird:
 
     def ctl(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
         res = subprocess.run([self._exe("birdc"), "-s", str(self.socket), *command.split()],
-                             capture_output=True, text=True, timeout=10)
+                             capture_output=True, text=True, timeout=30)
         if check and (res.returncode != 0 or "syntax error" in res.stdout.lower() or res.stdout.lstrip().startswith(
                 ("Unable", "Error"))):
             raise BgpError(f"birdc {command}: {(res.stdout + res.stderr).strip()[:400]}")

@@ -150,6 +150,11 @@ class DataPlane:
         if missing:
             raise FeatureNotEnabledError(f"the balancer object {spec.path} has no knob(s) {', '.join(missing)}")
 
+    @property
+    def attached(self) -> bool:
+        """Attached to the interface (standalone) or registered in the root program (shared)."""
+        return self._attached_ifindex is not None or self._registered_root is not None
+
     def forwarding_cores(self) -> tuple:
         cfg = self.config
         if cfg.forwarding_cores is None:

@@ -179,6 +179,10 @@ class KatranLb:
         self._down_reals: dict[VipKey, set] = {}  # vip -> real nums marked down
         self._bpf_failed_calls = 0
         self._addr_validation_failed = 0
+        self._config_generation = 0  # successful mutations (metrics)
+        self._state_version = 0  # every mutating call, failed ones too (metrics caches)
+        self._generation_lock = threading.Lock()  # the two counters above
+        self._mutating = threading.local()  # .depth: nesting of mutating calls in this thread
 
     # ------------------------------------------------------------------ life cycle
     @property
@@ -202,6 +206,16 @@ class KatranLb:
     def _abi(self):
         """What the balancer object has, checked against its contract (None before start)."""
         return self._dp.abi
+
+    @property
+    def config_generation(self) -> int:
+        """Successful configuration changes since construction (one per public mutating call)."""
+        return self._config_generation
+
+    @property
+    def data_plane_attached(self) -> bool:
+        """True while the balancer is attached to its interface or registered in a root program."""
+        return self._dp.attached
 
     def __enter__(self) -> "KatranLb":
         self.start()
@@ -691,6 +705,27 @@ class KatranLb:
         """v1: failed BPF map writes, v2: addresses KatranLb refused as invalid (Katran's names)."""
         return LbStats(self._bpf_failed_calls, self._addr_validation_failed)
 
+    @_locked
+    def counter_snapshot(self, known_version: Optional[int] = None):
+        """Every counter at one point in time, one batch read per map (``katran.metrics``).
+
+        VIPs and reals are left out (None) when ``known_version`` is the current
+        ``snapshot.version``: the caller's copy is still right.
+        """
+        from . import metrics
+
+        if self._obj is None:
+            return metrics.CounterSnapshot(False, False, self._config_generation, version=self._state_version)
+        same = known_version == self._state_version
+        return metrics.read_snapshot(
+            self._obj,
+            vips=None if same else [(v, s.num) for v, s in self._vips.items()],
+            reals=None if same else [(a, self._reals.get(a).num) for a in self._reals],
+            max_vips=self._config.max_vips, hc=self._dp.hc, lb_stats=(self._bpf_failed_calls, self._addr_validation_failed),
+            config_generation=self._config_generation, attached=self.data_plane_attached,
+            version=self._state_version,
+        )
+
     # ------------------------------------------------------------------ source routing (LPM)
     def _require_feature(self, knob: str, what: str) -> None:
         self._require_started()
@@ -958,12 +993,18 @@ class KatranLb:
         return PacketResult(verdict, res.retval, res.data, res.duration_ns)
 
     @_locked
-    def get_real_for_flow(self, flow: Flow) -> Optional[str]:
-        """Which real this flow goes to, by running the balancer on a built packet.
+    def get_real_for_flow(self, flow: Flow, *, side_effect_free: bool = False) -> Optional[str]:
+        """Which real this flow goes to (None: the VIP has no real for it).
 
-        Like Katran's simulator, this runs the real program, so the flow is
-        counted and (on a miss) inserted into the LRU like a client packet.
+        By default, like Katran's simulator, this runs the real program on a
+        built packet, so the flow is counted and (on a miss) inserted into the
+        LRU like a client packet. ``side_effect_free=True`` computes the same
+        choice in the control plane (``lookup_flow``): nothing is counted or
+        inserted, and a flow to no VIP raises NotFoundError.
         """
+        if side_effect_free:
+            route = self.lookup_flow(flow)
+            return None if route.real is None else format_address(route.real)
         if not isinstance(flow, Flow):
             raise ValidationError("flow", flow, "expected a katran.Flow")
         if flow.src.version != flow.dst.version:
@@ -974,3 +1015,118 @@ class KatranLb:
             return None
         dst = packets.outer_destination(res.data)
         return None if dst is None else format_address(dst)
+
+
+    # ------------------------------------------------------------------ flow table (katran.flows)
+    def _flow_view(self):
+        from . import flows
+
+        obj = self._require_started()
+        cfg = self._config
+        tables, owned = [], []
+        try:
+            lru_mapping = obj.map("lru_mapping")
+            for core in self._dp.forwarding_cores():
+                inner_id = lru_mapping.inner_map_id(core)
+                if inner_id:
+                    inner = self._kernel.map_by_id(inner_id)
+                    owned.append(inner)
+                    tables.append((f"cpu{core}", inner))
+        except BaseException:
+            for m in owned:
+                m.close()
+            raise
+        tables.append((flows.FALLBACK, obj.map("fallback_cache")))
+        return flows.FlowTableView(
+            tables=tables, reals_map=obj.map("reals"),
+            vips={v: flows.VipView(s.num, s.flags, s.ring) for v, s in self._vips.items()},
+            num_to_real={self._reals.get(a).num: a for a in self._reals}, lpm_rules=dict(self._lpm_rules),
+            down_reals={v: set(n) for v, n in self._down_reals.items()}, ring_size=cfg.ch_ring_size,
+            max_vips=cfg.max_vips, max_reals=cfg.max_reals, lru_udp_timeout_ns=cfg.lru_udp_timeout_ns,
+            lpm_src_lookup=bool(cfg.lpm_src_lookup), owned=owned,
+        )
+
+    @_locked
+    def lookup_flow(self, flow: Flow, *, cpu: Optional[int] = None):
+        """Where ``flow`` goes, without side effects: a ``katran.flows.FlowRoute``
+        (real, and whether the LRU, source routing or the ring chose it)."""
+        from . import flows
+
+        if cpu is not None:
+            cpu = check_int(cpu, "cpu", 0, 4095)
+        with self._flow_view() as view:
+            return flows.route_flow(view, flow, cpu=cpu)
+
+    @_locked
+    def list_lru(self, vip: Optional[VipKey] = None, *, real: object = None, src: object = None,
+                 limit: Optional[int] = 1000):
+        """Connection-table entries of every LRU matching the filters (Katran's listLru)."""
+        from . import flows
+
+        with self._flow_view() as view:
+            return flows.list_lru(view, vip, real=real, src=src, limit=limit)
+
+    @_locked
+    def search_lru(self, vip: VipKey, src: object, src_port: int) -> list:
+        """The entries of one flow in every LRU (Katran's searchLru)."""
+        from . import flows
+
+        with self._flow_view() as view:
+            return flows.search_lru(view, vip, src, src_port)
+
+    @_locked
+    def delete_lru(self, vip: VipKey, src: object, src_port: int) -> list[str]:
+        """Delete one flow from every LRU; the tables it was in (Katran's deleteLru)."""
+        from . import flows
+
+        with self._flow_view() as view:
+            return flows.delete_lru(view, vip, src, src_port)
+
+    @_locked
+    def purge_vip_lru(self, vip: Optional[VipKey] = None, *, real: object = None, src: object = None) -> dict:
+        """Delete every entry of a VIP (and/or of a real, a client prefix); per table counts
+        (Katran's purgeVipLru / purgeVipLruForReal)."""
+        from . import flows
+
+        with self._flow_view() as view:
+            return flows.purge_lru(view, vip, real=real, src=src)
+
+
+# Public methods that change the configuration: each successful outermost call bumps
+# KatranLb.config_generation (a call made by another one counts once).
+MUTATING_METHODS = (
+    "change_mac", "add_vip", "del_vip", "modify_vip", "change_hash_function_for_vip",
+    "add_real_for_vip", "del_real_for_vip", "modify_reals_for_vip", "modify_real",
+    "modify_quic_reals_mapping", "add_src_routing_rule", "del_src_routing_rule",
+    "clear_all_src_routing_rules", "add_inline_decap_dst", "del_inline_decap_dst",
+    "add_down_real", "remove_down_real", "clear_down_reals", "add_healthchecker_dst",
+    "del_healthchecker_dst",
+)
+
+
+def _counts_generation(method: Callable[..., T]) -> Callable[..., T]:
+    # Not under the balancer's lock: modify_reals_for_vip queues before it takes it (coalescing).
+    @functools.wraps(method)
+    def wrapper(self: KatranLb, *args, **kwargs):
+        local = self._mutating
+        depth = getattr(local, "depth", 0)
+        local.depth = depth + 1
+        ok = False
+        try:
+            result = method(self, *args, **kwargs)
+            ok = True
+            return result
+        finally:
+            local.depth = depth
+            if depth == 0:
+                with self._generation_lock:
+                    self._state_version += 1
+                    if ok:
+                        self._config_generation += 1
+
+    return wrapper
+
+
+for _name in MUTATING_METHODS:
+    setattr(KatranLb, _name, _counts_generation(getattr(KatranLb, _name)))
+del _name

@@ -163,6 +163,9 @@ DOCUMENTED: dict[str, str] = {
     "grpc getRealStats index=2^32": _WIRE + " (index 0)",
     "grpc getRealForFlow src_port=2^32": _WIRE + " (port 0)",
     "grpc getRealForFlow dst_port=2^32": _WIRE + " (port 0)",
+    "grpc lookupFlow src_port=2^32": _WIRE + " (port 0)",
+    "grpc searchLru src_port=2^32": _WIRE + " (port 0)",
+    "grpc deleteLru src_port=2^32": _WIRE + " (port 0)",
 }
 
 
@@ -410,6 +413,37 @@ def grpc_cases(target: GrpcTarget) -> list[Case]:
             add(X, "getRealForFlow", f"{key}={label}", {**flow, key: value}, (f"flow.{key}",))
     for label, value in BAD_PROTOS:
         add(X, "getRealForFlow", f"protocol={label}", {**flow, "protocol": value}, ("flow.proto",))
+    # the flow table (lookupFlow: the same flow without side effects; a flow to no VIP is NOT_FOUND)
+    for key in ("src", "dst"):
+        for label, value in BAD_ADDRESSES:
+            add(X, "lookupFlow", f"{key}={label}", dict(flow={**flow, key: value}), (f"flow.{key}",))
+    for key in ("src_port", "dst_port"):
+        for label, value in BAD_PORTS:
+            # dst_port 2^32 arrives as port 0: a VIP that does not exist
+            fields = (f"flow.{key}", "vip") if value == 2**32 else (f"flow.{key}",)
+            add(X, "lookupFlow", f"{key}={label}", dict(flow={**flow, key: value}), fields)
+    for label, value in BAD_PROTOS:
+        add(X, "lookupFlow", f"protocol={label}", dict(flow={**flow, "protocol": value}), ("flow.proto",))
+    add(X, "lookupFlow", "unknown_vip", dict(flow={**flow, "dst": UNKNOWN_V4[0]}), ("vip",))
+    for rpc in ("listLru", "purgeLru"):
+        for label, v, fields in vip_variants(V4, True):
+            add(X, rpc, label, dict(vip=v), fields)
+        add(X, rpc, "unknown", dict(vip=vip(UNKNOWN_V4)), ("vip",))
+        # an empty real / src is proto3's unset field: no filter
+        for label, value in [b for b in BAD_ADDRESSES if b[0] != "empty"] + [("unknown", "10.7.7.7")]:
+            add(X, rpc, f"real={label}", dict(vip=vip(V4), real=value), ("real",))
+        for label, value in [b for b in BAD_PREFIXES if b[0] != "empty"]:
+            add(X, rpc, f"src={label}", dict(vip=vip(V4), src=value), ("src",))
+    add(X, "purgeLru", "no_filter", {}, ("filter",))
+    for rpc in ("searchLru", "deleteLru"):
+        for label, v, fields in vip_variants(V4, True):
+            add(X, rpc, label, dict(vip=v, src="192.168.1.1", src_port=1), fields)
+        add(X, rpc, "unknown", dict(vip=vip(UNKNOWN_V4), src="192.168.1.1", src_port=1), ("vip",))
+        for label, value in BAD_ADDRESSES:
+            add(X, rpc, f"src={label}", dict(vip=vip(V4), src=value, src_port=1), ("src",))
+        add(X, rpc, "src=other_family", dict(vip=vip(V4), src="fc00::1", src_port=1), ("src",))
+        for label, value in BAD_PORTS:
+            add(X, rpc, f"src_port={label}", dict(vip=vip(V4), src="192.168.1.1", src_port=value), ("src_port",))
     for label, value in BAD_PREFIXES:
         add(X, "addSrcRoutingRule", f"src={label}", dict(srcs=["10.0.0.0/8", value], dst=REAL1), ("src",))
         add(X, "delSrcRoutingRule", f"src={label}", dict(srcs=[SRC_PREFIX, value]), ("src",))

@@ -104,7 +104,9 @@ vips:
         while True:
             res = katran_cli(server, "-l")
             assert res.returncode == 0, res.stderr
-            if " ->127.0.0.3         weight: 0 flags:  health: down" in res.stdout or time.monotonic() > deadline:
+            done = (" ->127.0.0.3         weight: 0 flags:  health: down" in res.stdout
+                    and " ->127.0.0.2         weight: 4 flags:  health: up (ok)" in res.stdout)
+            if done or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         lines = res.stdout.splitlines()

@@ -25,6 +25,7 @@ from katran import (
     VipFlag,
     VipKey,
 )
+from katran import structs
 from katran.testing import FakeKernel
 
 A = VipKey("10.0.0.1", 80, "tcp")
@@ -50,6 +51,10 @@ def provision(lb: KatranLb) -> None:
     lb.add_inline_decap_dst("10.9.0.1")
     lb.add_down_real(A, "10.1.0.2")
     lb.add_healthchecker_dst(1, "10.5.0.1")
+    # connection-table entries of A (what packets leave behind), for the flow-table methods
+    for i, real in ((1, "10.1.0.1"), (2, "10.1.0.3"), (3, "10.1.0.1")):
+        lb._map("fallback_cache").update(structs.flow_key(f"192.168.0.{i}", A.address, 1000 + i, A.port, A.proto),
+                                         structs.real_pos_lru(lb.get_index_for_real(real)))
 
 
 def public_state(lb: KatranLb) -> dict:
@@ -119,6 +124,10 @@ MUTATIONS = {
     "clear_down_reals": lambda lb: lb.clear_down_reals(A),
     "add_healthchecker_dst": lambda lb: lb.add_healthchecker_dst(2, "10.5.0.2"),
     "del_healthchecker_dst": lambda lb: lb.del_healthchecker_dst(1),
+    # the flow table: connection-table entries written back if a delete fails
+    "delete_lru": lambda lb: lb.delete_lru(A, "192.168.0.1", 1001),
+    "purge_vip_lru": lambda lb: lb.purge_vip_lru(A),
+    "purge_vip_lru_real": lambda lb: lb.purge_vip_lru(A, real="10.1.0.1"),
 }
 MAX_CALLS = 14
 # methods with more kernel calls than MAX_CALLS: every call of theirs fails in test_long_mutations...
@@ -200,7 +209,7 @@ def test_long_mutations_fail_at_every_call(method):
     assert nth > 2
 
 
-READ_ONLY = ("get_", "run_")
+READ_ONLY = ("get_", "run_", "list_", "search_", "lookup_", "counter_")
 NOT_STATE = {"start", "close", "config", "kernel", "started"}
 
 

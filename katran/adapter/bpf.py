@@ -392,6 +392,21 @@ class Map(_BpfFd):
 
     def lookup_batch(self, chunk: int = 256) -> list[tuple[bytes, Value]]:
         """Every (key, value); uses bpf_map_lookup_batch when the map type supports it."""
+        raw = self.lookup_batch_raw(chunk)
+        if raw is None:
+            return list(self.items())
+        kbuf, vbuf, n = raw
+        ks, vsz = self.key_size, self._value_buf_size
+        return [(kbuf[i * ks:(i + 1) * ks], self._decode(vbuf[i * vsz:(i + 1) * vsz])) for i in range(n)]
+
+    def lookup_batch_raw(self, chunk: int = 256) -> tuple[bytes, bytes, int] | None:
+        """Every element as two packed blobs: ``(keys, values, count)``, or None where the
+        map type has no batch lookup.
+
+        Keys are back to back (``key_size`` each); values back to back, per-CPU maps with
+        ``round_up(value_size, 8)`` bytes per possible CPU, all CPUs of one element
+        together (the kernel's layout, ready for ``numpy.frombuffer``).
+        """
         fd = self._fd()
         chunk = max(1, min(chunk, self.max_entries or 1))
         tok = max(self.key_size, 8)
@@ -403,13 +418,15 @@ class Map(_BpfFd):
         count = ffi.new("__u32 *")
         opts = ffi.new("struct bpf_map_batch_opts *")
         opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
-        out: list[tuple[bytes, Value]] = []
+        kparts: list[bytes] = []
+        vparts: list[bytes] = []
+        total = 0
         first = True
         while True:
             count[0] = chunk
             ret = lib.bpf_map_lookup_batch(fd, ffi.NULL if first else in_b, out_b, keys, vals, count, opts)
             if first and ret in self._BATCH_UNSUPPORTED:
-                return list(self.items())
+                return None
             if ret == -errno.ENOSPC and count[0] == 0 and chunk < (1 << 20):
                 # a hash bucket holds more entries than fit: retry with bigger buffers
                 chunk *= 4
@@ -419,13 +436,11 @@ class Map(_BpfFd):
             if ret < 0 and ret != -errno.ENOENT:
                 check(ret, f"batch lookup {self.name}")
             n = count[0]
-            kbuf = ffi.buffer(keys, n * self.key_size)[:]
-            vbuf = ffi.buffer(vals, n * vsz)[:]
-            for i in range(n):
-                out.append((kbuf[i * self.key_size:(i + 1) * self.key_size],
-                            self._decode(vbuf[i * vsz:(i + 1) * vsz])))
+            kparts.append(ffi.buffer(keys, n * self.key_size)[:])
+            vparts.append(ffi.buffer(vals, n * vsz)[:])
+            total += n
             if ret == -errno.ENOENT:
-                return out
+                return b"".join(kparts), b"".join(vparts), total
             ffi.memmove(in_b, out_b, tok)
             first = False
 

@@ -230,6 +230,26 @@ class KatranClient(abc.ABC):
         """The server's health check states; None when it runs no checks."""
         self._unsupported("getHealthCheckStates")
 
+    # the flow table (extension service): katran.flows values
+    def lookup_flow(self, flow: Flow, cpu: Optional[int] = None):
+        """katran.flows.FlowRoute of ``flow``, computed without side effects."""
+        self._unsupported("lookupFlow")
+
+    def list_lru(self, vip: Optional[VipKey] = None, *, real: Optional[str] = None, src: Optional[str] = None,
+                 limit: Optional[int] = 1000):
+        """katran.flows.LruListing of the entries matching the filters (limit None: all)."""
+        self._unsupported("listLru")
+
+    def search_lru(self, vip: VipKey, src: str, src_port: int) -> list:
+        self._unsupported("searchLru")
+
+    def delete_lru(self, vip: VipKey, src: str, src_port: int) -> list[str]:
+        self._unsupported("deleteLru")
+
+    def purge_vip_lru(self, vip: Optional[VipKey] = None, *, real: Optional[str] = None,
+                      src: Optional[str] = None) -> dict[str, int]:
+        self._unsupported("purgeLru")
+
     def drain(self, timeout_ms: int = 0) -> tuple:
         """BGP: withdraw every VIP, wait for the traffic to leave; (draining, seconds waited, announced)."""
         self._unsupported("drain")

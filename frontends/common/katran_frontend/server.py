@@ -79,6 +79,8 @@ class Transport(abc.ABC):
     log_starting: bool = False
     #: the TCP port of the examples in ``-help``
     example_port: int = 50051
+    #: the ``frontend`` label of the RPC metrics
+    frontend: str = ""
 
     def build_flags(self) -> FlagSet:
         """The shared server flags, then the transport's own (``add_flags``)."""
@@ -106,8 +108,12 @@ class Transport(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def bind(self, lb, ns, prepared: Any) -> Serving:
-        """A server over ``lb`` bound to ``-server`` (``StartupError`` / ``OSError`` if it cannot)."""
+    def bind(self, lb, ns, prepared: Any, rpc_metrics=None) -> Serving:
+        """A server over ``lb`` bound to ``-server`` (``StartupError`` / ``OSError`` if it cannot).
+
+        ``rpc_metrics`` (a ``katran.metrics.RpcMetrics``, with ``-metrics_addr``): record
+        every RPC in it.
+        """
 
 
 def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
@@ -143,25 +149,39 @@ def _serve(transport: Transport, ns, log: logging.Logger) -> int:
     lb = None
     daemon = None
     serving: Optional[Serving] = None
+    metrics = None
     try:
         desired = Daemon.read(ns.config) if ns.config else None
         config = config_from_flags(ns) if desired is None else config_from_flags_and_file(ns, desired)
         prepared = transport.prepare(ns)
+        if ns.metrics_addr:
+            from katran.metrics import parse_metrics_addr
+
+            parse_metrics_addr(ns.metrics_addr)  # a bad value fails before anything is loaded
         missing = require_capabilities(config)
         if missing:
             raise StartupError(missing)
         lb = KatranLb(config)
         daemon = Daemon(lb, ns.config or None, desired)
         daemon.drain_timeout = max(0, ns.drain_timeout) / 1000.0
-        serving = transport.bind(lb, ns, prepared)
+        if ns.metrics_addr:
+            from katran.metrics import MetricsEndpoint
+
+            metrics = MetricsEndpoint(lb, ns.metrics_addr, transport.frontend or prog)
+            metrics.add_hc_checker(lambda: daemon.checker)  # the file's health checks, when it has some
+        serving = transport.bind(lb, ns, prepared, rpc_metrics=metrics.rpc if metrics else None)
         serving.set_daemon(daemon)
         if transport.log_starting:
             log.info("Starting Katran")
         lb.start()
         logs.log_startup_summary(lb, log)
         daemon.start()
+        if metrics is not None:
+            metrics.start()
         serving.start()
     except (KatranError, StartupError, OSError) as exc:
+        if metrics is not None:
+            metrics.stop()
         if serving is not None:
             serving.abort()
         if daemon is not None:
@@ -175,6 +195,8 @@ def _serve(transport: Transport, ns, log: logging.Logger) -> int:
         return 1
 
     print(f"Server listening on {serving.address}", flush=True)
+    if metrics is not None:
+        print(f"Metrics on {metrics.url}", flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame) -> None:
@@ -213,6 +235,8 @@ def _serve(transport: Transport, ns, log: logging.Logger) -> int:
             daemon.drain()  # bgp: withdraw first, wait for the traffic to leave
         serving.stop(ns.shutdown_delay)
     finally:
+        if metrics is not None:
+            metrics.stop()
         log.info("Stopping Katran!")
         daemon.close()
         try:

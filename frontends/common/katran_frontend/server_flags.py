@@ -69,6 +69,8 @@ def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> Flag
     fs.string("log_level", "info", "least severe level logged: debug, info, warning or error")
     fs.string("config", "", "declarative file (YAML): balancer options, VIPs, reals, health checks, ...; "
               "applied at start and again on SIGHUP (flags given explicitly win over its balancer section)")
+    fs.string("metrics_addr", "", "serve Prometheus metrics at http://HOST:PORT/metrics "
+              "(off when empty; PORT or :PORT alone: loopback)")
     fs.int("drain_timeout", 10000, "with a bgp section: on SIGTERM/SIGINT withdraw the VIPs and wait at most this "
            "many milliseconds for their traffic to leave before stopping")
     return fs

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import grpc
 
 from katran.errors import ValidationError
-from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey
+from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey, parse_address
 from katran_frontend import GRPC_DEFAULT_SERVER
 from katran_frontend.client import KatranClient, OperationFailed, RealHealth, RpcFailed
 
@@ -42,6 +42,27 @@ def _int32(value: int, field: str) -> int:
 
 def _vip_msg(vip: VipKey) -> pb.Vip:
     return pb.Vip(address=str(vip.address), port=vip.port, protocol=vip.proto)
+
+
+def _vip_from_msg(msg: pb.Vip) -> VipKey:
+    return VipKey(msg.address, msg.port, msg.protocol)
+
+
+def _lru_filter_msg(vip: Optional[VipKey], real: Optional[str], src: Optional[str], limit: int) -> ext_pb.LruFilter:
+    msg = ext_pb.LruFilter(real=str(real or ""), src=str(src or ""), limit=limit)
+    if vip is not None:
+        msg.vip.CopyFrom(_vip_msg(vip))
+    return msg
+
+
+def _lru_entry(e: ext_pb.LruEntry):
+    from katran.flows import LruEntry
+
+    return LruEntry(source=e.source, vip=_vip_from_msg(e.vip) if e.HasField("vip") else None,
+                    src=parse_address(e.src, "src"), src_port=e.src_port, dst=parse_address(e.dst, "dst"),
+                    dst_port=e.dst_port, proto=e.protocol, real=parse_address(e.real, "real") if e.real else None,
+                    real_index=e.real_index, atime=e.atime_ns,
+                    age_s=e.age_seconds if e.HasField("age_seconds") else None)
 
 
 def _real_msg(real: Real) -> pb.Real:
@@ -282,6 +303,39 @@ class GrpcKatranClient(KatranClient):
                           protocol=flow.proto)
         found = self._get("getRealForFlow", msg, ext=True)
         return found.address if found.found else None
+
+    def lookup_flow(self, flow: Flow, cpu: Optional[int] = None):
+        from katran.flows import FlowRoute
+
+        msg = ext_pb.FlowLookup(flow=ext_pb.Flow(src=str(flow.src), dst=str(flow.dst), src_port=flow.src_port,
+                                                 dst_port=flow.dst_port, protocol=flow.proto))
+        if cpu is not None:
+            msg.cpu = cpu
+        r = self._get("lookupFlow", msg, ext=True)
+        return FlowRoute(vip=_vip_from_msg(r.vip), real=parse_address(r.real, "real") if r.found else None,
+                         real_index=r.real_index, source=r.source, lru_source=r.lru_source or None,
+                         ring_slot=r.ring_slot if r.HasField("ring_slot") else None)
+
+    def list_lru(self, vip: Optional[VipKey] = None, *, real: Optional[str] = None, src: Optional[str] = None,
+                 limit: Optional[int] = 1000):
+        from katran.flows import LruListing
+
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit < 1 << 32):
+            raise ValidationError("limit", limit, "expected a positive integer or None (no limit)")
+        r = self._get("listLru", _lru_filter_msg(vip, real, src, limit or 0), ext=True)
+        return LruListing([_lru_entry(e) for e in r.entries], dict(r.per_source), r.total)
+
+    def search_lru(self, vip: VipKey, src: str, src_port: int) -> list:
+        r = self._get("searchLru", ext_pb.LruFlow(vip=_vip_msg(vip), src=str(src), src_port=src_port), ext=True)
+        return [_lru_entry(e) for e in r.entries]
+
+    def delete_lru(self, vip: VipKey, src: str, src_port: int) -> list[str]:
+        r = self._get("deleteLru", ext_pb.LruFlow(vip=_vip_msg(vip), src=str(src), src_port=src_port), ext=True)
+        return list(r.sources)
+
+    def purge_vip_lru(self, vip: Optional[VipKey] = None, *, real: Optional[str] = None,
+                      src: Optional[str] = None) -> dict[str, int]:
+        return dict(self._get("purgeLru", _lru_filter_msg(vip, real, src, 0), ext=True).per_source)
 
     def get_hc_program_stats(self) -> HcStats:
         from katran.healthcheck import HcStats  # not at start-up: it loads the kernel facade

@@ -232,6 +232,118 @@ class HealthCheckStates(_message.Message):
     states: _containers.RepeatedCompositeFieldContainer[HealthCheckState]
     def __init__(self, enabled: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[HealthCheckState, _Mapping]]] = ...) -> None: ...
 
+class LruFilter(_message.Message):
+    __slots__ = ("vip", "real", "src", "limit")
+    VIP_FIELD_NUMBER: _ClassVar[int]
+    REAL_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    vip: _katran_pb2.Vip
+    real: str
+    src: str
+    limit: int
+    def __init__(self, vip: _Optional[_Union[_katran_pb2.Vip, _Mapping]] = ..., real: _Optional[str] = ..., src: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class LruEntry(_message.Message):
+    __slots__ = ("source", "vip", "src", "src_port", "dst", "dst_port", "protocol", "real", "real_index", "atime_ns", "age_seconds")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    VIP_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    SRC_PORT_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    DST_PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    REAL_FIELD_NUMBER: _ClassVar[int]
+    REAL_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ATIME_NS_FIELD_NUMBER: _ClassVar[int]
+    AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    vip: _katran_pb2.Vip
+    src: str
+    src_port: int
+    dst: str
+    dst_port: int
+    protocol: int
+    real: str
+    real_index: int
+    atime_ns: int
+    age_seconds: float
+    def __init__(self, source: _Optional[str] = ..., vip: _Optional[_Union[_katran_pb2.Vip, _Mapping]] = ..., src: _Optional[str] = ..., src_port: _Optional[int] = ..., dst: _Optional[str] = ..., dst_port: _Optional[int] = ..., protocol: _Optional[int] = ..., real: _Optional[str] = ..., real_index: _Optional[int] = ..., atime_ns: _Optional[int] = ..., age_seconds: _Optional[float] = ...) -> None: ...
+
+class LruEntries(_message.Message):
+    __slots__ = ("entries", "per_source", "total")
+    class PerSourceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    PER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[LruEntry]
+    per_source: _containers.ScalarMap[str, int]
+    total: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[LruEntry, _Mapping]]] = ..., per_source: _Optional[_Mapping[str, int]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class LruFlow(_message.Message):
+    __slots__ = ("vip", "src", "src_port")
+    VIP_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    SRC_PORT_FIELD_NUMBER: _ClassVar[int]
+    vip: _katran_pb2.Vip
+    src: str
+    src_port: int
+    def __init__(self, vip: _Optional[_Union[_katran_pb2.Vip, _Mapping]] = ..., src: _Optional[str] = ..., src_port: _Optional[int] = ...) -> None: ...
+
+class LruSources(_message.Message):
+    __slots__ = ("sources",)
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sources: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LruPurged(_message.Message):
+    __slots__ = ("per_source", "total")
+    class PerSourceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    PER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    per_source: _containers.ScalarMap[str, int]
+    total: int
+    def __init__(self, per_source: _Optional[_Mapping[str, int]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class FlowLookup(_message.Message):
+    __slots__ = ("flow", "cpu")
+    FLOW_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    flow: Flow
+    cpu: int
+    def __init__(self, flow: _Optional[_Union[Flow, _Mapping]] = ..., cpu: _Optional[int] = ...) -> None: ...
+
+class FlowRoute(_message.Message):
+    __slots__ = ("vip", "found", "real", "real_index", "source", "lru_source", "ring_slot")
+    VIP_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    REAL_FIELD_NUMBER: _ClassVar[int]
+    REAL_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LRU_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RING_SLOT_FIELD_NUMBER: _ClassVar[int]
+    vip: _katran_pb2.Vip
+    found: bool
+    real: str
+    real_index: int
+    source: str
+    lru_source: str
+    ring_slot: int
+    def __init__(self, vip: _Optional[_Union[_katran_pb2.Vip, _Mapping]] = ..., found: _Optional[bool] = ..., real: _Optional[str] = ..., real_index: _Optional[int] = ..., source: _Optional[str] = ..., lru_source: _Optional[str] = ..., ring_slot: _Optional[int] = ...) -> None: ...
+
 class DrainRequest(_message.Message):
     __slots__ = ("timeout_ms",)
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]

@@ -105,6 +105,11 @@ class KatranExtServiceStub:
                 request_serializer=katran__ext__pb2.Flow.SerializeToString,
                 response_deserializer=katran__ext__pb2.RealForFlow.FromString,
                 _registered_method=True)
+        self.lookupFlow = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/lookupFlow',
+                request_serializer=katran__ext__pb2.FlowLookup.SerializeToString,
+                response_deserializer=katran__ext__pb2.FlowRoute.FromString,
+                _registered_method=True)
         self.getHealthcheckProgramStats = channel.unary_unary(
                 '/lb.katran.ext.KatranExtService/getHealthcheckProgramStats',
                 request_serializer=katran__pb2.Empty.SerializeToString,
@@ -235,6 +240,26 @@ class KatranExtServiceStub:
                 request_serializer=katran__pb2.Empty.SerializeToString,
                 response_deserializer=katran__ext__pb2.HealthCheckStates.FromString,
                 _registered_method=True)
+        self.listLru = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/listLru',
+                request_serializer=katran__ext__pb2.LruFilter.SerializeToString,
+                response_deserializer=katran__ext__pb2.LruEntries.FromString,
+                _registered_method=True)
+        self.searchLru = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/searchLru',
+                request_serializer=katran__ext__pb2.LruFlow.SerializeToString,
+                response_deserializer=katran__ext__pb2.LruEntries.FromString,
+                _registered_method=True)
+        self.deleteLru = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/deleteLru',
+                request_serializer=katran__ext__pb2.LruFlow.SerializeToString,
+                response_deserializer=katran__ext__pb2.LruSources.FromString,
+                _registered_method=True)
+        self.purgeLru = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/purgeLru',
+                request_serializer=katran__ext__pb2.LruFilter.SerializeToString,
+                response_deserializer=katran__ext__pb2.LruPurged.FromString,
+                _registered_method=True)
         self.drain = channel.unary_unary(
                 '/lb.katran.ext.KatranExtService/drain',
                 request_serializer=katran__ext__pb2.DrainRequest.SerializeToString,
@@ -332,7 +357,15 @@ class KatranExtServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def getRealForFlow(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Runs the flow's packet through the program (counted; makes an LRU entry), as Katran.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def lookupFlow(self, request, context):
+        """The same answer without side effects; a flow to no VIP is NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -503,6 +536,32 @@ class KatranExtServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def listLru(self, request, context):
+        """The flow table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def searchLru(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def deleteLru(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def purgeLru(self, request, context):
+        """Katran's purgeVipLru (with real: purgeVipLruForReal); needs at least one filter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def drain(self, request, context):
         """BGP: withdraw every VIP and wait for its traffic to leave (katran-cli -drain), announce again (-undrain).
         FAILED_PRECONDITION when the server runs without a bgp section.
@@ -589,6 +648,11 @@ def add_KatranExtServiceServicer_to_server(servicer, server):
                     servicer.getRealForFlow,
                     request_deserializer=katran__ext__pb2.Flow.FromString,
                     response_serializer=katran__ext__pb2.RealForFlow.SerializeToString,
+            ),
+            'lookupFlow': grpc.unary_unary_rpc_method_handler(
+                    servicer.lookupFlow,
+                    request_deserializer=katran__ext__pb2.FlowLookup.FromString,
+                    response_serializer=katran__ext__pb2.FlowRoute.SerializeToString,
             ),
             'getHealthcheckProgramStats': grpc.unary_unary_rpc_method_handler(
                     servicer.getHealthcheckProgramStats,
@@ -719,6 +783,26 @@ def add_KatranExtServiceServicer_to_server(servicer, server):
                     servicer.getHealthCheckStates,
                     request_deserializer=katran__pb2.Empty.FromString,
                     response_serializer=katran__ext__pb2.HealthCheckStates.SerializeToString,
+            ),
+            'listLru': grpc.unary_unary_rpc_method_handler(
+                    servicer.listLru,
+                    request_deserializer=katran__ext__pb2.LruFilter.FromString,
+                    response_serializer=katran__ext__pb2.LruEntries.SerializeToString,
+            ),
+            'searchLru': grpc.unary_unary_rpc_method_handler(
+                    servicer.searchLru,
+                    request_deserializer=katran__ext__pb2.LruFlow.FromString,
+                    response_serializer=katran__ext__pb2.LruEntries.SerializeToString,
+            ),
+            'deleteLru': grpc.unary_unary_rpc_method_handler(
+                    servicer.deleteLru,
+                    request_deserializer=katran__ext__pb2.LruFlow.FromString,
+                    response_serializer=katran__ext__pb2.LruSources.SerializeToString,
+            ),
+            'purgeLru': grpc.unary_unary_rpc_method_handler(
+                    servicer.purgeLru,
+                    request_deserializer=katran__ext__pb2.LruFilter.FromString,
+                    response_serializer=katran__ext__pb2.LruPurged.SerializeToString,
             ),
             'drain': grpc.unary_unary_rpc_method_handler(
                     servicer.drain,
@@ -1109,6 +1193,33 @@ class KatranExtService:
             '/lb.katran.ext.KatranExtService/getRealForFlow',
             katran__ext__pb2.Flow.SerializeToString,
             katran__ext__pb2.RealForFlow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def lookupFlow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/lookupFlow',
+            katran__ext__pb2.FlowLookup.SerializeToString,
+            katran__ext__pb2.FlowRoute.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1811,6 +1922,114 @@ class KatranExtService:
             '/lb.katran.ext.KatranExtService/getHealthCheckStates',
             katran__pb2.Empty.SerializeToString,
             katran__ext__pb2.HealthCheckStates.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def listLru(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/listLru',
+            katran__ext__pb2.LruFilter.SerializeToString,
+            katran__ext__pb2.LruEntries.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def searchLru(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/searchLru',
+            katran__ext__pb2.LruFlow.SerializeToString,
+            katran__ext__pb2.LruEntries.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def deleteLru(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/deleteLru',
+            katran__ext__pb2.LruFlow.SerializeToString,
+            katran__ext__pb2.LruSources.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def purgeLru(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/purgeLru',
+            katran__ext__pb2.LruFilter.SerializeToString,
+            katran__ext__pb2.LruPurged.FromString,
             options,
             channel_credentials,
             insecure,

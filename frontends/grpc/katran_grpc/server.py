@@ -141,13 +141,17 @@ class KatranGrpcServer:
 
     def __init__(self, lb, address: str = DEFAULT_ADDRESS, *, credentials: Optional[grpc.ServerCredentials] = None,
                  max_workers: Optional[int] = None, limits: GrpcLimits = GrpcLimits(),
-                 token: Optional[bytes] = None) -> None:
+                 token: Optional[bytes] = None, rpc_metrics=None) -> None:
         if max_workers is not None:
             limits = attrs.evolve(limits, workers=max_workers)
         self.limits = limits
         path = unix_path(address)
         self.unix_path: Optional[str] = path
         interceptors = [_TokenCheck(token)] if token and path is None else []
+        if rpc_metrics is not None:  # katran.metrics.RpcMetrics: every RPC counted and timed
+            from .metrics import RpcMetricsInterceptor
+
+            interceptors.append(RpcMetricsInterceptor(rpc_metrics))
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="katran-grpc"),
             options=limits.channel_options(),
@@ -257,6 +261,7 @@ class GrpcTransport(lifecycle.Transport):
     server_help = ("Service address: unix:PATH or host:port (Katran's default is 0.0.0.0:50051; "
                    "a TCP listener needs -tls_client_ca, -token_file or -insecure)")
     log_starting = True
+    frontend = "grpc"
 
     def add_flags(self, fs: FlagSet) -> None:
         add_transport_flags(fs, "grpc")
@@ -265,9 +270,10 @@ class GrpcTransport(lifecycle.Transport):
         credentials = server_credentials(ns.tls_cert, ns.tls_key, ns.tls_client_ca)
         return credentials, limits_from_flags(ns, GrpcLimits, "grpc"), token_from_flags(ns)
 
-    def bind(self, lb, ns, prepared: Any) -> lifecycle.Serving:
+    def bind(self, lb, ns, prepared: Any, rpc_metrics=None) -> lifecycle.Serving:
         credentials, limits, token = prepared
-        return _Serving(KatranGrpcServer(lb, ns.server, credentials=credentials, limits=limits, token=token))
+        return _Serving(KatranGrpcServer(lb, ns.server, credentials=credentials, limits=limits, token=token,
+                                         rpc_metrics=rpc_metrics))
 
 
 GRPC = GrpcTransport()

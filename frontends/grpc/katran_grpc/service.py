@@ -280,6 +280,21 @@ def stats_to_msg(stats: LbStats) -> pb.Stats:
     return pb.Stats(v1=stats.v1, v2=stats.v2)
 
 
+def _lru_filter(msg: ext_pb.LruFilter) -> tuple:
+    """(vip or None, real or None, src or None) of a LruFilter."""
+    return (vip_from_msg(msg.vip) if msg.HasField("vip") else None, msg.real or None, msg.src or None)
+
+
+def lru_entry_to_msg(e) -> ext_pb.LruEntry:
+    msg = ext_pb.LruEntry(source=e.source, src=str(e.src), src_port=e.src_port, dst=str(e.dst), dst_port=e.dst_port,
+                          protocol=e.proto, real=str(e.real or ""), real_index=e.real_index, atime_ns=e.atime)
+    if e.vip is not None:
+        msg.vip.CopyFrom(vip_to_msg(e.vip))
+    if e.age_s is not None:
+        msg.age_seconds = e.age_s
+    return msg
+
+
 # ---------------------------------------------------------------- services
 class KatranServicer(pb_grpc.KatranServiceServicer):
     """lb.katran.KatranService over a KatranLb (wire-compatible with Katran)."""
@@ -485,6 +500,43 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
         flow = Flow(request.src, request.dst, request.src_port, request.dst_port, request.protocol)
         address = self._lb.get_real_for_flow(flow)
         return ext_pb.RealForFlow(found=address is not None, address="" if address is None else format_address(address))
+
+    @_rpc
+    def lookupFlow(self, request: ext_pb.FlowLookup) -> ext_pb.FlowRoute:
+        f = request.flow
+        flow = Flow(f.src, f.dst, f.src_port, f.dst_port, f.protocol)
+        route = self._lb.lookup_flow(flow, cpu=request.cpu if request.HasField("cpu") else None)
+        msg = ext_pb.FlowRoute(vip=vip_to_msg(route.vip), found=route.real is not None,
+                               real=str(route.real or ""), real_index=route.real_index, source=route.source,
+                               lru_source=route.lru_source or "")
+        if route.ring_slot is not None:
+            msg.ring_slot = route.ring_slot
+        return msg
+
+    # ------------------------------------------------------------ the flow table
+    @_rpc
+    def listLru(self, request: ext_pb.LruFilter) -> ext_pb.LruEntries:
+        vip, real, src = _lru_filter(request)
+        listing = self._lb.list_lru(vip, real=real, src=src, limit=request.limit or None)
+        return ext_pb.LruEntries(entries=[lru_entry_to_msg(e) for e in listing.entries],
+                                 per_source=listing.per_source, total=listing.total)
+
+    @_rpc
+    def searchLru(self, request: ext_pb.LruFlow) -> ext_pb.LruEntries:
+        entries = self._lb.search_lru(vip_from_msg(request.vip), request.src, request.src_port)
+        per_source = {e.source: 1 for e in entries}
+        return ext_pb.LruEntries(entries=[lru_entry_to_msg(e) for e in entries], per_source=per_source,
+                                 total=len(entries))
+
+    @_rpc
+    def deleteLru(self, request: ext_pb.LruFlow) -> ext_pb.LruSources:
+        return ext_pb.LruSources(sources=self._lb.delete_lru(vip_from_msg(request.vip), request.src, request.src_port))
+
+    @_rpc
+    def purgeLru(self, request: ext_pb.LruFilter) -> ext_pb.LruPurged:
+        vip, real, src = _lru_filter(request)
+        deleted = self._lb.purge_vip_lru(vip, real=real, src=src)
+        return ext_pb.LruPurged(per_source=deleted, total=sum(deleted.values()))
 
     @_rpc
     def getHealthcheckProgramStats(self, request: pb.Empty) -> ext_pb.HcProgramStats:

@@ -58,12 +58,14 @@ def rpc(method: F) -> F:
                 _audit(method.__name__, args[1:], kwargs)
             return result
         except KatranError as exc:
-            message = safe_text(exc)
+            message, cause = safe_text(exc), exc
             log.info("%s failed: %s", method.__name__, message)
         except Exception as exc:  # noqa: BLE001 - the client must get a message, never a bare drop
-            message = safe_text(f"internal error: {type(exc).__name__}: {exc}")
+            message, cause = safe_text(f"internal error: {type(exc).__name__}: {exc}"), exc
             log.error("%s failed: %s", method.__name__, message, exc_info=(type(exc), exc, None))
-        raise TApplicationException(TApplicationException.INTERNAL_ERROR, message)
+        error = TApplicationException(TApplicationException.INTERNAL_ERROR, message)
+        error.katran_error = cause  # for the RPC metrics (katran_thrift.metrics)
+        raise error
 
     return wrapper  # type: ignore[return-value]
 

@@ -227,6 +227,7 @@ class ThriftTransport(lifecycle.Transport):
     example_port = 12307
     server_help = ("Service address: unix:PATH or host:port (Katran's thrift example port is 12307; "
                    "a TCP listener needs -tls_client_ca, -token_file or -insecure)")
+    frontend = "thrift"
 
     def add_flags(self, fs) -> None:
         add_transport_flags(fs, "thrift")
@@ -245,9 +246,14 @@ class ThriftTransport(lifecycle.Transport):
                     ssl_context=tls_server_context(ns.tls_cert, ns.tls_key, ns.tls_client_ca),
                     token=token_from_flags(ns))
 
-    def bind(self, lb, ns, prepared: dict) -> lifecycle.Serving:
+    def bind(self, lb, ns, prepared: dict, rpc_metrics=None) -> lifecycle.Serving:
+        handler = KatranThriftHandler(lb)
+        if rpc_metrics is not None:  # katran.metrics.RpcMetrics: every RPC counted and timed
+            from .metrics import instrumented
+
+            handler = instrumented(handler, rpc_metrics)
         try:
-            return _Serving(KatranThriftServer(KatranThriftHandler(lb), **prepared))
+            return _Serving(KatranThriftServer(handler, **prepared))
         except OSError as exc:
             raise lifecycle.StartupError(f"cannot listen on {ns.server}: {exc.strerror or exc}") from None
 
