@@ -55,6 +55,13 @@ def _positive(field: str, hi: int = 2**32 - 1):
     return lambda v: check_int(v, field, 1, hi)
 
 
+def _ring_bytes(field: str, value: object) -> int:
+    v = check_int(value, field, 4096, 1 << 30)
+    if v & (v - 1):
+        raise ValidationError(field, value, "must be a power of two (bytes of a BPF ring buffer)")
+    return v
+
+
 def _choice(field: str, choices):
     def convert(value):
         if value not in choices:
@@ -131,6 +138,8 @@ class KatranConfig:
         default=30_000_000_000, converter=lambda v: check_int(v, "lru_udp_timeout_ns", 0, 2**64 - 1)
     )
     max_conn_rate: int = attrs.field(default=125_000, converter=lambda v: check_int(v, "max_conn_rate", 0, 2**32 - 1))
+    # bytes of the packet-capture ring buffer (capture_ring): a power of two, 4 KiB .. 1 GiB
+    capture_ring_size: int = attrs.field(default=1 << 20, converter=lambda v: _ring_bytes("capture_ring_size", v))
 
     def __attrs_post_init__(self) -> None:
         if not self.testing and not self.main_interface:

@@ -54,6 +54,7 @@ class MapType(enum.IntEnum):
     LPM_TRIE = 11
     ARRAY_OF_MAPS = 12
     HASH_OF_MAPS = 13
+    RINGBUF = 27
 
 
 # --- scalar C types: size, alignment, struct code, network order ---------------------
@@ -222,6 +223,8 @@ class Binding:
     maps: frozenset
     knobs: frozenset
     strict: bool
+    # writable globals of the contract the object has: name -> (offset, size) in .bss
+    globals: Mapping[str, tuple] = attrs.field(factory=dict)
 
     def has_map(self, name: str) -> bool:
         self.contract.map(name)  # unknown name -> ContractError
@@ -248,6 +251,8 @@ class ObjectContract:
     knobs: Mapping[str, Knob]
     structs: Mapping[str, Struct]  # every struct whose layout the control plane uses
     enums: Mapping[str, CEnum]
+    # writable globals (.bss) the control plane writes after load: name -> their struct
+    globals: Mapping[str, Struct] = attrs.field(factory=dict)
 
     @property
     def path(self) -> Path:
@@ -281,10 +286,12 @@ class ObjectContract:
         path = os.fspath(path or self.path)
         with BtfFile(path) as btf:
             problems, maps, knobs = check_btf(self, btf, strict=strict)
+            bss = btf.datasec_vars(".bss") if self.globals else {}
         if problems:
             shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
             raise ContractError(f"{path} does not match the {self.name} contract: {shown}")
-        return Binding(self, path, frozenset(maps), frozenset(knobs), strict)
+        return Binding(self, path, frozenset(maps), frozenset(knobs), strict,
+                       {n: bss[n] for n in self.globals if n in bss})
 
 
 # --- BTF check -------------------------------------------------------------------------
@@ -343,6 +350,16 @@ def check_btf(contract: ObjectContract, btf, *, strict: bool = True):  # type: i
             problems.append(f"knob {name!r}: size {rodata[name][1]}, contract {k.ctype.size} ({k.ctype.name})")
     if strict:
         problems.extend(f"knob {n!r} not in the contract" for n in sorted(set(rodata) - set(contract.knobs)))
+    bss = btf.datasec_vars(".bss")
+    for name, s in contract.globals.items():
+        if name not in bss:
+            if strict:
+                problems.append(f"missing global {name!r}")
+            continue
+        if bss[name][1] != s.size:
+            problems.append(f"global {name!r}: size {bss[name][1]}, contract {s.size} (struct {s.name})")
+    if strict:
+        problems.extend(f"global {n!r} not in the contract" for n in sorted(set(bss) - set(contract.globals)))
     for name, s in contract.structs.items():
         try:
             size, members = btf.struct_layout(name)
@@ -405,6 +422,22 @@ LB_STABLE_RT_PACKETS_STATS = counters("lb_stable_rt_packets_stats", (
     "ch_routed", "cid_routed", "cid_invalid_server_id", "cid_unknown_real_dropped", "invalid_packet_type"),
     "stable_rt_stats value")
 
+BE32X4 = CType("__be32[4]", 16, 4, "16s")
+CAPTURE_FILTER = Struct("capture_filter", [
+    Field("enabled", U32), Field("flags", U32), Field("vip_num", U32), Field("real_index", U32),
+    Field("snaplen", U32), Field("src", BE32X4), Field("src_mask", BE32X4),
+], "the global capture_filter (.bss): what the balancer records to capture_ring")
+CAPTURE_HDR = Struct("capture_hdr", [
+    Field("tstamp_ns", U64), Field("ifindex", U32), Field("orig_len", U32), Field("cap_len", U32),
+    Field("direction", U8), Field("pad", CType("__u8[3]", 3, 1, "3s")),
+], "head of a capture_ring record; cap_len frame bytes follow")
+CAPTURE_MAX_SNAPLEN = 4096  # structs.h: bytes of a frame a record keeps at most
+CAPTURE_RECORD = Struct("capture_record", [
+    Field("hdr", CType("struct capture_hdr", CAPTURE_HDR.size, 8, f"{CAPTURE_HDR.size}s")),
+    Field("data", CType(f"__u8[{CAPTURE_MAX_SNAPLEN}]", CAPTURE_MAX_SNAPLEN, 1, f"{CAPTURE_MAX_SNAPLEN}s")),
+], "capture_scratch value: a record being assembled")
+DEFAULT_CAPTURE_RING_SIZE = 1 << 20  # consts.h: capture_ring bytes
+
 _LRU_INNER = MapDef("lru_inner", MapType.LRU_HASH, FLOW_KEY, REAL_POS_LRU, "per-cpu connection table")
 _GLRU_INNER = MapDef("glru_inner", MapType.LRU_PERCPU_HASH, FLOW_KEY, U32, "per-cpu global LRU")
 _DOWN_INNER = MapDef("down_reals", MapType.HASH, U32, U8, "real index -> 1: reals of a VIP marked down")
@@ -441,6 +474,9 @@ BALANCER_MAPS = _maps(
     MapDef("decap_dst", MapType.HASH, ADDRESS, U32, "outer destination -> flags (inline decap)"),
     MapDef("subprograms", MapType.PROG_ARRAY, U32, U32, "0 -> the balancer itself (recirculation)"),
     MapDef("pckt_srcs", MapType.ARRAY, U32, REAL_DEFINITION, "0 = v4, 1 = v6 -> GUE source / host address"),
+    MapDef("capture_scratch", MapType.PERCPU_ARRAY, U32, CAPTURE_RECORD, "0 -> per-cpu record being captured"),
+    MapDef("capture_stats", MapType.PERCPU_ARRAY, U32, LB_STATS, "0 -> capture records written (v1), lost (v2)"),
+    MapDef("capture_ring", MapType.RINGBUF, None, None, "capture records (capture_hdr + frame bytes)"),
 )
 
 
@@ -505,6 +541,10 @@ CTL_SLOTS = CEnum("ctl_slot", {"CTL_DEFAULT_MAC": 0}, {"CTL_MAC_POS": "CTL_DEFAU
 PCKT_SRC_SLOTS = CEnum("pckt_src_slot", {"PCKT_SRC_V4": 0, "PCKT_SRC_V6": 1},
                        {"PCKT_SRC_V4": "PCKT_SRC_V4", "PCKT_SRC_V6": "PCKT_SRC_V6"})
 DECAP_DST_FLAGS = CEnum("decap_dst_flag", {"DECAP_DST_F_EGRESS": 0x2}, {"DECAP_DST_F_EGRESS": "DECAP_DST_F_EGRESS"})
+CAPTURE_FLAGS = CEnum("capture_flag", {
+    "CAPTURE_F_VIP": 1 << 0, "CAPTURE_F_REAL": 1 << 1, "CAPTURE_F_SRC_V4": 1 << 2, "CAPTURE_F_SRC_V6": 1 << 3,
+})
+CAPTURE_DIRECTIONS = CEnum("capture_direction", {"CAPTURE_DIR_IN": 0, "CAPTURE_DIR_OUT": 1})
 
 
 def _structs(*defs: Struct) -> dict[str, Struct]:
@@ -523,8 +563,10 @@ BALANCER = ObjectContract(
     knobs=BALANCER_KNOBS,
     structs=_structs(FLOW_KEY, CTL_VALUE, VIP_DEFINITION, VIP_META, REAL_POS_LRU, REAL_DEFINITION, LB_STATS,
                      V4_LPM_KEY, V6_LPM_KEY, ADDRESS, LB_QUIC_PACKETS_STATS, LB_TPR_PACKETS_STATS,
-                     LB_STABLE_RT_PACKETS_STATS),
-    enums=_enums(GLOBAL_COUNTERS, VIP_FLAGS, REAL_FLAGS, CTL_SLOTS, PCKT_SRC_SLOTS, DECAP_DST_FLAGS),
+                     LB_STABLE_RT_PACKETS_STATS, CAPTURE_FILTER, CAPTURE_HDR, CAPTURE_RECORD),
+    enums=_enums(GLOBAL_COUNTERS, VIP_FLAGS, REAL_FLAGS, CTL_SLOTS, PCKT_SRC_SLOTS, DECAP_DST_FLAGS,
+                 CAPTURE_FLAGS, CAPTURE_DIRECTIONS),
+    globals={"capture_filter": CAPTURE_FILTER},
 )
 
 # =======================================================================================

@@ -62,6 +62,7 @@ def map_sizes(cfg: KatranConfig) -> dict[str, int]:
         "lpm_src_v6": cfg.max_lpm_src_size,
         "decap_vip_stats": cfg.max_vips,
         "server_id_stats": cfg.max_vips,
+        "capture_ring": cfg.capture_ring_size,
         "server_id_map": cfg.max_server_ids,
     }
 

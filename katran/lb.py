@@ -19,6 +19,7 @@ import attrs
 import numpy as np
 
 from . import maglev, packets, structs
+from .capture import DEFAULT_SNAPLEN, Capture, CaptureBusyError, CaptureFilter, check_count, check_snaplen, check_src
 from .config import MAX_SERVER_IDS, KatranConfig
 from .dataplane import XDP_VERDICTS, DataPlane, packaged_object  # noqa: F401  (packaged_object: benchmarks)
 from .errors import (
@@ -179,6 +180,7 @@ class KatranLb:
         self._down_reals: dict[VipKey, set] = {}  # vip -> real nums marked down
         self._bpf_failed_calls = 0
         self._addr_validation_failed = 0
+        self._capture: Optional[Capture] = None  # the running packet capture (one filter)
         self._config_generation = 0  # successful mutations (metrics)
         self._state_version = 0  # every mutating call, failed ones too (metrics caches)
         self._generation_lock = threading.Lock()  # the two counters above
@@ -234,6 +236,8 @@ class KatranLb:
     @_locked
     def close(self) -> None:
         """Detach / unregister, then release every fd.  Safe to call twice."""
+        if self._capture is not None:
+            self._capture.close()
         with self._life_lock:
             self._dp.close()
 
@@ -704,6 +708,55 @@ class KatranLb:
     def get_katran_lb_stats(self) -> LbStats:
         """v1: failed BPF map writes, v2: addresses KatranLb refused as invalid (Katran's names)."""
         return LbStats(self._bpf_failed_calls, self._addr_validation_failed)
+
+    # ------------------------------------------------------------------ packet capture
+    @_locked
+    def capture(self, vip: Optional[VipKey] = None, real: object = None, src: object = None,
+                count: Optional[int] = None, snaplen: int = DEFAULT_SNAPLEN) -> Capture:
+        """Record the packets the balancer balances (in, and out encapsulated) to a ring buffer.
+
+        Filters (all optional, combined with AND): ``vip`` (a VipKey), ``real`` (a real's
+        address), ``src`` (a client prefix or address); ``count`` records at most (None: no
+        limit); ``snaplen`` bytes kept of each frame (at most katran.capture.MAX_SNAPLEN).
+        Returns a running :class:`katran.capture.Capture` (iterate it; close it to stop).
+        """
+        self._require_started()
+        filt = CaptureFilter(
+            vip_num=None if vip is None else self._vip(vip).num,
+            real_index=None if real is None else self._capture_real(real),
+            src=check_src(src), snaplen=check_snaplen(snaplen))
+        count = check_count(count)
+        if self._capture is not None and not self._capture.closed:
+            raise CaptureBusyError("a packet capture is already running on this balancer (one filter): "
+                                   "stop it first")
+        abi = self._abi
+        for name in ("capture_ring", "capture_stats"):
+            if not abi.has_map(name):
+                raise FeatureNotEnabledError(f"packet capture: the balancer object has no map {name}")
+        if "capture_filter" not in abi.globals:
+            raise FeatureNotEnabledError("packet capture: the balancer object has no global capture_filter")
+        reader = self._kernel.ring_reader(self._map("capture_ring"))
+        try:
+            cap = Capture(filt, count=count, reader=reader, bss=self._obj.map(".bss"),
+                          bss_offset=abi.globals["capture_filter"][0], stats=self._map("capture_stats"),
+                          on_close=self._capture_closed)
+        except BaseException:
+            reader.close()
+            raise
+        self._capture = cap
+        return cap
+
+    def _capture_real(self, real: object) -> int:
+        addr = self._parse_address(real, "real")
+        entry = self._reals.get(addr)
+        if entry is None:
+            raise NotFoundError("real", addr)
+        return entry.num
+
+    def _capture_closed(self, cap: Capture) -> None:
+        with self._lock:
+            if self._capture is cap:
+                self._capture = None
 
     @_locked
     def counter_snapshot(self, known_version: Optional[int] = None):

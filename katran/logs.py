@@ -180,6 +180,8 @@ def map_bytes(map_type: int, key_size: int, value_size: int, max_entries: int, n
         elem = HTAB_ELEM + _round8(key_size) + (8 if percpu else value)
         return (MAP_OVERHEAD + HTAB_BUCKET * _pow2(max_entries) + elem * elems
                 + (value * ncpus * max_entries if percpu else 0))
+    if t == MapType.RINGBUF:
+        return MAP_OVERHEAD + max_entries + 2 * 4096  # the data pages, the consumer and producer pages
     raise ValueError(f"no memory model for map type {t.name}")
 
 
@@ -232,7 +234,7 @@ def _object_entries(name: str) -> Optional[int]:
 
     fixed = {"lru_mapping": 1024, "global_lru_maps": 1024, "vip_miss_stats": 1, "quic_stats_map": 1,
              "stable_rt_stats": 1, "tpr_stats_map": 1, "ctl_array": 16, "subprograms": 2, "pckt_srcs": 2,
-             "fallback_glru": 1000}
+             "fallback_glru": 1000, "capture_scratch": 1, "capture_stats": 1}
     return fixed.get(name) if name in BALANCER_MAPS else None
 
 

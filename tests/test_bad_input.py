@@ -449,6 +449,19 @@ def grpc_cases(target: GrpcTarget) -> list[Case]:
         add(X, "delSrcRoutingRule", f"src={label}", dict(srcs=[SRC_PREFIX, value]), ("src",))
     for label, value in BAD_ADDRESSES:
         add(X, "addSrcRoutingRule", f"dst={label}", dict(srcs=["10.0.0.0/8"], dst=value), ("dst",))
+    # capture (server streaming): every bad filter is refused before anything streams
+    for label, v, fields in vip_variants(V4, True):
+        add(X, "capture", label, dict(vip=v), fields)
+    add(X, "capture", "vip unknown", dict(vip=vip(UNKNOWN_V4)), ("vip",))
+    # ("" is the proto's "no filter on it": a valid capture, not a case)
+    for label, value in BAD_ADDRESSES:
+        if value != "":
+            add(X, "capture", f"real={label}", dict(real=value), ("real",))
+    add(X, "capture", "real unknown", dict(real="10.7.7.7"), ("real",))
+    for label, value in BAD_PREFIXES:
+        if value != "":
+            add(X, "capture", f"src={label}", dict(src=value), ("src",))
+    add(X, "capture", "snaplen=65536", dict(snaplen=65536), ("snaplen",))
     sbig = [f"10.{i // 256}.{i % 256}.0/24" for i in range(BATCH)]
     add(X, "addSrcRoutingRule", "batch_10000_over_max", dict(srcs=sbig, dst=REAL1), ("max_lpm_src_size",))
     add(X, "addSrcRoutingRule", "batch_10000_last_bad", dict(srcs=sbig[:20] * 500 + ["\u00e9"], dst=REAL1), ("src",))

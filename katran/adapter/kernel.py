@@ -29,6 +29,11 @@ class RealKernel:
     def map_by_id(self, map_id: int) -> bpf.Map:
         return bpf.Map.from_id(map_id)
 
+    def ring_reader(self, ring_map: bpf.Map):  # type: ignore[no-untyped-def]
+        from .ringbuf import RingReader
+
+        return RingReader(ring_map)
+
     def map_by_pin(self, path) -> bpf.Map:
         return bpf.Map.from_pinned(path)
 

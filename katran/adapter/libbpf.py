@@ -190,6 +190,19 @@ int bpf_xdp_attach(int ifindex, int prog_fd, __u32 flags, const struct bpf_xdp_a
 int bpf_xdp_detach(int ifindex, __u32 flags, const struct bpf_xdp_attach_opts *opts);
 int bpf_xdp_query_id(int ifindex, int flags, __u32 *prog_id);
 
+/* BPF ring buffers (BPF_MAP_TYPE_RINGBUF): the consumer side */
+struct ring_buffer;
+typedef int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size);
+struct ring_buffer_opts {
+    size_t sz;
+};
+struct ring_buffer *ring_buffer__new(int map_fd, ring_buffer_sample_fn sample_cb, void *ctx,
+                                     const struct ring_buffer_opts *opts);
+void ring_buffer__free(struct ring_buffer *rb);
+int ring_buffer__poll(struct ring_buffer *rb, int timeout_ms);
+int ring_buffer__consume(struct ring_buffer *rb);
+int ring_buffer__epoll_fd(const struct ring_buffer *rb);
+
 struct btf_type {
     __u32 name_off;
     __u32 info;

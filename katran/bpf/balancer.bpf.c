@@ -39,6 +39,7 @@
 #include "lb_server_id.h" /* QUIC / TPR / stable routing */
 #include "lb_encap.h"     /* IPIP / GUE towards the real */
 #include "lb_decap.h"     /* inline decapsulation */
+#include "lb_capture.h"   /* packet capture to a ring buffer (off: one branch) */
 #include "lb_pipeline.h"  /* per packet: parse, VIP, pick a real, count, encapsulate */
 
 /* the enums the control plane shares (katran/contract.py checks them via BTF) */
@@ -48,6 +49,8 @@ KATRAN_ABI_ENUM(real_flag);
 KATRAN_ABI_ENUM(ctl_slot);
 KATRAN_ABI_ENUM(pckt_src_slot);
 KATRAN_ABI_ENUM(decap_dst_flag);
+KATRAN_ABI_ENUM(capture_flag);
+KATRAN_ABI_ENUM(capture_direction);
 
 SEC("xdp")
 int balancer_ingress(struct xdp_md *ctx)

@@ -38,6 +38,7 @@
 #define DEFAULT_MAX_LPM_SRC 3000000
 #define MAX_QUIC_REALS 0x00fffffe /* server ids use 24 bits */
 #define MAX_SUPPORTED_CPUS 128
+#define DEFAULT_CAPTURE_RING_SIZE (1 << 20) /* bytes */
 #define CTL_MAP_SIZE 16
 #define SUBPROGRAMS_SIZE 1
 #define RECIRC_SLOT 0 /* our own position in the subprograms prog array */
@@ -148,6 +149,20 @@ enum lb_global_counter {
 	CNT_XDP_PASS = 19,
 	CNT_EGRESS_DECAP = 20,     /* v1 inner v4, v2 inner v6 (decap + TX) */
 	CNT_MALFORMED = 21,        /* not in Katran: dropped to a VIP, v1 bad IP length, v2 martian source */
+};
+
+/* capture_filter.flags: which filter fields apply (katran/capture.py) */
+enum capture_flag {
+	CAPTURE_F_VIP = 1 << 0,
+	CAPTURE_F_REAL = 1 << 1,
+	CAPTURE_F_SRC_V4 = 1 << 2,
+	CAPTURE_F_SRC_V6 = 1 << 3,
+};
+
+/* capture_hdr.direction */
+enum capture_direction {
+	CAPTURE_DIR_IN = 0,  /* as the balancer received it */
+	CAPTURE_DIR_OUT = 1, /* as the balancer sends it (encapsulated) */
 };
 
 #endif /* KATRAN_CONSTS_H */

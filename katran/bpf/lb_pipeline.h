@@ -31,6 +31,7 @@
 #include "lb_server_id.h"
 #include "lb_encap.h"
 #include "lb_decap.h"
+#include "lb_capture.h"
 
 /*
  * A frame to a VIP above max_pckt_size (knob icmp_toobig_generation): count
@@ -201,6 +202,9 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 		return XDP_PASS;
 
 	pkt->flow.port16[0] = client_sport;
+	/* the only cost of packet capture while none runs: one load, one compare */
+	if (__builtin_expect(capture_filter.enabled, 0))
+		return capture_and_encap(xdp, pkt, dst, vip_num, pkt_bytes, is_ipv6);
 	if (!encap_to_real(xdp, gw, pkt, dst, is_ipv6, pkt_bytes)) {
 		cnt = global_cnt(CNT_ENCAP_FAIL);
 		if (cnt) {

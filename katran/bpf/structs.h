@@ -134,4 +134,32 @@ struct pkt_meta {
 	__u8 tos;   /* IPv4 ToS or IPv6 traffic class of the client packet */
 };
 
+#define CAPTURE_MAX_SNAPLEN 4096 /* bytes of a frame a capture record keeps at most */
+
+/* The capture filter (global capture_filter, .bss): set by user space. */
+struct capture_filter {
+	__u32 enabled;    /* 0: no capture (the only word the fast path reads) */
+	__u32 flags;      /* CAPTURE_F_*: which of the fields below apply */
+	__u32 vip_num;    /* CAPTURE_F_VIP: the VIP's number */
+	__u32 real_index; /* CAPTURE_F_REAL: the real's index */
+	__u32 snaplen;    /* bytes kept of each frame (at most CAPTURE_MAX_SNAPLEN) */
+	__be32 src[4];    /* CAPTURE_F_SRC_V4/V6: source prefix, already masked */
+	__be32 src_mask[4];
+};
+
+/* Head of a capture_ring record; cap_len frame bytes follow. */
+struct capture_hdr {
+	__u64 tstamp_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	__u32 ifindex;   /* interface the frame came in on (and leaves by, XDP_TX) */
+	__u32 orig_len;  /* frame length */
+	__u32 cap_len;   /* bytes captured */
+	__u8 direction;  /* CAPTURE_DIR_IN / CAPTURE_DIR_OUT */
+	__u8 pad[3];
+};
+
+struct capture_record {
+	struct capture_hdr hdr;
+	__u8 data[CAPTURE_MAX_SNAPLEN];
+};
+
 #endif /* KATRAN_STRUCTS_H */

@@ -679,6 +679,12 @@ class FakeKernel:
             raise KernelError(f"open {kind} id {obj_id}", errno.ENOENT)
         return s
 
+    def ring_reader(self, ring_map):  # type: ignore[no-untyped-def]
+        from katran.errors import FeatureNotEnabledError
+
+        raise FeatureNotEnabledError("packet capture needs the running kernel (BPF ring buffers); "
+                                     "the fake kernel has none")
+
     def map_by_id(self, map_id: int) -> FakeMap:
         self._call("map_by_id", f"open map id {map_id}")
         return FakeMap(self._by_id("map", map_id))

@@ -123,14 +123,14 @@ usage: {PROG} [-server ADDR] COMMAND [OPTIONS]   (one command per call)
 _COMMANDS = ("change_mac", "list_mac", "A", "l", "D", "E", "a", "e", "d", "quic_mapping", "list_qm", "C", "new_hc",
              "del_hc", "list_hc", "s", "rf", "real_info", "hash", "show_hash", "flow", "src_route", "del_src_route",
              "clear_src_routes", "list_src_routes", "decap_dst", "list_decap_dst", "down_real", "del_down_real",
-             "clear_down_reals", "list_down_reals", "drain", "undrain")
+             "clear_down_reals", "list_down_reals", "drain", "undrain", "capture")
 # views of -s (at most one)
 _STATS_VIEWS = ("sum", "lru", "icmp", "reals", "xdp", "cores", "hc_stats", "quic", "tpr", "stable_rt", "decap",
                 "src_route", "flow_migration", "global_lru")
 _NEEDS_VIP = {"A", "E", "D", "a", "e", "d", "hash", "show_hash", "flow", "down_real", "del_down_real",
               "clear_down_reals", "list_down_reals"}
-_TAKES_REALS = {"a", "e", "d", "rf", "real_info", "src_route", "down_real", "del_down_real", "s"}
-_ONE_REAL = {"rf", "real_info", "src_route", "down_real", "del_down_real"}
+_TAKES_REALS = {"a", "e", "d", "rf", "real_info", "src_route", "down_real", "del_down_real", "s", "capture"}
+_ONE_REAL = {"rf", "real_info", "src_route", "down_real", "del_down_real", "capture"}
 # the commands -json applies to: listings and stats
 _JSON_COMMANDS = {"list_mac", "l", "list_qm", "list_hc", "s", "real_info", "show_hash", "flow", "list_src_routes",
                   "list_decap_dst", "list_down_reals"}
@@ -323,6 +323,13 @@ def build_flags() -> FlagSet:
     fs.bool("decap", False, "with -s: decap counters (with -t/-u: also the VIP's)")
     fs.bool("flow_migration", False, "with -s: UDP flow migration counters")
     fs.bool("global_lru", False, "with -s: global LRU counters")
+    # packet capture (katran-cli -capture [-vip V] [-r R] [-src CIDR] [-count N] [-snaplen B] -w FILE)
+    fs.bool("capture", False, "record the packets the balancer balances (in, and out encapsulated) as pcap to -w "
+            "FILE ('-': stdout, e.g. | tcpdump -r -);\nfilters: -vip (or -t/-u), -r real, -src prefix; "
+            "-count packets (0: until interrupted), -snaplen bytes")
+    fs.string("vip", "", "with -capture: the VIP <addr>:<port>[/tcp|/udp] (default tcp)")
+    fs.int("snaplen", 0, "with -capture: bytes kept of each packet (0: all, up to 4096)")
+    fs.string("write", "", "with -capture: the pcap file ('-': stdout); -w FILE after -capture is the same")
     fs.float("interval", 1.0, "stats: seconds between rounds", hidden=True)
     fs.float("timeout", 30.0, "deadline of each call, seconds")
     fs.string("tls_ca", "", "PEM CA bundle to verify the server (enables TLS)")
@@ -1083,6 +1090,49 @@ class Cli:
         return {"global lru no map": s.v1, "global lru routed": s.v2}
 
     # ------------------------------------------------------------ dispatch
+    # ------------------------------------------------------------ packet capture
+    def capture(self, service: str, proto: int) -> None:
+        """-capture: stream the server's capture into a pcap file (or stdout); the summary on stderr."""
+        from katran.capture import PcapWriter  # only this command needs it
+
+        ns = self.ns
+        vip = None
+        if ns.vip:
+            addr, _, proto_name = ns.vip.partition("/")
+            protos = {"": IPPROTO_TCP, "tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
+            if proto_name.lower() not in protos:
+                raise self.fatal(f"Error: -vip {ns.vip}: protocol must be tcp or udp")
+            vip = self.parse_vip(addr, protos[proto_name.lower()])
+        elif service:
+            vip = self.parse_vip(service, proto)
+        if not ns.write:
+            raise self.fatal("Error: -capture needs -w FILE (or -w - for stdout)")
+        if ns.count < 0 or ns.snaplen < 0:
+            raise self.fatal(f"Error: -count and -snaplen must be >= 0 (got {ns.count}, {ns.snaplen})")
+        to_stdout = ns.write == "-"
+        try:
+            out = sys.stdout.buffer if to_stdout else open(ns.write, "wb")
+        except OSError as exc:
+            raise self.fatal(f"Error: cannot write {ns.write}: {exc.strerror}") from None
+        n = 0
+        try:
+            writer = PcapWriter(out)
+            writer.flush()
+            try:
+                for pkt in self.kc.capture(vip=vip, real=self.one_real() or None, src=ns.src or None, count=ns.count,
+                                           snaplen=ns.snaplen):
+                    writer.write(pkt)
+                    writer.flush()
+                    n += 1
+            except KatranClientError as exc:
+                raise self.fatal(f"Error: {go_error(exc)}") from None
+        finally:
+            if not to_stdout:
+                out.close()
+            lost = getattr(self.kc, "capture_lost", 0)
+            self.err.write(f"{n} packets captured, {lost} lost (ring buffer full)\n")
+            self.err.flush()
+
     def run(self) -> None:
         """katranc's main(): the first matching command runs."""
         ns = self.ns
@@ -1091,6 +1141,10 @@ class Cli:
             service, proto = ns.t, IPPROTO_TCP
         elif ns.u:
             service, proto = ns.u, IPPROTO_UDP
+        if ns.capture:
+            # the pcap may be stdout: nothing else is printed there (no "exiting")
+            self.capture(service, proto)
+            return
         if ns.change_mac:
             self.change_mac(ns.change_mac)
         elif ns.list_mac:
@@ -1196,11 +1250,25 @@ class Cli:
         return self.ns.r[-1].strip() if self.ns.r else ""
 
 
+def capture_argv(argv: list[str]) -> list[str]:
+    """With -capture, ``-w FILE`` is the pcap file (-write), not katranc's integer weight."""
+    if not any(a.lstrip("-").split("=")[0] == "capture" for a in argv if a.startswith("-")):
+        return list(argv)
+    out = []
+    for a in argv:
+        name, eq, value = a.lstrip("-").partition("=")
+        if a.startswith("-") and name == "w":
+            out.append("-write" + (eq + value))
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: Optional[list[str]] = None, *, client_factory: Optional[ClientFactory] = None) -> int:
     """Entry point of katran-cli; returns the exit status."""
     fs = build_flags()
     try:
-        ns = fs.parse(sys.argv[1:] if argv is None else argv)
+        ns = fs.parse(capture_argv(sys.argv[1:] if argv is None else argv))
     except VersionRequested:
         from katran import version_line
 

@@ -153,6 +153,11 @@ class KatranClient(abc.ABC):
     def _unsupported(self, rpc: str) -> NoReturn:
         raise RpcFailed(rpc, "UNIMPLEMENTED", f"not supported by {type(self).__name__}")
 
+    def capture(self, vip: Optional[VipKey] = None, real: Optional[str] = None, src: Optional[str] = None,
+                count: int = 0, snaplen: int = 0):
+        """Iterator of katran.capture.CapturedPacket (packet capture, katran-cli -capture)."""
+        self._unsupported("capture")
+
     def add_src_routing_rule(self, srcs: Sequence[str], dst: str) -> None:
         self._unsupported("addSrcRoutingRule")
 

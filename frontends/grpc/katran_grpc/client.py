@@ -12,7 +12,7 @@ status details.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import grpc
 
@@ -28,6 +28,9 @@ from . import katran_pb2 as pb
 
 if TYPE_CHECKING:
     from katran.healthcheck import HcStats
+
+if TYPE_CHECKING:
+    from katran.capture import CapturedPacket
 
 DEFAULT_SERVER = GRPC_DEFAULT_SERVER
 _U32 = (1 << 32) - 1
@@ -109,7 +112,7 @@ _MODULES = {pb.DESCRIPTOR.name: pb, ext_pb.DESCRIPTOR.name: ext_pb}
 
 
 class _Stub:
-    """``stub.<rpc>``: a unary-unary callable of one service, made on first use."""
+    """``stub.<rpc>``: a unary-unary (or unary-stream) callable of one service, made on first use."""
 
     def __init__(self, channel: grpc.Channel, service_desc, full_name: str) -> None:
         self._channel = channel
@@ -122,8 +125,9 @@ class _Stub:
             raise AttributeError(rpc)
         out = method.output_type
         response = getattr(_MODULES[out.file.name], out.name)
-        call = self._channel.unary_unary(f"/{self._full_name}/{rpc}", request_serializer=_serialize,
-                                         response_deserializer=response.FromString)
+        make = self._channel.unary_stream if method.server_streaming else self._channel.unary_unary
+        call = make(f"/{self._full_name}/{rpc}", request_serializer=_serialize,
+                    response_deserializer=response.FromString)
         setattr(self, rpc, call)
         return call
 
@@ -437,6 +441,31 @@ class GrpcKatranClient(KatranClient):
     def undrain(self) -> tuple:
         msg = self._get("undrain", pb.Empty(), ext=True)
         return msg.draining, msg.waited, list(msg.announced)
+
+
+    # ------------------------------------------------------------- packet capture
+    def capture(self, vip: Optional[VipKey] = None, real: Optional[str] = None, src: Optional[str] = None,
+                count: int = 0, snaplen: int = 0) -> Iterator["CapturedPacket"]:
+        """The balanced packets matching the filter (in, then out encapsulated), as the server
+        streams them; ends after ``count`` records (0: when the caller stops iterating).
+        ``self.capture_lost`` holds the records the server's ring lost so far."""
+        from katran.capture import CapturedPacket  # only the capture command needs it
+
+        request = ext_pb.CaptureFilter(real=real or "", src=src or "", count=count, snaplen=snaplen)
+        if vip is not None:
+            request.vip.CopyFrom(_vip_msg(vip))
+        self.capture_lost = 0
+        stream = self._ext.capture(request, metadata=self._metadata)  # no deadline: runs until count/cancel
+        try:
+            for msg in stream:
+                self.capture_lost = msg.lost
+                yield CapturedPacket("out" if msg.direction == ext_pb.CapturedPacket.OUT else "in", msg.ifindex,
+                                     msg.timestamp_ns, msg.orig_len, bytes(msg.data))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise RpcFailed("capture", exc.code().name, exc.details() or "") from None
+        finally:
+            stream.cancel()
 
 
 def client_from_flags(ns: Any) -> GrpcKatranClient:

@@ -232,6 +232,42 @@ class HealthCheckStates(_message.Message):
     states: _containers.RepeatedCompositeFieldContainer[HealthCheckState]
     def __init__(self, enabled: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[HealthCheckState, _Mapping]]] = ...) -> None: ...
 
+class CaptureFilter(_message.Message):
+    __slots__ = ("vip", "real", "src", "count", "snaplen")
+    VIP_FIELD_NUMBER: _ClassVar[int]
+    REAL_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SNAPLEN_FIELD_NUMBER: _ClassVar[int]
+    vip: _katran_pb2.Vip
+    real: str
+    src: str
+    count: int
+    snaplen: int
+    def __init__(self, vip: _Optional[_Union[_katran_pb2.Vip, _Mapping]] = ..., real: _Optional[str] = ..., src: _Optional[str] = ..., count: _Optional[int] = ..., snaplen: _Optional[int] = ...) -> None: ...
+
+class CapturedPacket(_message.Message):
+    __slots__ = ("direction", "ifindex", "timestamp_ns", "orig_len", "data", "lost")
+    class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        IN: _ClassVar[CapturedPacket.Direction]
+        OUT: _ClassVar[CapturedPacket.Direction]
+    IN: CapturedPacket.Direction
+    OUT: CapturedPacket.Direction
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    IFINDEX_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
+    ORIG_LEN_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    direction: CapturedPacket.Direction
+    ifindex: int
+    timestamp_ns: int
+    orig_len: int
+    data: bytes
+    lost: int
+    def __init__(self, direction: _Optional[_Union[CapturedPacket.Direction, str]] = ..., ifindex: _Optional[int] = ..., timestamp_ns: _Optional[int] = ..., orig_len: _Optional[int] = ..., data: _Optional[bytes] = ..., lost: _Optional[int] = ...) -> None: ...
+
 class LruFilter(_message.Message):
     __slots__ = ("vip", "real", "src", "limit")
     VIP_FIELD_NUMBER: _ClassVar[int]

@@ -270,6 +270,11 @@ class KatranExtServiceStub:
                 request_serializer=katran__pb2.Empty.SerializeToString,
                 response_deserializer=katran__ext__pb2.DrainState.FromString,
                 _registered_method=True)
+        self.capture = channel.unary_stream(
+                '/lb.katran.ext.KatranExtService/capture',
+                request_serializer=katran__ext__pb2.CaptureFilter.SerializeToString,
+                response_deserializer=katran__ext__pb2.CapturedPacket.FromString,
+                _registered_method=True)
 
 
 class KatranExtServiceServicer:
@@ -576,6 +581,14 @@ class KatranExtServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def capture(self, request, context):
+        """Packet capture: the balanced packets matching the filter, as they come in and as
+        they go out; one capture at a time (else ALREADY_EXISTS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KatranExtServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -813,6 +826,11 @@ def add_KatranExtServiceServicer_to_server(servicer, server):
                     servicer.undrain,
                     request_deserializer=katran__pb2.Empty.FromString,
                     response_serializer=katran__ext__pb2.DrainState.SerializeToString,
+            ),
+            'capture': grpc.unary_stream_rpc_method_handler(
+                    servicer.capture,
+                    request_deserializer=katran__ext__pb2.CaptureFilter.FromString,
+                    response_serializer=katran__ext__pb2.CapturedPacket.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2084,6 +2102,33 @@ class KatranExtService:
             '/lb.katran.ext.KatranExtService/undrain',
             katran__pb2.Empty.SerializeToString,
             katran__ext__pb2.DrainState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def capture(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/capture',
+            katran__ext__pb2.CaptureFilter.SerializeToString,
+            katran__ext__pb2.CapturedPacket.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,7 +28,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
-from katran import errors
+from katran import capture, errors
 from katran.errors import safe_text
 from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey, format_address
 
@@ -236,6 +236,21 @@ def _rpc(method: Callable[[Any, Any], Any]) -> Callable:
         if is_change(method.__name__):
             _audit(method.__name__, request, context)
         return reply
+
+    return handler
+
+
+def _rpc_stream(method: Callable[[Any, Any, Any], Any]) -> Callable:
+    """Server-streaming RPC: an error (before or while streaming) aborts with the matching status code."""
+
+    @functools.wraps(method)
+    def handler(self, request, context):
+        try:
+            _check_request(request)
+            yield from method(self, request, context)
+        except Exception as exc:  # noqa: BLE001
+            code, message = _report(context, method.__name__, exc)
+            context.abort(code, message)
 
     return handler
 
@@ -667,6 +682,24 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
         states.sort(key=lambda m: (m.vip.address, m.vip.port, m.vip.protocol, m.real))
         return ext_pb.HealthCheckStates(enabled=True, states=states)
 
+    @_rpc_stream
+    def capture(self, request: ext_pb.CaptureFilter, context: grpc.ServicerContext):
+        vip = vip_from_msg(request.vip) if request.HasField("vip") else None
+        cap = self._lb.capture(vip=vip, real=request.real or None, src=request.src or None,
+                               count=request.count or None, snaplen=request.snaplen or capture.DEFAULT_SNAPLEN)
+        context.add_callback(cap.close)  # the client cancelled or went away
+        with cap:
+            while context.is_active() and not cap.done:
+                packets = cap.poll(0.2)
+                if not packets:
+                    continue
+                lost = cap.lost
+                for p in packets:
+                    yield ext_pb.CapturedPacket(
+                        direction=ext_pb.CapturedPacket.OUT if p.direction == "out" else ext_pb.CapturedPacket.IN,
+                        ifindex=p.ifindex, timestamp_ns=p.timestamp_ns, orig_len=p.orig_len, data=p.data,
+                        lost=lost)
+
 
 def health_state_to_msg(st) -> ext_pb.HealthCheckState:
     """A ``katran.hc_checker.CheckState`` as its message."""
@@ -680,7 +713,7 @@ def health_state_to_msg(st) -> ext_pb.HealthCheckState:
 def _add_servicer(server: grpc.Server, servicer, service_desc) -> None:
     """What the generated add_*Servicer_to_server does, with our request deserializers."""
     handlers = {
-        m.name: grpc.unary_unary_rpc_method_handler(
+        m.name: (grpc.unary_stream_rpc_method_handler if m.server_streaming else grpc.unary_unary_rpc_method_handler)(
             getattr(servicer, m.name),
             request_deserializer=_request_deserializer(m.input_type),
             response_serializer=lambda msg: msg.SerializeToString(),
