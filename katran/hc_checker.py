@@ -38,6 +38,7 @@ from .errors import ValidationError
 from .models import IPAddress, ModifyAction, Real, VipKey, check_int, parse_address
 
 log = logging.getLogger("katran.hc")
+_timeout = getattr(asyncio, "timeout", None)
 
 CHECK_TYPES = ("tcp", "http", "https", "udp", "dns")
 ACTIONS = ("drain", "remove")
@@ -233,7 +234,11 @@ async def probe(spec: CheckSpec, target: IPAddress, port: int, somark: int = 0,
                 await _http(spec, sock, target)
 
     try:
-        await asyncio.wait_for(exchange(), spec.timeout)
+        if _timeout is not None:  # Python 3.11+: no extra task per probe
+            async with _timeout(spec.timeout):
+                await exchange()
+        else:  # pragma: no cover - older Pythons
+            await asyncio.wait_for(exchange(), spec.timeout)
     except asyncio.TimeoutError:
         raise ProbeFailed(f"timeout after {spec.timeout:g} s") from None
     except ConnectionRefusedError:
