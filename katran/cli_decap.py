@@ -8,13 +8,21 @@ from typing import Optional
 
 import attrs
 
-from . import decap
+from . import argstyle, decap
 from .errors import KatranError
 from katran import add_version_argument
 
+EXAMPLES = f"""examples:
+  katran-decap install --intf eth0 --vip 10.200.1.1 --vip fc00::1   decap + the VIPs on lo
+  katran-decap stats -intf eth0                                     decap counters
+  katran-decap uninstall --intf eth0 --vip 10.200.1.1
+{argstyle.CONVENTION}"""
+
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="katran-decap", description=__doc__)
+    ap = argparse.ArgumentParser(prog="katran-decap", description=__doc__, epilog=EXAMPLES,
+                                 usage="%(prog)s {install,uninstall,stats} --intf IFNAME [--vip VIP ...] [options]",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_argument(ap, "katran-decap")
     ap.add_argument("action", choices=("install", "uninstall", "stats"))
     ap.add_argument("--intf", required=True, help="interface receiving encapsulated packets")
@@ -27,7 +35,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--strict-v4", help="decapsulate only packets to this IPv4 address")
     ap.add_argument("--strict-v6", help="decapsulate only packets to this IPv6 address")
     ap.add_argument("--fix-rp-filter", type=int, choices=(0, 2), help="set rp_filter of the interface (0 off, 2 loose)")
-    args = ap.parse_args(argv)
+    args = argstyle.parse(ap, argv)
     try:
         if args.action == "install":
             strict = bool(args.strict_v4 or args.strict_v6)

@@ -6,13 +6,21 @@ import argparse
 import sys
 from typing import Optional
 
-from . import shared
+from . import argstyle, shared
 from .errors import KatranError
 from katran import add_version_argument
 
+EXAMPLES = f"""examples:
+  katran-xdp-root install --intf eth0              attach the root program, pin /sys/fs/bpf/jmp_eth0
+  katran-xdp-root status -intf eth0                the registered programs, by slot
+  katran-xdp-root uninstall --intf eth0 --mode generic
+{argstyle.CONVENTION}"""
+
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="katran-xdp-root", description=__doc__)
+    ap = argparse.ArgumentParser(prog="katran-xdp-root", description=__doc__, epilog=EXAMPLES,
+                                 usage="%(prog)s {install,uninstall,status} --intf IFNAME [options]",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_argument(ap, "katran-xdp-root")
     ap.add_argument("action", choices=("install", "uninstall", "status"))
     ap.add_argument("--intf", required=True, help="interface to attach the root program to")
@@ -20,7 +28,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--slots", type=int, default=shared.DEFAULT_SLOTS, help="program array size (install)")
     ap.add_argument("--mode", default="native", choices=("native", "generic", "offload"), help="XDP attach mode")
     ap.add_argument("--prog", help="compiled xdp_root.bpf.o (default: the packaged one)")
-    args = ap.parse_args(argv)
+    args = argstyle.parse(ap, argv)
     map_path = args.map_path or shared.default_map_path(args.intf)
     try:
         if args.action == "install":

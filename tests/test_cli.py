@@ -120,17 +120,20 @@ def assert_refused(rc: int, out: str, err: str, *needles: str) -> None:
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["-A", "-t", "10.0.0.1"], "incorrect v4 address: 10.0.0.1"),
-    (["-A", "-t", "10.0.0.1:http"], 'parsing "http": invalid syntax'),
-    (["-A", "-t", "fc00::1:80"], "incorrect v4 address"),
-    (["-A", "-u", "[fc00::1]80"], "invalid v6 address"),
+    (["-A", "-t", "10.0.0.1"], '-t "10.0.0.1": missing port (expected <addr>:<port>, e.g. 10.0.0.1:80)'),
+    (["-A", "-t", "10.0.0.1:http"], '-t "10.0.0.1:http": the port "http" is not a number'),
+    (["-A", "-t", "fc00::1:80"], '-t "fc00::1:80": an IPv6 address needs brackets: [fc00::1]:80'),
+    (["-A", "-t", "fc00::1"], '-t "fc00::1": an IPv6 address needs brackets: [fc00::1]:<port>'),
+    (["-A", "-u", "[fc00::1]80"], '-u "[fc00::1]80": expected [<v6 address>]:<port>, e.g. [fc00::1]:80'),
+    (["-A", "-u", "[fc00::1]"], '-u "[fc00::1]": missing port (expected [fc00::1]:<port>'),
     (["-A", "-t", "10.0.0.1:70000"], "vip.port=70000"),
     (["-A", "-t", "10.0.0.300:80"], "vip.address"),
-    (["-A"], "incorrect v4 address: "),
+    (["-A", "-t", "10.0.0.1:\u0668\u0660"], 'the port "\\u0668\\u0660" is not a number'),
 ])
 def test_bad_service_is_fatal_and_changes_nothing(run, lb, argv, needle):
     rc, out, err = run(*argv)
-    assert rc == 1 and needle in err and "exiting" not in out
+    assert rc == 1 and needle in err and "exiting" not in out, err
+    assert "strconv" not in err and "incorrect v4" not in err
     assert lb.get_all_vips() == []
 
 

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Optional
 
+from katran import argstyle
 from katran.errors import KatranError, ValidationError
 
 from . import fix as F
@@ -22,6 +23,11 @@ from katran import add_version_argument
 
 PROG = "katran-preflight"
 EXIT_ERROR = 3
+EXAMPLES = f"""examples:
+  katran-preflight --intf eth0             a report: ok / WARN / FAIL per check, then "server flags: ..."
+  katran-preflight --intf eth0 --json      the same for scripts
+  katran-preflight -intf eth0 -fix         pin each queue IRQ to its own CPU, JIT on, mount bpffs
+{argstyle.CONVENTION}"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,7 +38,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                 usage="%(prog)s --intf IFNAME [--json] [--fix] [options]", epilog=EXAMPLES)
     add_version_argument(ap, PROG)
     ap.add_argument("--intf", required=True, help="the interface the balancer will receive on (server flag -intf)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON (schema 1)")
@@ -57,7 +64,7 @@ def _error(text: str) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = argstyle.parse(build_parser(), argv)
     if args.stop_irqbalance and not args.fix:
         return _error("--stop-irqbalance only goes with --fix")
     try:

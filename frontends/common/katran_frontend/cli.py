@@ -15,7 +15,22 @@ prefix, and "exiting" is printed last.  Differences, all additive:
   XDP, per-CPU and feature counters (``-s -quic|-tpr|-stable_rt|-decap|...``),
   source routing (``-src_route``), inline decap dsts (``-decap_dst``), down
   reals (``-down_real``), hash functions, the real of a flow;
-* TLS (``-tls_ca``, ``-tls_cert``, ``-tls_key``) and a call ``-timeout``.
+* TLS (``-tls_ca``, ``-tls_cert``, ``-tls_key``) and a call ``-timeout``;
+* one command per call, checked before anything is sent (``usage_problem``): no
+  command, a stray argument, two commands, a stats view without ``-s``, ``-t``
+  with ``-u``, ``-r`` for a command without reals: exit status 2 and a short
+  usage; an unknown flag gets "did you mean -xyz?" (difflib);
+* address errors say what to type (a missing port, ``[v6]:port``), never Go's
+  ``strconv`` text;
+* several reals in one ``modifyRealsForVip`` (``-r A -r B``, ``-r A,B``,
+  ``-reals_file F`` of ``<addr> [weight]`` lines);
+* ``-json`` on every listing and stats command: stdout holds only JSON documents
+  (stable keys, README "katran-cli for scripts and people"), one per stats round
+  with the absolute counters; ``-count`` defaults to 1;
+* ``-l`` shows each checked real's health (`` health: up|down (reason)`` after its
+  flags) when the server runs health checks (ext RPC getHealthCheckStates);
+  without checks, or against a server without the RPC, Katran's lines as they are;
+* ``-version``/``--version``, ``-completion bash|zsh`` (a generated script).
 
 The transport is a ``katran_frontend.client.KatranClient`` chosen by name from
 ``TRANSPORTS`` (gRPC unless ``-thrift``/``-thrift_server``) and imported only
@@ -36,7 +51,7 @@ from katran.errors import KatranError
 from katran.models import Flow, HashFunction, ModifyAction, QuicReal, Real, RealFlag, VipFlag, VipKey, format_address
 
 from . import GRPC_DEFAULT_SERVER as DEFAULT_SERVER
-from .client import KatranClient, KatranClientError, OperationFailed, RpcFailed
+from .client import KatranClient, KatranClientError, OperationFailed, RealHealth, RpcFailed
 from .goflags import FlagError, FlagSet, HelpRequested, VersionRequested
 
 PROG = "katran-cli"
@@ -87,6 +102,160 @@ class Fatal(Exception):
     """log.Fatalf: message already logged, exit status 1."""
 
 
+EXAMPLES = """\
+Examples:
+  katran-cli -A -t 10.0.0.1:80                        add a TCP VIP (-u: UDP; IPv6: -t [fc00::1]:80)
+  katran-cli -a -t 10.0.0.1:80 -r 10.1.1.1 -r 10.1.1.2 -w 2
+                                                      add reals in one call (or -r A,B, or -reals_file FILE)
+  katran-cli -d -t 10.0.0.1:80 -r 10.1.1.1            delete a real
+  katran-cli -l                                       list VIPs, reals (and their health when checks run)
+  katran-cli -s -lru -count 3                         LRU stats, 3 rounds
+  katran-cli -l -json | jq .                          any listing or stats command as JSON
+  katran-cli -server 127.0.0.1:50051 -token_file F -l
+                                                      a TCP server
+"""
+
+SHORT_USAGE = f"""\
+usage: {PROG} [-server ADDR] COMMAND [OPTIONS]   (one command per call)
+{EXAMPLES}Run '{PROG} -h' for every flag."""
+
+# the commands, in katranc's dispatch order, then ours; each maps to the flag a user types
+_COMMANDS = ("change_mac", "list_mac", "A", "l", "D", "E", "a", "e", "d", "quic_mapping", "list_qm", "C", "new_hc",
+             "del_hc", "list_hc", "s", "rf", "real_info", "hash", "show_hash", "flow", "src_route", "del_src_route",
+             "clear_src_routes", "list_src_routes", "decap_dst", "list_decap_dst", "down_real", "del_down_real",
+             "clear_down_reals", "list_down_reals", "drain", "undrain", "capture")
+# views of -s (at most one)
+_STATS_VIEWS = ("sum", "lru", "icmp", "reals", "xdp", "cores", "hc_stats", "quic", "tpr", "stable_rt", "decap",
+                "src_route", "flow_migration", "global_lru")
+_NEEDS_VIP = {"A", "E", "D", "a", "e", "d", "hash", "show_hash", "flow", "down_real", "del_down_real",
+              "clear_down_reals", "list_down_reals"}
+_TAKES_REALS = {"a", "e", "d", "rf", "real_info", "src_route", "down_real", "del_down_real", "s", "capture"}
+_ONE_REAL = {"rf", "real_info", "src_route", "down_real", "del_down_real", "capture"}
+# the commands -json applies to: listings and stats
+_JSON_COMMANDS = {"list_mac", "l", "list_qm", "list_hc", "s", "real_info", "show_hash", "flow", "list_src_routes",
+                  "list_decap_dst", "list_down_reals"}
+
+
+def commands_given(ns) -> list[str]:
+    """The commands the flags ask for (a valid call has exactly one)."""
+    given = []
+    for name in _COMMANDS:
+        if name == "quic_mapping":
+            on = bool(ns.quic_mapping) or ns.del_qm
+        elif name == "decap_dst":
+            on = bool(ns.decap_dst) or ns.del_decap_dst
+        elif name == "rf":  # -rf with -r and no -a/-e/-d: modify the real's flags
+            on = bool(ns.rf) and not (ns.a or ns.e or ns.d)
+        elif name == "src_route":  # with -s it is a stats view
+            on = ns.src_route and not ns.s
+        else:
+            on = bool(getattr(ns, name))
+        if on:
+            given.append(name)
+    return given
+
+
+def _flag(name: str) -> str:
+    return {"quic_mapping": "-quic_mapping/-del_qm", "decap_dst": "-decap_dst/-del_decap_dst"}.get(name, f"-{name}")
+
+
+def usage_problem(ns) -> Optional[str]:
+    """What makes the command line unusable (exit 2), or None."""
+    if ns.args:
+        arg = ns.args[0]
+        hint = f", e.g. -t {arg}" if re.fullmatch(r"\[?[0-9A-Fa-f.:]+\]?:\d+", arg) else ""
+        return (f"unexpected argument {_quote(arg)}: every value belongs to a flag (-flag value{hint}); "
+                f"the flags after it were not read")
+    if not ns.s:
+        for view in _STATS_VIEWS:
+            if view != "src_route" and getattr(ns, view):
+                return f"-{view} is a view of the stats: use it with -s (-s -{view})"
+    commands = commands_given(ns)
+    if not commands:
+        return "no command given"
+    if len(commands) > 1:
+        return f"conflicting commands {' and '.join(_flag(c) for c in commands)}: one command per call"
+    (command,) = commands
+    if ns.s:
+        views = [v for v in _STATS_VIEWS if getattr(ns, v)]
+        if len(views) > 1:
+            return f"conflicting stats views {' and '.join('-' + v for v in views)}: one per call"
+    if ns.t and ns.u:
+        return "-t and -u both given: a VIP is either TCP (-t) or UDP (-u)"
+    if command in _NEEDS_VIP and not (ns.t or ns.u):
+        return f"-{command} needs the VIP: -t <addr>:<port> (TCP) or -u <addr>:<port> (UDP)"
+    if (ns.r or ns.reals_file) and command not in _TAKES_REALS:
+        used = "-r" if ns.r else "-reals_file"
+        return f"{used} is not used by {_flag(command)}" + (" (to add reals: -a -t VIP -r REAL)" if command in ("A", "E") else "")
+    if command in _ONE_REAL and (ns.reals_file or sum(len(v.split(",")) for v in ns.r) > 1):
+        return f"-{command} takes one real (-r <addr>)"
+    if command == "s" and (ns.r or ns.reals_file) and not ns.reals:
+        return f"{'-r' if ns.r else '-reals_file'} goes with -s -reals (per-real stats)"
+    if ns.json and command not in _JSON_COMMANDS:
+        return f"-json is for the listing and stats commands (-l, -list_*, -s, ...), not {_flag(command)}"
+    return None
+
+
+def _is_v6(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    """A user's value, ASCII-safe and truncated, in double quotes."""
+    shown = text if len(text) <= limit else text[:limit] + "..."
+    return '"' + shown.encode("ascii", "backslashreplace").decode("ascii") + '"'
+
+
+def suggest_flag(fs: FlagSet, message: str) -> str:
+    """ " (did you mean -xyz?)" for an unknown flag close to a known one."""
+    m = re.match(r"flag provided but not defined: -(\S+)", message)
+    if m is None:
+        return ""
+    import difflib
+
+    name = m.group(1).lstrip("-").split("=", 1)[0]
+    close = difflib.get_close_matches(name.replace("-", "_"), fs.names(), n=1, cutoff=0.6)
+    return f" (did you mean -{close[0]}?)" if close else ""
+
+
+def completion_script(fs: FlagSet, shell: str) -> str:
+    """A completion script for ``shell`` (bash; zsh through bashcompinit) from the flag set."""
+    if shell not in ("bash", "zsh"):
+        raise KatranError(f"-completion={_quote(shell)}: expected bash or zsh")
+    names = fs.names()
+    words = " ".join(f"-{n}" for n in sorted(names + ["h", "version"]))
+    valued = [n for n in names if fs.kind(n) != "bool"]
+    files = ["reals_file", "token_file", "tls_ca", "tls_cert", "tls_key"]
+    choices = {"vf": " ".join(f.name for f in VipFlag), "rf": "LOCAL_REAL", "hash": "maglev maglev_v2",
+               "thrift_transport": "header framed buffered", "thrift_protocol": "compact binary",
+               "completion": "bash zsh"}
+    lines = [f"# {PROG} completion ({shell}): source <({PROG} -completion {shell})"]
+    if shell == "zsh":
+        lines.append("autoload -U +X bashcompinit && bashcompinit")
+    lines += ["_katran_cli() {",
+              '    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"',
+              '    case "${prev#-}" in']
+    lines.append(f"        {'|'.join(['-' + f for f in files] + files)})")
+    lines.append('            COMPREPLY=($(compgen -f -- "$cur")); return;;')
+    for name, values in choices.items():
+        lines.append(f"        {name}|-{name})")
+        lines.append(f'            COMPREPLY=($(compgen -W "{values}" -- "$cur")); return;;')
+    rest = [n for n in valued if n not in files and n not in choices]
+    lines.append(f"        {'|'.join(rest + ['-' + n for n in rest])})")
+    lines.append("            COMPREPLY=(); return;;")
+    lines += ["    esac",
+              f'    COMPREPLY=($(compgen -W "{words}" -- "$cur"))',
+              "}",
+              f"complete -F _katran_cli {PROG}", ""]
+    return "\n".join(lines)
+
+
 def build_flags() -> FlagSet:
     """katranc's flags (names, defaults) plus our extensions."""
     fs = FlagSet(PROG, "katran command line client (flags of Katran's Go client katranc)")
@@ -98,7 +267,8 @@ def build_flags() -> FlagSet:
     fs.bool("d", False, "Delete real server")
     fs.string("t", "", "Tcp service address. must be in format: <addr>:<port>")
     fs.string("u", "", "Udp service addr. must be in format: <addr>:<port>")
-    fs.string("r", "", "Address of the real server")
+    fs.strings("r", "Address of the real server (repeat -r or give A,B,... for several, one call)")
+    fs.string("reals_file", "", "file of reals for -a/-e/-d: one '<addr> [weight]' per line, # comments")
     fs.int("w", 1, "Weight (capacity) of real server")
     fs.bool("s", False, "Show stats/counters")
     fs.bool("sum", False, "Show summary stats")
@@ -172,6 +342,10 @@ def build_flags() -> FlagSet:
               "(implies -thrift; default unix:/run/katran/katran-thrift.sock)")
     fs.string("thrift_transport", "header", "thrift transport: header, framed or buffered")
     fs.string("thrift_protocol", "compact", "thrift protocol: compact or binary")
+    fs.bool("json", False, "print listings and stats as JSON (one document per stats round; -count defaults to 1)")
+    fs.string("completion", "", "print a shell completion script and exit (bash): "
+              "source <(katran-cli -completion bash)")
+    fs.examples = EXAMPLES
     return fs
 
 
@@ -203,6 +377,34 @@ def _real_flags_text(flags: int) -> str:
     return " LOCAL_REAL " if flags & RealFlag.LOCAL_REAL else ""
 
 
+def _flag_names(flags: int, table) -> list[str]:
+    return [f.name for f in table if flags & f]
+
+
+def _proto_name(proto: int) -> str:
+    return {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}.get(proto, str(proto))
+
+
+def _vip_json(vip: VipKey) -> dict:
+    return {"address": format_address(vip.address), "port": vip.port, "proto": _proto_name(vip.proto)}
+
+
+def _stats_json(stats) -> dict:
+    return {"packets": stats.v1, "bytes": stats.v2}
+
+
+def _health_text(h: RealHealth) -> str:
+    return f" health: {'up' if h.healthy else 'down'} ({h.reason})"
+
+
+def _health_json(h: Optional[RealHealth]) -> Optional[dict]:
+    if h is None:
+        return None
+    return {"state": "up" if h.healthy else "down", "reason": h.reason, "mode": h.mode, "somark": h.somark,
+            "checks": h.checks, "successes": h.successes, "failures": h.failures, "transitions": h.transitions,
+            "since": h.since, "applied": h.applied, "last_latency": h.last_latency}
+
+
 class Cli:
     """One katran-cli run: the Go client's commands over a KatranClient."""
 
@@ -217,6 +419,16 @@ class Cli:
     def printf(self, text: str) -> None:
         self.out.write(text)
         self.out.flush()
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.ns, "json", False))
+
+    def emit(self, doc) -> None:
+        """One JSON document on one line (-json)."""
+        import json
+
+        self.printf(json.dumps(doc, separators=(", ", ": ")) + "\n")
 
     def log(self, text: str) -> None:
         """Go's log.Printf: timestamp prefix, stderr, newline added if missing."""
@@ -252,22 +464,28 @@ class Cli:
             raise self.fatal(f"Error: {exc}") from None
 
     # ------------------------------------------------------------ parsing
-    def parse_vip(self, addr: str, proto: int) -> VipKey:
-        if "[" in addr:
-            m = re.search(r"\[(.*?)\]:(.*)", addr)
+    def parse_vip(self, addr: str, proto: int, flag: str = "") -> VipKey:
+        """``<v4>:<port>`` or ``[<v6>]:<port>``; a bad one is fatal with a message saying what to type."""
+        flag = flag or ("-t" if proto == IPPROTO_TCP else "-u")
+        shown = _quote(addr)
+        if "[" in addr or "]" in addr:
+            m = re.fullmatch(r"\[([^\]]*)\](?::(.*))?", addr)
             if m is None:
-                raise self.fatal(f"invalid v6 address {addr}")
+                raise self.fatal(f"{flag} {shown}: expected [<v6 address>]:<port>, e.g. [fc00::1]:80")
             host, port = m.group(1), m.group(2)
+            if port is None:
+                raise self.fatal(f"{flag} {shown}: missing port (expected [{host}]:<port>, e.g. [{host}]:80)")
+        elif addr.count(":") > 1:
+            host, _, port = addr.rpartition(":")
+            example = f"[{host}]:{port}" if port.isdigit() and _is_v6(host) else f"[{addr}]:<port>"
+            raise self.fatal(f"{flag} {shown}: an IPv6 address needs brackets: {example}")
+        elif ":" not in addr:
+            raise self.fatal(f"{flag} {shown}: missing port (expected <addr>:<port>, e.g. {addr or '10.0.0.1'}:80)")
         else:
-            parts = addr.split(":")
-            if len(parts) != 2:
-                raise self.fatal(f"incorrect v4 address: {addr}")
-            host, port = parts
-        try:
-            port_num = int(port, 10)
-        except ValueError:
-            raise self.fatal(f'Error: strconv.ParseInt: parsing "{port}": invalid syntax') from None
-        return self.model(VipKey, host, port_num, proto)
+            host, _, port = addr.partition(":")
+        if not port.isdigit() or not port.isascii():
+            raise self.fatal(f"{flag} {shown}: the port {_quote(port)} is not a number")
+        return self.model(VipKey, host, int(port, 10), proto)
 
     def parse_flags(self, text: str, table) -> Optional[int]:
         value = 0
@@ -285,7 +503,11 @@ class Cli:
         self.log("Mac address changed!")
 
     def get_mac(self) -> None:
-        self.log(f"Mac address is {self.check(self.kc.get_mac)}")
+        mac = self.check(self.kc.get_mac)
+        if self.json:
+            self.emit({"mac": mac})
+            return
+        self.log(f"Mac address is {mac}")
 
     def add_or_modify_service(self, addr: str, flags_text: str, proto: int, modify: bool, set_flags: bool) -> None:
         self.log(f"Adding service: {addr} {proto}")
@@ -307,7 +529,39 @@ class Cli:
         self.update(self.kc.del_vip, vip)
         self.log("Vip modified")
 
-    def update_server_for_vip(self, vip_addr: str, proto: int, real_addr: str, weight: int, real_flags: str,
+    def real_specs(self) -> list[tuple[str, int, str]]:
+        """(address, weight, where) of every real of -r (repeated, or A,B,...) and -reals_file."""
+        specs = []
+        for value in self.ns.r:
+            for part in value.split(","):
+                if not part.strip():
+                    raise self.fatal(f"-r {_quote(value)}: an empty address (expected -r A or -r A,B,...)")
+                specs.append((part.strip(), self.ns.w, "-r"))
+        if self.ns.reals_file:
+            specs += self.reals_file(self.ns.reals_file)
+        return specs
+
+    def reals_file(self, path: str) -> list[tuple[str, int, str]]:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise self.fatal(f"-reals_file {_quote(path)}: cannot read: {reason}") from None
+        specs = []
+        for number, line in enumerate(lines, 1):
+            words = line.split("#", 1)[0].replace(",", " ").split()
+            if not words:
+                continue
+            where = f"{path}:{number}"
+            if len(words) > 2 or (len(words) == 2 and not (words[1].isascii() and words[1].isdigit())):
+                raise self.fatal(f"{where}: expected '<addr> [weight]', got {_quote(line.strip())}")
+            specs.append((words[0], int(words[1]) if len(words) == 2 else self.ns.w, where))
+        if not specs:
+            raise self.fatal(f"-reals_file {_quote(path)}: no real in the file")
+        return specs
+
+    def update_server_for_vip(self, vip_addr: str, proto: int, weight_unused: int, real_flags: str,
                               delete: bool) -> None:
         vip = self.parse_vip(vip_addr, proto)
         flags = 0
@@ -315,38 +569,78 @@ class Cli:
             flags = self.parse_flags(real_flags, RealFlag)
             if flags is None:
                 return
-        real = self.model(Real, real_addr, weight, flags)
+        specs = self.real_specs()
+        if not specs:
+            raise self.fatal("no real given: -r <addr> (repeat -r, or -r A,B, or -reals_file FILE)")
+        reals, seen = [], {}
+        for address, weight, where in specs:
+            try:
+                real = Real(address, weight, flags)
+            except KatranError as exc:
+                raise self.fatal(f"Error: {where}: {exc}") from None
+            key = format_address(real.address)
+            if key in seen:
+                raise self.fatal(f"Error: {where}: real {key} given twice (first at {seen[key]})")
+            seen[key] = where
+            reals.append(real)
         action = ModifyAction.DEL if delete else ModifyAction.ADD
-        self.update(self.kc.modify_reals_for_vip, action, [real], vip)
+        self.update(self.kc.modify_reals_for_vip, action, reals, vip)  # one RPC for all of them
         self.log("Reals modified")
 
     def modify_quic_mappings(self, mapping: str, delete: bool) -> None:
         parts = mapping.split("=")
         if len(parts) != 2:
             raise self.fatal("quic mapping must be in <addr>=<id> format")
-        try:
-            qid = int(parts[1], 10)
-        except ValueError:
-            raise self.fatal(f'Error: strconv.ParseInt: parsing "{parts[1]}": invalid syntax') from None
+        if not (parts[1].isascii() and parts[1].isdigit()):
+            raise self.fatal(f"-quic_mapping {_quote(mapping)}: the id {_quote(parts[1])} is not a number")
+        qid = int(parts[1], 10)
         qreal = self.model(QuicReal, parts[0], qid)
         action = ModifyAction.DEL if delete else ModifyAction.ADD
         self.update(self.kc.modify_quic_reals_mapping, action, [qreal])
         self.log("Quic mapping modified")
 
-    def list_vip_and_reals(self, vip: VipKey) -> None:
+    def list_vip_and_reals(self, vip: VipKey, health: Optional[dict] = None) -> Optional[dict]:
+        """Katran's listing of one VIP; with health checks running, each real's health after its flags."""
+        health = health or {}
         reals = self.check(self.kc.get_reals_for_vip, vip)
+        if self.json:
+            flags = self.check(self.kc.get_vip_flags, vip)
+            doc = _vip_json(vip)
+            doc["flags"] = _flag_names(flags, VipFlag)
+            doc["reals"] = [{"address": format_address(r.address), "weight": r.weight,
+                             "flags": _flag_names(r.flags, RealFlag),
+                             "health": _health_json(health.get((vip, format_address(r.address))))} for r in reals]
+            return doc
         proto = "tcp" if vip.proto == IPPROTO_TCP else "udp"
         self.printf(f"VIP: {format_address(vip.address):>20} Port: {vip.port:>6} Protocol: {proto}\n")
         flags = self.check(self.kc.get_vip_flags, vip)
         self.printf(f"Vip's flags: {_vip_flags_text(flags)}\n")
         for real in reals:
-            self.printf(f"{' ->' + format_address(real.address):<20} weight: {real.weight} flags: {_real_flags_text(real.flags)}\n")
+            h = health.get((vip, format_address(real.address)))
+            self.printf(f"{' ->' + format_address(real.address):<20} weight: {real.weight} flags: "
+                        f"{_real_flags_text(real.flags)}{_health_text(h) if h is not None else ''}\n")
+        return None
+
+    def health_states(self) -> Optional[dict]:
+        """{(vip, real address): RealHealth} when the server runs health checks, else None
+        (also for a server without the RPC: Katran's, or the thrift frontend)."""
+        try:
+            states = self.kc.get_health_check_states()
+        except RpcFailed as exc:
+            if exc.code == "UNIMPLEMENTED":
+                return None
+            raise self.fatal(f"Error: {go_error(exc)}") from None
+        if states is None:
+            return None
+        return {(h.vip, format_address(Real(h.real).address)): h for h in states}
 
     def list(self) -> None:
         vips = self.check(self.kc.get_all_vips)
         self.log(f"vips len {len(vips)}")
-        for vip in vips:
-            self.list_vip_and_reals(vip)
+        health = self.health_states()
+        docs = [self.list_vip_and_reals(vip, health) for vip in vips]
+        if self.json:
+            self.emit({"vips": docs, "health_checks": health is not None})
 
     def clear_all(self) -> None:
         self.printf("Deleting Vips\n")
@@ -367,6 +661,10 @@ class Cli:
                 self.log(f"{exc.rpc} failed: {exc.code}: {exc.message}")
 
     def list_qm(self) -> None:
+        if self.json:
+            qrs = self.check(self.kc.get_quic_reals_mapping)
+            self.emit({"quic_reals": [{"address": format_address(q.address), "id": q.id} for q in qrs]})
+            return
         self.printf("printing address to quic's connection id mapping\n")
         for qr in self.check(self.kc.get_quic_reals_mapping):
             self.printf(f"real: {format_address(qr.address):>20} = connection id: {qr.id:>6}\n")
@@ -379,17 +677,23 @@ class Cli:
 
     def list_hc(self) -> None:
         hcs = self.check(self.kc.get_healthcheckers_dst)
+        if self.json:
+            self.emit({"healthchecks": [{"somark": m, "address": hcs[m]} for m in sorted(hcs)]})
+            return
         for somark in sorted(hcs):
             self.printf(f"somark: {somark:>10} addr: {hcs[somark]:>10}\n")
 
     # ------------------------------------------------------------ stats loops
     def loop(self, one_round: Callable[[], None]) -> None:
-        """Run a stats round every -interval seconds; -count rounds if given."""
+        """Run a stats round every -interval seconds; -count rounds if given (-json: 1 unless given)."""
         rounds = 0
+        count = self.ns.count
+        if self.json and not self.ns.is_set("count"):
+            count = 1
         while True:
             one_round()
             rounds += 1
-            if self.ns.count and rounds >= self.ns.count:
+            if count and rounds >= count:
                 return
             time.sleep(self.ns.interval)
 
@@ -410,6 +714,9 @@ class Cli:
                     continue
                 pkts += stats.v1
                 nbytes += stats.v2
+            if self.json:
+                self.emit({"packets": pkts, "bytes": nbytes})
+                return
             self.printf(f"summary: {_diff(pkts, old[0])} pkts/sec {_diff(nbytes, old[1])} bytes/sec\n")
             old[:] = [pkts, nbytes]
 
@@ -425,6 +732,10 @@ class Cli:
                 fallback = self.kc.get_lru_fallback_stats()
             except KatranClientError as exc:
                 self.retry_later(exc)
+                return
+            if self.json:
+                self.emit({"total": lru.v1, "miss": lru.v2, "tcp_syn_miss": miss.v1, "tcp_non_syn_miss": miss.v2,
+                           "fallback_hit": fallback.v1})
                 return
             total = _diff(lru.v1, old[0])
             d_miss = _diff(lru.v2, old[1])
@@ -453,6 +764,15 @@ class Cli:
         old = {vip: (0, 0) for vip in vips}
 
         def one_round() -> None:
+            if self.json:
+                docs = []
+                for vip in vips:
+                    try:
+                        docs.append({**_vip_json(vip), **_stats_json(self.kc.get_stats_for_vip(vip))})
+                    except KatranClientError:
+                        continue
+                self.emit({"vips": docs})
+                return
             for vip in vips:
                 try:
                     stats = self.kc.get_stats_for_vip(vip)
@@ -470,6 +790,9 @@ class Cli:
 
         def one_round() -> None:
             icmp = self.check(self.kc.get_icmp_too_big_stats)
+            if self.json:
+                self.emit({"v4": icmp.v1, "v6": icmp.v2})
+                return
             self.printf(f'ICMP "packet too big": v4 {_diff(icmp.v1, old[0])} pkts/sec '
                         f"v6: {_diff(icmp.v2, old[1])} pkts/sec\n")
             old[:] = [icmp.v1, icmp.v2]
@@ -477,9 +800,12 @@ class Cli:
         self.loop(one_round)
 
     # ------------------------------------------------------------ extensions
-    def show_real_stats(self, vip: Optional[VipKey], real_addr: str) -> None:
-        if real_addr:
-            addresses = [format_address(self.model(Real, real_addr).address)]
+    def show_real_stats(self, vip: Optional[VipKey], real_addrs: list[str]) -> None:
+        if real_addrs:
+            addresses = []
+            for addr in real_addrs:
+                if format_address(self.model(Real, addr).address) not in addresses:
+                    addresses.append(format_address(self.model(Real, addr).address))
         else:
             vips = [vip] if vip is not None else self.check(self.kc.get_all_vips)
             addresses = []
@@ -491,6 +817,16 @@ class Cli:
         old = {addr: (0, 0) for addr in addresses}
 
         def one_round() -> None:
+            if self.json:
+                docs = []
+                for addr in addresses:
+                    try:
+                        docs.append({"address": addr, "index": index[addr],
+                                     **_stats_json(self.kc.get_real_stats(index[addr]))})
+                    except KatranClientError as exc:
+                        self.retry_later(exc)
+                self.emit({"reals": docs})
+                return
             for addr in addresses:
                 try:
                     stats = self.kc.get_real_stats(index[addr])
@@ -515,6 +851,10 @@ class Cli:
             except KatranClientError as exc:
                 self.retry_later(exc)
                 return
+            if self.json:
+                self.emit({"total": _stats_json(total), "tx": _stats_json(tx), "drop": _stats_json(drop),
+                           "pass": _stats_json(pss)})
+                return
             now = [total.v1, total.v2, tx.v1, drop.v1, pss.v1]
             d = [_diff(n, o) for n, o in zip(now, old)]
             self.printf(f"xdp total: {d[0]} pkts/sec {d[1]} bytes/sec tx: {d[2]} pkts/sec "
@@ -532,6 +872,9 @@ class Cli:
             except KatranClientError as exc:
                 self.retry_later(exc)
                 return
+            if self.json:
+                self.emit({"cores": [{"cpu": cpu, "packets": n} for cpu, n in enumerate(counts)]})
+                return
             prev = old + [0] * (len(counts) - len(old))
             for cpu, (n, o) in enumerate(zip(counts, prev)):
                 self.printf(f"cpu {cpu}: {_diff(n, o)} pkts/sec\n")
@@ -547,6 +890,10 @@ class Cli:
                 s = self.kc.get_hc_program_stats()
             except KatranClientError as exc:
                 self.retry_later(exc)
+                return
+            if self.json:
+                self.emit({"processed": s.processed, "dropped": s.dropped, "skipped": s.skipped,
+                           "too_big": s.too_big, "dst_matched": s.dst_matched, "src_matched": s.src_matched})
                 return
             now = [s.processed, s.dropped, s.skipped, s.too_big]
             d = [_diff(n, o) for n, o in zip(now, old)]
@@ -566,6 +913,10 @@ class Cli:
     def real_info(self, addr: str) -> None:
         index = self.check(self.kc.get_index_for_real, addr)
         flags = self.check(self.kc.get_real_flags, addr)
+        if self.json:
+            self.emit({"address": format_address(self.model(Real, addr).address), "index": index,
+                       "flags": _flag_names(flags, RealFlag)})
+            return
         self.printf(f"real: {addr} index: {index} flags: {_real_flags_text(flags)}\n")
 
     def change_hash(self, vip: VipKey, name: str) -> None:
@@ -578,6 +929,9 @@ class Cli:
 
     def show_hash(self, vip: VipKey) -> None:
         func = self.check(self.kc.get_hash_function_for_vip, vip)
+        if self.json:
+            self.emit({"vip": _vip_json(vip), "hash_function": func.name.lower()})
+            return
         self.printf(f"hash function: {func.name.lower()}\n")
 
     def drain(self, undo: bool, timeout_ms: int) -> None:
@@ -597,12 +951,19 @@ class Cli:
             raise self.fatal("-flow needs <addr>:<port>[,<addr>:<port>...]")
         flows = []
         for one in srcs:
-            src_vip = self.parse_vip(one, vip.proto)  # same <addr>:<port> syntax
-            flows.append((one, self.model(Flow, src_vip.address, vip.address, src_vip.port, vip.port, vip.proto)))
-        for one, flow in flows:
+            src_vip = self.parse_vip(one, vip.proto, "-flow")  # same <addr>:<port> syntax
+            flows.append((one, src_vip, self.model(Flow, src_vip.address, vip.address, src_vip.port, vip.port,
+                                                   vip.proto)))
+        docs = []
+        for one, src_vip, flow in flows:
             real = self.check(self.kc.get_real_for_flow, flow)
+            if self.json:
+                docs.append({"src": format_address(src_vip.address), "src_port": src_vip.port, "real": real})
+                continue
             text = f"real: {real}" if real is not None else "no real for this flow"
             self.printf(f"{text}\n" if len(flows) == 1 else f"flow {one} {text}\n")
+        if self.json:
+            self.emit({"vip": _vip_json(vip), "flows": docs})
 
     # ------------------------------------------------------------ feature parity
     def need(self, value: str, flag: str, command: str) -> str:
@@ -630,8 +991,12 @@ class Cli:
         self.log("Src routing rules cleared")
 
     def list_src_routes(self) -> None:
-        self.log(f"src routing rules len {self.check(self.kc.get_src_routing_rule_size)}")
+        size = self.check(self.kc.get_src_routing_rule_size)
         rules = self.check(self.kc.get_src_routing_rule)
+        if self.json:
+            self.emit({"src_routes": [{"src": src, "real": rules[src]} for src in sorted(rules)]})
+            return
+        self.log(f"src routing rules len {size}")
         for src in sorted(rules):
             self.printf(f"src: {src:>24} -> real: {rules[src]}\n")
 
@@ -643,6 +1008,9 @@ class Cli:
         self.log("Decap dst modified")
 
     def list_decap_dst(self) -> None:
+        if self.json:
+            self.emit({"decap_dsts": list(self.check(self.kc.get_inline_decap_dst))})
+            return
         for addr in self.check(self.kc.get_inline_decap_dst):
             self.printf(f"decap dst: {addr}\n")
 
@@ -657,6 +1025,9 @@ class Cli:
         self.log("Down reals modified")
 
     def list_down_reals(self, vip: VipKey) -> None:
+        if self.json:
+            self.emit({"vip": _vip_json(vip), "down_reals": list(self.check(self.kc.get_down_reals, vip))})
+            return
         for addr in self.check(self.kc.get_down_reals, vip):
             self.printf(f"down real: {addr}\n")
 
@@ -669,6 +1040,9 @@ class Cli:
                 now = fetch()
             except KatranClientError as exc:
                 self.retry_later(exc)
+                return
+            if self.json:
+                self.emit({"counters": now})
                 return
             for name, value in now.items():
                 self.printf(f"{name}: {_diff(value, old.get(name, 0))} pkts/sec\n")
@@ -745,7 +1119,7 @@ class Cli:
             writer = PcapWriter(out)
             writer.flush()
             try:
-                for pkt in self.kc.capture(vip=vip, real=ns.r or None, src=ns.src or None, count=ns.count,
+                for pkt in self.kc.capture(vip=vip, real=self.one_real() or None, src=ns.src or None, count=ns.count,
                                            snaplen=ns.snaplen):
                     writer.write(pkt)
                     writer.flush()
@@ -784,9 +1158,9 @@ class Cli:
         elif ns.E:
             self.add_or_modify_service(service, ns.vf, proto, True, not ns.unset)
         elif ns.a or ns.e:
-            self.update_server_for_vip(service, proto, ns.r, ns.w, ns.rf, False)
+            self.update_server_for_vip(service, proto, ns.w, ns.rf, False)
         elif ns.d:
-            self.update_server_for_vip(service, proto, ns.r, ns.w, ns.rf, True)
+            self.update_server_for_vip(service, proto, ns.w, ns.rf, True)
         elif ns.del_qm:
             self.modify_quic_mappings(ns.quic_mapping, True)
         elif ns.quic_mapping:
@@ -809,7 +1183,8 @@ class Cli:
             elif ns.icmp:
                 self.show_icmp_stats()
             elif ns.reals:
-                self.show_real_stats(self.parse_vip(service, proto) if service else None, ns.r)
+                self.show_real_stats(self.parse_vip(service, proto) if service else None,
+                                     [a for a, _, _ in self.real_specs()])
             elif ns.xdp:
                 self.show_xdp_stats()
             elif ns.cores:
@@ -835,10 +1210,10 @@ class Cli:
             else:
                 self.show_per_vip_stats()
         # extensions: none of them is a katranc command line
-        elif ns.rf and ns.r:
-            self.modify_real(ns.r, ns.rf, not ns.unset)
+        elif ns.rf:
+            self.modify_real(self.need(self.one_real(), "-r <real>", "-rf"), ns.rf, not ns.unset)
         elif ns.real_info:
-            self.real_info(ns.r)
+            self.real_info(self.need(self.one_real(), "-r <real>", "-real_info"))
         elif ns.hash:
             self.change_hash(self.parse_vip(service, proto), ns.hash)
         elif ns.show_hash:
@@ -846,7 +1221,7 @@ class Cli:
         elif ns.flow:
             self.real_for_flow(self.parse_vip(service, proto), ns.flow)
         elif ns.src_route:
-            self.add_src_route(ns.r)
+            self.add_src_route(self.one_real())
         elif ns.del_src_route:
             self.del_src_route()
         elif ns.clear_src_routes:
@@ -860,14 +1235,19 @@ class Cli:
         elif ns.list_decap_dst:
             self.list_decap_dst()
         elif ns.down_real or ns.del_down_real:
-            self.modify_down_real(self.parse_vip(service, proto), ns.r, ns.del_down_real)
+            self.modify_down_real(self.parse_vip(service, proto), self.one_real(), ns.del_down_real)
         elif ns.clear_down_reals:
             self.clear_down_reals(self.parse_vip(service, proto))
         elif ns.list_down_reals:
             self.list_down_reals(self.parse_vip(service, proto))
         elif ns.drain or ns.undrain:
             self.drain(ns.undrain, ns.drain_timeout)
-        self.printf("exiting\n")
+        if not self.json:
+            self.printf("exiting\n")
+
+    def one_real(self) -> str:
+        """The real of -r for commands taking one ("" when not given)."""
+        return self.ns.r[-1].strip() if self.ns.r else ""
 
 
 def capture_argv(argv: list[str]) -> list[str]:
@@ -895,11 +1275,23 @@ def main(argv: Optional[list[str]] = None, *, client_factory: Optional[ClientFac
         print(version_line(PROG))
         return 0
     except HelpRequested:
-        fs.usage()
+        fs.usage(sys.stdout)
         return 0
     except FlagError as exc:
-        print(exc, file=sys.stderr)
-        fs.usage()
+        print(f"{PROG}: {exc}{suggest_flag(fs, str(exc))}", file=sys.stderr)
+        print(SHORT_USAGE, file=sys.stderr)
+        return 2
+    if ns.completion:
+        try:
+            sys.stdout.write(completion_script(fs, ns.completion))
+        except KatranError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    problem = usage_problem(ns)
+    if problem is not None:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        print(SHORT_USAGE, file=sys.stderr)
         return 2
     try:
         client = (client_factory or make_client)(ns)

@@ -22,7 +22,7 @@ No RPC library is imported here.
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, NamedTuple, NoReturn, Optional, Sequence
 
 from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey
 
@@ -46,6 +46,24 @@ class RpcFailed(KatranClientError):
 
 class OperationFailed(KatranClientError):
     """The server refused the operation (a failed Bool RPC: status CANCELLED)."""
+
+
+class RealHealth(NamedTuple):
+    """The state of one health check (a real of a VIP) as the server's checker holds it."""
+
+    vip: VipKey
+    real: str
+    healthy: bool
+    reason: str  # the last probe's result: "ok", "connection refused", "not checked yet", ...
+    mode: str = ""  # "vip": through the VIP with the real's somark; "real": to the real's address
+    somark: int = 0
+    checks: int = 0
+    successes: int = 0  # consecutive
+    failures: int = 0  # consecutive
+    transitions: int = 0
+    since: float = 0.0  # unix time of the last transition (or of the start)
+    applied: bool = False  # the drain/removal is in effect in the balancer
+    last_latency: float = 0.0
 
 
 class KatranClient(abc.ABC):
@@ -211,6 +229,11 @@ class KatranClient(abc.ABC):
 
     def get_sid_routing_stats_for_vip(self, vip: VipKey) -> LbStats:
         self._unsupported("getSidRoutingStatsForVip")
+
+    # health checks (katran.daemon's checker)
+    def get_health_check_states(self) -> Optional[list[RealHealth]]:
+        """The server's health check states; None when it runs no checks."""
+        self._unsupported("getHealthCheckStates")
 
     # the flow table (extension service): katran.flows values
     def lookup_flow(self, flow: Flow, cpu: Optional[int] = None):

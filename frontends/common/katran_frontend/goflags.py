@@ -53,7 +53,7 @@ class VersionRequested(Exception):
 @attrs.define
 class Flag:
     name: str
-    kind: str  # "bool", "string", "int", "uint", "float"
+    kind: str  # "bool", "string", "strings" (repeatable: a list), "int", "uint", "float"
     default: Any
     help: str
     hidden: bool = False
@@ -61,7 +61,7 @@ class Flag:
 
 
 def _parse_value(flag: Flag, text: str, gflags: bool = False) -> Any:
-    if flag.kind == "string":
+    if flag.kind in ("string", "strings"):
         return text
     if flag.kind == "bool":
         if text in _TRUE or (gflags and text.lower() in _GFLAGS_TRUE):
@@ -87,6 +87,7 @@ class FlagSet:
         self.gflags = gflags  # also accept gflags' syntax (-noflag, --flagfile, ...)
         self._flags: dict[str, Flag] = {}
         self._aliases: dict[str, str] = {}
+        self.examples = ""  # printed after the flags by usage()
 
     def add(self, name: str, kind: str, default: Any, help: str, *, aliases: tuple = (), hidden: bool = False) -> None:
         self._flags[name] = Flag(name, kind, default, help, hidden)
@@ -98,6 +99,18 @@ class FlagSet:
 
     def string(self, name: str, default: Optional[str], help: str, **kw) -> None:
         self.add(name, "string", default, help, **kw)
+
+    def strings(self, name: str, help: str, **kw) -> None:
+        """A repeatable string flag: its value is the list of the values given, in order."""
+        self.add(name, "strings", (), help, **kw)
+
+    def names(self, hidden: bool = False) -> list[str]:
+        """The flag names (sorted), hidden ones only if asked."""
+        return sorted(n for n, f in self._flags.items() if hidden or not f.hidden)
+
+    def kind(self, name: str) -> Optional[str]:
+        flag = self._lookup(name)
+        return None if flag is None else flag.kind
 
     def int(self, name: str, default: int, help: str, **kw) -> None:
         self.add(name, "int", default, help, **kw)
@@ -117,7 +130,8 @@ class FlagSet:
 
     def parse(self, argv: list[str]):
         """Parse argv (without the program name).  Raises FlagError / HelpRequested."""
-        values = {name: flag.default for name, flag in self._flags.items()}
+        values = {name: list(flag.default) if flag.kind == "strings" else flag.default
+                  for name, flag in self._flags.items()}
         seen: set[str] = set()
         rest: list[str] = []  # non-flag arguments
         # (argument, origin): origin is "" for the command line, "FILE:LINE" for a flag file line
@@ -177,7 +191,10 @@ class FlagSet:
                     value = _parse_value(flag, text, self.gflags)
             except FlagError as exc:
                 raise FlagError(f"{where}{exc}") from None
-            values[flag.name] = value
+            if flag.kind == "strings":
+                values[flag.name].append(value)
+            else:
+                values[flag.name] = value
             seen.add(flag.name)
         ns = _Namespace(values, seen, rest + [a for a, _ in args if not a.startswith("\0end:")])
         return ns
@@ -218,10 +235,10 @@ class FlagSet:
             flag = self._flags[name]
             if flag.hidden:
                 continue
-            kind = "" if flag.kind == "bool" else f" {flag.kind}"
+            kind = "" if flag.kind == "bool" else " string" if flag.kind == "strings" else f" {flag.kind}"
             line = f"  -{name}{kind}"
             line += "\n    \t" + flag.help.replace("\n", "\n    \t")
-            if flag.default not in (None, "", False, 0):
+            if flag.default not in (None, "", False, 0, ()):
                 if flag.kind == "string":
                     shown = f'"{flag.default}"'
                 elif flag.kind == "bool":
@@ -230,6 +247,8 @@ class FlagSet:
                     shown = f"{flag.default:g}" if flag.kind == "float" else str(flag.default)
                 line += f" (default {shown})"
             print(line, file=out)
+        if self.examples:
+            print(self.examples.rstrip("\n"), file=out)
 
 
 class _Namespace:

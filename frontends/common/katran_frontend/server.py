@@ -57,7 +57,8 @@ class Serving(abc.ABC):
         """Release the port after a failed start (``start`` may not have been called)."""
 
     def set_daemon(self, daemon) -> None:
-        """The server's Daemon (katran.daemon), for RPCs that reach it (drain); default: none do."""
+        """The server's Daemon (katran.daemon), for RPCs that reach it (drain, health check states);
+        default: none do."""
 
     def alive(self) -> bool:
         """False once the server ended by itself (the lifecycle then shuts down)."""
@@ -76,6 +77,8 @@ class Transport(abc.ABC):
     server_help: str
     #: log Katran's "Starting Katran" line before ``lb.start()``
     log_starting: bool = False
+    #: the TCP port of the examples in ``-help``
+    example_port: int = 50051
     #: the ``frontend`` label of the RPC metrics
     frontend: str = ""
 
@@ -84,6 +87,14 @@ class Transport(abc.ABC):
         fs = FlagSet(self.prog, self.summary)
         add_server_flags(fs, self.default_server, self.server_help)
         self.add_flags(fs)
+        fs.examples = (f"Examples:\n"
+                       f"  {self.prog} -intf=eth0 -default_mac=auto -forwarding_cores=auto\n"
+                       f"  {self.prog} -intf=eth0 -default_mac=auto -config /etc/katran/katran.yaml"
+                       f"   (declarative file, SIGHUP re-reads it)\n"
+                       f"  {self.prog} --flagfile=/etc/katran/flags -server 0.0.0.0:{self.example_port}"
+                       f" -token_file /etc/katran/token\n"
+                       f"  {self.prog} -testing -hc_forwarding=false -default_mac=02:00:00:00:00:01"
+                       f"   (load without attaching)\n")
         return fs
 
     def add_flags(self, fs: FlagSet) -> None:

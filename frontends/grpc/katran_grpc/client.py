@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 import grpc
 
 from katran.errors import ValidationError
-from katran.healthcheck import HcStats
 from katran.models import Flow, HashFunction, LbStats, ModifyAction, QuicReal, Real, VipKey, parse_address
 from katran_frontend import GRPC_DEFAULT_SERVER
-from katran_frontend.client import KatranClient, OperationFailed, RpcFailed
-from katran_frontend.security import token_from_file
+from katran_frontend.client import KatranClient, OperationFailed, RealHealth, RpcFailed
 
 from . import ERROR_CODE_KEY, ERROR_KEY
+from . import EXT_SERVICE, KATRAN_SERVICE
 from . import katran_ext_pb2 as ext_pb
-from . import katran_ext_pb2_grpc as ext_grpc
 from . import katran_pb2 as pb
-from . import katran_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from katran.healthcheck import HcStats
 
 if TYPE_CHECKING:
     from katran.capture import CapturedPacket
@@ -108,6 +108,34 @@ def channel_credentials(ca: str = "", cert: str = "", key: str = "") -> Optional
     )
 
 
+_MODULES = {pb.DESCRIPTOR.name: pb, ext_pb.DESCRIPTOR.name: ext_pb}
+
+
+class _Stub:
+    """``stub.<rpc>``: a unary-unary (or unary-stream) callable of one service, made on first use."""
+
+    def __init__(self, channel: grpc.Channel, service_desc, full_name: str) -> None:
+        self._channel = channel
+        self._desc = service_desc
+        self._full_name = full_name
+
+    def __getattr__(self, rpc: str):
+        method = self._desc.methods_by_name.get(rpc)
+        if method is None:
+            raise AttributeError(rpc)
+        out = method.output_type
+        response = getattr(_MODULES[out.file.name], out.name)
+        make = self._channel.unary_stream if method.server_streaming else self._channel.unary_unary
+        call = make(f"/{self._full_name}/{rpc}", request_serializer=_serialize,
+                    response_deserializer=response.FromString)
+        setattr(self, rpc, call)
+        return call
+
+
+def _serialize(msg) -> bytes:
+    return msg.SerializeToString()
+
+
 class GrpcKatranClient(KatranClient):
     """KatranClient over gRPC: lb.katran.KatranService (+ lb.katran.ext.KatranExtService)."""
 
@@ -121,8 +149,10 @@ class GrpcKatranClient(KatranClient):
             self._channel = grpc.insecure_channel(server, options=options)
         else:
             self._channel = grpc.secure_channel(server, credentials, options=options)
-        self._katran = pb_grpc.KatranServiceStub(self._channel)
-        self._ext = ext_grpc.KatranExtServiceStub(self._channel)
+        # method callables made on first use from the services' descriptors (what the generated
+        # *_pb2_grpc stubs do for every method up front: not importing them keeps katran-cli's start short)
+        self._katran = _Stub(self._channel, pb.DESCRIPTOR.services_by_name["KatranService"], KATRAN_SERVICE)
+        self._ext = _Stub(self._channel, ext_pb.DESCRIPTOR.services_by_name["KatranExtService"], EXT_SERVICE)
         self._timeout = timeout
         self.server = server
 
@@ -312,6 +342,8 @@ class GrpcKatranClient(KatranClient):
         return dict(self._get("purgeLru", _lru_filter_msg(vip, real, src, 0), ext=True).per_source)
 
     def get_hc_program_stats(self) -> HcStats:
+        from katran.healthcheck import HcStats  # not at start-up: it loads the kernel facade
+
         s = self._get("getHealthcheckProgramStats", pb.Empty(), ext=True)
         return HcStats(processed=s.packets_processed, dropped=s.packets_dropped, skipped=s.packets_skipped,
                        too_big=s.packets_too_big, dst_matched=s.packets_dst_matched, src_matched=s.packets_src_matched)
@@ -392,6 +424,15 @@ class GrpcKatranClient(KatranClient):
     def get_sid_routing_stats_for_vip(self, vip: VipKey) -> LbStats:
         return _stats(self._get("getSidRoutingStatsForVip", _vip_msg(vip), ext=True))
 
+    # health checks
+    def get_health_check_states(self) -> Optional[list[RealHealth]]:
+        msg = self._get("getHealthCheckStates", pb.Empty(), ext=True)
+        if not msg.enabled:
+            return None
+        return [RealHealth(VipKey(s.vip.address, s.vip.port, s.vip.protocol), s.real, s.healthy, s.reason, s.mode,
+                           s.somark, s.checks, s.successes, s.failures, s.transitions, s.since, s.applied,
+                           s.last_latency) for s in msg.states]
+
     def drain(self, timeout_ms: int = 0) -> tuple:
         # the call returns once the traffic left (or timeout_ms): within the client's deadline (-timeout)
         msg = self._call(self._ext, "drain", ext_pb.DrainRequest(timeout_ms=timeout_ms))[0]
@@ -434,4 +475,12 @@ def client_from_flags(ns: Any) -> GrpcKatranClient:
     if creds is None and ns.tls_server_name:
         creds = grpc.ssl_channel_credentials()  # TLS with the system's CAs
     return GrpcKatranClient(ns.server, timeout=ns.timeout or None, credentials=creds, server_name=ns.tls_server_name,
-                            token=token_from_file(getattr(ns, "token_file", "")))
+                            token=_token(getattr(ns, "token_file", "")))
+
+
+def _token(path: str) -> Optional[bytes]:
+    if not path:
+        return None
+    from katran_frontend.security import token_from_file  # only then: katran-cli's start-up
+
+    return token_from_file(path)

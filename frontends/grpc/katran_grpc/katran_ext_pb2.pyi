@@ -194,6 +194,44 @@ class StableRtPacketsStats(_message.Message):
     invalid_packet_type: int
     def __init__(self, ch_routed: _Optional[int] = ..., cid_routed: _Optional[int] = ..., cid_invalid_server_id: _Optional[int] = ..., cid_unknown_real_dropped: _Optional[int] = ..., invalid_packet_type: _Optional[int] = ...) -> None: ...
 
+class HealthCheckState(_message.Message):
+    __slots__ = ("vip", "real", "healthy", "reason", "mode", "somark", "checks", "successes", "failures", "transitions", "since", "applied", "last_latency")
+    VIP_FIELD_NUMBER: _ClassVar[int]
+    REAL_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SOMARK_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    LAST_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    vip: _katran_pb2.Vip
+    real: str
+    healthy: bool
+    reason: str
+    mode: str
+    somark: int
+    checks: int
+    successes: int
+    failures: int
+    transitions: int
+    since: float
+    applied: bool
+    last_latency: float
+    def __init__(self, vip: _Optional[_Union[_katran_pb2.Vip, _Mapping]] = ..., real: _Optional[str] = ..., healthy: _Optional[bool] = ..., reason: _Optional[str] = ..., mode: _Optional[str] = ..., somark: _Optional[int] = ..., checks: _Optional[int] = ..., successes: _Optional[int] = ..., failures: _Optional[int] = ..., transitions: _Optional[int] = ..., since: _Optional[float] = ..., applied: _Optional[bool] = ..., last_latency: _Optional[float] = ...) -> None: ...
+
+class HealthCheckStates(_message.Message):
+    __slots__ = ("enabled", "states")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    states: _containers.RepeatedCompositeFieldContainer[HealthCheckState]
+    def __init__(self, enabled: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[HealthCheckState, _Mapping]]] = ...) -> None: ...
+
 class CaptureFilter(_message.Message):
     __slots__ = ("vip", "real", "src", "count", "snaplen")
     VIP_FIELD_NUMBER: _ClassVar[int]

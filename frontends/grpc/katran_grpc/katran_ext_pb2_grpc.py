@@ -235,6 +235,11 @@ class KatranExtServiceStub:
                 request_serializer=katran__pb2.Vip.SerializeToString,
                 response_deserializer=katran__pb2.Stats.FromString,
                 _registered_method=True)
+        self.getHealthCheckStates = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getHealthCheckStates',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__ext__pb2.HealthCheckStates.FromString,
+                _registered_method=True)
         self.listLru = channel.unary_unary(
                 '/lb.katran.ext.KatranExtService/listLru',
                 request_serializer=katran__ext__pb2.LruFilter.SerializeToString,
@@ -529,6 +534,13 @@ class KatranExtServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def getHealthCheckStates(self, request, context):
+        """The health checker's states (katran-cli -l shows them after each real's flags).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def listLru(self, request, context):
         """The flow table.
         """
@@ -779,6 +791,11 @@ def add_KatranExtServiceServicer_to_server(servicer, server):
                     servicer.getSidRoutingStatsForVip,
                     request_deserializer=katran__pb2.Vip.FromString,
                     response_serializer=katran__pb2.Stats.SerializeToString,
+            ),
+            'getHealthCheckStates': grpc.unary_unary_rpc_method_handler(
+                    servicer.getHealthCheckStates,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__ext__pb2.HealthCheckStates.SerializeToString,
             ),
             'listLru': grpc.unary_unary_rpc_method_handler(
                     servicer.listLru,
@@ -1896,6 +1913,33 @@ class KatranExtService:
             '/lb.katran.ext.KatranExtService/getSidRoutingStatsForVip',
             katran__pb2.Vip.SerializeToString,
             katran__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getHealthCheckStates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getHealthCheckStates',
+            katran__pb2.Empty.SerializeToString,
+            katran__ext__pb2.HealthCheckStates.FromString,
             options,
             channel_credentials,
             insecure,

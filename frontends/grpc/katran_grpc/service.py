@@ -421,7 +421,10 @@ class KatranServicer(pb_grpc.KatranServiceServicer):
 
 
 class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
-    """lb.katran.ext.KatranExtService: what Katran's proto lacks."""
+    """lb.katran.ext.KatranExtService: what Katran's proto lacks.
+
+    ``daemon`` (``katran.daemon.Daemon``, set by the server lifecycle) answers drain / undrain
+    and the health check states."""
 
     def __init__(self, lb) -> None:
         self._lb = lb
@@ -670,6 +673,14 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
     def getSidRoutingStatsForVip(self, request: pb.Vip) -> pb.Stats:
         return stats_to_msg(self._lb.get_sid_routing_stats_for_vip(vip_from_msg(request)))
 
+    @_rpc
+    def getHealthCheckStates(self, request: pb.Empty) -> ext_pb.HealthCheckStates:
+        daemon = self.daemon
+        if daemon is None or getattr(daemon, "checker", None) is None:
+            return ext_pb.HealthCheckStates(enabled=False)
+        states = [health_state_to_msg(st) for st in daemon.health()]
+        states.sort(key=lambda m: (m.vip.address, m.vip.port, m.vip.protocol, m.real))
+        return ext_pb.HealthCheckStates(enabled=True, states=states)
 
     @_rpc_stream
     def capture(self, request: ext_pb.CaptureFilter, context: grpc.ServicerContext):
@@ -688,6 +699,15 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
                         direction=ext_pb.CapturedPacket.OUT if p.direction == "out" else ext_pb.CapturedPacket.IN,
                         ifindex=p.ifindex, timestamp_ns=p.timestamp_ns, orig_len=p.orig_len, data=p.data,
                         lost=lost)
+
+
+def health_state_to_msg(st) -> ext_pb.HealthCheckState:
+    """A ``katran.hc_checker.CheckState`` as its message."""
+    return ext_pb.HealthCheckState(
+        vip=vip_to_msg(st.vip), real=format_address(st.real), healthy=bool(st.healthy),
+        reason=safe_text(st.last_reason), mode=st.mode, somark=st.somark & 0xFFFFFFFF, checks=st.checks,
+        successes=st.successes, failures=st.failures, transitions=st.transitions, since=st.since,
+        applied=st.applied, last_latency=st.last_latency)
 
 
 def _add_servicer(server: grpc.Server, servicer, service_desc) -> None:

@@ -224,6 +224,7 @@ class ThriftTransport(lifecycle.Transport):
     prog = PROG
     summary = "katran thrift server (Katran-compatible lb.katran KatranService)"
     default_server = DEFAULT_SERVER
+    example_port = 12307
     server_help = ("Service address: unix:PATH or host:port (Katran's thrift example port is 12307; "
                    "a TCP listener needs -tls_client_ca, -token_file or -insecure)")
     frontend = "thrift"
