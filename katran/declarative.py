@@ -140,7 +140,7 @@ class _Doc:
         if isinstance(node, yaml.MappingNode):
             out = {}
             for knode, vnode in node.value:
-                key = self.loader.construct_object(knode, deep=True)
+                key = self._scalar(knode, path)
                 if key in out:
                     raise ConfigFileError(self.source, knode.start_mark.line + 1, _path_text(path + (key,)),
                                           key, "given twice")
@@ -149,7 +149,16 @@ class _Doc:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self._build(v, path + (i,)) for i, v in enumerate(node.value)]
-        return self.loader.construct_object(node, deep=True)
+        return self._scalar(node, path)
+
+    def _scalar(self, node, path: tuple):
+        import yaml
+
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (ValueError, yaml.YAMLError) as exc:  # e.g. an integer of a million digits
+            raise ConfigFileError(self.source, node.start_mark.line + 1, _path_text(path), node.value,
+                                  f"cannot be read: {str(exc)[:100]}") from None
 
     def error(self, path: tuple, value: object, reason: str) -> ConfigFileError:
         line = None
@@ -279,11 +288,16 @@ def loads(text: str, source: str = "<config>", *, netns: Optional[str] = None) -
     balancer = _mapping(doc, ("balancer",), top.get("balancer"))
     _unknown_keys(doc, ("balancer",), balancer, CONFIG_FIELDS)
     balancer = _resolve_auto(doc, balancer, netns)
+    if "hash_function" in balancer:  # a name, as dumps writes it, or 0/1
+        hf = _hash_function(doc, ("balancer", "hash_function"), balancer["hash_function"])
+        balancer = {**balancer, "hash_function": hf if hf is not None else HashFunction.MAGLEV}
     try:
         KatranConfig(**{"testing": True, **balancer})
     except ValidationError as exc:
         path = ("balancer", exc.field) if exc.field in balancer else ("balancer",)
         raise doc.error(path, exc.value, exc.reason) from None
+    except (TypeError, ValueError) as exc:  # a converter that is not ours to name the field
+        raise doc.error(("balancer",), "", str(exc)) from None
 
     vips: dict = {}
     real_flags: dict = {}

@@ -475,6 +475,20 @@ def grpc_cases(target: GrpcTarget) -> list[Case]:
             add(X, rpc, label, dict(vip=v, address=REAL1), fields)
         for label, value in BAD_ADDRESSES + BAD_EXISTING:
             add(X, rpc, f"address={label}", dict(vip=vip(V4), address=value), ("address",))
+    # the declarative file (docs/config.md): every bad file is refused naming its field, nothing changes
+    good = "version: 1\nvips:\n  - {address: 10.100.9.9, port: 80, proto: tcp, reals: [10.200.9.2]}\n"
+    add(X, "dumpConfig", "ok", {}, ())
+    for label, text, fields in (
+            ("weight_minus_1", good.replace("reals: [10.200.9.2]", "reals: [{address: 10.200.9.2, weight: -1}]"),
+             ("weight",)),
+            ("address_bad", good.replace("10.100.9.9", "10.100.9.999"), ("address",)),
+            ("port_70000", good.replace("port: 80", "port: 70000"), ("port",)),
+            ("unknown_key", good + "colour: blue\n", ("colour",)),
+            ("not_yaml", "vips: [\n", ("yaml",)),
+            ("huge", HUGE, ("document",)),
+            ("non_ascii", good.replace("10.100.9.9", "\u00e9t\u00e9"), ("address",)),
+            ("version_7", "version: 7\n", ("version",))):
+        add(X, "applyConfig", label, dict(text=text), fields)
     # bgp (docs/fleet.md): this server has no bgp section, so both are refused naming it
     add(X, "drain", "no_bgp", dict(timeout_ms=1), ("bgp",))
     add(X, "undrain", "no_bgp", {}, ("bgp",))

@@ -123,7 +123,7 @@ usage: {PROG} [-server ADDR] COMMAND [OPTIONS]   (one command per call)
 _COMMANDS = ("change_mac", "list_mac", "A", "l", "D", "E", "a", "e", "d", "quic_mapping", "list_qm", "C", "new_hc",
              "del_hc", "list_hc", "s", "rf", "real_info", "hash", "show_hash", "flow", "src_route", "del_src_route",
              "clear_src_routes", "list_src_routes", "decap_dst", "list_decap_dst", "down_real", "del_down_real",
-             "clear_down_reals", "list_down_reals", "drain", "undrain", "capture")
+             "clear_down_reals", "list_down_reals", "drain", "undrain", "capture", "dump", "apply")
 # views of -s (at most one)
 _STATS_VIEWS = ("sum", "lru", "icmp", "reals", "xdp", "cores", "hc_stats", "quic", "tpr", "stable_rt", "decap",
                 "src_route", "flow_migration", "global_lru")
@@ -317,6 +317,10 @@ def build_flags() -> FlagSet:
     fs.bool("drain", False, "bgp: withdraw every VIP and wait for its traffic to leave (-drain_timeout ms)")
     fs.bool("undrain", False, "bgp: announce the VIPs again after -drain")
     fs.int("drain_timeout", 0, "with -drain: wait at most this many ms (0: the server's -drain_timeout)")
+    # the declarative file (docs/config.md)
+    fs.bool("dump", False, "print the live state as a declarative file (YAML), like ipvsadm-save")
+    fs.string("apply", "", "apply a declarative FILE: the minimal difference, all or nothing; prints each change")
+    fs.bool("dry_run", False, "with -apply: print the changes without making them")
     fs.bool("quic", False, "with -s: QUIC routing counters and QUIC ICMP counters")
     fs.bool("tpr", False, "with -s: TCP server id routing counters (with -t/-u: also the VIP's)")
     fs.bool("stable_rt", False, "with -s: UDP stable routing counters")
@@ -934,6 +938,22 @@ class Cli:
             return
         self.printf(f"hash function: {func.name.lower()}\n")
 
+    def apply_file(self, path: str, dry_run: bool) -> None:
+        """-apply FILE [-dry_run]: the file goes whole to the server, which names FILE:LINE in errors."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self.fatal(f"Error: -apply {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        changes, restart = self.check(self.kc.apply_config, text, dry_run, path)
+        verb = "would change" if dry_run else "changed"
+        for line in changes:
+            self.printf(f"{verb}: {line}\n")
+        for line in restart:
+            self.printf(f"needs a restart (not applied): {line}\n")
+        if not changes:
+            self.printf(f"{path}: no change\n")
+
     def drain(self, undo: bool, timeout_ms: int) -> None:
         if timeout_ms < 0 or timeout_ms > 3_600_000:
             raise self.fatal(f"-drain_timeout={timeout_ms}: expected 0..3600000 ms")
@@ -1144,6 +1164,12 @@ class Cli:
         if ns.capture:
             # the pcap may be stdout: nothing else is printed there (no "exiting")
             self.capture(service, proto)
+            return
+        if ns.dump:  # stdout holds only the file (no "exiting"), so it can be saved and re-applied
+            self.printf(self.check(self.kc.dump_config))
+            return
+        if ns.apply:
+            self.apply_file(ns.apply, ns.dry_run)
             return
         if ns.change_mac:
             self.change_mac(ns.change_mac)

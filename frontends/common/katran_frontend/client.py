@@ -230,6 +230,15 @@ class KatranClient(abc.ABC):
     def get_sid_routing_stats_for_vip(self, vip: VipKey) -> LbStats:
         self._unsupported("getSidRoutingStatsForVip")
 
+    # the declarative file (katran.declarative)
+    def dump_config(self) -> str:
+        """The live state as a declarative file (YAML text)."""
+        self._unsupported("dumpConfig")
+
+    def apply_config(self, text: str, dry_run: bool = False, source: str = "") -> tuple[list, list]:
+        """Apply a declarative file: (changes made or planned, options needing a restart)."""
+        self._unsupported("applyConfig")
+
     # health checks (katran.daemon's checker)
     def get_health_check_states(self) -> Optional[list[RealHealth]]:
         """The server's health check states; None when it runs no checks."""

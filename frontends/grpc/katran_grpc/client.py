@@ -424,6 +424,14 @@ class GrpcKatranClient(KatranClient):
     def get_sid_routing_stats_for_vip(self, vip: VipKey) -> LbStats:
         return _stats(self._get("getSidRoutingStatsForVip", _vip_msg(vip), ext=True))
 
+    # the declarative file
+    def dump_config(self) -> str:
+        return self._get("dumpConfig", pb.Empty(), ext=True).text
+
+    def apply_config(self, text: str, dry_run: bool = False, source: str = "") -> tuple[list, list]:
+        msg = self._call(self._ext, "applyConfig", ext_pb.ApplyRequest(text=text, dry_run=dry_run, source=source))[0]
+        return list(msg.changes), list(msg.needs_restart)
+
     # health checks
     def get_health_check_states(self) -> Optional[list[RealHealth]]:
         msg = self._get("getHealthCheckStates", pb.Empty(), ext=True)

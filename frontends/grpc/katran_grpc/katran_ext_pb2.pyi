@@ -395,3 +395,29 @@ class DrainState(_message.Message):
     waited: float
     announced: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, draining: _Optional[bool] = ..., waited: _Optional[float] = ..., announced: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConfigText(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class ApplyRequest(_message.Message):
+    __slots__ = ("text", "dry_run", "source")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    dry_run: bool
+    source: str
+    def __init__(self, text: _Optional[str] = ..., dry_run: _Optional[bool] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ApplyReply(_message.Message):
+    __slots__ = ("changes", "needs_restart", "applied")
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_RESTART_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedScalarFieldContainer[str]
+    needs_restart: _containers.RepeatedScalarFieldContainer[str]
+    applied: bool
+    def __init__(self, changes: _Optional[_Iterable[str]] = ..., needs_restart: _Optional[_Iterable[str]] = ..., applied: _Optional[bool] = ...) -> None: ...

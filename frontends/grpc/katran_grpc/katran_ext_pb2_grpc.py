@@ -260,6 +260,16 @@ class KatranExtServiceStub:
                 request_serializer=katran__ext__pb2.LruFilter.SerializeToString,
                 response_deserializer=katran__ext__pb2.LruPurged.FromString,
                 _registered_method=True)
+        self.dumpConfig = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/dumpConfig',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__ext__pb2.ConfigText.FromString,
+                _registered_method=True)
+        self.applyConfig = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/applyConfig',
+                request_serializer=katran__ext__pb2.ApplyRequest.SerializeToString,
+                response_deserializer=katran__ext__pb2.ApplyReply.FromString,
+                _registered_method=True)
         self.drain = channel.unary_unary(
                 '/lb.katran.ext.KatranExtService/drain',
                 request_serializer=katran__ext__pb2.DrainRequest.SerializeToString,
@@ -567,10 +577,22 @@ class KatranExtServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def drain(self, request, context):
+    def dumpConfig(self, request, context):
         """BGP: withdraw every VIP and wait for its traffic to leave (katran-cli -drain), announce again (-undrain).
         FAILED_PRECONDITION when the server runs without a bgp section.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def applyConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def drain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -816,6 +838,16 @@ def add_KatranExtServiceServicer_to_server(servicer, server):
                     servicer.purgeLru,
                     request_deserializer=katran__ext__pb2.LruFilter.FromString,
                     response_serializer=katran__ext__pb2.LruPurged.SerializeToString,
+            ),
+            'dumpConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.dumpConfig,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__ext__pb2.ConfigText.SerializeToString,
+            ),
+            'applyConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.applyConfig,
+                    request_deserializer=katran__ext__pb2.ApplyRequest.FromString,
+                    response_serializer=katran__ext__pb2.ApplyReply.SerializeToString,
             ),
             'drain': grpc.unary_unary_rpc_method_handler(
                     servicer.drain,
@@ -2048,6 +2080,60 @@ class KatranExtService:
             '/lb.katran.ext.KatranExtService/purgeLru',
             katran__ext__pb2.LruFilter.SerializeToString,
             katran__ext__pb2.LruPurged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def dumpConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/dumpConfig',
+            katran__pb2.Empty.SerializeToString,
+            katran__ext__pb2.ConfigText.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def applyConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/applyConfig',
+            katran__ext__pb2.ApplyRequest.SerializeToString,
+            katran__ext__pb2.ApplyReply.FromString,
             options,
             channel_credentials,
             insecure,

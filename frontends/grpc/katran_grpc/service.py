@@ -170,7 +170,7 @@ def _check_request(request) -> None:
         raise request.validation_error()
 
 
-CHANGE_PREFIXES = ("add", "del", "remove", "clear", "change", "modify", "set", "update")
+CHANGE_PREFIXES = ("add", "del", "remove", "clear", "change", "modify", "set", "update", "apply")
 
 
 def is_change(rpc: str) -> bool:
@@ -672,6 +672,26 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
     @_rpc
     def getSidRoutingStatsForVip(self, request: pb.Vip) -> pb.Stats:
         return stats_to_msg(self._lb.get_sid_routing_stats_for_vip(vip_from_msg(request)))
+
+    @_rpc
+    def dumpConfig(self, request: pb.Empty) -> ext_pb.ConfigText:
+        from katran import declarative
+
+        if self.daemon is not None:
+            return ext_pb.ConfigText(text=self.daemon.dump())
+        return ext_pb.ConfigText(text=declarative.dumps(declarative.snapshot(self._lb)))
+
+    @_rpc
+    def applyConfig(self, request: ext_pb.ApplyRequest) -> ext_pb.ApplyReply:
+        from katran import declarative
+
+        desired = declarative.loads(request.text, request.source or "<apply>")
+        if self.daemon is not None:
+            plan = self.daemon.apply(desired, dry_run=request.dry_run)
+        else:
+            plan = declarative.apply(self._lb, desired, dry_run=request.dry_run)
+        return ext_pb.ApplyReply(changes=[c.text for c in plan.changes], needs_restart=list(plan.needs_restart),
+                                 applied=not request.dry_run)
 
     @_rpc
     def getHealthCheckStates(self, request: pb.Empty) -> ext_pb.HealthCheckStates:
