@@ -14,6 +14,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from . import add_version_argument
 from .config import KatranConfig
 from .errors import KatranError, safe_text
 
@@ -25,6 +26,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-state_dir", default="", help="default /var/lib/katran/<intf>")
     p.add_argument("-pin_dir", default="", help="default /sys/fs/bpf/katran/<intf>")
     p.add_argument("-xdp_mode", default="native", help="native, generic or offload")
+    add_version_argument(p, "katran-teardown")
     ns = p.parse_args(argv)
     from .dataplane import teardown
 

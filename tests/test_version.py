@@ -12,7 +12,7 @@ import pytest
 import katran
 
 COMMANDS = ["katran-server-grpc", "katran-server-thrift", "katran-cli", "katran-xdp-root", "katran-decap",
-            "katran-preflight", "katran-lab", "katran-build-bpf"]
+            "katran-preflight", "katran-lab", "katran-build-bpf", "katran-teardown"]
 
 
 def test_package_metadata_reads_the_one_version_source():
