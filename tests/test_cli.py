@@ -340,7 +340,9 @@ def test_ext_hash_and_flow(run, lb):
     real = lb.get_real_for_flow(Flow("192.168.50.1", "10.0.0.1", 4242, 80, 6))
     assert real in {f"10.1.1.{i}" for i in range(1, 5)}
     assert (rc, out) == (0, f"real: {real}\nexiting\n")
-    assert run("-flow", "192.168.50.1:4242", "-t", "10.0.0.7:80")[1] == "no real for this flow\nexiting\n"
+    # an unknown VIP is an error (issue: not "no real for this flow" with exit 0)
+    rc, out, err = run("-flow", "192.168.50.1:4242", "-t", "10.0.0.7:80")
+    assert rc == 1 and "10.0.0.7:80/tcp not found" in err, (rc, out, err)
 
 
 # ------------------------------------------------------------------ feature parity: src routing, decap, down reals

@@ -109,7 +109,7 @@ def test_bash_completion(capsys, tmp_path, monkeypatch):
     script = capsys.readouterr().out
     assert script.rstrip().endswith("complete -F _katran_cli katran-cli")
     assert _complete(script, "katran-cli", "-list_") == ["-list_decap_dst", "-list_down_reals", "-list_hc",
-                                                         "-list_mac", "-list_qm", "-list_src_routes"]
+                                                         "-list_lru", "-list_mac", "-list_qm", "-list_src_routes"]
     assert sorted(_complete(script, "katran-cli", "-A", "-t", "10.0.0.1:80", "-vf", "NO_")) == sorted(
         f.name for f in VipFlag if f.name.startswith("NO_"))
     assert _complete(script, "katran-cli", "-hash", "") == ["maglev", "maglev_v2"]

@@ -123,17 +123,20 @@ usage: {PROG} [-server ADDR] COMMAND [OPTIONS]   (one command per call)
 _COMMANDS = ("change_mac", "list_mac", "A", "l", "D", "E", "a", "e", "d", "quic_mapping", "list_qm", "C", "new_hc",
              "del_hc", "list_hc", "s", "rf", "real_info", "hash", "show_hash", "flow", "src_route", "del_src_route",
              "clear_src_routes", "list_src_routes", "decap_dst", "list_decap_dst", "down_real", "del_down_real",
-             "clear_down_reals", "list_down_reals", "drain", "undrain", "capture", "dump", "apply")
+             "clear_down_reals", "list_down_reals", "drain", "undrain", "capture", "dump", "apply",
+             "list_lru", "search_lru", "delete_lru", "purge_lru")
 # views of -s (at most one)
 _STATS_VIEWS = ("sum", "lru", "icmp", "reals", "xdp", "cores", "hc_stats", "quic", "tpr", "stable_rt", "decap",
                 "src_route", "flow_migration", "global_lru")
 _NEEDS_VIP = {"A", "E", "D", "a", "e", "d", "hash", "show_hash", "flow", "down_real", "del_down_real",
+              "search_lru", "delete_lru",
               "clear_down_reals", "list_down_reals"}
-_TAKES_REALS = {"a", "e", "d", "rf", "real_info", "src_route", "down_real", "del_down_real", "s", "capture"}
-_ONE_REAL = {"rf", "real_info", "src_route", "down_real", "del_down_real", "capture"}
+_TAKES_REALS = {"a", "e", "d", "rf", "real_info", "src_route", "down_real", "del_down_real", "s", "capture",
+                "list_lru", "purge_lru"}
+_ONE_REAL = {"rf", "real_info", "src_route", "down_real", "del_down_real", "capture", "list_lru", "purge_lru"}
 # the commands -json applies to: listings and stats
 _JSON_COMMANDS = {"list_mac", "l", "list_qm", "list_hc", "s", "real_info", "show_hash", "flow", "list_src_routes",
-                  "list_decap_dst", "list_down_reals"}
+                  "list_decap_dst", "list_down_reals", "list_lru", "search_lru", "delete_lru", "purge_lru"}
 
 
 def commands_given(ns) -> list[str]:
@@ -317,6 +320,14 @@ def build_flags() -> FlagSet:
     fs.bool("drain", False, "bgp: withdraw every VIP and wait for its traffic to leave (-drain_timeout ms)")
     fs.bool("undrain", False, "bgp: announce the VIPs again after -drain")
     fs.int("drain_timeout", 0, "with -drain: wait at most this many ms (0: the server's -drain_timeout)")
+    # the flow table (connection-table entries, as Katran's listLru / searchLru / deleteLru / purgeVipLru)
+    fs.bool("list_lru", False, "list connection-table entries (filters: -t/-u VIP, -r real, -src client prefix; "
+            "-limit N)")
+    fs.string("client", "", "with -search_lru / -delete_lru: the client <addr>:<port> ([v6]:port)")
+    fs.bool("search_lru", False, "the entries of one flow: -t/-u VIP -client <addr>:<port>")
+    fs.bool("delete_lru", False, "delete one flow's entries (every CPU's table): -t/-u VIP -client <addr>:<port>")
+    fs.bool("purge_lru", False, "delete the entries matching -t/-u VIP, -r real, -src prefix (at least one)")
+    fs.int("limit", 1000, "with -list_lru: at most this many entries (0: all)")
     # the declarative file (docs/config.md)
     fs.bool("dump", False, "print the live state as a declarative file (YAML), like ipvsadm-save")
     fs.string("apply", "", "apply a declarative FILE: the minimal difference, all or nothing; prints each change")
@@ -938,6 +949,59 @@ class Cli:
             return
         self.printf(f"hash function: {func.name.lower()}\n")
 
+    def flow_table(self, service: str, proto: int) -> None:
+        """-list_lru / -search_lru / -delete_lru / -purge_lru (side-effect free reads; deletes per CPU)."""
+        ns = self.ns
+        vip = self.parse_vip(service, proto) if service else None
+        real, src = self.one_real() or None, ns.src or None
+        if ns.search_lru or ns.delete_lru:
+            if not ns.client:
+                raise self.fatal("Error: -search_lru / -delete_lru need -client <addr>:<port>")
+            client = self.parse_vip(ns.client, vip.proto, "-client")  # the same <addr>:<port> syntax
+            if ns.delete_lru:
+                sources = self.check(self.kc.delete_lru, vip, str(client.address), client.port)
+                if self.json:
+                    self.emit({"vip": _vip_json(vip), "deleted_from": sources})
+                else:
+                    self.printf(f"deleted from: {', '.join(sources) or 'nothing (no entry)'}\n")
+                return
+            entries = self.check(self.kc.search_lru, vip, str(client.address), client.port)
+            self._print_lru(entries, len(entries), {})
+            return
+        if ns.purge_lru:
+            if vip is None and real is None and src is None:
+                raise self.fatal("Error: -purge_lru needs a filter: -t/-u VIP, -r real or -src prefix")
+            per = self.check(lambda: self.kc.purge_vip_lru(vip, real=real, src=src))
+            if self.json:
+                self.emit({"purged": per, "total": sum(per.values())})
+            else:
+                self.printf(f"purged {sum(per.values())} entries"
+                            + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(per.items()))})" if per else "") + "\n")
+            return
+        if ns.limit < 0:
+            raise self.fatal(f"Error: -limit={ns.limit}: expected 0 (all) or more")
+        listing = self.check(lambda: self.kc.list_lru(vip, real=real, src=src, limit=ns.limit or None))
+        self._print_lru(listing.entries, listing.total, listing.per_source)
+
+    def _print_lru(self, entries: list, total: int, per_source: dict) -> None:
+        rows = []
+        for e in entries:
+            rows.append({"table": e.source, "vip": _vip_json(e.vip) if e.vip else None,
+                         "client": format_address(e.src), "client_port": e.src_port,
+                         "real": format_address(e.real) if e.real else None,
+                         "age_seconds": e.age_s})
+        if self.json:
+            self.emit({"entries": rows, "total": total, "per_table": per_source})
+            return
+        for r, e in zip(rows, entries):
+            vip = str(e.vip) if e.vip else "(gone)"
+            age = f" age {r['age_seconds']:.1f}s" if r["age_seconds"] is not None else ""
+            self.printf(f"{r['table']:<9} {vip:<28} client {r['client']}:{r['client_port']:<6} "
+                        f"-> {r['real'] or '(none)'}{age}\n")
+        shown = f"{len(entries)} of {total}" if total > len(entries) else f"{total}"
+        self.printf(f"entries: {shown}" + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(per_source.items()))})"
+                                         if per_source else "") + "\n")
+
     def apply_file(self, path: str, dry_run: bool) -> None:
         """-apply FILE [-dry_run]: the file goes whole to the server, which names FILE:LINE in errors."""
         try:
@@ -965,6 +1029,18 @@ class Cli:
         self.printf(f"bgp: {state}; announced: {', '.join(announced) or 'nothing'}"
                     + (f"; traffic quiet after {waited:.2f} s" if not undo else "") + "\n")
 
+    def real_of(self, flow) -> Optional[str]:
+        """The real of a flow, computed without side effects (lookupFlow: not counted as traffic,
+        no connection-table entry; an unknown VIP is an error); a transport without it (thrift)
+        runs the program as Katran's simulator does."""
+        try:
+            route = self.kc.lookup_flow(flow)
+        except KatranClientError as exc:
+            if "UNIMPLEMENTED" not in str(exc):
+                raise self.fatal(f"Error: {go_error(exc)}") from None
+            return self.check(self.kc.get_real_for_flow, flow)
+        return format_address(route.real) if route.real is not None else None
+
     def real_for_flow(self, vip: VipKey, src: str) -> None:
         srcs = [s.strip() for s in src.split(",") if s.strip()]
         if not srcs:
@@ -976,7 +1052,7 @@ class Cli:
                                                    vip.proto)))
         docs = []
         for one, src_vip, flow in flows:
-            real = self.check(self.kc.get_real_for_flow, flow)
+            real = self.real_of(flow)
             if self.json:
                 docs.append({"src": format_address(src_vip.address), "src_port": src_vip.port, "real": real})
                 continue
@@ -1164,6 +1240,9 @@ class Cli:
         if ns.capture:
             # the pcap may be stdout: nothing else is printed there (no "exiting")
             self.capture(service, proto)
+            return
+        if ns.list_lru or ns.search_lru or ns.delete_lru or ns.purge_lru:
+            self.flow_table(service, proto)
             return
         if ns.dump:  # stdout holds only the file (no "exiting"), so it can be saved and re-applied
             self.printf(self.check(self.kc.dump_config))
