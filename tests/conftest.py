@@ -140,3 +140,30 @@ def fake_lb(fake_kernel):
 
     with KatranLb(lb_config(max_vips=8, max_reals=16, ch_ring_size=13), kernel=fake_kernel) as lb:
         yield lb
+
+
+def start_grpc_server(tmp_path, *flags: str, timeout: float = 60.0):
+    """``katran-server-grpc -testing`` on a unix socket in ``tmp_path``, started and serving:
+    (address, process, log path). The caller stops it (``stop_server``)."""
+    import subprocess
+    import sys
+    import time
+
+    sock = tmp_path / "grpc.sock"
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "katran_grpc.server", "-testing", f"-server=unix:{sock}",
+                                 "-max_vips=8", "-max_reals=16", "-lru_size=1000", "-shutdown_delay=0", *flags],
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while "Server listening" not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"katran-server-grpc did not start:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    return f"unix:{sock}", proc, log_path
+
+
+def stop_server(proc) -> None:
+    proc.terminate()
+    proc.wait(20)

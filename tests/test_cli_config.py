@@ -6,9 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
+from conftest import start_grpc_server, stop_server
 
 from katran.declarative import loads
 
@@ -28,19 +28,9 @@ FILE = textwrap.dedent("""\
 
 @pytest.fixture
 def server(tmp_path):
-    sock = tmp_path / "grpc.sock"
-    log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "katran_grpc.server", "-testing", f"-server=unix:{sock}",
-                             "-max_vips=8", "-max_reals=16", "-lru_size=1000", "-shutdown_delay=0"],
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "Server listening" not in open(log.name).read():
-        assert proc.poll() is None, open(log.name).read()
-        time.sleep(0.05)
-    yield f"unix:{sock}", tmp_path, log.name
-    proc.terminate()
-    proc.wait(20)
-    log.close()
+    address, proc, log = start_grpc_server(tmp_path)
+    yield address, tmp_path, str(log)
+    stop_server(proc)
 
 
 def cli(address, *args):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
+from conftest import start_grpc_server, stop_server
 
 from katran import Flow, ModifyAction, Real, VipKey
 
@@ -19,24 +19,14 @@ VIP = VipKey("10.100.1.1", 80, "tcp")
 
 @pytest.fixture
 def server(tmp_path):
-    sock = tmp_path / "grpc.sock"
-    log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "katran_grpc.server", "-testing", f"-server=unix:{sock}",
-                             "-max_vips=8", "-max_reals=16", "-lru_size=1000", "-shutdown_delay=0"],
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "Server listening" not in open(log.name).read():
-        assert proc.poll() is None, open(log.name).read()
-        time.sleep(0.05)
     from katran_grpc.client import GrpcKatranClient
 
-    kc = GrpcKatranClient(f"unix:{sock}", timeout=10)
+    address, proc, _ = start_grpc_server(tmp_path)
+    kc = GrpcKatranClient(address, timeout=10)
     kc.add_vip(VIP)
     kc.modify_reals_for_vip(ModifyAction.ADD, [Real("10.200.1.2"), Real("10.200.1.3")], VIP)
-    yield f"unix:{sock}", kc
-    proc.terminate()
-    proc.wait(20)
-    log.close()
+    yield address, kc
+    stop_server(proc)
 
 
 def cli(address, *args):
@@ -66,7 +56,7 @@ def test_list_search_delete_purge(server):
     one = cli(address, "-list_lru", "-r", reals[5000])
     assert all(ln.endswith(f"-> {reals[5000]}") for ln in one.stdout.splitlines()[:-1])
     found = cli(address, "-search_lru", "-t", "10.100.1.1:80", "-client", "192.168.1.9:5003").stdout
-    assert f"client 192.168.1.9:5003" in found and f"-> {reals[5003]}" in found
+    assert "client 192.168.1.9:5003" in found and f"-> {reals[5003]}" in found
     gone = cli(address, "-delete_lru", "-t", "10.100.1.1:80", "-client", "192.168.1.9:5003")
     assert gone.returncode == 0 and gone.stdout.startswith("deleted from: fallback"), gone
     assert kc.list_lru(VIP).total == 9
