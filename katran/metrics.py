@@ -481,11 +481,11 @@ class HcCheckerCollector(Collector):
         if checker is None:
             return
         labels = ["vip", "real"]
-        healthy = GaugeMetricFamily("katran_hc_check_healthy", "1 when the real passes its health check",
+        healthy = GaugeMetricFamily("katran_real_healthy", "1 when the real passes its health check",
                                     labels=labels)
         applied = GaugeMetricFamily("katran_hc_check_action_applied",
                                     "1 when the checker's drain/remove of the real is in effect", labels=labels)
-        latency = GaugeMetricFamily("katran_hc_check_latency_seconds", "Duration of the last check", labels=labels)
+        latency = GaugeMetricFamily("katran_healthcheck_duration_seconds", "Duration of the last health check of the real", labels=labels)
         checks = CounterMetricFamily("katran_hc_checks", "Health checks run", labels=labels)
         transitions = CounterMetricFamily("katran_hc_check_transitions", "Health changes", labels=labels)
         for st in checker.states():

@@ -337,7 +337,7 @@ def test_health_check_state_is_exported(busy_lb):
     samples, _ = parse(ep.render().decode())
     for real, healthy in (("10.0.0.1", 1), ("10.0.0.2", 0), ("10.0.0.3", 1)):
         labels = {"vip": str(vip), "real": real}
-        assert value(samples, "katran_hc_check_healthy", **labels) == healthy
+        assert value(samples, "katran_real_healthy", **labels) == healthy
         assert value(samples, "katran_hc_checks_total", **labels) == 1
         assert value(samples, "katran_hc_check_action_applied", **labels) == 1 - healthy
     # the drain is visible in the balancer's metrics too: generation went up
