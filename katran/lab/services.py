@@ -56,6 +56,19 @@ def python_env() -> dict:
 
 
 # ----------------------------------------------------------------- katran-server-grpc
+def terminate(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL to its process group after ``timeout`` seconds; waits for the end."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 class GrpcServer:
     """``katran-server-grpc`` running in the lb's namespace, listening on a unix socket.
 
@@ -120,15 +133,7 @@ class GrpcServer:
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        terminate(proc, timeout)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         if teardown:
