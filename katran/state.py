@@ -98,15 +98,15 @@ def sizing_differences(saved: dict, config) -> list[str]:
 
 
 # ---------------------------------------------------------------- the state file
-def write_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON: temp file in the same directory, fsync, rename, fsync the directory."""
+def write_file_atomic(path: Path, data: bytes, mode: int = 0o600, what: str = "write") -> None:
+    """``data`` to ``path``: temp file in the same directory, fsync, rename, fsync the directory
+    (a reader sees the old file or the new one, also after a crash). KernelError names ``what``."""
     path = Path(path)
-    text = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
-            os.write(fd, text)
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -121,7 +121,13 @@ def write_atomic(path: Path, data: dict) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        raise KernelError(f"write state file {path}", exc.errno or errno.EIO) from None
+        raise KernelError(f"{what} {path}", exc.errno or errno.EIO) from None
+
+
+def write_atomic(path: Path, data: dict) -> None:
+    """The state file: ``data`` as JSON, written atomically."""
+    write_file_atomic(path, json.dumps(data, separators=(",", ":"), sort_keys=True).encode(),
+                      what="write state file")
 
 
 def read(path: Path) -> Optional[dict]:
