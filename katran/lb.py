@@ -516,7 +516,12 @@ class KatranLb:
                 self._program_ring(state.num, state.ring, np.zeros_like(state.ring), tx)
 
     def _write_vip_address(self, address: IPAddress, tx: Transaction) -> None:
-        """vip_addrs[address] = how many VIPs use it: the data plane answers echo requests to it."""
+        """vip_addrs[address] = how many VIPs use it: the data plane answers echo requests to it.
+
+        A foreign object given as ``balancer_prog_path`` (Katran's own, an older build) may have
+        no such map: it answers echo requests its own way, and there is nothing to keep."""
+        if not self._dp.has_map("vip_addrs"):
+            return
         count = sum(1 for v in self._vips if v.address == address)
         key = structs.address(address)
         if count:
