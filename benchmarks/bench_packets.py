@@ -31,21 +31,34 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
+import io
 import itertools
+import json
 import os
 import random
+import re
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import attrs
+import numpy as np
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from katran import KatranConfig, KatranLb, ModifyAction, Real, VipKey
+from katran import build
 from katran.adapter import bpf
+from katran.errors import safe_repr
 from katran.lb import packaged_object
+
+REPO = Path(__file__).resolve().parent.parent
 
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 PAYLOAD = b"x" * 64
@@ -115,29 +128,60 @@ def durations_ns(prog: bpf.Program, frames: Sequence[bytes]) -> list[int]:
     return [prog.test_run(f).duration_ns for f in frames]
 
 
+def carryover_orders(names: Sequence[str]) -> list[tuple[str, ...]]:
+    """Turn orders in which every program follows every other one equally often.
+
+    A Williams design: n orders for an even number of programs, 2n for an odd
+    one (for 2 and 3 programs these are all the permutations).  What ran just
+    before leaves the caches in a state that biases the timing; this balances it
+    with far fewer orders than all n! permutations.
+    """
+    n = len(names)
+    if n <= 1:
+        return [tuple(names)]
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    rows = [[(j + i) % n for j in first] for i in range(n)]
+    if n % 2:
+        rows += [list(reversed(r)) for r in rows]
+    return [tuple(names[j] for j in r) for r in rows]
+
+
 def measure(progs: Mapping[str, bpf.Program], cases: Sequence[Case], reps: int,
-            warmup: int = 500, block: int = 1000) -> dict[tuple[str, str], list[float]]:
+            warmup: int = 500, block: int = 1000, rotate_rows: bool = False,
+            ) -> dict[tuple[str, str], list[float]]:
     """Per (case, program): the median ns of each repetition.
 
     Within a repetition the programs of a row take turns on blocks of `block`
     frames, so drift of a shared machine hits them alike; each program sees
-    all the frames of the row.  The turn order cycles through every
-    permutation, so each program follows each other one equally often (what
-    ran just before leaves the caches in a state that biases the timing).
+    all the frames of the row.  The turn orders follow `carryover_orders` and
+    continue from one repetition to the next, so over the repetitions each
+    program follows each other one equally often.  Before a row's first
+    repetition each program runs `warmup` of its frames untimed (caches,
+    branch predictors).  With `rotate_rows` the row that goes first moves by
+    one each repetition.
     """
     out: dict[tuple[str, str], list[float]] = {(c.name, p): [] for c in cases for p in progs}
     names = list(progs)
-    orders = list(itertools.permutations(names))
+    orders = carryover_orders(names)
+    turn = {c.name: 0 for c in cases}
     for rep in range(reps):
-        for case in cases:
+        shift = rep % len(cases) if rotate_rows else 0
+        for case in [*cases[shift:], *cases[:shift]]:
             if rep == 0 and warmup:
                 for p in names:
-                    durations_ns(progs[p], case.frames[:warmup])  # caches, branch predictors
+                    durations_ns(progs[p], case.frames[:warmup])
             times: dict[str, list[int]] = {p: [] for p in names}
-            for i, start in enumerate(range(0, len(case.frames), block)):
+            for start in range(0, len(case.frames), block):
                 chunk = case.frames[start:start + block]
-                for p in orders[i % len(orders)]:
+                for p in orders[turn[case.name] % len(orders)]:
                     times[p] += durations_ns(progs[p], chunk)
+                turn[case.name] += 1
             for p in names:
                 out[(case.name, p)].append(statistics.median(times[p]))
     return out
@@ -155,21 +199,22 @@ def print_table(title: str, cases: Sequence[Case], results: Mapping[tuple[str, s
                 columns: Sequence[str], verdicts: Mapping[tuple[str, str], str], empty: str = "empty") -> None:
     """One line per case: each program's median (spread) and its cost above `empty`."""
     print(title)
-    head = f"{'packet':<24}" + "".join(f" {c + ' ns':>16} {'above empty':>11}" for c in columns if c != empty)
+    shown = [c for c in columns if c != empty]
+    widths = {c: max(16, len(c) + 3) for c in shown}
+    head = f"{'packet':<24}" + "".join(f" {c + ' ns':>{widths[c]}} {'above empty':>11}" for c in shown)
     head += f" {'empty ns':>14}  verdicts"
     print(head)
     for case in cases:
         base = statistics.median(results[(case.name, empty)])
         line = f"{case.name:<24}"
-        for c in columns:
-            if c == empty:
-                continue
+        for c in shown:
             meds = results[(case.name, c)]
             med = statistics.median(meds)
-            line += f" {med:>8.0f} (±{(max(meds) - min(meds)) / 2:>3.0f}) {med - base:>11.0f}"
+            cell = f"{med:.0f} (±{(max(meds) - min(meds)) / 2:>3.0f})"
+            line += f" {cell:>{widths[c]}} {med - base:>11.0f}"
         e = results[(case.name, empty)]
         line += f" {base:>6.0f} (±{(max(e) - min(e)) / 2:>3.0f})  "
-        line += " ".join(verdicts[(case.name, c)] for c in columns if c != empty)
+        line += " ".join(verdicts[(case.name, c)] for c in shown)
         print(line)
 
 
@@ -214,7 +259,9 @@ def run_bench(factory: ProgFactory, args: argparse.Namespace, title: str,
     (two loads of the same object differ that much, steadily so when loaded in
     the same order); so before each load a random number of small spacer
     programs shifts the placement, and each column aggregates several loads,
-    each warmed (connection table) and timed `args.reps` times.
+    each warmed (connection table) and timed `args.reps` times.  The lists of
+    the result are paired: index i of every column is the same load and
+    repetition.
     """
     cases = build_cases(args.runs)
     results: dict[tuple[str, str], list[float]] = {}
@@ -237,7 +284,15 @@ def run_bench(factory: ProgFactory, args: argparse.Namespace, title: str,
             verdicts = {(c.name, p): verdict_of(prog, c.frames[0]) for c in cases for p, prog in progs.items()}
             if on_loaded is not None:
                 on_loaded(progs, cases)
-            for key, meds in measure(progs, cases, args.reps, block=args.block).items():
+            gc_was = gc.isenabled()
+            gc.disable()  # no collection between two timed calls
+            try:
+                timed = measure(progs, cases, args.reps, warmup=args.warmup, block=args.block,
+                                rotate_rows=args.rotate_rows)
+            finally:
+                if gc_was:
+                    gc.enable()
+            for key, meds in timed.items():
                 results.setdefault(key, []).extend(meds)
         finally:
             close()
@@ -247,25 +302,179 @@ def run_bench(factory: ProgFactory, args: argparse.Namespace, title: str,
     return results
 
 
+# --- the ratio to the balancer, with a bootstrap confidence interval
+
+def paired_ratios(base: Sequence[float], other: Sequence[float], empty: Sequence[float]) -> np.ndarray:
+    """Per repetition: other's cost above empty / base's, the three timed in the same
+    load and blocks.  A repetition where base is not above empty has no ratio."""
+    b, o, e = (np.asarray(x, dtype=float) for x in (base, other, empty))
+    if not b.shape == o.shape == e.shape:
+        raise ValueError(f"paired series of different lengths: {b.size}, {o.size}, {e.size}")
+    keep = b - e > 0
+    return (o[keep] - e[keep]) / (b[keep] - e[keep])
+
+
+def bootstrap_ci(samples: Sequence[float], level: float = 0.95, n_boot: int = 10_000, seed: int = 0,
+                 stat: Callable[..., np.ndarray] = np.median) -> tuple[float, float]:
+    """Percentile bootstrap interval of `stat` (median by default) over `samples`:
+    `n_boot` resamples with replacement, seeded, so the same data print the same
+    interval."""
+    x = np.asarray(samples, dtype=float)
+    if x.size == 0:
+        raise ValueError("no samples")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), not {level!r}")
+    rng = np.random.default_rng(seed)
+    stats = stat(x[rng.integers(0, x.size, size=(n_boot, x.size))], axis=1)
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+@attrs.frozen
+class Ratio:
+    median: float
+    ci: tuple[float, float]
+    low: float   # min over the repetitions
+    high: float  # max
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f} [{self.ci[0]:.2f}, {self.ci[1]:.2f}] ({self.low:.2f}..{self.high:.2f})"
+
+
+def ratio(base: Sequence[float], other: Sequence[float], empty: Sequence[float],
+          seed: int = 0) -> Ratio | None:
+    r = paired_ratios(base, other, empty)
+    if r.size == 0:
+        return None
+    return Ratio(float(np.median(r)), bootstrap_ci(r, seed=seed), float(r.min()), float(r.max()), int(r.size))
+
+
+def print_ratios(results: Mapping[tuple[str, str], list[float]], cases: Sequence[Case],
+                 others: Sequence[str], base: str = "balancer", empty: str = "empty") -> None:
+    """Per row and per column of `others`: its cost above empty / the balancer's, paired per
+    repetition: the median, its 95 % bootstrap interval and the range over the repetitions."""
+    n = len(results[(cases[0].name, base)])
+    print(f"cost above empty / the balancer's, paired per repetition: median [95 % CI, bootstrap over "
+          f"{n} repetitions] (min..max)")
+    widths = {o: max(32, len(o) + 12) for o in others}
+    print(f"{'packet':<24}" + "".join(f" {o + ' / ' + base:>{widths[o]}}" for o in others))
+    for case in cases:
+        line = f"{case.name:<24}"
+        for o in others:
+            r = ratio(results[(case.name, base)], results[(case.name, o)], results[(case.name, empty)])
+            line += f" {'n/a' if r is None else str(r):>{widths[o]}}"
+        print(line)
+
+
+# --- the balancer object of a previous revision (--previous)
+
+class BenchError(Exception):
+    """A benchmark input that cannot be used; the message names it."""
+
+
+def git_revision(rev: str, repo: Path = REPO) -> str:
+    """The commit `rev` names in `repo` (full hash); BenchError if none."""
+    res = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", "--end-of-options",
+                          f"{rev}^{{commit}}"], capture_output=True, text=True)
+    if res.returncode != 0 or not res.stdout.strip():
+        raise BenchError(f"--previous {safe_repr(rev)}: not a revision of the repository {repo}")
+    return res.stdout.strip()
+
+
+def build_revision(rev: str, out_dir: Path, repo: Path = REPO) -> Path:
+    """Build the balancer object of git revision `rev` into `out_dir`: its katran/bpf
+    tree (git archive) compiled with katran.build's clang command.  Returns the object."""
+    sha = git_revision(rev, repo)
+    what = f"--previous {safe_repr(rev)} ({sha[:12]})"
+    res = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", sha, "katran/bpf"],
+                         capture_output=True)
+    if res.returncode != 0:
+        raise BenchError(f"{what}: no katran/bpf in that revision "
+                         f"({safe_repr(res.stderr.decode(errors='replace').strip())})")
+    src_root = out_dir / "src"
+    with tarfile.open(fileobj=io.BytesIO(res.stdout)) as tar:
+        tar.extractall(src_root, filter="data")
+    src = src_root / "katran" / "bpf" / "balancer.bpf.c"
+    if not src.is_file():
+        raise BenchError(f"{what}: no katran/bpf/balancer.bpf.c in that revision")
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(log):  # compile_one prints clang's whole output
+            return build.compile_one(src, out_dir / "obj", build.find_clang())
+    except build.BuildError as exc:
+        raise BenchError(f"{what}: the balancer does not compile: {exc}") from None
+
+
+# --- command line
+
+RESERVED_COLUMNS = ("balancer", "empty", "capture")
+_COLUMN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~^@{}/-]{0,39}")
+
+
+def compare_arg(value: str) -> tuple[str, str]:
+    """--compare NAME=PATH, or PATH alone (name "compare"): (name, path).  A value that is an
+    existing file is a path, even with a "=" in it."""
+    if "=" in value and not os.path.isfile(value):
+        name, path = value.split("=", 1)
+        if not _COLUMN_NAME.fullmatch(name):
+            raise argparse.ArgumentTypeError(
+                f"bad column name {safe_repr(name)} in {safe_repr(value)}: 1-40 letters, digits, ._~^@{{}}/-")
+    else:
+        name, path = "compare", value
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"no such file {safe_repr(path)}")
+    return name, path
+
+
+def previous_arg(value: str) -> str:
+    if not _COLUMN_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"bad revision {safe_repr(value)}: 1-40 letters, digits, ._~^@{{}}/-, not starting with -")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="bench_packets.py", description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=4000, help="packets per cell and repetition")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of the whole table per load")
     ap.add_argument("--instances", type=int, default=3, help="fresh loads of the programs")
     ap.add_argument("--block", type=int, default=1000, help="frames a program runs before the next takes a turn")
+    ap.add_argument("--warmup", type=int, default=500,
+                    help="frames of a row each program runs untimed before the row's first repetition")
+    ap.add_argument("--rotate-rows", action="store_true",
+                    help="the row that goes first moves by one each repetition")
     ap.add_argument("--reals", type=int, default=100)
     ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one)")
     ap.add_argument("--lru-size", type=int, default=200_000, help="size of the per-cpu connection table")
     ap.add_argument("--seed", type=int, default=1, help="seed of the placement spacers")
     ap.add_argument("--object", default=None, help="balancer object to time (default: the packaged one)")
-    ap.add_argument("--compare", default=None, metavar="OBJECT",
-                    help="a second balancer object (e.g. our previous release's) timed in the same table, "
-                         "paired; prints its cost above empty as a ratio to the balancer's")
+    ap.add_argument("--compare", type=compare_arg, action="append", default=[], metavar="[NAME=]OBJECT",
+                    help="another balancer object timed in the same table, paired, as column NAME "
+                         "(default name: compare); repeatable.  Prints its cost above empty as a ratio "
+                         "to the balancer's, with a 95 %% confidence interval")
+    ap.add_argument("--previous", type=previous_arg, action="append", default=[], metavar="REV",
+                    help="build the balancer of git revision REV of this repository and time it as "
+                         "column REV (regressions); repeatable")
     ap.add_argument("--all-features", action="store_true", help="every feature knob on, unused by the packets")
     ap.add_argument("--capture", action="store_true",
                     help="also time the balancer with a packet capture running whose filter matches "
                          "none of the packets (column 'capture')")
-    return ap.parse_args(argv)
+    ap.add_argument("--json", default=None, metavar="PATH",
+                    help="also write the per-repetition medians of every cell to PATH")
+    args = ap.parse_args(argv)
+    for opt in ("runs", "reps", "instances", "block", "reals", "lru_size"):
+        if getattr(args, opt) < 1:
+            ap.error(f"--{opt.replace('_', '-')}: must be at least 1, not {getattr(args, opt)}")
+    if args.warmup < 0:
+        ap.error(f"--warmup: must be at least 0, not {args.warmup}")
+    seen = set(RESERVED_COLUMNS)
+    for opt, name in [*(("--compare", n) for n, _ in args.compare), *(("--previous", r) for r in args.previous)]:
+        if name in seen:
+            ap.error(f"{opt}: column name {safe_repr(name)} is taken "
+                     f"({'reserved' if name in RESERVED_COLUMNS else 'given twice'})")
+        seen.add(name)
+    return args
 
 
 def pin_cpu(cpu: int | None) -> int:
@@ -277,19 +486,29 @@ def pin_cpu(cpu: int | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    args.cpu = pin_cpu(args.cpu)
+    with tempfile.TemporaryDirectory(prefix="bench-packets-") as tmp:
+        # the balancer objects of the columns, in column order
+        objs: dict[str, str | None] = {"balancer": args.object, **dict(args.compare)}
+        try:
+            for i, rev in enumerate(args.previous):
+                objs[rev] = str(build_revision(rev, Path(tmp) / str(i)))
+        except BenchError as exc:
+            print(f"bench_packets: error: {exc}", file=sys.stderr)
+            return 2
+        args.cpu = pin_cpu(args.cpu)
+        return _run(args, objs)
 
+
+def _run(args: argparse.Namespace, objs: dict[str, str | None]) -> int:
     lbs: list[KatranLb] = []
-
     loads = itertools.count()
+    names = list(objs)
 
     def load() -> tuple[dict[str, bpf.Program], Callable[[], None]]:
-        # with --compare the two balancers are loaded in turns first and second
-        # (what is loaded first lands elsewhere in memory and times differently)
-        objs = {"balancer": args.object}
-        if args.compare:
-            objs["compare"] = args.compare
-        order = list(objs) if next(loads) % 2 == 0 else list(reversed(objs))
+        # load i loads the balancers in the column order rotated by i: what is loaded
+        # first lands elsewhere in memory and times differently
+        i = next(loads) % len(names)
+        order = names[i:] + names[:i]
         stack = contextlib.ExitStack()
         try:
             empty_obj = _load_empty()
@@ -309,8 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lb = loaded["balancer"]
         lbs.append(lb)
         stack.callback(lbs.remove, lb)
-        # the benchmark times the loaded programs themselves
-        progs = {name: loaded[name]._obj.program("balancer_ingress") for name in loaded}
+        # the benchmark times the loaded programs themselves, in column order
+        progs = {name: loaded[name]._obj.program("balancer_ingress") for name in [*names, *loaded.keys() - names]}
         progs["empty"] = empty_obj.program("xdp_pass")
         return progs, stack.close
 
@@ -331,24 +550,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"per-packet cost ({mode}), cpu {args.cpu}, {args.reals} reals, per-cpu LRU of {args.lru_size}: "
         f"median over {args.instances} loads x {args.reps} repetitions of the median of {args.runs} "
         f"BPF_PROG_TEST_RUN calls (repeat=1, fresh packet each); (±) = half the spread"), check_hits)
-    if args.compare:
-        print_ratios(results, build_cases(1))
+    cases = build_cases(1)
+    others = [c for c in [*names, "capture"] if c != "balancer" and (cases[0].name, c) in results]
+    if others:
+        print_ratios(results, cases, others)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "reps_per_load": args.reps, "loads": args.instances, "columns": [*others, "balancer", "empty"],
+            "results": {c.name: {p: results[(c.name, p)] for p in ["balancer", *others, "empty"]} for c in cases},
+        }, indent=1))
     return 0
-
-
-def print_ratios(results: Mapping[tuple[str, str], list[float]], cases: Sequence[Case]) -> None:
-    """Per row: compare's cost above empty / the balancer's, paired per repetition (same load,
-    same block order): median and the range over the repetitions."""
-    print(f"{'packet':<24} {'compare / balancer (above empty)':>34}")
-    for case in cases:
-        b = results[(case.name, "balancer")]
-        c = results[(case.name, "compare")]
-        e = results[(case.name, "empty")]
-        ratios = [(ci - ei) / (bi - ei) for bi, ci, ei in zip(b, c, e) if bi - ei > 0]
-        if not ratios:
-            print(f"{case.name:<24} {'n/a':>34}")
-            continue
-        print(f"{case.name:<24} {statistics.median(ratios):>20.2f} [{min(ratios):.2f} .. {max(ratios):.2f}]")
 
 
 if __name__ == "__main__":

@@ -1,39 +1,224 @@
-"""benchmarks/bench_packets.py --compare: a second balancer timed in the same table
-(loads alternate which one comes first), with the per-row ratio of costs above empty."""
+"""benchmarks/bench_packets.py: several balancer objects in one paired table (--compare NAME=PATH,
+--previous REV built from git), the per-row ratio of costs above empty with a bootstrap interval."""
 
 from __future__ import annotations
 
+import collections
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.privileged]
-
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import bench_packets as bp  # noqa: E402
+
+from katran.adapter import bpf  # noqa: E402
+from katran.lb import packaged_object  # noqa: E402
+
+OBJ = str(packaged_object("balancer.bpf.o"))
 
 
-def test_compare_table(monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(BENCH))
-    import bench_packets
-    from katran.lb import packaged_object
+# --- argument parsing
 
+def test_compare_path_alone_is_column_compare():
+    args = bp.parse_args(["--compare", OBJ])
+    assert args.compare == [("compare", OBJ)]
+    assert args.previous == []
+
+
+def test_compare_named_and_repeatable(tmp_path):
+    odd = tmp_path / "a=b.o"  # an existing file with "=" in its name is a path
+    odd.write_bytes(b"")
+    args = bp.parse_args(["--compare", f"old={OBJ}", "--compare", f"ref={odd}", "--compare", str(odd),
+                          "--previous", "HEAD~1", "--previous", "v1.0"])
+    assert args.compare == [("old", OBJ), ("ref", str(odd)), ("compare", str(odd))]
+    assert args.previous == ["HEAD~1", "v1.0"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--compare", "/nonexistent/x.o"], "no such file '/nonexistent/x.o'"),
+    (["--compare", "old=/nonexistent/x.o"], "no such file '/nonexistent/x.o'"),
+    (["--compare", f"b a d={OBJ}"], "bad column name 'b a d'"),
+    (["--compare", f"old={OBJ}", "--compare", f"old={OBJ}"], "column name 'old' is taken (given twice)"),
+    (["--compare", OBJ, "--compare", OBJ], "column name 'compare' is taken (given twice)"),
+    (["--compare", f"empty={OBJ}"], "column name 'empty' is taken (reserved)"),
+    (["--previous", "balancer"], "column name 'balancer' is taken (reserved)"),
+    (["--compare", f"HEAD={OBJ}", "--previous", "HEAD"], "--previous: column name 'HEAD' is taken"),
+    (["--previous=-x"], "bad revision '-x'"),
+    (["--previous", "caf\u00e9"], "bad revision 'caf\\xe9'"),
+    (["--block", "0"], "--block: must be at least 1, not 0"),
+    (["--warmup", "-1"], "--warmup: must be at least 0, not -1"),
+])
+def test_bad_arguments_name_option_and_value(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bp.parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# --- turn orders
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
+def test_carryover_orders_balance_who_runs_before_whom(n):
+    names = [f"p{i}" for i in range(n)]
+    orders = bp.carryover_orders(names)
+    assert len(orders) == (1 if n == 1 else n if n % 2 == 0 else 2 * n)
+    assert all(sorted(o) == names for o in orders)
+    firsts = collections.Counter(o[0] for o in orders)
+    assert set(firsts.values()) == {len(orders) // n}
+    follows = collections.Counter(pair for o in orders for pair in zip(o, o[1:]))
+    if n > 1:  # every ordered pair of two programs equally often
+        assert len(follows) == n * (n - 1)
+        assert len(set(follows.values())) == 1
+
+
+# --- the paired ratio and its bootstrap interval
+
+def test_paired_ratios_per_repetition():
+    empty = [40, 50, 45, 60]
+    base = [140, 150, 145, 55]  # the last repetition: base below empty, no ratio
+    other = [120, 130, 125, 500]
+    np.testing.assert_allclose(bp.paired_ratios(base, other, empty), [0.8, 0.8, 0.8])
+    with pytest.raises(ValueError, match="different lengths: 2, 3, 2"):
+        bp.paired_ratios([1, 2], [1, 2, 3], [0, 0])
+
+
+def test_bootstrap_of_constant_samples_is_that_constant():
+    assert bp.bootstrap_ci([0.83] * 7) == pytest.approx((0.83, 0.83))
+
+
+def test_bootstrap_is_seeded():
+    x = np.random.default_rng(5).normal(1.0, 0.1, 25)
+    assert bp.bootstrap_ci(x, seed=3) == bp.bootstrap_ci(x, seed=3)
+    # the seed is what makes it reproducible: another seed, other resamples
+    assert bp.bootstrap_ci(x, seed=3, stat=np.mean) != bp.bootstrap_ci(x, seed=4, stat=np.mean)
+
+
+def test_bootstrap_interval_of_the_median_has_the_known_width():
+    # the median of n normal samples has a standard error of sqrt(pi/2) * sigma / sqrt(n)
+    sigma, n = 0.05, 400
+    x = np.random.default_rng(11).normal(0.8, sigma, n)
+    lo, hi = bp.bootstrap_ci(x)
+    assert lo < 0.8 < hi
+    expected = 2 * 1.96 * np.sqrt(np.pi / 2) * sigma / np.sqrt(n)
+    assert 0.7 * expected < hi - lo < 1.3 * expected
+
+
+def test_bootstrap_interval_covers_the_true_ratio_about_95_percent_of_the_time():
+    # synthetic paired repetitions: empty ~45 ns, the balancer 150 ns above it, the other
+    # object 0.8x the balancer's cost above empty, each with its own noise
+    rng = np.random.default_rng(2)
+    hits, trials = 0, 300
+    for t in range(trials):
+        empty = rng.normal(45, 1, 30)
+        base = empty + rng.normal(150, 6, 30)
+        other = empty + 0.8 * rng.normal(150, 6, 30)
+        lo, hi = bp.bootstrap_ci(bp.paired_ratios(base, other, empty), n_boot=2000, seed=t)
+        hits += lo <= 0.8 <= hi
+    assert 0.88 * trials <= hits <= 0.99 * trials
+
+
+def test_print_ratios_median_interval_and_range(capsys):
+    cases = [bp.Case("row a", []), bp.Case("row b", [])]
+    results = {
+        ("row a", "balancer"): [145, 150, 155], ("row a", "old"): [125, 130, 139], ("row a", "empty"): [45, 50, 55],
+        ("row b", "balancer"): [40, 40, 40], ("row b", "old"): [50, 50, 50], ("row b", "empty"): [45, 45, 45],
+    }
+    bp.print_ratios(results, cases, ["old"])
+    out = capsys.readouterr().out.splitlines()
+    assert "bootstrap over 3 repetitions" in out[0]
+    assert out[1].split() == ["packet", "old", "/", "balancer"]
+    assert out[2].split() == ["row", "a", "0.80", "[0.80,", "0.84]", "(0.80..0.84)"]
+    assert out[3].split() == ["row", "b", "n/a"]  # the balancer not above empty
+
+
+# --- --previous: the balancer of a git revision
+
+def test_previous_head_builds_a_balancer_object(tmp_path):
+    obj = bp.build_revision("HEAD", tmp_path)
+    assert obj.is_file() and obj.is_relative_to(tmp_path)
+    spec = bpf.ObjectSpec.open(obj)
+    try:
+        assert "balancer_ingress" in spec.program_names
+    finally:
+        spec.close()
+
+
+def test_previous_unknown_revision_is_named(tmp_path):
+    with pytest.raises(bp.BenchError, match=r"--previous 'no-such-rev': not a revision of the repository"):
+        bp.build_revision("no-such-rev", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _git_repo(path: Path, files: dict[str, str]) -> Path:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    subprocess.run(["git", "-C", str(path), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(path), "commit", "-q", "-m", "x"], check=True, env=env)
+    return path
+
+
+def test_previous_that_does_not_compile_names_rev_and_clang_error(tmp_path):
+    repo = _git_repo(tmp_path / "repo", {"katran/bpf/balancer.bpf.c": "int f(void) { return undeclared_x; }\n"})
+    with pytest.raises(bp.BenchError) as exc:
+        bp.build_revision("HEAD", tmp_path / "out", repo=repo)
+    msg = str(exc.value)
+    assert msg.startswith("--previous 'HEAD' (")
+    assert "does not compile" in msg and "balancer.bpf.c" in msg
+    assert "error: use of undeclared identifier 'undeclared_x'" in msg
+
+
+def test_previous_without_a_balancer_is_named(tmp_path):
+    repo = _git_repo(tmp_path / "repo", {"README": "nothing\n"})
+    with pytest.raises(bp.BenchError, match=r"--previous 'HEAD' \([0-9a-f]{12}\): no katran/bpf"):
+        bp.build_revision("HEAD", tmp_path / "out", repo=repo)
+
+
+def test_main_with_unknown_previous_fails_before_timing(capsys):
+    cpus = os.sched_getaffinity(0)
+    assert bp.main(["--previous", "no-such-rev"]) == 2
+    assert os.sched_getaffinity(0) == cpus  # failed before pinning and loading
+    assert "bench_packets: error: --previous 'no-such-rev': not a revision" in capsys.readouterr().err
+
+
+# --- the table, timed (loads BPF)
+
+@pytest.mark.privileged
+def test_compare_table(capsys):
     cpus = os.sched_getaffinity(0)
     try:
-        rc = bench_packets.main(["--runs", "200", "--reps", "1", "--instances", "2", "--block", "100",
-                                 "--compare", str(packaged_object("balancer.bpf.o"))])
+        rc = bp.main(["--runs", "200", "--reps", "1", "--instances", "3", "--block", "100", "--warmup", "50",
+                      "--compare", OBJ, "--compare", f"same={OBJ}", "--previous", "HEAD"])
     finally:
         os.sched_setaffinity(0, cpus)
     assert rc == 0
     out = capsys.readouterr().out.splitlines()
-    assert "compare ns" in out[1]
+    assert out[1].split()[:13] == ["packet", "balancer", "ns", "above", "empty", "compare", "ns", "above", "empty",
+                                   "same", "ns", "above", "empty"]
+    assert "HEAD ns" in out[1]
     at = next(i for i, ln in enumerate(out) if ln.startswith("packet") and "compare / balancer" in ln)
-    rows = out[2:at]
+    assert "same / balancer" in out[at] and "HEAD / balancer" in out[at]
+    assert "bootstrap over 3 repetitions" in out[at - 1]
+    rows = out[2:at - 1]
     assert len(rows) == 5
-    for ln in rows:  # both columns forward what the balancer forwards
-        assert ln.split()[-2:] in (["XDP_TX", "XDP_TX"], ["XDP_PASS", "XDP_PASS"])
+    for ln in rows:  # every column forwards what the balancer forwards
+        assert ln.split()[-4:] in (["XDP_TX"] * 4, ["XDP_PASS"] * 4)
     ratios = out[at + 1:]
     assert len(ratios) == 5
     for ln in ratios:
-        med = float(ln.split("[")[0].split()[-1])
-        assert 0.2 < med < 5  # the same object: a ratio around 1
+        cells = ln.split("]")[:3]
+        assert len(cells) == 3
+        for cell in cells:  # the same code: a ratio around 1, inside its interval
+            med, interval = cell.split("[")
+            med = float(med.split()[-1])
+            lo, hi = (float(v) for v in interval.split(","))
+            assert lo <= med <= hi
+            assert 0.2 < med < 5
