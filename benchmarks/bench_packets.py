@@ -4,18 +4,32 @@ Every measurement is one BPF_PROG_TEST_RUN call with repeat=1 on a freshly
 copied packet (the kernel copies data_in on every call), so a program that
 rewrites the packet never sees its own output.  The kernel reports the time
 spent in the program run (ns).  A cell is the median over ``--runs`` calls;
-the programs of a row take turns on blocks of frames (every order equally
-often), so a shared machine's drift hits them alike.  The whole table is
-measured ``--reps`` times on each of ``--instances`` fresh loads (where the
-maps land in memory moves timings by tens of ns), after a warm-up.  We print
-the median over all of these, half their spread, and the cost above the
-empty program.  The process is pinned to one CPU, which alone has a
-per-cpu connection table (``--lru-size``, large enough that the warmed
-flows really hit: this is checked).  Run as root:
+the programs of a row take turns on blocks of ``--block`` frames (orders in
+which each program follows each other one equally often), so a shared
+machine's drift hits them alike.  The whole table is measured ``--reps``
+times on each of ``--instances`` fresh loads (where the maps land in memory
+moves timings by tens of ns; each load rotates which balancer is loaded
+first), after a warm-up.  We print the median over all of these, half their
+spread, and the cost above the empty program.  The process is pinned to one
+CPU, which alone has a per-cpu connection table (``--lru-size``, large
+enough that the warmed flows really hit: this is checked).  Run as root:
 
-    python benchmarks/bench_packets.py [--runs 4000] [--reps 3] [--instances 3] [--cpu 1]
+    python benchmarks/bench_packets.py [--runs 4000] [--block 200] [--reps 1] [--instances 8] [--cpu 1]
                                        [--all-features] [--object other_balancer.bpf.o]
-                                       [--compare before_balancer.bpf.o] [--capture]
+                                       [--compare [NAME=]balancer.bpf.o ...] [--previous REV ...]
+                                       [--capture] [--json results.json]
+
+Every other balancer column (``--compare``, ``--previous``, ``--capture``)
+gets a second table: per row, its cost above empty divided by the
+balancer's, paired per repetition (same load, same blocks); the median, a
+95 % percentile-bootstrap interval of that median over the repetitions
+(numpy, seeded: the same timings print the same interval) and the min..max.
+``--compare NAME=PATH`` (repeatable; ``--compare PATH`` is column
+``compare``) loads another object through ``KatranLb(balancer_prog_path=...)``;
+``--previous REV`` (repeatable) builds the balancer of git revision REV of
+this repository (``git archive REV katran/bpf``, compiled by katran.build's
+clang command into a temporary directory) and times it as column REV: the
+regression mode.
 
 ``--all-features`` enables every data-plane feature knob at load time
 (TPR, UDP stable routing, source routing, global LRU, local delivery, ICMP
@@ -153,15 +167,16 @@ def carryover_orders(names: Sequence[str]) -> list[tuple[str, ...]]:
 
 
 def measure(progs: Mapping[str, bpf.Program], cases: Sequence[Case], reps: int,
-            warmup: int = 500, block: int = 1000, rotate_rows: bool = False,
-            ) -> dict[tuple[str, str], list[float]]:
-    """Per (case, program): the median ns of each repetition.
+            warmup: int = 500, block: int = 200, rotate_rows: bool = False, quantile: float = 0.5,
+            turns: dict[str, int] | None = None) -> dict[tuple[str, str], list[float]]:
+    """Per (case, program): the median ns (`quantile`) of each repetition.
 
     Within a repetition the programs of a row take turns on blocks of `block`
     frames, so drift of a shared machine hits them alike; each program sees
     all the frames of the row.  The turn orders follow `carryover_orders` and
     continue from one repetition to the next, so over the repetitions each
-    program follows each other one equally often.  Before a row's first
+    program follows each other one equally often (`turns`, the next turn of
+    each row, carries this over from one call to the next).  Before a row's first
     repetition each program runs `warmup` of its frames untimed (caches,
     branch predictors).  With `rotate_rows` the row that goes first moves by
     one each repetition.
@@ -169,7 +184,9 @@ def measure(progs: Mapping[str, bpf.Program], cases: Sequence[Case], reps: int,
     out: dict[tuple[str, str], list[float]] = {(c.name, p): [] for c in cases for p in progs}
     names = list(progs)
     orders = carryover_orders(names)
-    turn = {c.name: 0 for c in cases}
+    turn = {c.name: 0 for c in cases} if turns is None else turns
+    for c in cases:
+        turn.setdefault(c.name, 0)
     for rep in range(reps):
         shift = rep % len(cases) if rotate_rows else 0
         for case in [*cases[shift:], *cases[:shift]]:
@@ -183,7 +200,8 @@ def measure(progs: Mapping[str, bpf.Program], cases: Sequence[Case], reps: int,
                     times[p] += durations_ns(progs[p], chunk)
                 turn[case.name] += 1
             for p in names:
-                out[(case.name, p)].append(statistics.median(times[p]))
+                out[(case.name, p)].append(
+                    statistics.median(times[p]) if quantile == 0.5 else float(np.quantile(times[p], quantile)))
     return out
 
 
@@ -268,6 +286,7 @@ def run_bench(factory: ProgFactory, args: argparse.Namespace, title: str,
     verdicts: dict[tuple[str, str], str] = {}
     columns: list[str] = []
     rng = random.Random(args.seed)
+    turns: dict[str, int] = {}  # the turn orders continue from one load to the next
     for _ in range(args.instances):
         spacers = [_load_empty() for _ in range(rng.randrange(8))]
         try:
@@ -288,7 +307,7 @@ def run_bench(factory: ProgFactory, args: argparse.Namespace, title: str,
             gc.disable()  # no collection between two timed calls
             try:
                 timed = measure(progs, cases, args.reps, warmup=args.warmup, block=args.block,
-                                rotate_rows=args.rotate_rows)
+                                rotate_rows=args.rotate_rows, quantile=args.quantile, turns=turns)
             finally:
                 if gc_was:
                     gc.enable()
@@ -304,28 +323,46 @@ def run_bench(factory: ProgFactory, args: argparse.Namespace, title: str,
 
 # --- the ratio to the balancer, with a bootstrap confidence interval
 
-def paired_ratios(base: Sequence[float], other: Sequence[float], empty: Sequence[float]) -> np.ndarray:
+def paired_ratios(base: Sequence[float], other: Sequence[float], empty: Sequence[float],
+                  groups: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per repetition: other's cost above empty / base's, the three timed in the same
-    load and blocks.  A repetition where base is not above empty has no ratio."""
+    load and blocks; and each ratio's group (its load; default: one group per
+    repetition).  A repetition where base is not above empty has no ratio."""
     b, o, e = (np.asarray(x, dtype=float) for x in (base, other, empty))
-    if not b.shape == o.shape == e.shape:
-        raise ValueError(f"paired series of different lengths: {b.size}, {o.size}, {e.size}")
+    g = np.arange(b.size) if groups is None else np.asarray(groups)
+    if not b.shape == o.shape == e.shape == g.shape:
+        raise ValueError(f"paired series of different lengths: {b.size}, {o.size}, {e.size}, {g.size}")
     keep = b - e > 0
-    return (o[keep] - e[keep]) / (b[keep] - e[keep])
+    return (o[keep] - e[keep]) / (b[keep] - e[keep]), g[keep]
 
 
-def bootstrap_ci(samples: Sequence[float], level: float = 0.95, n_boot: int = 10_000, seed: int = 0,
-                 stat: Callable[..., np.ndarray] = np.median) -> tuple[float, float]:
-    """Percentile bootstrap interval of `stat` (median by default) over `samples`:
-    `n_boot` resamples with replacement, seeded, so the same data print the same
-    interval."""
+def bootstrap_ci(samples: Sequence[float], groups: Sequence[int] | None = None, level: float = 0.95,
+                 n_boot: int = 10_000, seed: int = 0,
+                 stat: Callable[..., np.ndarray] = np.nanmedian) -> tuple[float, float]:
+    """Percentile bootstrap interval of `stat` (the median) of `samples`: `n_boot`
+    resamples with replacement, seeded, so the same data print the same interval.
+
+    With `groups` (one label per sample) whole groups are resampled: samples of one
+    group share an error (the repetitions of one load share its placement in
+    memory) and count as one draw, not as several independent ones."""
     x = np.asarray(samples, dtype=float)
     if x.size == 0:
         raise ValueError("no samples")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), not {level!r}")
+    labels = np.arange(x.size) if groups is None else np.asarray(groups)
+    if labels.shape != x.shape:
+        raise ValueError(f"{labels.size} group labels for {x.size} samples")
+    # one row per group, padded with NaN (the groups may differ in size)
+    _, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    table = np.full((sizes.size, sizes.max()), np.nan)
+    slot = np.zeros(sizes.size, dtype=int)
+    for value, grp in zip(x, inverse):
+        table[grp, slot[grp]] = value
+        slot[grp] += 1
     rng = np.random.default_rng(seed)
-    stats = stat(x[rng.integers(0, x.size, size=(n_boot, x.size))], axis=1)
+    draws = table[rng.integers(0, sizes.size, size=(n_boot, sizes.size))].reshape(n_boot, -1)
+    stats = stat(draws, axis=1)
     lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -343,26 +380,31 @@ class Ratio:
 
 
 def ratio(base: Sequence[float], other: Sequence[float], empty: Sequence[float],
-          seed: int = 0) -> Ratio | None:
-    r = paired_ratios(base, other, empty)
+          groups: Sequence[int] | None = None, seed: int = 0) -> Ratio | None:
+    r, g = paired_ratios(base, other, empty, groups)
     if r.size == 0:
         return None
-    return Ratio(float(np.median(r)), bootstrap_ci(r, seed=seed), float(r.min()), float(r.max()), int(r.size))
+    return Ratio(float(np.median(r)), bootstrap_ci(r, g, seed=seed), float(r.min()), float(r.max()), int(r.size))
 
 
 def print_ratios(results: Mapping[tuple[str, str], list[float]], cases: Sequence[Case],
-                 others: Sequence[str], base: str = "balancer", empty: str = "empty") -> None:
+                 others: Sequence[str], reps_per_load: int = 1, base: str = "balancer",
+                 empty: str = "empty") -> None:
     """Per row and per column of `others`: its cost above empty / the balancer's, paired per
-    repetition: the median, its 95 % bootstrap interval and the range over the repetitions."""
+    repetition: the median, its 95 % bootstrap interval (resampling loads, each with its
+    `reps_per_load` repetitions) and the range over the repetitions."""
     n = len(results[(cases[0].name, base)])
+    groups = [i // reps_per_load for i in range(n)]
+    over = (f"{n} repetitions" if reps_per_load == 1 else
+            f"{len(set(groups))} loads of {reps_per_load} repetitions")
     print(f"cost above empty / the balancer's, paired per repetition: median [95 % CI, bootstrap over "
-          f"{n} repetitions] (min..max)")
+          f"{over}] (min..max)")
     widths = {o: max(32, len(o) + 12) for o in others}
     print(f"{'packet':<24}" + "".join(f" {o + ' / ' + base:>{widths[o]}}" for o in others))
     for case in cases:
         line = f"{case.name:<24}"
         for o in others:
-            r = ratio(results[(case.name, base)], results[(case.name, o)], results[(case.name, empty)])
+            r = ratio(results[(case.name, base)], results[(case.name, o)], results[(case.name, empty)], groups)
             line += f" {'n/a' if r is None else str(r):>{widths[o]}}"
         print(line)
 
@@ -409,6 +451,7 @@ def build_revision(rev: str, out_dir: Path, repo: Path = REPO) -> Path:
 # --- command line
 
 RESERVED_COLUMNS = ("balancer", "empty", "capture")
+DEFAULT_LOADS = 8
 _COLUMN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~^@{}/-]{0,39}")
 
 
@@ -437,13 +480,17 @@ def previous_arg(value: str) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="bench_packets.py", description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=4000, help="packets per cell and repetition")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions of the whole table per load")
-    ap.add_argument("--instances", type=int, default=3, help="fresh loads of the programs")
-    ap.add_argument("--block", type=int, default=1000, help="frames a program runs before the next takes a turn")
+    ap.add_argument("--reps", type=int, default=1, help="repetitions of the whole table per load")
+    ap.add_argument("--instances", type=int, default=None,
+                    help="fresh loads of the programs (default: 8, rounded up to a multiple of the "
+                         "number of balancer objects, so each is loaded first equally often)")
+    ap.add_argument("--block", type=int, default=200, help="frames a program runs before the next takes a turn")
     ap.add_argument("--warmup", type=int, default=500,
                     help="frames of a row each program runs untimed before the row's first repetition")
     ap.add_argument("--rotate-rows", action="store_true",
                     help="the row that goes first moves by one each repetition")
+    ap.add_argument("--quantile", type=float, default=0.5,
+                    help="a cell's statistic over its calls (0.5: the median)")
     ap.add_argument("--reals", type=int, default=100)
     ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one)")
     ap.add_argument("--lru-size", type=int, default=200_000, help="size of the per-cpu connection table")
@@ -464,8 +511,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="also write the per-repetition medians of every cell to PATH")
     args = ap.parse_args(argv)
     for opt in ("runs", "reps", "instances", "block", "reals", "lru_size"):
-        if getattr(args, opt) < 1:
+        if getattr(args, opt) is not None and getattr(args, opt) < 1:
             ap.error(f"--{opt.replace('_', '-')}: must be at least 1, not {getattr(args, opt)}")
+    if not 0 < args.quantile < 1:
+        ap.error(f"--quantile: must be between 0 and 1, not {args.quantile}")
     if args.warmup < 0:
         ap.error(f"--warmup: must be at least 0, not {args.warmup}")
     seen = set(RESERVED_COLUMNS)
@@ -495,6 +544,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BenchError as exc:
             print(f"bench_packets: error: {exc}", file=sys.stderr)
             return 2
+        if args.instances is None:
+            args.instances = -(-DEFAULT_LOADS // len(objs)) * len(objs)
+        elif args.instances % len(objs):
+            print(f"bench_packets: note: --instances {args.instances} is not a multiple of the "
+                  f"{len(objs)} balancer objects: some are loaded first more often than others", file=sys.stderr)
         args.cpu = pin_cpu(args.cpu)
         return _run(args, objs)
 
@@ -553,7 +607,7 @@ def _run(args: argparse.Namespace, objs: dict[str, str | None]) -> int:
     cases = build_cases(1)
     others = [c for c in [*names, "capture"] if c != "balancer" and (cases[0].name, c) in results]
     if others:
-        print_ratios(results, cases, others)
+        print_ratios(results, cases, others, args.reps)
     if args.json:
         Path(args.json).write_text(json.dumps({
             "reps_per_load": args.reps, "loads": args.instances, "columns": [*others, "balancer", "empty"],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def test_compare_named_and_repeatable(tmp_path):
     (["--previous", "caf\u00e9"], "bad revision 'caf\\xe9'"),
     (["--block", "0"], "--block: must be at least 1, not 0"),
     (["--warmup", "-1"], "--warmup: must be at least 0, not -1"),
+    (["--quantile", "1"], "--quantile: must be between 0 and 1, not 1.0"),
 ])
 def test_bad_arguments_name_option_and_value(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -76,14 +78,53 @@ def test_carryover_orders_balance_who_runs_before_whom(n):
         assert len(set(follows.values())) == 1
 
 
+class _Recorder:
+    """Stands in for a loaded program in the scheduling test: logs who ran which frame;
+    a frame's "duration" is its length."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def test_run(self, frame):
+        self.log.append((self.name, frame))
+        return bpf.TestRunResult(retval=2, data=frame, duration_ns=len(frame), ctx=None)
+
+
+def test_measure_every_program_sees_every_frame_in_balanced_turns():
+    log = []
+    names = ["balancer", "compare", "empty"]
+    progs = {n: _Recorder(n, log) for n in names}
+    frames = [bytes(i + 1) for i in range(40)]
+    turns = {}
+    for _ in range(3):  # three loads: the turn orders continue across them
+        out = bp.measure(progs, [bp.Case("row", frames)], reps=1, warmup=5, block=10, turns=turns)
+        assert out == {("row", n): [20.5] for n in names}  # each ran all 40 frames: median of 1..40
+    assert turns == {"row": 12}
+    per_load = 3 * 5 + 3 * 40  # warm-up, then 4 blocks of 10 frames per program
+    assert len(log) == 3 * per_load
+    orders = []
+    for load in range(3):
+        entries = log[load * per_load:(load + 1) * per_load]
+        assert entries[:15] == [(n, f) for n in names for f in frames[:5]]
+        for blk in range(4):
+            chunk = entries[15 + 30 * blk:15 + 30 * (blk + 1)]
+            order = tuple(chunk[10 * k][0] for k in range(3))
+            assert chunk == [(n, f) for n in order for f in frames[10 * blk:10 * (blk + 1)]]
+            orders.append(order)
+    assert orders == 2 * bp.carryover_orders(names)  # 12 blocks: the 6 orders twice
+
+
 # --- the paired ratio and its bootstrap interval
 
 def test_paired_ratios_per_repetition():
     empty = [40, 50, 45, 60]
     base = [140, 150, 145, 55]  # the last repetition: base below empty, no ratio
     other = [120, 130, 125, 500]
-    np.testing.assert_allclose(bp.paired_ratios(base, other, empty), [0.8, 0.8, 0.8])
-    with pytest.raises(ValueError, match="different lengths: 2, 3, 2"):
+    r, g = bp.paired_ratios(base, other, empty, groups=[0, 0, 1, 1])
+    np.testing.assert_allclose(r, [0.8, 0.8, 0.8])
+    assert list(g) == [0, 0, 1]
+    assert list(bp.paired_ratios(base, other, empty)[1]) == [0, 1, 2]  # default: one group each
+    with pytest.raises(ValueError, match="different lengths: 2, 3, 2, 2"):
         bp.paired_ratios([1, 2], [1, 2, 3], [0, 0])
 
 
@@ -108,6 +149,31 @@ def test_bootstrap_interval_of_the_median_has_the_known_width():
     assert 0.7 * expected < hi - lo < 1.3 * expected
 
 
+def test_grouped_bootstrap_of_single_groups_is_the_plain_one():
+    x = np.random.default_rng(6).normal(1.0, 0.1, 20)
+    assert bp.bootstrap_ci(x, groups=list(range(20, 0, -1))) == bp.bootstrap_ci(x)
+    with pytest.raises(ValueError, match="3 group labels for 20 samples"):
+        bp.bootstrap_ci(x, groups=[0, 1, 2])
+
+
+def test_grouped_bootstrap_covers_when_repetitions_share_their_load_error():
+    # 12 loads x 3 repetitions: each load moves its 3 ratios alike (placement, +-4 %), the
+    # repetitions add +-1 %.  Resampling loads covers the true ratio ~95 % of the time;
+    # treating the 36 repetitions as independent gives too narrow an interval.
+    rng = np.random.default_rng(2)
+    grouped = plain = 0
+    trials, loads, reps = 300, 12, 3
+    labels = np.repeat(np.arange(loads), reps)
+    for t in range(trials):
+        r = 0.8 * np.exp(np.repeat(rng.normal(0, 0.04, loads), reps) + rng.normal(0, 0.01, loads * reps))
+        lo, hi = bp.bootstrap_ci(r, labels, n_boot=2000, seed=t)
+        grouped += lo <= 0.8 <= hi
+        lo, hi = bp.bootstrap_ci(r, n_boot=2000, seed=t)
+        plain += lo <= 0.8 <= hi
+    assert 0.88 * trials <= grouped <= 0.99 * trials
+    assert plain < 0.85 * trials
+
+
 def test_bootstrap_interval_covers_the_true_ratio_about_95_percent_of_the_time():
     # synthetic paired repetitions: empty ~45 ns, the balancer 150 ns above it, the other
     # object 0.8x the balancer's cost above empty, each with its own noise
@@ -117,7 +183,7 @@ def test_bootstrap_interval_covers_the_true_ratio_about_95_percent_of_the_time()
         empty = rng.normal(45, 1, 30)
         base = empty + rng.normal(150, 6, 30)
         other = empty + 0.8 * rng.normal(150, 6, 30)
-        lo, hi = bp.bootstrap_ci(bp.paired_ratios(base, other, empty), n_boot=2000, seed=t)
+        lo, hi = bp.bootstrap_ci(bp.paired_ratios(base, other, empty)[0], n_boot=2000, seed=t)
         hits += lo <= 0.8 <= hi
     assert 0.88 * trials <= hits <= 0.99 * trials
 
@@ -134,6 +200,10 @@ def test_print_ratios_median_interval_and_range(capsys):
     assert out[1].split() == ["packet", "old", "/", "balancer"]
     assert out[2].split() == ["row", "a", "0.80", "[0.80,", "0.84]", "(0.80..0.84)"]
     assert out[3].split() == ["row", "b", "n/a"]  # the balancer not above empty
+    bp.print_ratios(results, cases[:1], ["old"], reps_per_load=3)
+    out = capsys.readouterr().out.splitlines()
+    assert "bootstrap over 1 loads of 3 repetitions" in out[0]
+    assert out[2].split() == ["row", "a", "0.80", "[0.80,", "0.80]", "(0.80..0.84)"]  # one load: one draw
 
 
 # --- --previous: the balancer of a git revision
@@ -192,11 +262,12 @@ def test_main_with_unknown_previous_fails_before_timing(capsys):
 # --- the table, timed (loads BPF)
 
 @pytest.mark.privileged
-def test_compare_table(capsys):
+def test_compare_table(capsys, tmp_path):
     cpus = os.sched_getaffinity(0)
     try:
         rc = bp.main(["--runs", "200", "--reps", "1", "--instances", "3", "--block", "100", "--warmup", "50",
-                      "--compare", OBJ, "--compare", f"same={OBJ}", "--previous", "HEAD"])
+                      "--compare", OBJ, "--compare", f"same={OBJ}", "--previous", "HEAD",
+                      "--json", str(tmp_path / "r.json")])
     finally:
         os.sched_setaffinity(0, cpus)
     assert rc == 0
@@ -222,3 +293,9 @@ def test_compare_table(capsys):
             lo, hi = (float(v) for v in interval.split(","))
             assert lo <= med <= hi
             assert 0.2 < med < 5
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["loads"] == 3 and saved["reps_per_load"] == 1
+    assert len(saved["results"]) == 5
+    for cols in saved["results"].values():  # paired: one median per load and repetition in each column
+        assert sorted(cols) == ["HEAD", "balancer", "compare", "empty", "same"]
+        assert {len(v) for v in cols.values()} == {3}
