@@ -323,46 +323,47 @@ def run_bench(factory: ProgFactory, args: argparse.Namespace, title: str,
 
 # --- the ratio to the balancer, with a bootstrap confidence interval
 
-def paired_ratios(base: Sequence[float], other: Sequence[float], empty: Sequence[float],
-                  groups: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def paired_ratios(base: Sequence[float], other: Sequence[float], empty: Sequence[float]) -> np.ndarray:
     """Per repetition: other's cost above empty / base's, the three timed in the same
-    load and blocks; and each ratio's group (its load; default: one group per
-    repetition).  A repetition where base is not above empty has no ratio."""
+    load and blocks.  A repetition where base is not above empty has no ratio."""
     b, o, e = (np.asarray(x, dtype=float) for x in (base, other, empty))
-    g = np.arange(b.size) if groups is None else np.asarray(groups)
-    if not b.shape == o.shape == e.shape == g.shape:
-        raise ValueError(f"paired series of different lengths: {b.size}, {o.size}, {e.size}, {g.size}")
+    if not b.shape == o.shape == e.shape:
+        raise ValueError(f"paired series of different lengths: {b.size}, {o.size}, {e.size}")
     keep = b - e > 0
-    return (o[keep] - e[keep]) / (b[keep] - e[keep]), g[keep]
+    return (o[keep] - e[keep]) / (b[keep] - e[keep])
 
 
-def bootstrap_ci(samples: Sequence[float], groups: Sequence[int] | None = None, level: float = 0.95,
-                 n_boot: int = 10_000, seed: int = 0,
-                 stat: Callable[..., np.ndarray] = np.nanmedian) -> tuple[float, float]:
+def cycle_ratios(base: Sequence[float], other: Sequence[float], empty: Sequence[float],
+                 per_cycle: int) -> np.ndarray:
+    """Per cycle of `per_cycle` consecutive repetitions: other's summed cost above empty /
+    base's.  A cycle is the loads in which each balancer object is loaded first once, so
+    what the load order does to the timing (the object loaded second runs up to ~10 %
+    slower) cancels within it; the last cycle may be incomplete.  A cycle where base is
+    not above empty has no ratio."""
+    b, o, e = (np.asarray(x, dtype=float) for x in (base, other, empty))
+    if not b.shape == o.shape == e.shape:
+        raise ValueError(f"paired series of different lengths: {b.size}, {o.size}, {e.size}")
+    if per_cycle < 1:
+        raise ValueError(f"per_cycle must be at least 1, not {per_cycle!r}")
+    out = []
+    for i in range(0, b.size, per_cycle):
+        above_b, above_o = (b - e)[i:i + per_cycle].sum(), (o - e)[i:i + per_cycle].sum()
+        if above_b > 0:
+            out.append(above_o / above_b)
+    return np.asarray(out)
+
+
+def bootstrap_ci(samples: Sequence[float], level: float = 0.95, n_boot: int = 10_000, seed: int = 0,
+                 stat: Callable[..., np.ndarray] = np.median) -> tuple[float, float]:
     """Percentile bootstrap interval of `stat` (the median) of `samples`: `n_boot`
-    resamples with replacement, seeded, so the same data print the same interval.
-
-    With `groups` (one label per sample) whole groups are resampled: samples of one
-    group share an error (the repetitions of one load share its placement in
-    memory) and count as one draw, not as several independent ones."""
+    resamples with replacement, seeded, so the same data print the same interval."""
     x = np.asarray(samples, dtype=float)
     if x.size == 0:
         raise ValueError("no samples")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), not {level!r}")
-    labels = np.arange(x.size) if groups is None else np.asarray(groups)
-    if labels.shape != x.shape:
-        raise ValueError(f"{labels.size} group labels for {x.size} samples")
-    # one row per group, padded with NaN (the groups may differ in size)
-    _, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
-    table = np.full((sizes.size, sizes.max()), np.nan)
-    slot = np.zeros(sizes.size, dtype=int)
-    for value, grp in zip(x, inverse):
-        table[grp, slot[grp]] = value
-        slot[grp] += 1
     rng = np.random.default_rng(seed)
-    draws = table[rng.integers(0, sizes.size, size=(n_boot, sizes.size))].reshape(n_boot, -1)
-    stats = stat(draws, axis=1)
+    stats = stat(x[rng.integers(0, x.size, size=(n_boot, x.size))], axis=1)
     lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -371,7 +372,7 @@ def bootstrap_ci(samples: Sequence[float], groups: Sequence[int] | None = None, 
 class Ratio:
     median: float
     ci: tuple[float, float]
-    low: float   # min over the repetitions
+    low: float   # min over the cycles
     high: float  # max
     n: int
 
@@ -380,31 +381,30 @@ class Ratio:
 
 
 def ratio(base: Sequence[float], other: Sequence[float], empty: Sequence[float],
-          groups: Sequence[int] | None = None, seed: int = 0) -> Ratio | None:
-    r, g = paired_ratios(base, other, empty, groups)
+          per_cycle: int = 1, seed: int = 0) -> Ratio | None:
+    """The median over the cycles of `cycle_ratios`, its bootstrap interval and range."""
+    r = cycle_ratios(base, other, empty, per_cycle)
     if r.size == 0:
         return None
-    return Ratio(float(np.median(r)), bootstrap_ci(r, g, seed=seed), float(r.min()), float(r.max()), int(r.size))
+    return Ratio(float(np.median(r)), bootstrap_ci(r, seed=seed), float(r.min()), float(r.max()), int(r.size))
 
 
 def print_ratios(results: Mapping[tuple[str, str], list[float]], cases: Sequence[Case],
-                 others: Sequence[str], reps_per_load: int = 1, base: str = "balancer",
+                 others: Sequence[str], per_cycle: int = 1, base: str = "balancer",
                  empty: str = "empty") -> None:
-    """Per row and per column of `others`: its cost above empty / the balancer's, paired per
-    repetition: the median, its 95 % bootstrap interval (resampling loads, each with its
-    `reps_per_load` repetitions) and the range over the repetitions."""
+    """Per row and per column of `others`: its cost above empty / the balancer's, paired
+    (same loads, same blocks) per cycle of `per_cycle` repetitions: the median over the
+    cycles, its 95 % bootstrap interval and the range."""
     n = len(results[(cases[0].name, base)])
-    groups = [i // reps_per_load for i in range(n)]
-    over = (f"{n} repetitions" if reps_per_load == 1 else
-            f"{len(set(groups))} loads of {reps_per_load} repetitions")
-    print(f"cost above empty / the balancer's, paired per repetition: median [95 % CI, bootstrap over "
-          f"{over}] (min..max)")
+    cycles = -(-n // per_cycle)
+    over = f"{n} repetitions" if per_cycle == 1 else f"{cycles} cycles of {per_cycle} repetitions"
+    print(f"cost above empty / the balancer's, paired: median [95 % CI, bootstrap over {over}] (min..max)")
     widths = {o: max(32, len(o) + 12) for o in others}
     print(f"{'packet':<24}" + "".join(f" {o + ' / ' + base:>{widths[o]}}" for o in others))
     for case in cases:
         line = f"{case.name:<24}"
         for o in others:
-            r = ratio(results[(case.name, base)], results[(case.name, o)], results[(case.name, empty)], groups)
+            r = ratio(results[(case.name, base)], results[(case.name, o)], results[(case.name, empty)], per_cycle)
             line += f" {'n/a' if r is None else str(r):>{widths[o]}}"
         print(line)
 
@@ -451,7 +451,7 @@ def build_revision(rev: str, out_dir: Path, repo: Path = REPO) -> Path:
 # --- command line
 
 RESERVED_COLUMNS = ("balancer", "empty", "capture")
-DEFAULT_LOADS = 8
+DEFAULT_CYCLES = 6  # load cycles: in each, every balancer object is loaded first once
 _COLUMN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~^@{}/-]{0,39}")
 
 
@@ -482,8 +482,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=4000, help="packets per cell and repetition")
     ap.add_argument("--reps", type=int, default=1, help="repetitions of the whole table per load")
     ap.add_argument("--instances", type=int, default=None,
-                    help="fresh loads of the programs (default: 8, rounded up to a multiple of the "
-                         "number of balancer objects, so each is loaded first equally often)")
+                    help="fresh loads of the programs (default: 6 cycles of as many loads as there are "
+                         "balancer objects, each loaded first once per cycle)")
     ap.add_argument("--block", type=int, default=200, help="frames a program runs before the next takes a turn")
     ap.add_argument("--warmup", type=int, default=500,
                     help="frames of a row each program runs untimed before the row's first repetition")
@@ -545,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"bench_packets: error: {exc}", file=sys.stderr)
             return 2
         if args.instances is None:
-            args.instances = -(-DEFAULT_LOADS // len(objs)) * len(objs)
+            args.instances = DEFAULT_CYCLES * len(objs)
         elif args.instances % len(objs):
             print(f"bench_packets: note: --instances {args.instances} is not a multiple of the "
                   f"{len(objs)} balancer objects: some are loaded first more often than others", file=sys.stderr)
@@ -607,10 +607,11 @@ def _run(args: argparse.Namespace, objs: dict[str, str | None]) -> int:
     cases = build_cases(1)
     others = [c for c in [*names, "capture"] if c != "balancer" and (cases[0].name, c) in results]
     if others:
-        print_ratios(results, cases, others, args.reps)
+        print_ratios(results, cases, others, args.reps * len(names))
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "reps_per_load": args.reps, "loads": args.instances, "columns": [*others, "balancer", "empty"],
+            "reps_per_load": args.reps, "loads": args.instances, "loads_per_cycle": len(names),
+            "columns": [*others, "balancer", "empty"],
             "results": {c.name: {p: results[(c.name, p)] for p in ["balancer", *others, "empty"]} for c in cases},
         }, indent=1))
     return 0

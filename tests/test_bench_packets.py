@@ -120,12 +120,27 @@ def test_paired_ratios_per_repetition():
     empty = [40, 50, 45, 60]
     base = [140, 150, 145, 55]  # the last repetition: base below empty, no ratio
     other = [120, 130, 125, 500]
-    r, g = bp.paired_ratios(base, other, empty, groups=[0, 0, 1, 1])
-    np.testing.assert_allclose(r, [0.8, 0.8, 0.8])
-    assert list(g) == [0, 0, 1]
-    assert list(bp.paired_ratios(base, other, empty)[1]) == [0, 1, 2]  # default: one group each
-    with pytest.raises(ValueError, match="different lengths: 2, 3, 2, 2"):
+    np.testing.assert_allclose(bp.paired_ratios(base, other, empty), [0.8, 0.8, 0.8])
+    with pytest.raises(ValueError, match="different lengths: 2, 3, 2"):
         bp.paired_ratios([1, 2], [1, 2, 3], [0, 0])
+
+
+def test_cycle_ratios_cancel_the_load_order():
+    # 2 objects, the one loaded second 8 % slower: loads alternate (other first, base first)
+    empty = [45.0] * 8
+    base = [45 + 100 * f for f in (1.08, 1.0, 1.08, 1.0, 1.08, 1.0, 1.08, 1.0)]
+    other = [45 + 80 * f for f in (1.0, 1.08, 1.0, 1.08, 1.0, 1.08, 1.0, 1.08)]  # 0.8x the cost
+    per_rep = bp.paired_ratios(base, other, empty)
+    assert per_rep.min() < 0.75 and per_rep.max() > 0.85  # per repetition: +-8 % around 0.8
+    np.testing.assert_allclose(bp.cycle_ratios(base, other, empty, 2), [0.8] * 4)
+    r = bp.ratio(base, other, empty, per_cycle=2)
+    assert (r.median, *r.ci, r.low, r.high, r.n) == pytest.approx((0.8, 0.8, 0.8, 0.8, 0.8, 4))
+    # an incomplete last cycle counts; a cycle with the base not above empty has no ratio
+    np.testing.assert_allclose(bp.cycle_ratios([145, 145, 145], [125, 125, 165], [45, 45, 45], 2), [0.8, 1.2])
+    assert bp.cycle_ratios([40, 45], [50, 50], [45, 45], 2).size == 0
+    assert bp.ratio([40, 45], [50, 50], [45, 45], per_cycle=2) is None
+    with pytest.raises(ValueError, match="per_cycle must be at least 1, not 0"):
+        bp.cycle_ratios([1], [1], [0], 0)
 
 
 def test_bootstrap_of_constant_samples_is_that_constant():
@@ -149,31 +164,6 @@ def test_bootstrap_interval_of_the_median_has_the_known_width():
     assert 0.7 * expected < hi - lo < 1.3 * expected
 
 
-def test_grouped_bootstrap_of_single_groups_is_the_plain_one():
-    x = np.random.default_rng(6).normal(1.0, 0.1, 20)
-    assert bp.bootstrap_ci(x, groups=list(range(20, 0, -1))) == bp.bootstrap_ci(x)
-    with pytest.raises(ValueError, match="3 group labels for 20 samples"):
-        bp.bootstrap_ci(x, groups=[0, 1, 2])
-
-
-def test_grouped_bootstrap_covers_when_repetitions_share_their_load_error():
-    # 12 loads x 3 repetitions: each load moves its 3 ratios alike (placement, +-4 %), the
-    # repetitions add +-1 %.  Resampling loads covers the true ratio ~95 % of the time;
-    # treating the 36 repetitions as independent gives too narrow an interval.
-    rng = np.random.default_rng(2)
-    grouped = plain = 0
-    trials, loads, reps = 300, 12, 3
-    labels = np.repeat(np.arange(loads), reps)
-    for t in range(trials):
-        r = 0.8 * np.exp(np.repeat(rng.normal(0, 0.04, loads), reps) + rng.normal(0, 0.01, loads * reps))
-        lo, hi = bp.bootstrap_ci(r, labels, n_boot=2000, seed=t)
-        grouped += lo <= 0.8 <= hi
-        lo, hi = bp.bootstrap_ci(r, n_boot=2000, seed=t)
-        plain += lo <= 0.8 <= hi
-    assert 0.88 * trials <= grouped <= 0.99 * trials
-    assert plain < 0.85 * trials
-
-
 def test_bootstrap_interval_covers_the_true_ratio_about_95_percent_of_the_time():
     # synthetic paired repetitions: empty ~45 ns, the balancer 150 ns above it, the other
     # object 0.8x the balancer's cost above empty, each with its own noise
@@ -183,7 +173,7 @@ def test_bootstrap_interval_covers_the_true_ratio_about_95_percent_of_the_time()
         empty = rng.normal(45, 1, 30)
         base = empty + rng.normal(150, 6, 30)
         other = empty + 0.8 * rng.normal(150, 6, 30)
-        lo, hi = bp.bootstrap_ci(bp.paired_ratios(base, other, empty)[0], n_boot=2000, seed=t)
+        lo, hi = bp.bootstrap_ci(bp.paired_ratios(base, other, empty), n_boot=2000, seed=t)
         hits += lo <= 0.8 <= hi
     assert 0.88 * trials <= hits <= 0.99 * trials
 
@@ -200,10 +190,11 @@ def test_print_ratios_median_interval_and_range(capsys):
     assert out[1].split() == ["packet", "old", "/", "balancer"]
     assert out[2].split() == ["row", "a", "0.80", "[0.80,", "0.84]", "(0.80..0.84)"]
     assert out[3].split() == ["row", "b", "n/a"]  # the balancer not above empty
-    bp.print_ratios(results, cases[:1], ["old"], reps_per_load=3)
+    bp.print_ratios(results, cases[:1], ["old"], per_cycle=2)
     out = capsys.readouterr().out.splitlines()
-    assert "bootstrap over 1 loads of 3 repetitions" in out[0]
-    assert out[2].split() == ["row", "a", "0.80", "[0.80,", "0.80]", "(0.80..0.84)"]  # one load: one draw
+    assert "bootstrap over 2 cycles of 2 repetitions" in out[0]
+    # cycles: (80 + 80) / (100 + 100) and 84 / 100
+    assert out[2].split() == ["row", "a", "0.82", "[0.80,", "0.84]", "(0.80..0.84)"]
 
 
 # --- --previous: the balancer of a git revision
@@ -265,7 +256,7 @@ def test_main_with_unknown_previous_fails_before_timing(capsys):
 def test_compare_table(capsys, tmp_path):
     cpus = os.sched_getaffinity(0)
     try:
-        rc = bp.main(["--runs", "200", "--reps", "1", "--instances", "3", "--block", "100", "--warmup", "50",
+        rc = bp.main(["--runs", "200", "--reps", "1", "--instances", "4", "--block", "100", "--warmup", "50",
                       "--compare", OBJ, "--compare", f"same={OBJ}", "--previous", "HEAD",
                       "--json", str(tmp_path / "r.json")])
     finally:
@@ -277,7 +268,7 @@ def test_compare_table(capsys, tmp_path):
     assert "HEAD ns" in out[1]
     at = next(i for i, ln in enumerate(out) if ln.startswith("packet") and "compare / balancer" in ln)
     assert "same / balancer" in out[at] and "HEAD / balancer" in out[at]
-    assert "bootstrap over 3 repetitions" in out[at - 1]
+    assert "bootstrap over 1 cycles of 4 repetitions" in out[at - 1]  # 4 objects: each loaded first once
     rows = out[2:at - 1]
     assert len(rows) == 5
     for ln in rows:  # every column forwards what the balancer forwards
@@ -294,8 +285,8 @@ def test_compare_table(capsys, tmp_path):
             assert lo <= med <= hi
             assert 0.2 < med < 5
     saved = json.loads((tmp_path / "r.json").read_text())
-    assert saved["loads"] == 3 and saved["reps_per_load"] == 1
+    assert (saved["loads"], saved["reps_per_load"], saved["loads_per_cycle"]) == (4, 1, 4)
     assert len(saved["results"]) == 5
     for cols in saved["results"].values():  # paired: one median per load and repetition in each column
         assert sorted(cols) == ["HEAD", "balancer", "compare", "empty", "same"]
-        assert {len(v) for v in cols.values()} == {3}
+        assert {len(v) for v in cols.values()} == {4}
