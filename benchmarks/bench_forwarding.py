@@ -36,9 +36,13 @@ is taken inside each block (paired): per row we print its median over the
 blocks and a 95 % confidence interval (percentile bootstrap of the blocks,
 numpy, seeded with ``--seed``), then the ns per frame of every column.
 Rows: ``--flows`` (1, 100, 10,000; warmed into the connection table first) x
-``--sizes`` (64, 1,400 bytes).  Run as root:
+``--sizes`` (64, 1,400 bytes).  The first pass over the flows in each live run
+is slower than the next ones (by ~60-90 ns per frame at 10,000 flows, even
+right after an identical run: something the run's set-up does, not the other
+programs), so a run should carry many passes: the 200,000 frames of the
+default are 20 passes at 10,000 flows, and that row still includes ~3-5 ns of it.  Run as root:
 
-    python benchmarks/bench_forwarding.py [--frames 100000] [--blocks 12] [--cpu N]
+    python benchmarks/bench_forwarding.py [--frames 200000] [--blocks 12] [--cpu N]
         [--lru-size 200000] [--object [NAME=]other.bpf.o ...] [--probe NAME=stage.bpf.o ...]
         [--json out.json]
 """
@@ -157,7 +161,8 @@ def _positive(option: str, lo: int = 1):
     return parse
 
 
-def column_names(objects: Sequence[ObjectArg], probes: Sequence[ObjectArg]) -> list[tuple[str, ObjectArg | None, bool]]:
+def column_names(objects: Sequence[ObjectArg],
+                 probes: Sequence[ObjectArg]) -> list[tuple[str, ObjectArg | None, bool]]:
     """[(column, object or None, VIP counter checked)]: the reflectors, the balancer, the
     --object columns (unnamed ones: object, object2, ...) and the --probe columns.
     A repeated or reserved name is a ValueError naming it."""
@@ -180,7 +185,7 @@ def column_names(objects: Sequence[ObjectArg], probes: Sequence[ObjectArg]) -> l
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=_positive("--frames", BATCH), default=100_000,
+    ap.add_argument("--frames", type=_positive("--frames", BATCH), default=200_000,
                     help="frames per live run (one block of one program)")
     ap.add_argument("--blocks", type=_positive("--blocks", 2), default=12, help="paired blocks per cell")
     ap.add_argument("--reals", type=_positive("--reals"), default=100)
@@ -192,13 +197,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="comma-separated frame sizes in bytes (rows)")
     ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one)")
     ap.add_argument("--object", action="append", default=[], type=_object_arg("--object", False),
-                    metavar="[NAME=]PATH", help="another balancer object to time beside the packaged one (repeatable)")
+                    metavar="[NAME=]PATH",
+                    help="another balancer object to time beside the packaged one (repeatable)")
     ap.add_argument("--probe", action="append", default=[], type=_object_arg("--probe", True),
-                    metavar="NAME=PATH", help="a truncated balancer build: timed, its VIP counter not checked (repeatable)")
+                    metavar="NAME=PATH",
+                    help="a truncated balancer build: timed, its VIP counter not checked (repeatable)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the bootstrap")
     ap.add_argument("--resamples", type=_positive("--resamples", 100), default=10_000,
                     help="bootstrap resamples")
-    ap.add_argument("--json", type=Path, default=None, help="also write every block's ns per frame and the summary here")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="also write every block's ns per frame and the summary here")
     args = ap.parse_args(argv)
     try:
         args.columns = column_names(args.object, args.probe)
