@@ -34,7 +34,9 @@ per program; the order rotates and reverses so that every program is in every
 position equally often over 2 x columns blocks).  The ratio to the reflector
 is taken inside each block (paired): per row we print its median over the
 blocks and a 95 % confidence interval (percentile bootstrap of the blocks,
-numpy, seeded with ``--seed``), then the ns per frame of every column.
+numpy, seeded with ``--seed``), then the ns per frame of every column, and
+with ``--probe`` the ns each step of the chain reflector > probes (in the
+order given) > balancer adds (paired per block, the same way).
 Rows: ``--flows`` (1, 100, 10,000; warmed into the connection table first) x
 ``--sizes`` (64, 1,400 bytes).  The first pass over the flows in each live run
 is slower than the next ones (by ~60-90 ns per frame at 10,000 flows, even
@@ -262,6 +264,24 @@ def summarize(cell: dict[str, list[float]], seed: int, resamples: int, key: Sequ
     return out
 
 
+def step_chain(args) -> list[str]:
+    """The stage chain of --probe: reflector, the probes in the order given, balancer
+    (empty without probes)."""
+    probes = [name for name, o, checked in args.columns if o is not None and not checked]
+    return ["reflector", *probes, "balancer"] if probes else []
+
+
+def steps(cell: dict[str, list[float]], chain: Sequence[str], seed: int, resamples: int,
+          key: Sequence[int] = ()) -> dict:
+    """{column: (median, lo, hi)}: the ns per frame each column of `chain` adds to the one
+    before it, paired per block (the per-block difference, its median and bootstrap CI)."""
+    out = {}
+    for i, (prev, name) in enumerate(zip(chain, chain[1:])):
+        diff = np.asarray(cell[name], dtype=float) - np.asarray(cell[prev], dtype=float)
+        out[name] = median_ci(diff, np.random.default_rng([seed, *key, 1000 + i]), resamples)
+    return out
+
+
 # --- the rig -------------------------------------------------------------------------------
 
 class Rig:
@@ -339,7 +359,7 @@ def _ratio(r: tuple[float, float, float]) -> str:
     return f"{r[0]:.2f} [{r[1]:.2f}-{r[2]:.2f}]"
 
 
-def print_table(summaries: dict, names: list[str], args) -> None:
+def print_table(summaries: dict, names: list[str], args, step_sums: dict | None = None) -> None:
     print(f"forwarding with live frames (XDP_TX on a veth, peer counts and drops), cpu {args.cpu}, "
           f"{args.reals} reals, lru {args.lru_size}; per cell {args.blocks} paired blocks of "
           f"{args.frames} frames per program")
@@ -370,15 +390,31 @@ def print_table(summaries: dict, names: list[str], args) -> None:
             m, lo, hi = s[c]["ns"]
             line += f"  {f'{m:.1f} [{lo:.1f}-{hi:.1f}]':>18}"
         print(line)
+    chain = step_chain(args)
+    if chain and step_sums:
+        print()
+        print(f"ns per frame each step adds to the one before it ({' > '.join(chain)}): "
+              f"paired per block, median [{CONFIDENCE:.0%} CI]")
+        head = f"{'flows':>6} {'bytes':>5}"
+        for c in chain[1:]:
+            head += f"  {'+' + c:>18}"
+        print(head)
+        for (flows, size), s in step_sums.items():
+            line = f"{flows:>6} {size:>5}"
+            for c in chain[1:]:
+                m, lo, hi = s[c]
+                line += f"  {f'{m:.1f} [{lo:.1f}-{hi:.1f}]':>18}"
+            print(line)
 
 
-def write_json(path: Path, results: dict, summaries: dict, args) -> None:
+def write_json(path: Path, results: dict, summaries: dict, step_sums: dict, args) -> None:
     doc = {
         "frames": args.frames, "blocks": args.blocks, "reals": args.reals, "lru_size": args.lru_size,
         "cpu": args.cpu, "seed": args.seed, "resamples": args.resamples,
         "columns": {name: (str(o.path) if o else None) for name, o, _ in args.columns},
-        "cells": [{"flows": f, "bytes": b, "ns": results[(f, b)], "summary": summaries[(f, b)]}
-                  for f, b in results],
+        "steps": step_chain(args),
+        "cells": [{"flows": f, "bytes": b, "ns": results[(f, b)], "summary": summaries[(f, b)],
+                   "steps": step_sums[(f, b)]} for f, b in results],
     }
     path.write_text(json.dumps(doc, indent=1) + "\n")
 
@@ -409,9 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with inside(link.a.netns):  # the live run finds the ifindex in the caller's netns
             results = measure(rig, progs, checked, args)
         summaries = {k: summarize(cell, args.seed, args.resamples, k) for k, cell in results.items()}
-        print_table(summaries, list(progs), args)
+        step_sums = {k: steps(cell, step_chain(args), args.seed, args.resamples, k) for k, cell in results.items()}
+        print_table(summaries, list(progs), args, step_sums)
         if args.json:
-            write_json(args.json, results, summaries, args)
+            write_json(args.json, results, summaries, step_sums, args)
     return 0
 
 

@@ -112,6 +112,21 @@ def test_summary_of_known_blocks(bench):
         bench.summarize({"reflector": [1.0] * 4, "balancer": [2.0] * 3}, seed=1, resamples=100)
 
 
+def test_steps_are_paired_differences_along_the_chain(bench, tmp_path):
+    cell = {"reflector": [50.0, 60.0, 50.0], "encap": [54.0, 64.0, 54.0], "balancer": [100.0, 121.0, 100.0],
+            "s1": [55.0, 65.0, 55.0], "s2": [70.0, 80.0, 70.0]}
+    s = bench.steps(cell, ["reflector", "s1", "s2", "balancer"], seed=1, resamples=500)
+    assert list(s) == ["s1", "s2", "balancer"]
+    assert s["s1"] == pytest.approx((5.0, 5.0, 5.0))  # the load of block 2 cancels
+    assert s["s2"] == pytest.approx((15.0, 15.0, 15.0))
+    # one block of three is 11 ns off: the median stays, the interval reaches it
+    assert s["balancer"] == pytest.approx((30.0, 30.0, 41.0))
+    obj = _obj(tmp_path)
+    args = bench.parse_args(["--probe", f"s2={obj}", "--object", f"k={obj}", "--probe", f"s1={obj}"])
+    assert bench.step_chain(args) == ["reflector", "s2", "s1", "balancer"]
+    assert bench.step_chain(bench.parse_args(["--object", str(obj)])) == []
+
+
 def test_bootstrap_is_seeded_and_covers_the_true_ratio(bench):
     rng = np.random.default_rng(7)
     hits, widths = 0, []
@@ -194,8 +209,20 @@ def test_table_of_a_short_run(bench, capsys, restore_affinity, tmp_path):
             assert ratio == pytest.approx(cell["summary"][col]["ratio"][0], abs=0.006)
         # the balancer does more than the bare reflector on every frame
         assert cell["summary"]["balancer"]["ns"][0] > cell["summary"]["reflector"]["ns"][0]
-    ns_table = out[out.index("") + 3:]
+    first = out.index("")
+    second = out.index("", first + 1)
+    ns_table = out[first + 3:second]
     assert len(ns_table) == len(rows) and all(len(ln.split()) == 2 + 2 * 5 for ln in ns_table)
+    # the probe's step chain: reflector > probe > balancer, paired differences
+    assert "(reflector > probe > balancer)" in out[second + 1]
+    assert out[second + 2].split() == ["flows", "bytes", "+probe", "+balancer"]
+    steps = out[second + 3:]
+    assert len(steps) == len(rows) and doc["steps"] == ["reflector", "probe", "balancer"]
+    for ln, cell in zip(steps, doc["cells"]):
+        probe_step = float(ln.split()[2])
+        assert probe_step == pytest.approx(cell["steps"]["probe"][0], abs=0.06)
+        # the probe is the balancer itself: it adds what the balancer adds to the reflector
+        assert cell["steps"]["probe"][0] > 0
 
 
 @pytest.mark.privileged
