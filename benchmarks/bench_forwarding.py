@@ -39,10 +39,11 @@ with ``--probe`` the ns each step of the chain reflector > probes (in the
 order given) > balancer adds (paired per block, the same way).
 Rows: ``--flows`` (1, 100, 10,000; warmed into the connection table first) x
 ``--sizes`` (64, 1,400 bytes).  The first pass over the flows in each live run
-is slower than the next ones (by ~60-90 ns per frame at 10,000 flows, even
-right after an identical run: something the run's set-up does, not the other
-programs), so a run should carry many passes: the 200,000 frames of the
-default are 20 passes at 10,000 flows, and that row still includes ~3-5 ns of it.  Run as root:
+is slower than the next ones (by ~100 ns per frame at 10,000 flows, the same
+right after an identical run, after a 10 ms sleep or after touching 16 MB: it
+comes with the live run itself, per connection-table entry), so a run should
+carry many passes: the 200,000 frames of the default are 20 passes at 10,000
+flows, and that row still includes ~5 ns of it.  Run as root:
 
     python benchmarks/bench_forwarding.py [--frames 200000] [--blocks 12] [--cpu N]
         [--lru-size 200000] [--object [NAME=]other.bpf.o ...] [--probe NAME=stage.bpf.o ...]
