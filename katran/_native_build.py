@@ -32,7 +32,7 @@ int kn_maglev_ring(const uint64_t *hashes, const uint32_t *nums,
                    const uint32_t *weights, size_t n, uint32_t ring_size,
                    int version, uint32_t *ring);
 extern int kn_maglev_simd;
-extern unsigned long kn_maglev_batched_builds;
+extern unsigned long kn_maglev_builds[3];
 """
 
 

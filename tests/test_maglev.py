@@ -277,16 +277,19 @@ def test_c_ring_equals_reference_ring(hash_function):
         assert np.array_equal(got, _reference_ring(endpoints, ring_size, int(hash_function)))
 
 
-def _cpu_has_avx2() -> bool:
+def _cpu_flags() -> set:
     with open("/proc/cpuinfo") as f:
-        return any(line.startswith("flags") and " avx2" in line for line in f)
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
 
 
 @contextlib.contextmanager
-def _batched(on: bool):
+def _simd_level(level: int):
     from katran._native import lib
 
-    old, lib.kn_maglev_simd = lib.kn_maglev_simd, int(on)
+    old, lib.kn_maglev_simd = lib.kn_maglev_simd, level
     try:
         yield
     finally:
@@ -295,26 +298,46 @@ def _batched(on: bool):
 
 @needs_native
 @pytest.mark.parametrize("hash_function", list(HashFunction))
-def test_batched_probing_gives_the_one_by_one_ring(hash_function):
-    # the AVX2 path (8 probes at once) against the scalar loop, which the test above
-    # checks against the Python reference: sizes where pos wraps past 2**32 often
-    # (few endpoints, large skips), ring smaller than the endpoint count, skewed weights
+def test_vector_levels_give_the_one_by_one_ring(hash_function):
+    # AVX-512 groups of claims (2) and AVX2 batches of probes (1) against the scalar
+    # loop (0), which the test above checks against the Python reference: sizes where
+    # pos wraps past 2**32 often (few endpoints, large skips), a ring smaller than the
+    # endpoint count, skewed weights (long v1 first rounds, v2 rounds with few claims)
     from katran._native import lib
 
     rnd = random.Random(2307 + int(hash_function))
     cases = [(65537, 8, 1), (65537, 100, 1), (65537, 1000, 1), (262147, 9, 1), (262147, 64, 1000),
-             (4099, 50, 100), (13, 20, 3), (65537, 16, 3), (1000003, 10, 1), (65537, 300, 100_000)]
-    before = lib.kn_maglev_batched_builds
+             (4099, 50, 100), (13, 20, 3), (65537, 16, 3), (1000003, 10, 1), (65537, 300, 100_000),
+             (65537, 17, 5000)]
+    before = list(lib.kn_maglev_builds)
     for ring_size, count, max_weight in cases:
         weights = [rnd.randint(1, max_weight) for _ in range(count)]
         endpoints = _v4_endpoints(count, base=f"10.{rnd.randrange(256)}.0.0", weights=weights)
-        with _batched(False):
-            scalar = maglev.build_ring(endpoints, ring_size, hash_function)
-        with _batched(True):
-            batched = maglev.build_ring(endpoints, ring_size, hash_function)
-        assert np.array_equal(scalar, batched), (ring_size, count, max_weight)
-    # the comparison is not vacuous: on an AVX2 CPU the batched path really ran
-    assert lib.kn_maglev_batched_builds - before == (len(cases) if _cpu_has_avx2() else 0)
+        rings = []
+        for level in (0, 1, 2):
+            with _simd_level(level):
+                rings.append(maglev.build_ring(endpoints, ring_size, hash_function))
+        assert np.array_equal(rings[0], rings[1]), (ring_size, count, max_weight, "avx2")
+        assert np.array_equal(rings[0], rings[2]), (ring_size, count, max_weight, "avx512")
+    # not vacuous: each level ran where the CPU has it (a lower level where it does not)
+    flags = _cpu_flags()
+    ran = [lib.kn_maglev_builds[i] - before[i] for i in range(3)]
+    n = len(cases)
+    if {"avx2", "avx512f"} <= flags:
+        assert ran == [n, n, n]
+    elif "avx2" in flags:
+        assert ran == [n, 2 * n, 0]
+    else:
+        assert ran == [3 * n, 0, 0]
+
+
+def test_few_endpoints_take_the_one_by_one_loop():
+    # below 8 endpoints the scalar loop is faster: no vector level is used
+    from katran._native import lib
+
+    before = list(lib.kn_maglev_builds)
+    maglev.build_ring(_v4_endpoints(7), RING)
+    assert [lib.kn_maglev_builds[i] - before[i] for i in range(3)] == [1, 0, 0]
 
 
 @pytest.mark.parametrize("hash_function", list(HashFunction))

@@ -43,10 +43,11 @@ int kn_maglev_ring(const uint64_t *hashes, const uint32_t *nums,
                    const uint32_t *weights, size_t n, uint32_t ring_size,
                    int version, uint32_t *ring);
 
-/* 1 (default): kn_maglev_ring probes 8 slots at once where the CPU has AVX2;
- * 0: one by one (the same ring; for tests and benchmarks). */
+/* The highest vector level kn_maglev_ring may use (where the CPU has it):
+ * 2 (default) AVX-512 groups of claims, 1 AVX2 batches of probes, 0 none.
+ * Every level gives the same ring (for tests and benchmarks). */
 extern int kn_maglev_simd;
-/* rings built by the batched (AVX2) path so far (tests: it is really used) */
-extern unsigned long kn_maglev_batched_builds;
+/* rings built so far at each level (tests: the vector code really ran) */
+extern unsigned long kn_maglev_builds[3];
 
 #endif
