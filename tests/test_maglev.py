@@ -518,6 +518,54 @@ def test_ring_delta_rejects_size_mismatch():
     assert err.value.field == "old"
 
 
+@pytest.mark.parametrize("level", [0, 1])
+def test_ring_writes_are_the_delta_with_keys_and_old_values(level):
+    # the C pass (vector compare at level 1, one by one at 0) against numpy's delta:
+    # sizes that are no multiple of 8, differences in the tail and at both ends
+    rnd = np.random.default_rng(7 + level)
+    with _simd_level(level):
+        for size, changes in ((65537, 1000), (13, 3), (8, 8), (7, 1), (4099, 0), (65537, 65537)):
+            old = rnd.integers(0, 300, size, dtype=np.uint32)
+            new = old.copy()
+            where = rnd.choice(size, changes, replace=False)
+            new[where] += rnd.integers(1, 5, changes, dtype=np.uint32)
+            if size > 8:
+                new[[0, size - 1]] += 1
+            base = 3 * size
+            keys, values, before = maglev.ring_writes(old, new, base)
+            positions, want = maglev.ring_delta(old, new)
+            assert keys.dtype == values.dtype == before.dtype == np.uint32
+            assert keys.tolist() == (positions + base).tolist()
+            assert values.tolist() == want.tolist()
+            assert before.tolist() == old[positions].tolist()
+
+
+def test_ring_writes_numpy_fallback_equals_the_c_pass(monkeypatch):
+    rnd = np.random.default_rng(3)
+    old = rnd.integers(0, 50, 4099, dtype=np.uint32)
+    new = old.copy()
+    new[rnd.choice(4099, 60, replace=False)] += 1
+    c_pass = maglev.ring_writes(old, new, 4099)
+    monkeypatch.setattr(maglev, "NATIVE", False)
+    fallback = maglev.ring_writes(old, new, 4099)
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(c_pass, fallback))
+
+
+def test_ring_writes_without_old_ring_and_bad_arguments():
+    new = np.arange(13, dtype=np.uint32) + 1
+    keys, values, before = maglev.ring_writes(None, new, 26)
+    assert keys.tolist() == list(range(26, 39)) and values.tolist() == new.tolist() and not before.any()
+    with pytest.raises(ValidationError) as err:
+        maglev.ring_writes(np.zeros(13, np.uint32), np.zeros(17, np.uint32))
+    assert err.value.field == "old"
+    with pytest.raises(ValidationError) as err:
+        maglev.ring_writes(None, new, 2**32 - 5)
+    assert err.value.field == "key_base"
+    with pytest.raises(ValidationError) as err:
+        maglev.ring_writes(None, new, -1)
+    assert err.value.field == "key_base"
+
+
 @needs_native
 def test_large_ring_build_uses_the_fast_path():
     # guards against silently falling back to Python: 1000 reals well under 50 ms

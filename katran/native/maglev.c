@@ -570,3 +570,54 @@ int kn_maglev_ring(const uint64_t *hashes, const uint32_t *nums,
     free(steps);
     return 0;
 }
+
+static inline size_t delta_tail(const uint32_t *old, const uint32_t *new_ring, uint32_t from, uint32_t size,
+                                uint32_t key_base, uint32_t *keys, uint32_t *values, uint32_t *before,
+                                size_t count)
+{
+    for (uint32_t i = from; i < size; i++) {
+        if (old[i] != new_ring[i]) {
+            keys[count] = key_base + i;
+            values[count] = new_ring[i];
+            before[count] = old[i];
+            count++;
+        }
+    }
+    return count;
+}
+
+#ifdef KN_HAVE_AVX2
+/* 8 slots per compare; the differing ones found from the compare's bit mask */
+__attribute__((target("avx2"))) static size_t delta_avx2(const uint32_t *old, const uint32_t *new_ring,
+                                                         uint32_t size, uint32_t key_base, uint32_t *keys,
+                                                         uint32_t *values, uint32_t *before)
+{
+    size_t count = 0;
+    uint32_t i = 0;
+    for (; size - i >= 8; i += 8) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(old + i));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(new_ring + i));
+        unsigned same = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b)));
+        unsigned diff = ~same & 0xffu;
+        while (diff) {
+            uint32_t j = i + (uint32_t)__builtin_ctz(diff);
+            keys[count] = key_base + j;
+            values[count] = new_ring[j];
+            before[count] = old[j];
+            count++;
+            diff &= diff - 1;
+        }
+    }
+    return delta_tail(old, new_ring, i, size, key_base, keys, values, before, count);
+}
+#endif
+
+size_t kn_ring_delta(const uint32_t *old, const uint32_t *new_ring, uint32_t size, uint32_t key_base,
+                     uint32_t *keys, uint32_t *values, uint32_t *before)
+{
+#ifdef KN_HAVE_AVX2
+    if (kn_maglev_simd >= 1 && __builtin_cpu_supports("avx2"))
+        return delta_avx2(old, new_ring, size, key_base, keys, values, before);
+#endif
+    return delta_tail(old, new_ring, 0, size, key_base, keys, values, before, 0);
+}
