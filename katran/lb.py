@@ -378,6 +378,8 @@ class KatranLb:
             st.ring = self._compute_ring(st)
         self._dirty.update(id(st) for st in vips.values())  # the read views are published after start
         self._verify_against_maps(path)
+        # the data plane may come from a build that did not keep this slot: write it if it differs
+        self._write_any_port_vips(None)
 
     def _verify_against_maps(self, path) -> None:
         """StateError naming the first VIP / real whose map entry differs from the state file."""
@@ -499,6 +501,8 @@ class KatranLb:
             self._write_vip(vip, state, tx)
             set_item(self._vips, vip, state, tx)
             self._write_vip_address(vip.address, tx)
+            if vip.port == 0:
+                self._write_any_port_vips(tx)
 
     @_locked
     def del_vip(self, vip: VipKey) -> None:
@@ -509,6 +513,8 @@ class KatranLb:
             pop_item(self._vips, vip, tx)
             self._vip_nums.give_back(state.num, tx)
             self._write_vip_address(vip.address, tx)
+            if vip.port == 0:
+                self._write_any_port_vips(tx)
             for num in state.reals:
                 self._release_real(num, tx)
             if state.ring is not None:
@@ -528,6 +534,18 @@ class KatranLb:
             tx.update(self._map("vip_addrs"), key, structs.u32(count))
         else:
             tx.delete(self._map("vip_addrs"), key)
+
+    def _write_any_port_vips(self, tx: Optional[Transaction]) -> None:
+        """ctl_array[CTL_ANY_PORT_VIPS] = how many VIPs have port 0: without any, the data plane
+        passes a packet after one vip_map lookup (no second one with port 0). Without ``tx``
+        (adoption): written only when the map holds another value."""
+        count = sum(1 for v in self._vips if v.port == 0)
+        ctl = self._map("ctl_array")
+        key, value = structs.u32(structs.CTL_ANY_PORT_VIPS), structs.ctl_value_u64(count)
+        if tx is not None:
+            tx.update(ctl, key, value)
+        elif ctl.lookup(key) != value:
+            ctl.update(key, value)
 
     @_read
     def get_all_vips(self) -> list[VipKey]:
