@@ -25,7 +25,7 @@
  */
 #include <stdlib.h>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(KN_NO_SIMD)
 #include <immintrin.h>
 #define KN_HAVE_AVX2 1
 #endif
@@ -250,6 +250,8 @@ static inline __attribute__((always_inline)) uint32_t claim(ring_state_t *st, si
     if (simd && taken(st->used, slot)) /* first probe alone: mostly free early on */
         slot = probe_batched(st, i, &p);
     else
+#else
+    (void)simd;
 #endif
         slot = probe(st, &p, slot, st->skip[i]);
     take(st, i, slot, p);
@@ -515,7 +517,8 @@ int kn_maglev_ring(const uint64_t *hashes, const uint32_t *nums,
     uint32_t *acc = scratch + 2 * n;
     uint32_t *inv = scratch + 3 * n;
     uint32_t *cur = scratch + 4 * n;
-    uint32_t *stamp = scratch + 5 * n;
+    uint32_t *stamp = scratch + 5 * n; /* populate_groups */
+    (void)stamp;
     uint32_t *free_slots = scratch + 6 * n;
     uint32_t *steps = NULL;
     int level = 0; /* 0: one by one, 1: AVX2 batches of a claim's probes, 2: AVX-512 groups of claims */
