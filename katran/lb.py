@@ -178,8 +178,8 @@ class KatranLb:
         self._vip_nums = SlotAllocator(config.max_vips)
         # index 0 is reserved as "no real": a zeroed ring slot drops the packet
         self._reals = RealRegistry(config.max_reals)
-        # (real num, weight, address) -> maglev.Endpoint: a rebuild builds no new objects
-        self._endpoint_cache: dict[tuple, maglev.Endpoint] = {}
+        # (real num, weight) -> (address, maglev.Endpoint): a rebuild builds no new objects
+        self._endpoint_cache: dict[tuple, tuple] = {}
         self._quic_reals: dict[int, int] = {}  # server id -> real num
         self._lpm_rules: dict = {}  # source prefix (ip_network) -> real num
         self._decap_dsts: list = []  # inline decap destinations
@@ -746,24 +746,28 @@ class KatranLb:
         _set_attr(state, "ring", ring, tx)
 
     def _endpoint(self, num: int, weight: int) -> maglev.Endpoint:
-        """The (immutable, cached) ring endpoint of real ``num`` at ``weight``."""
-        key = (num, weight, self._reals.address(num))
-        ep = self._endpoint_cache.get(key)
-        if ep is None:
-            if len(self._endpoint_cache) >= _ENDPOINT_CACHE_SIZE:
-                self._endpoint_cache.clear()
-            ep = maglev.Endpoint(num=num, weight=weight, hash=maglev.endpoint_hash(key[2]))
-            self._endpoint_cache[key] = ep
+        """The (immutable, cached) ring endpoint of real ``num`` at ``weight``.
+
+        An entry is valid for the very address object the registry holds for
+        ``num`` (an identity check: hashing an ipaddress object is slow Python);
+        an index freed and given to another address gets a new endpoint.
+        """
+        address = self._reals.address(num)
+        key = (num, weight)
+        hit = self._endpoint_cache.get(key)
+        if hit is not None and hit[0] is address:
+            return hit[1]
+        if len(self._endpoint_cache) >= _ENDPOINT_CACHE_SIZE:
+            self._endpoint_cache.clear()
+        ep = maglev.Endpoint(num=num, weight=weight, hash=maglev.endpoint_hash(address))
+        self._endpoint_cache[key] = (address, ep)
         return ep
 
     def _program_ring(self, vip_num: int, old: Optional[np.ndarray], new: np.ndarray, tx: Transaction) -> None:
-        positions, values = maglev.ring_delta(old, new)
-        if len(positions) == 0:
+        keys, values, before = maglev.ring_writes(old, new, vip_num * self._config.ch_ring_size)
+        if len(keys) == 0:
             return
-        keys = (positions.astype(np.uint64) + vip_num * self._config.ch_ring_size).astype(np.uint32)
-        before = old[positions] if old is not None else np.zeros(len(positions), dtype=np.uint32)
-        tx.update_batch(self._map("ch_rings"), keys.tobytes(), values.astype(np.uint32).tobytes(),
-                        before.astype(np.uint32).tobytes())
+        tx.update_batch(self._map("ch_rings"), keys.tobytes(), values.tobytes(), before.tobytes())
 
     # ------------------------------------------------------------------ QUIC mapping
     def _max_quic_id(self) -> int:
