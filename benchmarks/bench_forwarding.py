@@ -22,7 +22,7 @@ Columns, in this order:
 * ``reflector``: swap the MACs, XDP_TX (the ceiling on this veth);
 * ``encap``: the fair ceiling of an IPIP balancer: ``bpf_xdp_adjust_head(-20)``,
   the outer Ethernet and IPv4 headers (with checksum), XDP_TX; no lookup;
-* ``balancer``: the packaged balancer.object;
+* ``balancer``: the packaged balancer object;
 * ``--object [NAME=]PATH`` (repeatable): another balancer object (a previous
   build, Katran's), loaded by its own KatranLb and checked like ``balancer``;
 * ``--probe NAME=PATH`` (repeatable): a truncated build of the balancer (it
