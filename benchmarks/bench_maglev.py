@@ -1,8 +1,10 @@
 """Maglev ring build time: ``python benchmarks/bench_maglev.py [--runs N] [--ring-size R]``.
 
-Prints, for 10/100/1000 reals and both hash functions, the median (and best)
-wall time of ``katran.maglev.build_ring`` and of the C population call alone
-(the rest is Python: collecting, checking and sorting the endpoints).
+Prints, for 2/10/100/1000 reals and both hash functions, the median (and best)
+wall time of ``katran.maglev.build_ring``, of the C population call alone (the
+rest is Python: collecting, checking and sorting the endpoints), and of the C
+call capped at the AVX2 level and at the one-by-one loop of before
+(``kn_maglev_simd`` = 1, 0), interleaved run by run.
 """
 
 from __future__ import annotations
@@ -24,13 +26,33 @@ def _endpoints(count: int) -> list:
 
 
 def _time(fn, runs: int) -> tuple[float, float]:
-    fn()  # warm-up
-    samples = []
+    return _time_many([fn], runs)[0]
+
+
+def _time_many(fns: list, runs: int) -> list[tuple[float, float]]:
+    """(median, best) ms of each of ``fns``, run in turn ``runs`` times (interleaved)."""
+    for fn in fns:
+        fn()  # warm-up
+    samples: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3, min(samples) * 1e3
+        for fn, out in zip(fns, samples):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [(statistics.median(s) * 1e3, min(s) * 1e3) for s in samples]
+
+
+def _at_level(fn, level: int):
+    from katran._native import lib
+
+    def run():
+        old, lib.kn_maglev_simd = lib.kn_maglev_simd, level
+        try:
+            return fn()
+        finally:
+            lib.kn_maglev_simd = old
+
+    return run
 
 
 def _core_call(endpoints: list, ring_size: int, hash_function: HashFunction):
@@ -54,17 +76,21 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"native: {maglev.NATIVE}, ring size {args.ring_size}, {args.runs} runs each (ms)")
-    print(f"{'reals':>6} {'hash':>10} {'build_ring med':>15} {'best':>8} {'C core med':>11} {'best':>8}")
-    for count in (10, 100, 1000):
+    print(f"{'reals':>6} {'hash':>10} {'build_ring med':>15} {'best':>8} {'C core med':>11} {'best':>8} "
+          f"{'C avx2 med':>11} {'best':>8} {'C one-by-one med':>17} {'best':>8}")
+    for count in (2, 10, 100, 1000):
         endpoints = _endpoints(count)
         for hash_function in HashFunction:
-            med, best = _time(lambda: maglev.build_ring(endpoints, args.ring_size, hash_function), args.runs)
+            build = lambda: maglev.build_ring(endpoints, args.ring_size, hash_function)  # noqa: E731
             if maglev.NATIVE:
-                core_med, core_best = _time(_core_call(endpoints, args.ring_size, hash_function), args.runs)
-                core = f"{core_med:11.3f} {core_best:8.3f}"
+                core = _core_call(endpoints, args.ring_size, hash_function)
+                (med, best), (core_med, core_best), (v1_med, v1_best), (sc_med, sc_best) = _time_many(
+                    [build, core, _at_level(core, 1), _at_level(core, 0)], args.runs)
+                cols = f"{core_med:11.3f} {core_best:8.3f} {v1_med:11.3f} {v1_best:8.3f} {sc_med:17.3f} {sc_best:8.3f}"
             else:
-                core = f"{'-':>11} {'-':>8}"
-            print(f"{count:6d} {hash_function.name.lower():>10} {med:15.3f} {best:8.3f} {core}")
+                med, best = _time(build, args.runs)
+                cols = f"{'-':>11} {'-':>8} {'-':>11} {'-':>8} {'-':>17} {'-':>8}"
+            print(f"{count:6d} {hash_function.name.lower():>10} {med:15.3f} {best:8.3f} {cols}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ uint32_t kn_jhash_2words(uint32_t a, uint32_t b, uint32_t initval);
 int kn_maglev_ring(const uint64_t *hashes, const uint32_t *nums,
                    const uint32_t *weights, size_t n, uint32_t ring_size,
                    int version, uint32_t *ring);
+size_t kn_ring_delta(const uint32_t *old, const uint32_t *new_ring, uint32_t size, uint32_t key_base,
+                     uint32_t *keys, uint32_t *values, uint32_t *before);
+extern int kn_maglev_simd;
+extern unsigned long kn_maglev_builds[3];
 """
 
 

@@ -178,8 +178,8 @@ class KatranLb:
         self._vip_nums = SlotAllocator(config.max_vips)
         # index 0 is reserved as "no real": a zeroed ring slot drops the packet
         self._reals = RealRegistry(config.max_reals)
-        # (real num, weight, address) -> maglev.Endpoint: a rebuild builds no new objects
-        self._endpoint_cache: dict[tuple, maglev.Endpoint] = {}
+        # (real num, weight) -> (address, maglev.Endpoint): a rebuild builds no new objects
+        self._endpoint_cache: dict[tuple, tuple] = {}
         self._quic_reals: dict[int, int] = {}  # server id -> real num
         self._lpm_rules: dict = {}  # source prefix (ip_network) -> real num
         self._decap_dsts: list = []  # inline decap destinations
@@ -378,6 +378,8 @@ class KatranLb:
             st.ring = self._compute_ring(st)
         self._dirty.update(id(st) for st in vips.values())  # the read views are published after start
         self._verify_against_maps(path)
+        # the data plane may come from a build that did not keep this slot: write it if it differs
+        self._write_any_port_vips(None)
 
     def _verify_against_maps(self, path) -> None:
         """StateError naming the first VIP / real whose map entry differs from the state file."""
@@ -499,6 +501,8 @@ class KatranLb:
             self._write_vip(vip, state, tx)
             set_item(self._vips, vip, state, tx)
             self._write_vip_address(vip.address, tx)
+            if vip.port == 0:
+                self._write_any_port_vips(tx)
 
     @_locked
     def del_vip(self, vip: VipKey) -> None:
@@ -509,6 +513,8 @@ class KatranLb:
             pop_item(self._vips, vip, tx)
             self._vip_nums.give_back(state.num, tx)
             self._write_vip_address(vip.address, tx)
+            if vip.port == 0:
+                self._write_any_port_vips(tx)
             for num in state.reals:
                 self._release_real(num, tx)
             if state.ring is not None:
@@ -528,6 +534,18 @@ class KatranLb:
             tx.update(self._map("vip_addrs"), key, structs.u32(count))
         else:
             tx.delete(self._map("vip_addrs"), key)
+
+    def _write_any_port_vips(self, tx: Optional[Transaction]) -> None:
+        """ctl_array[CTL_ANY_PORT_VIPS] = how many VIPs have port 0: without any, the data plane
+        passes a packet after one vip_map lookup (no second one with port 0). Without ``tx``
+        (adoption): written only when the map holds another value."""
+        count = sum(1 for v in self._vips if v.port == 0)
+        ctl = self._map("ctl_array")
+        key, value = structs.u32(structs.CTL_ANY_PORT_VIPS), structs.ctl_value_u64(count)
+        if tx is not None:
+            tx.update(ctl, key, value)
+        elif ctl.lookup(key) != value:
+            ctl.update(key, value)
 
     @_read
     def get_all_vips(self) -> list[VipKey]:
@@ -728,24 +746,28 @@ class KatranLb:
         _set_attr(state, "ring", ring, tx)
 
     def _endpoint(self, num: int, weight: int) -> maglev.Endpoint:
-        """The (immutable, cached) ring endpoint of real ``num`` at ``weight``."""
-        key = (num, weight, self._reals.address(num))
-        ep = self._endpoint_cache.get(key)
-        if ep is None:
-            if len(self._endpoint_cache) >= _ENDPOINT_CACHE_SIZE:
-                self._endpoint_cache.clear()
-            ep = maglev.Endpoint(num=num, weight=weight, hash=maglev.endpoint_hash(key[2]))
-            self._endpoint_cache[key] = ep
+        """The (immutable, cached) ring endpoint of real ``num`` at ``weight``.
+
+        An entry is valid for the very address object the registry holds for
+        ``num`` (an identity check: hashing an ipaddress object is slow Python);
+        an index freed and given to another address gets a new endpoint.
+        """
+        address = self._reals.address(num)
+        key = (num, weight)
+        hit = self._endpoint_cache.get(key)
+        if hit is not None and hit[0] is address:
+            return hit[1]
+        if len(self._endpoint_cache) >= _ENDPOINT_CACHE_SIZE:
+            self._endpoint_cache.clear()
+        ep = maglev.Endpoint(num=num, weight=weight, hash=maglev.endpoint_hash(address))
+        self._endpoint_cache[key] = (address, ep)
         return ep
 
     def _program_ring(self, vip_num: int, old: Optional[np.ndarray], new: np.ndarray, tx: Transaction) -> None:
-        positions, values = maglev.ring_delta(old, new)
-        if len(positions) == 0:
+        keys, values, before = maglev.ring_writes(old, new, vip_num * self._config.ch_ring_size)
+        if len(keys) == 0:
             return
-        keys = (positions.astype(np.uint64) + vip_num * self._config.ch_ring_size).astype(np.uint32)
-        before = old[positions] if old is not None else np.zeros(len(positions), dtype=np.uint32)
-        tx.update_batch(self._map("ch_rings"), keys.tobytes(), values.astype(np.uint32).tobytes(),
-                        before.astype(np.uint32).tobytes())
+        tx.update_batch(self._map("ch_rings"), keys.tobytes(), values.tobytes(), before.tobytes())
 
     # ------------------------------------------------------------------ QUIC mapping
     def _max_quic_id(self) -> int:

@@ -420,3 +420,36 @@ def ring_delta(old: Optional[np.ndarray], new: np.ndarray) -> Tuple[np.ndarray, 
         raise ValidationError("old", old.shape, f"ring size differs from the new ring's {new.shape}")
     positions = np.flatnonzero(old != new).astype(np.uint32)
     return positions, new[positions].astype(np.uint32)
+
+
+def ring_writes(old: Optional[np.ndarray], new: np.ndarray, key_base: int = 0
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ch_rings writes from ``old`` to ``new``: (keys, values, before), uint32 arrays.
+
+    For every position p where the rings differ (ascending; every position when
+    ``old`` is None, with ``before`` zeros): key ``key_base + p``, the new value,
+    the old one (for the undo).  One pass in C (``kn_ring_delta``) when built.
+    """
+    _check_u32("key_base", key_base)
+    new = np.asarray(new)
+    if new.ndim != 1:
+        raise ValidationError("new", new.shape, "expected a one-dimensional ring")
+    size = new.shape[0]
+    if key_base + size - 1 > _U32:
+        raise ValidationError("key_base", key_base, f"key_base + {size} ring slots exceed 2**32")
+    if old is None:
+        keys = np.arange(key_base, key_base + size, dtype=np.uint64).astype(np.uint32)
+        return keys, new.astype(np.uint32, copy=True), np.zeros(size, dtype=np.uint32)
+    old = np.asarray(old)
+    if old.shape != new.shape:
+        raise ValidationError("old", old.shape, f"ring size differs from the new ring's {new.shape}")
+    if not NATIVE:
+        positions, values = ring_delta(old, new)
+        return (positions.astype(np.uint64) + key_base).astype(np.uint32), values, old[positions].astype(np.uint32)
+    old32 = np.ascontiguousarray(old, dtype=np.uint32)
+    new32 = np.ascontiguousarray(new, dtype=np.uint32)
+    out = np.empty((3, size), dtype=np.uint32)
+    count = _lib.kn_ring_delta(_ffi.from_buffer("uint32_t[]", old32), _ffi.from_buffer("uint32_t[]", new32),
+                               size, key_base, _ffi.from_buffer("uint32_t[]", out[0]),
+                               _ffi.from_buffer("uint32_t[]", out[1]), _ffi.from_buffer("uint32_t[]", out[2]))
+    return out[0, :count], out[1, :count], out[2, :count]

@@ -295,6 +295,22 @@ def test_knob_and_enum_drift_are_loud():
     assert "enum vip_flag: members differ" in str(e.value) and "VIP_F_NEW" in str(e.value)
 
 
+def test_older_user_object_may_lack_enum_members_but_not_contradict_them():
+    """An older build given as balancer_prog_path lacks members a newer contract names (features
+    it does not have): tolerated. A member with another value is loud in both modes."""
+    enums = dict(contract.BALANCER.enums)
+    newer = attrs.evolve(enums["ctl_slot"], members={**enums["ctl_slot"].members, "CTL_LATER": 9})
+    c = _variant(contract.BALANCER, enums={**enums, "ctl_slot": newer})
+    with pytest.raises(ContractError, match="enum ctl_slot: members differ"):
+        c.check(contract.BALANCER.path)
+    assert not c.check(contract.BALANCER.path, strict=False).strict
+    moved = attrs.evolve(enums["ctl_slot"], members={**enums["ctl_slot"].members, "CTL_DEFAULT_MAC": 3})
+    c = _variant(contract.BALANCER, enums={**enums, "ctl_slot": moved})
+    for strict in (True, False):
+        with pytest.raises(ContractError, match="enum ctl_slot: members differ"):
+            c.check(contract.BALANCER.path, strict=strict)
+
+
 def test_wrong_object_is_loud_unless_user_supplied():
     xdp_pass = contract.OBJ_DIR / "xdp_pass.bpf.o"
     with pytest.raises(ContractError, match="missing map 'vip_map'"):

@@ -1,14 +1,20 @@
-"""benchmarks/bench_forwarding.py runs: live frames really go out of the veth and every
-frame is counted on the peer and by the balancer's VIP (the benchmark checks both)."""
+"""benchmarks/bench_forwarding.py: the command line, the paired statistics (bootstrap
+confidence interval of the per-block ratio), the encap reflector's frame, and real runs:
+live frames really go out of the veth and every frame is counted on the peer and by
+each checked balancer's VIP (the benchmark checks both)."""
 
 from __future__ import annotations
 
-import sys
+import itertools
+import json
+import os
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
-
-pytestmark = [pytest.mark.privileged, pytest.mark.netns]
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -21,6 +27,13 @@ def bench(monkeypatch):
     return bench_forwarding
 
 
+@pytest.fixture
+def restore_affinity():
+    cpus = set(os.sched_getaffinity(0))
+    yield
+    os.sched_setaffinity(0, cpus)
+
+
 def test_frame_sizes(bench):
     assert len(bench.frame(64)) == 64
     assert len(bench.frame(1400)) == 1400
@@ -28,16 +41,199 @@ def test_frame_sizes(bench):
         bench.frame(20)
 
 
-def test_table_of_a_short_run(bench, capsys):
-    cpu = sorted(__import__("os").sched_getaffinity(0))
+# --- the command line ----------------------------------------------------------------------
+
+def _obj(tmp_path, name="x.bpf.o") -> Path:
+    p = tmp_path / name
+    p.write_bytes(b"\x7fELF")
+    return p
+
+
+def test_object_columns_named_unnamed_and_probes(bench, tmp_path):
+    a, b, c = _obj(tmp_path, "a.o"), _obj(tmp_path, "b.o"), _obj(tmp_path, "c.o")
+    args = bench.parse_args(["--object", str(a), "--object", f"katran={b}", "--object", str(c),
+                             "--probe", f"s1={a}"])
+    cols = [(n, o.path if o else None, checked) for n, o, checked in args.columns]
+    assert cols == [("reflector", None, False), ("encap", None, False), ("balancer", None, True),
+                    ("object", a, True), ("katran", b, True), ("object2", c, True), ("s1", a, False)]
+    assert args.flows == bench.FLOWS and args.sizes == bench.SIZES
+    assert bench.parse_args(["--flows", "1,10000", "--sizes", "64"]).flows == (1, 10000)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--object", "/nonexistent/x.o"], "argument --object: no such file: '/nonexistent/x.o'"),
+    (["--object", "k=/nonexistent/x.o"], "argument --object: no such file: '/nonexistent/x.o'"),
+    (["--probe", "{obj}"], "argument --probe: expected NAME=PATH"),
+    (["--probe", "s1="], "argument --probe: no path in 's1='"),
+    (["--object", "balancer={obj}"], "--object: the name 'balancer' is reserved"),
+    (["--object", "k={obj}", "--probe", "k={obj}"], "--probe: the name 'k' is given twice"),
+    (["--flows", "1,x"], "argument --flows: not an integer: 'x'"),
+    (["--flows", "1,1"], "argument --flows: a value repeats in '1,1'"),
+    (["--sizes", "20"], "argument --sizes: 20 is outside 54..3000"),
+    (["--blocks", "1"], "argument --blocks: 1 is below 2"),
+    (["--object", "/tmp/\u00e9" + "x" * 100], "argument --object: no such file: '/tmp/\\xe9" + "x" * 54 + "...'"),
+])
+def test_bad_arguments_name_the_option_and_value(bench, tmp_path, capsys, argv, message):
+    obj = _obj(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args([a.format(obj=obj) for a in argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.isascii()
+
+
+# --- statistics ----------------------------------------------------------------------------
+
+def test_block_orders_put_every_program_everywhere_equally(bench):
+    names = ["reflector", "encap", "balancer", "object"]
+    orders = bench.block_orders(names, 2 * len(names))
+    assert all(sorted(o) == sorted(names) for o in orders)
+    positions = Counter((name, i) for o in orders for i, name in enumerate(o))
+    assert set(positions.values()) == {2} and len(positions) == len(names) ** 2
+    before = Counter((x, y) for o in orders for i, x in enumerate(o) for y in o[i + 1:])
+    assert all(before[(x, y)] == before[(y, x)] for x, y in itertools.permutations(names, 2))
+    assert bench.block_orders(names, 3) == orders[:3]
+
+
+def test_summary_of_known_blocks(bench):
+    cell = {"reflector": [50.0, 52.0, 51.0, 50.0], "encap": [55.0, 57.2, 56.1, 55.0],
+            "balancer": [100.0, 104.0, 102.0, 100.0]}
+    s = bench.summarize(cell, seed=1, resamples=2000)
+    assert s["reflector"]["ratio"] is None
+    assert s["reflector"]["ns"][0] == pytest.approx(50.5)
+    assert s["reflector"]["mpps"] == pytest.approx(np.median([1e3 / x for x in cell["reflector"]]))
+    # the balancer takes exactly twice the reflector's time in every block: ratio 0.5, no spread
+    assert s["balancer"]["ratio"] == pytest.approx((0.5, 0.5, 0.5))
+    assert s["encap"]["ratio"] == pytest.approx((1 / 1.1,) * 3)
+    lo, hi = s["balancer"]["ns"][1:]
+    assert 100.0 <= lo <= 102.0 <= hi <= 104.0
+    with pytest.raises(ValueError, match="column balancer: 3 blocks, the reflector has 4"):
+        bench.summarize({"reflector": [1.0] * 4, "balancer": [2.0] * 3}, seed=1, resamples=100)
+
+
+def test_steps_are_paired_differences_along_the_chain(bench, tmp_path):
+    cell = {"reflector": [50.0, 60.0, 50.0], "encap": [54.0, 64.0, 54.0], "balancer": [100.0, 121.0, 100.0],
+            "s1": [55.0, 65.0, 55.0], "s2": [70.0, 80.0, 70.0]}
+    s = bench.steps(cell, ["reflector", "s1", "s2", "balancer"], seed=1, resamples=500)
+    assert list(s) == ["s1", "s2", "balancer"]
+    assert s["s1"] == pytest.approx((5.0, 5.0, 5.0))  # the load of block 2 cancels
+    assert s["s2"] == pytest.approx((15.0, 15.0, 15.0))
+    # one block of three is 11 ns off: the median stays, the interval reaches it
+    assert s["balancer"] == pytest.approx((30.0, 30.0, 41.0))
+    obj = _obj(tmp_path)
+    args = bench.parse_args(["--probe", f"s2={obj}", "--object", f"k={obj}", "--probe", f"s1={obj}"])
+    assert bench.step_chain(args) == ["reflector", "s2", "s1", "balancer"]
+    assert bench.step_chain(bench.parse_args(["--object", str(obj)])) == []
+
+
+def test_bootstrap_is_seeded_and_covers_the_true_ratio(bench):
+    rng = np.random.default_rng(7)
+    hits, widths = 0, []
+    trials = 200
+    for t in range(trials):
+        load = rng.uniform(1.0, 1.3, size=12)  # the machine's load, shared within a block
+        ref = 50.0 * load * rng.normal(1, 0.03, size=12)
+        lb = 100.0 * load * rng.normal(1, 0.03, size=12)
+        cell = {"reflector": list(ref), "balancer": list(lb)}
+        s = bench.summarize(cell, seed=3, resamples=2000, key=(t,))
+        assert s == bench.summarize(cell, seed=3, resamples=2000, key=(t,))  # reproducible
+        med, lo, hi = s["balancer"]["ratio"]
+        assert lo <= med <= hi
+        hits += lo <= 0.5 <= hi
+        widths.append(hi - lo)
+    # a 95 % interval of a median from 12 blocks: close to its nominal coverage
+    assert 0.85 * trials <= hits <= trials
+    # paired: the shared load cancels, the interval is narrower than the +-15 % load swing
+    assert np.median(widths) < 0.05
+    # the seed moves the interval's ends a little, never the median
+    a = bench.summarize(cell, seed=3, resamples=2000)
+    b = bench.summarize(cell, seed=4, resamples=2000)
+    assert a["balancer"]["ratio"][0] == b["balancer"]["ratio"][0]
+    assert a["balancer"]["ratio"][1:] == pytest.approx(b["balancer"]["ratio"][1:], abs=0.01)
+
+
+# --- the programs and real runs (root) -----------------------------------------------------
+
+@pytest.mark.privileged
+def test_encap_reflector_writes_a_valid_outer_ipv4_header(bench, tmp_path):
+    from katran.adapter import bpf
+    from katran.build import compile_one
+
+    obj = bpf.load_object(compile_one(bench.HELPERS_SRC, tmp_path))
     try:
-        assert bench.main(["--frames", "3000", "--blocks", "2", "--reals", "10"]) == 0
+        data = bench.frame(100)
+        res = obj.program("xdp_encap").test_run(data)
     finally:
-        __import__("os").sched_setaffinity(0, set(cpu))
+        obj.close()
+    assert res.retval == 3  # XDP_TX
+    out = Ether(res.data)
+    assert len(res.data) == len(data) + 20
+    assert (out.src, out.dst) == ("02:00:00:00:00:02", "02:00:00:00:00:01")
+    outer = out[IP]
+    assert (outer.src, outer.dst, outer.proto, outer.ttl) == ("10.0.13.37", "10.1.8.0", 4, 64)
+    assert outer.len == len(data) - 14 + 20
+    words = sum(int.from_bytes(res.data[i:i + 2], "big") for i in range(14, 34, 2))
+    while words >> 16:
+        words = (words & 0xFFFF) + (words >> 16)
+    assert words == 0xFFFF and outer.chksum != 0  # the header checksum verifies
+    assert bytes(res.data[34:]) == data[14:]  # the inner packet untouched
+    inner = IP(bytes(res.data[34:]))
+    assert inner[TCP].sport == bench.BASE_PORT
+
+
+@pytest.mark.privileged
+@pytest.mark.netns
+def test_table_of_a_short_run(bench, capsys, restore_affinity, tmp_path):
+    from katran.dataplane import packaged_object
+
+    packaged = packaged_object("balancer.bpf.o")
+    out_json = tmp_path / "run.json"
+    assert bench.main(["--frames", "3000", "--blocks", "4", "--reals", "10", "--lru-size", "20000",
+                       "--object", f"again={packaged}", "--probe", f"probe={packaged}",
+                       "--json", str(out_json)]) == 0
     out = capsys.readouterr().out.splitlines()
-    rows = [ln.split() for ln in out[2:]]
+    assert out[2].split() == ["flows", "bytes", "reflector", "encap", "balancer", "again", "probe"]
+    rows = [ln.split() for ln in out[4:4 + len(bench.FLOWS) * len(bench.SIZES)]]
     assert [(int(r[0]), int(r[1])) for r in rows] == [(f, s) for f in bench.FLOWS for s in bench.SIZES]
-    for r in rows:
-        reflector, balancer, ratio = float(r[2]), float(r[4]), float(r[6])
-        assert reflector > 0 and balancer > 0
-        assert 0 < ratio < 5
+    doc = json.loads(out_json.read_text())
+    assert list(doc["columns"]) == ["reflector", "encap", "balancer", "again", "probe"]
+    for r, cell in zip(rows, doc["cells"]):
+        assert (cell["flows"], cell["bytes"]) == (int(r[0]), int(r[1]))
+        assert all(len(v) == 4 and min(v) > 0 for v in cell["ns"].values())
+        assert float(r[2]) == pytest.approx(cell["summary"]["reflector"]["mpps"], abs=0.006)
+        for i, col in enumerate(["encap", "balancer", "again", "probe"]):
+            mpps, ratio, ci = float(r[3 + 3 * i]), float(r[4 + 3 * i]), r[5 + 3 * i]
+            lo, hi = (float(x) for x in ci.strip("[]").split("-"))
+            assert mpps > 0 and lo <= ratio <= hi
+            assert ratio == pytest.approx(cell["summary"][col]["ratio"][0], abs=0.006)
+        # the balancer does more than the bare reflector on every frame
+        assert cell["summary"]["balancer"]["ns"][0] > cell["summary"]["reflector"]["ns"][0]
+    first = out.index("")
+    second = out.index("", first + 1)
+    ns_table = out[first + 3:second]
+    assert len(ns_table) == len(rows) and all(len(ln.split()) == 2 + 2 * 5 for ln in ns_table)
+    # the probe's step chain: reflector > probe > balancer, paired differences
+    assert "(reflector > probe > balancer)" in out[second + 1]
+    assert out[second + 2].split() == ["flows", "bytes", "+probe", "+balancer"]
+    steps = out[second + 3:]
+    assert len(steps) == len(rows) and doc["steps"] == ["reflector", "probe", "balancer"]
+    for ln, cell in zip(steps, doc["cells"]):
+        probe_step = float(ln.split()[2])
+        assert probe_step == pytest.approx(cell["steps"]["probe"][0], abs=0.06)
+        # the probe is the balancer itself: it adds what the balancer adds to the reflector
+        assert cell["steps"]["probe"][0] > 0
+
+
+@pytest.mark.privileged
+@pytest.mark.netns
+def test_a_frame_that_does_not_arrive_fails_the_run(bench, restore_affinity, monkeypatch):
+    # the driver's flow_cfg with 0 flows: xdp_flows drops every frame, none reaches the peer
+    real_run = bench.Rig.run
+
+    def run_without_flows(self, prog, data, flows, frames, name=""):
+        return real_run(self, prog, data, 0 if name == "encap" else flows, frames, name)
+
+    monkeypatch.setattr(bench.Rig, "run", run_without_flows)
+    with pytest.raises(SystemExit, match=r"encap: 0 of \d+ frames arrived on the peer"):
+        bench.main(["--frames", "1000", "--blocks", "2", "--reals", "2", "--flows", "1", "--sizes", "64"])

@@ -759,3 +759,41 @@ def test_config_mac_default():
     assert lb.get_mac() == "00:00:00:00:00:00"
     lb.close()
     assert MAC == "00:00:de:ad:be:af"
+
+
+def test_port0_vips_are_counted_in_ctl_array(fake_kernel):
+    """ctl_array[CTL_ANY_PORT_VIPS] = how many VIPs have port 0 (the data plane skips the
+    port-0 lookup without any); kept by add_vip / del_vip, undone with them."""
+    lb = make(fake_kernel)
+    slot = structs.u32(structs.CTL_ANY_PORT_VIPS)
+
+    def count() -> int:
+        raw = contents(lb, "ctl_array").get(slot)
+        return 0 if raw is None else int.from_bytes(raw[:8], "little")
+
+    a, b = VipKey("10.200.1.2", 0, "tcp"), VipKey("fc00::2", 0, "udp")
+    lb.add_vip(V4)
+    assert count() == 0
+    lb.add_vip(a)
+    lb.add_vip(b)
+    assert count() == 2
+    lb.del_vip(a)
+    assert count() == 1
+    before = {name: contents(lb, name) for name in ("ctl_array", "vip_map", "vip_addrs")}
+    for nth in range(1, 10):  # every kernel write of add_vip fails once: nothing is left behind
+        fake_kernel.fail("write", nth=nth)
+        try:
+            lb.add_vip(a)
+        except KernelError:
+            assert {name: contents(lb, name) for name in before} == before
+            assert count() == 1 and a not in lb.get_all_vips()
+            continue
+        fake_kernel.clear_faults()
+        break
+    else:
+        raise AssertionError("add_vip never got through")
+    assert nth > 3 and count() == 2  # vip_map, vip_addrs and ctl_array were each failed once
+    lb.del_vip(a)
+    lb.del_vip(b)
+    assert count() == 0
+    lb.close()

@@ -9,6 +9,7 @@ outer destination of Katran's expected output packet.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import random
@@ -268,12 +269,75 @@ def test_katran_simulator_expectations():
 def test_c_ring_equals_reference_ring(hash_function):
     rnd = random.Random(int(hash_function) + 17)
     for ring_size, count, equal in ((13, 5, False), (101, 7, False), (4099, 40, False), (65537, 5, False),
-                                    (4099, 30, True), (65537, 4, True)):
+                                    (4099, 30, True), (65537, 4, True), (65537, 12, False)):
         weights = [3] * count if equal else [rnd.randint(1, 6) for _ in range(count)]
         endpoints = _v4_endpoints(count, base="10.1.0.0", weights=weights)
         got = maglev.build_ring(endpoints, ring_size, hash_function)
         assert got.dtype == np.uint32 and got.shape == (ring_size,)
         assert np.array_equal(got, _reference_ring(endpoints, ring_size, int(hash_function)))
+
+
+def _cpu_flags() -> set:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@contextlib.contextmanager
+def _simd_level(level: int):
+    from katran._native import lib
+
+    old, lib.kn_maglev_simd = lib.kn_maglev_simd, level
+    try:
+        yield
+    finally:
+        lib.kn_maglev_simd = old
+
+
+@needs_native
+@pytest.mark.parametrize("hash_function", list(HashFunction))
+def test_vector_levels_give_the_one_by_one_ring(hash_function):
+    # AVX-512 groups of claims (2) and AVX2 batches of probes (1) against the scalar
+    # loop (0), which the test above checks against the Python reference: sizes where
+    # pos wraps past 2**32 often (few endpoints, large skips), a ring smaller than the
+    # endpoint count, skewed weights (long v1 first rounds, v2 rounds with few claims)
+    from katran._native import lib
+
+    rnd = random.Random(2307 + int(hash_function))
+    cases = [(65537, 8, 1), (65537, 100, 1), (65537, 1000, 1), (262147, 9, 1), (262147, 64, 1000),
+             (4099, 50, 100), (13, 20, 3), (65537, 16, 3), (1000003, 10, 1), (65537, 300, 100_000),
+             (65537, 17, 5000)]
+    before = list(lib.kn_maglev_builds)
+    for ring_size, count, max_weight in cases:
+        weights = [rnd.randint(1, max_weight) for _ in range(count)]
+        endpoints = _v4_endpoints(count, base=f"10.{rnd.randrange(256)}.0.0", weights=weights)
+        rings = []
+        for level in (0, 1, 2):
+            with _simd_level(level):
+                rings.append(maglev.build_ring(endpoints, ring_size, hash_function))
+        assert np.array_equal(rings[0], rings[1]), (ring_size, count, max_weight, "avx2")
+        assert np.array_equal(rings[0], rings[2]), (ring_size, count, max_weight, "avx512")
+    # not vacuous: each level ran where the CPU has it (a lower level where it does not)
+    flags = _cpu_flags()
+    ran = [lib.kn_maglev_builds[i] - before[i] for i in range(3)]
+    n = len(cases)
+    if {"avx2", "avx512f"} <= flags:
+        assert ran == [n, n, n]
+    elif "avx2" in flags:
+        assert ran == [n, 2 * n, 0]
+    else:
+        assert ran == [3 * n, 0, 0]
+
+
+def test_few_endpoints_take_the_one_by_one_loop():
+    # below 8 endpoints the scalar loop is faster: no vector level is used
+    from katran._native import lib
+
+    before = list(lib.kn_maglev_builds)
+    maglev.build_ring(_v4_endpoints(7), RING)
+    assert [lib.kn_maglev_builds[i] - before[i] for i in range(3)] == [1, 0, 0]
 
 
 @pytest.mark.parametrize("hash_function", list(HashFunction))
@@ -452,6 +516,54 @@ def test_ring_delta_rejects_size_mismatch():
     with pytest.raises(ValidationError) as err:
         maglev.ring_delta(np.zeros(13, np.uint32), np.zeros(17, np.uint32))
     assert err.value.field == "old"
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_ring_writes_are_the_delta_with_keys_and_old_values(level):
+    # the C pass (vector compare at level 1, one by one at 0) against numpy's delta:
+    # sizes that are no multiple of 8, differences in the tail and at both ends
+    rnd = np.random.default_rng(7 + level)
+    with _simd_level(level):
+        for size, changes in ((65537, 1000), (13, 3), (8, 8), (7, 1), (4099, 0), (65537, 65537)):
+            old = rnd.integers(0, 300, size, dtype=np.uint32)
+            new = old.copy()
+            where = rnd.choice(size, changes, replace=False)
+            new[where] += rnd.integers(1, 5, changes, dtype=np.uint32)
+            if size > 8:
+                new[[0, size - 1]] += 1
+            base = 3 * size
+            keys, values, before = maglev.ring_writes(old, new, base)
+            positions, want = maglev.ring_delta(old, new)
+            assert keys.dtype == values.dtype == before.dtype == np.uint32
+            assert keys.tolist() == (positions + base).tolist()
+            assert values.tolist() == want.tolist()
+            assert before.tolist() == old[positions].tolist()
+
+
+def test_ring_writes_numpy_fallback_equals_the_c_pass(monkeypatch):
+    rnd = np.random.default_rng(3)
+    old = rnd.integers(0, 50, 4099, dtype=np.uint32)
+    new = old.copy()
+    new[rnd.choice(4099, 60, replace=False)] += 1
+    c_pass = maglev.ring_writes(old, new, 4099)
+    monkeypatch.setattr(maglev, "NATIVE", False)
+    fallback = maglev.ring_writes(old, new, 4099)
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(c_pass, fallback))
+
+
+def test_ring_writes_without_old_ring_and_bad_arguments():
+    new = np.arange(13, dtype=np.uint32) + 1
+    keys, values, before = maglev.ring_writes(None, new, 26)
+    assert keys.tolist() == list(range(26, 39)) and values.tolist() == new.tolist() and not before.any()
+    with pytest.raises(ValidationError) as err:
+        maglev.ring_writes(np.zeros(13, np.uint32), np.zeros(17, np.uint32))
+    assert err.value.field == "old"
+    with pytest.raises(ValidationError) as err:
+        maglev.ring_writes(None, new, 2**32 - 5)
+    assert err.value.field == "key_base"
+    with pytest.raises(ValidationError) as err:
+        maglev.ring_writes(None, new, -1)
+    assert err.value.field == "key_base"
 
 
 @needs_native

@@ -2,6 +2,10 @@
 /* The helper programs of bench_forwarding.py.
  *
  * xdp_reflect: the forwarding ceiling: swap the Ethernet addresses, XDP_TX.
+ * xdp_encap:   the fair ceiling of an IPIP balancer: what an encapsulating program must at
+ *              least do: bpf_xdp_adjust_head(-20), write the outer Ethernet header (the
+ *              addresses swapped) and an outer IPv4 header (IPIP, the inner ToS and length,
+ *              fixed addresses, header checksum), XDP_TX. No lookup, no counter.
  * xdp_flows:   the driver of every timed run: rewrites the TCP/UDP source port of an
  *              IPv4 frame to base + (seq++ % flows) and tail-calls the program under test
  *              (slot 0 of `target`), so one live-frames run carries many flows.
@@ -51,6 +55,59 @@ int xdp_reflect(struct xdp_md *ctx)
 	__builtin_memcpy(tmp, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, tmp, ETH_ALEN);
+	return XDP_TX;
+}
+
+/* the outer addresses of xdp_encap; the destination ends in .8.0 like the balancer's reals
+ * (bench_forwarding.py: the recycled frame's ethertype stays IPv4) */
+#define ENCAP_SRC 0x0a000d25 /* 10.0.13.37 */
+#define ENCAP_DST 0x0a010800 /* 10.1.8.0 */
+
+static __always_inline __u16 ipv4_csum(const __u16 *words)
+{
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(struct iphdr) / 2); i++)
+		sum += words[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+SEC("xdp")
+int xdp_encap(struct xdp_md *ctx)
+{
+	void *data, *data_end;
+	struct ethhdr *eth, *old_eth;
+	struct iphdr *outer, *inner;
+
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	outer = data + sizeof(struct ethhdr);
+	old_eth = data + sizeof(struct iphdr);
+	inner = (void *)(outer + 1);
+	if ((void *)(inner + 1) > data_end)
+		return XDP_DROP;
+	/* the new Ethernet header (bytes 0-13) does not overlap the old one (20-33) */
+	__builtin_memcpy(eth->h_dest, old_eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, old_eth->h_dest, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	outer->version = 4;
+	outer->ihl = 5;
+	outer->tos = inner->tos;
+	outer->tot_len = bpf_htons(bpf_ntohs(inner->tot_len) + sizeof(struct iphdr));
+	outer->id = 0;
+	outer->frag_off = 0;
+	outer->ttl = 64;
+	outer->protocol = IPPROTO_IPIP;
+	outer->saddr = bpf_htonl(ENCAP_SRC);
+	outer->daddr = bpf_htonl(ENCAP_DST);
+	outer->check = 0;
+	outer->check = ipv4_csum((const __u16 *)outer);
 	return XDP_TX;
 }
 

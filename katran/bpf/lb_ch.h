@@ -19,6 +19,7 @@
 #include "structs.h"
 #include "knobs.h"
 #include "maps.h"
+#include "lib/call_site.h"
 #include "lib/jhash.h"
 #include "lb_stats.h"
 #include "lb_conntrack.h"
@@ -77,7 +78,7 @@ LB_OUT_OF_LINE bool pick_real(struct pkt_meta *pkt, struct vip_meta *vip_info, b
 		} else {
 			struct v4_lpm_key k4 = { .prefixlen = 32, .addr = pkt->flow.src };
 
-			real_idx = bpf_map_lookup_elem(&lpm_src_v4, &k4);
+			real_idx = bpf_map_lookup_elem_apart(&lpm_src_v4, &k4, 0);
 		}
 		if (real_idx) {
 			routed = true;
@@ -118,9 +119,9 @@ LB_OUT_OF_LINE bool pick_real(struct pkt_meta *pkt, struct vip_meta *vip_info, b
 	/* as Katran: a reset does not open a connection */
 	if (!(vip_info->flags & VIP_F_LRU_BYPASS) && !flood && !(pkt->flags & PKT_F_RST)) {
 		if (pkt->flow.proto == IPPROTO_UDP)
-			entry.atime = bpf_ktime_get_ns();
+			entry.atime = conn_now();
 		entry.pos = key;
-		bpf_map_update_elem(lru_map, &pkt->flow, &entry, BPF_ANY);
+		conn_update(lru_map, &pkt->flow, &entry);
 	}
 	return true;
 }

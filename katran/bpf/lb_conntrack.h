@@ -20,14 +20,26 @@
 #include "knobs.h"
 #include "maps.h"
 #include "lib/addr.h"
+#include "lib/call_site.h"
 #include "lb_stats.h"
+
+/*
+ * Connection-table time of now (UDP entries' atime): the coarse monotonic
+ * clock. A tick (<= 4 ms) of precision is plenty against a timeout of
+ * seconds, and it needs no clock-source read (bpf_ktime_get_ns costs ~25 ns
+ * a packet here). Katran uses the precise clock; the control plane reads both
+ * as CLOCK_MONOTONIC nanoseconds.
+ */
+static __always_inline __u64 conn_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
 
 /*
  * New-connection rate limiter (per cpu, one-second windows). True when the
  * rate is above max_conn_rate: then the LRU and source routing are skipped.
- * The window runs on the coarse clock: tick precision is plenty for a
- * per-second budget and it needs no clock-source read (only UDP connection
- * table entries need the precise time, see pick_real).
+ * The window runs on the coarse clock (conn_now): tick precision is plenty
+ * for a per-second budget.
  */
 static __always_inline bool under_flood(void)
 {
@@ -36,7 +48,7 @@ static __always_inline bool under_flood(void)
 
 	if (!rate)
 		return true;
-	now = bpf_ktime_get_coarse_ns();
+	now = conn_now();
 	if (now - rate->v2 > NSEC_PER_SEC_U64) {
 		rate->v1 = 1;
 		rate->v2 = now;
@@ -44,6 +56,27 @@ static __always_inline bool under_flood(void)
 	}
 	rate->v1 += 1;
 	return rate->v1 > max_conn_rate;
+}
+
+/*
+ * This cpu's connection table: `own` is its inner map of lru_mapping, NULL
+ * when the cpu has none (then fallback_cache). The two tables are used from
+ * call sites apart (lib/call_site.h), so both lookups are inlined.
+ */
+static __always_inline void *conn_lookup(void *own, const struct flow_key *key)
+{
+	if (own)
+		return bpf_map_lookup_elem(own, key);
+	return bpf_map_lookup_elem_apart(&fallback_cache, key, 0);
+}
+
+static __always_inline void conn_update(void *own, const struct flow_key *key,
+					const struct real_pos_lru *entry)
+{
+	if (own)
+		bpf_map_update_elem(own, key, entry, BPF_ANY);
+	else
+		bpf_map_update_elem_apart(&fallback_cache, key, entry, BPF_ANY, 0);
 }
 
 /*
@@ -57,19 +90,19 @@ static __always_inline struct real_definition *routed_real(struct pkt_meta *pkt)
 }
 
 /*
- * Connection-table lookup. UDP entries idle for more than lru_udp_timeout_ns
- * are ignored (and refreshed on use); `global` tables hold a bare index.
+ * Connection-table lookup (lru_map: see conn_lookup). UDP entries idle for
+ * more than lru_udp_timeout_ns are ignored (and refreshed on use).
  */
-static __always_inline void lru_lookup(struct pkt_meta *pkt, void *lru_map, bool global,
+static __always_inline void lru_lookup(struct pkt_meta *pkt, void *lru_map,
 				       struct real_definition **dst)
 {
-	struct real_pos_lru *entry = bpf_map_lookup_elem(lru_map, &pkt->flow);
+	struct real_pos_lru *entry = conn_lookup(lru_map, &pkt->flow);
 	__u32 key;
 
 	if (!entry)
 		return;
-	if (!global && pkt->flow.proto == IPPROTO_UDP) {
-		__u64 now = bpf_ktime_get_ns();
+	if (pkt->flow.proto == IPPROTO_UDP) {
+		__u64 now = conn_now();
 
 		if (now - entry->atime > lru_udp_timeout_ns)
 			return;
@@ -96,7 +129,7 @@ LB_OUT_OF_LINE int global_lru_lookup(struct pkt_meta *pkt, __u32 cpu)
 		pos = bpf_map_lookup_elem(glru, &pkt->flow);
 	} else {
 		cnt->v1 += 1; /* no global LRU for this cpu */
-		pos = bpf_map_lookup_elem(&fallback_glru, &pkt->flow);
+		pos = bpf_map_lookup_elem_apart(&fallback_glru, &pkt->flow, 0);
 	}
 	if (!pos)
 		return LB_CONTINUE;
@@ -115,7 +148,7 @@ LB_OUT_OF_LINE int global_lru_lookup(struct pkt_meta *pkt, __u32 cpu)
  */
 static __always_inline int lru_sync(struct pkt_meta *pkt, void *lru_map)
 {
-	struct real_pos_lru *entry = bpf_map_lookup_elem(lru_map, &pkt->flow);
+	struct real_pos_lru *entry = conn_lookup(lru_map, &pkt->flow);
 	struct real_pos_lru fresh = {};
 
 	if (entry) {
@@ -127,7 +160,7 @@ static __always_inline int lru_sync(struct pkt_meta *pkt, void *lru_map)
 	if (under_flood())
 		return LRU_DST_ABSENT;
 	fresh.pos = pkt->real_index;
-	bpf_map_update_elem(lru_map, &pkt->flow, &fresh, BPF_ANY);
+	conn_update(lru_map, &pkt->flow, &fresh);
 	return LRU_DST_ABSENT;
 }
 

@@ -50,6 +50,19 @@ LB_OUT_OF_LINE int answer_too_big(struct xdp_md *xdp, bool is_ipv6, __u64 frame_
 	return icmp_send_too_big(xdp, is_ipv6, frame_len, max_pckt_size - sizeof(struct ethhdr));
 }
 
+/*
+ * Are there VIPs without a port (ctl_array[CTL_ANY_PORT_VIPS], kept by the
+ * control plane)? Not in Katran: without them a packet whose address and port
+ * are no VIP is passed after one vip_map lookup, not two.
+ */
+static __always_inline bool any_port_vips(void)
+{
+	__u32 key = CTL_ANY_PORT_VIPS;
+	struct ctl_value *v = bpf_map_lookup_elem(&ctl_array, &key);
+
+	return v && v->value;
+}
+
 /* The L4 part of the pipeline: from a parsed TCP/UDP flow to a verdict. */
 static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt, bool is_ipv6,
 					__u16 pkt_bytes)
@@ -75,6 +88,8 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 	vip.proto = pkt->flow.proto;
 	vip_info = bpf_map_lookup_elem(&vip_map, &vip);
 	if (!vip_info) {
+		if (!any_port_vips())
+			return XDP_PASS;
 		vip.port = 0;
 		vip_info = bpf_map_lookup_elem(&vip_map, &vip);
 		if (!vip_info)
@@ -108,9 +123,9 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 
 	vip_num = vip_info->vip_num;
 	cpu = bpf_get_smp_processor_id();
+	/* this cpu's connection table; NULL: fallback_cache (see conn_lookup) */
 	lru_map = bpf_map_lookup_elem(&lru_mapping, &cpu);
 	if (!lru_map) {
-		lru_map = &fallback_cache;
 		cnt = global_cnt(CNT_FALLBACK_LRU);
 		if (!cnt)
 			return XDP_DROP;
@@ -146,7 +161,7 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 		}
 
 		if (!dst && !(pkt->flags & PKT_F_SYN) && !(vip_info->flags & VIP_F_LRU_BYPASS))
-			lru_lookup(pkt, lru_map, false, &dst);
+			lru_lookup(pkt, lru_map, &dst);
 
 		if (global_lru && !dst && !(pkt->flags & PKT_F_SYN) &&
 		    (vip_info->flags & VIP_F_GLOBAL_LRU)) {

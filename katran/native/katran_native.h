@@ -43,4 +43,20 @@ int kn_maglev_ring(const uint64_t *hashes, const uint32_t *nums,
                    const uint32_t *weights, size_t n, uint32_t ring_size,
                    int version, uint32_t *ring);
 
+/*
+ * The ch_rings writes from old to new ring (size slots each): for every
+ * position p where they differ, in ascending order, keys[] = key_base + p,
+ * values[] = new_ring[p], before[] = old[p] (each array room for size).
+ * Returns how many.  key_base + p must fit in 32 bits.
+ */
+size_t kn_ring_delta(const uint32_t *old, const uint32_t *new_ring, uint32_t size, uint32_t key_base,
+                     uint32_t *keys, uint32_t *values, uint32_t *before);
+
+/* The highest vector level kn_maglev_ring may use (where the CPU has it):
+ * 2 (default) AVX-512 groups of claims, 1 AVX2 batches of probes, 0 none.
+ * Every level gives the same ring (for tests and benchmarks). */
+extern int kn_maglev_simd;
+/* rings built so far at each level (tests: the vector code really ran) */
+extern unsigned long kn_maglev_builds[3];
+
 #endif
