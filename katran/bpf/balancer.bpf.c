@@ -31,7 +31,6 @@
 #include "maps.h"
 #include "lib/abi.h"
 #include "lib/cursor.h"
-#include "lib/eth.h"
 #include "parsing.h"
 #include "lb_stats.h"     /* global counters */
 #include "lb_icmp.h"      /* echo replies, ICMP errors (icmp.h: the packet work) */
@@ -62,7 +61,6 @@ int balancer_ingress(struct xdp_md *ctx)
 	struct ethhdr *eth = pkt_ptr(data, data_end, 0, sizeof(struct ethhdr));
 	struct lb_stats *cnt;
 	__u32 which;
-	__be16 proto;
 	int verdict;
 
 	if (!eth)
@@ -74,10 +72,9 @@ int balancer_ingress(struct xdp_md *ctx)
 	cnt->v1 += 1;
 	cnt->v2 += frame_len;
 
-	proto = eth_proto(eth);
-	if (proto == ETH_P_IP_BE)
+	if (eth->h_proto == ETH_P_IP_BE)
 		verdict = process_packet(ctx, false);
-	else if (proto == ETH_P_IPV6_BE)
+	else if (eth->h_proto == ETH_P_IPV6_BE)
 		verdict = process_packet(ctx, true);
 	else
 		verdict = XDP_PASS;

@@ -27,7 +27,6 @@
 #include "maps.h"
 #include "lib/csum.h"
 #include "lib/cursor.h"
-#include "lib/eth.h"
 #include "lib/hdr.h"
 #include "parsing.h"
 
@@ -58,7 +57,9 @@ static __always_inline void *push_outer(struct xdp_md *xdp, int push, const __u8
 	if (!eth)
 		return NULL;
 	old_eth = data + push;
-	eth_put(eth, gw_mac, old_eth->h_dest, eth_proto_be);
+	__builtin_memcpy(eth->h_dest, gw_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, old_eth->h_dest, ETH_ALEN);
+	eth->h_proto = eth_proto_be;
 	return data;
 }
 

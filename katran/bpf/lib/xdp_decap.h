@@ -18,7 +18,6 @@
 
 #include "addr.h"
 #include "cursor.h"
-#include "eth.h"
 
 /*
  * Remove `outer` bytes of tunnel headers after the Ethernet header, keeping
@@ -35,7 +34,9 @@ static __always_inline bool xdp_decap_strip(struct xdp_md *xdp, int outer, bool 
 	if (!old_eth)
 		return false;
 	new_eth = (void *)old_eth + outer;
-	eth_put(new_eth, old_eth->h_dest, old_eth->h_source, inner_v6 ? ETH_P_IPV6_BE : ETH_P_IP_BE);
+	__builtin_memcpy(new_eth->h_source, old_eth->h_source, ETH_ALEN);
+	__builtin_memcpy(new_eth->h_dest, old_eth->h_dest, ETH_ALEN);
+	new_eth->h_proto = inner_v6 ? ETH_P_IPV6_BE : ETH_P_IP_BE;
 	return bpf_xdp_adjust_head(xdp, outer) == 0;
 }
 
