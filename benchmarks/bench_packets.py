@@ -236,10 +236,22 @@ def print_table(title: str, cases: Sequence[Case], results: Mapping[tuple[str, s
         print(line)
 
 
+def feature_knobs(balancer_obj: str | None) -> dict[str, bool]:
+    """The knobs --all-features turns on for one object: FEATURE_KNOBS, but an object that has
+    no such knob (Katran's own, whose features are compiled in with -D) is not asked for it."""
+    knobs = {k: True for k in FEATURE_KNOBS}
+    if balancer_obj is None:
+        return knobs
+    from katran import contract
+
+    abi = contract.BALANCER.check(balancer_obj, strict=False)
+    return {k: v for k, v in knobs.items() if abi.has_knob(k)}
+
+
 def make_lb(cpu: int, n_reals: int, all_features: bool, lru_size: int,
             balancer_obj: str | None = None) -> KatranLb:
     """A started KatranLb with the benchmark VIPs; its per-cpu LRU is on `cpu` only."""
-    knobs = {k: True for k in FEATURE_KNOBS} if all_features else {}
+    knobs = feature_knobs(balancer_obj) if all_features else {}
     cfg = KatranConfig(
         testing=True, default_mac="00:00:de:ad:be:af", forwarding_cores=(cpu,), lru_size=lru_size,
         katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337", balancer_prog_path=balancer_obj, **knobs,

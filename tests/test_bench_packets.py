@@ -290,3 +290,13 @@ def test_compare_table(capsys, tmp_path):
     for cols in saved["results"].values():  # paired: one median per load and repetition in each column
         assert sorted(cols) == ["HEAD", "balancer", "compare", "empty", "same"]
         assert {len(v) for v in cols.values()} == {4}
+
+
+def test_all_features_asks_an_object_only_for_the_knobs_it_has():
+    """--all-features: our objects get every feature knob; an object without knobs (Katran's
+    own compiles its features in) is loaded without them instead of being refused."""
+    from katran.contract import OBJ_DIR
+
+    assert bp.feature_knobs(None) == {k: True for k in bp.FEATURE_KNOBS}
+    assert bp.feature_knobs(str(OBJ_DIR / "balancer.bpf.o")) == {k: True for k in bp.FEATURE_KNOBS}
+    assert bp.feature_knobs(str(OBJ_DIR / "xdp_pass.bpf.o")) == {}
