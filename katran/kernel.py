@@ -11,7 +11,9 @@ The facade hands out *handles* that follow the protocols below (the real adapter
 * :class:`ObjectSpecHandle` -- an opened, not yet loaded BPF object: size maps, set knobs, load;
 * :class:`LoadedObjectHandle` -- its maps and programs by name;
 * :class:`MapHandle` -- lookup / update / delete / batch on one map (bytes keys and values;
-  per-CPU maps: a list of values, one per CPU), pin, map-in-map slots;
+  per-CPU maps: a list of values, one per CPU), pin, map-in-map slots, and for an ARRAY
+  created with ``BPF_F_MMAPABLE`` its values mapped into the process (``value_view``: a
+  numpy view; a write there is a write to the map, without a syscall);
 * :class:`ProgramHandle` -- test run, XDP attach, pin.
 
 Nothing here imports the adapter except :func:`default_kernel`; the constants are the
@@ -38,6 +40,7 @@ BPF_MAP_TYPE_LPM_TRIE = 11
 BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
 BPF_MAP_TYPE_HASH_OF_MAPS = 13
 BPF_F_NO_PREALLOC = 1 << 0
+BPF_F_MMAPABLE = 1 << 10
 BPF_ANY = 0
 
 
@@ -47,10 +50,14 @@ class MapHandle(Protocol):
     key_size: int
     value_size: int
     max_entries: int
+    flags: int
     fd: int
 
     @property
     def id(self) -> int: ...
+    @property
+    def mmapable(self) -> bool: ...  # an ARRAY with BPF_F_MMAPABLE, the flags as the kernel has them
+    def value_view(self, dtype=...): ...  # mmap-able ARRAY: its values as a writable numpy view
     def lookup(self, key: bytes) -> Optional[Value]: ...
     def update(self, key: bytes, value: Value, flags: int = BPF_ANY) -> None: ...
     def delete(self, key: bytes) -> bool: ...

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import struct
 from collections.abc import Iterator
@@ -67,6 +68,7 @@ BPF_F_LOCK = 4
 BPF_F_NO_PREALLOC = 1 << 0
 BPF_F_NO_COMMON_LRU = 1 << 1
 BPF_F_NUMA_NODE = 1 << 2
+BPF_F_MMAPABLE = 1 << 10
 
 BPF_F_TEST_RUN_ON_CPU = 1 << 0
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
@@ -199,6 +201,9 @@ class Map(_BpfFd):
         self.flags = flags
         self.per_cpu = map_type in PERCPU_MAP_TYPES
         self._owned = owned
+        self._mmapable: bool | None = None
+        self._mm: mmap.mmap | None = None
+        self._views: dict = {}
 
     def __repr__(self) -> str:
         return (f"Map({self.name!r}, fd={self.fd}, type={self.type}, key={self.key_size}, "
@@ -461,6 +466,65 @@ class Map(_BpfFd):
                     raise KernelError(f"delete from {self.name}", errno.ENOENT, k.hex())
             return
         check(ret, f"batch delete {self.name}", f"{count[0]} of {n} elements deleted")
+
+    # mmap of an array's values -----------------------------------------------------
+
+    @property
+    def mmapable(self) -> bool:
+        """An ARRAY created with BPF_F_MMAPABLE (the flags read from the kernel, once)."""
+        if self._mmapable is None:
+            flags = int(self._info_of(self._fd(), self.name).map_flags)
+            self._mmapable = self.type == BPF_MAP_TYPE_ARRAY and bool(flags & BPF_F_MMAPABLE)
+        return self._mmapable
+
+    def value_view(self, dtype="<u4"):  # type: ignore[no-untyped-def]
+        """The values of an mmap-able ARRAY as a writable numpy view into the kernel's memory.
+
+        ``view[i]`` is element ``i`` (the kernel keeps them ``round_up(value_size, 8)`` bytes
+        apart; ``dtype`` covers the start of each value: ``value_size`` must be a multiple of
+        its size, more than one gives a 2-D view).  Writes are seen by BPF programs at once
+        and read back by ``lookup``; no syscall.  The mapping (shared, read/write, the length
+        rounded up to pages) is made on first use and kept until ``close()``.
+        """
+        import numpy as np
+
+        dt = np.dtype(dtype)
+        view = self._views.get(dt)
+        if view is not None:
+            return view
+        if self.type != BPF_MAP_TYPE_ARRAY:
+            raise ValidationError(f"{self.name}.type", self.type, "only an ARRAY map can be mmap-ed")
+        if self.value_size % dt.itemsize:
+            raise ValidationError("dtype", str(dt), f"value size {self.value_size} is not a multiple of its size")
+        if not self.mmapable:
+            raise KernelError(f"mmap {self.name}", errno.EINVAL, "the map was created without BPF_F_MMAPABLE")
+        stride = _round8(self.value_size)
+        if self._mm is None:
+            length = -(-stride * self.max_entries // mmap.PAGESIZE) * mmap.PAGESIZE
+            try:
+                self._mm = mmap.mmap(self._fd(), length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError as exc:
+                raise KernelError(f"mmap {self.name}", exc.errno or errno.EIO, f"{length} bytes") from None
+        per = self.value_size // dt.itemsize
+        shape: tuple = (self.max_entries,) if per == 1 else (self.max_entries, per)
+        strides: tuple = (stride,) if per == 1 else (stride, dt.itemsize)
+        view = np.ndarray(shape, dtype=dt, buffer=self._mm, strides=strides)
+        self._views[dt] = view
+        return view
+
+    def _unmap(self) -> None:
+        """Forget the mapping; it goes away now, or with the last view a caller still holds.
+
+        Never ``mmap.close()``: a numpy array made on the mmap holds a reference to it but
+        no buffer export, so closing would unmap memory a live view still points at. The
+        mmap object unmaps when its last reference (ours, or a view's ``base``) is gone.
+        """
+        self._views.clear()
+        self._mm = None
+
+    def close(self) -> None:
+        self._unmap()
+        super().close()
 
     # map-in-map helpers -----------------------------------------------------------
 
@@ -981,6 +1045,7 @@ class LoadedObject(_Closing):
         if self._obj is None:
             return
         for m in (*self.maps.values(), *self.internal_maps.values()):
+            m._unmap()
             m.fd = -1
         for p in self.programs.values():
             p.fd = -1

@@ -42,9 +42,17 @@ struct {
 	});
 } lru_mapping SEC(".maps");
 
-/* vip_num * ring_size + slot -> real index: the consistent-hashing rings. */
+/*
+ * vip_num * ring_size + slot -> real index: the consistent-hashing rings.
+ * BPF_F_MMAPABLE (ours, not Katran's): the control plane maps the values into its
+ * memory and writes a rebuild's changed slots there, no syscall per batch (the
+ * slots are 8 bytes apart: round_up(value_size, 8)). Lookups stay inlined array
+ * accesses. An older ch_rings without the flag (reused by an upgrade or adopted)
+ * is written with batch updates as before.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u32);
 	__uint(max_entries, DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE);

@@ -13,7 +13,8 @@ Fault injection::
     k.fail("write", nth=1)                          # the next write of any kind fails
 
 Operations: ``open_object``, ``load``, ``create_map``, ``map_lookup``, ``map_update``,
-``map_delete``, ``map_update_batch``, ``map_delete_batch``, ``map_by_id``, ``map_by_pin``,
+``map_delete``, ``map_update_batch``, ``map_delete_batch``, ``map_mmap`` (``value_view``),
+``map_view_write`` (an assignment through such a view), ``map_by_id``, ``map_by_pin``,
 ``program_by_pin``, ``pin``, ``unpin``, ``attach_xdp``, ``detach_xdp``, ``xdp_query``,
 ``attach_tc``, ``detach_tc``, ``ifindex``, ``lock``; ``write`` matches any map write and
 ``create_map``, ``*`` any operation.
@@ -30,6 +31,7 @@ import struct
 from typing import Optional
 
 import attrs
+import numpy as np
 
 from ..adapter import bpf  # only to parse the ELF objects with libbpf: no privileges needed
 from ..errors import KernelError, NotFoundError, ValidationError
@@ -42,9 +44,12 @@ from ..kernel import (
     BPF_MAP_TYPE_PERCPU_ARRAY,
     BPF_MAP_TYPE_PERCPU_HASH,
     BPF_MAP_TYPE_PROG_ARRAY,
+    BPF_F_MMAPABLE,
 )
 
-WRITE_OPS = frozenset({"map_update", "map_delete", "map_update_batch", "map_delete_batch", "create_map"})
+WRITE_OPS = frozenset({"map_update", "map_delete", "map_update_batch", "map_delete_batch", "map_view_write",
+                       "create_map"})
+PAGE_SIZE = 4096
 ARRAY_TYPES = frozenset({BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_PROG_ARRAY,
                          BPF_MAP_TYPE_ARRAY_OF_MAPS})
 PERCPU_TYPES = frozenset({BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_LRU_PERCPU_HASH})
@@ -96,6 +101,57 @@ class _MapStore(_Store):
         self.flags = flags
         self.inner = inner  # template shape of a map-in-map
         self.data: dict = {}  # key -> value (array: only slots written non-zero); fd maps: key -> _Store
+        # an mmap-able ARRAY keeps its values in memory instead, as the kernel lays them out
+        # (round_up(value_size, 8) bytes apart, whole pages): lookups and updates use it,
+        # and value_view() hands it out (np.zeros: pages never written cost nothing)
+        self.mem: Optional[np.ndarray] = None
+        self.stride = (value_size + 7) & ~7
+        if map_type == BPF_MAP_TYPE_ARRAY and flags & BPF_F_MMAPABLE:
+            self.mem = np.zeros(-(-self.stride * max_entries // PAGE_SIZE) * PAGE_SIZE, dtype=np.uint8)
+
+    def read_slot(self, idx: int) -> bytes:
+        off = idx * self.stride
+        return self.mem[off:off + self.value_size].tobytes()
+
+    def write_slot(self, idx: int, value: bytes) -> None:
+        off = idx * self.stride
+        self.mem[off:off + self.value_size] = np.frombuffer(value, dtype=np.uint8)
+
+    def mem_contents(self) -> dict:
+        """key -> value of every slot that is not all zeros (like ``data`` of other arrays)."""
+        rows = self.mem[: self.stride * self.max_entries].reshape(self.max_entries, self.stride)
+        if self.stride % 8 == 0:  # padding stays zero: one 8-byte word per element to test
+            words = rows.view(np.uint64)
+            nonzero = np.flatnonzero(words.any(axis=1)) if words.shape[1] > 1 else np.flatnonzero(words[:, 0])
+        else:
+            nonzero = np.flatnonzero(rows.any(axis=1))
+        return {_U32.pack(int(i)): self.read_slot(int(i)) for i in nonzero}
+
+
+class _FakeView(np.ndarray):
+    """The values of a fake mmap-able array, as ``value_view`` hands them out: a numpy view
+    of the map's own memory.  An assignment into it (``view[keys] = values``) is the fake's
+    ``map_view_write`` operation, so a fault can be injected there like on any other write
+    (it then leaves the first half of an indexed write done, like a failed batch)."""
+
+    _fake_store = None
+    _fake_name = ""
+
+    def __array_finalize__(self, obj) -> None:
+        self._fake_store = getattr(obj, "_fake_store", None)
+        self._fake_name = getattr(obj, "_fake_name", "")
+
+    def __setitem__(self, key, value) -> None:
+        s = self._fake_store
+        if s is not None and s.mem is not None and np.may_share_memory(self, s.mem):
+            try:
+                s.kernel._call("map_view_write", f"write {self._fake_name} through its mmap")
+            except KernelError:
+                if isinstance(key, np.ndarray) and key.ndim == 1 and np.ndim(value) == 1 and len(value) == len(key):
+                    half = len(key) // 2
+                    super().__setitem__(key[:half], np.asarray(value)[:half])
+                raise
+        super().__setitem__(key, value)
 
 
 class _Handle:
@@ -125,6 +181,7 @@ class _Handle:
         self._store.kernel._pin(self._live(), os.fspath(path))
 
     def close(self) -> None:
+        self.__dict__.pop("_views", None)
         if self.fd >= 0:
             self._store.kernel._fds.pop(self.fd, None)
             self.fd = -1
@@ -205,6 +262,8 @@ class FakeMap(_Handle):
         if s.type in FD_TYPES:
             ref = s.data.get(k)
             return None if ref is None else _U32.pack(ref.id)
+        if s.mem is not None:
+            return s.read_slot(self._array_index(k))
         v = s.data.get(k)
         if v is None and s.type in ARRAY_TYPES:
             return self._zero()
@@ -224,7 +283,9 @@ class FakeMap(_Handle):
                 raise KernelError(f"update {self.name}", errno.E2BIG)
             if flags == BPF_NOEXIST:
                 raise KernelError(f"update {self.name}", errno.EEXIST)
-            if v == self._zero():
+            if s.mem is not None:
+                s.write_slot(self._array_index(k), v)
+            elif v == self._zero():
                 s.data.pop(k, None)
             else:
                 s.data[k] = v
@@ -350,6 +411,35 @@ class FakeMap(_Handle):
         for k in ks:
             if not self._delete(k):
                 raise KernelError(f"batch delete {self.name}", errno.ENOENT, k.hex())
+
+    # mmap of an array's values ------------------------------------------------
+    @property
+    def mmapable(self) -> bool:
+        s = self._live()
+        return s.type == BPF_MAP_TYPE_ARRAY and bool(s.flags & BPF_F_MMAPABLE)
+
+    def value_view(self, dtype="<u4"):
+        """Like ``bpf.Map.value_view``: the map's own memory as a (writable) numpy view."""
+        s = self._live()
+        dt = np.dtype(dtype)
+        views = self.__dict__.setdefault("_views", {})  # one mapping per handle, like the adapter
+        if dt in views:
+            return views[dt]
+        if s.type != BPF_MAP_TYPE_ARRAY:
+            raise ValidationError(f"{self.name}.type", s.type, "only an ARRAY map can be mmap-ed")
+        if s.value_size % dt.itemsize:
+            raise ValidationError("dtype", str(dt), f"value size {s.value_size} is not a multiple of its size")
+        s.kernel._call("map_mmap", f"mmap {self.name}")
+        if s.mem is None:
+            raise KernelError(f"mmap {self.name}", errno.EINVAL, "the map was created without BPF_F_MMAPABLE")
+        per = s.value_size // dt.itemsize
+        shape = (s.max_entries,) if per == 1 else (s.max_entries, per)
+        strides = (s.stride,) if per == 1 else (s.stride, dt.itemsize)
+        view = np.ndarray(shape, dtype=dt, buffer=s.mem, strides=strides).view(_FakeView)
+        view._fake_store = s
+        view._fake_name = s.name
+        views[dt] = view
+        return view
 
     # map-in-map -------------------------------------------------------------
     def set_inner_map(self, key, inner: "FakeMap") -> None:
@@ -615,6 +705,7 @@ class FakeKernel:
                             if isinstance(v, _Store):
                                 v.refs -= 1
                         store.data.clear()
+                        store.mem = None  # a view still held keeps its memory, like an mmap
                     for m in getattr(store, "used_maps", ()):
                         m.refs -= 1
                     store.used_maps = []
@@ -653,6 +744,8 @@ class FakeKernel:
         return self._contents(m._store)
 
     def _contents(self, s: _MapStore) -> dict:
+        if s.mem is not None:
+            return s.mem_contents()
         out = {}
         for k, v in s.data.items():
             if isinstance(v, _MapStore):
