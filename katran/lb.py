@@ -764,10 +764,21 @@ class KatranLb:
         return ep
 
     def _program_ring(self, vip_num: int, old: Optional[np.ndarray], new: np.ndarray, tx: Transaction) -> None:
+        """Write the slots where ``new`` differs from ``old`` (all of them when None).
+
+        ch_rings made with BPF_F_MMAPABLE (ours since 0.17 ms of a one-real change went to
+        the batch syscall) is written through its mmap-ed values: a numpy scatter, no
+        syscall; a ch_rings without the flag (an older data plane adopted, or reused by an
+        upgrade) with one batch update.  Either way the undo writes the old values back.
+        """
         keys, values, before = maglev.ring_writes(old, new, vip_num * self._config.ch_ring_size)
         if len(keys) == 0:
             return
-        tx.update_batch(self._map("ch_rings"), keys.tobytes(), values.tobytes(), before.tobytes())
+        ch_rings = self._map("ch_rings")
+        if ch_rings.mmapable:
+            tx.update_view(ch_rings, keys, values, before, np.uint32)
+            return
+        tx.update_batch(ch_rings, keys.tobytes(), values.tobytes(), before.tobytes())
 
     # ------------------------------------------------------------------ QUIC mapping
     def _max_quic_id(self) -> int:

@@ -135,6 +135,18 @@ class Transaction:
         self.on_rollback(lambda: bpf_map.update_batch(keys, old_values))
         self._write(lambda: bpf_map.update_batch(keys, values))
 
+    def update_view(self, bpf_map, index, values, old_values, dtype="<u4") -> None:
+        """``index``-ed slots of an mmap-able array written through its mapped values
+        (``bpf_map.value_view(dtype)[index] = values``, no syscall); undo writes
+        ``old_values`` back to the same slots (also after a partial write)."""
+        view = self._write(lambda: bpf_map.value_view(dtype))
+
+        def undo() -> None:
+            view[index] = old_values
+
+        self.on_rollback(undo)
+        self._write(lambda: view.__setitem__(index, values))
+
     def call(self, do: Callable[[], object], undo: Callable[[], None]):
         """Any other kernel step and its inverse."""
         result = self._write(do)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import ipaddress
 
 import numpy as np
+import pytest
 
 from conftest import lb_config
+from unflagged import unflagged_balancer  # noqa: F401 (fixture)
 from katran import HashFunction, KatranLb, ModifyAction, Real, VipKey, maglev, structs
 from katran.testing import FakeKernel
 
@@ -101,12 +103,44 @@ def test_one_real_in_two_vips_with_two_weights():
 
 
 def test_only_changed_slots_are_written():
+    """ch_rings is mmap-able: one assignment of the changed slots through its view."""
     lb = _lb(max_reals=128)
     lb.add_vip(V4)
     lb.modify_reals_for_vip(ModifyAction.ADD, [Real(f"10.0.1.{i}") for i in range(1, 101)], V4)
     before = lb._vips[V4].ring.copy()
     writes = []
     ch = lb._map("ch_rings")
+    assert ch.mmapable
+    view = ch.value_view(np.uint32)
+
+    class Recording:
+        def __setitem__(self, index, values):
+            writes.append(len(index))
+            view[index] = values
+
+    ch.value_view = lambda dtype: Recording()
+    ch.update_batch = lambda *a, **kw: pytest.fail("the batch path was taken")
+    calls = lb.kernel.calls["map_view_write"]
+    try:
+        lb.add_real_for_vip(Real("10.0.2.1"), V4)
+    finally:
+        del ch.value_view, ch.update_batch
+    changed = int(np.count_nonzero(before != lb._vips[V4].ring))
+    assert writes == [changed] and 0 < changed < RING // 20  # ~1/101 of the slots and a few more
+    assert lb.kernel.calls["map_view_write"] == calls + 1
+    _check(lb, V4)
+    lb.close()
+
+
+def test_only_changed_slots_are_written_without_mmap(unflagged_balancer):
+    """An older ch_rings without BPF_F_MMAPABLE: one batch update of the changed slots."""
+    lb = _lb(max_reals=128, balancer_prog_path=str(unflagged_balancer))
+    lb.add_vip(V4)
+    lb.modify_reals_for_vip(ModifyAction.ADD, [Real(f"10.0.1.{i}") for i in range(1, 101)], V4)
+    before = lb._vips[V4].ring.copy()
+    writes = []
+    ch = lb._map("ch_rings")
+    assert not ch.mmapable
     real_update_batch = ch.update_batch
 
     def counting(keys, values, *a, **kw):
@@ -119,6 +153,7 @@ def test_only_changed_slots_are_written():
     finally:
         del ch.update_batch
     changed = int(np.count_nonzero(before != lb._vips[V4].ring))
-    assert writes == [changed] and 0 < changed < RING // 20  # ~1/101 of the slots and a few more
+    assert writes == [changed] and 0 < changed < RING // 20
+    assert lb.kernel.calls["map_mmap"] == 0 and lb.kernel.calls["map_view_write"] == 0
     _check(lb, V4)
     lb.close()

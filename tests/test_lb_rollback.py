@@ -14,6 +14,7 @@ import errno
 import pytest
 
 from conftest import lb_config
+from unflagged import unflagged_balancer  # noqa: F401 (fixture)
 from katran import (
     HashFunction,
     KatranLb,
@@ -221,3 +222,44 @@ def test_every_mutating_method_is_in_the_table():
     mutating = {n for n in public if not n.startswith(READ_ONLY)} - NOT_STATE
     called = set().union(*(f.__code__.co_names for f in MUTATIONS.values()))
     assert mutating - called == set()
+
+
+RING_MUTATIONS = ("add_real_for_vip", "modify_reals_add_batch", "modify_reals_del_batch", "del_real_for_vip",
+                  "change_hash_function_for_vip", "del_vip")
+
+
+@pytest.mark.parametrize("ch_rings", ["mmapable", "batch"])
+@pytest.mark.parametrize("method", RING_MUTATIONS)
+def test_failure_after_the_ring_write_restores_the_ring(method, ch_rings, monkeypatch, request):
+    """The ring written (through ch_rings' mmap, or with a batch update where the map lacks
+    BPF_F_MMAPABLE), then a later step of the same change fails: the old slots are written
+    back the same way and nothing else changed either."""
+    kw = dict(FEATURES)
+    if ch_rings == "batch":
+        kw["balancer_prog_path"] = str(request.getfixturevalue("unflagged_balancer"))
+    k = FakeKernel()
+    lb = KatranLb(lb_config(**kw), kernel=k)
+    lb.start()
+    provision(lb)
+    assert lb._map("ch_rings").mmapable == (ch_rings == "mmapable")
+    before = (public_state(lb), kernel_state(k, lb))
+    real_program_ring = KatranLb._program_ring
+    written = []
+
+    def then_fail(self, vip_num, old, new, tx):
+        real_program_ring(self, vip_num, old, new, tx)
+        written.append(k.map_contents(self._map("ch_rings")))
+        raise KernelError("a later step", errno.EIO)
+
+    monkeypatch.setattr(KatranLb, "_program_ring", then_fail)
+    ops = dict(k.calls)
+    with pytest.raises(KernelError, match="a later step"):
+        MUTATIONS[method](lb)
+    assert written and written[0] != before[1]["balancer"]["ch_rings"]  # the ring had changed
+    assert (public_state(lb), kernel_state(k, lb)) == before
+    path_op = "map_view_write" if ch_rings == "mmapable" else "map_update_batch"
+    assert k.calls[path_op] - ops.get(path_op, 0) == 2  # the write and its undo, the same way
+    monkeypatch.undo()
+    MUTATIONS[method](lb)  # and the change goes through afterwards
+    assert (public_state(lb), kernel_state(k, lb)) != before
+    lb.close()
