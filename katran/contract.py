@@ -472,7 +472,7 @@ BALANCER_MAPS = _maps(
     MapDef("fallback_glru", MapType.LRU_HASH, FLOW_KEY, U32, "global LRU of cpus without one"),
     MapDef("vip_to_down_reals_map", MapType.HASH_OF_MAPS, VIP_DEFINITION, U32, "VIP -> its down reals",
            _DOWN_INNER),
-    MapDef("ctl_array", MapType.ARRAY, U32, CTL_VALUE, "slot -> control value (0: gateway MAC, 1: number of VIPs with port 0)"),
+    MapDef("ctl_array", MapType.ARRAY, U32, CTL_VALUE, "slot -> control value (0: gateway MAC, 1: 1 + number of VIPs with port 0, 0 = not known)"),
     MapDef("vip_addrs", MapType.HASH, ADDRESS, U32, "VIP address -> VIPs on it (echo replies)"),
     MapDef("decap_dst", MapType.HASH, ADDRESS, U32, "outer destination -> flags (inline decap)"),
     MapDef("subprograms", MapType.PROG_ARRAY, U32, U32, "0 -> the balancer itself (recirculation)"),

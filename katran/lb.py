@@ -28,6 +28,7 @@ from .errors import (
     AlreadyExistsError,
     CapacityError,
     FeatureNotEnabledError,
+    KatranError,
     NotFoundError,
     ValidationError,
 )
@@ -250,6 +251,13 @@ class KatranLb:
                     self._dp.close(keep=True)  # never detach what this run did not attach
                     raise
                 self.adopted = True
+        # a fresh data plane, or one of a build that did not keep it: the port-0 VIP count
+        # (until written, the data plane makes the port-0 lookup, as Katran: safe to go on)
+        try:
+            self._write_any_port_vips(None)
+        except KatranError as exc:
+            log.warning("could not write the port-0 VIP count (ctl_array[%d]): every packet that is no "
+                        "VIP is looked up again with port 0: %s", structs.CTL_ANY_PORT_VIPS, exc)
         if self.adopted:
             log.info("adopted the data plane on %s (program id %d): %d vips, %d reals",
                      self._config.main_interface, self._dp.program().id, len(self._vips), len(self._reals))
@@ -378,8 +386,6 @@ class KatranLb:
             st.ring = self._compute_ring(st)
         self._dirty.update(id(st) for st in vips.values())  # the read views are published after start
         self._verify_against_maps(path)
-        # the data plane may come from a build that did not keep this slot: write it if it differs
-        self._write_any_port_vips(None)
 
     def _verify_against_maps(self, path) -> None:
         """StateError naming the first VIP / real whose map entry differs from the state file."""
@@ -536,12 +542,13 @@ class KatranLb:
             tx.delete(self._map("vip_addrs"), key)
 
     def _write_any_port_vips(self, tx: Optional[Transaction]) -> None:
-        """ctl_array[CTL_ANY_PORT_VIPS] = how many VIPs have port 0: without any, the data plane
-        passes a packet after one vip_map lookup (no second one with port 0). Without ``tx``
-        (adoption): written only when the map holds another value."""
+        """ctl_array[CTL_ANY_PORT_VIPS] = 1 + how many VIPs have port 0: with none (1), the data
+        plane passes a packet after one vip_map lookup (no second one with port 0); 0, never
+        written, makes it look port 0 up always. Without ``tx`` (start, adoption): written
+        only when the map holds another value."""
         count = sum(1 for v in self._vips if v.port == 0)
         ctl = self._map("ctl_array")
-        key, value = structs.u32(structs.CTL_ANY_PORT_VIPS), structs.ctl_value_u64(count)
+        key, value = structs.u32(structs.CTL_ANY_PORT_VIPS), structs.ctl_value_u64(1 + count)
         if tx is not None:
             tx.update(ctl, key, value)
         elif ctl.lookup(key) != value:

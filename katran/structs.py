@@ -47,7 +47,7 @@ GLOBAL_COUNTERS: dict[str, int] = dict(_G)  # Katran's name -> slot offset
 
 # --- slots / flags (C enums of consts.h) ----------------------------------------
 CTL_MAC_POS = _c.CTL_SLOTS.value("CTL_DEFAULT_MAC")  # ctl_array slot of the default gateway MAC
-CTL_ANY_PORT_VIPS = _c.CTL_SLOTS.value("CTL_ANY_PORT_VIPS")  # ctl_array slot: how many VIPs have port 0
+CTL_ANY_PORT_VIPS = _c.CTL_SLOTS.value("CTL_ANY_PORT_VIPS")  # ctl_array slot: 1 + how many VIPs have port 0 (0: not known)
 PCKT_SRC_V4 = _c.PCKT_SRC_SLOTS.value("PCKT_SRC_V4")  # pckt_srcs slots
 PCKT_SRC_V6 = _c.PCKT_SRC_SLOTS.value("PCKT_SRC_V6")
 REAL_F_IPV6 = _c.REAL_FLAGS.value("REAL_F_IPV6")  # real_definition.flags

@@ -67,6 +67,21 @@ def test_udp_entries_keep_a_coarse_monotonic_access_time(lb):
     assert second > first  # refreshed on use
 
 
+def test_udp_entry_stamped_ahead_of_the_coarse_clock_is_fresh(lb):
+    """After a hitless upgrade from a build that stamped UDP entries with the precise clock, an
+    entry may be up to a tick ahead of the coarse clock: it is fresh (its real kept), not a
+    wrapped-around age beyond the timeout."""
+    lb.real(1, "10.0.0.1")
+    lb.real(2, "10.0.0.2")
+    lb.vip("10.200.1.1", 80, 17, 0, ring=1)
+    key = structs.flow_key("192.168.1.1", "10.200.1.1", 31337, 80, 17)
+    ahead = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 50_000_000  # 50 ms ahead of any tick
+    lb.map("fallback_cache").update(key, structs.real_pos_lru(1, ahead))
+    lb.ring(0, 2)  # a re-hash would pick real 2
+    _, out = lb.run(udp4())
+    assert outer_dst(out) == "10.0.0.1"
+
+
 @pytest.mark.parametrize("real", ["10.0.0.1", "255.255.255.254", "0.0.0.1", "172.16.255.255"])
 @pytest.mark.parametrize("tos,size", [(0, 0), (0xFF, 7), (0x2E, 1400), (0x01, 333)])
 def test_ipv4_outer_header_checksum(lb, real, tos, size):

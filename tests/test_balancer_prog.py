@@ -63,7 +63,6 @@ class Balancer:
         self.map = self.obj.map
         self.map("ctl_array").update(structs.u32(0), structs.ctl_value_mac(GW_MAC))
         self.inner_maps = []
-        self.any_port = 0
 
     def close(self):
         for m in self.inner_maps:
@@ -76,9 +75,6 @@ class Balancer:
     def vip(self, addr: str, port: int, proto: int, num: int, flags: int = 0, ring=None):
         self.map("vip_map").update(structs.vip_definition(addr, port, proto), structs.vip_meta(flags, num))
         self.map("vip_addrs").update(structs.address(addr), structs.u32(1))
-        if port == 0:  # KatranLb keeps the number of port-0 VIPs here; the program needs it to look them up
-            self.any_port += 1
-            self.map("ctl_array").update(structs.u32(structs.CTL_ANY_PORT_VIPS), structs.ctl_value_u64(self.any_port))
         if ring is not None:
             self.ring(num, ring)
 
@@ -360,14 +356,18 @@ def test_port0_vip_hashes_without_dport_and_dport_hash(lb):
     assert Ether(out)[IP].src == f"172.16.{0x69}.{0x7A}"
 
 
-def test_port0_vips_are_looked_up_only_when_counted(lb):
-    """ctl_array[CTL_ANY_PORT_VIPS] (KatranLb keeps it) tells the program whether a miss on the
-    destination port is worth a second lookup with port 0: with the count at 0, a port-0 VIP
-    is not found (the packet is passed); counted, it is balanced."""
+def test_port0_vips_are_looked_up_unless_known_to_be_none(lb):
+    """ctl_array[CTL_ANY_PORT_VIPS] holds 1 + the number of port-0 VIPs (KatranLb keeps it).
+    0, never written (this harness, another control plane), means not known: the program looks
+    port 0 up, as Katran. 1 (none) skips that lookup, so a port-0 VIP the count does not know
+    is not found."""
+    slot = structs.u32(structs.CTL_ANY_PORT_VIPS)
     lb.real(1, "10.0.0.1")
     lb.vip("10.200.1.2", 0, 6, 0, ring=1)
+    assert lb.run(tcp4(dst="10.200.1.2", dport=42))[0] == XDP_TX  # slot 0: not known
+    lb.map("ctl_array").update(slot, structs.ctl_value_u64(2))  # one port-0 VIP
     assert lb.run(tcp4(dst="10.200.1.2", dport=42))[0] == XDP_TX
-    lb.map("ctl_array").update(structs.u32(structs.CTL_ANY_PORT_VIPS), structs.ctl_value_u64(0))
+    lb.map("ctl_array").update(slot, structs.ctl_value_u64(1))  # none
     assert lb.run(tcp4(dst="10.200.1.2", dport=42))[0] == XDP_PASS
     assert lb.run(tcp4(dst="10.9.9.9", dport=42))[0] == XDP_PASS
 

@@ -71,7 +71,8 @@ def test_start_sizes_every_map_and_sets_the_knobs(fake_kernel):
     assert ro["ring_size"] == RING and ro["max_vips"] == 8
     assert ro["gue_encap"] == 1 and ro["gue_dport"] == 9999 and ro["max_pckt_size"] == 1400
     assert ro["lpm_src_lookup"] == 0
-    assert contents(lb, "ctl_array") == {structs.u32(0): structs.ctl_value_mac(bytes.fromhex("0000deadbeaf"))}
+    assert contents(lb, "ctl_array") == {structs.u32(0): structs.ctl_value_mac(bytes.fromhex("0000deadbeaf")),
+                                         structs.u32(structs.CTL_ANY_PORT_VIPS): structs.ctl_value_u64(1)}
     assert contents(lb, "pckt_srcs") == {structs.u32(0): structs.real_definition("10.0.13.37", 0)}
     lb.close()
 
@@ -762,14 +763,13 @@ def test_config_mac_default():
 
 
 def test_port0_vips_are_counted_in_ctl_array(fake_kernel):
-    """ctl_array[CTL_ANY_PORT_VIPS] = how many VIPs have port 0 (the data plane skips the
-    port-0 lookup without any); kept by add_vip / del_vip, undone with them."""
+    """ctl_array[CTL_ANY_PORT_VIPS] = 1 + how many VIPs have port 0 (the data plane skips the
+    port-0 lookup when it is 1); written at start, kept by add_vip / del_vip, undone with them."""
     lb = make(fake_kernel)
     slot = structs.u32(structs.CTL_ANY_PORT_VIPS)
 
-    def count() -> int:
-        raw = contents(lb, "ctl_array").get(slot)
-        return 0 if raw is None else int.from_bytes(raw[:8], "little")
+    def count() -> int:  # the slot holds 1 + the count (0: not known)
+        return int.from_bytes(contents(lb, "ctl_array")[slot][:8], "little") - 1
 
     a, b = VipKey("10.200.1.2", 0, "tcp"), VipKey("fc00::2", 0, "udp")
     lb.add_vip(V4)
@@ -796,4 +796,29 @@ def test_port0_vips_are_counted_in_ctl_array(fake_kernel):
     lb.del_vip(a)
     lb.del_vip(b)
     assert count() == 0
+    lb.close()
+
+
+def test_start_goes_on_when_the_port0_count_cannot_be_written(fake_kernel, monkeypatch, caplog):
+    """The count is an optimisation: unwritten (0), the data plane looks port 0 up as Katran
+    does, so a failed write at start is a warning, not a failed start."""
+    from katran.testing.fake_kernel import FakeMap
+
+    slot = structs.u32(structs.CTL_ANY_PORT_VIPS)
+    real_update = FakeMap.update
+
+    def failing_update(self, key, value, flags=0):
+        if self.name == "ctl_array" and key == slot:
+            raise KernelError("update ctl_array", errno.EPERM, "injected")
+        return real_update(self, key, value, flags)
+
+    lb = KatranLb(lb_config(max_vips=8, max_reals=16, ch_ring_size=RING), kernel=fake_kernel)
+    monkeypatch.setattr(FakeMap, "update", failing_update)
+    with caplog.at_level("WARNING"):
+        lb.start()
+    monkeypatch.setattr(FakeMap, "update", real_update)
+    assert lb._dp.started and "port-0 VIP count" in caplog.text
+    assert slot not in contents(lb, "ctl_array")  # not known: the data plane looks port 0 up
+    lb.add_vip(VipKey("10.200.1.2", 0, "tcp"))  # the next change writes it
+    assert contents(lb, "ctl_array")[slot] == structs.ctl_value_u64(2)
     lb.close()

@@ -54,7 +54,7 @@
 /* ctl_array slots */
 enum ctl_slot {
 	CTL_DEFAULT_MAC = 0,
-	CTL_ANY_PORT_VIPS = 1, /* how many VIPs have port 0 (not in Katran) */
+	CTL_ANY_PORT_VIPS = 1, /* 1 + how many VIPs have port 0; 0: not known (not in Katran) */
 };
 
 /* pckt_srcs slots (outer source addresses for GUE, host addresses) */

@@ -104,7 +104,9 @@ static __always_inline void lru_lookup(struct pkt_meta *pkt, void *lru_map,
 	if (pkt->flow.proto == IPPROTO_UDP) {
 		__u64 now = conn_now();
 
-		if (now - entry->atime > lru_udp_timeout_ns)
+		/* an atime ahead of now is fresh: the precise clock of an older build
+		 * (hitless upgrade) runs up to a tick ahead of the coarse one */
+		if (now > entry->atime && now - entry->atime > lru_udp_timeout_ns)
 			return;
 		entry->atime = now;
 	}

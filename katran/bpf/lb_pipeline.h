@@ -51,16 +51,19 @@ LB_OUT_OF_LINE int answer_too_big(struct xdp_md *xdp, bool is_ipv6, __u64 frame_
 }
 
 /*
- * Are there VIPs without a port (ctl_array[CTL_ANY_PORT_VIPS], kept by the
- * control plane)? Not in Katran: without them a packet whose address and port
- * are no VIP is passed after one vip_map lookup, not two.
+ * May there be VIPs without a port? ctl_array[CTL_ANY_PORT_VIPS] holds 1 + how
+ * many there are, kept by the control plane; 0 (never written: another control
+ * plane, or the moment between a hitless upgrade from an older build and the
+ * first write) means not known, and the port-0 lookup is made, as in Katran.
+ * Not in Katran: with none, a packet whose address and port are no VIP is
+ * passed after one vip_map lookup, not two.
  */
 static __always_inline bool any_port_vips(void)
 {
 	__u32 key = CTL_ANY_PORT_VIPS;
 	struct ctl_value *v = bpf_map_lookup_elem(&ctl_array, &key);
 
-	return v && v->value;
+	return !v || v->value != 1;
 }
 
 /* The L4 part of the pipeline: from a parsed TCP/UDP flow to a verdict. */
