@@ -13,7 +13,7 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import is_root, lb_config
+from conftest import lb_config
 from katran import KatranLb, KernelError, ModifyAction, Real, VipKey, ValidationError, structs
 from katran.kernel import BPF_F_MMAPABLE, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH
 from katran.testing import FakeKernel
@@ -26,8 +26,6 @@ RING = 13
 def _kernel(which: str):
     if which == "fake":
         return FakeKernel()
-    if not is_root():
-        pytest.skip("needs root (BPF): run the suite as root")
     from katran.adapter.kernel import RealKernel
 
     return RealKernel()
@@ -37,7 +35,7 @@ def u32(i: int) -> bytes:
     return struct.pack("<I", i)
 
 
-@pytest.fixture(params=["real", "fake"])
+@pytest.fixture(params=[pytest.param("real", marks=pytest.mark.privileged), "fake"])
 def kernel(request):
     return _kernel(request.param)
 
@@ -103,8 +101,6 @@ def test_the_fake_injects_faults_into_the_mapping_and_the_writes():
 
 @pytest.mark.privileged
 def test_closing_the_map_unmaps_it():
-    if not is_root():
-        pytest.skip("needs root (BPF): run the suite as root")
     from katran.adapter import bpf
 
     def mapped() -> int:
@@ -138,8 +134,6 @@ def _ring_by_syscall(lb: KatranLb) -> list[int]:
 @pytest.mark.privileged
 @pytest.mark.parametrize("obj", ["packaged", "unflagged"])
 def test_rings_reach_the_kernel_and_roll_back(obj, request, monkeypatch):
-    if not is_root():
-        pytest.skip("needs root (BPF): run the suite as root")
     kw = dict(max_vips=4, max_reals=16, ch_ring_size=RING)
     if obj == "unflagged":
         kw["balancer_prog_path"] = str(request.getfixturevalue("unflagged_balancer"))
@@ -175,8 +169,6 @@ def test_upgrade_keeps_the_live_ch_rings_and_its_flags(first, then, request, tmp
     """A hitless upgrade reuses the live ch_rings as it is (bpf_map__reuse_fd takes the live
     map's flags): from an object without the flag the rings go on with batch updates, from one
     with it through the mmap; either way they land in the map the running program reads."""
-    if not is_root():
-        pytest.skip("needs root (BPF, netns): run the suite as root")
     from katran.dataplane import OBJ_DIR
     from katran.lab.netns import inside, veth_link
 
