@@ -22,6 +22,7 @@ kernel's uapi numbers.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import ContextManager, Iterator, Optional, Protocol, Sequence, Union, runtime_checkable
 
@@ -95,6 +96,48 @@ class LoadedObjectHandle(Protocol):
     def map(self, name: str) -> MapHandle: ...
     def program(self, name: str) -> ProgramHandle: ...
     def close(self) -> None: ...
+
+
+class NamedHandles:
+    """The maps and programs of a BPF object by name: the lookups the adapter's
+    ``LoadedObject``, ``katran.state.PinnedObject`` and the fake kernel's object share.
+    A subclass has ``path``, ``maps``, ``internal_maps`` (``.rodata``, ``.bss``, ... by their
+    short name), ``programs`` and a ``closed`` property; ``_kind`` prefixes its errors."""
+
+    path: str
+    maps: dict
+    internal_maps: dict
+    programs: dict
+    _kind = ""
+
+    @property
+    def closed(self) -> bool:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def _require_open(self) -> None:
+        if self.closed:
+            from .errors import KernelError
+
+            raise KernelError(f"use of closed {self._kind}object {self.path}", errno.EBADF)
+
+    def map(self, name: str):
+        """Map by name; '.rodata', '.bss', '.data' reach the object's internal maps."""
+        self._require_open()
+        m = self.maps.get(name) or self.internal_maps.get(name)
+        if m is None:
+            from .errors import NotFoundError
+
+            raise NotFoundError(f"{self._kind}map in {os.path.basename(self.path)}:", name)
+        return m
+
+    def program(self, name: str):
+        self._require_open()
+        p = self.programs.get(name)
+        if p is None:
+            from .errors import NotFoundError
+
+            raise NotFoundError(f"{self._kind}program in {os.path.basename(self.path)}:", name)
+        return p
 
 
 class ObjectSpecHandle(Protocol):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import KatranError, KernelError
+from .kernel import NamedHandles
 
 FORMAT = "katran-state"
 VERSION = 1
@@ -204,9 +205,11 @@ class InstanceLock:
 
 
 # ---------------------------------------------------------------- pinned objects
-class PinnedObject:
+class PinnedObject(NamedHandles):
     """The maps and programs of a pinned object, shaped like a loaded object (``map``,
     ``program``, ``maps``, ``programs``, ``close``); handles opened from the pins."""
+
+    _kind = "pinned "
 
     def __init__(self, path: str, maps: dict, programs: dict) -> None:
         self.path = path
@@ -228,24 +231,6 @@ class PinnedObject:
                 h.close()
             raise
         return cls(str(directory), maps, progs)
-
-    def map(self, name: str):
-        if self._closed:
-            raise KernelError(f"use of closed pinned object {self.path}", errno.EBADF)
-        if name not in self.maps:
-            from .errors import NotFoundError
-
-            raise NotFoundError(f"pinned map in {self.path}:", name)
-        return self.maps[name]
-
-    def program(self, name: str):
-        if self._closed:
-            raise KernelError(f"use of closed pinned object {self.path}", errno.EBADF)
-        if name not in self.programs:
-            from .errors import NotFoundError
-
-            raise NotFoundError(f"pinned program in {self.path}:", name)
-        return self.programs[name]
 
     @property
     def closed(self) -> bool:

@@ -17,6 +17,7 @@ from typing import Union
 import attrs
 
 from katran.errors import BuildError, KernelError, NotFoundError, ValidationError
+from katran.kernel import NamedHandles
 
 from . import btf as _btf
 from .libbpf import Closing as _Closing, check, clear_messages, ffi, lib, libc, recent_messages
@@ -995,7 +996,7 @@ class ObjectSpec(_Closing):
         self._obj = None
 
 
-class LoadedObject(_Closing):
+class LoadedObject(NamedHandles, _Closing):
     """A loaded BPF object: its maps and programs by name; ``close()`` frees everything."""
 
     def __init__(self, spec: ObjectSpec) -> None:
@@ -1023,23 +1024,6 @@ class LoadedObject(_Closing):
             if fd >= 0:  # autoload disabled programs have no fd
                 self.programs[name] = Program(name, fd, lib.bpf_program__type(p))
             p = lib.bpf_object__next_program(self._obj, p)
-
-    def map(self, name: str) -> Map:
-        """Map by name; '.rodata', '.bss', '.data' reach libbpf's internal maps."""
-        if self._obj is None:
-            raise KernelError(f"use of closed object {self.path}", errno.EBADF)
-        m = self.maps.get(name) or self.internal_maps.get(name)
-        if m is None:
-            raise NotFoundError(f"map in {os.path.basename(self.path)}:", name)
-        return m
-
-    def program(self, name: str) -> Program:
-        if self._obj is None:
-            raise KernelError(f"use of closed object {self.path}", errno.EBADF)
-        p = self.programs.get(name)
-        if p is None:
-            raise NotFoundError(f"program in {os.path.basename(self.path)}:", name)
-        return p
 
     def close(self) -> None:
         if self._obj is None:

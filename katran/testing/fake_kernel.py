@@ -45,6 +45,7 @@ from ..kernel import (
     BPF_MAP_TYPE_PERCPU_HASH,
     BPF_MAP_TYPE_PROG_ARRAY,
     BPF_F_MMAPABLE,
+    NamedHandles,
 )
 
 WRITE_OPS = frozenset({"map_update", "map_delete", "map_update_batch", "map_delete_batch", "map_view_write",
@@ -584,7 +585,7 @@ class FakeSpec:
         self.close()
 
 
-class FakeObject:
+class FakeObject(NamedHandles):
     """A loaded fake object: ``maps``, ``programs``, and the knob values it was loaded with."""
 
     def __init__(self, spec: FakeSpec) -> None:
@@ -618,20 +619,6 @@ class FakeObject:
             self.programs[name] = FakeProgram(store)
         self._closed = False
         k.objects.append(self)
-
-    def map(self, name: str) -> FakeMap:
-        if self._closed:
-            raise KernelError(f"use of closed object {self.path}", errno.EBADF)
-        if name not in self.maps:
-            raise NotFoundError(f"map in {os.path.basename(self.path)}:", name)
-        return self.maps[name]
-
-    def program(self, name: str) -> FakeProgram:
-        if self._closed:
-            raise KernelError(f"use of closed object {self.path}", errno.EBADF)
-        if name not in self.programs:
-            raise NotFoundError(f"program in {os.path.basename(self.path)}:", name)
-        return self.programs[name]
 
     @property
     def closed(self) -> bool:
