@@ -113,7 +113,6 @@ static __always_inline int capture_encap(struct xdp_md *xdp, struct pkt_meta *pk
 {
 	__u32 key = CTL_DEFAULT_MAC;
 	struct ctl_value *gw = bpf_map_lookup_elem(&ctl_array, &key);
-	struct lb_stats *cnt;
 	bool hit;
 
 	if (!gw)
@@ -122,13 +121,7 @@ static __always_inline int capture_encap(struct xdp_md *xdp, struct pkt_meta *pk
 	if (hit)
 		capture_emit(xdp, CAPTURE_DIR_IN);
 	if (!encap_to_real(xdp, gw, pkt, dst, is_ipv6, pkt_bytes)) {
-		cnt = global_cnt(CNT_ENCAP_FAIL);
-		if (cnt) {
-			if (dst->flags & REAL_F_IPV6)
-				cnt->v2 += 1;
-			else
-				cnt->v1 += 1;
-		}
+		count_pair(CNT_ENCAP_FAIL, dst->flags & REAL_F_IPV6); /* v1: v4 real, v2: v6 */
 		return XDP_DROP;
 	}
 	if (hit)

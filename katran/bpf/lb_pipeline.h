@@ -224,13 +224,7 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 	if (__builtin_expect(capture_filter.enabled, 0))
 		return capture_and_encap(xdp, pkt, dst, vip_num, pkt_bytes, is_ipv6);
 	if (!encap_to_real(xdp, gw, pkt, dst, is_ipv6, pkt_bytes)) {
-		cnt = global_cnt(CNT_ENCAP_FAIL);
-		if (cnt) {
-			if (dst->flags & REAL_F_IPV6)
-				cnt->v2 += 1;
-			else
-				cnt->v1 += 1;
-		}
+		count_pair(CNT_ENCAP_FAIL, dst->flags & REAL_F_IPV6); /* v1: v4 real, v2: v6 */
 		return XDP_DROP;
 	}
 	return XDP_TX;
