@@ -16,20 +16,18 @@ from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
+from conftest import MAC, lb_config
 from katran import Flow, KatranConfig, KatranLb, ModifyAction, NotFoundError, Real, ValidationError, VipFlag, VipKey
 from katran.packets import build_flow_packet
 
+
 root = pytest.mark.privileged  # BPF programs (and namespaces): needs root
-MAC = "00:00:de:ad:be:af"
 
 
 def config(**kw) -> KatranConfig:
-    kw.setdefault("testing", True)
-    kw.setdefault("default_mac", MAC)
-    kw.setdefault("forwarding_cores", ())
     kw.setdefault("max_vips", 16)
     kw.setdefault("max_reals", 64)
-    return KatranConfig(**kw)
+    return lb_config(**kw)
 
 
 def live_real(lb: KatranLb, flow: Flow):

@@ -19,19 +19,17 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
+from conftest import MAC, lb_config
 from katran import KatranConfig, KatranLb, ModifyAction, Real, ValidationError, VipFlag, VipKey, metrics
 
+
 root = pytest.mark.privileged  # BPF programs (and namespaces): needs root
-MAC = "00:00:de:ad:be:af"
 
 
 def config(**kw) -> KatranConfig:
-    kw.setdefault("testing", True)
-    kw.setdefault("default_mac", MAC)
-    kw.setdefault("forwarding_cores", ())
     kw.setdefault("max_vips", 16)
     kw.setdefault("max_reals", 64)
-    return KatranConfig(**kw)
+    return lb_config(**kw)
 
 
 def parse(text: str) -> dict:
