@@ -16,7 +16,7 @@ from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from conftest import MAC, lb_config
+from conftest import lb_config
 from katran import Flow, KatranConfig, KatranLb, ModifyAction, NotFoundError, Real, ValidationError, VipFlag, VipKey
 from katran.packets import build_flow_packet
 

@@ -19,7 +19,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from conftest import MAC, lb_config
+from conftest import lb_config
 from katran import KatranConfig, KatranLb, ModifyAction, Real, ValidationError, VipFlag, VipKey, metrics
 
 
