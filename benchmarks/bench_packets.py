@@ -17,7 +17,7 @@ enough that the warmed flows really hit: this is checked).  Run as root:
     python benchmarks/bench_packets.py [--runs 4000] [--block 200] [--reps 1] [--instances 8] [--cpu 1]
                                        [--all-features] [--object other_balancer.bpf.o]
                                        [--compare [NAME=]balancer.bpf.o ...] [--previous REV ...]
-                                       [--capture] [--json results.json]
+                                       [--capture] [--no-flow-cache] [--json results.json]
 
 Every other balancer column (``--compare``, ``--previous``, ``--capture``)
 gets a second table: per row, its cost above empty divided by the
@@ -39,6 +39,11 @@ the packet).  The functions are importable so other programs can be timed
 in the same table: ``run_bench(factory, args, title)``.  ``--capture`` adds
 a column for the balancer with a packet capture running whose filter matches
 none of the packets (the capture-on cost; capture off is the plain column).
+``--no-flow-cache`` adds a column for the balancer with its flow cache off.
+The "LRU hit" rows repeat 500 flows, so ours serves them from its flow cache
+(lb_flow_cache.h); the "flow-cache miss" row alternates flows that share a
+cache slot, so every packet misses the cache, hits the LRU and refills the
+slot: the cache's worst case.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import os
 import random
 import re
 import statistics
+import struct
 import subprocess
 import sys
 import tarfile
@@ -66,7 +72,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from katran import KatranConfig, KatranLb, ModifyAction, Real, VipKey
+from katran import KatranConfig, KatranLb, ModifyAction, Real, VipKey, structs
 from katran import build
 from katran.adapter import bpf
 from katran.errors import safe_repr
@@ -85,6 +91,36 @@ FEATURE_KNOBS = (
 )
 # the flows that are warmed into the connection table before timing
 LRU_FLOWS = range(10000, 10500)
+# a second client whose flows come in pairs that share a flow-cache slot (lb_flow_cache.h)
+CLIENT_B_V4 = "192.168.1.2"
+CACHE_PAIRS = 250
+
+
+def _flow_cache_slot(src: str, dst: str, sport: int, dport: int, proto: int) -> int:
+    """The flow_cache slot of a v4 flow: flow_cache_index() of lb_flow_cache.h."""
+    key = structs.flow_key(src, dst, sport, dport, proto)
+    words = struct.unpack_from("<9I", key)
+    h = 0
+    for w in words:
+        h ^= w
+    h ^= key[36]
+    return ((h * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - 14)
+
+
+def cache_pair_flows() -> list[int]:
+    """Source ports of CLIENT_B_V4 in pairs that share a flow-cache slot: sent alternately,
+    every packet finds the other flow in its slot (a flow-cache miss, then an LRU hit)."""
+    by_slot: dict[int, int] = {}
+    out: list[int] = []
+    for sport in range(1024, 65536):
+        slot = _flow_cache_slot(CLIENT_B_V4, VIP_V4, sport, 80, 6)
+        if slot in by_slot:
+            out += [by_slot.pop(slot), sport]
+            if len(out) == 2 * CACHE_PAIRS:
+                return out
+        else:
+            by_slot[slot] = sport
+    raise AssertionError("not enough flow-cache slot pairs")
 
 
 def tcp4(sport: int, flags: str = "A") -> bytes:
@@ -97,6 +133,10 @@ def tcp6(sport: int, flags: str = "A") -> bytes:
 
 def udp4(sport: int) -> bytes:
     return bytes(ETH / IP(src=CLIENT_V4, dst=VIP_V4) / UDP(sport=sport, dport=80) / PAYLOAD)
+
+
+def tcp4b(sport: int) -> bytes:
+    return bytes(ETH / IP(src=CLIENT_B_V4, dst=VIP_V4) / TCP(sport=sport, dport=80, flags="A") / PAYLOAD)
 
 
 def non_vip(sport: int) -> bytes:
@@ -124,15 +164,17 @@ def vips(n_reals: int) -> list[tuple[VipKey, list[Real]]]:
 
 def warm_frames() -> list[bytes]:
     """Frames that put LRU_FLOWS into the connection table of the current CPU."""
-    return [mk(p) for p in LRU_FLOWS for mk in (tcp4, tcp6, udp4)]
+    return [mk(p) for p in LRU_FLOWS for mk in (tcp4, tcp6, udp4)] + [tcp4b(p) for p in cache_pair_flows()]
 
 
 def build_cases(runs: int) -> list[Case]:
     flows = LRU_FLOWS
+    pairs = cache_pair_flows()
     return [
         Case("TCP ACK, LRU hit, v4", [tcp4(flows[i % len(flows)]) for i in range(runs)]),
         Case("TCP ACK, LRU hit, v6", [tcp6(flows[i % len(flows)]) for i in range(runs)]),
         Case("UDP, LRU hit, v4", [udp4(flows[i % len(flows)]) for i in range(runs)]),
+        Case("TCP ACK, LRU hit, flow-cache miss", [tcp4b(pairs[i % len(pairs)]) for i in range(runs)]),
         Case("TCP SYN, new flow, v4", [tcp4(20000 + (i % 40000), "S") for i in range(runs)]),
         Case("non-VIP, XDP_PASS", [non_vip(20000 + (i % 40000)) for i in range(runs)]),
     ]
@@ -249,12 +291,13 @@ def feature_knobs(balancer_obj: str | None) -> dict[str, bool]:
 
 
 def make_lb(cpu: int, n_reals: int, all_features: bool, lru_size: int,
-            balancer_obj: str | None = None) -> KatranLb:
+            balancer_obj: str | None = None, flow_cache: bool = True) -> KatranLb:
     """A started KatranLb with the benchmark VIPs; its per-cpu LRU is on `cpu` only."""
     knobs = feature_knobs(balancer_obj) if all_features else {}
     cfg = KatranConfig(
         testing=True, default_mac="00:00:de:ad:be:af", forwarding_cores=(cpu,), lru_size=lru_size,
-        katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337", balancer_prog_path=balancer_obj, **knobs,
+        katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337", balancer_prog_path=balancer_obj,
+        flow_cache=flow_cache, **knobs,
     )
     lb = KatranLb(cfg)
     lb.start()
@@ -462,7 +505,7 @@ def build_revision(rev: str, out_dir: Path, repo: Path = REPO) -> Path:
 
 # --- command line
 
-RESERVED_COLUMNS = ("balancer", "empty", "capture")
+RESERVED_COLUMNS = ("balancer", "empty", "capture", "no-flow-cache")
 DEFAULT_CYCLES = 6  # load cycles: in each, every balancer object is loaded first once
 _COLUMN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~^@{}/-]{0,39}")
 
@@ -519,6 +562,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--capture", action="store_true",
                     help="also time the balancer with a packet capture running whose filter matches "
                          "none of the packets (column 'capture')")
+    ap.add_argument("--no-flow-cache", action="store_true",
+                    help="also time the balancer with its flow cache off (flow_cache=False; column "
+                         "'no-flow-cache'): what the cache buys, and costs on the flow-cache miss row")
     ap.add_argument("--json", default=None, metavar="PATH",
                     help="also write the per-repetition medians of every cell to PATH")
     args = ap.parse_args(argv)
@@ -588,6 +634,10 @@ def _run(args: argparse.Namespace, objs: dict[str, str | None]) -> int:
                 stack.callback(loaded["capture"].close)
                 # a running capture whose filter no benchmark packet matches (TEST-NET-3 sources)
                 stack.callback(loaded["capture"].capture(src="203.0.113.0/24").close)
+            if args.no_flow_cache:
+                loaded["no-flow-cache"] = make_lb(args.cpu, args.reals, args.all_features, args.lru_size,
+                                                  args.object, flow_cache=False)
+                stack.callback(loaded["no-flow-cache"].close)
         except BaseException:
             stack.close()
             raise
@@ -610,6 +660,14 @@ def _run(args: argparse.Namespace, objs: dict[str, str | None]) -> int:
         misses = lbs[-1].get_lru_stats().v2 - before
         if misses:
             raise SystemExit(f"{misses} connection-table misses on the LRU-hit rows: raise --lru-size")
+        # the flow-cache miss row must miss the flow cache (its flows share slots in pairs)
+        hits = lbs[-1].get_flow_cache_stats().v1
+        for case in cases:
+            if "flow-cache miss" in case.name:
+                for f in case.frames[: 2 * CACHE_PAIRS]:
+                    progs["balancer"].test_run(f)
+        if lbs[-1].get_flow_cache_stats().v1 != hits:
+            raise SystemExit("flow-cache hits on the flow-cache miss row: its slot pairs are wrong")
 
     mode = "all feature knobs on" if args.all_features else "default knobs"
     results = run_bench(load, args, (
@@ -617,7 +675,7 @@ def _run(args: argparse.Namespace, objs: dict[str, str | None]) -> int:
         f"median over {args.instances} loads x {args.reps} repetitions of the median of {args.runs} "
         f"BPF_PROG_TEST_RUN calls (repeat=1, fresh packet each); (±) = half the spread"), check_hits)
     cases = build_cases(1)
-    others = [c for c in [*names, "capture"] if c != "balancer" and (cases[0].name, c) in results]
+    others = [c for c in [*names, "capture", "no-flow-cache"] if c != "balancer" and (cases[0].name, c) in results]
     if others:
         print_ratios(results, cases, others, args.reps * len(names))
     if args.json:

@@ -146,6 +146,9 @@ class KatranConfig:
         default=30_000_000_000, converter=lambda v: check_int(v, "lru_udp_timeout_ns", 0, 2**64 - 1)
     )
     max_conn_rate: int = attrs.field(default=125_000, converter=lambda v: check_int(v, "max_conn_rate", 0, 2**32 - 1))
+    # the per-cpu flow cache in front of each cpu's connection table (not in Katran): a flow
+    # whose LRU entry was just found skips the LRU lookup; a runtime switch (ctl_array), no knob
+    flow_cache: bool = True
     # bytes of the packet-capture ring buffer (capture_ring): a power of two, 4 KiB .. 1 GiB
     capture_ring_size: int = attrs.field(default=1 << 20, converter=lambda v: _ring_bytes("capture_ring_size", v))
 

@@ -407,6 +407,14 @@ VIP_DEFINITION = Struct("vip_definition", [
 ], "vip_map key")
 VIP_META = Struct("vip_meta", [Field("flags", U32), Field("vip_num", U32)], "vip_map value")
 REAL_POS_LRU = Struct("real_pos_lru", [Field("pos", U32), Field("atime", U64)], "connection table value")
+FLOW_CACHE_ENTRY = Struct("flow_cache_entry", [
+    Field("key", CType("struct flow_key", FLOW_KEY.size, 4, f"{FLOW_KEY.size}s")),
+    Field("real_index", U32), Field("epoch", U32), Field("filled", U64), Field("seen", U64),
+], "flow_cache value: a flow just found in its cpu's connection table (not in Katran)")
+FLOW_CACHE_SLOTS = 1 << 14  # consts.h FLOW_CACHE_SLOTS: flow_cache entries per cpu
+FLOW_CACHE_MARKS = Struct("flow_cache_marks", [
+    Field("stale", CType(f"__u64[{FLOW_CACHE_SLOTS // 64}]", FLOW_CACHE_SLOTS // 8, 8, f"{FLOW_CACHE_SLOTS // 8}s")),
+], "flow_cache_stale value: a bit per flow_cache slot")
 REAL_DEFINITION = Struct("real_definition", [
     Field("dst", ADDR, (("dst", 4), ("dstv6", 16))),
     Field("flags", U8),
@@ -472,7 +480,12 @@ BALANCER_MAPS = _maps(
     MapDef("fallback_glru", MapType.LRU_HASH, FLOW_KEY, U32, "global LRU of cpus without one"),
     MapDef("vip_to_down_reals_map", MapType.HASH_OF_MAPS, VIP_DEFINITION, U32, "VIP -> its down reals",
            _DOWN_INNER),
-    MapDef("ctl_array", MapType.ARRAY, U32, CTL_VALUE, "slot -> control value (0: gateway MAC, 1: 1 + number of VIPs with port 0, 0 = not known)"),
+    MapDef("ctl_array", MapType.ARRAY, U32, CTL_VALUE, "slot -> control value (0: gateway MAC, 1: 1 + number of "
+           "VIPs with port 0, 0 = not known; 2: flow cache epoch, 0 = off)"),
+    MapDef("flow_cache", MapType.PERCPU_ARRAY, U32, FLOW_CACHE_ENTRY,
+           "per cpu: flow hash -> a flow just found in the connection table (not in Katran)"),
+    MapDef("flow_cache_stale", MapType.PERCPU_ARRAY, U32, FLOW_CACHE_MARKS,
+           "per cpu: 0 -> a bit per flow_cache slot whose flow's connection-table entry was written"),
     MapDef("vip_addrs", MapType.HASH, ADDRESS, U32, "VIP address -> VIPs on it (echo replies)"),
     MapDef("decap_dst", MapType.HASH, ADDRESS, U32, "outer destination -> flags (inline decap)"),
     MapDef("subprograms", MapType.PROG_ARRAY, U32, U32, "0 -> the balancer itself (recirculation)"),
@@ -514,6 +527,7 @@ GLOBAL_COUNTERS = CEnum("lb_global_counter", {
     "CNT_XPOP_DECAP": 14, "CNT_UDP_FLOW_MIG": 15, "CNT_XDP_TOTAL": 16, "CNT_XDP_TX": 17,
     "CNT_XDP_DROP": 18, "CNT_XDP_PASS": 19, "CNT_EGRESS_DECAP": 20,
     "CNT_MALFORMED": 21,  # ours, not Katran's: drops to a VIP (v1 bad IP length, v2 martian source)
+    "CNT_FLOW_CACHE": 22,  # ours, not Katran's: v1 flow-cache hits, v2 slots filled
 }, {
     "LRU_CNTRS": "CNT_LRU", "LRU_MISS_CNTR": "CNT_LRU_MISS", "NEW_CONN_RATE_CNTR": "CNT_NEW_CONN_RATE",
     "FALLBACK_LRU_CNTR": "CNT_FALLBACK_LRU", "ICMP_TOOBIG_CNTRS": "CNT_ICMP_TOOBIG",
@@ -524,6 +538,7 @@ GLOBAL_COUNTERS = CEnum("lb_global_counter", {
     "UDP_FLOW_MIGRATION_STATS": "CNT_UDP_FLOW_MIG", "XDP_TOTAL_CNTR": "CNT_XDP_TOTAL",
     "XDP_TX_CNTR": "CNT_XDP_TX", "XDP_DROP_CNTR": "CNT_XDP_DROP", "XDP_PASS_CNTR": "CNT_XDP_PASS",
     "EGRESS_DECAP_CNTR": "CNT_EGRESS_DECAP", "MALFORMED_CNTR": "CNT_MALFORMED",
+    "FLOW_CACHE_CNTR": "CNT_FLOW_CACHE",
 })
 VIP_FLAGS = CEnum("vip_flag", {
     "VIP_F_NO_SPORT": 1 << 0, "VIP_F_LRU_BYPASS": 1 << 1, "VIP_F_QUIC": 1 << 2, "VIP_F_DPORT_HASH": 1 << 3,
@@ -540,8 +555,9 @@ VIP_FLAGS = CEnum("vip_flag", {
 REAL_FLAGS = CEnum("real_flag", {"REAL_F_IPV6": 1 << 0, "REAL_F_LOCAL": 1 << 1}, {
     RealFlag.IPV6.name: "REAL_F_IPV6", RealFlag.LOCAL_REAL.name: "REAL_F_LOCAL",
 })
-CTL_SLOTS = CEnum("ctl_slot", {"CTL_DEFAULT_MAC": 0, "CTL_ANY_PORT_VIPS": 1},
-                  {"CTL_MAC_POS": "CTL_DEFAULT_MAC", "CTL_ANY_PORT_VIPS": "CTL_ANY_PORT_VIPS"})
+CTL_SLOTS = CEnum("ctl_slot", {"CTL_DEFAULT_MAC": 0, "CTL_ANY_PORT_VIPS": 1, "CTL_FLOW_CACHE_EPOCH": 2},
+                  {"CTL_MAC_POS": "CTL_DEFAULT_MAC", "CTL_ANY_PORT_VIPS": "CTL_ANY_PORT_VIPS",
+                   "CTL_FLOW_CACHE_EPOCH": "CTL_FLOW_CACHE_EPOCH"})
 PCKT_SRC_SLOTS = CEnum("pckt_src_slot", {"PCKT_SRC_V4": 0, "PCKT_SRC_V6": 1},
                        {"PCKT_SRC_V4": "PCKT_SRC_V4", "PCKT_SRC_V6": "PCKT_SRC_V6"})
 DECAP_DST_FLAGS = CEnum("decap_dst_flag", {"DECAP_DST_F_EGRESS": 0x2}, {"DECAP_DST_F_EGRESS": "DECAP_DST_F_EGRESS"})
@@ -565,7 +581,8 @@ BALANCER = ObjectContract(
     programs=("balancer_ingress",),
     maps=BALANCER_MAPS,
     knobs=BALANCER_KNOBS,
-    structs=_structs(FLOW_KEY, CTL_VALUE, VIP_DEFINITION, VIP_META, REAL_POS_LRU, REAL_DEFINITION, LB_STATS,
+    structs=_structs(FLOW_KEY, CTL_VALUE, VIP_DEFINITION, VIP_META, REAL_POS_LRU, FLOW_CACHE_ENTRY, FLOW_CACHE_MARKS,
+                     REAL_DEFINITION, LB_STATS,
                      V4_LPM_KEY, V6_LPM_KEY, ADDRESS, LB_QUIC_PACKETS_STATS, LB_TPR_PACKETS_STATS,
                      LB_STABLE_RT_PACKETS_STATS, CAPTURE_FILTER, CAPTURE_HDR, CAPTURE_RECORD),
     enums=_enums(GLOBAL_COUNTERS, VIP_FLAGS, REAL_FLAGS, CTL_SLOTS, PCKT_SRC_SLOTS, DECAP_DST_FLAGS,

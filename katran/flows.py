@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import attrs
 import numpy as np
@@ -327,8 +327,10 @@ def search_lru(view: FlowTableView, vip: VipKey, src: object, src_port: object) 
     return out
 
 
-def delete_lru(view: FlowTableView, vip: VipKey, src: object, src_port: object) -> list:
-    """Delete one flow from every table; the names of the tables it was in."""
+def delete_lru(view: FlowTableView, vip: VipKey, src: object, src_port: object,
+               after: Optional[Callable[[], None]] = None) -> list:
+    """Delete one flow from every table; the names of the tables it was in. ``after`` is
+    called once an entry was deleted; its error, too, writes the entries back."""
     vip = _check_vip(view, vip, required=True)
     addr, port = _client(vip, src, src_port)
     key = flow_key_for(view, vip, addr, port)
@@ -340,6 +342,8 @@ def delete_lru(view: FlowTableView, vip: VipKey, src: object, src_port: object) 
             if value is not None and bpf_map.delete(key):
                 removed.append((bpf_map, key, value))
                 sources.append(source)
+        if removed and after is not None:
+            after()
     return sources
 
 
@@ -363,12 +367,13 @@ class _undo_on_error:  # noqa: N801 - a context manager used like a function
 
 
 def purge_lru(view: FlowTableView, vip: Optional[VipKey] = None, *, real: object = None,
-              src: object = None) -> dict:
+              src: object = None, after: Optional[Callable[[], None]] = None) -> dict:
     """Delete every entry matching all the filters given; deleted entries per table.
 
     ``purge_lru(view, vip)`` is Katran's purgeVipLru, with ``real`` its purgeVipLruForReal.
     At least one filter is needed (an empty filter would flush every connection). A kernel
-    error part way writes the deleted entries back before it is raised.
+    error part way writes the deleted entries back before it is raised; so does an error of
+    ``after``, called once an entry was deleted.
     """
     vip = _check_vip(view, vip)
     if vip is None and real is None and src is None:
@@ -390,6 +395,8 @@ def purge_lru(view: FlowTableView, vip: Optional[VipKey] = None, *, real: object
                     removed.append((bpf_map, key, vraw[i * vs:(i + 1) * vs]))
                     count += 1
             deleted[source] = count
+        if removed and after is not None:
+            after()
     return deleted
 
 

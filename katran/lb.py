@@ -258,6 +258,13 @@ class KatranLb:
         except KatranError as exc:
             log.warning("could not write the port-0 VIP count (ctl_array[%d]): every packet that is no "
                         "VIP is looked up again with port 0: %s", structs.CTL_ANY_PORT_VIPS, exc)
+        try:
+            self._bump_flow_cache()
+        except KatranError as exc:
+            # a slot older than this start routes for at most 64 jiffies before its flow is
+            # looked up in the LRU again; the next delete_lru / purge_vip_lru writes the epoch
+            log.warning("could not write the flow-cache epoch (ctl_array[%d]) at start: %s",
+                        structs.CTL_FLOW_CACHE_EPOCH, exc)
         if self.adopted:
             log.info("adopted the data plane on %s (program id %d): %d vips, %d reals",
                      self._config.main_interface, self._dp.program().id, len(self._vips), len(self._reals))
@@ -553,6 +560,22 @@ class KatranLb:
             tx.update(ctl, key, value)
         elif ctl.lookup(key) != value:
             ctl.update(key, value)
+
+    def _bump_flow_cache(self) -> None:
+        """A new flow-cache epoch in ctl_array[CTL_FLOW_CACHE_EPOCH] (1 .. 2**32 - 1, never 0):
+        every slot of every cpu is empty at once. Made at start (a slot may predate this
+        control plane) and after connection-table entries are deleted (its error undoes the
+        delete). 0 when ``config.flow_cache`` is off."""
+        if not self._dp.has_map("flow_cache"):
+            return  # an adopted build without a flow cache
+        ctl = self._map("ctl_array")
+        key = structs.u32(structs.CTL_FLOW_CACHE_EPOCH)
+        new = 0
+        if self._config.flow_cache:
+            raw = ctl.lookup(key)
+            old = int.from_bytes(raw[:4], "little") if raw else 0
+            new = old % 0xFFFFFFFF + 1
+        ctl.update(key, structs.ctl_value_u64(new))
 
     @_read
     def get_all_vips(self) -> list[VipKey]:
@@ -886,6 +909,12 @@ class KatranLb:
         """Packets to a VIP dropped as malformed (not in Katran): v1 an IP length field
         that contradicts the frame, v2 a martian source address."""
         return self._global_stats(structs.MALFORMED_CNTR)
+
+    @_read
+    def get_flow_cache_stats(self) -> LbStats:
+        """The per-cpu flow cache in front of the connection table (not in Katran): v1
+        packets routed from a cache slot (their LRU lookup skipped), v2 slots filled."""
+        return self._global_stats(structs.FLOW_CACHE_CNTR)
 
     @_read
     def get_xdp_total_stats(self) -> LbStats:
@@ -1343,7 +1372,7 @@ class KatranLb:
         from . import flows
 
         with self._flow_view() as view:
-            return flows.delete_lru(view, vip, src, src_port)
+            return flows.delete_lru(view, vip, src, src_port, after=self._bump_flow_cache)
 
     @_locked
     def purge_vip_lru(self, vip: Optional[VipKey] = None, *, real: object = None, src: object = None) -> dict:
@@ -1352,7 +1381,7 @@ class KatranLb:
         from . import flows
 
         with self._flow_view() as view:
-            return flows.purge_lru(view, vip, real=real, src=src)
+            return flows.purge_lru(view, vip, real=real, src=src, after=self._bump_flow_cache)
 
 
 # Public methods that change the configuration: each successful outermost call bumps

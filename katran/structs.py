@@ -43,11 +43,13 @@ XDP_DROP_CNTR = _G["XDP_DROP_CNTR"]
 XDP_PASS_CNTR = _G["XDP_PASS_CNTR"]
 EGRESS_DECAP_CNTR = _G["EGRESS_DECAP_CNTR"]  # v1 inner v4, v2 inner v6
 MALFORMED_CNTR = _G["MALFORMED_CNTR"]  # not in Katran: drops to a VIP, v1 bad IP length, v2 martian source
+FLOW_CACHE_CNTR = _G["FLOW_CACHE_CNTR"]  # not in Katran: v1 flow-cache hits, v2 slots filled
 GLOBAL_COUNTERS: dict[str, int] = dict(_G)  # Katran's name -> slot offset
 
 # --- slots / flags (C enums of consts.h) ----------------------------------------
 CTL_MAC_POS = _c.CTL_SLOTS.value("CTL_DEFAULT_MAC")  # ctl_array slot of the default gateway MAC
 CTL_ANY_PORT_VIPS = _c.CTL_SLOTS.value("CTL_ANY_PORT_VIPS")  # ctl_array slot: 1 + how many VIPs have port 0 (0: not known)
+CTL_FLOW_CACHE_EPOCH = _c.CTL_SLOTS.value("CTL_FLOW_CACHE_EPOCH")  # ctl_array slot: flow cache epoch (0: off)
 PCKT_SRC_V4 = _c.PCKT_SRC_SLOTS.value("PCKT_SRC_V4")  # pckt_srcs slots
 PCKT_SRC_V6 = _c.PCKT_SRC_SLOTS.value("PCKT_SRC_V6")
 REAL_F_IPV6 = _c.REAL_FLAGS.value("REAL_F_IPV6")  # real_definition.flags

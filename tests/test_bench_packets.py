@@ -257,7 +257,7 @@ def test_compare_table(capsys, tmp_path):
     cpus = os.sched_getaffinity(0)
     try:
         rc = bp.main(["--runs", "200", "--reps", "1", "--instances", "4", "--block", "100", "--warmup", "50",
-                      "--compare", OBJ, "--compare", f"same={OBJ}", "--previous", "HEAD",
+                      "--compare", OBJ, "--compare", f"same={OBJ}", "--previous", "HEAD", "--no-flow-cache",
                       "--json", str(tmp_path / "r.json")])
     finally:
         os.sched_setaffinity(0, cpus)
@@ -267,17 +267,18 @@ def test_compare_table(capsys, tmp_path):
                                    "same", "ns", "above", "empty"]
     assert "HEAD ns" in out[1]
     at = next(i for i, ln in enumerate(out) if ln.startswith("packet") and "compare / balancer" in ln)
-    assert "same / balancer" in out[at] and "HEAD / balancer" in out[at]
+    assert "same / balancer" in out[at] and "HEAD / balancer" in out[at] and "no-flow-cache / balancer" in out[at]
     assert "bootstrap over 1 cycles of 4 repetitions" in out[at - 1]  # 4 objects: each loaded first once
     rows = out[2:at - 1]
-    assert len(rows) == 5
+    n_rows = len(bp.build_cases(1))
+    assert len(rows) == n_rows == 6 and any("flow-cache miss" in ln for ln in rows)
     for ln in rows:  # every column forwards what the balancer forwards
-        assert ln.split()[-4:] in (["XDP_TX"] * 4, ["XDP_PASS"] * 4)
+        assert ln.split()[-5:] in (["XDP_TX"] * 5, ["XDP_PASS"] * 5)
     ratios = out[at + 1:]
-    assert len(ratios) == 5
+    assert len(ratios) == n_rows
     for ln in ratios:
-        cells = ln.split("]")[:3]
-        assert len(cells) == 3
+        cells = ln.split("]")[:4]
+        assert len(cells) == 4
         for cell in cells:  # the same code: a ratio around 1, inside its interval
             med, interval = cell.split("[")
             med = float(med.split()[-1])
@@ -286,9 +287,9 @@ def test_compare_table(capsys, tmp_path):
             assert 0.2 < med < 5
     saved = json.loads((tmp_path / "r.json").read_text())
     assert (saved["loads"], saved["reps_per_load"], saved["loads_per_cycle"]) == (4, 1, 4)
-    assert len(saved["results"]) == 5
+    assert len(saved["results"]) == n_rows
     for cols in saved["results"].values():  # paired: one median per load and repetition in each column
-        assert sorted(cols) == ["HEAD", "balancer", "compare", "empty", "same"]
+        assert sorted(cols) == ["HEAD", "balancer", "compare", "empty", "no-flow-cache", "same"]
         assert {len(v) for v in cols.values()} == {4}
 
 

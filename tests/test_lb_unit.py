@@ -28,7 +28,7 @@ from katran import (
     VipFlag,
     VipKey,
 )
-from katran import maglev, structs
+from katran import flows, maglev, structs
 from katran.dataplane import map_sizes
 from katran.errors import NotStartedError
 from katran.testing import FakeKernel
@@ -72,7 +72,8 @@ def test_start_sizes_every_map_and_sets_the_knobs(fake_kernel):
     assert ro["gue_encap"] == 1 and ro["gue_dport"] == 9999 and ro["max_pckt_size"] == 1400
     assert ro["lpm_src_lookup"] == 0
     assert contents(lb, "ctl_array") == {structs.u32(0): structs.ctl_value_mac(bytes.fromhex("0000deadbeaf")),
-                                         structs.u32(structs.CTL_ANY_PORT_VIPS): structs.ctl_value_u64(1)}
+                                         structs.u32(structs.CTL_ANY_PORT_VIPS): structs.ctl_value_u64(1),
+                                         structs.u32(structs.CTL_FLOW_CACHE_EPOCH): structs.ctl_value_u64(1)}
     assert contents(lb, "pckt_srcs") == {structs.u32(0): structs.real_definition("10.0.13.37", 0)}
     lb.close()
 
@@ -822,3 +823,78 @@ def test_start_goes_on_when_the_port0_count_cannot_be_written(fake_kernel, monke
     lb.add_vip(VipKey("10.200.1.2", 0, "tcp"))  # the next change writes it
     assert contents(lb, "ctl_array")[slot] == structs.ctl_value_u64(2)
     lb.close()
+
+
+def _flow_cache_epoch(lb) -> int:
+    raw = contents(lb, "ctl_array").get(structs.u32(structs.CTL_FLOW_CACHE_EPOCH))
+    return 0 if raw is None else int.from_bytes(raw[:8], "little")  # an array slot never written is 0
+
+
+def _connection(lb, sport: int) -> bytes:
+    """A connection-table entry of V4 (testing: the fallback table) from 192.0.2.1:sport."""
+    key = structs.flow_key("192.0.2.1", V4.address, sport, V4.port, 6)
+    lb._map("fallback_cache").update(key, structs.real_pos_lru(1, 0))
+    return key
+
+
+def test_the_flow_cache_epoch_moves_on_and_never_wraps_to_zero(fake_kernel):
+    """ctl_array[CTL_FLOW_CACHE_EPOCH]: a new value at every start and after an LRU delete or
+    purge that deleted something (all flow-cache slots empty at once), 1 .. 2**32 - 1: 0 would
+    turn the cache off."""
+    lb = make(fake_kernel)
+    lb.add_vip(V4)
+    assert _flow_cache_epoch(lb) == 1
+    _connection(lb, 1000)
+    assert lb.delete_lru(V4, "192.0.2.1", 1000)
+    assert _flow_cache_epoch(lb) == 2
+    assert not lb.delete_lru(V4, "192.0.2.1", 1000)  # nothing deleted: nothing cached either
+    _connection(lb, 1001)
+    _connection(lb, 1002)
+    assert lb.purge_vip_lru(V4)[flows.FALLBACK] == 2
+    assert _flow_cache_epoch(lb) == 3
+    lb._map("ctl_array").update(structs.u32(structs.CTL_FLOW_CACHE_EPOCH), structs.ctl_value_u64(2**32 - 1))
+    _connection(lb, 1003)
+    lb.purge_vip_lru(V4)
+    assert _flow_cache_epoch(lb) == 1
+    lb.close()
+    off = make(fake_kernel, flow_cache=False)
+    off.add_vip(V4)
+    _connection(off, 1000)
+    assert _flow_cache_epoch(off) == 0
+    off.purge_vip_lru(V4)
+    assert _flow_cache_epoch(off) == 0
+    off.close()
+
+
+def test_a_failed_flow_cache_epoch_write(fake_kernel, monkeypatch, caplog):
+    """After a delete, a failed epoch write undoes the delete (a cached flow would otherwise
+    keep its real): the error is raised, the entries are back. At start it is a warning: a slot
+    older than the start is refreshed from the LRU within 64 jiffies."""
+    from katran.testing.fake_kernel import FakeMap
+
+    slot = structs.u32(structs.CTL_FLOW_CACHE_EPOCH)
+    real_update = FakeMap.update
+
+    def failing_update(self, key, value, flags=0):
+        if self.name == "ctl_array" and key == slot:
+            raise KernelError("update ctl_array", errno.EPERM, "injected")
+        return real_update(self, key, value, flags)
+
+    lb = make(fake_kernel)
+    lb.add_vip(V4)
+    keys = [_connection(lb, 1000), _connection(lb, 1001)]
+    before = contents(lb, "fallback_cache")
+    monkeypatch.setattr(FakeMap, "update", failing_update)
+    with pytest.raises(KernelError, match="injected"):
+        lb.purge_vip_lru(V4)
+    with pytest.raises(KernelError, match="injected"):
+        lb.delete_lru(V4, "192.0.2.1", 1000)
+    assert contents(lb, "fallback_cache") == before and all(k in before for k in keys)
+    assert _flow_cache_epoch(lb) == 1
+    lb.close()
+    again = KatranLb(lb_config(max_vips=8, max_reals=16, ch_ring_size=RING), kernel=fake_kernel)
+    with caplog.at_level("WARNING"):
+        again.start()
+    assert again._dp.started and "flow-cache epoch" in caplog.text
+    monkeypatch.setattr(FakeMap, "update", real_update)
+    again.close()

@@ -45,6 +45,13 @@
 
 #define NSEC_PER_SEC_U64 1000000000ULL
 
+/* Flow cache (lb_flow_cache.h): 1 << FLOW_CACHE_BITS slots per cpu, and how
+ * many jiffies (64 ms at HZ 1000 .. 640 ms at HZ 100) a slot routes packets
+ * before the flow's connection-table entry is looked up (and refreshed) again. */
+#define FLOW_CACHE_BITS 14
+#define FLOW_CACHE_SLOTS (1 << FLOW_CACHE_BITS)
+#define FLOW_CACHE_REFRESH_JIFFIES 64
+
 /*
  * Values the control plane shares are C enums (not #defines) so that the
  * object's BTF carries their names: balancer.bpf.c exports them with
@@ -55,6 +62,7 @@
 enum ctl_slot {
 	CTL_DEFAULT_MAC = 0,
 	CTL_ANY_PORT_VIPS = 1, /* 1 + how many VIPs have port 0; 0: not known (not in Katran) */
+	CTL_FLOW_CACHE_EPOCH = 2, /* flow cache generation (low 32 bits); 0: cache off (not in Katran) */
 };
 
 /* pckt_srcs slots (outer source addresses for GUE, host addresses) */
@@ -150,6 +158,7 @@ enum lb_global_counter {
 	CNT_XDP_PASS = 19,
 	CNT_EGRESS_DECAP = 20,     /* v1 inner v4, v2 inner v6 (decap + TX) */
 	CNT_MALFORMED = 21,        /* not in Katran: dropped to a VIP, v1 bad IP length, v2 martian source */
+	CNT_FLOW_CACHE = 22,       /* not in Katran: v1 flow-cache hits, v2 slots filled */
 };
 
 /* capture_filter.flags: which filter fields apply (katran/capture.py) */

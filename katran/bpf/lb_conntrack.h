@@ -22,6 +22,7 @@
 #include "lib/addr.h"
 #include "lib/call_site.h"
 #include "lb_stats.h"
+#include "lb_flow_cache.h"
 
 /*
  * Connection-table time of now (UDP entries' atime): the coarse monotonic
@@ -73,9 +74,10 @@ static __always_inline void *conn_lookup(void *own, const struct flow_key *key)
 static __always_inline void conn_update(void *own, const struct flow_key *key,
 					const struct real_pos_lru *entry)
 {
-	if (own)
+	if (own) {
 		bpf_map_update_elem(own, key, entry, BPF_ANY);
-	else
+		flow_cache_forget(key);
+	} else
 		bpf_map_update_elem_apart(&fallback_cache, key, entry, BPF_ANY, 0);
 }
 
@@ -91,28 +93,85 @@ static __always_inline struct real_definition *routed_real(struct pkt_meta *pkt)
 
 /*
  * Connection-table lookup (lru_map: see conn_lookup). UDP entries idle for
- * more than lru_udp_timeout_ns are ignored (and refreshed on use).
+ * more than lru_udp_timeout_ns are ignored (and refreshed on use); `seen`, the
+ * flow cache's last-seen time of the flow (0: none), counts as a use. Returns
+ * the UDP entry's new atime (0 otherwise).
  */
-static __always_inline void lru_lookup(struct pkt_meta *pkt, void *lru_map,
-				       struct real_definition **dst)
+static __always_inline __u64 lru_lookup(struct pkt_meta *pkt, void *lru_map, __u64 seen,
+					struct real_definition **dst)
 {
 	struct real_pos_lru *entry = conn_lookup(lru_map, &pkt->flow);
+	__u64 now = 0;
 	__u32 key;
 
 	if (!entry)
-		return;
+		return 0;
 	if (pkt->flow.proto == IPPROTO_UDP) {
-		__u64 now = conn_now();
-
+		now = conn_now();
+		if (seen > entry->atime)
+			entry->atime = seen;
 		/* an atime ahead of now is fresh: the precise clock of an older build
 		 * (hitless upgrade) runs up to a tick ahead of the coarse one */
 		if (now > entry->atime && now - entry->atime > lru_udp_timeout_ns)
-			return;
+			return 0;
 		entry->atime = now;
 	}
 	key = entry->pos;
 	pkt->real_index = key;
 	*dst = bpf_map_lookup_elem(&reals, &key);
+	return now;
+}
+
+/*
+ * The connection table through the flow cache (lb_flow_cache.h): the slot's
+ * real while it holds this flow, is not stale and is fresh (UDP: and the flow
+ * not idle); else lru_lookup, given the slot's last-seen time, whose hit fills
+ * the slot. Counts hits (v1) and fills (v2) in CNT_FLOW_CACHE.
+ */
+static __always_inline void cached_lru_lookup(struct pkt_meta *pkt, void *lru_map,
+					      struct real_definition **dst)
+{
+	struct flow_cache_entry *fc = NULL;
+	__u64 seen = 0, now, *stale = NULL;
+	__u32 epoch = 0, slot = 0, key;
+
+	if (lru_map)
+		epoch = flow_cache_epoch();
+	if (epoch) {
+		slot = flow_cache_index(&pkt->flow);
+		stale = flow_cache_stale_word(slot);
+		if (stale)
+			fc = bpf_map_lookup_elem(&flow_cache, &slot);
+	}
+	if (fc && fc->epoch == epoch && flow_key_same(&fc->key, &pkt->flow)) {
+		if (!(*stale & flow_cache_bit(slot)) &&
+		    bpf_jiffies64() - fc->filled < FLOW_CACHE_REFRESH_JIFFIES) {
+			bool hit = true;
+
+			if (pkt->flow.proto == IPPROTO_UDP) {
+				now = conn_now();
+				hit = now - fc->seen <= lru_udp_timeout_ns;
+				if (hit)
+					fc->seen = now;
+			}
+			if (hit) {
+				key = fc->real_index;
+				pkt->real_index = key;
+				*dst = bpf_map_lookup_elem(&reals, &key);
+				if (*dst) {
+					count_pair(CNT_FLOW_CACHE, false);
+					return;
+				}
+			}
+		}
+		seen = fc->seen;
+		fc->epoch = 0;
+	}
+	now = lru_lookup(pkt, lru_map, seen, dst);
+	if (fc && *dst) {
+		flow_cache_fill(fc, stale, slot, pkt, epoch, now);
+		count_pair(CNT_FLOW_CACHE, true);
+	}
 }
 
 /*
@@ -157,6 +216,7 @@ static __always_inline int lru_sync(struct pkt_meta *pkt, void *lru_map)
 		if (entry->pos == pkt->real_index)
 			return LRU_DST_MATCH;
 		entry->pos = pkt->real_index;
+		flow_cache_forget(&pkt->flow);
 		return LRU_DST_MISMATCH;
 	}
 	if (under_flood())

@@ -164,7 +164,7 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 		}
 
 		if (!dst && !(pkt->flags & PKT_F_SYN) && !(vip_info->flags & VIP_F_LRU_BYPASS))
-			lru_lookup(pkt, lru_map, &dst);
+			cached_lru_lookup(pkt, lru_map, &dst);
 
 		if (global_lru && !dst && !(pkt->flags & PKT_F_SYN) &&
 		    (vip_info->flags & VIP_F_GLOBAL_LRU)) {

@@ -208,6 +208,30 @@ struct {
 	__uint(max_entries, CTL_MAP_SIZE);
 } ctl_array SEC(".maps");
 
+/*
+ * Per cpu: slot (a hash of the flow) -> a flow recently found in this cpu's
+ * connection table and its real. Not in Katran: lb_flow_cache.h.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct flow_cache_entry);
+	__uint(max_entries, FLOW_CACHE_SLOTS);
+} flow_cache SEC(".maps");
+
+/*
+ * Per cpu: 0 -> a bit per flow_cache slot, set when a connection-table entry
+ * of a flow of that slot is written, cleared when the slot is filled; a set
+ * bit keeps the slot from routing. A write marks 2 KiB that stay in cache,
+ * not a line of the 1 MiB flow_cache (a new flow's slot is cold: ~90 ns).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct flow_cache_marks);
+	__uint(max_entries, 1);
+} flow_cache_stale SEC(".maps");
+
 /* VIP address -> number of VIPs (ports/protocols) on it: echo requests answered. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

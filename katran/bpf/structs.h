@@ -58,6 +58,23 @@ struct real_pos_lru {
 	__u64 atime;
 };
 
+/*
+ * flow_cache value (not in Katran; lb_flow_cache.h): a flow whose
+ * connection-table entry was found a moment ago (64 bytes, one cache line).
+ */
+struct flow_cache_entry {
+	struct flow_key key;
+	__u32 real_index; /* the connection-table entry's pos */
+	__u32 epoch;      /* ctl_array[CTL_FLOW_CACHE_EPOCH] when filled; 0: empty */
+	__u64 filled;     /* bpf_jiffies64() of the lookup that filled the slot */
+	__u64 seen;       /* UDP: conn_now() of the flow's last packet */
+};
+
+/* flow_cache_stale value: one bit per flow_cache slot (2 KiB, hot in cache). */
+struct flow_cache_marks {
+	__u64 stale[256]; /* FLOW_CACHE_SLOTS / 64 */
+};
+
 /* reals value: the real's address and REAL_F_* flags (20 bytes). */
 struct real_definition {
 	union {

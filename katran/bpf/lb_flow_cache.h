@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Flow cache (not in Katran): a per-cpu, direct-mapped table (flow_cache) in
+ * front of this cpu's connection table. A flow whose connection-table entry
+ * was found a moment ago is routed from its slot: one inlined array lookup and
+ * a 40-byte compare instead of an LRU hash lookup (~26 ns here).
+ *
+ * The slot mirrors the connection table, never more:
+ * - it is filled only from a connection-table hit, with that entry's real;
+ * - every data-plane write of a connection-table entry (conn_update,
+ *   lru_sync) marks the slot of its flow stale (flow_cache_stale) until it is
+ *   filled again;
+ * - the control plane bumps ctl_array[CTL_FLOW_CACHE_EPOCH] after it deletes
+ *   connection-table entries, which empties every slot at once; 0 (never
+ *   written: another control plane, or one that does not keep the epoch)
+ *   turns the cache off;
+ * - a slot routes for FLOW_CACHE_REFRESH_JIFFIES, then the entry is looked up
+ *   again, which keeps it recent in its LRU;
+ * - UDP: the slot keeps the flow's last-seen time, checks the idle timeout
+ *   against it and hands it to the entry when it is looked up again, so
+ *   ageing is Katran's to the clock tick.
+ * Only for cpus with their own connection table (not fallback_cache, which
+ * cpus share) and only where the connection table would be looked up.
+ * Uses maps.h.
+ */
+#ifndef KATRAN_LB_FLOW_CACHE_H
+#define KATRAN_LB_FLOW_CACHE_H
+
+#include <stdbool.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "maps.h"
+
+/* The current epoch; 0: the cache is off. */
+static __always_inline __u32 flow_cache_epoch(void)
+{
+	__u32 key = CTL_FLOW_CACHE_EPOCH;
+	struct ctl_value *v = bpf_map_lookup_elem(&ctl_array, &key);
+
+	return v ? (__u32)v->value : 0;
+}
+
+_Static_assert(sizeof(struct flow_cache_marks) * 8 == FLOW_CACHE_SLOTS, "a stale bit per slot");
+
+/* The slot of a flow (multiplicative hash of the 5-tuple words). */
+static __always_inline __u32 flow_cache_index(const struct flow_key *k)
+{
+	__u32 h = k->srcv6[0] ^ k->srcv6[1] ^ k->srcv6[2] ^ k->srcv6[3];
+
+	h ^= k->dstv6[0] ^ k->dstv6[1] ^ k->dstv6[2] ^ k->dstv6[3];
+	h ^= k->ports ^ k->proto;
+	return (h * 0x9e3779b1u) >> (32 - FLOW_CACHE_BITS);
+}
+
+/* This cpu's word of flow_cache_stale holding the bit of `slot`. */
+static __always_inline __u64 *flow_cache_stale_word(__u32 slot)
+{
+	__u32 zero = 0;
+	struct flow_cache_marks *marks = bpf_map_lookup_elem(&flow_cache_stale, &zero);
+
+	if (!marks)
+		return NULL;
+	return &marks->stale[(slot >> 6) & (FLOW_CACHE_SLOTS / 64 - 1)];
+}
+
+static __always_inline __u64 flow_cache_bit(__u32 slot)
+{
+	return 1ULL << (slot & 63);
+}
+
+/* Same flow (flow keys are zeroed before they are filled: padding compares). */
+static __always_inline bool flow_key_same(const struct flow_key *a, const struct flow_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return !((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]));
+}
+
+/* A connection-table entry of this flow is written: its slot must not route. */
+static __always_inline void flow_cache_forget(const struct flow_key *k)
+{
+	__u32 slot = flow_cache_index(k);
+	__u64 *stale = flow_cache_stale_word(slot);
+
+	if (stale)
+		*stale |= flow_cache_bit(slot);
+}
+
+/* Remember a connection-table hit (real pkt->real_index, UDP last seen `seen`). */
+static __always_inline void flow_cache_fill(struct flow_cache_entry *fc, __u64 *stale, __u32 slot,
+					    const struct pkt_meta *pkt, __u32 epoch, __u64 seen)
+{
+	__builtin_memcpy(&fc->key, &pkt->flow, sizeof(fc->key));
+	fc->real_index = pkt->real_index;
+	fc->filled = bpf_jiffies64();
+	fc->seen = seen;
+	fc->epoch = epoch;
+	*stale &= ~flow_cache_bit(slot);
+}
+
+#endif /* KATRAN_LB_FLOW_CACHE_H */

@@ -1,0 +1,246 @@
+"""The per-cpu flow cache in front of the connection table (not in Katran; lb_flow_cache.h).
+
+Every test runs the real balancer in testing mode on one CPU that has its own connection
+table (the process is pinned to it: BPF_PROG_TEST_RUN runs on the calling CPU), and checks
+that the cache routes exactly as the connection table would: after a control-plane delete,
+after a SYN that reuses a 5-tuple, across UDP ageing; the same run with the cache off
+(``flow_cache=False``) is the reference. The Katran fixtures run through it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from conftest import lb_config
+from katran import Flow, KatranLb, LbStats, Real, VipKey, structs
+from katran.packets import build_flow_packet, outer_destination
+
+pytestmark = pytest.mark.privileged
+
+VIP_TCP = VipKey("10.200.1.1", 80, "tcp")
+VIP_UDP = VipKey("10.200.1.1", 80, "udp")
+REALS = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
+
+
+@pytest.fixture
+def cpu():
+    """Pin the test to one CPU: the one whose connection table (and flow cache) we use."""
+    old = os.sched_getaffinity(0)
+    cpu = min(old)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield cpu
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+def make_lb(cpu: int, **kw) -> KatranLb:
+    lb = KatranLb(lb_config(forwarding_cores=(cpu,), max_vips=8, max_reals=16, ch_ring_size=13,
+                            lru_size=4096, **kw))
+    lb.start()
+    for vip in (VIP_TCP, VIP_UDP):
+        lb.add_vip(vip)
+        for r in REALS:
+            lb.add_real_for_vip(Real(r, 1), vip)
+    return lb
+
+
+@pytest.fixture(params=[True, False], ids=["cache", "no-cache"])
+def lb(request, cpu):
+    lb = make_lb(cpu, flow_cache=request.param)
+    try:
+        yield lb
+    finally:
+        lb.close()
+
+
+def send(lb: KatranLb, frame: bytes) -> str:
+    res = lb.run_packet(frame)
+    assert res.verdict == "XDP_TX", res.verdict
+    return outer_destination(res.data)
+
+
+def syn(flow: Flow) -> bytes:
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                 / IP(src=str(flow.src), dst=str(flow.dst))
+                 / TCP(sport=flow.src_port, dport=flow.dst_port, flags="S"))
+
+
+def cache_stats(lb: KatranLb) -> tuple[int, int]:
+    s = lb.get_flow_cache_stats()
+    return s.v1, s.v2
+
+
+def epoch(lb: KatranLb) -> int:
+    raw = lb._obj.map("ctl_array").lookup(structs.u32(structs.CTL_FLOW_CACHE_EPOCH))
+    return int.from_bytes(raw[:8], "little")
+
+
+def move_flow(lb: KatranLb, vip: VipKey, real: str) -> None:
+    """Take `real` off the VIP: the ring no longer picks it (the LRU still does)."""
+    lb.del_real_for_vip(Real(real, 1), vip)
+
+
+def test_a_hot_flow_is_routed_from_the_cache(lb):
+    flow = Flow("192.0.2.7", "10.200.1.1", 40001, 80, "tcp")
+    frame = build_flow_packet(flow)
+    first = lb.run_packet(frame)
+    outs = [lb.run_packet(frame) for _ in range(5)]
+    assert first.verdict == "XDP_TX" and all(o.data == first.data for o in outs)
+    # one miss (the pick), then LRU hits: the first fills the slot, the rest are cache hits
+    assert lb.get_lru_stats() == LbStats(6, 1)
+    if lb.config.flow_cache:
+        assert epoch(lb) >= 1
+        assert cache_stats(lb) == (4, 1)
+    else:
+        assert epoch(lb) == 0
+        assert cache_stats(lb) == (0, 0)
+
+
+def test_a_deleted_connection_is_not_served_from_the_cache(lb):
+    """delete_lru bumps the epoch: the next packet is a miss and the ring picks again."""
+    flow = Flow("192.0.2.8", "10.200.1.1", 40002, 80, "tcp")
+    frame = build_flow_packet(flow)
+    real = send(lb, frame)
+    assert {send(lb, frame) for _ in range(3)} == {real}
+    move_flow(lb, VIP_TCP, real)
+    assert send(lb, frame) == real  # the connection keeps its real (LRU, and the cache)
+    assert lb.delete_lru(VIP_TCP, "192.0.2.8", 40002)
+    misses = lb.get_lru_stats().v2
+    moved = send(lb, frame)
+    assert moved != real and lb.get_lru_stats().v2 == misses + 1
+    assert {send(lb, frame) for _ in range(3)} == {moved}
+
+
+def test_purge_empties_the_cache_too(lb):
+    flows = [Flow("192.0.2.9", "10.200.1.1", 41000 + i, 80, "tcp") for i in range(40)]
+    before = {f.src_port: send(lb, build_flow_packet(f)) for f in flows}
+    for f in flows:
+        send(lb, build_flow_packet(f))
+        send(lb, build_flow_packet(f))
+    move_flow(lb, VIP_TCP, REALS[0])
+    assert {f.src_port: send(lb, build_flow_packet(f)) for f in flows} == before
+    lb.purge_vip_lru(VIP_TCP)
+    after = {f.src_port: send(lb, build_flow_packet(f)) for f in flows}
+    assert REALS[0] in before.values() and REALS[0] not in after.values()
+
+
+def test_a_syn_reusing_a_5_tuple_replaces_the_cached_real(lb):
+    """The SYN path writes the connection table without consulting the cache: it marks the
+    flow's slot stale, so the next ACK sees the new entry."""
+    flow = Flow("192.0.2.10", "10.200.1.1", 40003, 80, "tcp")
+    frame = build_flow_packet(flow)
+    real = send(lb, frame)
+    send(lb, frame)
+    send(lb, frame)
+    move_flow(lb, VIP_TCP, real)
+    new = send(lb, syn(flow))
+    assert new != real
+    assert {send(lb, frame) for _ in range(3)} == {new}
+
+
+def test_udp_idle_time_counts_the_packets_the_cache_served(cpu):
+    """UDP ageing is Katran's: packets routed from the cache are uses of the connection-table
+    entry. The entry's own atime is made old behind the cache's back; the slot's last-seen
+    time, handed to the entry when the slot is refreshed, keeps the flow."""
+    lb = make_lb(cpu)
+    try:
+        flow = Flow("192.0.2.11", "10.200.1.1", 40004, 80, "udp")
+        frame = build_flow_packet(flow)
+        real = send(lb, frame)
+        send(lb, frame)  # fills the slot
+        move_flow(lb, VIP_UDP, real)
+        lru = lb._kernel.map_by_id(lb._obj.map("lru_mapping").inner_map_id(cpu))
+        try:
+            key = structs.flow_key("192.0.2.11", "10.200.1.1", 40004, 80, 17)
+            pos, atime = structs.real_pos_lru_unpack(lru.lookup(key))
+            lru.update(key, structs.real_pos_lru(pos, atime - 60 * 10**9))  # 60 s idle, to the entry
+            hits = cache_stats(lb)[0]
+            assert send(lb, frame) == real
+            assert cache_stats(lb)[0] == hits + 1
+            time.sleep(0.7)  # past the slot's refresh (64 jiffies <= 640 ms): the entry is read again
+            assert send(lb, frame) == real
+            pos, atime = structs.real_pos_lru_unpack(lru.lookup(key))
+            assert time.clock_gettime_ns(time.CLOCK_MONOTONIC) - atime < 10**9
+        finally:
+            lru.close()
+    finally:
+        lb.close()
+
+
+def test_udp_flows_idle_past_the_timeout_are_picked_again(cpu):
+    lb = make_lb(cpu, lru_udp_timeout_ns=30_000_000)  # 30 ms, below the slot's refresh time
+    try:
+        flow = Flow("192.0.2.12", "10.200.1.1", 40005, 80, "udp")
+        frame = build_flow_packet(flow)
+        real = send(lb, frame)
+        send(lb, frame)
+        move_flow(lb, VIP_UDP, real)
+        time.sleep(0.1)
+        misses = lb.get_lru_stats().v2
+        assert send(lb, frame) != real
+        assert lb.get_lru_stats().v2 == misses + 1
+    finally:
+        lb.close()
+
+
+def test_the_epoch_is_new_at_every_start_and_zero_when_off(cpu):
+    lb = make_lb(cpu)
+    try:
+        first = epoch(lb)
+        flow = Flow("192.0.2.1", "10.200.1.1", 1, 80, "tcp")
+        send(lb, build_flow_packet(flow))
+        assert lb.delete_lru(VIP_TCP, "192.0.2.1", 1)
+        assert epoch(lb) == first + 1
+        send(lb, build_flow_packet(flow))
+        lb.purge_vip_lru(VIP_TCP)
+        assert epoch(lb) == first + 2
+        lb.purge_vip_lru(VIP_TCP)  # nothing deleted: nothing can be cached either
+        assert epoch(lb) == first + 2
+    finally:
+        lb.close()
+    off = make_lb(cpu, flow_cache=False)
+    try:
+        assert epoch(off) == 0
+        flow = Flow("192.0.2.13", "10.200.1.1", 40006, 80, "tcp")
+        for _ in range(4):
+            send(off, build_flow_packet(flow))
+        assert cache_stats(off) == (0, 0)
+    finally:
+        off.close()
+
+
+def test_katran_fixtures_through_the_cache(cpu):
+    """Katran's base set with a per-cpu connection table, every case sent three times in a
+    row (the third is a cache hit where the connection table would hit): the first copy is
+    Katran's output byte for byte, and every copy matches the same run with the cache off."""
+    katran_fixtures = pytest.importorskip("katran_fixtures")
+    if not katran_fixtures.FIXTURES_DIR.is_dir():
+        pytest.fail(f"fixtures not found at {katran_fixtures.FIXTURES_DIR}")
+    cases = katran_fixtures.load_set("base")
+    outputs = {}
+    for on in (True, False):
+        lb = KatranLb(katran_fixtures.base_config(forwarding_cores=(cpu,), flow_cache=on))
+        lb.start()
+        try:
+            assert not katran_fixtures.provision_base(lb)
+            outs = []
+            for case in cases:
+                for _ in range(3):
+                    res = lb.run_packet(case.input)
+                    outs.append((case.n, res.verdict, res.data))
+            outputs[on] = outs
+            hits = cache_stats(lb)[0]
+        finally:
+            lb.close()
+        if on:
+            assert hits > 0
+    assert outputs[True] == outputs[False]
+    first = {n: (v, d) for n, v, d in outputs[True][::3]}
+    wrong = [c.n for c in cases if first[c.n] != (c.expected_action, c.expected)]
+    assert not wrong, f"cases differing from Katran's output: {wrong}"
