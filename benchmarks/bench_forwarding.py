@@ -328,9 +328,11 @@ def make_lb(cpu: int, n_reals: int, obj: Path | None, lru_size: int) -> KatranLb
     return lb
 
 
-def measure(rig: Rig, progs: dict[str, bpf.Program], checked: dict[str, KatranLb], args) -> dict:
+def measure(rig: Rig, progs: dict[str, bpf.Program], checked: dict[str, KatranLb], args,
+            cache: dict | None = None) -> dict:
     """{(flows, size): {column: [ns per frame of each block]}}; `checked`: the columns whose
-    VIP must count every frame of every timed run."""
+    VIP must count every frame of every timed run. `cache` gets {(flows, size): (hits, fills)}
+    of the balancer's flow cache over the timed runs."""
     out: dict = {}
     names = list(progs)
     vip = VipKey(VIP, 80, "tcp")
@@ -345,11 +347,16 @@ def measure(rig: Rig, progs: dict[str, bpf.Program], checked: dict[str, KatranLb
                 for name in order:
                     lb = checked.get(name)
                     before = lb.get_stats_for_vip(vip).v1 if lb else 0
+                    fc = lb.get_flow_cache_stats() if lb and name == "balancer" else None
                     cell[name].append(rig.run(progs[name], data, flows, args.frames, name))
                     if lb is not None:
                         counted = lb.get_stats_for_vip(vip).v1 - before
                         if counted != args.frames:
                             raise SystemExit(f"{name}: the VIP counted {counted} of {args.frames} frames")
+                    if fc is not None and cache is not None:
+                        now = lb.get_flow_cache_stats()
+                        hits, fills = cache.get((flows, size), (0, 0))
+                        cache[(flows, size)] = (hits + now.v1 - fc.v1, fills + now.v2 - fc.v2)
             out[(flows, size)] = cell
     return out
 
@@ -360,7 +367,8 @@ def _ratio(r: tuple[float, float, float]) -> str:
     return f"{r[0]:.2f} [{r[1]:.2f}-{r[2]:.2f}]"
 
 
-def print_table(summaries: dict, names: list[str], args, step_sums: dict | None = None) -> None:
+def print_table(summaries: dict, names: list[str], args, step_sums: dict | None = None,
+                cache: dict | None = None) -> None:
     print(f"forwarding with live frames (XDP_TX on a veth, peer counts and drops), cpu {args.cpu}, "
           f"{args.reals} reals, lru {args.lru_size}; per cell {args.blocks} paired blocks of "
           f"{args.frames} frames per program")
@@ -406,6 +414,12 @@ def print_table(summaries: dict, names: list[str], args, step_sums: dict | None 
                 m, lo, hi = s[c]
                 line += f"  {f'{m:.1f} [{lo:.1f}-{hi:.1f}]':>18}"
             print(line)
+    if cache:
+        print()
+        print("the balancer's flow cache over the timed runs: packets routed from it (hits), slots filled")
+        for (flows, size), (hits, fills) in cache.items():
+            total = args.frames * args.blocks
+            print(f"{flows:>6} {size:>5}  hits {hits / total:6.1%}  fills {fills / total:6.1%}")
 
 
 def write_json(path: Path, results: dict, summaries: dict, step_sums: dict, args) -> None:
@@ -444,10 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 checked[name] = lb
         rig = Rig(link, helpers, args.cpu)
         with inside(link.a.netns):  # the live run finds the ifindex in the caller's netns
-            results = measure(rig, progs, checked, args)
+            cache: dict = {}
+            results = measure(rig, progs, checked, args, cache)
         summaries = {k: summarize(cell, args.seed, args.resamples, k) for k, cell in results.items()}
         step_sums = {k: steps(cell, step_chain(args), args.seed, args.resamples, k) for k, cell in results.items()}
-        print_table(summaries, list(progs), args, step_sums)
+        print_table(summaries, list(progs), args, step_sums, cache)
         if args.json:
             write_json(args.json, results, summaries, step_sums, args)
     return 0

@@ -482,8 +482,8 @@ BALANCER_MAPS = _maps(
            _DOWN_INNER),
     MapDef("ctl_array", MapType.ARRAY, U32, CTL_VALUE, "slot -> control value (0: gateway MAC, 1: 1 + number of "
            "VIPs with port 0, 0 = not known; 2: flow cache epoch, 0 = off)"),
-    MapDef("flow_cache", MapType.PERCPU_ARRAY, U32, FLOW_CACHE_ENTRY,
-           "per cpu: flow hash -> a flow just found in the connection table (not in Katran)"),
+    MapDef("flow_cache", MapType.ARRAY, U32, FLOW_CACHE_ENTRY,
+           "cpu * FLOW_CACHE_SLOTS + flow hash -> a flow just found in the connection table (not in Katran)"),
     MapDef("flow_cache_stale", MapType.PERCPU_ARRAY, U32, FLOW_CACHE_MARKS,
            "per cpu: 0 -> a bit per flow_cache slot whose flow's connection-table entry was written"),
     MapDef("vip_addrs", MapType.HASH, ADDRESS, U32, "VIP address -> VIPs on it (echo replies)"),

@@ -62,9 +62,21 @@ def packaged_object(name: str) -> Path:
     return path
 
 
+def lru_cores(cfg: KatranConfig) -> tuple:
+    """The CPUs that get a connection table of their own (``forwarding_cores``; None: every
+    CPU, but none when testing: the fallback LRU serves all)."""
+    if cfg.forwarding_cores is None:
+        return () if cfg.testing else tuple(range(os.cpu_count() or 1))
+    return cfg.forwarding_cores
+
+
 def map_sizes(cfg: KatranConfig) -> dict[str, int]:
     """max_entries of every sized balancer map (all must exist in the object)."""
+    cores = lru_cores(cfg)
     return {
+        # FLOW_CACHE_SLOTS for each cpu up to the highest with its own connection table
+        # (only those use the flow cache; with none, one block nobody uses)
+        "flow_cache": contract.FLOW_CACHE_SLOTS * (max(cores) + 1 if cores else 1),
         "vip_map": cfg.max_vips,
         "vip_addrs": cfg.max_vips,
         "ch_rings": cfg.max_vips * cfg.ch_ring_size,
@@ -423,11 +435,7 @@ class DataPlane:
         return self._attached_ifindex is not None or self._registered_root is not None
 
     def forwarding_cores(self) -> tuple:
-        cfg = self.config
-        if cfg.forwarding_cores is None:
-            # production default: every CPU gets its own LRU (testing: fallback LRU only)
-            return () if cfg.testing else tuple(range(os.cpu_count() or 1))
-        return cfg.forwarding_cores
+        return lru_cores(self.config)
 
     def _per_core_lru_size(self) -> int:
         cores = self.forwarding_cores()

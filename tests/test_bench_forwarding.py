@@ -216,8 +216,16 @@ def test_table_of_a_short_run(bench, capsys, restore_affinity, tmp_path):
     # the probe's step chain: reflector > probe > balancer, paired differences
     assert "(reflector > probe > balancer)" in out[second + 1]
     assert out[second + 2].split() == ["flows", "bytes", "+probe", "+balancer"]
-    steps = out[second + 3:]
+    third = out.index("", second + 1)
+    steps = out[second + 3:third]
     assert len(steps) == len(rows) and doc["steps"] == ["reflector", "probe", "balancer"]
+    # the balancer's flow cache: per row, the share of the timed frames routed from it
+    assert out[third + 1].startswith("the balancer's flow cache")
+    cache_rows = [ln.split() for ln in out[third + 2:]]
+    assert len(cache_rows) == len(rows)
+    for r in cache_rows:
+        hits, fills = float(r[3].rstrip("%")), float(r[5].rstrip("%"))
+        assert 0 < hits <= 100 and hits + fills == pytest.approx(100, abs=0.2)
     for ln, cell in zip(steps, doc["cells"]):
         probe_step = float(ln.split()[2])
         assert probe_step == pytest.approx(cell["steps"]["probe"][0], abs=0.06)

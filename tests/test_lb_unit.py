@@ -898,3 +898,14 @@ def test_a_failed_flow_cache_epoch_write(fake_kernel, monkeypatch, caplog):
     assert again._dp.started and "flow-cache epoch" in caplog.text
     monkeypatch.setattr(FakeMap, "update", real_update)
     again.close()
+
+
+def test_the_flow_cache_is_sized_up_to_the_highest_cpu_with_its_own_lru():
+    """flow_cache holds FLOW_CACHE_SLOTS per cpu, cpu * slots + slot: up to the highest
+    forwarding core (a cpu beyond finds no slot and looks the LRU up); one block with none."""
+    from katran import contract
+
+    slots = contract.FLOW_CACHE_SLOTS
+    assert map_sizes(lb_config(forwarding_cores=(1,)))["flow_cache"] == 2 * slots
+    assert map_sizes(lb_config(forwarding_cores=()))["flow_cache"] == slots
+    assert map_sizes(lb_config(forwarding_cores=None))["flow_cache"] == slots  # testing: no per-cpu LRU

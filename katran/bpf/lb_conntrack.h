@@ -141,7 +141,7 @@ static __always_inline void cached_lru_lookup(struct pkt_meta *pkt, void *lru_ma
 		slot = flow_cache_index(&pkt->flow);
 		stale = flow_cache_stale_word(slot);
 		if (stale)
-			fc = bpf_map_lookup_elem(&flow_cache, &slot);
+			fc = flow_cache_at(slot);
 	}
 	if (fc && fc->epoch == epoch && flow_key_same(&fc->key, &pkt->flow)) {
 		if (!(*stale & flow_cache_bit(slot)) &&
