@@ -800,12 +800,11 @@ def test_port0_vips_are_counted_in_ctl_array(fake_kernel):
     lb.close()
 
 
-def test_start_goes_on_when_the_port0_count_cannot_be_written(fake_kernel, monkeypatch, caplog):
-    """The count is an optimisation: unwritten (0), the data plane looks port 0 up as Katran
-    does, so a failed write at start is a warning, not a failed start."""
+def _fail_ctl_slot(monkeypatch, ctl_slot: int):
+    """Make every write of ctl_array[ctl_slot] fail (EPERM); returns the real FakeMap.update."""
     from katran.testing.fake_kernel import FakeMap
 
-    slot = structs.u32(structs.CTL_ANY_PORT_VIPS)
+    slot = structs.u32(ctl_slot)
     real_update = FakeMap.update
 
     def failing_update(self, key, value, flags=0):
@@ -813,8 +812,18 @@ def test_start_goes_on_when_the_port0_count_cannot_be_written(fake_kernel, monke
             raise KernelError("update ctl_array", errno.EPERM, "injected")
         return real_update(self, key, value, flags)
 
-    lb = KatranLb(lb_config(max_vips=8, max_reals=16, ch_ring_size=RING), kernel=fake_kernel)
     monkeypatch.setattr(FakeMap, "update", failing_update)
+    return real_update
+
+
+def test_start_goes_on_when_the_port0_count_cannot_be_written(fake_kernel, monkeypatch, caplog):
+    """The count is an optimisation: unwritten (0), the data plane looks port 0 up as Katran
+    does, so a failed write at start is a warning, not a failed start."""
+    from katran.testing.fake_kernel import FakeMap
+
+    slot = structs.u32(structs.CTL_ANY_PORT_VIPS)
+    lb = KatranLb(lb_config(max_vips=8, max_reals=16, ch_ring_size=RING), kernel=fake_kernel)
+    real_update = _fail_ctl_slot(monkeypatch, structs.CTL_ANY_PORT_VIPS)
     with caplog.at_level("WARNING"):
         lb.start()
     monkeypatch.setattr(FakeMap, "update", real_update)
@@ -872,19 +881,11 @@ def test_a_failed_flow_cache_epoch_write(fake_kernel, monkeypatch, caplog):
     older than the start is refreshed from the LRU within 64 jiffies."""
     from katran.testing.fake_kernel import FakeMap
 
-    slot = structs.u32(structs.CTL_FLOW_CACHE_EPOCH)
-    real_update = FakeMap.update
-
-    def failing_update(self, key, value, flags=0):
-        if self.name == "ctl_array" and key == slot:
-            raise KernelError("update ctl_array", errno.EPERM, "injected")
-        return real_update(self, key, value, flags)
-
     lb = make(fake_kernel)
     lb.add_vip(V4)
     keys = [_connection(lb, 1000), _connection(lb, 1001)]
     before = contents(lb, "fallback_cache")
-    monkeypatch.setattr(FakeMap, "update", failing_update)
+    real_update = _fail_ctl_slot(monkeypatch, structs.CTL_FLOW_CACHE_EPOCH)
     with pytest.raises(KernelError, match="injected"):
         lb.purge_vip_lru(V4)
     with pytest.raises(KernelError, match="injected"):
