@@ -55,6 +55,15 @@ def _positive(field: str, hi: int = 2**32 - 1):
     return lambda v: check_int(v, field, 1, hi)
 
 
+def _bool(field: str):
+    def convert(v: object) -> bool:
+        if not isinstance(v, bool):
+            raise ValidationError(field, v, "expected true or false")
+        return v
+
+    return convert
+
+
 def _ring_bytes(field: str, value: object) -> int:
     v = check_int(value, field, 4096, 1 << 30)
     if v & (v - 1):
@@ -148,7 +157,7 @@ class KatranConfig:
     max_conn_rate: int = attrs.field(default=125_000, converter=lambda v: check_int(v, "max_conn_rate", 0, 2**32 - 1))
     # the per-cpu flow cache in front of each cpu's connection table (not in Katran): a flow
     # whose LRU entry was just found skips the LRU lookup; a runtime switch (ctl_array), no knob
-    flow_cache: bool = True
+    flow_cache: bool = attrs.field(default=True, converter=_bool("flow_cache"))
     # bytes of the packet-capture ring buffer (capture_ring): a power of two, 4 KiB .. 1 GiB
     capture_ring_size: int = attrs.field(default=1 << 20, converter=lambda v: _ring_bytes("capture_ring_size", v))
 

@@ -69,7 +69,7 @@ REAL_KEYS = ("address", "weight", "healthcheck")
 HEALTHCHECKS_KEYS = ("action", "all_down", "concurrency", "defaults")
 CONFIG_FIELDS = tuple(a.name for a in attrs.fields(KatranConfig))
 # options a running balancer can change without a restart
-RUNTIME_FIELDS = ("default_mac",)
+RUNTIME_FIELDS = ("default_mac", "flow_cache")
 _MAX_TEXT = 120
 
 
@@ -672,6 +672,12 @@ def plan(lb, desired: Desired) -> Plan:
         want = _plain(getattr(KatranConfig(**{"testing": True, name: value}), name))
         if live != want:
             restart.append(f"balancer.{name}: running {live!r}, file {want!r}")
+    if "flow_cache" in desired.balancer:
+        want_fc = KatranConfig(testing=True, flow_cache=desired.balancer["flow_cache"]).flow_cache
+        old_fc = cfg.flow_cache
+        if want_fc != old_fc:
+            add(Change(f"flow cache {'on' if want_fc else 'off'}",
+                       lambda v=want_fc: lb.set_flow_cache(v), lambda v=old_fc: lb.set_flow_cache(v)))
     if "default_mac" in desired.balancer:
         want_mac = format_mac(KatranConfig(testing=True, default_mac=desired.balancer["default_mac"]).default_mac)
         old_mac = lb.get_mac()

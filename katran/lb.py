@@ -487,6 +487,25 @@ class KatranLb:
     def get_mac(self) -> str:
         return format_mac(self._mac)
 
+    # ------------------------------------------------------------------ flow cache
+    @_locked
+    def set_flow_cache(self, enabled: object) -> None:
+        """Switch the per-cpu flow cache on or off while running (``config.flow_cache``): the
+        data plane reads the switch per packet (ctl_array epoch), nothing is reloaded. On
+        again, it starts empty."""
+        enabled = attrs.evolve(self._config, flow_cache=enabled).flow_cache  # validated: a bool
+        self._require_started()
+        if not self._dp.has_map("flow_cache"):
+            raise FeatureNotEnabledError("flow_cache: the running balancer object has no flow cache")
+        old = self._config
+        self._config = attrs.evolve(old, flow_cache=enabled)
+        try:
+            self._bump_flow_cache()
+        except BaseException:
+            self._config = old
+            raise
+        log.info("flow cache %s", "on" if enabled else "off")
+
     # ------------------------------------------------------------------ VIPs
     def _check_vip_flags(self, flags: object, field: str = "flags") -> int:
         flags = check_int(flags, field, 0, 2**32 - 1)
@@ -562,19 +581,21 @@ class KatranLb:
             ctl.update(key, value)
 
     def _bump_flow_cache(self) -> None:
-        """A new flow-cache epoch in ctl_array[CTL_FLOW_CACHE_EPOCH] (1 .. 2**32 - 1, never 0):
-        every slot of every cpu is empty at once. Made at start (a slot may predate this
-        control plane) and after connection-table entries are deleted (its error undoes the
-        delete). 0 when ``config.flow_cache`` is off."""
+        """A new flow-cache epoch in ctl_array[CTL_FLOW_CACHE_EPOCH]: its low 32 bits count
+        1 .. 2**32 - 1 (never 0: never written), bit 32 is set while ``config.flow_cache`` is
+        off. A new epoch empties every slot of every cpu at once. Made at start (a slot may
+        predate this control plane), when the switch changes, and after connection-table
+        entries are deleted (its error undoes the delete). The count goes on while off, so
+        no slot filled before an off period is alive after it."""
         if not self._dp.has_map("flow_cache"):
             return  # an adopted build without a flow cache
         ctl = self._map("ctl_array")
         key = structs.u32(structs.CTL_FLOW_CACHE_EPOCH)
-        new = 0
-        if self._config.flow_cache:
-            raw = ctl.lookup(key)
-            old = int.from_bytes(raw[:4], "little") if raw else 0
-            new = old % 0xFFFFFFFF + 1
+        raw = ctl.lookup(key)
+        old = int.from_bytes(raw[:8], "little") if raw else 0
+        new = (old & 0xFFFFFFFF) % 0xFFFFFFFF + 1
+        if not self._config.flow_cache:
+            new |= structs.FLOW_CACHE_OFF
         ctl.update(key, structs.ctl_value_u64(new))
 
     @_read
@@ -1387,7 +1408,7 @@ class KatranLb:
 # Public methods that change the configuration: each successful outermost call bumps
 # KatranLb.config_generation (a call made by another one counts once).
 MUTATING_METHODS = (
-    "change_mac", "add_vip", "del_vip", "modify_vip", "change_hash_function_for_vip",
+    "change_mac", "set_flow_cache", "add_vip", "del_vip", "modify_vip", "change_hash_function_for_vip",
     "add_real_for_vip", "del_real_for_vip", "modify_reals_for_vip", "modify_real",
     "modify_quic_reals_mapping", "add_src_routing_rule", "del_src_routing_rule",
     "clear_all_src_routing_rules", "add_inline_decap_dst", "del_inline_decap_dst",

@@ -50,6 +50,7 @@ GLOBAL_COUNTERS: dict[str, int] = dict(_G)  # Katran's name -> slot offset
 CTL_MAC_POS = _c.CTL_SLOTS.value("CTL_DEFAULT_MAC")  # ctl_array slot of the default gateway MAC
 CTL_ANY_PORT_VIPS = _c.CTL_SLOTS.value("CTL_ANY_PORT_VIPS")  # ctl_array slot: 1 + how many VIPs have port 0 (0: not known)
 CTL_FLOW_CACHE_EPOCH = _c.CTL_SLOTS.value("CTL_FLOW_CACHE_EPOCH")  # ctl_array slot: flow cache epoch (0: off)
+FLOW_CACHE_OFF = 1 << 32  # bit of that slot's value: switched off (lb_flow_cache.h flow_cache_epoch)
 PCKT_SRC_V4 = _c.PCKT_SRC_SLOTS.value("PCKT_SRC_V4")  # pckt_srcs slots
 PCKT_SRC_V6 = _c.PCKT_SRC_SLOTS.value("PCKT_SRC_V6")
 REAL_F_IPV6 = _c.REAL_FLAGS.value("REAL_F_IPV6")  # real_definition.flags

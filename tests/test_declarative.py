@@ -168,6 +168,31 @@ def test_needs_restart_is_reported_not_applied(lb):
     assert "change mac 00:00:de:ad:be:af -> 00:00:de:ad:be:b0" in p.lines()
 
 
+@root
+def test_flow_cache_is_switched_without_a_restart(lb):
+    """balancer.flow_cache is read by the data plane at run time (ctl_array): a changed file
+    switches it, no restart; an invalid value is a parse error naming the field."""
+    from katran import structs
+
+    def epoch() -> int:
+        raw = lb._obj.map("ctl_array").lookup(structs.u32(structs.CTL_FLOW_CACHE_EPOCH))
+        value = int.from_bytes(raw[:8], "little")
+        return 0 if value & structs.FLOW_CACHE_OFF else value  # 0: the data plane has it off
+
+    dcl.apply(lb, dcl.loads(BASE))
+    assert lb.config.flow_cache and epoch() >= 1
+    off = BASE.replace("  lru_size: 1000\n", "  lru_size: 1000\n  flow_cache: false\n")
+    p = dcl.plan(lb, dcl.loads(off))
+    assert p.lines() == ["flow cache off"] and not p.needs_restart
+    dcl.apply(lb, dcl.loads(off))
+    assert not lb.config.flow_cache and epoch() == 0
+    assert dcl.plan(lb, dcl.loads(off)).lines() == []
+    dcl.apply(lb, dcl.loads(BASE.replace("  lru_size: 1000\n", "  lru_size: 1000\n  flow_cache: true\n")))
+    assert lb.config.flow_cache and epoch() >= 1
+    err = _error(BASE.replace("  lru_size: 1000\n", "  lru_size: 1000\n  flow_cache: maybe\n"))
+    assert err.field == "balancer.flow_cache" and "true or false" in err.reason
+
+
 HC = BASE.replace("""    reals: [{address: fc00:200::2, weight: 5}]
 """, """    reals: [{address: fc00:200::2, weight: 5, healthcheck: {port: 8443}}]
     healthcheck: {type: https, path: /health, interval: 5}

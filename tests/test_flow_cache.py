@@ -77,8 +77,10 @@ def cache_stats(lb: KatranLb) -> tuple[int, int]:
 
 
 def epoch(lb: KatranLb) -> int:
+    """The epoch the data plane uses: 0 when off (never written, or the off bit)."""
     raw = lb._obj.map("ctl_array").lookup(structs.u32(structs.CTL_FLOW_CACHE_EPOCH))
-    return int.from_bytes(raw[:8], "little")
+    value = int.from_bytes(raw[:8], "little")
+    return 0 if value & structs.FLOW_CACHE_OFF else value & 0xFFFFFFFF
 
 
 def move_flow(lb: KatranLb, vip: VipKey, real: str) -> None:
@@ -244,3 +246,25 @@ def test_katran_fixtures_through_the_cache(cpu):
     first = {n: (v, d) for n, v, d in outputs[True][::3]}
     wrong = [c.n for c in cases if first[c.n] != (c.expected_action, c.expected)]
     assert not wrong, f"cases differing from Katran's output: {wrong}"
+
+
+def test_switched_off_and_on_while_running(cpu):
+    """set_flow_cache(False): no packet is routed from the cache (the connection table serves
+    them, same reals); on again, the cache starts empty and fills from the LRU."""
+    lb = make_lb(cpu)
+    try:
+        flows = [Flow("192.0.2.14", "10.200.1.1", 42000 + i, 80, "tcp") for i in range(20)]
+        first = {f.src_port: send(lb, build_flow_packet(f)) for f in flows}
+        for f in flows:
+            send(lb, build_flow_packet(f))
+        lb.set_flow_cache(False)
+        hits = cache_stats(lb)
+        assert {f.src_port: send(lb, build_flow_packet(f)) for f in flows} == first
+        assert cache_stats(lb) == hits and epoch(lb) == 0
+        lb.set_flow_cache(True)
+        assert {f.src_port: send(lb, build_flow_packet(f)) for f in flows} == first
+        assert cache_stats(lb) == (hits[0], hits[1] + len(flows))  # refilled, none served
+        assert {f.src_port: send(lb, build_flow_packet(f)) for f in flows} == first
+        assert cache_stats(lb)[0] == hits[0] + len(flows)
+    finally:
+        lb.close()

@@ -107,6 +107,7 @@ MUTATIONS = {
     "modify_real": lambda lb: lb.modify_real("10.1.0.1", RealFlag.LOCAL_REAL),
     "modify_real_unset": lambda lb: lb.modify_real("10.1.0.3", RealFlag.LOCAL_REAL, False),
     "change_mac": lambda lb: lb.change_mac("02:11:22:33:44:55"),
+    "set_flow_cache": lambda lb: lb.set_flow_cache(False),
     "quic_add": lambda lb: lb.modify_quic_reals_mapping(
         ModifyAction.ADD, [QuicReal("10.1.0.20", 3), QuicReal("10.1.0.1", 4), QuicReal("10.1.0.21", 5)]),
     "quic_move": lambda lb: lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal("10.1.0.22", 2)]),

@@ -848,8 +848,8 @@ def _connection(lb, sport: int) -> bytes:
 
 def test_the_flow_cache_epoch_moves_on_and_never_wraps_to_zero(fake_kernel):
     """ctl_array[CTL_FLOW_CACHE_EPOCH]: a new value at every start and after an LRU delete or
-    purge that deleted something (all flow-cache slots empty at once), 1 .. 2**32 - 1: 0 would
-    turn the cache off."""
+    purge that deleted something (all flow-cache slots empty at once), 1 .. 2**32 - 1 (0 means
+    never written: off); switched off, bit 32 is set and the count goes on."""
     lb = make(fake_kernel)
     lb.add_vip(V4)
     assert _flow_cache_epoch(lb) == 1
@@ -869,9 +869,9 @@ def test_the_flow_cache_epoch_moves_on_and_never_wraps_to_zero(fake_kernel):
     off = make(fake_kernel, flow_cache=False)
     off.add_vip(V4)
     _connection(off, 1000)
-    assert _flow_cache_epoch(off) == 0
+    assert _flow_cache_epoch(off) == structs.FLOW_CACHE_OFF | 1  # off, and the count goes on
     off.purge_vip_lru(V4)
-    assert _flow_cache_epoch(off) == 0
+    assert _flow_cache_epoch(off) == structs.FLOW_CACHE_OFF | 2
     off.close()
 
 
@@ -910,3 +910,27 @@ def test_the_flow_cache_is_sized_up_to_the_highest_cpu_with_its_own_lru():
     assert map_sizes(lb_config(forwarding_cores=(1,)))["flow_cache"] == 2 * slots
     assert map_sizes(lb_config(forwarding_cores=()))["flow_cache"] == slots
     assert map_sizes(lb_config(forwarding_cores=None))["flow_cache"] == slots  # testing: no per-cpu LRU
+
+
+def test_set_flow_cache_switches_it_at_run_time(fake_kernel, monkeypatch):
+    """set_flow_cache writes a new epoch (with the off bit, or without: on, empty); a bad
+    value or a failed write leaves the switch as it was."""
+    lb = make(fake_kernel)
+    generation = lb.config_generation
+    lb.set_flow_cache(False)
+    assert lb.config.flow_cache is False and _flow_cache_epoch(lb) == structs.FLOW_CACHE_OFF | 2
+    assert lb.config_generation == generation + 1
+    lb.set_flow_cache(True)  # a new epoch: no slot filled before the off period lives on
+    assert lb.config.flow_cache is True and _flow_cache_epoch(lb) == 3
+    with pytest.raises(ValidationError, match="flow_cache"):
+        lb.set_flow_cache("off")
+    real_update = _fail_ctl_slot(monkeypatch, structs.CTL_FLOW_CACHE_EPOCH)
+    with pytest.raises(KernelError, match="injected"):
+        lb.set_flow_cache(False)
+    from katran.testing.fake_kernel import FakeMap
+
+    monkeypatch.setattr(FakeMap, "update", real_update)
+    assert lb.config.flow_cache is True and _flow_cache_epoch(lb) == 3
+    lb.close()
+    with pytest.raises(ValidationError, match="flow_cache"):
+        lb_config(flow_cache=1)

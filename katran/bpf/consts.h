@@ -62,7 +62,8 @@
 enum ctl_slot {
 	CTL_DEFAULT_MAC = 0,
 	CTL_ANY_PORT_VIPS = 1, /* 1 + how many VIPs have port 0; 0: not known (not in Katran) */
-	CTL_FLOW_CACHE_EPOCH = 2, /* flow cache generation (low 32 bits); 0: cache off (not in Katran) */
+	CTL_FLOW_CACHE_EPOCH = 2, /* flow cache generation (low 32 bits, 0: never written) and bit 32:
+				   * switched off; either turns the cache off (not in Katran) */
 };
 
 /* pckt_srcs slots (outer source addresses for GUE, host addresses) */

@@ -11,8 +11,10 @@
  *   lru_sync) marks the slot of its flow stale (flow_cache_stale) until it is
  *   filled again;
  * - the control plane bumps ctl_array[CTL_FLOW_CACHE_EPOCH] after it deletes
- *   connection-table entries, which empties every slot at once; 0 (never
- *   written: another control plane, or one that does not keep the epoch)
+ *   connection-table entries, at start and when it switches the cache on,
+ *   which empties every slot at once; 0 (never written: another control
+ *   plane, or one that does not keep the epoch) or bit 32 (switched off; the
+ *   epoch keeps counting, so slots from before are dead when it is back on)
  *   turns the cache off;
  * - a slot routes for FLOW_CACHE_REFRESH_JIFFIES, then the entry is looked up
  *   again, which keeps it recent in its LRU;
@@ -35,13 +37,16 @@
 #include "structs.h"
 #include "maps.h"
 
-/* The current epoch; 0: the cache is off. */
+/* The current epoch; 0: the cache is off (never written, or switched off:
+ * bit 32, which keeps the epoch counting while off). */
 static __always_inline __u32 flow_cache_epoch(void)
 {
 	__u32 key = CTL_FLOW_CACHE_EPOCH;
 	struct ctl_value *v = bpf_map_lookup_elem(&ctl_array, &key);
 
-	return v ? (__u32)v->value : 0;
+	if (!v || (v->value >> 32))
+		return 0;
+	return (__u32)v->value;
 }
 
 _Static_assert(sizeof(struct flow_cache_marks) * 8 == FLOW_CACHE_SLOTS, "a stale bit per slot");
