@@ -391,7 +391,8 @@ def grpc_cases(target: GrpcTarget) -> list[Case]:
                 "getSrcRoutingRule", "getSrcRoutingRuleSize", "getSrcRoutingStats", "getInlineDecapDst",
                 "getInlineDecapStats", "getDecapStats", "getXpopDecapSuccessfulStats", "getLbQuicPacketsStats",
                 "getTcpServerIdRoutingStats", "getUdpStableRoutingStats", "getUdpFlowMigrationStats",
-                "getGlobalLruStats", "getQuicIcmpStats", "getMalformedStats", "getHealthCheckStates"):
+                "getGlobalLruStats", "getQuicIcmpStats", "getMalformedStats", "getFlowCacheStats",
+                "getHealthCheckStates"):
         add(X, rpc, "ok", {}, ())
     for label, v, fields in vip_variants(V4, True):
         add(X, "changeHashFunctionForVip", label, dict(vip=v, hash_function=1), fields)

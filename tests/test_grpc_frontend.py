@@ -339,6 +339,7 @@ def test_stats(stub, ext, lb):
         (ext.getChDropStats, lb.get_ch_drop_stats),
         (ext.getEncapFailStats, lb.get_encap_fail_stats),
         (ext.getMalformedStats, lb.get_malformed_stats),
+        (ext.getFlowCacheStats, lb.get_flow_cache_stats),
         (ext.getKatranLbStats, lb.get_katran_lb_stats),
     ]:
         got = rpc(pb.Empty())

@@ -289,6 +289,9 @@ class GrpcKatranClient(KatranClient):
     def get_malformed_stats(self) -> LbStats:
         return _stats(self._get("getMalformedStats", pb.Empty(), ext=True))
 
+    def get_flow_cache_stats(self) -> LbStats:
+        return _stats(self._get("getFlowCacheStats", pb.Empty(), ext=True))
+
     def get_katran_lb_stats(self) -> LbStats:
         return _stats(self._get("getKatranLbStats", pb.Empty(), ext=True))
 

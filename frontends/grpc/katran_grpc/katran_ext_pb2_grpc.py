@@ -80,6 +80,11 @@ class KatranExtServiceStub:
                 request_serializer=katran__pb2.Empty.SerializeToString,
                 response_deserializer=katran__pb2.Stats.FromString,
                 _registered_method=True)
+        self.getFlowCacheStats = channel.unary_unary(
+                '/lb.katran.ext.KatranExtService/getFlowCacheStats',
+                request_serializer=katran__pb2.Empty.SerializeToString,
+                response_deserializer=katran__pb2.Stats.FromString,
+                _registered_method=True)
         self.getKatranLbStats = channel.unary_unary(
                 '/lb.katran.ext.KatranExtService/getKatranLbStats',
                 request_serializer=katran__pb2.Empty.SerializeToString,
@@ -341,6 +346,13 @@ class KatranExtServiceServicer:
 
     def getMalformedStats(self, request, context):
         """not in Katran: packets to a VIP dropped, v1 bad IP length, v2 martian source
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def getFlowCacheStats(self, request, context):
+        """not in Katran: the per-cpu flow cache, v1 packets routed from it, v2 slots filled
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -656,6 +668,11 @@ def add_KatranExtServiceServicer_to_server(servicer, server):
             ),
             'getMalformedStats': grpc.unary_unary_rpc_method_handler(
                     servicer.getMalformedStats,
+                    request_deserializer=katran__pb2.Empty.FromString,
+                    response_serializer=katran__pb2.Stats.SerializeToString,
+            ),
+            'getFlowCacheStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.getFlowCacheStats,
                     request_deserializer=katran__pb2.Empty.FromString,
                     response_serializer=katran__pb2.Stats.SerializeToString,
             ),
@@ -1106,6 +1123,33 @@ class KatranExtService:
             request,
             target,
             '/lb.katran.ext.KatranExtService/getMalformedStats',
+            katran__pb2.Empty.SerializeToString,
+            katran__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def getFlowCacheStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lb.katran.ext.KatranExtService/getFlowCacheStats',
             katran__pb2.Empty.SerializeToString,
             katran__pb2.Stats.FromString,
             options,

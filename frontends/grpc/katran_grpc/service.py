@@ -491,6 +491,10 @@ class KatranExtServicer(ext_grpc.KatranExtServiceServicer):
         return stats_to_msg(self._lb.get_malformed_stats())
 
     @_rpc
+    def getFlowCacheStats(self, request: pb.Empty) -> pb.Stats:
+        return stats_to_msg(self._lb.get_flow_cache_stats())
+
+    @_rpc
     def getKatranLbStats(self, request: pb.Empty) -> pb.Stats:
         return stats_to_msg(self._lb.get_katran_lb_stats())
 

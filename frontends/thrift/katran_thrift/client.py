@@ -299,6 +299,9 @@ class ThriftKatranClient(KatranClient):
     def get_malformed_stats(self) -> LbStats:
         self._unimplemented("getMalformedStats")
 
+    def get_flow_cache_stats(self) -> LbStats:
+        self._unimplemented("getFlowCacheStats")
+
     def get_katran_lb_stats(self) -> LbStats:
         self._unimplemented("getKatranLbStats")
 
