@@ -34,6 +34,9 @@ KNOBS = (
     "decap_strict_destination", "max_pckt_size", "lru_udp_timeout_ns", "max_conn_rate",
 )
 RECIRC_SLOT = 0  # the balancer's own slot in its `subprograms` prog array
+# maps whose contents the data plane may lose: an upgrade to an object without them (a
+# rollback to a build before the flow cache) drops them instead of being refused
+DISPOSABLE_MAPS = ("flow_cache", "flow_cache_stale")
 GLOBAL_COUNTER_SLOTS = 32  # global counters live at stats[max_vips + 0..31]
 
 
@@ -342,10 +345,14 @@ class DataPlane:
             except KatranError as exc:
                 raise IncompatibleObjectError(str(exc)) from None
             problems = []
+            dropped = []
             names = set(spec.map_names)
             for name, m in live.maps.items():
                 if name not in names:
-                    problems.append(f"map {name} is not in the new object")
+                    if name in DISPOSABLE_MAPS:
+                        dropped.append(name)
+                    else:
+                        problems.append(f"map {name} is not in the new object")
                     continue
                 want = spec.map_def(name)
                 have = {"type": m.type, "key_size": m.key_size, "value_size": m.value_size,
@@ -356,7 +363,8 @@ class DataPlane:
             if problems:
                 raise IncompatibleObjectError("; ".join(problems))
             for name, m in live.maps.items():
-                spec.reuse_map_fd(name, m.fd)
+                if name not in dropped:
+                    spec.reuse_map_fd(name, m.fd)
             new = spec.load()
         finally:
             spec.close()
@@ -380,12 +388,19 @@ class DataPlane:
             k.unpin(self.pin_dir / name)
         added = [n for n in new.maps if n not in live.maps]
         state.pin_object(k, _Subset(new, added), self.pin_dir)
+        for name in dropped:  # caches the new program does not have: nothing reads them now
+            k.unpin(self.pin_dir / name)
         live.close()
         self.obj = new
         self._pins = {**self._pins, "maps": sorted(new.maps), "programs": sorted(new.programs)}
         self.upgraded_from = old_id
-        log.info("hitless upgrade on %s: program id %d replaced by %d (%s), every map kept",
-                 cfg.main_interface, old_id, new_prog.id, path)
+        if dropped:
+            log.info("hitless upgrade on %s: program id %d replaced by %d (%s), every map kept but "
+                     "%s (not in the new object)", cfg.main_interface, old_id, new_prog.id, path,
+                     ", ".join(dropped))
+        else:
+            log.info("hitless upgrade on %s: program id %d replaced by %d (%s), every map kept",
+                     cfg.main_interface, old_id, new_prog.id, path)
 
     def pins(self) -> dict:
         return dict(self._pins) if self._pins is not None else {}

@@ -297,3 +297,71 @@ def test_restart_with_config_reconciles_to_an_empty_plan(lab, tmp_path):
         assert _prog_id(topo) == prog and _listing(server) == before
     finally:
         server.stop()
+
+
+def _build_without_flow_cache(tmp_path: Path) -> Path:
+    """Our balancer as a build before the flow cache: the two maps and every use of them cut
+    out of a copy of katran/bpf (each cut asserted, so a changed source fails here loudly)."""
+    import shutil
+
+    from katran import build
+
+    src = tmp_path / "bpf"
+    shutil.copytree(build.BPF_DIR, src, ignore=shutil.ignore_patterns("obj"))
+
+    def edit(name: str, *cuts: tuple) -> None:
+        path = src / name
+        text = path.read_text()
+        for start, end, repl in cuts:
+            i = text.index(start)
+            j = text.index(end, i) + len(end) if end else i + len(start)
+            text = text[:i] + repl + text[j:]
+        path.write_text(text)
+
+    edit("maps.h", ("/*\n * cpu * FLOW_CACHE_SLOTS", '} flow_cache_stale SEC(".maps");\n', ""))
+    edit("lb_conntrack.h", ('#include "lb_flow_cache.h"\n', None, ""),
+         ("\t\tflow_cache_forget(key);\n", None, ""), ("\t\tflow_cache_forget(&pkt->flow);\n", None, ""),
+         ("/*\n * The connection table through the flow cache", "/*\n * Global LRU", "/*\n * Global LRU"))
+    edit("lb_pipeline.h", ("cached_lru_lookup(pkt, lru_map, &dst);", None, "lru_lookup(pkt, lru_map, 0, &dst);"))
+    return build.compile_one(src / "balancer.bpf.c", tmp_path / "obj", build.find_clang())
+
+
+def test_rollback_to_a_build_without_the_flow_cache(lab, tmp_path):
+    """An upgrade to an object without the flow cache (a rollback to an older build) is
+    hitless too: the two cache maps are dropped (unpinned), every other map is carried, no
+    session breaks; upgrading back brings a fresh cache."""
+    from katran import state
+    from katran.adapter import bpf
+    from katran.lab import services
+    from katran.lab.netns import inside
+
+    topo = lab
+    older = _build_without_flow_cache(tmp_path)
+    with bpf.ObjectSpec.open(older) as spec:
+        assert "flow_cache" not in spec.map_names and "flow_cache_stale" not in spec.map_names
+    with inside(topo.lb.netns):
+        pins = Path(state.DEFAULT_PIN_ROOT) / state.instance_name(topo.lb.ifname)
+    server = _server(topo)
+    server.start()
+    mark = server.log_path.stat().st_size  # the log goes on across this module's servers
+    try:
+        _configure(server, topo)
+        assert (pins / "flow_cache").exists()
+        with services.TrafficProbe(topo.client.netns, VIP, n=8) as traffic:
+            time.sleep(0.3)
+            assert server.stop(teardown=False) == 0
+            server = _server(topo, f"-balancer_prog={older}")
+            server.start()
+            assert "every map kept but flow_cache, flow_cache_stale" in server.log_path.read_bytes()[mark:].decode()
+            assert not (pins / "flow_cache").exists() and not (pins / "flow_cache_stale").exists()
+            time.sleep(0.3)
+            assert server.stop(teardown=False) == 0
+            server = _server(topo)  # and forward again, to the packaged object
+            server.start()
+            assert (pins / "flow_cache").exists()
+            time.sleep(0.3)
+        print(f"rollback and back: rounds {traffic.rounds}, broken {traffic.broken}, refused {traffic.refused}")
+        assert traffic.broken == 0 and traffic.refused == 0, vars(traffic)
+        assert server.log_path.read_bytes()[mark:].decode().count("hitless upgrade") == 2
+    finally:
+        server.stop()
