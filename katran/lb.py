@@ -493,18 +493,17 @@ class KatranLb:
         """Switch the per-cpu flow cache on or off while running (``config.flow_cache``): the
         data plane reads the switch per packet (ctl_array epoch), nothing is reloaded. On
         again, it starts empty."""
-        enabled = attrs.evolve(self._config, flow_cache=enabled).flow_cache  # validated: a bool
+        new = attrs.evolve(self._config, flow_cache=enabled)  # validates: a bool
         self._require_started()
         if not self._dp.has_map("flow_cache"):
             raise FeatureNotEnabledError("flow_cache: the running balancer object has no flow cache")
-        old = self._config
-        self._config = attrs.evolve(old, flow_cache=enabled)
+        old, self._config = self._config, new
         try:
             self._bump_flow_cache()
         except BaseException:
             self._config = old
             raise
-        log.info("flow cache %s", "on" if enabled else "off")
+        log.info("flow cache %s", "on" if new.flow_cache else "off")
 
     # ------------------------------------------------------------------ VIPs
     def _check_vip_flags(self, flags: object, field: str = "flags") -> int:

@@ -186,13 +186,14 @@ GLOBAL_COUNTERS: tuple = (
     (structs.QUIC_ICMP_STATS, "katran_quic_icmp_packets", "ICMP errors to QUIC VIPs",
      "class", ("all", "ignorable")),
 )
-if hasattr(structs, "MALFORMED_CNTR"):  # not in Katran: packets to a VIP dropped as malformed
-    GLOBAL_COUNTERS += ((structs.MALFORMED_CNTR, "katran_malformed_packets",
-                         "Packets to a VIP dropped as malformed", "reason", ("bad_ip_length", "martian_source")),)
-if hasattr(structs, "FLOW_CACHE_CNTR"):  # not in Katran: the per-cpu flow cache in front of the LRU
-    GLOBAL_COUNTERS += ((structs.FLOW_CACHE_CNTR, "katran_flow_cache",
-                         "Flow-cache events: packets routed from a slot (hit), slots filled from the LRU (fill)",
-                         "event", ("hit", "fill")),)
+# not in Katran: packets to a VIP dropped as malformed; the per-cpu flow cache in front of the LRU
+GLOBAL_COUNTERS += (
+    (structs.MALFORMED_CNTR, "katran_malformed_packets", "Packets to a VIP dropped as malformed", "reason",
+     ("bad_ip_length", "martian_source")),
+    (structs.FLOW_CACHE_CNTR, "katran_flow_cache",
+     "Flow-cache events: packets routed from a slot (hit), slots filled from the LRU (fill)", "event",
+     ("hit", "fill")),
+)
 XDP_ACTIONS = ((structs.XDP_TX_CNTR, "tx"), (structs.XDP_PASS_CNTR, "pass"), (structs.XDP_DROP_CNTR, "drop"))
 
 

@@ -137,11 +137,9 @@ def getter_values(lb: KatranLb) -> dict:
     put("katran_udp_flow_migrations_total", lb.get_udp_flow_migration_stats)
     put("katran_global_lru_packets_total", lb.get_global_lru_stats, [("result", "no_map"), ("result", "routed")])
     put("katran_quic_icmp_packets_total", lb.get_quic_icmp_stats, [("class", "all"), ("class", "ignorable")])
-    if hasattr(lb, "get_malformed_stats"):
-        put("katran_malformed_packets_total", lb.get_malformed_stats,
-            [("reason", "bad_ip_length"), ("reason", "martian_source")])
-    if hasattr(lb, "get_flow_cache_stats"):
-        put("katran_flow_cache_total", lb.get_flow_cache_stats, [("event", "hit"), ("event", "fill")])
+    put("katran_malformed_packets_total", lb.get_malformed_stats,
+        [("reason", "bad_ip_length"), ("reason", "martian_source")])
+    put("katran_flow_cache_total", lb.get_flow_cache_stats, [("event", "hit"), ("event", "fill")])
     for prefix, getter in (("katran_quic", lb.get_lb_quic_packets_stats), ("katran_tpr", lb.get_tcp_server_id_routing_stats),
                            ("katran_stable_rt", lb.get_udp_stable_routing_stats)):
         for field, v in getter().items():

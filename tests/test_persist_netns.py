@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from unflagged import build_variant
+
 pytestmark = [
     pytest.mark.privileged,
     pytest.mark.netns,
@@ -299,15 +301,9 @@ def test_restart_with_config_reconciles_to_an_empty_plan(lab, tmp_path):
         server.stop()
 
 
-def _build_without_flow_cache(tmp_path: Path) -> Path:
-    """Our balancer as a build before the flow cache: the two maps and every use of them cut
-    out of a copy of katran/bpf (each cut asserted, so a changed source fails here loudly)."""
-    import shutil
-
-    from katran import build
-
-    src = tmp_path / "bpf"
-    shutil.copytree(build.BPF_DIR, src, ignore=shutil.ignore_patterns("obj"))
+def _cut_flow_cache(src: Path) -> None:
+    """katran/bpf as before the flow cache: the two maps and every use of them cut out (each
+    cut asserted, so a changed source fails here loudly)."""
 
     def edit(name: str, *cuts: tuple) -> None:
         path = src / name
@@ -323,7 +319,6 @@ def _build_without_flow_cache(tmp_path: Path) -> Path:
          ("\t\tflow_cache_forget(key);\n", None, ""), ("\t\tflow_cache_forget(&pkt->flow);\n", None, ""),
          ("/*\n * The connection table through the flow cache", "/*\n * Global LRU", "/*\n * Global LRU"))
     edit("lb_pipeline.h", ("cached_lru_lookup(pkt, lru_map, &dst);", None, "lru_lookup(pkt, lru_map, 0, &dst);"))
-    return build.compile_one(src / "balancer.bpf.c", tmp_path / "obj", build.find_clang())
 
 
 def test_rollback_to_a_build_without_the_flow_cache(lab, tmp_path):
@@ -336,7 +331,7 @@ def test_rollback_to_a_build_without_the_flow_cache(lab, tmp_path):
     from katran.lab.netns import inside
 
     topo = lab
-    older = _build_without_flow_cache(tmp_path)
+    older = build_variant(_cut_flow_cache, tmp_path)
     with bpf.ObjectSpec.open(older) as spec:
         assert "flow_cache" not in spec.map_names and "flow_cache_stale" not in spec.map_names
     with inside(topo.lb.netns):
