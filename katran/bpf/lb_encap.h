@@ -46,20 +46,21 @@ struct encap_flow {
 static __always_inline void *push_outer(struct xdp_md *xdp, int push, const __u8 *gw_mac,
 					__u16 eth_proto_be, void **data_end)
 {
-	void *data;
-	struct ethhdr *eth, *old_eth;
+	__u8 *data, *old;
 
 	if (bpf_xdp_adjust_head(xdp, -push))
 		return NULL;
 	data = (void *)(long)xdp->data;
 	*data_end = (void *)(long)xdp->data_end;
-	eth = pkt_ptr(data, *data_end, 0, push + sizeof(struct ethhdr));
-	if (!eth)
+	if (!pkt_ptr(data, *data_end, 0, push + sizeof(struct ethhdr)))
 		return NULL;
-	old_eth = data + push;
-	__builtin_memcpy(eth->h_dest, gw_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, old_eth->h_dest, ETH_ALEN);
-	eth->h_proto = eth_proto_be;
+	/* struct ethhdr is packed: its fields would be moved a byte at a time */
+	old = data + push;
+	*(__u32 *)data = *(const __u32 *)gw_mac;
+	*(__u16 *)(data + 4) = *(const __u16 *)(gw_mac + 4);
+	*(__u32 *)(data + ETH_ALEN) = *(const __u32 *)old; /* the old destination */
+	*(__u16 *)(data + ETH_ALEN + 4) = *(const __u16 *)(old + 4);
+	*(__u16 *)(data + 2 * ETH_ALEN) = eth_proto_be;
 	return data;
 }
 

@@ -24,22 +24,32 @@
 #define IPIP_V4_SRC_PREFIX 0x10AC
 #define IPIP_V6_SRC_W0 1
 
-/* Write a 20-byte IPv4 header: TTL 64, id 0, no flags, and its checksum. */
+/*
+ * Write a 20-byte IPv4 header: TTL 64, id 0, no flags, and its checksum. The
+ * five 32-bit words are made and summed in registers and stored whole: a
+ * header written field by field and summed back from memory stalls on store
+ * forwarding (~8 ns a frame here). Words in memory order (little endian).
+ */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "header words are little-endian loads");
 static __always_inline void put_ipv4_hdr(struct iphdr *iph, __u8 tos, __be32 saddr, __be32 daddr,
 					 __u16 payload_bytes, __u8 proto)
 {
-	iph->version = 4;
-	iph->ihl = 5;
-	iph->tos = tos;
-	iph->tot_len = bpf_htons(payload_bytes + sizeof(struct iphdr));
-	iph->id = 0;
-	iph->frag_off = 0;
-	iph->ttl = OUTER_TTL;
-	iph->protocol = proto;
-	iph->saddr = saddr;
-	iph->daddr = daddr;
-	iph->check = 0;
-	iph->check = iph_csum(iph);
+	__u32 *w = (__u32 *)iph;
+	/* version 4, ihl 5 | tos | tot_len */
+	__u32 w0 = 0x45 | ((__u32)tos << 8) |
+		   ((__u32)bpf_htons(payload_bytes + sizeof(struct iphdr)) << 16);
+	__u32 w2 = OUTER_TTL | ((__u32)proto << 8); /* ttl | protocol | check 0 */
+	__u64 sum = (__u64)w0 + w2 + saddr + daddr; /* + w1: id 0, frag_off 0 */
+
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	w[0] = w0;
+	w[1] = 0;
+	w[2] = w2 | ((__u32)(__u16)~sum << 16);
+	w[3] = saddr;
+	w[4] = daddr;
 }
 
 /* Write an IPv6 header with hop limit 64, traffic class `tc`, no flow label. */
