@@ -102,10 +102,14 @@ class Field:
 class Struct:
     """A C struct laid out with C's natural alignment; packs and unpacks tuples."""
 
-    def __init__(self, name: str, fields: Sequence[Field], doc: str = "") -> None:
+    def __init__(self, name: str, fields: Sequence[Field], doc: str = "",
+                 older: Sequence[Sequence[Field]] = ()) -> None:
         self.name = name
         self.fields = tuple(fields)
         self.doc = doc
+        # layouts of the same size that older builds of ours have: accepted from a
+        # user-supplied object (not strict), whose data plane then lacks what changed
+        self.older_layouts = tuple(Struct(name, f).c_layout() for f in older)
         offsets, fmt, off, align = {}, "<", 0, 1
         for f in self.fields:
             pad = -off % f.ctype.align
@@ -370,7 +374,7 @@ def check_btf(contract: ObjectContract, btf, *, strict: bool = True):  # type: i
         if size != s.size:
             problems.append(f"struct {name}: size {size}, contract {s.size}")
         want = s.c_layout()
-        if members != want:
+        if members != want and not (not strict and members in s.older_layouts):
             diff = sorted(set(members.items()) ^ set(want.items()))
             problems.append(f"struct {name}: members differ (BTF vs contract) {diff[:4]}")
     for name, e in contract.enums.items():
@@ -407,10 +411,13 @@ VIP_DEFINITION = Struct("vip_definition", [
 ], "vip_map key")
 VIP_META = Struct("vip_meta", [Field("flags", U32), Field("vip_num", U32)], "vip_map value")
 REAL_POS_LRU = Struct("real_pos_lru", [Field("pos", U32), Field("atime", U64)], "connection table value")
+_FLOW_CACHE_KEY = Field("key", CType("struct flow_key", FLOW_KEY.size, 4, f"{FLOW_KEY.size}s"))
 FLOW_CACHE_ENTRY = Struct("flow_cache_entry", [
-    Field("key", CType("struct flow_key", FLOW_KEY.size, 4, f"{FLOW_KEY.size}s")),
-    Field("real_index", U32), Field("epoch", U32), Field("filled", U64), Field("seen", U64),
-], "flow_cache value: a flow just found in its cpu's connection table (not in Katran)")
+    _FLOW_CACHE_KEY,
+    Field("real_index", U32), Field("epoch", U32), Field("filled", U32), Field("fast", U32), Field("seen", U64),
+], "flow_cache value: a flow just found in its cpu's connection table (not in Katran)",
+    # before the fast path: a 64-bit fill time where filled and fast are (its slots are never fast)
+    older=[[_FLOW_CACHE_KEY, Field("real_index", U32), Field("epoch", U32), Field("filled", U64), Field("seen", U64)]])
 FLOW_CACHE_SLOTS = 1 << 14  # consts.h FLOW_CACHE_SLOTS: flow_cache entries per cpu
 FLOW_CACHE_MARKS = Struct("flow_cache_marks", [
     Field("stale", CType(f"__u64[{FLOW_CACHE_SLOTS // 64}]", FLOW_CACHE_SLOTS // 8, 8, f"{FLOW_CACHE_SLOTS // 8}s")),
@@ -555,9 +562,11 @@ VIP_FLAGS = CEnum("vip_flag", {
 REAL_FLAGS = CEnum("real_flag", {"REAL_F_IPV6": 1 << 0, "REAL_F_LOCAL": 1 << 1}, {
     RealFlag.IPV6.name: "REAL_F_IPV6", RealFlag.LOCAL_REAL.name: "REAL_F_LOCAL",
 })
-CTL_SLOTS = CEnum("ctl_slot", {"CTL_DEFAULT_MAC": 0, "CTL_ANY_PORT_VIPS": 1, "CTL_FLOW_CACHE_EPOCH": 2},
+CTL_SLOTS = CEnum("ctl_slot", {"CTL_DEFAULT_MAC": 0, "CTL_ANY_PORT_VIPS": 1, "CTL_FLOW_CACHE_EPOCH": 2,
+                               "CTL_VIP_FILTER": 8},
                   {"CTL_MAC_POS": "CTL_DEFAULT_MAC", "CTL_ANY_PORT_VIPS": "CTL_ANY_PORT_VIPS",
-                   "CTL_FLOW_CACHE_EPOCH": "CTL_FLOW_CACHE_EPOCH"})
+                   "CTL_FLOW_CACHE_EPOCH": "CTL_FLOW_CACHE_EPOCH", "CTL_VIP_FILTER": "CTL_VIP_FILTER"})
+VIP_FILTER_WORDS = 8  # consts.h VIP_FILTER_WORDS: ctl_array words of the VIP filter from CTL_VIP_FILTER
 PCKT_SRC_SLOTS = CEnum("pckt_src_slot", {"PCKT_SRC_V4": 0, "PCKT_SRC_V6": 1},
                        {"PCKT_SRC_V4": "PCKT_SRC_V4", "PCKT_SRC_V6": "PCKT_SRC_V6"})
 DECAP_DST_FLAGS = CEnum("decap_dst_flag", {"DECAP_DST_F_EGRESS": 0x2}, {"DECAP_DST_F_EGRESS": "DECAP_DST_F_EGRESS"})

@@ -175,6 +175,7 @@ class KatranLb:
         self._dirty: set[int] = set()  # id() of the _VipStates changed since the last publish
         self._dp = DataPlane(config, self._kernel)
         self._mac = config.default_mac or bytes(6)
+        self._vip_filter_words: Optional[list[int]] = None  # what ctl_array holds (None: not read yet)
         self._vips: dict[VipKey, _VipState] = {}
         self._vip_nums = SlotAllocator(config.max_vips)
         # index 0 is reserved as "no real": a zeroed ring slot drops the packet
@@ -258,6 +259,12 @@ class KatranLb:
         except KatranError as exc:
             log.warning("could not write the port-0 VIP count (ctl_array[%d]): every packet that is no "
                         "VIP is looked up again with port 0: %s", structs.CTL_ANY_PORT_VIPS, exc)
+        self._vip_filter_words = None  # this data plane's words: read them
+        try:
+            self._write_vip_filter(None)
+        except KatranError as exc:
+            log.warning("could not write the VIP filter (ctl_array[%d..]): packets to VIPs take the VIP "
+                        "lookup path: %s", structs.CTL_VIP_FILTER, exc)
         try:
             self._bump_flow_cache()
         except KatranError as exc:
@@ -534,18 +541,23 @@ class KatranLb:
             self._write_vip_address(vip.address, tx)
             if vip.port == 0:
                 self._write_any_port_vips(tx)
+            else:
+                self._write_vip_filter(tx)
 
     @_locked
     def del_vip(self, vip: VipKey) -> None:
         state = self._vip(vip)
         with self._tx() as tx:
             tx.delete(self._map("vip_map"), _vip_def(vip))
+            self._bump_flow_cache(tx)  # its flows leave the data plane's fast path
             self._clear_down_reals(vip, tx)
             pop_item(self._vips, vip, tx)
             self._vip_nums.give_back(state.num, tx)
             self._write_vip_address(vip.address, tx)
             if vip.port == 0:
                 self._write_any_port_vips(tx)
+            else:
+                self._write_vip_filter(tx)
             for num in state.reals:
                 self._release_real(num, tx)
             if state.ring is not None:
@@ -579,13 +591,42 @@ class KatranLb:
         elif ctl.lookup(key) != value:
             ctl.update(key, value)
 
-    def _bump_flow_cache(self) -> None:
+    def _write_vip_filter(self, tx: Optional[Transaction]) -> None:
+        """ctl_array[CTL_VIP_FILTER ..] = a bit per VIP with a port (structs.vip_filter): the
+        data plane's fast path looks a flow's flow-cache slot up only when the bit of its
+        destination is set. A hint: a wrong bit costs time, never a verdict. The words are
+        read once (at start, ``tx`` None) and then known: only the words that change are
+        written (in ``tx``: add_vip / del_vip). An object without a flow cache (Katran's)
+        is left alone; an older build of ours ignores the words."""
+        if not self._dp.has_map("flow_cache"):
+            return
+        ctl = self._map("ctl_array")
+        keys = [structs.u32(structs.CTL_VIP_FILTER + i) for i in range(structs.VIP_FILTER_WORDS)]
+        known = self._vip_filter_words
+        if known is None:
+            known = [int.from_bytes(ctl.lookup(key)[:8], "little") for key in keys]
+        words = structs.vip_filter((v.address, v.port, v.proto) for v in self._vips)
+        for key, word, old in zip(keys, words, known):
+            if word == old:
+                continue
+            if tx is not None:
+                tx.update(ctl, key, structs.ctl_value_u64(word), old=structs.ctl_value_u64(old), known_old=True)
+            else:
+                ctl.update(key, structs.ctl_value_u64(word))
+        if tx is not None:
+            _set_attr(self, "_vip_filter_words", words, tx)
+        else:
+            self._vip_filter_words = words
+
+    def _bump_flow_cache(self, tx: Optional[Transaction] = None) -> None:
         """A new flow-cache epoch in ctl_array[CTL_FLOW_CACHE_EPOCH]: its low 32 bits count
         1 .. 2**32 - 1 (never 0: never written), bit 32 is set while ``config.flow_cache`` is
         off. A new epoch empties every slot of every cpu at once. Made at start (a slot may
-        predate this control plane), when the switch changes, and after connection-table
-        entries are deleted (its error undoes the delete). The count goes on while off, so
-        no slot filled before an off period is alive after it."""
+        predate this control plane), when the switch changes, after connection-table
+        entries are deleted (its error undoes the delete), and, in ``tx``, when a VIP is
+        deleted or its flags change (a slot's fast path skips the VIP lookup: it must not
+        outlive what the VIP was when the slot was filled). The count goes on while off,
+        so no slot filled before an off period is alive after it."""
         if not self._dp.has_map("flow_cache"):
             return  # an adopted build without a flow cache
         ctl = self._map("ctl_array")
@@ -595,7 +636,10 @@ class KatranLb:
         new = (old & 0xFFFFFFFF) % 0xFFFFFFFF + 1
         if not self._config.flow_cache:
             new |= structs.FLOW_CACHE_OFF
-        ctl.update(key, structs.ctl_value_u64(new))
+        if tx is not None:
+            tx.update(ctl, key, structs.ctl_value_u64(new), old=raw, known_old=True)
+        else:
+            ctl.update(key, structs.ctl_value_u64(new))
 
     @_read
     def get_all_vips(self) -> list[VipKey]:
@@ -608,8 +652,11 @@ class KatranLb:
         new = state.flags | flags if set_flag else state.flags & ~flags
         self._check_vip_flags(new)
         with self._tx() as tx:
+            old = state.flags
             _set_attr(state, "flags", new, tx)
             self._write_vip(vip, state, tx)
+            if new != old:
+                self._bump_flow_cache(tx)  # the fast path knows a flow's VIP by its flags
 
     @_read
     def get_vip_flags(self, vip: VipKey) -> int:

@@ -50,6 +50,8 @@ GLOBAL_COUNTERS: dict[str, int] = dict(_G)  # Katran's name -> slot offset
 CTL_MAC_POS = _c.CTL_SLOTS.value("CTL_DEFAULT_MAC")  # ctl_array slot of the default gateway MAC
 CTL_ANY_PORT_VIPS = _c.CTL_SLOTS.value("CTL_ANY_PORT_VIPS")  # ctl_array slot: 1 + how many VIPs have port 0 (0: not known)
 CTL_FLOW_CACHE_EPOCH = _c.CTL_SLOTS.value("CTL_FLOW_CACHE_EPOCH")  # ctl_array slot: flow cache epoch (0: off)
+CTL_VIP_FILTER = _c.CTL_SLOTS.value("CTL_VIP_FILTER")  # ctl_array slots from here: the VIP filter's words
+VIP_FILTER_WORDS = _c.VIP_FILTER_WORDS  # how many (64 bits each)
 FLOW_CACHE_OFF = 1 << 32  # bit of that slot's value: switched off (lb_flow_cache.h flow_cache_epoch)
 PCKT_SRC_V4 = _c.PCKT_SRC_SLOTS.value("PCKT_SRC_V4")  # pckt_srcs slots
 PCKT_SRC_V6 = _c.PCKT_SRC_SLOTS.value("PCKT_SRC_V6")
@@ -167,6 +169,47 @@ def real_pos_lru(pos: int, atime: int = 0) -> bytes:
 def real_pos_lru_unpack(raw: bytes) -> tuple[int, int]:
     """(pos, atime)"""
     return _c.REAL_POS_LRU.unpack(raw)
+
+
+# --- flow cache / VIP filter (not in Katran: lb_flow_cache.h) ----------------------------
+FLOW_CACHE_FAST = 0x80000000  # flow_cache_entry.fast: the fast path may route the flow (consts.h)
+
+
+def _mix(h: int, bits: int) -> int:
+    return ((h * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - bits)
+
+
+def flow_cache_slot(key: bytes) -> int:
+    """The flow_cache slot of a connection-table key: flow_cache_index() of lb_flow_cache.h."""
+    h = 0
+    for w in struct.unpack_from("<9I", key):  # both addresses, both ports
+        h ^= w
+    return _mix(h ^ key[36], 14)  # proto
+
+
+def flow_cache_entry_unpack(raw: bytes) -> tuple[bytes, int, int, int, int, int]:
+    """(key, real_index, epoch, filled, fast, seen) of a flow_cache value."""
+    return _c.FLOW_CACHE_ENTRY.unpack(raw)
+
+
+def vip_filter_bit(address: object, port: int, proto: int) -> int:
+    """The VIP filter's bit of a VIP: vip_filter_match() of lb_flow_cache.h."""
+    h = 0
+    for w in struct.unpack("<4I", addr16(address)):
+        h ^= w
+    h ^= (int.from_bytes(port.to_bytes(2, "big"), "little") << 8) ^ proto  # port16[1]: wire order
+    return _mix(h, 9)
+
+
+def vip_filter(vips) -> list[int]:  # type: ignore[no-untyped-def]
+    """The VIP filter's words (ctl_array[CTL_VIP_FILTER + i]) for VIPs given as
+    (address, port, proto); a VIP with port 0 has no bit (its flows are never fast)."""
+    words = [0] * _c.VIP_FILTER_WORDS
+    for address, port, proto in vips:
+        if port:
+            bit = vip_filter_bit(address, port, proto)
+            words[bit >> 6] |= 1 << (bit & 63)
+    return words
 
 
 # --- lb_stats / ctl_value -------------------------------------------------------------

@@ -283,6 +283,24 @@ def test_struct_drift_is_loud():
         c.check(contract.BALANCER.path)
 
 
+def test_an_older_layout_of_ours_is_accepted_only_from_a_user_object():
+    """A struct that changed within the same size (flow_cache_entry gained `fast`) lists the
+    older layout: an older build given as balancer_prog_path passes, our own object must
+    have the current one, and any other layout is loud in both modes."""
+    ours = contract.BALANCER.structs["vip_meta"]
+    other = [contract.Field("vip_num", contract.U32), contract.Field("flags", contract.U32)]
+    newer = contract.Struct("vip_meta", other, older=[ours.fields])
+    c = _variant(contract.BALANCER, structs={**contract.BALANCER.structs, "vip_meta": newer})
+    assert not c.check(contract.BALANCER.path, strict=False).strict
+    with pytest.raises(ContractError, match="struct vip_meta: members differ"):
+        c.check(contract.BALANCER.path)
+    unrelated = contract.Struct("vip_meta", other, older=[other])
+    c = _variant(contract.BALANCER, structs={**contract.BALANCER.structs, "vip_meta": unrelated})
+    for strict in (True, False):
+        with pytest.raises(ContractError, match="struct vip_meta: members differ"):
+            c.check(contract.BALANCER.path, strict=strict)
+
+
 def test_knob_and_enum_drift_are_loud():
     knobs = dict(contract.BALANCER.knobs)
     knobs["gue_dport"] = attrs.evolve(knobs["gue_dport"], ctype=contract.U32)

@@ -10,6 +10,7 @@ after a SYN that reuses a 5-tuple, across UDP ageing; the same run with the cach
 from __future__ import annotations
 
 import os
+import struct
 import time
 
 import pytest
@@ -17,7 +18,8 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from conftest import lb_config
-from katran import Flow, KatranLb, LbStats, Real, VipKey, structs
+from katran import Flow, KatranLb, LbStats, Real, VipFlag, VipKey, structs
+from katran.contract import FLOW_CACHE_SLOTS, VIP_FILTER_WORDS
 from katran.packets import build_flow_packet, outer_destination
 
 pytestmark = pytest.mark.privileged
@@ -266,5 +268,184 @@ def test_switched_off_and_on_while_running(cpu):
         assert cache_stats(lb) == (hits[0], hits[1] + len(flows))  # refilled, none served
         assert {f.src_port: send(lb, build_flow_packet(f)) for f in flows} == first
         assert cache_stats(lb)[0] == hits[0] + len(flows)
+    finally:
+        lb.close()
+
+
+# --- the fast path (forward_cached, lb_pipeline.h): no VIP lookup for a flow in its slot ----
+def slot_of(lb: KatranLb, cpu: int, flow: Flow):
+    """(real index, fast) of the flow's slot on `cpu`; None when the slot holds no live entry
+    of it (another flow, or an older epoch)."""
+    key = structs.flow_key(flow.src, flow.dst, flow.src_port, flow.dst_port, flow.proto)
+    index = cpu * FLOW_CACHE_SLOTS + structs.flow_cache_slot(key)
+    got, real, slot_epoch, _filled, fast, _seen = structs.flow_cache_entry_unpack(
+        lb._obj.map("flow_cache").lookup(structs.u32(index)))
+    if got != key or slot_epoch != epoch(lb):
+        return None
+    return real, fast
+
+
+def test_the_fast_path_counts_what_the_vip_lookup_path_counts(lb):
+    """Every counter of a routed packet -- the VIP's, the real's, the LRU's, the XDP
+    verdict's -- is the same whether the packet took the fast path or not."""
+    flow = Flow("192.0.2.20", "10.200.1.1", 43000, 80, "tcp")
+    frame = build_flow_packet(flow)
+    real = send(lb, frame)
+    for _ in range(9):
+        assert send(lb, frame) == real
+    ip_len = len(frame) - 14
+    assert lb.get_stats_for_vip(VIP_TCP) == LbStats(10, 10 * ip_len)
+    assert lb.get_real_stats(lb.get_index_for_real(real)) == LbStats(10, 10 * ip_len)
+    assert lb.get_lru_stats() == LbStats(10, 1)
+    assert lb.get_xdp_tx_stats() == LbStats(10, 10 * (len(frame)))
+    assert lb.get_xdp_total_stats() == LbStats(10, 10 * (len(frame)))
+    assert cache_stats(lb) == ((8, 1) if lb.config.flow_cache else (0, 0))
+
+
+def test_a_deleted_vip_is_not_forwarded_from_its_flows_slots(lb):
+    """del_vip makes a new epoch: a flow of the VIP routed from its slot a moment ago is
+    passed, as a packet to no VIP -- also when its VIP-filter bit stays set (here: every
+    bit, as when another VIP's hash shares it)."""
+    flow = Flow("192.0.2.21", "10.200.1.1", 43001, 80, "tcp")
+    frame = build_flow_packet(flow)
+    for _ in range(3):
+        send(lb, frame)
+    lb.del_vip(VIP_TCP)
+    set_vip_filter(lb, [2**64 - 1] * VIP_FILTER_WORDS)
+    assert lb.run_packet(frame).verdict == "XDP_PASS"
+
+
+def test_a_flag_change_takes_the_vips_flows_off_the_fast_path(lb):
+    """modify_vip makes a new epoch: with NO_SPORT set the flow's connection-table key has
+    no source port, so its next packet is an LRU miss (not a slot hit)."""
+    flow = Flow("192.0.2.22", "10.200.1.1", 43002, 80, "tcp")
+    frame = build_flow_packet(flow)
+    for _ in range(3):
+        send(lb, frame)
+    misses = lb.get_lru_stats().v2
+    lb.modify_vip(VIP_TCP, VipFlag.NO_SPORT)
+    send(lb, frame)
+    assert lb.get_lru_stats().v2 == misses + 1
+    send(lb, frame)
+    assert lb.get_lru_stats().v2 == misses + 1
+
+
+def test_which_flows_the_fast_path_takes(cpu):
+    """A slot is fast (vip_num kept) for a flow of a VIP found with its own port and without
+    a flag that routes by more than the 5-tuple; NO_SPORT and port-0 VIPs' flows are not."""
+    lb = make_lb(cpu)
+    try:
+        any_port = VipKey("10.200.1.2", 0, "tcp")
+        no_sport = VipKey("10.200.1.3", 80, "tcp")
+        for vip, flags in ((any_port, 0), (no_sport, VipFlag.NO_SPORT)):
+            lb.add_vip(vip, flags)
+            lb.add_real_for_vip(Real(REALS[0], 1), vip)
+        client = "192.0.2.23"
+        # VIP -> (the packet's flow, its connection-table key: the flow cache's key)
+        cases = {
+            VIP_TCP: (Flow(client, "10.200.1.1", 43003, 80, "tcp"),) * 2,
+            VIP_UDP: (Flow(client, "10.200.1.1", 43003, 80, "udp"),) * 2,
+            any_port: (Flow(client, "10.200.1.2", 43003, 8080, "tcp"), Flow(client, "10.200.1.2", 43003, 0, "tcp")),
+            no_sport: (Flow(client, "10.200.1.3", 43003, 80, "tcp"), Flow(client, "10.200.1.3", 0, 80, "tcp")),
+        }
+        for flow, _key in cases.values():
+            frame = build_flow_packet(flow)
+            send(lb, frame)
+            send(lb, frame)  # the LRU hit that fills the slot
+        fast = {vip: slot_of(lb, cpu, key)[1] for vip, (_flow, key) in cases.items()}
+        assert fast == {VIP_TCP: structs.FLOW_CACHE_FAST | lb._vips[VIP_TCP].num,
+                        VIP_UDP: structs.FLOW_CACHE_FAST | lb._vips[VIP_UDP].num,
+                        any_port: 0, no_sport: 0}
+    finally:
+        lb.close()
+
+
+def vip_filter_words(lb: KatranLb) -> list[int]:
+    ctl = lb._obj.map("ctl_array")
+    return [int.from_bytes(ctl.lookup(structs.u32(structs.CTL_VIP_FILTER + i))[:8], "little")
+            for i in range(VIP_FILTER_WORDS)]
+
+
+def set_vip_filter(lb: KatranLb, words: list[int]) -> None:
+    """Behind the control plane's back (a test's stand-in for hash collisions / a lost write)."""
+    for i, w in enumerate(words):
+        lb._obj.map("ctl_array").update(structs.u32(structs.CTL_VIP_FILTER + i), structs.ctl_value_u64(w))
+
+
+def filter_of(*vips: VipKey) -> list[int]:
+    words = [0] * VIP_FILTER_WORDS
+    for v in vips:
+        bit = structs.vip_filter_bit(v.address, v.port, v.proto)
+        words[bit // 64] |= 1 << (bit % 64)
+    return words
+
+
+def test_the_vip_filter_has_a_bit_per_vip_with_a_port(cpu):
+    lb = make_lb(cpu)
+    try:
+        assert vip_filter_words(lb) == filter_of(VIP_TCP, VIP_UDP) != [0] * VIP_FILTER_WORDS
+        lb.add_vip(VipKey("10.200.1.9", 0, "tcp"))  # port 0: never fast, no bit
+        assert vip_filter_words(lb) == filter_of(VIP_TCP, VIP_UDP)
+        lb.del_vip(VIP_UDP)
+        assert vip_filter_words(lb) == filter_of(VIP_TCP)
+        # a packet whose bit is clear is balanced by the VIP lookup path: still routed
+        set_vip_filter(lb, [0] * VIP_FILTER_WORDS)
+        frame = build_flow_packet(Flow("192.0.2.24", "10.200.1.1", 43004, 80, "tcp"))
+        real = send(lb, frame)
+        hits = cache_stats(lb)[0]
+        assert {send(lb, frame) for _ in range(3)} == {real}
+        assert cache_stats(lb)[0] == hits + 2  # slot hits of the VIP lookup path
+    finally:
+        lb.close()
+
+
+def test_the_fast_path_skips_the_vip_lookup(cpu):
+    """The VIP's vip_map entry removed behind the control plane's back (no new epoch): the
+    flow whose slot is fast is still forwarded -- the fast path did not look the VIP up --
+    while a flow without a slot is passed. The control plane never does this (del_vip
+    makes a new epoch, above)."""
+    lb = make_lb(cpu)
+    try:
+        hot = build_flow_packet(Flow("192.0.2.25", "10.200.1.1", 43005, 80, "tcp"))
+        cold = build_flow_packet(Flow("192.0.2.25", "10.200.1.1", 43006, 80, "tcp"))
+        real = send(lb, hot)
+        send(lb, hot)  # fills the slot
+        send(lb, cold)
+        lb._obj.map("vip_map").delete(structs.vip_definition(VIP_TCP.address, VIP_TCP.port, VIP_TCP.proto))
+        assert send(lb, hot) == real
+        assert lb.run_packet(cold).verdict == "XDP_PASS"
+    finally:
+        lb.close()
+
+
+def _jiffies64() -> int:
+    with open("/proc/timer_list") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name.strip().endswith("jiffies") and value.strip().isdigit():
+                return int(value)
+    raise AssertionError("no jiffies in /proc/timer_list")
+
+
+def test_slots_of_a_build_before_the_fast_path_are_never_fast(cpu):
+    """A hitless upgrade from the build before the fast path keeps flow_cache: its slots hold
+    a 64-bit fill time where `filled` and `fast` are now, and jiffies' high word never has
+    bit 31, so such a slot is routed by the VIP-lookup path only (here: with the VIP removed
+    behind the control plane's back, the packet is passed, not forwarded)."""
+    lb = make_lb(cpu)
+    try:
+        flow = Flow("192.0.2.26", "10.200.1.1", 43007, 80, "tcp")
+        frame = build_flow_packet(flow)
+        send(lb, frame)
+        send(lb, frame)  # fills the slot, fast
+        key = structs.flow_key(flow.src, flow.dst, flow.src_port, flow.dst_port, flow.proto)
+        index = structs.u32(cpu * FLOW_CACHE_SLOTS + structs.flow_cache_slot(key))
+        got, real, slot_epoch, filled, fast, seen = structs.flow_cache_entry_unpack(
+            lb._obj.map("flow_cache").lookup(index))
+        assert got == key and fast & structs.FLOW_CACHE_FAST
+        older = struct.pack("<40sIIQQ", got, real, slot_epoch, (_jiffies64() & ~0xFFFFFFFF) | filled, seen)
+        lb._obj.map("flow_cache").update(index, older)
+        lb._obj.map("vip_map").delete(structs.vip_definition(VIP_TCP.address, VIP_TCP.port, VIP_TCP.proto))
+        assert lb.run_packet(frame).verdict == "XDP_PASS"
     finally:
         lb.close()

@@ -302,8 +302,8 @@ def test_restart_with_config_reconciles_to_an_empty_plan(lab, tmp_path):
 
 
 def _cut_flow_cache(src: Path) -> None:
-    """katran/bpf as before the flow cache: the two maps and every use of them cut out (each
-    cut asserted, so a changed source fails here loudly)."""
+    """katran/bpf as before the flow cache: the two maps and every use of them (the fast path
+    too) cut out (each cut asserted, so a changed source fails here loudly)."""
 
     def edit(name: str, *cuts: tuple) -> None:
         path = src / name
@@ -318,7 +318,15 @@ def _cut_flow_cache(src: Path) -> None:
     edit("lb_conntrack.h", ('#include "lb_flow_cache.h"\n', None, ""),
          ("\t\tflow_cache_forget(key);\n", None, ""), ("\t\tflow_cache_forget(&pkt->flow);\n", None, ""),
          ("/*\n * The connection table through the flow cache", "/*\n * Global LRU", "/*\n * Global LRU"))
-    edit("lb_pipeline.h", ("cached_lru_lookup(pkt, lru_map, &dst);", None, "lru_lookup(pkt, lru_map, 0, &dst);"))
+    edit("lb_pipeline.h",
+         ("/*\n * Not in Katran: the fast path.", "/* The L4 part of the pipeline", "/* The L4 part of the pipeline"),
+         (", struct flow_cache_ref *ref)", None, ")"),
+         ("\tbool exact = true;", "__u32 fast = 0;\n", ""), ("\t\texact = false;\n", None, ""),
+         ("\t\t\tif (exact && may_forward_cached(pkt)", "cached_lru_lookup(pkt, lru_map, fast, ref, &dst);",
+          "lru_lookup(pkt, lru_map, 0, &dst);"),
+         ("\tstruct flow_cache_ref ref;\n", None, ""),
+         ("\tverdict = forward_cached(", "return verdict;\n", ""),
+         ("balance_flow(xdp, &pkt, is_ipv6, pkt_bytes, &ref)", None, "balance_flow(xdp, &pkt, is_ipv6, pkt_bytes)"))
 
 
 def test_rollback_to_a_build_without_the_flow_cache(lab, tmp_path):

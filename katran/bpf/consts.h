@@ -51,6 +51,11 @@
 #define FLOW_CACHE_BITS 14
 #define FLOW_CACHE_SLOTS (1 << FLOW_CACHE_BITS)
 #define FLOW_CACHE_REFRESH_JIFFIES 64
+/* the VIP filter (lb_flow_cache.h): 8 ctl_array words from CTL_VIP_FILTER */
+#define VIP_FILTER_BITS_LOG 9
+#define VIP_FILTER_WORDS ((1 << VIP_FILTER_BITS_LOG) / 64)
+/* flow_cache_entry.fast: the flow may take the fast path (bit 31; vip_num below) */
+#define FLOW_CACHE_FAST 0x80000000u
 
 /*
  * Values the control plane shares are C enums (not #defines) so that the
@@ -64,6 +69,8 @@ enum ctl_slot {
 	CTL_ANY_PORT_VIPS = 1, /* 1 + how many VIPs have port 0; 0: not known (not in Katran) */
 	CTL_FLOW_CACHE_EPOCH = 2, /* flow cache generation (low 32 bits, 0: never written) and bit 32:
 				   * switched off; either turns the cache off (not in Katran) */
+	CTL_VIP_FILTER = 8,       /* .. 15: the VIP filter, a bit per hash of a VIP with a port
+				   * (vip_filter_match; 0: none, never written); not in Katran */
 };
 
 /* pckt_srcs slots (outer source addresses for GUE, host addresses) */

@@ -126,26 +126,25 @@ static __always_inline __u64 lru_lookup(struct pkt_meta *pkt, void *lru_map, __u
  * The connection table through the flow cache (lb_flow_cache.h): the slot's
  * real while it holds this flow, is not stale and is fresh (UDP: and the flow
  * not idle); else lru_lookup, given the slot's last-seen time, whose hit fills
- * the slot. Counts hits (v1) and fills (v2) in CNT_FLOW_CACHE.
+ * the slot (fast: see flow_cache_fill). ref: the flow's slot when the caller
+ * has found it (ref->found), else found here. Counts hits (v1) and fills (v2)
+ * in CNT_FLOW_CACHE.
  */
-static __always_inline void cached_lru_lookup(struct pkt_meta *pkt, void *lru_map,
+static __always_inline void cached_lru_lookup(struct pkt_meta *pkt, void *lru_map, __u32 fast,
+					      struct flow_cache_ref *ref,
 					      struct real_definition **dst)
 {
 	struct flow_cache_entry *fc = NULL;
-	__u64 seen = 0, now, *stale = NULL;
-	__u32 epoch = 0, slot = 0, key;
+	__u64 seen = 0, now;
+	__u32 key;
 
-	if (lru_map)
-		epoch = flow_cache_epoch();
-	if (epoch) {
-		slot = flow_cache_index(&pkt->flow);
-		stale = flow_cache_stale_word(slot);
-		if (stale)
-			fc = flow_cache_at(slot);
+	if (lru_map) {
+		if (!ref->found)
+			flow_cache_find(&pkt->flow, ref);
+		fc = ref->fc;
 	}
-	if (fc && fc->epoch == epoch && flow_key_same(&fc->key, &pkt->flow)) {
-		if (!(*stale & flow_cache_bit(slot)) &&
-		    bpf_jiffies64() - fc->filled < FLOW_CACHE_REFRESH_JIFFIES) {
+	if (fc && fc->epoch == ref->epoch && flow_key_same(&fc->key, &pkt->flow)) {
+		if (flow_cache_live(fc, ref->stale, ref->slot)) {
 			bool hit = true;
 
 			if (pkt->flow.proto == IPPROTO_UDP) {
@@ -169,7 +168,7 @@ static __always_inline void cached_lru_lookup(struct pkt_meta *pkt, void *lru_ma
 	}
 	now = lru_lookup(pkt, lru_map, seen, dst);
 	if (fc && *dst) {
-		flow_cache_fill(fc, stale, slot, pkt, epoch, now);
+		flow_cache_fill(fc, ref->stale, ref->slot, pkt, ref->epoch, now, fast);
 		count_pair(CNT_FLOW_CACHE, true);
 	}
 }

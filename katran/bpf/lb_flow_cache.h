@@ -23,6 +23,12 @@
  *   ageing is Katran's to the clock tick.
  * Only for cpus with their own connection table (not fallback_cache, which
  * cpus share) and only where the connection table would be looked up.
+ *
+ * A slot of a flow whose VIP may be skipped (see balance_flow) is "fast": it
+ * keeps the VIP's vip_num, and forward_cached() (lb_pipeline.h) routes the
+ * flow's next packets from it before any VIP lookup; the control plane makes a
+ * new epoch when a VIP is deleted or its flags change. The VIP filter, a bit
+ * per VIP with a port, keeps packets to no VIP away from the slots' cold lines.
  * Uses maps.h.
  */
 #ifndef KATRAN_LB_FLOW_CACHE_H
@@ -103,13 +109,72 @@ static __always_inline void flow_cache_forget(const struct flow_key *k)
 		*stale |= flow_cache_bit(slot);
 }
 
-/* Remember a connection-table hit (real pkt->real_index, UDP last seen `seen`). */
+_Static_assert(CTL_VIP_FILTER + VIP_FILTER_WORDS <= CTL_MAP_SIZE, "the VIP filter fits ctl_array");
+
+/*
+ * May the flow be to a VIP with a port? Its bit in the VIP filter: 512 bits in
+ * ctl_array[CTL_VIP_FILTER ..], a bit per hash of the destination, destination
+ * port and protocol of each VIP with a port, written by the control plane
+ * (katran/structs.py vip_filter_bit mirrors the hash). The fast path touches a
+ * flow's slot only when it is set, so a packet to no VIP does not read a cold
+ * line of the 1 MiB flow_cache. A hint: a wrong bit costs time, never changes
+ * a verdict; all clear (never written) leaves the fast path unused.
+ */
+static __always_inline bool vip_filter_match(const struct flow_key *k)
+{
+	struct ctl_value *v;
+	__u32 h, key;
+
+	h = k->dstv6[0] ^ k->dstv6[1] ^ k->dstv6[2] ^ k->dstv6[3];
+	h ^= ((__u32)k->port16[1] << 8) ^ k->proto;
+	h = (h * 0x9e3779b1u) >> (32 - VIP_FILTER_BITS_LOG);
+	key = CTL_VIP_FILTER + ((h >> 6) & (VIP_FILTER_WORDS - 1));
+	v = bpf_map_lookup_elem(&ctl_array, &key);
+	return v && (v->value & (1ULL << (h & 63)));
+}
+
+/* A flow's slot, looked up once a packet (flow_cache_find). */
+struct flow_cache_ref {
+	struct flow_cache_entry *fc; /* NULL: the cache is off, or no slot for this cpu */
+	__u64 *stale;                /* this cpu's stale word of the slot */
+	__u32 slot;
+	__u32 epoch;                 /* the current epoch (0: off) */
+	bool found;                  /* the fields are the slot of the packet's flow as it is */
+};
+
+static __always_inline void flow_cache_find(const struct flow_key *k, struct flow_cache_ref *ref)
+{
+	ref->fc = NULL;
+	ref->found = true;
+	ref->epoch = flow_cache_epoch();
+	if (!ref->epoch)
+		return;
+	ref->slot = flow_cache_index(k);
+	ref->stale = flow_cache_stale_word(ref->slot);
+	if (ref->stale)
+		ref->fc = flow_cache_at(ref->slot);
+}
+
+/* Does the slot route its flow (filled in this epoch, not stale, fresh)? */
+static __always_inline bool flow_cache_live(const struct flow_cache_entry *fc, const __u64 *stale,
+					    __u32 slot)
+{
+	return !(*stale & flow_cache_bit(slot)) &&
+	       (__u32)bpf_jiffies64() - fc->filled < FLOW_CACHE_REFRESH_JIFFIES;
+}
+
+/*
+ * Remember a connection-table hit (real pkt->real_index, UDP last seen `seen`);
+ * fast: FLOW_CACHE_FAST | vip_num when forward_cached() may route the flow.
+ */
 static __always_inline void flow_cache_fill(struct flow_cache_entry *fc, __u64 *stale, __u32 slot,
-					    const struct pkt_meta *pkt, __u32 epoch, __u64 seen)
+					    const struct pkt_meta *pkt, __u32 epoch, __u64 seen,
+					    __u32 fast)
 {
 	__builtin_memcpy(&fc->key, &pkt->flow, sizeof(fc->key));
 	fc->real_index = pkt->real_index;
-	fc->filled = bpf_jiffies64();
+	fc->filled = (__u32)bpf_jiffies64();
+	fc->fast = fast;
 	fc->seen = seen;
 	fc->epoch = epoch;
 	*stale &= ~flow_cache_bit(slot);

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * The balancer's per-packet pipeline: process_packet() parses the IP header,
- * hands ICMP to lb_icmp.h and tunnelled packets to lb_decap.h, then
- * balance_flow() finds the VIP, picks a real (lb_server_id.h, lb_conntrack.h,
+ * hands ICMP to lb_icmp.h and tunnelled packets to lb_decap.h; forward_cached()
+ * routes a flow held in a fast flow-cache slot (lb_flow_cache.h) without the
+ * VIP lookup; else balance_flow() finds the VIP, picks a real (lb_server_id.h, lb_conntrack.h,
  * lb_ch.h), counts (lb_stats.h) and encapsulates (lb_encap.h). Uses maps.h and
  * knobs.h.
  */
@@ -66,9 +67,95 @@ static __always_inline bool any_port_vips(void)
 	return !v || v->value != 1;
 }
 
+/*
+ * VIP flags whose flows never take forward_cached(): their packets are routed
+ * or counted from more than the 5-tuple (a port left out of the flow, QUIC and
+ * stable-routing ids, the down-reals check, local delivery).
+ */
+#define FLOW_CACHE_SLOW_VIP_FLAGS                                                                  \
+	(VIP_F_NO_SPORT | VIP_F_QUIC | VIP_F_UDP_STABLE_RT | VIP_F_UDP_FLOW_MIGRATION | VIP_F_LOCAL)
+
+/* Packets forward_cached() may take: no SYN (never routed from the connection
+ * table), no ICMP error, no TCP while server-id routing reads every segment. */
+static __always_inline bool may_forward_cached(const struct pkt_meta *pkt)
+{
+	if (pkt->flags & (PKT_F_SYN | PKT_F_ICMP))
+		return false;
+	return !(tcp_server_id_routing && pkt->flow.proto == IPPROTO_TCP);
+}
+
+/*
+ * Not in Katran: the fast path. A packet whose flow holds a live fast slot of
+ * the flow cache (filled by balance_flow from a connection-table hit of an
+ * exact-port VIP without FLOW_CACHE_SLOW_VIP_FLAGS) is counted and
+ * encapsulated as balance_flow would, without the VIP lookup: the slot keeps
+ * the VIP's vip_num, and the control plane makes a new epoch whenever a VIP is
+ * deleted or its flags change. Anything else, and a packet balance_flow would
+ * not route from the slot (too big, a length field that lies, capture on),
+ * returns LB_CONTINUE: balance_flow decides.
+ */
+static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *pkt, bool is_ipv6,
+					  __u16 pkt_bytes, struct flow_cache_ref *ref)
+{
+	__u64 frame_len = (__u64)((long)xdp->data_end - (long)xdp->data);
+	struct real_definition *dst;
+	struct flow_cache_entry *fc;
+	struct lb_stats *cnt;
+	struct ctl_value *gw;
+	__u32 key;
+	__u64 now;
+
+	ref->found = false;
+	if (!may_forward_cached(pkt) || __builtin_expect(capture_filter.enabled, 0) ||
+	    !vip_filter_match(&pkt->flow))
+		return LB_CONTINUE;
+	flow_cache_find(&pkt->flow, ref);
+	fc = ref->fc;
+	if (!fc || !(fc->fast & FLOW_CACHE_FAST) || fc->epoch != ref->epoch ||
+	    !flow_key_same(&fc->key, &pkt->flow) || !flow_cache_live(fc, ref->stale, ref->slot))
+		return LB_CONTINUE;
+	if (ip_len_malformed(frame_len, pkt_bytes, is_ipv6) || frame_len > max_pckt_size)
+		return LB_CONTINUE;
+	if (pkt->flow.proto == IPPROTO_UDP) {
+		now = conn_now();
+		if (now - fc->seen > lru_udp_timeout_ns)
+			return LB_CONTINUE;
+		fc->seen = now;
+	}
+	key = fc->real_index;
+	dst = bpf_map_lookup_elem(&reals, &key);
+	if (!dst)
+		return LB_CONTINUE;
+	pkt->real_index = key;
+
+	count_pair(CNT_LRU, false);
+	count_pair(CNT_FLOW_CACHE, false);
+	key = fc->fast & ~FLOW_CACHE_FAST;
+	cnt = bpf_map_lookup_elem(&stats, &key);
+	if (!cnt)
+		return XDP_DROP;
+	cnt->v1 += 1;
+	cnt->v2 += pkt_bytes;
+	cnt = bpf_map_lookup_elem(&reals_stats, &pkt->real_index);
+	if (!cnt)
+		return XDP_DROP;
+	cnt->v1 += 1;
+	cnt->v2 += pkt_bytes;
+
+	key = CTL_DEFAULT_MAC;
+	gw = bpf_map_lookup_elem(&ctl_array, &key);
+	if (!gw)
+		return XDP_DROP;
+	if (!encap_to_real(xdp, gw, pkt, dst, is_ipv6, pkt_bytes)) {
+		count_pair(CNT_ENCAP_FAIL, dst->flags & REAL_F_IPV6);
+		return XDP_DROP;
+	}
+	return XDP_TX;
+}
+
 /* The L4 part of the pipeline: from a parsed TCP/UDP flow to a verdict. */
 static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt, bool is_ipv6,
-					__u16 pkt_bytes)
+					__u16 pkt_bytes, struct flow_cache_ref *ref)
 {
 	void *data = (void *)(long)xdp->data;
 	void *data_end = (void *)(long)xdp->data_end;
@@ -80,6 +167,8 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 	__u32 key, vip_num, cpu;
 	__u64 frame_len;
 	__u16 client_sport;
+	bool exact = true; /* the VIP was found with the packet's own port */
+	__u32 fast = 0;
 	void *lru_map;
 
 	__builtin_memset(&vip, 0, sizeof(vip));
@@ -97,6 +186,7 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 		vip_info = bpf_map_lookup_elem(&vip_map, &vip);
 		if (!vip_info)
 			return XDP_PASS;
+		exact = false;
 		/* any-port VIP: the destination port is not part of the flow */
 		if (!(vip_info->flags & (VIP_F_DPORT_HASH | VIP_F_HASH_SRC_DST_PORT)))
 			pkt->flow.port16[1] = 0;
@@ -163,8 +253,13 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 				dst = routed_real(pkt);
 		}
 
-		if (!dst && !(pkt->flags & PKT_F_SYN) && !(vip_info->flags & VIP_F_LRU_BYPASS))
-			cached_lru_lookup(pkt, lru_map, &dst);
+		if (!dst && !(pkt->flags & PKT_F_SYN) && !(vip_info->flags & VIP_F_LRU_BYPASS)) {
+			if (exact && may_forward_cached(pkt) && !(vip_info->flags & FLOW_CACHE_SLOW_VIP_FLAGS))
+				fast = FLOW_CACHE_FAST | vip_num;
+			if (!exact || (vip_info->flags & VIP_F_NO_SPORT))
+				ref->found = false; /* a port left out: another slot */
+			cached_lru_lookup(pkt, lru_map, fast, ref, &dst);
+		}
 
 		if (global_lru && !dst && !(pkt->flags & PKT_F_SYN) &&
 		    (vip_info->flags & VIP_F_GLOBAL_LRU)) {
@@ -235,6 +330,7 @@ static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6)
 	void *data = (void *)(long)xdp->data;
 	void *data_end = (void *)(long)xdp->data_end;
 	__u64 nh_off = sizeof(struct ethhdr);
+	struct flow_cache_ref ref;
 	struct pkt_meta pkt;
 	__u16 pkt_bytes = 0;
 	__u8 proto = 0;
@@ -281,7 +377,10 @@ static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6)
 		return XDP_PASS;
 	}
 
-	return balance_flow(xdp, &pkt, is_ipv6, pkt_bytes);
+	verdict = forward_cached(xdp, &pkt, is_ipv6, pkt_bytes, &ref);
+	if (verdict >= 0)
+		return verdict;
+	return balance_flow(xdp, &pkt, is_ipv6, pkt_bytes, &ref);
 }
 
 #endif /* KATRAN_LB_PIPELINE_H */

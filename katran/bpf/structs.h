@@ -66,7 +66,11 @@ struct flow_cache_entry {
 	struct flow_key key;
 	__u32 real_index; /* the connection-table entry's pos */
 	__u32 epoch;      /* ctl_array[CTL_FLOW_CACHE_EPOCH] when filled; 0: empty */
-	__u64 filled;     /* bpf_jiffies64() of the lookup that filled the slot */
+	__u32 filled;     /* bpf_jiffies64() (low 32 bits) of the lookup that filled the slot */
+	__u32 fast;       /* FLOW_CACHE_FAST | the VIP's vip_num: forward_cached() may route
+			   * the flow without the VIP lookup; 0: only the connection-table step.
+			   * (A build before it kept 64-bit jiffies here: their high word never
+			   * has bit 31 set, so its slots are never fast.) */
 	__u64 seen;       /* UDP: conn_now() of the flow's last packet */
 };
 
