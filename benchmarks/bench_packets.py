@@ -51,17 +51,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import io
 import itertools
 import json
 import os
 import random
 import re
 import statistics
-import struct
-import subprocess
 import sys
-import tarfile
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -96,24 +92,13 @@ CLIENT_B_V4 = "192.168.1.2"
 CACHE_PAIRS = 250
 
 
-def _flow_cache_slot(src: str, dst: str, sport: int, dport: int, proto: int) -> int:
-    """The flow_cache slot of a v4 flow: flow_cache_index() of lb_flow_cache.h."""
-    key = structs.flow_key(src, dst, sport, dport, proto)
-    words = struct.unpack_from("<9I", key)
-    h = 0
-    for w in words:
-        h ^= w
-    h ^= key[36]
-    return ((h * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - 14)
-
-
 def cache_pair_flows() -> list[int]:
     """Source ports of CLIENT_B_V4 in pairs that share a flow-cache slot: sent alternately,
     every packet finds the other flow in its slot (a flow-cache miss, then an LRU hit)."""
     by_slot: dict[int, int] = {}
     out: list[int] = []
     for sport in range(1024, 65536):
-        slot = _flow_cache_slot(CLIENT_B_V4, VIP_V4, sport, 80, 6)
+        slot = structs.flow_cache_slot(structs.flow_key(CLIENT_B_V4, VIP_V4, sport, 80, 6))
         if slot in by_slot:
             out += [by_slot.pop(slot), sport]
             if len(out) == 2 * CACHE_PAIRS:
@@ -470,37 +455,14 @@ class BenchError(Exception):
     """A benchmark input that cannot be used; the message names it."""
 
 
-def git_revision(rev: str, repo: Path = REPO) -> str:
-    """The commit `rev` names in `repo` (full hash); BenchError if none."""
-    res = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", "--end-of-options",
-                          f"{rev}^{{commit}}"], capture_output=True, text=True)
-    if res.returncode != 0 or not res.stdout.strip():
-        raise BenchError(f"--previous {safe_repr(rev)}: not a revision of the repository {repo}")
-    return res.stdout.strip()
-
-
 def build_revision(rev: str, out_dir: Path, repo: Path = REPO) -> Path:
-    """Build the balancer object of git revision `rev` into `out_dir`: its katran/bpf
-    tree (git archive) compiled with katran.build's clang command.  Returns the object."""
-    sha = git_revision(rev, repo)
-    what = f"--previous {safe_repr(rev)} ({sha[:12]})"
-    res = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", sha, "katran/bpf"],
-                         capture_output=True)
-    if res.returncode != 0:
-        raise BenchError(f"{what}: no katran/bpf in that revision "
-                         f"({safe_repr(res.stderr.decode(errors='replace').strip())})")
-    src_root = out_dir / "src"
-    with tarfile.open(fileobj=io.BytesIO(res.stdout)) as tar:
-        tar.extractall(src_root, filter="data")
-    src = src_root / "katran" / "bpf" / "balancer.bpf.c"
-    if not src.is_file():
-        raise BenchError(f"{what}: no katran/bpf/balancer.bpf.c in that revision")
-    log = io.StringIO()
+    """Build the balancer object of git revision `rev` into `out_dir` (katran.build's
+    build_revision: its katran/bpf tree compiled with katran.build's clang command).
+    Returns the object; BenchError naming the revision."""
     try:
-        with contextlib.redirect_stderr(log):  # compile_one prints clang's whole output
-            return build.compile_one(src, out_dir / "obj", build.find_clang())
+        return build.build_revision(rev, out_dir, repo, what=f"--previous {safe_repr(rev)}")
     except build.BuildError as exc:
-        raise BenchError(f"{what}: the balancer does not compile: {exc}") from None
+        raise BenchError(str(exc)) from None
 
 
 # --- command line

@@ -124,6 +124,47 @@ def compile_one(src: Path, out_dir: Path = OBJ_DIR, clang: str = "clang") -> Pat
     return out
 
 
+def git_revision(rev: str, repo: Path, what: str) -> str:
+    """The commit `rev` names in the git repository `repo` (full hash); BuildError naming
+    `what` (the caller's name for the revision) if none."""
+    res = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", "--end-of-options",
+                          f"{rev}^{{commit}}"], capture_output=True, text=True)
+    if res.returncode != 0 or not res.stdout.strip():
+        raise BuildError(f"{what}: not a revision of the repository {repo}")
+    return res.stdout.strip()
+
+
+def build_revision(rev: str, out_dir: Path, repo: Path, what: str = "") -> Path:
+    """The balancer object of git revision `rev` of `repo`, built into `out_dir`: its
+    katran/bpf tree (git archive) compiled with compile_one (clang's output kept out of
+    stderr). For timing and upgrading to/from older builds. BuildError messages start with
+    `what` (default: the revision) and the commit."""
+    import contextlib
+    import io
+    import tarfile
+
+    what = what or repr(rev)
+    sha = git_revision(rev, repo, what)
+    what = f"{what} ({sha[:12]})"
+    res = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", sha, "katran/bpf"],
+                         capture_output=True)
+    if res.returncode != 0:
+        raise BuildError(f"{what}: no katran/bpf in that revision "
+                         f"({res.stderr.decode(errors='replace').strip()!r})")
+    src_root = out_dir / "src"
+    with tarfile.open(fileobj=io.BytesIO(res.stdout)) as tar:
+        tar.extractall(src_root, filter="data")
+    src = src_root / "katran" / "bpf" / "balancer.bpf.c"
+    if not src.is_file():
+        raise BuildError(f"{what}: no katran/bpf/balancer.bpf.c in that revision")
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(log):  # compile_one prints clang's whole output
+            return compile_one(src, out_dir / "obj", find_clang())
+    except BuildError as exc:
+        raise BuildError(f"{what}: the balancer does not compile: {exc}") from None
+
+
 def build_all(out_dir: Path = OBJ_DIR, quiet: bool = False) -> list[Path]:
     clang = find_clang()
     built = []
