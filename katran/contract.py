@@ -563,9 +563,10 @@ REAL_FLAGS = CEnum("real_flag", {"REAL_F_IPV6": 1 << 0, "REAL_F_LOCAL": 1 << 1},
     RealFlag.IPV6.name: "REAL_F_IPV6", RealFlag.LOCAL_REAL.name: "REAL_F_LOCAL",
 })
 CTL_SLOTS = CEnum("ctl_slot", {"CTL_DEFAULT_MAC": 0, "CTL_ANY_PORT_VIPS": 1, "CTL_FLOW_CACHE_EPOCH": 2,
-                               "CTL_VIP_FILTER": 8},
+                               "CTL_VIP_FILTER_DONE": 3, "CTL_VIP_FILTER": 8},
                   {"CTL_MAC_POS": "CTL_DEFAULT_MAC", "CTL_ANY_PORT_VIPS": "CTL_ANY_PORT_VIPS",
-                   "CTL_FLOW_CACHE_EPOCH": "CTL_FLOW_CACHE_EPOCH", "CTL_VIP_FILTER": "CTL_VIP_FILTER"})
+                   "CTL_FLOW_CACHE_EPOCH": "CTL_FLOW_CACHE_EPOCH", "CTL_VIP_FILTER_DONE": "CTL_VIP_FILTER_DONE",
+                   "CTL_VIP_FILTER": "CTL_VIP_FILTER"})
 VIP_FILTER_WORDS = 8  # consts.h VIP_FILTER_WORDS: ctl_array words of the VIP filter from CTL_VIP_FILTER
 PCKT_SRC_SLOTS = CEnum("pckt_src_slot", {"PCKT_SRC_V4": 0, "PCKT_SRC_V6": 1},
                        {"PCKT_SRC_V4": "PCKT_SRC_V4", "PCKT_SRC_V6": "PCKT_SRC_V6"})

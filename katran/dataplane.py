@@ -371,6 +371,9 @@ class DataPlane:
         new_prog = new.program(BALANCER_PROG)
         recirc = (cfg.inline_decap_ipip or cfg.inline_decap_gue) and "subprograms" in new.maps
         try:
+            # the VIP filter is whole only once this control plane has written it (the old
+            # program's may not have kept it): until then the new program looks every VIP up
+            new.map("ctl_array").update(structs.u32(structs.CTL_VIP_FILTER_DONE), structs.ctl_value_u64(0))
             if recirc:
                 new.map("subprograms").update(structs.u32(RECIRC_SLOT), structs.u32(new_prog.fd))
             new_prog.attach_xdp(ifindex, cfg.xdp_attach_mode, expected_prog_fd=old_prog.fd)  # no gap

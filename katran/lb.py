@@ -536,13 +536,13 @@ class KatranLb:
             raise CapacityError(f"add vip {vip}: all {self._config.max_vips} VIP slots are in use (max_vips)")
         with self._tx() as tx:
             state = _VipState(self._vip_nums.take(tx), flags, self._config.hash_function)
-            self._write_vip(vip, state, tx)
             set_item(self._vips, vip, state, tx)
+            if vip.port:
+                self._write_vip_filter(tx)  # its bit before the VIP: the data plane trusts a clear bit
+            self._write_vip(vip, state, tx)
             self._write_vip_address(vip.address, tx)
             if vip.port == 0:
                 self._write_any_port_vips(tx)
-            else:
-                self._write_vip_filter(tx)
 
     @_locked
     def del_vip(self, vip: VipKey) -> None:
@@ -557,7 +557,7 @@ class KatranLb:
             if vip.port == 0:
                 self._write_any_port_vips(tx)
             else:
-                self._write_vip_filter(tx)
+                self._write_vip_filter(tx)  # its bit only once the VIP is gone from vip_map
             for num in state.reals:
                 self._release_real(num, tx)
             if state.ring is not None:
@@ -594,10 +594,13 @@ class KatranLb:
     def _write_vip_filter(self, tx: Optional[Transaction]) -> None:
         """ctl_array[CTL_VIP_FILTER ..] = a bit per VIP with a port (structs.vip_filter): the
         data plane's fast path looks a flow's flow-cache slot up only when the bit of its
-        destination is set. A hint: a wrong bit costs time, never a verdict. The words are
-        read once (at start, ``tx`` None) and then known: only the words that change are
-        written (in ``tx``: add_vip / del_vip). An object without a flow cache (Katran's)
-        is left alone; an older build of ours ignores the words."""
+        destination is set, and once ctl_array[CTL_VIP_FILTER_DONE] is 1 a packet without
+        a bit skips the vip_map lookup with its port. So a bit is set before its VIP is in
+        vip_map (add_vip) and cleared after it is gone (del_vip); collisions only set more
+        bits. The words are read once (at start, ``tx`` None, which then marks the filter
+        done) and then known: only the words that change are written. An object without a
+        flow cache (Katran's) is left alone; an older build of ours ignores the words (a
+        hitless upgrade clears the mark before the new program runs)."""
         if not self._dp.has_map("flow_cache"):
             return
         ctl = self._map("ctl_array")
@@ -615,8 +618,11 @@ class KatranLb:
                 ctl.update(key, structs.ctl_value_u64(word))
         if tx is not None:
             _set_attr(self, "_vip_filter_words", words, tx)
-        else:
-            self._vip_filter_words = words
+            return
+        self._vip_filter_words = words
+        done, one = structs.u32(structs.CTL_VIP_FILTER_DONE), structs.ctl_value_u64(1)
+        if ctl.lookup(done) != one:
+            ctl.update(done, one)
 
     def _bump_flow_cache(self, tx: Optional[Transaction] = None) -> None:
         """A new flow-cache epoch in ctl_array[CTL_FLOW_CACHE_EPOCH]: its low 32 bits count

@@ -51,6 +51,7 @@ CTL_MAC_POS = _c.CTL_SLOTS.value("CTL_DEFAULT_MAC")  # ctl_array slot of the def
 CTL_ANY_PORT_VIPS = _c.CTL_SLOTS.value("CTL_ANY_PORT_VIPS")  # ctl_array slot: 1 + how many VIPs have port 0 (0: not known)
 CTL_FLOW_CACHE_EPOCH = _c.CTL_SLOTS.value("CTL_FLOW_CACHE_EPOCH")  # ctl_array slot: flow cache epoch (0: off)
 CTL_VIP_FILTER = _c.CTL_SLOTS.value("CTL_VIP_FILTER")  # ctl_array slots from here: the VIP filter's words
+CTL_VIP_FILTER_DONE = _c.CTL_SLOTS.value("CTL_VIP_FILTER_DONE")  # ctl_array slot: 1 = the filter is whole
 VIP_FILTER_WORDS = _c.VIP_FILTER_WORDS  # how many (64 bits each)
 FLOW_CACHE_OFF = 1 << 32  # bit of that slot's value: switched off (lb_flow_cache.h flow_cache_epoch)
 PCKT_SRC_V4 = _c.PCKT_SRC_SLOTS.value("PCKT_SRC_V4")  # pckt_srcs slots

@@ -388,13 +388,62 @@ def test_the_vip_filter_has_a_bit_per_vip_with_a_port(cpu):
         assert vip_filter_words(lb) == filter_of(VIP_TCP, VIP_UDP)
         lb.del_vip(VIP_UDP)
         assert vip_filter_words(lb) == filter_of(VIP_TCP)
-        # a packet whose bit is clear is balanced by the VIP lookup path: still routed
-        set_vip_filter(lb, [0] * VIP_FILTER_WORDS)
+    finally:
+        lb.close()
+
+
+def test_a_clear_bit_is_trusted_only_while_the_filter_is_marked_whole(cpu):
+    """With CTL_VIP_FILTER_DONE set (by start) a packet whose bit is clear is no VIP with a
+    port: passed without the vip_map lookup. Unmarked (a hitless upgrade clears the mark
+    until the new control plane has written the filter), it is looked up: routed, through
+    the VIP-lookup path's slot hits."""
+    lb = make_lb(cpu)
+    try:
+        ctl = lb._obj.map("ctl_array")
+        done = structs.u32(structs.CTL_VIP_FILTER_DONE)
+        assert ctl.lookup(done)[:8] == structs.ctl_value_u64(1)
         frame = build_flow_packet(Flow("192.0.2.24", "10.200.1.1", 43004, 80, "tcp"))
         real = send(lb, frame)
+        set_vip_filter(lb, [0] * VIP_FILTER_WORDS)  # as if the VIP's bit were lost
+        assert lb.run_packet(frame).verdict == "XDP_PASS"
+        ctl.update(done, structs.ctl_value_u64(0))
         hits = cache_stats(lb)[0]
         assert {send(lb, frame) for _ in range(3)} == {real}
-        assert cache_stats(lb)[0] == hits + 2  # slot hits of the VIP lookup path
+        assert cache_stats(lb)[0] == hits + 2  # the first fills the slot, then slot hits of the VIP-lookup path
+    finally:
+        lb.close()
+
+
+def test_a_vips_bit_is_set_before_it_is_in_vip_map_and_cleared_after(cpu):
+    """The order that makes a clear bit trustworthy, seen from the kernel's write log."""
+    lb = make_lb(cpu)
+    try:
+        vip = VipKey("10.200.1.7", 443, "tcp")
+        bit = structs.vip_filter_bit(vip.address, vip.port, vip.proto)
+        word_key = structs.u32(structs.CTL_VIP_FILTER + bit // 64)
+        vip_key = structs.vip_definition(vip.address, vip.port, vip.proto)
+        ctl, vips = lb._obj.map("ctl_array"), lb._obj.map("vip_map")
+        seen = []
+        real_update, real_delete = type(ctl).update, type(ctl).delete
+
+        def update(m, key, value, *a, **kw):
+            if (m.name, key) in (("ctl_array", word_key), ("vip_map", vip_key)):
+                seen.append(("update", m.name, bool(m.name == "vip_map" or
+                                                     int.from_bytes(bytes(value)[:8], "little") >> (bit % 64) & 1)))
+            return real_update(m, key, value, *a, **kw)
+
+        def delete(m, key, *a, **kw):
+            if (m.name, key) == ("vip_map", vip_key):
+                seen.append(("delete", m.name, False))
+            return real_delete(m, key, *a, **kw)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(type(ctl), "update", update)
+            mp.setattr(type(ctl), "delete", delete)
+            lb.add_vip(vip)
+            lb.del_vip(vip)
+        assert seen == [("update", "ctl_array", True), ("update", "vip_map", True),
+                        ("delete", "vip_map", False), ("update", "ctl_array", False)]
     finally:
         lb.close()
 

@@ -73,7 +73,8 @@ def test_start_sizes_every_map_and_sets_the_knobs(fake_kernel):
     assert ro["lpm_src_lookup"] == 0
     assert contents(lb, "ctl_array") == {structs.u32(0): structs.ctl_value_mac(bytes.fromhex("0000deadbeaf")),
                                          structs.u32(structs.CTL_ANY_PORT_VIPS): structs.ctl_value_u64(1),
-                                         structs.u32(structs.CTL_FLOW_CACHE_EPOCH): structs.ctl_value_u64(1)}
+                                         structs.u32(structs.CTL_FLOW_CACHE_EPOCH): structs.ctl_value_u64(1),
+                                         structs.u32(structs.CTL_VIP_FILTER_DONE): structs.ctl_value_u64(1)}
     assert contents(lb, "pckt_srcs") == {structs.u32(0): structs.real_definition("10.0.13.37", 0)}
     lb.close()
 

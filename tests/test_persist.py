@@ -10,7 +10,7 @@ import os
 import pytest
 
 from conftest import lb_config
-from katran import state
+from katran import state, structs
 from katran.dataplane import AttachRefusedError, teardown
 from katran.errors import KernelError
 from katran.lb import KatranLb
@@ -344,6 +344,41 @@ def test_newer_object_swapped_in_reusing_every_map(tmp_path):
     assert lb3.adopted and lb3._dp.upgraded_from is None and lb3._dp.program().id == new_id
     lb3.close()
     assert k.xdp == {} and k.pins == {}
+
+
+def test_an_upgrade_unmarks_the_vip_filter_until_the_new_control_plane_wrote_it(tmp_path, monkeypatch):
+    """The program swapped in finds ctl_array[CTL_VIP_FILTER_DONE] 0 (the old program's
+    control plane may not have kept the filter: a clear bit must not pass a VIP); the start
+    that follows writes the filter and marks it whole again."""
+    import shutil
+
+    from katran.dataplane import OBJ_DIR
+    from katran.testing.fake_kernel import FakeProgram
+
+    k = FakeKernel()
+    lb = KatranLb(cfg(tmp_path), kernel=k)
+    lb.start()
+    populate(lb)
+    done = structs.u32(structs.CTL_VIP_FILTER_DONE)
+    ctl_id = lb._map("ctl_array").id
+    assert lb._map("ctl_array").lookup(done) == structs.ctl_value_u64(1)
+    lb.close(keep=True)
+    newer = tmp_path / "balancer-v2.bpf.o"
+    shutil.copy(OBJ_DIR / "balancer.bpf.o", newer)
+    at_attach = []
+    real_attach = FakeProgram.attach_xdp
+
+    def attach(prog, *a, **kw):
+        at_attach.append(k.map_by_id(ctl_id).lookup(done))
+        return real_attach(prog, *a, **kw)
+
+    monkeypatch.setattr(FakeProgram, "attach_xdp", attach)
+    lb2 = KatranLb(cfg(tmp_path, balancer_prog_path=str(newer)), kernel=k)
+    lb2.start()
+    assert lb2._dp.upgraded_from is not None
+    assert at_attach == [structs.ctl_value_u64(0)]
+    assert lb2._map("ctl_array").lookup(done) == structs.ctl_value_u64(1)
+    lb2.close()
 
 
 def test_incompatible_object_refused_unless_force_reload(tmp_path):

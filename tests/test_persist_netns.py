@@ -320,13 +320,15 @@ def _cut_flow_cache(src: Path) -> None:
          ("/*\n * The connection table through the flow cache", "/*\n * Global LRU", "/*\n * Global LRU"))
     edit("lb_pipeline.h",
          ("/*\n * Not in Katran: the fast path.", "/* The L4 part of the pipeline", "/* The L4 part of the pipeline"),
-         (", struct flow_cache_ref *ref)", None, ")"),
+         (", bool no_port_vip, struct flow_cache_ref *ref)", None, ")"),
+         ("no_port_vip ? NULL : ", None, ""),
          ("\tbool exact = true;", "__u32 fast = 0;\n", ""), ("\t\texact = false;\n", None, ""),
          ("\t\t\tif (exact && may_forward_cached(pkt)", "cached_lru_lookup(pkt, lru_map, fast, ref, &dst);",
           "lru_lookup(pkt, lru_map, 0, &dst);"),
-         ("\tstruct flow_cache_ref ref;\n", None, ""),
-         ("\tverdict = forward_cached(", "return verdict;\n", ""),
-         ("balance_flow(xdp, &pkt, is_ipv6, pkt_bytes, &ref)", None, "balance_flow(xdp, &pkt, is_ipv6, pkt_bytes)"))
+         ("\tstruct flow_cache_ref ref;\n", None, ""), ("\tint filter;\n", None, ""),
+         ("\tref.found = false;\n\tfilter = vip_filter(", "return verdict;\n\t}\n", ""),
+         ("balance_flow(xdp, &pkt, is_ipv6, pkt_bytes, filter == VIP_FILTER_NONE, &ref)", None,
+          "balance_flow(xdp, &pkt, is_ipv6, pkt_bytes)"))
 
 
 def test_rollback_to_a_build_without_the_flow_cache(lab, tmp_path):

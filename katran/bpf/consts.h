@@ -69,8 +69,11 @@ enum ctl_slot {
 	CTL_ANY_PORT_VIPS = 1, /* 1 + how many VIPs have port 0; 0: not known (not in Katran) */
 	CTL_FLOW_CACHE_EPOCH = 2, /* flow cache generation (low 32 bits, 0: never written) and bit 32:
 				   * switched off; either turns the cache off (not in Katran) */
+	CTL_VIP_FILTER_DONE = 3,  /* 1: the VIP filter has the bit of every VIP with a port (the
+				   * control plane sets a bit before the VIP is in vip_map, clears
+				   * it after it is gone); else not known: not in Katran */
 	CTL_VIP_FILTER = 8,       /* .. 15: the VIP filter, a bit per hash of a VIP with a port
-				   * (vip_filter_match; 0: none, never written); not in Katran */
+				   * (vip_filter; 0: none, never written); not in Katran */
 };
 
 /* pckt_srcs slots (outer source addresses for GUE, host addresses) */

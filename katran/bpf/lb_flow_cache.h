@@ -111,16 +111,23 @@ static __always_inline void flow_cache_forget(const struct flow_key *k)
 
 _Static_assert(CTL_VIP_FILTER + VIP_FILTER_WORDS <= CTL_MAP_SIZE, "the VIP filter fits ctl_array");
 
+/* What the VIP filter says of a flow's destination, port and protocol. */
+#define VIP_FILTER_CLEAR 0 /* no bit, and the filter is not known complete: look it up */
+#define VIP_FILTER_SET 1   /* its bit is set: it may be a VIP with a port */
+#define VIP_FILTER_NONE 2  /* no bit, and the filter is complete: no VIP has that port */
+
 /*
- * May the flow be to a VIP with a port? Its bit in the VIP filter: 512 bits in
- * ctl_array[CTL_VIP_FILTER ..], a bit per hash of the destination, destination
- * port and protocol of each VIP with a port, written by the control plane
- * (katran/structs.py vip_filter_bit mirrors the hash). The fast path touches a
- * flow's slot only when it is set, so a packet to no VIP does not read a cold
- * line of the 1 MiB flow_cache. A hint: a wrong bit costs time, never changes
- * a verdict; all clear (never written) leaves the fast path unused.
+ * The flow's bit in the VIP filter: 512 bits in ctl_array[CTL_VIP_FILTER ..],
+ * a bit per hash of the address, port and protocol of each VIP with a port
+ * (katran/structs.py vip_filter_bit mirrors the hash). The control plane sets
+ * a VIP's bit before the VIP is in vip_map and clears it after the VIP is gone,
+ * and says so in ctl_array[CTL_VIP_FILTER_DONE] (1) once the filter is whole
+ * (cleared before a hitless upgrade, so a build that kept no filter never
+ * leaves it claimed). Set: the fast path may look the flow's flow-cache slot
+ * up (a packet to no VIP does not read a cold line of the 1 MiB flow_cache).
+ * NONE: balance_flow skips the vip_map lookup with the packet's own port.
  */
-static __always_inline bool vip_filter_match(const struct flow_key *k)
+static __always_inline int vip_filter(const struct flow_key *k)
 {
 	struct ctl_value *v;
 	__u32 h, key;
@@ -130,7 +137,11 @@ static __always_inline bool vip_filter_match(const struct flow_key *k)
 	h = (h * 0x9e3779b1u) >> (32 - VIP_FILTER_BITS_LOG);
 	key = CTL_VIP_FILTER + ((h >> 6) & (VIP_FILTER_WORDS - 1));
 	v = bpf_map_lookup_elem(&ctl_array, &key);
-	return v && (v->value & (1ULL << (h & 63)));
+	if (v && (v->value & (1ULL << (h & 63))))
+		return VIP_FILTER_SET;
+	key = CTL_VIP_FILTER_DONE;
+	v = bpf_map_lookup_elem(&ctl_array, &key);
+	return v && v->value == 1 ? VIP_FILTER_NONE : VIP_FILTER_CLEAR;
 }
 
 /* A flow's slot, looked up once a packet (flow_cache_find). */

@@ -106,8 +106,7 @@ static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *p
 	__u64 now;
 
 	ref->found = false;
-	if (!may_forward_cached(pkt) || __builtin_expect(capture_filter.enabled, 0) ||
-	    !vip_filter_match(&pkt->flow))
+	if (!may_forward_cached(pkt) || __builtin_expect(capture_filter.enabled, 0))
 		return LB_CONTINUE;
 	flow_cache_find(&pkt->flow, ref);
 	fc = ref->fc;
@@ -155,7 +154,7 @@ static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *p
 
 /* The L4 part of the pipeline: from a parsed TCP/UDP flow to a verdict. */
 static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt, bool is_ipv6,
-					__u16 pkt_bytes, struct flow_cache_ref *ref)
+					__u16 pkt_bytes, bool no_port_vip, struct flow_cache_ref *ref)
 {
 	void *data = (void *)(long)xdp->data;
 	void *data_end = (void *)(long)xdp->data_end;
@@ -178,7 +177,8 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 		vip.vip = pkt->flow.dst;
 	vip.port = pkt->flow.port16[1];
 	vip.proto = pkt->flow.proto;
-	vip_info = bpf_map_lookup_elem(&vip_map, &vip);
+	/* no_port_vip: the VIP filter is sure no VIP has this port (lb_flow_cache.h) */
+	vip_info = no_port_vip ? NULL : bpf_map_lookup_elem(&vip_map, &vip);
 	if (!vip_info) {
 		if (!any_port_vips())
 			return XDP_PASS;
@@ -332,6 +332,7 @@ static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6)
 	__u64 nh_off = sizeof(struct ethhdr);
 	struct flow_cache_ref ref;
 	struct pkt_meta pkt;
+	int filter;
 	__u16 pkt_bytes = 0;
 	__u8 proto = 0;
 	int verdict;
@@ -377,10 +378,14 @@ static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6)
 		return XDP_PASS;
 	}
 
-	verdict = forward_cached(xdp, &pkt, is_ipv6, pkt_bytes, &ref);
-	if (verdict >= 0)
-		return verdict;
-	return balance_flow(xdp, &pkt, is_ipv6, pkt_bytes, &ref);
+	ref.found = false;
+	filter = vip_filter(&pkt.flow);
+	if (filter == VIP_FILTER_SET) {
+		verdict = forward_cached(xdp, &pkt, is_ipv6, pkt_bytes, &ref);
+		if (verdict >= 0)
+			return verdict;
+	}
+	return balance_flow(xdp, &pkt, is_ipv6, pkt_bytes, filter == VIP_FILTER_NONE, &ref);
 }
 
 #endif /* KATRAN_LB_PIPELINE_H */
