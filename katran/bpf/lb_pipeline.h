@@ -100,7 +100,6 @@ static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *p
 	__u64 frame_len = (__u64)((long)xdp->data_end - (long)xdp->data);
 	struct real_definition *dst;
 	struct flow_cache_entry *fc;
-	struct lb_stats *cnt;
 	struct ctl_value *gw;
 	__u32 key;
 	__u64 now;
@@ -129,17 +128,8 @@ static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *p
 
 	count_pair(CNT_LRU, false);
 	count_pair(CNT_FLOW_CACHE, false);
-	key = fc->fast & ~FLOW_CACHE_FAST;
-	cnt = bpf_map_lookup_elem(&stats, &key);
-	if (!cnt)
+	if (!count_vip_and_real(fc->fast & ~FLOW_CACHE_FAST, key, pkt_bytes))
 		return XDP_DROP;
-	cnt->v1 += 1;
-	cnt->v2 += pkt_bytes;
-	cnt = bpf_map_lookup_elem(&reals_stats, &pkt->real_index);
-	if (!cnt)
-		return XDP_DROP;
-	cnt->v1 += 1;
-	cnt->v2 += pkt_bytes;
 
 	key = CTL_DEFAULT_MAC;
 	gw = bpf_map_lookup_elem(&ctl_array, &key);
@@ -299,17 +289,8 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 	if (!gw)
 		return XDP_DROP;
 
-	cnt = bpf_map_lookup_elem(&stats, &vip_num);
-	if (!cnt)
+	if (!count_vip_and_real(vip_num, pkt->real_index, pkt_bytes))
 		return XDP_DROP;
-	cnt->v1 += 1;
-	cnt->v2 += pkt_bytes;
-
-	cnt = bpf_map_lookup_elem(&reals_stats, &pkt->real_index);
-	if (!cnt)
-		return XDP_DROP;
-	cnt->v1 += 1;
-	cnt->v2 += pkt_bytes;
 
 	if (local_delivery && (vip_info->flags & VIP_F_LOCAL) && (dst->flags & REAL_F_LOCAL))
 		return XDP_PASS;

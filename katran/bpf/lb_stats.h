@@ -39,6 +39,24 @@ static __always_inline void count_pair(__u32 which, bool second)
 		cnt->v1 += 1;
 }
 
+/* A routed packet: its VIP's (stats[vip_num]) and its real's packets and
+ * bytes. False when a lookup failed (the caller drops). */
+static __always_inline bool count_vip_and_real(__u32 vip_num, __u32 real_index, __u16 pkt_bytes)
+{
+	struct lb_stats *cnt = bpf_map_lookup_elem(&stats, &vip_num);
+
+	if (!cnt)
+		return false;
+	cnt->v1 += 1;
+	cnt->v2 += pkt_bytes;
+	cnt = bpf_map_lookup_elem(&reals_stats, &real_index);
+	if (!cnt)
+		return false;
+	cnt->v1 += 1;
+	cnt->v2 += pkt_bytes;
+	return true;
+}
+
 /*
  * Drop a packet to a VIP that is malformed (bad_len: its IP length field
  * contradicts the frame) or comes from a martian source, and count it in
