@@ -488,7 +488,8 @@ BALANCER_MAPS = _maps(
     MapDef("vip_to_down_reals_map", MapType.HASH_OF_MAPS, VIP_DEFINITION, U32, "VIP -> its down reals",
            _DOWN_INNER),
     MapDef("ctl_array", MapType.ARRAY, U32, CTL_VALUE, "slot -> control value (0: gateway MAC, 1: 1 + number of "
-           "VIPs with port 0, 0 = not known; 2: flow cache epoch, 0 = off)"),
+           "VIPs with port 0, 0 = not known; 2: flow cache epoch, 0 = off; 3: 1 = the VIP filter is whole; "
+           "8..15: the VIP filter)"),
     MapDef("flow_cache", MapType.ARRAY, U32, FLOW_CACHE_ENTRY,
            "cpu * FLOW_CACHE_SLOTS + flow hash -> a flow just found in the connection table (not in Katran)"),
     MapDef("flow_cache_stale", MapType.PERCPU_ARRAY, U32, FLOW_CACHE_MARKS,

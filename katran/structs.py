@@ -176,8 +176,10 @@ def real_pos_lru_unpack(raw: bytes) -> tuple[int, int]:
 FLOW_CACHE_FAST = 0x80000000  # flow_cache_entry.fast: the fast path may route the flow (consts.h)
 
 
-def _mix(h: int, bits: int) -> int:
-    return ((h * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - bits)
+def _mix(h: int, buckets: int) -> int:
+    """The multiplicative hash of lb_flow_cache.h: the top bits of h * 0x9e3779b1 (32-bit),
+    as many as index `buckets` (a power of two)."""
+    return ((h * 0x9E3779B1) & 0xFFFFFFFF) >> (33 - buckets.bit_length())
 
 
 def flow_cache_slot(key: bytes) -> int:
@@ -185,7 +187,7 @@ def flow_cache_slot(key: bytes) -> int:
     h = 0
     for w in struct.unpack_from("<9I", key):  # both addresses, both ports
         h ^= w
-    return _mix(h ^ key[36], 14)  # proto
+    return _mix(h ^ key[36], _c.FLOW_CACHE_SLOTS)  # proto
 
 
 def flow_cache_entry_unpack(raw: bytes) -> tuple[bytes, int, int, int, int, int]:
@@ -194,12 +196,12 @@ def flow_cache_entry_unpack(raw: bytes) -> tuple[bytes, int, int, int, int, int]
 
 
 def vip_filter_bit(address: object, port: int, proto: int) -> int:
-    """The VIP filter's bit of a VIP: vip_filter_match() of lb_flow_cache.h."""
+    """The VIP filter's bit of a VIP: the hash of vip_filter() in lb_flow_cache.h."""
     h = 0
     for w in struct.unpack("<4I", addr16(address)):
         h ^= w
     h ^= (int.from_bytes(port.to_bytes(2, "big"), "little") << 8) ^ proto  # port16[1]: wire order
-    return _mix(h, 9)
+    return _mix(h, _c.VIP_FILTER_WORDS * 64)
 
 
 def vip_filter(vips) -> list[int]:  # type: ignore[no-untyped-def]
