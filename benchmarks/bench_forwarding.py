@@ -31,7 +31,12 @@ Columns, in this order:
 
 The programs take turns on blocks (each block one run of ``--frames`` frames
 per program; the order rotates and reverses so that every program is in every
-position equally often over 2 x columns blocks).  The ratio to the reflector
+position equally often over 2 x columns blocks).  Every balancer column is
+loaded ``--instances`` times (default 2; each a KatranLb of its own, created
+in rounds across the columns) and block b runs instance b % instances: where
+the kernel happens to place an instance's maps moves its time (a second load
+of the very same object was 25 ns a frame apart at 10,000 flows, 10 at 100),
+and pairing within a block does not remove that.  The ratio to the reflector
 is taken inside each block (paired): per row we print its median over the
 blocks and a 95 % confidence interval (percentile bootstrap of the blocks,
 numpy, seeded with ``--seed``), then the ns per frame of every column, and
@@ -45,7 +50,7 @@ comes with the live run itself, per connection-table entry), so a run should
 carry many passes: the 200,000 frames of the default are 20 passes at 10,000
 flows, and that row still includes ~5 ns of it.  Run as root:
 
-    python benchmarks/bench_forwarding.py [--frames 200000] [--blocks 12] [--cpu N]
+    python benchmarks/bench_forwarding.py [--frames 200000] [--blocks 12] [--instances 2] [--cpu N]
         [--lru-size 200000] [--object [NAME=]other.bpf.o ...] [--probe NAME=stage.bpf.o ...]
         [--json out.json]
 """
@@ -191,6 +196,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--frames", type=_positive("--frames", BATCH), default=200_000,
                     help="frames per live run (one block of one program)")
     ap.add_argument("--blocks", type=_positive("--blocks", 2), default=12, help="paired blocks per cell")
+    ap.add_argument("--instances", type=_positive("--instances"), default=2,
+                    help="loads of each balancer column, taking the blocks in turn")
     ap.add_argument("--reals", type=_positive("--reals"), default=100)
     ap.add_argument("--lru-size", type=_positive("--lru-size"), default=200_000,
                     help="connection-table entries of the forwarding core")
@@ -328,11 +335,12 @@ def make_lb(cpu: int, n_reals: int, obj: Path | None, lru_size: int) -> KatranLb
     return lb
 
 
-def measure(rig: Rig, progs: dict[str, bpf.Program], checked: dict[str, KatranLb], args,
+def measure(rig: Rig, progs: dict[str, list[bpf.Program]], checked: dict[str, list[KatranLb]], args,
             cache: dict | None = None) -> dict:
-    """{(flows, size): {column: [ns per frame of each block]}}; `checked`: the columns whose
-    VIP must count every frame of every timed run. `cache` gets {(flows, size): (hits, fills)}
-    of the balancer's flow cache over the timed runs."""
+    """{(flows, size): {column: [ns per frame of each block]}}; progs: each column's loaded
+    instances (block b runs instance b % their number); `checked`: the instances of the
+    columns whose VIP must count every frame of every timed run. `cache` gets
+    {(flows, size): (hits, fills)} of the balancer's flow cache over the timed runs."""
     out: dict = {}
     names = list(progs)
     vip = VipKey(VIP, 80, "tcp")
@@ -340,15 +348,18 @@ def measure(rig: Rig, progs: dict[str, bpf.Program], checked: dict[str, KatranLb
     for flows in args.flows:
         for size in args.sizes:
             data = frame(size)
-            for name, prog in progs.items():  # warm the connection tables, caches
-                rig.run(prog, data, flows, max(2 * flows, BATCH * 4), name)
+            for name, insts in progs.items():  # warm the connection tables, caches
+                for prog in insts:
+                    rig.run(prog, data, flows, max(2 * flows, BATCH * 4), name)
             cell: dict[str, list[float]] = {n: [] for n in names}
-            for order in orders:
+            for block, order in enumerate(orders):
                 for name in order:
-                    lb = checked.get(name)
+                    lbs = checked.get(name)
+                    lb = lbs[block % len(lbs)] if lbs else None
                     before = lb.get_stats_for_vip(vip).v1 if lb else 0
                     fc = lb.get_flow_cache_stats() if lb and name == "balancer" else None
-                    cell[name].append(rig.run(progs[name], data, flows, args.frames, name))
+                    insts = progs[name]
+                    cell[name].append(rig.run(insts[block % len(insts)], data, flows, args.frames, name))
                     if lb is not None:
                         counted = lb.get_stats_for_vip(vip).v1 - before
                         if counted != args.frames:
@@ -371,7 +382,7 @@ def print_table(summaries: dict, names: list[str], args, step_sums: dict | None 
                 cache: dict | None = None) -> None:
     print(f"forwarding with live frames (XDP_TX on a veth, peer counts and drops), cpu {args.cpu}, "
           f"{args.reals} reals, lru {args.lru_size}; per cell {args.blocks} paired blocks of "
-          f"{args.frames} frames per program")
+          f"{args.frames} frames per program, {args.instances} loads of each balancer in turn")
     print(f"Mpps: median over the blocks; / reflector: the per-block ratio, median "
           f"[{CONFIDENCE:.0%} CI, bootstrap of the blocks, seed {args.seed}]")
     cols = [n for n in names if n != "reflector"]
@@ -424,7 +435,8 @@ def print_table(summaries: dict, names: list[str], args, step_sums: dict | None 
 
 def write_json(path: Path, results: dict, summaries: dict, step_sums: dict, args) -> None:
     doc = {
-        "frames": args.frames, "blocks": args.blocks, "reals": args.reals, "lru_size": args.lru_size,
+        "frames": args.frames, "blocks": args.blocks, "instances": args.instances, "reals": args.reals,
+        "lru_size": args.lru_size,
         "cpu": args.cpu, "seed": args.seed, "resamples": args.resamples,
         "columns": {name: (str(o.path) if o else None) for name, o, _ in args.columns},
         "steps": step_chain(args),
@@ -446,16 +458,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         link = stack.enter_context(veth_link("kbf"))
         with inside(link.b.netns):
             helpers.program("xdp_sink").attach_xdp(link.b.ifindex)
-        progs = {"reflector": helpers.program("xdp_reflect"), "encap": helpers.program("xdp_encap")}
-        checked: dict[str, KatranLb] = {}
-        for name, obj, check in args.columns:
-            if name in ("reflector", "encap"):
-                continue
-            lb = make_lb(args.cpu, args.reals, obj.path if obj else None, args.lru_size)
-            stack.callback(lb.close)
-            progs[name] = lb._obj.program("balancer_ingress")
-            if check:
-                checked[name] = lb
+        progs = {"reflector": [helpers.program("xdp_reflect")], "encap": [helpers.program("xdp_encap")]}
+        checked: dict[str, list[KatranLb]] = {}
+        for _ in range(args.instances):  # in rounds: no column gets all the first loads
+            for name, obj, check in args.columns:
+                if name in ("reflector", "encap"):
+                    continue
+                lb = make_lb(args.cpu, args.reals, obj.path if obj else None, args.lru_size)
+                stack.callback(lb.close)
+                progs.setdefault(name, []).append(lb._obj.program("balancer_ingress"))
+                if check:
+                    checked.setdefault(name, []).append(lb)
         rig = Rig(link, helpers, args.cpu)
         with inside(link.a.netns):  # the live run finds the ifindex in the caller's netns
             cache: dict = {}

@@ -41,9 +41,10 @@ a column for the balancer with a packet capture running whose filter matches
 none of the packets (the capture-on cost; capture off is the plain column).
 ``--no-flow-cache`` adds a column for the balancer with its flow cache off.
 The "LRU hit" rows repeat 500 flows, so ours serves them from its flow cache
-(lb_flow_cache.h); the "flow-cache miss" row alternates flows that share a
-cache slot, so every packet misses the cache, hits the LRU and refills the
-slot: the cache's worst case.
+(lb_flow_cache.h); the "flow-cache miss" row sends in turn three flows of each
+of 167 cache sets (two ways a set, replaced first filled first), so every
+packet misses the cache, hits the LRU and refills a slot: the cache's worst
+case.
 """
 
 from __future__ import annotations
@@ -87,25 +88,28 @@ FEATURE_KNOBS = (
 )
 # the flows that are warmed into the connection table before timing
 LRU_FLOWS = range(10000, 10500)
-# a second client whose flows come in pairs that share a flow-cache slot (lb_flow_cache.h)
+# a second client whose flows come in threes that share a flow-cache set (lb_flow_cache.h)
 CLIENT_B_V4 = "192.168.1.2"
-CACHE_PAIRS = 250
+CACHE_SETS = 167
+SET_FLOWS = 3  # one more than the ways of a set
 
 
-def cache_pair_flows() -> list[int]:
-    """Source ports of CLIENT_B_V4 in pairs that share a flow-cache slot: sent alternately,
-    every packet finds the other flow in its slot (a flow-cache miss, then an LRU hit)."""
-    by_slot: dict[int, int] = {}
+def cache_set_flows() -> list[int]:
+    """Source ports of CLIENT_B_V4 in threes with one home slot (so one flow-cache set, and
+    one slot of a direct-mapped build's): sent in turn, every packet finds the set's two
+    ways holding the other two (a flow-cache miss, then an LRU hit that replaces the way
+    filled first)."""
+    by_set: dict[int, list[int]] = {}
     out: list[int] = []
     for sport in range(1024, 65536):
-        slot = structs.flow_cache_slot(structs.flow_key(CLIENT_B_V4, VIP_V4, sport, 80, 6))
-        if slot in by_slot:
-            out += [by_slot.pop(slot), sport]
-            if len(out) == 2 * CACHE_PAIRS:
+        cache_set = structs.flow_cache_slot(structs.flow_key(CLIENT_B_V4, VIP_V4, sport, 80, 6))
+        group = by_set.setdefault(cache_set, [])
+        group.append(sport)
+        if len(group) == SET_FLOWS:
+            out += by_set.pop(cache_set)
+            if len(out) == SET_FLOWS * CACHE_SETS:
                 return out
-        else:
-            by_slot[slot] = sport
-    raise AssertionError("not enough flow-cache slot pairs")
+    raise AssertionError("not enough flow-cache sets of three flows")
 
 
 def tcp4(sport: int, flags: str = "A") -> bytes:
@@ -149,17 +153,20 @@ def vips(n_reals: int) -> list[tuple[VipKey, list[Real]]]:
 
 def warm_frames() -> list[bytes]:
     """Frames that put LRU_FLOWS into the connection table of the current CPU."""
-    return [mk(p) for p in LRU_FLOWS for mk in (tcp4, tcp6, udp4)] + [tcp4b(p) for p in cache_pair_flows()]
+    return [mk(p) for p in LRU_FLOWS for mk in (tcp4, tcp6, udp4)] + [tcp4b(p) for p in cache_set_flows()]
 
 
 def build_cases(runs: int) -> list[Case]:
     flows = LRU_FLOWS
-    pairs = cache_pair_flows()
+    sets = cache_set_flows()
+    # whole sets only (a multiple of SET_FLOWS packets): from one repetition to the next a
+    # set's flows keep their turn, so none is ever still held when it comes again
+    set_runs = max(SET_FLOWS, runs - runs % SET_FLOWS)
     return [
         Case("TCP ACK, LRU hit, v4", [tcp4(flows[i % len(flows)]) for i in range(runs)]),
         Case("TCP ACK, LRU hit, v6", [tcp6(flows[i % len(flows)]) for i in range(runs)]),
         Case("UDP, LRU hit, v4", [udp4(flows[i % len(flows)]) for i in range(runs)]),
-        Case("TCP ACK, LRU hit, flow-cache miss", [tcp4b(pairs[i % len(pairs)]) for i in range(runs)]),
+        Case("TCP ACK, LRU hit, flow-cache miss", [tcp4b(sets[i % len(sets)]) for i in range(set_runs)]),
         Case("TCP SYN, new flow, v4", [tcp4(20000 + (i % 40000), "S") for i in range(runs)]),
         Case("non-VIP, XDP_PASS", [non_vip(20000 + (i % 40000)) for i in range(runs)]),
     ]
@@ -622,14 +629,14 @@ def _run(args: argparse.Namespace, objs: dict[str, str | None]) -> int:
         misses = lbs[-1].get_lru_stats().v2 - before
         if misses:
             raise SystemExit(f"{misses} connection-table misses on the LRU-hit rows: raise --lru-size")
-        # the flow-cache miss row must miss the flow cache (its flows share slots in pairs)
+        # the flow-cache miss row must miss the flow cache (its flows share sets in threes)
         hits = lbs[-1].get_flow_cache_stats().v1
         for case in cases:
             if "flow-cache miss" in case.name:
-                for f in case.frames[: 2 * CACHE_PAIRS]:
+                for f in case.frames[: SET_FLOWS * CACHE_SETS] * 2:  # whole sets, each flow twice
                     progs["balancer"].test_run(f)
         if lbs[-1].get_flow_cache_stats().v1 != hits:
-            raise SystemExit("flow-cache hits on the flow-cache miss row: its slot pairs are wrong")
+            raise SystemExit("flow-cache hits on the flow-cache miss row: its cache sets are wrong")
 
     mode = "all feature knobs on" if args.all_features else "default knobs"
     results = run_bench(load, args, (

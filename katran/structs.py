@@ -174,6 +174,7 @@ def real_pos_lru_unpack(raw: bytes) -> tuple[int, int]:
 
 # --- flow cache / VIP filter (not in Katran: lb_flow_cache.h) ----------------------------
 FLOW_CACHE_FAST = 0x80000000  # flow_cache_entry.fast: the fast path may route the flow (consts.h)
+FLOW_CACHE_LAST = 1  # flow_cache_entry.filled bit 0: the way of its set filled last (consts.h)
 
 
 def _mix(h: int, buckets: int) -> int:
@@ -183,11 +184,18 @@ def _mix(h: int, buckets: int) -> int:
 
 
 def flow_cache_slot(key: bytes) -> int:
-    """The flow_cache slot of a connection-table key: flow_cache_index() of lb_flow_cache.h."""
+    """The home slot of a connection-table key in flow_cache: flow_cache_index() of
+    lb_flow_cache.h (the slot looked at first; its set is it and ``slot ^ 1``)."""
     h = 0
     for w in struct.unpack_from("<9I", key):  # both addresses, both ports
         h ^= w
     return _mix(h ^ key[36], _c.FLOW_CACHE_SLOTS)  # proto
+
+
+def flow_cache_ways(key: bytes) -> tuple[int, int]:
+    """The two slots of a key's flow_cache set: its home slot, then the other way."""
+    home = flow_cache_slot(key)
+    return home, home ^ 1
 
 
 def flow_cache_entry_unpack(raw: bytes) -> tuple[bytes, int, int, int, int, int]:

@@ -191,13 +191,14 @@ def test_table_of_a_short_run(bench, capsys, restore_affinity, tmp_path):
     out_json = tmp_path / "run.json"
     assert bench.main(["--frames", "3000", "--blocks", "4", "--reals", "10", "--lru-size", "20000",
                        "--object", f"again={packaged}", "--probe", f"probe={packaged}",
-                       "--json", str(out_json)]) == 0
+                       "--json", str(out_json)]) == 0  # --instances: 2 (the default)
     out = capsys.readouterr().out.splitlines()
     assert out[2].split() == ["flows", "bytes", "reflector", "encap", "balancer", "again", "probe"]
     rows = [ln.split() for ln in out[4:4 + len(bench.FLOWS) * len(bench.SIZES)]]
     assert [(int(r[0]), int(r[1])) for r in rows] == [(f, s) for f in bench.FLOWS for s in bench.SIZES]
     doc = json.loads(out_json.read_text())
     assert list(doc["columns"]) == ["reflector", "encap", "balancer", "again", "probe"]
+    assert doc["instances"] == 2 and "2 loads of each balancer in turn" in out[0]
     for r, cell in zip(rows, doc["cells"]):
         assert (cell["flows"], cell["bytes"]) == (int(r[0]), int(r[1]))
         assert all(len(v) == 4 and min(v) > 0 for v in cell["ns"].values())
@@ -245,3 +246,31 @@ def test_a_frame_that_does_not_arrive_fails_the_run(bench, restore_affinity, mon
     monkeypatch.setattr(bench.Rig, "run", run_without_flows)
     with pytest.raises(SystemExit, match=r"encap: 0 of \d+ frames arrived on the peer"):
         bench.main(["--frames", "1000", "--blocks", "2", "--reals", "2", "--flows", "1", "--sizes", "64"])
+
+
+@pytest.mark.privileged
+@pytest.mark.netns
+def test_every_balancer_is_loaded_instances_times_and_they_take_the_blocks_in_turn(
+        bench, restore_affinity, monkeypatch):
+    """--instances 3 over 6 blocks: each balancer column runs three programs of its own
+    (three KatranLbs), each for two blocks, in turn; the reflectors are loaded once."""
+    ran: dict[str, list[int]] = {}
+    real_run = bench.Rig.run
+
+    def recording_run(self, prog, data, flows, frames, name=""):
+        if frames == 1000:  # the timed runs (the warm-up runs are shorter)
+            ran.setdefault(name, []).append(prog.fd)
+        return real_run(self, prog, data, flows, frames, name)
+
+    from katran.dataplane import packaged_object
+
+    monkeypatch.setattr(bench.Rig, "run", recording_run)
+    assert bench.main(["--frames", "1000", "--blocks", "6", "--instances", "3", "--reals", "2",
+                       "--lru-size", "1000", "--flows", "1", "--sizes", "64",
+                       "--object", f"again={packaged_object('balancer.bpf.o')}"]) == 0
+    assert set(ran) == {"reflector", "encap", "balancer", "again"}
+    assert len(set(ran["reflector"])) == len(set(ran["encap"])) == 1
+    for name in ("balancer", "again"):
+        fds = ran[name]
+        assert len(fds) == 6 and len(set(fds)) == 3 and fds[:3] == fds[3:]
+    assert not set(ran["balancer"]) & set(ran["again"])

@@ -273,15 +273,35 @@ def test_switched_off_and_on_while_running(cpu):
 
 
 # --- the fast path (forward_cached, lb_pipeline.h): no VIP lookup for a flow in its slot ----
+def key_of(flow: Flow) -> bytes:
+    return structs.flow_key(flow.src, flow.dst, flow.src_port, flow.dst_port, flow.proto)
+
+
+def slot_entry(lb: KatranLb, cpu: int, slot: int) -> tuple:
+    """(key, real_index, epoch, filled, fast, seen) of a flow_cache slot of `cpu`."""
+    return structs.flow_cache_entry_unpack(
+        lb._obj.map("flow_cache").lookup(structs.u32(cpu * FLOW_CACHE_SLOTS + slot)))
+
+
+def way_of(lb: KatranLb, cpu: int, flow: Flow):
+    """The slot of the flow's set that holds it in the current epoch ("home" / "other"),
+    None when neither does."""
+    key = key_of(flow)
+    for name, slot in zip(("home", "other"), structs.flow_cache_ways(key)):
+        got, _real, slot_epoch, *_ = slot_entry(lb, cpu, slot)
+        if got == key and slot_epoch == epoch(lb):
+            return name
+    return None
+
+
 def slot_of(lb: KatranLb, cpu: int, flow: Flow):
-    """(real index, fast) of the flow's slot on `cpu`; None when the slot holds no live entry
-    of it (another flow, or an older epoch)."""
-    key = structs.flow_key(flow.src, flow.dst, flow.src_port, flow.dst_port, flow.proto)
-    index = cpu * FLOW_CACHE_SLOTS + structs.flow_cache_slot(key)
-    got, real, slot_epoch, _filled, fast, _seen = structs.flow_cache_entry_unpack(
-        lb._obj.map("flow_cache").lookup(structs.u32(index)))
-    if got != key or slot_epoch != epoch(lb):
+    """(real index, fast) of the flow's slot on `cpu`; None when neither slot of its set
+    holds a live entry of it (other flows, or an older epoch)."""
+    way = way_of(lb, cpu, flow)
+    if way is None:
         return None
+    home, other = structs.flow_cache_ways(key_of(flow))
+    _key, real, _epoch, _filled, fast, _seen = slot_entry(lb, cpu, home if way == "home" else other)
     return real, fast
 
 
@@ -487,7 +507,8 @@ def test_slots_of_a_build_before_the_fast_path_are_never_fast(cpu):
         frame = build_flow_packet(flow)
         send(lb, frame)
         send(lb, frame)  # fills the slot, fast
-        key = structs.flow_key(flow.src, flow.dst, flow.src_port, flow.dst_port, flow.proto)
+        key = key_of(flow)
+        assert way_of(lb, cpu, flow) == "home"
         index = structs.u32(cpu * FLOW_CACHE_SLOTS + structs.flow_cache_slot(key))
         got, real, slot_epoch, filled, fast, seen = structs.flow_cache_entry_unpack(
             lb._obj.map("flow_cache").lookup(index))
@@ -498,3 +519,78 @@ def test_slots_of_a_build_before_the_fast_path_are_never_fast(cpu):
         assert lb.run_packet(frame).verdict == "XDP_PASS"
     finally:
         lb.close()
+
+
+# --- two ways a set (lb_flow_cache.h): flows whose slots collide ------------------------------
+def same_home(n: int, first_port: int = 44000) -> list[Flow]:
+    """n TCP flows to VIP_TCP with one home slot (different clients and ports)."""
+    found: dict[int, list[Flow]] = {}
+    for host in range(1, 255):
+        for port in range(first_port, first_port + 400):
+            flow = Flow(f"198.51.100.{host}", VIP_TCP.address, port, 80, "tcp")
+            group = found.setdefault(structs.flow_cache_slot(key_of(flow)), [])
+            group.append(flow)
+            if len(group) == n:
+                return group
+    raise AssertionError(f"no {n} flows with one home slot")
+
+
+def test_two_flows_with_one_home_slot_are_both_routed_from_the_cache(cpu):
+    """The second flow fills the other way of the set; sent in turn, neither evicts the
+    other (a direct-mapped table missed on every one of these packets)."""
+    lb = make_lb(cpu)
+    try:
+        a, b = same_home(2)
+        frames = {f: build_flow_packet(f) for f in (a, b)}
+        reals = {f: send(lb, frames[f]) for f in (a, b)}
+        for f in (a, b):
+            send(lb, frames[f])  # the LRU hits that fill the slots
+        assert (way_of(lb, cpu, a), way_of(lb, cpu, b)) == ("home", "other")
+        hits, fills = cache_stats(lb)
+        for _ in range(5):
+            assert {f: send(lb, frames[f]) for f in (a, b)} == reals
+        assert cache_stats(lb) == (hits + 10, fills)
+    finally:
+        lb.close()
+
+
+def test_a_third_flow_replaces_the_way_filled_first(cpu):
+    """Both ways routing: a flow in neither replaces the one filled earlier (FIFO, kept in
+    bit 0 of `filled`), and every packet still goes to its own flow's real."""
+    lb = make_lb(cpu)
+    try:
+        a, b, c = same_home(3)
+        home, other = structs.flow_cache_ways(key_of(a))
+        frames = {f: build_flow_packet(f) for f in (a, b, c)}
+        reals = {f: send(lb, frames[f]) for f in (a, b, c)}  # connection-table entries
+        send(lb, frames[a])
+        send(lb, frames[b])  # a fills home, b the other way
+        last = [slot_entry(lb, cpu, s)[3] & structs.FLOW_CACHE_LAST for s in (home, other)]
+        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), last) == ("home", "other", [0, 1])
+        assert send(lb, frames[c]) == reals[c]  # replaces a, the older
+        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == (None, "other", "home")
+        assert send(lb, frames[a]) == reals[a]  # replaces b
+        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == ("other", None, "home")
+        hits, fills = cache_stats(lb)
+        for _ in range(3):  # in turn, three flows in two ways: every packet refills
+            assert {f: send(lb, frames[f]) for f in (b, c, a)} == {f: reals[f] for f in (b, c, a)}
+        assert cache_stats(lb) == (hits, fills + 9)
+    finally:
+        lb.close()
+
+
+def test_a_connection_write_forgets_both_ways_of_the_set(lb):
+    """A SYN reusing the 5-tuple of a flow held in the other way of its set (the SYN path
+    marks the flow's set stale, not its home slot only): the next ACK sees the new entry."""
+    a, b = same_home(2, first_port=45000)
+    frames = {f: build_flow_packet(f) for f in (a, b)}
+    reals = {f: send(lb, frames[f]) for f in (a, b)}
+    for f in (a, b):
+        send(lb, frames[f])
+    if lb.config.flow_cache:
+        assert way_of(lb, min(os.sched_getaffinity(0)), b) == "other"
+    move_flow(lb, VIP_TCP, reals[b])
+    new = send(lb, syn(b))
+    assert new != reals[b]
+    assert {send(lb, frames[b]) for _ in range(3)} == {new}
+    assert send(lb, frames[a]) == reals[a]

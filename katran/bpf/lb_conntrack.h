@@ -123,10 +123,11 @@ static __always_inline __u64 lru_lookup(struct pkt_meta *pkt, void *lru_map, __u
 }
 
 /*
- * The connection table through the flow cache (lb_flow_cache.h): the slot's
- * real while it holds this flow, is not stale and is fresh (UDP: and the flow
- * not idle); else lru_lookup, given the slot's last-seen time, whose hit fills
- * the slot (fast: see flow_cache_fill). ref: the flow's slot when the caller
+ * The connection table through the flow cache (lb_flow_cache.h): the real of
+ * the slot that holds this flow while it is not stale and is fresh (UDP: and
+ * the flow not idle); else lru_lookup, given the slot's last-seen time, whose
+ * hit fills that slot or the way flow_cache_find chose (fast: see
+ * flow_cache_fill). ref: the flow's slot when the caller
  * has found it (ref->found), else found here. Counts hits (v1) and fills (v2)
  * in CNT_FLOW_CACHE.
  */
@@ -143,7 +144,7 @@ static __always_inline void cached_lru_lookup(struct pkt_meta *pkt, void *lru_ma
 			flow_cache_find(&pkt->flow, ref);
 		fc = ref->fc;
 	}
-	if (fc && fc->epoch == ref->epoch && flow_key_same(&fc->key, &pkt->flow)) {
+	if (fc && ref->held) {
 		if (flow_cache_live(fc, ref->stale, ref->slot)) {
 			bool hit = true;
 
@@ -168,7 +169,7 @@ static __always_inline void cached_lru_lookup(struct pkt_meta *pkt, void *lru_ma
 	}
 	now = lru_lookup(pkt, lru_map, seen, dst);
 	if (fc && *dst) {
-		flow_cache_fill(fc, ref->stale, ref->slot, pkt, ref->epoch, now, fast);
+		flow_cache_fill(ref, pkt, now, fast);
 		count_pair(CNT_FLOW_CACHE, true);
 	}
 }

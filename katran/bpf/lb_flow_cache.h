@@ -1,15 +1,25 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Flow cache (not in Katran): a direct-mapped table per cpu (flow_cache) in
- * front of this cpu's connection table. A flow whose connection-table entry
- * was found a moment ago is routed from its slot: one inlined array lookup and
- * a 40-byte compare instead of an LRU hash lookup (~26 ns here).
+ * Flow cache (not in Katran): a two-way set-associative table per cpu
+ * (flow_cache) in front of this cpu's connection table. A flow whose
+ * connection-table entry was found a moment ago is routed from its slot: one
+ * inlined array lookup and a 40-byte compare instead of an LRU hash lookup
+ * (~26 ns here).
+ *
+ * Sets: slots 2n and 2n + 1 (two adjacent cache lines). A flow's hash names
+ * its home slot, looked at first; the other slot of the set second. A flow in
+ * neither is filled into a way that does not route (empty, an older epoch,
+ * stale or past its refresh), home first; with both ways routing, into the
+ * one filled first (FIFO: bit 0 of `filled`, FLOW_CACHE_LAST, marks the way
+ * filled last). A direct-mapped table of the same size lost a quarter of
+ * 10,000 flows to slot collisions, flows sharing a slot evicting each other
+ * on every packet; two ways keep such pairs (benchmarks/README.md).
  *
  * The slot mirrors the connection table, never more:
  * - it is filled only from a connection-table hit, with that entry's real;
  * - every data-plane write of a connection-table entry (conn_update,
- *   lru_sync) marks the slot of its flow stale (flow_cache_stale) until it is
- *   filled again;
+ *   lru_sync) marks both slots of its flow's set stale (flow_cache_stale)
+ *   until each is filled again;
  * - the control plane bumps ctl_array[CTL_FLOW_CACHE_EPOCH] after it deletes
  *   connection-table entries, at start and when it switches the cache on,
  *   which empties every slot at once; 0 (never written: another control
@@ -99,14 +109,24 @@ static __always_inline bool flow_key_same(const struct flow_key *a, const struct
 	return !((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]));
 }
 
-/* A connection-table entry of this flow is written: its slot must not route. */
+/* Both slots of the set of `slot` (their bits are neighbours in one word). */
+static __always_inline __u64 flow_cache_set_bits(__u32 slot)
+{
+	return 3ULL << (slot & 62);
+}
+
+/*
+ * A connection-table entry of this flow is written: neither slot of its set
+ * may route it (the flow may be in either; the other way's flow is looked up
+ * again once, which is cheaper than reading both lines to find out).
+ */
 static __always_inline void flow_cache_forget(const struct flow_key *k)
 {
 	__u32 slot = flow_cache_index(k);
 	__u64 *stale = flow_cache_stale_word(slot);
 
 	if (stale)
-		*stale |= flow_cache_bit(slot);
+		*stale |= flow_cache_set_bits(slot);
 }
 
 _Static_assert(CTL_VIP_FILTER + VIP_FILTER_WORDS <= CTL_MAP_SIZE, "the VIP filter fits ctl_array");
@@ -146,49 +166,97 @@ static __always_inline int vip_filter(const struct flow_key *k)
 
 /* A flow's slot, looked up once a packet (flow_cache_find). */
 struct flow_cache_ref {
-	struct flow_cache_entry *fc; /* NULL: the cache is off, or no slot for this cpu */
-	__u64 *stale;                /* this cpu's stale word of the slot */
-	__u32 slot;
+	struct flow_cache_entry *fc; /* the way holding the flow (held), else the way to fill;
+				      * NULL: the cache is off, or no slot for this cpu */
+	__u64 *stale;                /* this cpu's stale word of the set */
+	__u32 slot;                  /* fc's slot */
 	__u32 epoch;                 /* the current epoch (0: off) */
+	bool held;                   /* fc holds the flow, filled in this epoch (it may still be
+				      * stale or past its refresh: flow_cache_live) */
 	bool found;                  /* the fields are the slot of the packet's flow as it is */
 };
 
-static __always_inline void flow_cache_find(const struct flow_key *k, struct flow_cache_ref *ref)
+/* Does the slot hold this flow, filled in this epoch? */
+static __always_inline bool flow_cache_holds(const struct flow_cache_entry *fc,
+					     const struct flow_key *k, __u32 epoch)
 {
-	ref->fc = NULL;
-	ref->found = true;
-	ref->epoch = flow_cache_epoch();
-	if (!ref->epoch)
-		return;
-	ref->slot = flow_cache_index(k);
-	ref->stale = flow_cache_stale_word(ref->slot);
-	if (ref->stale)
-		ref->fc = flow_cache_at(ref->slot);
+	return fc->epoch == epoch && flow_key_same(&fc->key, k);
 }
 
-/* Does the slot route its flow (filled in this epoch, not stale, fresh)? */
+/* Does a slot that holds its flow route it (not stale, fresh)? */
 static __always_inline bool flow_cache_live(const struct flow_cache_entry *fc, const __u64 *stale,
 					    __u32 slot)
 {
 	return !(*stale & flow_cache_bit(slot)) &&
-	       (__u32)bpf_jiffies64() - fc->filled < FLOW_CACHE_REFRESH_JIFFIES;
+	       (__u32)bpf_jiffies64() - (fc->filled & ~FLOW_CACHE_LAST) < FLOW_CACHE_REFRESH_JIFFIES;
+}
+
+/* Does the slot route some flow (this epoch, not stale, fresh)? */
+static __always_inline bool flow_cache_busy(const struct flow_cache_entry *fc, const __u64 *stale,
+					    __u32 slot, __u32 epoch)
+{
+	return fc->epoch == epoch && flow_cache_live(fc, stale, slot);
+}
+
+static __always_inline void flow_cache_find(const struct flow_key *k, struct flow_cache_ref *ref)
+{
+	struct flow_cache_entry *home, *alt;
+	__u32 slot;
+
+	ref->fc = NULL;
+	ref->held = false;
+	ref->found = true;
+	ref->epoch = flow_cache_epoch();
+	if (!ref->epoch)
+		return;
+	slot = flow_cache_index(k);
+	ref->stale = flow_cache_stale_word(slot);
+	if (!ref->stale)
+		return;
+	home = flow_cache_at(slot);
+	if (!home)
+		return;
+	ref->fc = home;
+	ref->slot = slot;
+	if (flow_cache_holds(home, k, ref->epoch)) {
+		ref->held = true;
+		return;
+	}
+	alt = flow_cache_at(slot ^ 1);
+	if (!alt)
+		return;
+	if (flow_cache_holds(alt, k, ref->epoch)) {
+		ref->held = true;
+	} else if (flow_cache_busy(home, ref->stale, slot, ref->epoch) &&
+		   (!flow_cache_busy(alt, ref->stale, slot ^ 1, ref->epoch) ||
+		    (home->filled & FLOW_CACHE_LAST))) {
+		/* neither holds it: fill alt, unless home is free or alt the newer */
+	} else {
+		return;
+	}
+	ref->fc = alt;
+	ref->slot = slot ^ 1;
 }
 
 /*
- * Remember a connection-table hit (real pkt->real_index, UDP last seen `seen`);
- * fast: FLOW_CACHE_FAST | vip_num when forward_cached() may route the flow.
+ * Remember a connection-table hit in ref's slot (real pkt->real_index, UDP last
+ * seen `seen`); fast: FLOW_CACHE_FAST | vip_num when forward_cached() may route
+ * the flow. The slot becomes its set's last filled way.
  */
-static __always_inline void flow_cache_fill(struct flow_cache_entry *fc, __u64 *stale, __u32 slot,
-					    const struct pkt_meta *pkt, __u32 epoch, __u64 seen,
-					    __u32 fast)
+static __always_inline void flow_cache_fill(const struct flow_cache_ref *ref,
+					    const struct pkt_meta *pkt, __u64 seen, __u32 fast)
 {
+	struct flow_cache_entry *fc = ref->fc, *other = flow_cache_at(ref->slot ^ 1);
+
 	__builtin_memcpy(&fc->key, &pkt->flow, sizeof(fc->key));
 	fc->real_index = pkt->real_index;
-	fc->filled = (__u32)bpf_jiffies64();
+	fc->filled = (__u32)bpf_jiffies64() | FLOW_CACHE_LAST;
 	fc->fast = fast;
 	fc->seen = seen;
-	fc->epoch = epoch;
-	*stale &= ~flow_cache_bit(slot);
+	fc->epoch = ref->epoch;
+	*ref->stale &= ~flow_cache_bit(ref->slot);
+	if (other)
+		other->filled &= ~FLOW_CACHE_LAST;
 }
 
 #endif /* KATRAN_LB_FLOW_CACHE_H */

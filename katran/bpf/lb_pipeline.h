@@ -109,8 +109,7 @@ static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *p
 		return LB_CONTINUE;
 	flow_cache_find(&pkt->flow, ref);
 	fc = ref->fc;
-	if (!fc || !(fc->fast & FLOW_CACHE_FAST) || fc->epoch != ref->epoch ||
-	    !flow_key_same(&fc->key, &pkt->flow) || !flow_cache_live(fc, ref->stale, ref->slot))
+	if (!ref->held || !(fc->fast & FLOW_CACHE_FAST) || !flow_cache_live(fc, ref->stale, ref->slot))
 		return LB_CONTINUE;
 	if (ip_len_malformed(frame_len, pkt_bytes, is_ipv6) || frame_len > max_pckt_size)
 		return LB_CONTINUE;

@@ -1,0 +1,473 @@
+"""Forwarding rate with live frames: the balancer beside a bare XDP_TX reflector.
+
+BPF_PROG_TEST_RUN with ``BPF_F_TEST_XDP_LIVE_FRAMES`` on one end of a veth pair
+in a fresh netns: XDP_TX really transmits (the peer end runs ``xdp_sink``, which
+counts and drops what arrives; every timed run checks that all its frames
+arrived, and for a balancer that its VIP counted them all).  The kernel
+reports the time per frame of the run (program + transmit + page recycling;
+the time the test run spends rescheduled is not counted).
+
+One live run repeats one frame, so every run goes through ``xdp_flows``
+(benchmarks/bpf/xdp_reflect.bpf.c), which rewrites the source port to
+``base + seq++ % flows`` and tail-calls the program under test: the same
+driver in front of every column.  The kernel recycles a frame's page without
+restoring its bytes, and an IPIP encapsulation leaves the tail of the outer
+IPv4 header where the Ethernet header was: the reals' addresses (and the
+encap reflector's outer destination) end in ``.8.0`` so that the recycled
+frame's ethertype is again IPv4 and the balancer does the same work on every
+frame (it does not look at the MAC addresses).
+
+Columns, in this order:
+
+* ``reflector``: swap the MACs, XDP_TX (the ceiling on this veth);
+* ``encap``: the fair ceiling of an IPIP balancer: ``bpf_xdp_adjust_head(-20)``,
+  the outer Ethernet and IPv4 headers (with checksum), XDP_TX; no lookup;
+* ``balancer``: the packaged balancer object;
+* ``--object [NAME=]PATH`` (repeatable): another balancer object (a previous
+  build, Katran's), loaded by its own KatranLb and checked like ``balancer``;
+* ``--probe NAME=PATH`` (repeatable): a truncated build of the balancer (it
+  returns XDP_TX at some stage of the pipeline): loaded the same way, its
+  frames must arrive, its VIP counter is not checked.
+
+The programs take turns on blocks (each block one run of ``--frames`` frames
+per program; the order rotates and reverses so that every program is in every
+position equally often over 2 x columns blocks).  The ratio to the reflector
+is taken inside each block (paired): per row we print its median over the
+blocks and a 95 % confidence interval (percentile bootstrap of the blocks,
+numpy, seeded with ``--seed``), then the ns per frame of every column, and
+with ``--probe`` the ns each step of the chain reflector > probes (in the
+order given) > balancer adds (paired per block, the same way).
+Rows: ``--flows`` (1, 100, 10,000; warmed into the connection table first) x
+``--sizes`` (64, 1,400 bytes).  The first pass over the flows in each live run
+is slower than the next ones (by ~100 ns per frame at 10,000 flows, the same
+right after an identical run, after a 10 ms sleep or after touching 16 MB: it
+comes with the live run itself, per connection-table entry), so a run should
+carry many passes: the 200,000 frames of the default are 20 passes at 10,000
+flows, and that row still includes ~5 ns of it.  Run as root:
+
+    python benchmarks/bench_forwarding.py [--frames 200000] [--blocks 12] [--cpu N]
+        [--lru-size 200000] [--object [NAME=]other.bpf.o ...] [--probe NAME=stage.bpf.o ...]
+        [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from katran import KatranConfig, KatranLb, ModifyAction, Real, VipKey
+from katran.adapter import bpf
+from katran.build import compile_one
+from katran.lab.netns import inside, veth_link
+
+HERE = Path(__file__).resolve().parent
+HELPERS_SRC = HERE / "bpf" / "xdp_reflect.bpf.c"
+VIP, CLIENT = "10.200.1.1", "192.168.1.1"
+BASE_PORT = 10000
+FLOWS = (1, 100, 10_000)
+SIZES = (64, 1400)
+BATCH = 64  # frames per batch of the live run (the veth ring of the peer holds 256)
+RESERVED = ("reflector", "encap", "balancer")
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]{0,23}\Z")
+CONFIDENCE = 0.95
+
+
+def reals(n: int) -> list[Real]:
+    # .8.0: the recycled frame's ethertype (see the module docstring)
+    return [Real(f"10.{i + 1}.8.0") for i in range(n)]
+
+
+def frame(size: int) -> bytes:
+    head = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=CLIENT, dst=VIP) / TCP(
+        sport=BASE_PORT, dport=80, flags="A")
+    pad = size - len(bytes(head))
+    if pad < 0:
+        raise ValueError(f"frame size {size} is below the {len(bytes(head))} bytes of the headers")
+    return bytes(head / (b"x" * pad))
+
+
+def u32(v: int) -> bytes:
+    return int(v).to_bytes(4, sys.byteorder)
+
+
+def _show(value: str, limit: int = 60) -> str:
+    """A value for an error message: truncated, ASCII-safe."""
+    return ascii(value if len(value) <= limit else value[:limit] + "...")
+
+
+# --- the command line --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ObjectArg:
+    name: str
+    path: Path
+
+
+def _object_arg(option: str, need_name: bool):
+    def parse(value: str) -> ObjectArg:
+        name, sep, path = value.partition("=")
+        if not sep or not NAME_RE.match(name):
+            if need_name:
+                raise argparse.ArgumentTypeError(
+                    f"expected NAME=PATH (NAME: a letter, then up to 23 of [A-Za-z0-9_.+-]), "
+                    f"got {_show(value)}")
+            name, path = "", value
+        if not path:
+            raise argparse.ArgumentTypeError(f"no path in {_show(value)}")
+        p = Path(path)
+        if not p.is_file():
+            raise argparse.ArgumentTypeError(f"no such file: {_show(path)}")
+        return ObjectArg(name, p)
+
+    return parse
+
+
+def _int_list(option: str, lo: int, hi: int):
+    def parse(value: str) -> tuple[int, ...]:
+        out = []
+        for word in value.split(","):
+            try:
+                v = int(word)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not an integer: {_show(word)}") from None
+            if not lo <= v <= hi:
+                raise argparse.ArgumentTypeError(f"{v} is outside {lo}..{hi}")
+            out.append(v)
+        if len(set(out)) != len(out):
+            raise argparse.ArgumentTypeError(f"a value repeats in {_show(value)}")
+        return tuple(out)
+
+    return parse
+
+
+def _positive(option: str, lo: int = 1):
+    def parse(value: str) -> int:
+        try:
+            v = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {_show(value)}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} is below {lo}")
+        return v
+
+    return parse
+
+
+def column_names(objects: Sequence[ObjectArg],
+                 probes: Sequence[ObjectArg]) -> list[tuple[str, ObjectArg | None, bool]]:
+    """[(column, object or None, VIP counter checked)]: the reflectors, the balancer, the
+    --object columns (unnamed ones: object, object2, ...) and the --probe columns.
+    A repeated or reserved name is a ValueError naming it."""
+    cols: list[tuple[str, ObjectArg | None, bool]] = [
+        ("reflector", None, False), ("encap", None, False), ("balancer", None, True)]
+    unnamed = 0
+    for option, items, checked in (("--object", objects, True), ("--probe", probes, False)):
+        for o in items:
+            name = o.name
+            if not name:
+                unnamed += 1
+                name = "object" if unnamed == 1 else f"object{unnamed}"
+            if name in RESERVED:
+                raise ValueError(f"{option}: the name {_show(name)} is reserved ({', '.join(RESERVED)})")
+            if any(name == c for c, _, _ in cols):
+                raise ValueError(f"{option}: the name {_show(name)} is given twice")
+            cols.append((name, o, checked))
+    return cols
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=_positive("--frames", BATCH), default=200_000,
+                    help="frames per live run (one block of one program)")
+    ap.add_argument("--blocks", type=_positive("--blocks", 2), default=12, help="paired blocks per cell")
+    ap.add_argument("--reals", type=_positive("--reals"), default=100)
+    ap.add_argument("--lru-size", type=_positive("--lru-size"), default=200_000,
+                    help="connection-table entries of the forwarding core")
+    ap.add_argument("--flows", type=_int_list("--flows", 1, 60_000), default=FLOWS,
+                    help="comma-separated flow counts (rows)")
+    ap.add_argument("--sizes", type=_int_list("--sizes", 54, 3000), default=SIZES,
+                    help="comma-separated frame sizes in bytes (rows)")
+    ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one)")
+    ap.add_argument("--object", action="append", default=[], type=_object_arg("--object", False),
+                    metavar="[NAME=]PATH",
+                    help="another balancer object to time beside the packaged one (repeatable)")
+    ap.add_argument("--probe", action="append", default=[], type=_object_arg("--probe", True),
+                    metavar="NAME=PATH",
+                    help="a truncated balancer build: timed, its VIP counter not checked (repeatable)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the bootstrap")
+    ap.add_argument("--resamples", type=_positive("--resamples", 100), default=10_000,
+                    help="bootstrap resamples")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="also write every block's ns per frame and the summary here")
+    args = ap.parse_args(argv)
+    try:
+        args.columns = column_names(args.object, args.probe)
+    except ValueError as exc:
+        ap.error(str(exc))
+    return args
+
+
+# --- statistics ----------------------------------------------------------------------------
+
+def block_orders(names: Sequence[str], blocks: int) -> list[list[str]]:
+    """The order of the programs in each block: rotations, every other round reversed, so
+    that over 2 x len(names) blocks every program runs in every position twice, before
+    and after each of the others equally often."""
+    n = len(names)
+    out = []
+    for b in range(blocks):
+        r = b % n
+        order = list(names[r:]) + list(names[:r])
+        out.append(order[::-1] if (b // n) % 2 else order)
+    return out
+
+
+def median_ci(xs: Sequence[float], rng: np.random.Generator, resamples: int,
+              confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(median, low, high): the median of xs and its percentile-bootstrap confidence interval
+    (resampling the blocks with replacement)."""
+    a = np.asarray(xs, dtype=float)
+    if a.size == 0:
+        raise ValueError("no blocks to summarize")
+    idx = rng.integers(0, a.size, size=(resamples, a.size))
+    meds = np.median(a[idx], axis=1)
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(meds, [tail, 100 - tail])
+    return float(np.median(a)), float(lo), float(hi)
+
+
+def summarize(cell: dict[str, list[float]], seed: int, resamples: int, key: Sequence[int] = ()) -> dict:
+    """{column: {"ns": (median, lo, hi), "mpps": median, "ratio": (median, lo, hi) or None}}
+    from one cell's ns per frame per block; ratio = the paired per-block ratio of the column's
+    rate to the reflector's.  The bootstrap of each column is seeded by (seed, *key, column#)."""
+    ref = np.asarray(cell["reflector"], dtype=float)
+    out = {}
+    for i, (name, ns) in enumerate(cell.items()):
+        ns = np.asarray(ns, dtype=float)
+        if ns.shape != ref.shape:
+            raise ValueError(f"column {name}: {ns.size} blocks, the reflector has {ref.size}")
+        rng = np.random.default_rng([seed, *key, i])
+        entry = {"ns": median_ci(ns, rng, resamples), "mpps": float(np.median(1e3 / ns)), "ratio": None}
+        if name != "reflector":
+            entry["ratio"] = median_ci(ref / ns, rng, resamples)
+        out[name] = entry
+    return out
+
+
+def step_chain(args) -> list[str]:
+    """The stage chain of --probe: reflector, the probes in the order given, balancer
+    (empty without probes)."""
+    probes = [name for name, o, checked in args.columns if o is not None and not checked]
+    return ["reflector", *probes, "balancer"] if probes else []
+
+
+def steps(cell: dict[str, list[float]], chain: Sequence[str], seed: int, resamples: int,
+          key: Sequence[int] = ()) -> dict:
+    """{column: (median, lo, hi)}: the ns per frame each column of `chain` adds to the one
+    before it, paired per block (the per-block difference, its median and bootstrap CI)."""
+    out = {}
+    for i, (prev, name) in enumerate(zip(chain, chain[1:])):
+        diff = np.asarray(cell[name], dtype=float) - np.asarray(cell[prev], dtype=float)
+        out[name] = median_ci(diff, np.random.default_rng([seed, *key, 1000 + i]), resamples)
+    return out
+
+
+# --- the rig -------------------------------------------------------------------------------
+
+class Rig:
+    """The veth pair, the helper programs, and the balancer(s) under test."""
+
+    def __init__(self, link, helpers: bpf.LoadedObject, cpu: int) -> None:
+        self.link, self.helpers, self.cpu = link, helpers, cpu
+        self.driver = helpers.program("xdp_flows")
+        self.target = helpers.map("target")
+        self.cfg = helpers.map("flow_cfg")
+        self.sink = helpers.map("sink_count")
+
+    def sink_count(self) -> int:
+        v = self.sink.lookup(u32(0))
+        return int.from_bytes(bytes(v), sys.byteorder)
+
+    def run(self, prog: bpf.Program, data: bytes, flows: int, frames: int, name: str = "") -> float:
+        """One live run of `frames` frames over `flows` flows through `prog`: ns per frame."""
+        self.target.update(u32(0), u32(prog.fd))
+        self.cfg.update(u32(0), u32(flows))
+        self.cfg.update(u32(1), u32(BASE_PORT))
+        self.cfg.update(u32(2), u32(0))
+        before = self.sink_count()
+        res = self.driver.test_run_live(data, self.link.a.ifindex, repeat=frames, batch_size=BATCH)
+        arrived = self.sink_count() - before
+        if arrived != frames:
+            raise SystemExit(f"{name or prog.name}: {arrived} of {frames} frames arrived on the peer")
+        return float(res.duration_ns)
+
+
+def make_lb(cpu: int, n_reals: int, obj: Path | None, lru_size: int) -> KatranLb:
+    cfg = KatranConfig(testing=True, default_mac="02:00:00:00:00:02", forwarding_cores=(cpu,),
+                       lru_size=lru_size, katran_src_v4="10.0.13.37", katran_src_v6="fc00:2307::1337",
+                       balancer_prog_path=str(obj) if obj else None)
+    lb = KatranLb(cfg)
+    lb.start()
+    try:
+        lb.add_vip(VipKey(VIP, 80, "tcp"))
+        lb.modify_reals_for_vip(ModifyAction.ADD, reals(n_reals), VipKey(VIP, 80, "tcp"))
+    except Exception:
+        lb.close()
+        raise
+    return lb
+
+
+def measure(rig: Rig, progs: dict[str, bpf.Program], checked: dict[str, KatranLb], args,
+            cache: dict | None = None) -> dict:
+    """{(flows, size): {column: [ns per frame of each block]}}; `checked`: the columns whose
+    VIP must count every frame of every timed run. `cache` gets {(flows, size): (hits, fills)}
+    of the balancer's flow cache over the timed runs."""
+    out: dict = {}
+    names = list(progs)
+    vip = VipKey(VIP, 80, "tcp")
+    orders = block_orders(names, args.blocks)
+    for flows in args.flows:
+        for size in args.sizes:
+            data = frame(size)
+            for name, prog in progs.items():  # warm the connection tables, caches
+                rig.run(prog, data, flows, max(2 * flows, BATCH * 4), name)
+            cell: dict[str, list[float]] = {n: [] for n in names}
+            for order in orders:
+                for name in order:
+                    lb = checked.get(name)
+                    before = lb.get_stats_for_vip(vip).v1 if lb else 0
+                    fc = lb.get_flow_cache_stats() if lb and name == "balancer" else None
+                    cell[name].append(rig.run(progs[name], data, flows, args.frames, name))
+                    if lb is not None:
+                        counted = lb.get_stats_for_vip(vip).v1 - before
+                        if counted != args.frames:
+                            raise SystemExit(f"{name}: the VIP counted {counted} of {args.frames} frames")
+                    if fc is not None and cache is not None:
+                        now = lb.get_flow_cache_stats()
+                        hits, fills = cache.get((flows, size), (0, 0))
+                        cache[(flows, size)] = (hits + now.v1 - fc.v1, fills + now.v2 - fc.v2)
+            out[(flows, size)] = cell
+    return out
+
+
+# --- output --------------------------------------------------------------------------------
+
+def _ratio(r: tuple[float, float, float]) -> str:
+    return f"{r[0]:.2f} [{r[1]:.2f}-{r[2]:.2f}]"
+
+
+def print_table(summaries: dict, names: list[str], args, step_sums: dict | None = None,
+                cache: dict | None = None) -> None:
+    print(f"forwarding with live frames (XDP_TX on a veth, peer counts and drops), cpu {args.cpu}, "
+          f"{args.reals} reals, lru {args.lru_size}; per cell {args.blocks} paired blocks of "
+          f"{args.frames} frames per program")
+    print(f"Mpps: median over the blocks; / reflector: the per-block ratio, median "
+          f"[{CONFIDENCE:.0%} CI, bootstrap of the blocks, seed {args.seed}]")
+    cols = [n for n in names if n != "reflector"]
+    head = f"{'flows':>6} {'bytes':>5} {'reflector':>9}"
+    head2 = f"{'':>6} {'':>5} {'Mpps':>9}"
+    for c in cols:
+        head += f"  {c:<24}"
+        head2 += f"  {'Mpps':>6} {'/ reflector':<17}"
+    print(head.rstrip())
+    print(head2.rstrip())
+    for (flows, size), s in summaries.items():
+        line = f"{flows:>6} {size:>5} {s['reflector']['mpps']:>9.2f}"
+        for c in cols:
+            line += f"  {s[c]['mpps']:>6.2f} {_ratio(s[c]['ratio']):<17}"
+        print(line.rstrip())
+    print()
+    print(f"ns per frame: median [{CONFIDENCE:.0%} CI]")
+    head = f"{'flows':>6} {'bytes':>5}"
+    for c in names:
+        head += f"  {c:>18}"
+    print(head)
+    for (flows, size), s in summaries.items():
+        line = f"{flows:>6} {size:>5}"
+        for c in names:
+            m, lo, hi = s[c]["ns"]
+            line += f"  {f'{m:.1f} [{lo:.1f}-{hi:.1f}]':>18}"
+        print(line)
+    chain = step_chain(args)
+    if chain and step_sums:
+        print()
+        print(f"ns per frame each step adds to the one before it ({' > '.join(chain)}): "
+              f"paired per block, median [{CONFIDENCE:.0%} CI]")
+        head = f"{'flows':>6} {'bytes':>5}"
+        for c in chain[1:]:
+            head += f"  {'+' + c:>18}"
+        print(head)
+        for (flows, size), s in step_sums.items():
+            line = f"{flows:>6} {size:>5}"
+            for c in chain[1:]:
+                m, lo, hi = s[c]
+                line += f"  {f'{m:.1f} [{lo:.1f}-{hi:.1f}]':>18}"
+            print(line)
+    if cache:
+        print()
+        print("the balancer's flow cache over the timed runs: packets routed from it (hits), slots filled")
+        for (flows, size), (hits, fills) in cache.items():
+            total = args.frames * args.blocks
+            print(f"{flows:>6} {size:>5}  hits {hits / total:6.1%}  fills {fills / total:6.1%}")
+
+
+def write_json(path: Path, results: dict, summaries: dict, step_sums: dict, args) -> None:
+    doc = {
+        "frames": args.frames, "blocks": args.blocks, "reals": args.reals, "lru_size": args.lru_size,
+        "cpu": args.cpu, "seed": args.seed, "resamples": args.resamples,
+        "columns": {name: (str(o.path) if o else None) for name, o, _ in args.columns},
+        "steps": step_chain(args),
+        "cells": [{"flows": f, "bytes": b, "ns": results[(f, b)], "summary": summaries[(f, b)],
+                   "steps": step_sums[(f, b)]} for f, b in results],
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench_packets import pin_cpu
+
+    args = parse_args(argv)
+    args.cpu = pin_cpu(args.cpu)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="katran-bench-")))
+        helpers = bpf.load_object(compile_one(HELPERS_SRC, tmp))
+        stack.callback(helpers.close)
+        link = stack.enter_context(veth_link("kbf"))
+        with inside(link.b.netns):
+            helpers.program("xdp_sink").attach_xdp(link.b.ifindex)
+        progs = {"reflector": helpers.program("xdp_reflect"), "encap": helpers.program("xdp_encap")}
+        checked: dict[str, KatranLb] = {}
+        for name, obj, check in args.columns:
+            if name in ("reflector", "encap"):
+                continue
+            lb = make_lb(args.cpu, args.reals, obj.path if obj else None, args.lru_size)
+            stack.callback(lb.close)
+            progs[name] = lb._obj.program("balancer_ingress")
+            if check:
+                checked[name] = lb
+        rig = Rig(link, helpers, args.cpu)
+        with inside(link.a.netns):  # the live run finds the ifindex in the caller's netns
+            cache: dict = {}
+            results = measure(rig, progs, checked, args, None if __import__("os").environ.get("NOFC") else cache)
+        summaries = {k: summarize(cell, args.seed, args.resamples, k) for k, cell in results.items()}
+        step_sums = {k: steps(cell, step_chain(args), args.seed, args.resamples, k) for k, cell in results.items()}
+        print_table(summaries, list(progs), args, step_sums, cache)
+        if args.json:
+            write_json(args.json, results, summaries, step_sums, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    sys.exit(main())
