@@ -198,10 +198,32 @@ static __always_inline bool flow_cache_busy(const struct flow_cache_entry *fc, c
 	return fc->epoch == epoch && flow_cache_live(fc, stale, slot);
 }
 
+/*
+ * The home slot (`home`, of `slot`) does not hold the flow: 1 when the other way
+ * of the set does, else the way to fill: 0 home (it does not route, or the
+ * other way was filled after it), 2 the other way. Out of line: only a flow
+ * that is not in its home slot comes here, and the hit path stays short.
+ */
+LB_OUT_OF_LINE int flow_cache_other_way(const struct flow_key *k, __u32 slot, __u32 epoch,
+					const __u64 *stale, const struct flow_cache_entry *home)
+{
+	struct flow_cache_entry *alt = flow_cache_at(slot ^ 1);
+
+	if (!alt)
+		return 0;
+	if (flow_cache_holds(alt, k, epoch))
+		return 1;
+	if (flow_cache_busy(home, stale, slot, epoch) &&
+	    (!flow_cache_busy(alt, stale, slot ^ 1, epoch) || (home->filled & FLOW_CACHE_LAST)))
+		return 2;
+	return 0;
+}
+
 static __always_inline void flow_cache_find(const struct flow_key *k, struct flow_cache_ref *ref)
 {
 	struct flow_cache_entry *home, *alt;
 	__u32 slot;
+	int way;
 
 	ref->fc = NULL;
 	ref->held = false;
@@ -222,20 +244,15 @@ static __always_inline void flow_cache_find(const struct flow_key *k, struct flo
 		ref->held = true;
 		return;
 	}
+	way = flow_cache_other_way(k, slot, ref->epoch, ref->stale, home);
+	if (!way)
+		return;
 	alt = flow_cache_at(slot ^ 1);
 	if (!alt)
 		return;
-	if (flow_cache_holds(alt, k, ref->epoch)) {
-		ref->held = true;
-	} else if (flow_cache_busy(home, ref->stale, slot, ref->epoch) &&
-		   (!flow_cache_busy(alt, ref->stale, slot ^ 1, ref->epoch) ||
-		    (home->filled & FLOW_CACHE_LAST))) {
-		/* neither holds it: fill alt, unless home is free or alt the newer */
-	} else {
-		return;
-	}
 	ref->fc = alt;
 	ref->slot = slot ^ 1;
+	ref->held = way == 1;
 }
 
 /*
