@@ -14,11 +14,11 @@ import struct
 import time
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP
 from scapy.layers.l2 import Ether
 
 from conftest import lb_config
-from katran import Flow, KatranLb, LbStats, Real, VipFlag, VipKey, structs
+from katran import Flow, KatranLb, LbStats, ModifyAction, QuicReal, Real, VipFlag, VipKey, structs
 from katran.contract import FLOW_CACHE_SLOTS, VIP_FILTER_WORDS
 from katran.packets import build_flow_packet, outer_destination
 
@@ -594,3 +594,165 @@ def test_a_connection_write_forgets_both_ways_of_the_set(lb):
     assert new != reals[b]
     assert {send(lb, frames[b]) for _ in range(3)} == {new}
     assert send(lb, frames[a]) == reals[a]
+
+
+# --- forward_cached_v4 (lb_pipeline.h): an IPv4 flow's home slot, straight from the headers --
+def _with_ip_option(frame: bytes, option: bytes) -> bytes:
+    """The IPv4 frame with `option` (4 bytes) after its header: ihl 6, tot_len + 4."""
+    ihl_tos, tot_len = frame[14:16], struct.unpack("!H", frame[16:18])[0]
+    hdr = bytes([0x46]) + ihl_tos[1:] + struct.pack("!H", tot_len + 4) + frame[18:34]
+    return frame[:14] + hdr + option + frame[34:]
+
+
+def _v4_variants(flow: Flow) -> dict[str, bytes]:
+    """Frames of a hot IPv4 flow that the register fast path must leave to the pipeline (or
+    route exactly as it would): the same 5-tuple each time."""
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    ip = dict(src=str(flow.src), dst=str(flow.dst))
+    tcp = flow.proto == 6
+    l4 = TCP(sport=flow.src_port, dport=flow.dst_port, flags="A") if tcp else UDP(sport=flow.src_port, dport=flow.dst_port)
+    plain = bytes(eth / IP(**ip) / l4 / b"payload")
+    out = {
+        "plain": plain,
+        "fragment": bytes(eth / IP(flags="MF", **ip) / l4 / b"payload"),
+        "later fragment": bytes(eth / IP(frag=8, **ip) / l4 / b"payload"),
+        "ip options": bytes(eth / IP(options=[IPOption_NOP()] * 4, **ip) / l4 / b"payload"),
+        # options whose bytes are the ports: read at the header's fixed offset, the 5-tuple
+        # would be the flow's
+        "ip options that look like its ports": _with_ip_option(plain, plain[34:38]),
+        "ip length beyond the frame": plain[:16] + struct.pack("!H", len(plain) - 14 + 8) + plain[18:],
+        "ip length below its header": plain[:16] + struct.pack("!H", 12) + plain[18:],
+        "truncated l4 header": plain[:14 + 20 + 6],
+        "above max_pckt_size": bytes(eth / IP(**ip) / l4 / (b"x" * 1500)),
+    }
+    if tcp:
+        out["syn"] = bytes(eth / IP(**ip) / TCP(sport=flow.src_port, dport=flow.dst_port, flags="S"))
+        out["rst"] = bytes(eth / IP(**ip) / TCP(sport=flow.src_port, dport=flow.dst_port, flags="R"))
+    return out
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_odd_frames_of_a_hot_ipv4_flow_get_the_pipelines_verdict(cpu, proto):
+    """Every variant of a flow held in its fast home slot gets the verdict, bytes and
+    counters a balancer without the flow cache gives it, and the flow's next plain packet
+    still does too."""
+    flow = Flow("192.0.2.40", "10.200.1.1", 46000, 80, proto)
+    variants = _v4_variants(flow)
+    lbs = {on: make_lb(cpu, flow_cache=on) for on in (True, False)}
+    try:
+        for name, frame in variants.items():
+            got = {}
+            for on, lb in lbs.items():
+                for _ in range(3):
+                    send(lb, variants["plain"])
+                if on:
+                    assert slot_of(lb, cpu, flow)[1] & structs.FLOW_CACHE_FAST, name
+                res = lb.run_packet(frame)
+                after = lb.run_packet(variants["plain"])
+                got[on] = (res.verdict, res.data, after.verdict, after.data, lb.get_stats_for_vip(
+                    VIP_TCP if proto == "tcp" else VIP_UDP), lb.get_lru_stats(), lb.get_xdp_total_stats(),
+                    lb.get_xdp_tx_stats(), lb.get_xdp_drop_stats(), lb.get_xdp_pass_stats())
+            assert got[True] == got[False], name
+    finally:
+        for lb in lbs.values():
+            lb.close()
+
+
+def test_a_capture_records_the_packets_of_a_hot_ipv4_flow(cpu):
+    """Capture on: no packet skips it through the register fast path."""
+    lb = make_lb(cpu)
+    try:
+        frame = build_flow_packet(Flow("192.0.2.41", "10.200.1.1", 46100, 80, "tcp"))
+        for _ in range(3):
+            send(lb, frame)
+        with lb.capture(vip=VIP_TCP) as cap:
+            for _ in range(4):
+                send(lb, frame)
+            got = cap.poll(1.0)
+        assert [p.direction for p in got] == ["in", "out"] * 4
+    finally:
+        lb.close()
+
+
+def test_a_tpr_option_of_a_hot_flow_is_read(cpu):
+    """tcp_server_id_routing: every TCP segment is routed by its server-id option when it
+    has one (the connection table follows, lru_sync), also in a flow with a fast slot: with
+    the knob no TCP slot is filled fast, but one left by a build without it (a hitless
+    upgrade keeps flow_cache; here written behind the control plane's back) is not used."""
+    lb = make_lb(cpu, tcp_server_id_routing=True)
+    try:
+        lb.modify_quic_reals_mapping(ModifyAction.ADD, [QuicReal(r, 1000 + i) for i, r in enumerate(REALS)])
+        flow = Flow("192.0.2.42", "10.200.1.1", 46200, 80, "tcp")
+        plain = build_flow_packet(flow)
+        real = send(lb, plain)
+        for _ in range(3):
+            assert send(lb, plain) == real
+        other = next(r for r in REALS if r != real)
+        forge_fast_slot(lb, cpu, flow, VIP_TCP, real)
+        opt = [(0xB7, struct.pack("<I", 1000 + REALS.index(other)))]
+        tagged = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                       / IP(src=str(flow.src), dst=str(flow.dst))
+                       / TCP(sport=flow.src_port, dport=flow.dst_port, flags="A", options=opt))
+        assert send(lb, tagged) == other
+        assert send(lb, plain) == other  # the connection table now says `other`
+    finally:
+        lb.close()
+
+
+CLOCK_MONOTONIC_COARSE = 6  # linux/time.h (the time module does not name it)
+
+
+def forge_fast_slot(lb: KatranLb, cpu: int, flow: Flow, vip: VipKey, real: str) -> None:
+    """A live fast slot routing `flow` of `vip` to `real`, written behind the control plane's
+    back into the flow's home slot (fresh, UDP: seen now)."""
+    key = key_of(flow)
+    seen = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) if flow.proto == 17 else 0  # conn_now()'s clock
+    slot = struct.pack("<40sIIIIQ", key, lb.get_index_for_real(real), epoch(lb), _jiffies64() & 0xFFFFFFFE,
+                       structs.FLOW_CACHE_FAST | lb._vips[vip].num, seen)
+    lb._obj.map("flow_cache").update(structs.u32(cpu * FLOW_CACHE_SLOTS + structs.flow_cache_slot(key)), slot)
+    assert slot_of(lb, cpu, flow) == (lb.get_index_for_real(real), structs.FLOW_CACHE_FAST | lb._vips[vip].num)
+
+
+def test_gue_to_its_port_is_decapsulated_even_with_a_fast_slot(cpu):
+    """inline_decap_gue: a UDP frame to gue_dport goes to the decapsulation path before any
+    flow-cache slot is read -- also one whose 5-tuple has a fast slot (left by a build without
+    the knob: a hitless upgrade keeps flow_cache; here written behind the control plane's
+    back)."""
+    lb = make_lb(cpu, inline_decap_gue=True, gue_dport=6080)
+    try:
+        vip = VipKey("10.200.1.5", 6080, "udp")
+        lb.add_vip(vip)
+        lb.add_real_for_vip(Real(REALS[0], 1), vip)
+        flow = Flow("192.0.2.43", "10.200.1.5", 46300, 6080, "udp")
+        frame = build_flow_packet(flow)
+        before = lb.run_packet(frame)
+        assert before.verdict != "XDP_TX"  # not ours to decapsulate, not balanced either
+        key = key_of(flow)
+        home = structs.flow_cache_slot(key)
+        forge_fast_slot(lb, cpu, flow, vip, REALS[0])
+        after = lb.run_packet(frame)
+        assert (after.verdict, after.data) == (before.verdict, before.data)
+    finally:
+        lb.close()
+
+
+def test_a_flow_is_not_routed_from_a_slot_of_another_source_port(cpu):
+    """Two flows of one client whose only difference is the source port, with one home slot
+    and different reals: the second is routed to its own real, not from the first's fast
+    slot (the register compare reads the ports word too)."""
+    lbs = {on: make_lb(cpu, flow_cache=on) for on in (True, False)}
+    try:
+        ref = lbs[False]
+        first = Flow("192.0.2.44", "10.200.1.1", 47000, 80, "tcp")
+        home = structs.flow_cache_slot(key_of(first))
+        real = send(ref, build_flow_packet(first))
+        second = next(f for f in (Flow("192.0.2.44", "10.200.1.1", p, 80, "tcp") for p in range(47001, 65536))
+                      if structs.flow_cache_slot(key_of(f)) == home and send(ref, build_flow_packet(f)) != real)
+        lb = lbs[True]
+        for _ in range(3):
+            assert send(lb, build_flow_packet(first)) == real
+        assert slot_of(lb, cpu, first)[1] & structs.FLOW_CACHE_FAST
+        assert {send(lb, build_flow_packet(second)) for _ in range(3)} == {send(ref, build_flow_packet(second))}
+    finally:
+        for lb in lbs.values():
+            lb.close()

@@ -205,40 +205,52 @@ static __always_inline bool encap_gue_v6(struct xdp_md *xdp, const __u8 *gw_mac,
 	return true;
 }
 
-/* Encapsulate towards dst with the configured scheme (IPIP family or GUE). */
-static __always_inline bool encap_to_real(struct xdp_md *xdp, struct ctl_value *gw,
-					  struct pkt_meta *pkt, struct real_definition *dst,
-					  bool is_ipv6, __u16 pkt_bytes)
+/*
+ * Encapsulate towards dst with the configured scheme (IPIP family or GUE); f:
+ * the client's flow, src_word the last 32 bits of its address.
+ */
+static __always_inline bool encap_flow_to_real(struct xdp_md *xdp, struct ctl_value *gw,
+					       const struct encap_flow *f,
+					       struct real_definition *dst, bool is_ipv6,
+					       __u16 pkt_bytes)
 {
-	struct encap_flow f = {
-		.sport = pkt->flow.port16[0],
-		.tos = pkt->tos,
-		.l4_proto = pkt->flow.proto,
-	};
 	struct real_definition *src;
 	__u32 key;
 
 	if (dst->flags & REAL_F_IPV6) {
-		f.src_word = is_ipv6 ? pkt->flow.srcv6[3] : pkt->flow.src;
 		if (gue_encap) {
 			key = PCKT_SRC_V6;
 			src = bpf_map_lookup_elem(&pckt_srcs, &key);
 			if (!src)
 				return false;
-			return encap_gue_v6(xdp, gw->mac, &f, is_ipv6, src->dstv6, dst->dstv6,
+			return encap_gue_v6(xdp, gw->mac, f, is_ipv6, src->dstv6, dst->dstv6,
 					    pkt_bytes, gue_dport);
 		}
-		return encap_ipip_v6(xdp, gw->mac, &f, is_ipv6, dst->dstv6, pkt_bytes);
+		return encap_ipip_v6(xdp, gw->mac, f, is_ipv6, dst->dstv6, pkt_bytes);
 	}
-	f.src_word = pkt->flow.src;
 	if (gue_encap) {
 		key = PCKT_SRC_V4;
 		src = bpf_map_lookup_elem(&pckt_srcs, &key);
 		if (!src)
 			return false;
-		return encap_gue_v4(xdp, gw->mac, &f, src->dst, dst->dst, pkt_bytes, gue_dport);
+		return encap_gue_v4(xdp, gw->mac, f, src->dst, dst->dst, pkt_bytes, gue_dport);
 	}
-	return encap_ipip_v4(xdp, gw->mac, &f, dst->dst, pkt_bytes);
+	return encap_ipip_v4(xdp, gw->mac, f, dst->dst, pkt_bytes);
+}
+
+/* encap_flow_to_real of a parsed packet. */
+static __always_inline bool encap_to_real(struct xdp_md *xdp, struct ctl_value *gw,
+					  struct pkt_meta *pkt, struct real_definition *dst,
+					  bool is_ipv6, __u16 pkt_bytes)
+{
+	struct encap_flow f = {
+		.src_word = (dst->flags & REAL_F_IPV6) && is_ipv6 ? pkt->flow.srcv6[3] : pkt->flow.src,
+		.sport = pkt->flow.port16[0],
+		.tos = pkt->tos,
+		.l4_proto = pkt->flow.proto,
+	};
+
+	return encap_flow_to_real(xdp, gw, &f, dst, is_ipv6, pkt_bytes);
 }
 
 #endif /* KATRAN_LB_ENCAP_H */

@@ -67,14 +67,21 @@ static __always_inline __u32 flow_cache_epoch(void)
 
 _Static_assert(sizeof(struct flow_cache_marks) * 8 == FLOW_CACHE_SLOTS, "a stale bit per slot");
 
-/* The slot of a flow (multiplicative hash of the 5-tuple words). */
+/* The home slot of the flow whose key words XOR to h (multiplicative hash). */
+static __always_inline __u32 flow_cache_slot_of(__u32 h)
+{
+	return (h * 0x9e3779b1u) >> (32 - FLOW_CACHE_BITS);
+}
+
+/* The home slot of a flow: the hash of the XOR of its 5-tuple words (an IPv4
+ * flow's: saddr ^ daddr ^ ports ^ proto, the other words being zero). */
 static __always_inline __u32 flow_cache_index(const struct flow_key *k)
 {
 	__u32 h = k->srcv6[0] ^ k->srcv6[1] ^ k->srcv6[2] ^ k->srcv6[3];
 
 	h ^= k->dstv6[0] ^ k->dstv6[1] ^ k->dstv6[2] ^ k->dstv6[3];
 	h ^= k->ports ^ k->proto;
-	return (h * 0x9e3779b1u) >> (32 - FLOW_CACHE_BITS);
+	return flow_cache_slot_of(h);
 }
 
 /* This cpu's word of flow_cache_stale holding the bit of `slot`. */
@@ -107,6 +114,18 @@ static __always_inline bool flow_key_same(const struct flow_key *a, const struct
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
 
 	return !((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]));
+}
+
+/* Is `a` the key of the IPv4 flow (saddr, daddr, the ports word as on the wire,
+ * proto)? Its words: saddr, 0, daddr, 0, ports | proto << 32 (padding zero). */
+_Static_assert(sizeof(struct flow_key) == 40, "five 64-bit words");
+static __always_inline bool flow_key_is_v4(const struct flow_key *a, __be32 saddr, __be32 daddr,
+					   __u32 ports, __u8 proto)
+{
+	const __u64 *x = (const __u64 *)a;
+
+	return !((x[0] ^ saddr) | x[1] | (x[2] ^ daddr) | x[3] |
+		 (x[4] ^ (ports | ((__u64)proto << 32))));
 }
 
 /* Both slots of the set of `slot` (their bits are neighbours in one word). */
@@ -147,13 +166,12 @@ _Static_assert(CTL_VIP_FILTER + VIP_FILTER_WORDS <= CTL_MAP_SIZE, "the VIP filte
  * up (a packet to no VIP does not read a cold line of the 1 MiB flow_cache).
  * NONE: balance_flow skips the vip_map lookup with the packet's own port.
  */
-static __always_inline int vip_filter(const struct flow_key *k)
+static __always_inline int vip_filter_of(__u32 dst_words, __u16 dport, __u8 proto)
 {
 	struct ctl_value *v;
 	__u32 h, key;
 
-	h = k->dstv6[0] ^ k->dstv6[1] ^ k->dstv6[2] ^ k->dstv6[3];
-	h ^= ((__u32)k->port16[1] << 8) ^ k->proto;
+	h = dst_words ^ ((__u32)dport << 8) ^ proto;
 	h = (h * 0x9e3779b1u) >> (32 - VIP_FILTER_BITS_LOG);
 	key = CTL_VIP_FILTER + ((h >> 6) & (VIP_FILTER_WORDS - 1));
 	v = bpf_map_lookup_elem(&ctl_array, &key);
@@ -162,6 +180,13 @@ static __always_inline int vip_filter(const struct flow_key *k)
 	key = CTL_VIP_FILTER_DONE;
 	v = bpf_map_lookup_elem(&ctl_array, &key);
 	return v && v->value == 1 ? VIP_FILTER_NONE : VIP_FILTER_CLEAR;
+}
+
+/* vip_filter_of the flow's destination words (XORed), port and protocol. */
+static __always_inline int vip_filter(const struct flow_key *k)
+{
+	return vip_filter_of(k->dstv6[0] ^ k->dstv6[1] ^ k->dstv6[2] ^ k->dstv6[3], k->port16[1],
+			     k->proto);
 }
 
 /* A flow's slot, looked up once a packet (flow_cache_find). */

@@ -141,6 +141,106 @@ static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *p
 	return XDP_TX;
 }
 
+/*
+ * Not in Katran: forward_cached() for an IPv4 TCP / UDP frame read straight from
+ * its headers, before parse_ip fills a pkt_meta: the 5-tuple stays in registers
+ * (no 48-byte flow key zeroed, written, read back for the hashes and compared
+ * from the stack). Only a flow held in its home slot, and only a frame the
+ * whole pipeline would hand to forward_cached() (no IP options, no fragment, no
+ * SYN, no GUE to decapsulate, the VIP filter's bit set) with the same checks;
+ * anything else returns LB_CONTINUE and takes the whole pipeline, which parses
+ * the frame itself and decides as if this had not run.
+ */
+static __always_inline int forward_cached_v4(struct xdp_md *xdp)
+{
+	void *data = (void *)(long)xdp->data;
+	void *data_end = (void *)(long)xdp->data_end;
+	__u64 frame_len = data_end - data;
+	struct iphdr *iph = pkt_ptr(data, data_end, sizeof(struct ethhdr), sizeof(*iph));
+	__u64 l4 = sizeof(struct ethhdr) + sizeof(struct iphdr);
+	struct real_definition *dst;
+	struct flow_cache_entry *fc;
+	struct encap_flow f;
+	struct ctl_value *gw;
+	__u32 ports, slot, epoch, key;
+	__be32 saddr, daddr;
+	__u16 pkt_bytes;
+	__u64 *stale;
+	__u8 proto;
+	__u64 now;
+
+	if (!iph || *(__u8 *)iph != IPV4_VERSION_IHL5 || (iph->frag_off & IPV4_FRAG_MASK_BE))
+		return LB_CONTINUE;
+	proto = iph->protocol;
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = pkt_ptr(data, data_end, l4, sizeof(*tcp));
+
+		if (!tcp || tcp->syn || tcp_server_id_routing)
+			return LB_CONTINUE;
+		ports = *(__u32 *)tcp;
+	} else if (proto == IPPROTO_UDP) {
+		struct udphdr *udp = pkt_ptr(data, data_end, l4, sizeof(*udp));
+
+		if (!udp)
+			return LB_CONTINUE;
+		ports = *(__u32 *)udp;
+		if (inline_decap_gue && udp->dest == bpf_htons(gue_dport))
+			return LB_CONTINUE;
+	} else {
+		return LB_CONTINUE;
+	}
+	if (__builtin_expect(capture_filter.enabled, 0))
+		return LB_CONTINUE;
+	saddr = iph->saddr;
+	daddr = iph->daddr;
+	if (vip_filter_of(daddr, ports >> 16, proto) != VIP_FILTER_SET)
+		return LB_CONTINUE;
+
+	epoch = flow_cache_epoch();
+	if (!epoch)
+		return LB_CONTINUE;
+	slot = flow_cache_slot_of(saddr ^ daddr ^ ports ^ proto);
+	stale = flow_cache_stale_word(slot);
+	if (!stale)
+		return LB_CONTINUE;
+	fc = flow_cache_at(slot);
+	if (!fc || fc->epoch != epoch || !flow_key_is_v4(&fc->key, saddr, daddr, ports, proto) ||
+	    !(fc->fast & FLOW_CACHE_FAST) || !flow_cache_live(fc, stale, slot))
+		return LB_CONTINUE;
+	pkt_bytes = bpf_ntohs(iph->tot_len);
+	if (ip_len_malformed(frame_len, pkt_bytes, false) || frame_len > max_pckt_size)
+		return LB_CONTINUE;
+	if (proto == IPPROTO_UDP) {
+		now = conn_now();
+		if (now - fc->seen > lru_udp_timeout_ns)
+			return LB_CONTINUE;
+		fc->seen = now;
+	}
+	key = fc->real_index;
+	dst = bpf_map_lookup_elem(&reals, &key);
+	if (!dst)
+		return LB_CONTINUE;
+
+	count_pair(CNT_LRU, false);
+	count_pair(CNT_FLOW_CACHE, false);
+	if (!count_vip_and_real(fc->fast & ~FLOW_CACHE_FAST, key, pkt_bytes))
+		return XDP_DROP;
+
+	key = CTL_DEFAULT_MAC;
+	gw = bpf_map_lookup_elem(&ctl_array, &key);
+	if (!gw)
+		return XDP_DROP;
+	f.src_word = saddr;
+	f.sport = (__u16)ports;
+	f.tos = iph->tos;
+	f.l4_proto = proto;
+	if (!encap_flow_to_real(xdp, gw, &f, dst, false, pkt_bytes)) {
+		count_pair(CNT_ENCAP_FAIL, dst->flags & REAL_F_IPV6);
+		return XDP_DROP;
+	}
+	return XDP_TX;
+}
+
 /* The L4 part of the pipeline: from a parsed TCP/UDP flow to a verdict. */
 static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt, bool is_ipv6,
 					__u16 pkt_bytes, bool no_port_vip, struct flow_cache_ref *ref)
@@ -317,6 +417,11 @@ static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6)
 	__u8 proto = 0;
 	int verdict;
 
+	if (!is_ipv6) {
+		verdict = forward_cached_v4(xdp);
+		if (verdict >= 0)
+			return verdict;
+	}
 	__builtin_memset(&pkt, 0, sizeof(pkt));
 	verdict = parse_ip(data, data_end, nh_off, is_ipv6, &pkt, &proto, &pkt_bytes);
 	if (verdict >= 0)
