@@ -427,6 +427,10 @@ REAL_DEFINITION = Struct("real_definition", [
     Field("flags", U8),
 ], "reals value")
 LB_STATS = Struct("lb_stats", [Field("v1", U64), Field("v2", U64)], "a pair of counters")
+HOT_STAT_PAIRS = 23  # consts.h GLOBAL_COUNTERS: a pair for each global counter (CNT_FLOW_CACHE + 1)
+HOT_STATS = Struct("hot_stats", [
+    Field("c", CType(f"struct lb_stats[{HOT_STAT_PAIRS}]", 16 * HOT_STAT_PAIRS, 8, f"{16 * HOT_STAT_PAIRS}s")),
+], "hot_stats value: this cpu's share of each global counter that the per-packet path counts (not in Katran)")
 V4_LPM_KEY = Struct("v4_lpm_key", [Field("prefixlen", U32), Field("addr", CType("__be32", 4, 4, "4s"))])
 V6_LPM_KEY = Struct("v6_lpm_key", [Field("prefixlen", U32), Field("addr", CType("__be32[4]", 16, 4, "16s"))])
 ADDRESS = Struct("address", [Field("addr", ADDR, (("addr", 4), ("addrv6", 16)))], "decap_dst / vip_addrs key")
@@ -494,6 +498,9 @@ BALANCER_MAPS = _maps(
            "cpu * FLOW_CACHE_SLOTS + flow hash -> a flow just found in the connection table (not in Katran)"),
     MapDef("flow_cache_stale", MapType.PERCPU_ARRAY, U32, FLOW_CACHE_MARKS,
            "per cpu: 0 -> a bit per flow_cache slot whose flow's connection-table entry was written"),
+    MapDef("hot_stats", MapType.PERCPU_ARRAY, U32, HOT_STATS,
+           "per cpu: 0 -> a pair per global counter (enum order), added to the stats slots: the XDP "
+           "verdicts and the IPv4 fast path's LRU / flow-cache hits, one lookup a frame (not in Katran)"),
     MapDef("vip_addrs", MapType.HASH, ADDRESS, U32, "VIP address -> VIPs on it (echo replies)"),
     MapDef("decap_dst", MapType.HASH, ADDRESS, U32, "outer destination -> flags (inline decap)"),
     MapDef("subprograms", MapType.PROG_ARRAY, U32, U32, "0 -> the balancer itself (recirculation)"),
@@ -593,6 +600,7 @@ BALANCER = ObjectContract(
     maps=BALANCER_MAPS,
     knobs=BALANCER_KNOBS,
     structs=_structs(FLOW_KEY, CTL_VALUE, VIP_DEFINITION, VIP_META, REAL_POS_LRU, FLOW_CACHE_ENTRY, FLOW_CACHE_MARKS,
+                     HOT_STATS,
                      REAL_DEFINITION, LB_STATS,
                      V4_LPM_KEY, V6_LPM_KEY, ADDRESS, LB_QUIC_PACKETS_STATS, LB_TPR_PACKETS_STATS,
                      LB_STABLE_RT_PACKETS_STATS, CAPTURE_FILTER, CAPTURE_HDR, CAPTURE_RECORD),

@@ -589,8 +589,21 @@ class DataPlane:
         per_cpu = self.percpu_stats(map_name, index)
         return LbStats(sum(s.v1 for s in per_cpu), sum(s.v2 for s in per_cpu))
 
+    def percpu_global(self, counter: int) -> list[LbStats]:
+        """A global counter on each cpu: its stats slot plus its pair in hot_stats (where
+        the per-packet path counts; an object without hot_stats: the slot alone)."""
+        per_cpu = self.percpu_stats("stats", self.config.max_vips + counter)
+        if counter >= contract.HOT_STAT_PAIRS or not self.has_map("hot_stats"):
+            return per_cpu
+        hot = self.map("hot_stats").lookup(structs.u32(0))
+        if hot is None:
+            raise KernelError("lookup hot_stats[0]", errno.ENOENT)
+        pairs = (structs.lb_stats_unpack(v[16 * counter:16 * counter + 16]) for v in hot)
+        return [LbStats(s.v1 + h1, s.v2 + h2) for s, (h1, h2) in zip(per_cpu, pairs)]
+
     def global_stats(self, counter: int) -> LbStats:
-        return self.sum_stats("stats", self.config.max_vips + counter)
+        per_cpu = self.percpu_global(counter)
+        return LbStats(sum(s.v1 for s in per_cpu), sum(s.v2 for s in per_cpu))
 
     def counters(self, map_name: str, fields: tuple) -> dict[str, int]:
         per_cpu = self.map(map_name).lookup(structs.u32(0))

@@ -1012,7 +1012,7 @@ class KatranLb:
 
     @_read
     def get_per_core_packets_stats(self) -> list[int]:
-        return [s.v1 for s in self._dp.percpu_stats("stats", self._config.max_vips + structs.XDP_TOTAL_CNTR)]
+        return [s.v1 for s in self._dp.percpu_global(structs.XDP_TOTAL_CNTR)]
 
     @_locked
     def get_katran_lb_stats(self) -> LbStats:

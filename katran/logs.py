@@ -235,7 +235,7 @@ def _object_entries(name: str) -> Optional[int]:
     fixed = {"lru_mapping": 1024, "global_lru_maps": 1024, "vip_miss_stats": 1, "quic_stats_map": 1,
              "stable_rt_stats": 1, "tpr_stats_map": 1, "ctl_array": 16, "subprograms": 2, "pckt_srcs": 2,
              "fallback_glru": 1000, "capture_scratch": 1, "capture_stats": 1,
-             "flow_cache_stale": 1}
+             "flow_cache_stale": 1, "hot_stats": 1}
     return fixed.get(name) if name in BALANCER_MAPS else None
 
 

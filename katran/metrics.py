@@ -41,9 +41,9 @@ RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 
 
 # ------------------------------------------------------------------ reading the maps
-def read_u64_table(bpf_map, per_cpu_row: Optional[int] = None) -> tuple[np.ndarray, list]:
+def read_u64_table(bpf_map, per_cpu_row: Optional[int] = None, per_cpu_field: int = 0) -> tuple[np.ndarray, list]:
     """A map of structs of __u64 counters as an array (max_entries x fields), CPUs summed,
-    and field 0 of row ``per_cpu_row`` for each CPU (``[]`` when not asked for).
+    and field ``per_cpu_field`` of row ``per_cpu_row`` for each CPU (``[]`` when not asked for).
 
     One batch lookup (a loop of lookups where the kernel has no batch op); rows of
     absent keys are zero. Keys must be u32 indices (arrays).
@@ -72,7 +72,7 @@ def read_u64_table(bpf_map, per_cpu_row: Optional[int] = None) -> tuple[np.ndarr
     per_cpu = []
     if per_cpu_row is not None:
         hit = np.flatnonzero(idx == per_cpu_row)
-        per_cpu = vals[hit[0], :, 0].tolist() if len(hit) else [0] * ncpu
+        per_cpu = vals[hit[0], :, per_cpu_field].tolist() if len(hit) else [0] * ncpu
     return out, per_cpu
 
 
@@ -127,6 +127,11 @@ def read_snapshot(obj, *, vips: Optional[list], reals: Optional[list], max_vips:
     t0 = time.perf_counter()
     maps = obj.maps
     stats, per_cpu = read_u64_table(maps["stats"], per_cpu_row=max_vips + structs.XDP_TOTAL_CNTR)
+    if "hot_stats" in maps:  # the global counters the per-packet path keeps there (dataplane.percpu_global)
+        hot, hot_cpu = read_u64_table(maps["hot_stats"], per_cpu_row=0, per_cpu_field=2 * structs.XDP_TOTAL_CNTR)
+        pairs = hot[0].reshape(-1, 2)
+        stats[max_vips:max_vips + len(pairs)] += pairs
+        per_cpu = [a + b for a, b in zip(per_cpu, hot_cpu)]
 
     def table(name: str) -> Optional[np.ndarray]:
         return read_u64_table(maps[name])[0] if name in maps else None

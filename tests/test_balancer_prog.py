@@ -90,7 +90,11 @@ class Balancer:
         return res.retval, res.data
 
     def gstat(self, which: int) -> tuple[int, int]:
-        return structs.lb_stats_sum(self.map("stats").lookup(structs.u32(MAX_VIPS + which)))
+        """A global counter: its stats slot plus its hot_stats pair (dataplane.percpu_global)."""
+        v1, v2 = structs.lb_stats_sum(self.map("stats").lookup(structs.u32(MAX_VIPS + which)))
+        hot = [structs.lb_stats_unpack(v[16 * which:16 * which + 16])
+               for v in self.map("hot_stats").lookup(structs.u32(0))]
+        return v1 + sum(h[0] for h in hot), v2 + sum(h[1] for h in hot)
 
     def vip_stat(self, num: int) -> tuple[int, int]:
         return structs.lb_stats_sum(self.map("stats").lookup(structs.u32(num)))

@@ -59,23 +59,23 @@ int balancer_ingress(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 frame_len = data_end - data;
 	struct ethhdr *eth = pkt_ptr(data, data_end, 0, sizeof(struct ethhdr));
-	struct lb_stats *cnt;
-	__u32 which;
+	__u32 zero = 0, which;
+	struct hot_stats *hot;
 	int verdict;
 
 	if (!eth)
 		return XDP_DROP; /* shorter than an Ethernet header */
 
-	cnt = global_cnt(CNT_XDP_TOTAL);
-	if (!cnt)
+	hot = bpf_map_lookup_elem(&hot_stats, &zero);
+	if (!hot)
 		return XDP_DROP;
-	cnt->v1 += 1;
-	cnt->v2 += frame_len;
+	hot->c[CNT_XDP_TOTAL].v1 += 1;
+	hot->c[CNT_XDP_TOTAL].v2 += frame_len;
 
 	if (eth->h_proto == ETH_P_IP_BE)
-		verdict = process_packet(ctx, false);
+		verdict = process_packet(ctx, false, hot);
 	else if (eth->h_proto == ETH_P_IPV6_BE)
-		verdict = process_packet(ctx, true);
+		verdict = process_packet(ctx, true, hot);
 	else
 		verdict = XDP_PASS;
 
@@ -87,11 +87,8 @@ int balancer_ingress(struct xdp_md *ctx)
 		which = CNT_XDP_PASS;
 	else
 		return verdict;
-	cnt = global_cnt(which);
-	if (!cnt)
-		return XDP_DROP;
-	cnt->v1 += 1;
-	cnt->v2 += frame_len;
+	hot->c[which].v1 += 1;
+	hot->c[which].v2 += frame_len;
 	return verdict;
 }
 

@@ -174,6 +174,7 @@ enum lb_global_counter {
 	CNT_MALFORMED = 21,        /* not in Katran: dropped to a VIP, v1 bad IP length, v2 martian source */
 	CNT_FLOW_CACHE = 22,       /* not in Katran: v1 flow-cache hits, v2 slots filled */
 };
+#define GLOBAL_COUNTERS (CNT_FLOW_CACHE + 1) /* hot_stats holds a pair for each */
 
 /* capture_filter.flags: which filter fields apply (katran/capture.py) */
 enum capture_flag {

@@ -151,7 +151,7 @@ static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *p
  * anything else returns LB_CONTINUE and takes the whole pipeline, which parses
  * the frame itself and decides as if this had not run.
  */
-static __always_inline int forward_cached_v4(struct xdp_md *xdp)
+static __always_inline int forward_cached_v4(struct xdp_md *xdp, struct hot_stats *hot)
 {
 	void *data = (void *)(long)xdp->data;
 	void *data_end = (void *)(long)xdp->data_end;
@@ -221,8 +221,8 @@ static __always_inline int forward_cached_v4(struct xdp_md *xdp)
 	if (!dst)
 		return LB_CONTINUE;
 
-	count_pair(CNT_LRU, false);
-	count_pair(CNT_FLOW_CACHE, false);
+	hot->c[CNT_LRU].v1 += 1;
+	hot->c[CNT_FLOW_CACHE].v1 += 1;
 	if (!count_vip_and_real(fc->fast & ~FLOW_CACHE_FAST, key, pkt_bytes))
 		return XDP_DROP;
 
@@ -405,7 +405,7 @@ static __always_inline int balance_flow(struct xdp_md *xdp, struct pkt_meta *pkt
 	return XDP_TX;
 }
 
-static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6)
+static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6, struct hot_stats *hot)
 {
 	void *data = (void *)(long)xdp->data;
 	void *data_end = (void *)(long)xdp->data_end;
@@ -418,7 +418,7 @@ static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6)
 	int verdict;
 
 	if (!is_ipv6) {
-		verdict = forward_cached_v4(xdp);
+		verdict = forward_cached_v4(xdp, hot);
 		if (verdict >= 0)
 			return verdict;
 	}

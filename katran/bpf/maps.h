@@ -236,6 +236,19 @@ struct {
 	__uint(max_entries, 1);
 } flow_cache_stale SEC(".maps");
 
+/*
+ * Not in Katran: 0 -> this cpu's hot_stats, the global counters of every frame
+ * (XDP total and verdicts) and of the IPv4 fast path (LRU total, flow-cache
+ * hits) in one per-cpu value, found once a frame; added to the stats slots by
+ * the control plane.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct hot_stats);
+	__uint(max_entries, 1);
+} hot_stats SEC(".maps");
+
 /* VIP address -> number of VIPs (ports/protocols) on it: echo requests answered. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -95,6 +95,16 @@ struct lb_stats {
 	__u64 v2;
 };
 
+/*
+ * hot_stats value (not in Katran): this cpu's share of every global counter,
+ * indexed by enum lb_global_counter, that the per-packet path counts with one
+ * lookup a frame (the XDP verdicts; the fast path's LRU and flow-cache hits).
+ * A global counter is its stats slot plus this pair (katran/dataplane.py).
+ */
+struct hot_stats {
+	struct lb_stats c[GLOBAL_COUNTERS];
+};
+
 /* LPM trie keys for source routing. */
 struct v4_lpm_key {
 	__u32 prefixlen;
