@@ -61,6 +61,7 @@ int balancer_ingress(struct xdp_md *ctx)
 	struct ethhdr *eth = pkt_ptr(data, data_end, 0, sizeof(struct ethhdr));
 	__u32 zero = 0, which;
 	struct hot_stats *hot;
+	__be16 h_proto;
 	int verdict;
 
 	if (!eth)
@@ -72,9 +73,11 @@ int balancer_ingress(struct xdp_md *ctx)
 	hot->c[CNT_XDP_TOTAL].v1 += 1;
 	hot->c[CNT_XDP_TOTAL].v2 += frame_len;
 
-	if (eth->h_proto == ETH_P_IP_BE)
+	/* struct ethhdr is packed: one 16-bit load, not two bytes */
+	h_proto = *(const __be16 *)((const __u8 *)eth + 2 * ETH_ALEN);
+	if (h_proto == ETH_P_IP_BE)
 		verdict = process_packet(ctx, false, hot);
-	else if (eth->h_proto == ETH_P_IPV6_BE)
+	else if (h_proto == ETH_P_IPV6_BE)
 		verdict = process_packet(ctx, true, hot);
 	else
 		verdict = XDP_PASS;

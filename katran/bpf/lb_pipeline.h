@@ -149,7 +149,9 @@ static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *p
  * whole pipeline would hand to forward_cached() (no IP options, no fragment, no
  * SYN, no GUE to decapsulate, the VIP filter's bit set) with the same checks;
  * anything else returns LB_CONTINUE and takes the whole pipeline, which parses
- * the frame itself and decides as if this had not run.
+ * the frame itself and decides as if this had not run. One more shortcut: a
+ * frame the filter is sure no VIP with its port has, while no VIP without a port
+ * exists, is passed here, as balance_flow would pass it.
  */
 static __always_inline int forward_cached_v4(struct xdp_md *xdp, struct hot_stats *hot)
 {
@@ -193,8 +195,14 @@ static __always_inline int forward_cached_v4(struct xdp_md *xdp, struct hot_stat
 		return LB_CONTINUE;
 	saddr = iph->saddr;
 	daddr = iph->daddr;
-	if (vip_filter_of(daddr, ports >> 16, proto) != VIP_FILTER_SET)
+	switch (vip_filter_of(daddr, ports >> 16, proto)) {
+	case VIP_FILTER_SET:
+		break;
+	case VIP_FILTER_NONE: /* no VIP with this port: what balance_flow decides */
+		return any_port_vips() ? LB_CONTINUE : XDP_PASS;
+	default:
 		return LB_CONTINUE;
+	}
 
 	epoch = flow_cache_epoch();
 	if (!epoch)
