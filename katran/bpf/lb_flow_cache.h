@@ -244,11 +244,39 @@ LB_OUT_OF_LINE int flow_cache_other_way(const struct flow_key *k, __u32 slot, __
 	return 0;
 }
 
+/*
+ * flow_cache_find for a flow its home slot (`home`, of `slot`, looked up in
+ * `epoch` with stale word `stale`) does not hold: the other way, or the way to
+ * fill.
+ */
+static __always_inline void flow_cache_find_other(const struct flow_key *k, struct flow_cache_ref *ref,
+						  struct flow_cache_entry *home, __u32 slot, __u32 epoch,
+						  __u64 *stale)
+{
+	struct flow_cache_entry *alt;
+	int way;
+
+	ref->fc = home;
+	ref->slot = slot;
+	ref->epoch = epoch;
+	ref->stale = stale;
+	ref->held = false;
+	ref->found = true;
+	way = flow_cache_other_way(k, slot, epoch, stale, home);
+	if (!way)
+		return;
+	alt = flow_cache_at(slot ^ 1);
+	if (!alt)
+		return;
+	ref->fc = alt;
+	ref->slot = slot ^ 1;
+	ref->held = way == 1;
+}
+
 static __always_inline void flow_cache_find(const struct flow_key *k, struct flow_cache_ref *ref)
 {
-	struct flow_cache_entry *home, *alt;
+	struct flow_cache_entry *home;
 	__u32 slot;
-	int way;
 
 	ref->fc = NULL;
 	ref->held = false;
@@ -263,21 +291,13 @@ static __always_inline void flow_cache_find(const struct flow_key *k, struct flo
 	home = flow_cache_at(slot);
 	if (!home)
 		return;
-	ref->fc = home;
-	ref->slot = slot;
 	if (flow_cache_holds(home, k, ref->epoch)) {
+		ref->fc = home;
+		ref->slot = slot;
 		ref->held = true;
 		return;
 	}
-	way = flow_cache_other_way(k, slot, ref->epoch, ref->stale, home);
-	if (!way)
-		return;
-	alt = flow_cache_at(slot ^ 1);
-	if (!alt)
-		return;
-	ref->fc = alt;
-	ref->slot = slot ^ 1;
-	ref->held = way == 1;
+	flow_cache_find_other(k, ref, home, slot, ref->epoch, ref->stale);
 }
 
 /*

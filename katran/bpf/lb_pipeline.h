@@ -104,10 +104,10 @@ static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *p
 	__u32 key;
 	__u64 now;
 
-	ref->found = false;
 	if (!may_forward_cached(pkt) || __builtin_expect(capture_filter.enabled, 0))
 		return LB_CONTINUE;
-	flow_cache_find(&pkt->flow, ref);
+	if (!ref->found) /* forward_cached_v4 may have found it */
+		flow_cache_find(&pkt->flow, ref);
 	fc = ref->fc;
 	if (!ref->held || !(fc->fast & FLOW_CACHE_FAST) || !flow_cache_live(fc, ref->stale, ref->slot))
 		return LB_CONTINUE;
@@ -153,7 +153,8 @@ static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *p
  * frame the filter is sure no VIP with its port has, while no VIP without a port
  * exists, is passed here, as balance_flow would pass it.
  */
-static __always_inline int forward_cached_v4(struct xdp_md *xdp, struct hot_stats *hot)
+static __always_inline int forward_cached_v4(struct xdp_md *xdp, struct hot_stats *hot,
+					     struct flow_cache_ref *ref)
 {
 	void *data = (void *)(long)xdp->data;
 	void *data_end = (void *)(long)xdp->data_end;
@@ -212,8 +213,20 @@ static __always_inline int forward_cached_v4(struct xdp_md *xdp, struct hot_stat
 	if (!stale)
 		return LB_CONTINUE;
 	fc = flow_cache_at(slot);
-	if (!fc || fc->epoch != epoch || !flow_key_is_v4(&fc->key, saddr, daddr, ports, proto) ||
-	    !(fc->fast & FLOW_CACHE_FAST) || !flow_cache_live(fc, stale, slot))
+	if (!fc)
+		return LB_CONTINUE;
+	if (fc->epoch != epoch || !flow_key_is_v4(&fc->key, saddr, daddr, ports, proto)) {
+		/* not in its home slot: hand the pipeline what flow_cache_find would find */
+		struct flow_key k = {};
+
+		k.src = saddr;
+		k.dst = daddr;
+		k.ports = ports;
+		k.proto = proto;
+		flow_cache_find_other(&k, ref, fc, slot, epoch, stale);
+		return LB_CONTINUE;
+	}
+	if (!(fc->fast & FLOW_CACHE_FAST) || !flow_cache_live(fc, stale, slot))
 		return LB_CONTINUE;
 	pkt_bytes = bpf_ntohs(iph->tot_len);
 	if (ip_len_malformed(frame_len, pkt_bytes, false) || frame_len > max_pckt_size)
@@ -425,8 +438,9 @@ static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6, stru
 	__u8 proto = 0;
 	int verdict;
 
+	ref.found = false;
 	if (!is_ipv6) {
-		verdict = forward_cached_v4(xdp, hot);
+		verdict = forward_cached_v4(xdp, hot, &ref);
 		if (verdict >= 0)
 			return verdict;
 	}
@@ -471,7 +485,6 @@ static __always_inline int process_packet(struct xdp_md *xdp, bool is_ipv6, stru
 		return XDP_PASS;
 	}
 
-	ref.found = false;
 	filter = vip_filter(&pkt.flow);
 	if (filter == VIP_FILTER_SET) {
 		verdict = forward_cached(xdp, &pkt, is_ipv6, pkt_bytes, &ref);
