@@ -33,10 +33,10 @@ The programs take turns on blocks (each block one run of ``--frames`` frames
 per program; the order rotates and reverses so that every program is in every
 position equally often over 2 x columns blocks).  Every balancer column is
 loaded ``--instances`` times (default 2; each a KatranLb of its own, created
-in rounds across the columns) and block b runs instance b % instances: where
-the kernel happens to place an instance's maps moves its time (a second load
-of the very same object was 25 ns a frame apart at 10,000 flows, 10 at 100),
-and pairing within a block does not remove that.  The ratio to the reflector
+in rounds across the columns, each round in a rotated order) and block b runs
+instance b % instances: where the kernel happens to place an instance's maps
+moves its time (a second load of the very same object was 25 ns a frame apart
+at 10,000 flows, 10 at 100), and pairing within a block does not remove that.  The ratio to the reflector
 is taken inside each block (paired): per row we print its median over the
 blocks and a 95 % confidence interval (percentile bootstrap of the blocks,
 numpy, seeded with ``--seed``), then the ns per frame of every column, and
@@ -352,22 +352,25 @@ def measure(rig: Rig, progs: dict[str, list[bpf.Program]], checked: dict[str, li
                 for prog in insts:
                     rig.run(prog, data, flows, max(2 * flows, BATCH * 4), name)
             cell: dict[str, list[float]] = {n: [] for n in names}
+            # the balancer's flow cache over the cell's timed runs, read around the cell (not
+            # around each run: two more reads would be one column's alone)
+            fc_lbs = checked.get("balancer", []) if cache is not None else []
+            fc_before = [lb.get_flow_cache_stats() for lb in fc_lbs]
             for block, order in enumerate(orders):
                 for name in order:
                     lbs = checked.get(name)
                     lb = lbs[block % len(lbs)] if lbs else None
                     before = lb.get_stats_for_vip(vip).v1 if lb else 0
-                    fc = lb.get_flow_cache_stats() if lb and name == "balancer" else None
                     insts = progs[name]
                     cell[name].append(rig.run(insts[block % len(insts)], data, flows, args.frames, name))
                     if lb is not None:
                         counted = lb.get_stats_for_vip(vip).v1 - before
                         if counted != args.frames:
                             raise SystemExit(f"{name}: the VIP counted {counted} of {args.frames} frames")
-                    if fc is not None and cache is not None:
-                        now = lb.get_flow_cache_stats()
-                        hits, fills = cache.get((flows, size), (0, 0))
-                        cache[(flows, size)] = (hits + now.v1 - fc.v1, fills + now.v2 - fc.v2)
+            if fc_lbs:
+                now = [lb.get_flow_cache_stats() for lb in fc_lbs]
+                cache[(flows, size)] = (sum(n.v1 - b.v1 for n, b in zip(now, fc_before)),
+                                        sum(n.v2 - b.v2 for n, b in zip(now, fc_before)))
             out[(flows, size)] = cell
     return out
 
@@ -460,10 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             helpers.program("xdp_sink").attach_xdp(link.b.ifindex)
         progs = {"reflector": [helpers.program("xdp_reflect")], "encap": [helpers.program("xdp_encap")]}
         checked: dict[str, list[KatranLb]] = {}
-        for _ in range(args.instances):  # in rounds: no column gets all the first loads
-            for name, obj, check in args.columns:
-                if name in ("reflector", "encap"):
-                    continue
+        balancers = [c for c in args.columns if c[0] not in ("reflector", "encap")]
+        for r in range(args.instances):  # in rounds, each rotated: no column always loads first
+            for name, obj, check in balancers[r % len(balancers):] + balancers[:r % len(balancers)]:
                 lb = make_lb(args.cpu, args.reals, obj.path if obj else None, args.lru_size)
                 stack.callback(lb.close)
                 progs.setdefault(name, []).append(lb._obj.program("balancer_ingress"))
