@@ -326,7 +326,8 @@ def _cut_flow_cache(src: Path) -> None:
          ("\t\t\tif (exact && may_forward_cached(pkt)", "cached_lru_lookup(pkt, lru_map, fast, ref, &dst);",
           "lru_lookup(pkt, lru_map, 0, &dst);"),
          ("\tstruct flow_cache_ref ref;\n", None, ""), ("\tint filter;\n", None, ""),
-         ("\tref.found = false;\n\tfilter = vip_filter(", "return verdict;\n\t}\n", ""),
+         ("\tref.found = false;\n\tif (!is_ipv6) {\n\t\tverdict = forward_cached_v4(", "\t\t\treturn verdict;\n\t}\n", ""),
+         ("\tfilter = vip_filter(", "return verdict;\n\t}\n", ""),
          ("balance_flow(xdp, &pkt, is_ipv6, pkt_bytes, filter == VIP_FILTER_NONE, &ref)", None,
           "balance_flow(xdp, &pkt, is_ipv6, pkt_bytes)"))
 
