@@ -41,19 +41,16 @@ a column for the balancer with a packet capture running whose filter matches
 none of the packets (the capture-on cost; capture off is the plain column).
 ``--no-flow-cache`` adds a column for the balancer with its flow cache off.
 The "LRU hit" rows repeat 500 flows, so ours serves them from its flow cache
-(lb_flow_cache.h); the "flow-cache miss" row sends two flows of each of 125
-cache sets whose two ways hold two other flows (kept routing by their packets,
-sent untimed before each block of the row), so every packet looks at both
-ways, misses and takes the connection table: the cache's worst case. (The four
-share one home slot: in a direct-mapped build the two timed flows take turns
-in it, so every packet misses there too.)
+(lb_flow_cache.h); the "flow-cache miss" row sends in turn three flows of each
+of 167 cache sets (two ways a set, replaced first filled first), so every
+packet misses the cache, hits the LRU and refills a slot: the cache's worst
+case.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import gc
 import itertools
 import json
@@ -91,42 +88,28 @@ FEATURE_KNOBS = (
 )
 # the flows that are warmed into the connection table before timing
 LRU_FLOWS = range(10000, 10500)
-# a second client whose flows come in fours that share a flow-cache set (lb_flow_cache.h)
+# a second client whose flows come in threes that share a flow-cache set (lb_flow_cache.h)
 CLIENT_B_V4 = "192.168.1.2"
-CACHE_SETS = 125
-SET_FLOWS = 4  # two hold the set's ways, two are timed
+CACHE_SETS = 167
+SET_FLOWS = 3  # one more than the ways of a set
 
 
-@functools.cache
-def cache_set_flows() -> tuple[tuple[int, ...], ...]:
-    """Source ports of CLIENT_B_V4 in fours with one home slot (so one flow-cache set, and
-    one slot of a direct-mapped build's), a four to a set and none in a set of the LRU-hit
-    rows' flows: the first two hold the set's two ways, the other two find both routing
-    other flows (a flow-cache miss, then the connection table)."""
-    def set_of(src, dst, sport, proto) -> int:
-        return structs.flow_cache_slot(structs.flow_key(src, dst, sport, 80, proto)) >> 1
-
-    taken = {set_of(src, dst, p, proto) for p in LRU_FLOWS
-             for src, dst, proto in ((CLIENT_V4, VIP_V4, 6), (CLIENT_V6, VIP_V6, 6), (CLIENT_V4, VIP_V4, 17))}
-    by_slot: dict[int, list[int]] = {}
-    out: list[tuple[int, ...]] = []
+def cache_set_flows() -> list[int]:
+    """Source ports of CLIENT_B_V4 in threes with one home slot (so one flow-cache set, and
+    one slot of a direct-mapped build's): sent in turn, every packet finds the set's two
+    ways holding the other two (a flow-cache miss, then an LRU hit that replaces the way
+    filled first)."""
+    by_set: dict[int, list[int]] = {}
+    out: list[int] = []
     for sport in range(1024, 65536):
-        slot = structs.flow_cache_slot(structs.flow_key(CLIENT_B_V4, VIP_V4, sport, 80, 6))
-        if slot >> 1 in taken:
-            continue
-        group = by_slot.setdefault(slot, [])
+        cache_set = structs.flow_cache_slot(structs.flow_key(CLIENT_B_V4, VIP_V4, sport, 80, 6))
+        group = by_set.setdefault(cache_set, [])
         group.append(sport)
         if len(group) == SET_FLOWS:
-            out.append(tuple(group))
-            taken.add(slot >> 1)
-            if len(out) == CACHE_SETS:
-                return tuple(out)
-    raise AssertionError("not enough flow-cache sets of four flows")
-
-
-def holder_frames() -> tuple[bytes, ...]:
-    """A packet of each of the two flows that hold a set of the flow-cache miss row."""
-    return tuple(tcp4b(p) for s in cache_set_flows() for p in s[:2])
+            out += by_set.pop(cache_set)
+            if len(out) == SET_FLOWS * CACHE_SETS:
+                return out
+    raise AssertionError("not enough flow-cache sets of three flows")
 
 
 def tcp4(sport: int, flags: str = "A") -> bytes:
@@ -151,12 +134,12 @@ def non_vip(sport: int) -> bytes:
 
 @attrs.frozen
 class Case:
-    """One row of the table: the frames timed, in order; `between`: frames a program runs
-    untimed before each of its blocks of the row (and before its warm-up)."""
+    """One row of the table: the frames timed, in order (in groups of `unit`: a warm-up
+    runs whole groups)."""
 
     name: str
     frames: list[bytes]
-    between: tuple = ()
+    unit: int = 1
 
 
 def vips(n_reals: int) -> list[tuple[VipKey, list[Real]]]:
@@ -172,20 +155,20 @@ def vips(n_reals: int) -> list[tuple[VipKey, list[Real]]]:
 
 def warm_frames() -> list[bytes]:
     """Frames that put LRU_FLOWS into the connection table of the current CPU."""
-    # the miss row's flows, then its holders again: their connection-table hits fill the ways
-    return ([mk(p) for p in LRU_FLOWS for mk in (tcp4, tcp6, udp4)]
-            + [tcp4b(p) for s in cache_set_flows() for p in s] + list(holder_frames()))
+    return [mk(p) for p in LRU_FLOWS for mk in (tcp4, tcp6, udp4)] + [tcp4b(p) for p in cache_set_flows()]
 
 
 def build_cases(runs: int) -> list[Case]:
     flows = LRU_FLOWS
-    timed = [p for s in cache_set_flows() for p in s[2:]]
+    sets = cache_set_flows()
+    # whole sets only (a multiple of SET_FLOWS packets): from one repetition to the next a
+    # set's flows keep their turn, so none is ever still held when it comes again
+    set_runs = max(SET_FLOWS, runs - runs % SET_FLOWS)
     return [
         Case("TCP ACK, LRU hit, v4", [tcp4(flows[i % len(flows)]) for i in range(runs)]),
         Case("TCP ACK, LRU hit, v6", [tcp6(flows[i % len(flows)]) for i in range(runs)]),
         Case("UDP, LRU hit, v4", [udp4(flows[i % len(flows)]) for i in range(runs)]),
-        Case("TCP ACK, LRU hit, flow-cache miss", [tcp4b(timed[i % len(timed)]) for i in range(runs)],
-             holder_frames()),
+        Case("TCP ACK, LRU hit, flow-cache miss", [tcp4b(sets[i % len(sets)]) for i in range(set_runs)], SET_FLOWS),
         Case("TCP SYN, new flow, v4", [tcp4(20000 + (i % 40000), "S") for i in range(runs)]),
         Case("non-VIP, XDP_PASS", [non_vip(20000 + (i % 40000)) for i in range(runs)]),
     ]
@@ -245,13 +228,11 @@ def measure(progs: Mapping[str, bpf.Program], cases: Sequence[Case], reps: int,
         for case in [*cases[shift:], *cases[:shift]]:
             if rep == 0 and warmup:
                 for p in names:
-                    durations_ns(progs[p], [*case.between, *case.frames[:warmup]])
+                    durations_ns(progs[p], case.frames[:warmup - warmup % case.unit])
             times: dict[str, list[int]] = {p: [] for p in names}
             for start in range(0, len(case.frames), block):
                 chunk = case.frames[start:start + block]
                 for p in orders[turn[case.name] % len(orders)]:
-                    for f in case.between:
-                        progs[p].test_run(f)
                     times[p] += durations_ns(progs[p], chunk)
                 turn[case.name] += 1
             for p in names:
@@ -260,9 +241,7 @@ def measure(progs: Mapping[str, bpf.Program], cases: Sequence[Case], reps: int,
     return out
 
 
-def verdict_of(prog: bpf.Program, frame: bytes, between: Sequence[bytes] = ()) -> str:
-    for f in between:  # what the row sends before its frames (Case.between)
-        prog.test_run(f)
+def verdict_of(prog: bpf.Program, frame: bytes) -> str:
     return bpf_verdict(prog.test_run(frame).retval)
 
 
@@ -370,8 +349,7 @@ def run_bench(factory: ProgFactory, args: argparse.Namespace, title: str,
             for prog in progs.values():
                 for f in warm_frames():
                     prog.test_run(f)
-            verdicts = {(c.name, p): verdict_of(prog, c.frames[0], c.between)
-                        for c in cases for p, prog in progs.items()}
+            verdicts = {(c.name, p): verdict_of(prog, c.frames[0]) for c in cases for p, prog in progs.items()}
             if on_loaded is not None:
                 on_loaded(progs, cases)
             gc_was = gc.isenabled()
@@ -653,14 +631,16 @@ def _run(args: argparse.Namespace, objs: dict[str, str | None]) -> int:
         misses = lbs[-1].get_lru_stats().v2 - before
         if misses:
             raise SystemExit(f"{misses} connection-table misses on the LRU-hit rows: raise --lru-size")
-        # the flow-cache miss row must miss the flow cache: with its sets' holders routing,
-        # two passes over its flows may not hit
+        # the flow-cache miss row must miss the flow cache (its flows share sets in threes):
+        # one pass puts every set in its turn (the verdict check sent its first frame), then
+        # two more must not hit
         for case in cases:
             if "flow-cache miss" in case.name:
-                for f in case.between:
+                frames = case.frames[: SET_FLOWS * CACHE_SETS]
+                for f in frames:
                     progs["balancer"].test_run(f)
                 hits = lbs[-1].get_flow_cache_stats().v1
-                for f in case.frames[:2 * CACHE_SETS] * 2:
+                for f in frames * 2:
                     progs["balancer"].test_run(f)
         if lbs[-1].get_flow_cache_stats().v1 != hits:
             raise SystemExit("flow-cache hits on the flow-cache miss row: its cache sets are wrong")

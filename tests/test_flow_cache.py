@@ -554,32 +554,27 @@ def test_two_flows_with_one_home_slot_are_both_routed_from_the_cache(cpu):
         lb.close()
 
 
-def test_a_third_flow_waits_until_a_way_stops_routing(cpu):
-    """Both ways routing other flows: a third flow is not cached -- its packets take the
-    connection table, to its own real -- and neither holder is evicted (replacing one, as
-    FIFO did, made all three miss on every packet). Once a way stops routing (here its fill
-    time set back past the refresh, as if its flow went quiet), the third flow takes it."""
+def test_a_third_flow_replaces_the_way_filled_first(cpu):
+    """Both ways routing: a flow in neither replaces the one filled earlier (FIFO, kept in
+    bit 0 of `filled`), and every packet still goes to its own flow's real."""
     lb = make_lb(cpu)
     try:
         a, b, c = same_home(3)
-        home, _other = structs.flow_cache_ways(key_of(a))
+        home, other = structs.flow_cache_ways(key_of(a))
         frames = {f: build_flow_packet(f) for f in (a, b, c)}
         reals = {f: send(lb, frames[f]) for f in (a, b, c)}  # connection-table entries
         send(lb, frames[a])
         send(lb, frames[b])  # a fills home, b the other way
-        hits, fills = cache_stats(lb)
-        misses = lb.get_lru_stats().v2
-        for _ in range(3):  # in turn: a and b from their ways, c from the connection table
-            assert {f: send(lb, frames[f]) for f in (a, b, c)} == reals
-        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == ("home", "other", None)
-        assert cache_stats(lb) == (hits + 6, fills) and lb.get_lru_stats().v2 == misses
-        key, real, slot_epoch, filled, fast, seen = slot_entry(lb, cpu, home)
-        old = struct.pack("<40sIIIIQ", key, real, slot_epoch, (filled - 1000) & 0xFFFFFFFF, fast, seen)
-        lb._obj.map("flow_cache").update(structs.u32(cpu * FLOW_CACHE_SLOTS + home), old)
-        assert send(lb, frames[c]) == reals[c]  # takes home: a went quiet
+        last = [slot_entry(lb, cpu, s)[3] & structs.FLOW_CACHE_LAST for s in (home, other)]
+        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), last) == ("home", "other", [0, 1])
+        assert send(lb, frames[c]) == reals[c]  # replaces a, the older
         assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == (None, "other", "home")
-        assert send(lb, frames[a]) == reals[a]  # and a waits in its turn
-        assert cache_stats(lb) == (hits + 6, fills + 1)
+        assert send(lb, frames[a]) == reals[a]  # replaces b
+        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == ("other", None, "home")
+        hits, fills = cache_stats(lb)
+        for _ in range(3):  # in turn, three flows in two ways: every packet refills
+            assert {f: send(lb, frames[f]) for f in (b, c, a)} == {f: reals[f] for f in (b, c, a)}
+        assert cache_stats(lb) == (hits, fills + 9)
     finally:
         lb.close()
 

@@ -56,6 +56,9 @@
 #define VIP_FILTER_WORDS ((1 << VIP_FILTER_BITS_LOG) / 64)
 /* flow_cache_entry.fast: the flow may take the fast path (bit 31; vip_num below) */
 #define FLOW_CACHE_FAST 0x80000000u
+/* flow_cache_entry.filled bit 0: the way of its set filled last (the other is replaced
+ * first); the fill time is the rest (the refresh test ignores the bit) */
+#define FLOW_CACHE_LAST 1u
 
 /*
  * Values the control plane shares are C enums (not #defines) so that the

@@ -9,15 +9,11 @@
  * Sets: slots 2n and 2n + 1 (two adjacent cache lines). A flow's hash names
  * its home slot, looked at first; the other slot of the set second. A flow in
  * neither is filled into a way that does not route (empty, an older epoch,
- * stale or past its refresh), home first; while both ways route, it is not
- * cached (its packets take the connection table) until one of them stops: a
- * way routes for FLOW_CACHE_REFRESH_JIFFIES after its fill and its flow renews
- * it on its next packet after that, so the set keeps the flows that keep
- * sending, and a third flow takes the way of one that went quiet. A
- * direct-mapped table of the same size lost a quarter of 10,000 flows to slot
- * collisions, flows sharing a slot evicting each other on every packet;
- * replacing the way filled first (FIFO) still lost 15 %, all of a set's flows
- * when three shared it; this loses 8.4 % (benchmarks/README.md).
+ * stale or past its refresh), home first; with both ways routing, into the
+ * one filled first (FIFO: bit 0 of `filled`, FLOW_CACHE_LAST, marks the way
+ * filled last). A direct-mapped table of the same size lost a quarter of
+ * 10,000 flows to slot collisions, flows sharing a slot evicting each other
+ * on every packet; two ways keep such pairs (benchmarks/README.md).
  *
  * The slot mirrors the connection table, never more:
  * - it is filled only from a connection-table hit, with that entry's real;
@@ -217,7 +213,7 @@ static __always_inline bool flow_cache_live(const struct flow_cache_entry *fc, c
 					    __u32 slot)
 {
 	return !(*stale & flow_cache_bit(slot)) &&
-	       (__u32)bpf_jiffies64() - fc->filled < FLOW_CACHE_REFRESH_JIFFIES;
+	       (__u32)bpf_jiffies64() - (fc->filled & ~FLOW_CACHE_LAST) < FLOW_CACHE_REFRESH_JIFFIES;
 }
 
 /* Does the slot route some flow (this epoch, not stale, fresh)? */
@@ -227,16 +223,11 @@ static __always_inline bool flow_cache_busy(const struct flow_cache_entry *fc, c
 	return fc->epoch == epoch && flow_cache_live(fc, stale, slot);
 }
 
-/* What flow_cache_other_way finds. */
-#define FLOW_CACHE_FILL_HOME 0 /* fill the home slot: it does not route */
-#define FLOW_CACHE_HELD_OTHER 1 /* the other way holds the flow */
-#define FLOW_CACHE_FILL_OTHER 2 /* fill the other way: home routes, it does not */
-#define FLOW_CACHE_FULL 3 /* both ways route other flows: the flow is not cached */
-
 /*
- * The home slot (`home`, of `slot`) does not hold the flow: which way of the set
- * holds it, or may take it (FLOW_CACHE_*). Out of line: only a flow that is not
- * in its home slot comes here, and the hit path stays short.
+ * The home slot (`home`, of `slot`) does not hold the flow: 1 when the other way
+ * of the set does, else the way to fill: 0 home (it does not route, or the
+ * other way was filled after it), 2 the other way. Out of line: only a flow
+ * that is not in its home slot comes here, and the hit path stays short.
  */
 LB_OUT_OF_LINE int flow_cache_other_way(const struct flow_key *k, __u32 slot, __u32 epoch,
 					const __u64 *stale, const struct flow_cache_entry *home)
@@ -244,20 +235,19 @@ LB_OUT_OF_LINE int flow_cache_other_way(const struct flow_key *k, __u32 slot, __
 	struct flow_cache_entry *alt = flow_cache_at(slot ^ 1);
 
 	if (!alt)
-		return FLOW_CACHE_FILL_HOME;
+		return 0;
 	if (flow_cache_holds(alt, k, epoch))
-		return FLOW_CACHE_HELD_OTHER;
-	if (!flow_cache_busy(home, stale, slot, epoch))
-		return FLOW_CACHE_FILL_HOME;
-	if (!flow_cache_busy(alt, stale, slot ^ 1, epoch))
-		return FLOW_CACHE_FILL_OTHER;
-	return FLOW_CACHE_FULL;
+		return 1;
+	if (flow_cache_busy(home, stale, slot, epoch) &&
+	    (!flow_cache_busy(alt, stale, slot ^ 1, epoch) || (home->filled & FLOW_CACHE_LAST)))
+		return 2;
+	return 0;
 }
 
 /*
  * flow_cache_find for a flow its home slot (`home`, of `slot`, looked up in
- * `epoch` with stale word `stale`) does not hold: the other way, the way to
- * fill, or none (ref->fc NULL: both route other flows).
+ * `epoch` with stale word `stale`) does not hold: the other way, or the way to
+ * fill.
  */
 static __always_inline void flow_cache_find_other(const struct flow_key *k, struct flow_cache_ref *ref,
 						  struct flow_cache_entry *home, __u32 slot, __u32 epoch,
@@ -273,16 +263,14 @@ static __always_inline void flow_cache_find_other(const struct flow_key *k, stru
 	ref->held = false;
 	ref->found = true;
 	way = flow_cache_other_way(k, slot, epoch, stale, home);
-	if (way == FLOW_CACHE_FILL_HOME)
+	if (!way)
 		return;
-	alt = way == FLOW_CACHE_FULL ? NULL : flow_cache_at(slot ^ 1);
-	if (!alt) {
-		ref->fc = NULL;
+	alt = flow_cache_at(slot ^ 1);
+	if (!alt)
 		return;
-	}
 	ref->fc = alt;
 	ref->slot = slot ^ 1;
-	ref->held = way == FLOW_CACHE_HELD_OTHER;
+	ref->held = way == 1;
 }
 
 static __always_inline void flow_cache_find(const struct flow_key *k, struct flow_cache_ref *ref)
@@ -315,20 +303,22 @@ static __always_inline void flow_cache_find(const struct flow_key *k, struct flo
 /*
  * Remember a connection-table hit in ref's slot (real pkt->real_index, UDP last
  * seen `seen`); fast: FLOW_CACHE_FAST | vip_num when forward_cached() may route
- * the flow.
+ * the flow. The slot becomes its set's last filled way.
  */
 static __always_inline void flow_cache_fill(const struct flow_cache_ref *ref,
 					    const struct pkt_meta *pkt, __u64 seen, __u32 fast)
 {
-	struct flow_cache_entry *fc = ref->fc;
+	struct flow_cache_entry *fc = ref->fc, *other = flow_cache_at(ref->slot ^ 1);
 
 	__builtin_memcpy(&fc->key, &pkt->flow, sizeof(fc->key));
 	fc->real_index = pkt->real_index;
-	fc->filled = (__u32)bpf_jiffies64();
+	fc->filled = (__u32)bpf_jiffies64() | FLOW_CACHE_LAST;
 	fc->fast = fast;
 	fc->seen = seen;
 	fc->epoch = ref->epoch;
 	*ref->stale &= ~flow_cache_bit(ref->slot);
+	if (other)
+		other->filled &= ~FLOW_CACHE_LAST;
 }
 
 #endif /* KATRAN_LB_FLOW_CACHE_H */
