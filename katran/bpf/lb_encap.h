@@ -238,24 +238,18 @@ static __always_inline bool encap_flow_to_real(struct xdp_md *xdp, struct ctl_va
 	return encap_ipip_v4(xdp, gw->mac, f, dst->dst, pkt_bytes);
 }
 
-/* What encap_flow_to_real needs of a parsed packet going to dst. */
-static __always_inline void encap_flow_of(struct encap_flow *f, const struct pkt_meta *pkt,
-					  const struct real_definition *dst, bool is_ipv6)
-{
-	f->src_word = (dst->flags & REAL_F_IPV6) && is_ipv6 ? pkt->flow.srcv6[3] : pkt->flow.src;
-	f->sport = pkt->flow.port16[0];
-	f->tos = pkt->tos;
-	f->l4_proto = pkt->flow.proto;
-}
-
 /* encap_flow_to_real of a parsed packet. */
 static __always_inline bool encap_to_real(struct xdp_md *xdp, struct ctl_value *gw,
 					  struct pkt_meta *pkt, struct real_definition *dst,
 					  bool is_ipv6, __u16 pkt_bytes)
 {
-	struct encap_flow f;
+	struct encap_flow f = {
+		.src_word = (dst->flags & REAL_F_IPV6) && is_ipv6 ? pkt->flow.srcv6[3] : pkt->flow.src,
+		.sport = pkt->flow.port16[0],
+		.tos = pkt->tos,
+		.l4_proto = pkt->flow.proto,
+	};
 
-	encap_flow_of(&f, pkt, dst, is_ipv6);
 	return encap_flow_to_real(xdp, gw, &f, dst, is_ipv6, pkt_bytes);
 }
 
