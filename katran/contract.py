@@ -427,7 +427,28 @@ REAL_DEFINITION = Struct("real_definition", [
     Field("flags", U8),
 ], "reals value")
 LB_STATS = Struct("lb_stats", [Field("v1", U64), Field("v2", U64)], "a pair of counters")
-HOT_STAT_PAIRS = 23  # consts.h GLOBAL_COUNTERS: a pair for each global counter (CNT_FLOW_CACHE + 1)
+# Global counters: stats[max_vips + N]. Python names are Katran's, C names CNT_*.
+GLOBAL_COUNTERS = CEnum("lb_global_counter", {
+    "CNT_LRU": 0, "CNT_LRU_MISS": 1, "CNT_NEW_CONN_RATE": 2, "CNT_FALLBACK_LRU": 3, "CNT_ICMP_TOOBIG": 4,
+    "CNT_LPM_SRC": 5, "CNT_REMOTE_ENCAP": 6, "CNT_ENCAP_FAIL": 7, "CNT_GLOBAL_LRU": 8, "CNT_CH_DROP": 9,
+    "CNT_DECAP": 10, "CNT_QUIC_ICMP": 11, "CNT_ICMP_PTB_V6": 12, "CNT_ICMP_PTB_V4": 13,
+    "CNT_XPOP_DECAP": 14, "CNT_UDP_FLOW_MIG": 15, "CNT_XDP_TOTAL": 16, "CNT_XDP_TX": 17,
+    "CNT_XDP_DROP": 18, "CNT_XDP_PASS": 19, "CNT_EGRESS_DECAP": 20,
+    "CNT_MALFORMED": 21,  # ours, not Katran's: drops to a VIP (v1 bad IP length, v2 martian source)
+    "CNT_FLOW_CACHE": 22,  # ours, not Katran's: v1 flow-cache hits, v2 slots filled
+}, {
+    "LRU_CNTRS": "CNT_LRU", "LRU_MISS_CNTR": "CNT_LRU_MISS", "NEW_CONN_RATE_CNTR": "CNT_NEW_CONN_RATE",
+    "FALLBACK_LRU_CNTR": "CNT_FALLBACK_LRU", "ICMP_TOOBIG_CNTRS": "CNT_ICMP_TOOBIG",
+    "LPM_SRC_CNTRS": "CNT_LPM_SRC", "REMOTE_ENCAP_CNTRS": "CNT_REMOTE_ENCAP",
+    "ENCAP_FAIL_CNTR": "CNT_ENCAP_FAIL", "GLOBAL_LRU_CNTR": "CNT_GLOBAL_LRU", "CH_DROP_STATS": "CNT_CH_DROP",
+    "DECAP_CNTR": "CNT_DECAP", "QUIC_ICMP_STATS": "CNT_QUIC_ICMP", "ICMP_PTB_V6_STATS": "CNT_ICMP_PTB_V6",
+    "ICMP_PTB_V4_STATS": "CNT_ICMP_PTB_V4", "XPOP_DECAP_SUCCESSFUL": "CNT_XPOP_DECAP",
+    "UDP_FLOW_MIGRATION_STATS": "CNT_UDP_FLOW_MIG", "XDP_TOTAL_CNTR": "CNT_XDP_TOTAL",
+    "XDP_TX_CNTR": "CNT_XDP_TX", "XDP_DROP_CNTR": "CNT_XDP_DROP", "XDP_PASS_CNTR": "CNT_XDP_PASS",
+    "EGRESS_DECAP_CNTR": "CNT_EGRESS_DECAP", "MALFORMED_CNTR": "CNT_MALFORMED",
+    "FLOW_CACHE_CNTR": "CNT_FLOW_CACHE",
+})
+HOT_STAT_PAIRS = max(GLOBAL_COUNTERS.members.values()) + 1  # consts.h GLOBAL_COUNTERS: a pair each
 HOT_STATS = Struct("hot_stats", [
     Field("c", CType(f"struct lb_stats[{HOT_STAT_PAIRS}]", 16 * HOT_STAT_PAIRS, 8, f"{16 * HOT_STAT_PAIRS}s")),
 ], "hot_stats value: this cpu's share of each global counter that the per-packet path counts (not in Katran)")
@@ -534,27 +555,6 @@ BALANCER_KNOBS = _knobs(
     Knob("decap_strict_destination", U32, 0, "1: strict outer destination for inline decap"),
 )
 
-# Global counters: stats[max_vips + N]. Python names are Katran's, C names CNT_*.
-GLOBAL_COUNTERS = CEnum("lb_global_counter", {
-    "CNT_LRU": 0, "CNT_LRU_MISS": 1, "CNT_NEW_CONN_RATE": 2, "CNT_FALLBACK_LRU": 3, "CNT_ICMP_TOOBIG": 4,
-    "CNT_LPM_SRC": 5, "CNT_REMOTE_ENCAP": 6, "CNT_ENCAP_FAIL": 7, "CNT_GLOBAL_LRU": 8, "CNT_CH_DROP": 9,
-    "CNT_DECAP": 10, "CNT_QUIC_ICMP": 11, "CNT_ICMP_PTB_V6": 12, "CNT_ICMP_PTB_V4": 13,
-    "CNT_XPOP_DECAP": 14, "CNT_UDP_FLOW_MIG": 15, "CNT_XDP_TOTAL": 16, "CNT_XDP_TX": 17,
-    "CNT_XDP_DROP": 18, "CNT_XDP_PASS": 19, "CNT_EGRESS_DECAP": 20,
-    "CNT_MALFORMED": 21,  # ours, not Katran's: drops to a VIP (v1 bad IP length, v2 martian source)
-    "CNT_FLOW_CACHE": 22,  # ours, not Katran's: v1 flow-cache hits, v2 slots filled
-}, {
-    "LRU_CNTRS": "CNT_LRU", "LRU_MISS_CNTR": "CNT_LRU_MISS", "NEW_CONN_RATE_CNTR": "CNT_NEW_CONN_RATE",
-    "FALLBACK_LRU_CNTR": "CNT_FALLBACK_LRU", "ICMP_TOOBIG_CNTRS": "CNT_ICMP_TOOBIG",
-    "LPM_SRC_CNTRS": "CNT_LPM_SRC", "REMOTE_ENCAP_CNTRS": "CNT_REMOTE_ENCAP",
-    "ENCAP_FAIL_CNTR": "CNT_ENCAP_FAIL", "GLOBAL_LRU_CNTR": "CNT_GLOBAL_LRU", "CH_DROP_STATS": "CNT_CH_DROP",
-    "DECAP_CNTR": "CNT_DECAP", "QUIC_ICMP_STATS": "CNT_QUIC_ICMP", "ICMP_PTB_V6_STATS": "CNT_ICMP_PTB_V6",
-    "ICMP_PTB_V4_STATS": "CNT_ICMP_PTB_V4", "XPOP_DECAP_SUCCESSFUL": "CNT_XPOP_DECAP",
-    "UDP_FLOW_MIGRATION_STATS": "CNT_UDP_FLOW_MIG", "XDP_TOTAL_CNTR": "CNT_XDP_TOTAL",
-    "XDP_TX_CNTR": "CNT_XDP_TX", "XDP_DROP_CNTR": "CNT_XDP_DROP", "XDP_PASS_CNTR": "CNT_XDP_PASS",
-    "EGRESS_DECAP_CNTR": "CNT_EGRESS_DECAP", "MALFORMED_CNTR": "CNT_MALFORMED",
-    "FLOW_CACHE_CNTR": "CNT_FLOW_CACHE",
-})
 VIP_FLAGS = CEnum("vip_flag", {
     "VIP_F_NO_SPORT": 1 << 0, "VIP_F_LRU_BYPASS": 1 << 1, "VIP_F_QUIC": 1 << 2, "VIP_F_DPORT_HASH": 1 << 3,
     "VIP_F_SRC_ROUTING": 1 << 4, "VIP_F_LOCAL": 1 << 5, "VIP_F_GLOBAL_LRU": 1 << 6,
