@@ -22,6 +22,11 @@ Columns, in this order:
 * ``reflector``: swap the MACs, XDP_TX (the ceiling on this veth);
 * ``encap``: the fair ceiling of an IPIP balancer: ``bpf_xdp_adjust_head(-20)``,
   the outer Ethernet and IPv4 headers (with checksum), XDP_TX; no lookup;
+* ``state``: the fair ceiling of a balancer that keeps per-flow state: ``encap``
+  after one read of the flow's 64-byte line in a 1 MiB table (the size of the
+  flow cache's block of one cpu, the same slot hash), its outer destination
+  taken from there; nothing else.  Above 1 flow it is what one cold line per
+  flow costs here, whatever else a balancer does;
 * ``balancer``: the packaged balancer object;
 * ``--object [NAME=]PATH`` (repeatable): another balancer object (a previous
   build, Katran's), loaded by its own KatranLb and checked like ``balancer``;
@@ -83,7 +88,9 @@ BASE_PORT = 10000
 FLOWS = (1, 100, 10_000)
 SIZES = (64, 1400)
 BATCH = 64  # frames per batch of the live run (the veth ring of the peer holds 256)
-RESERVED = ("reflector", "encap", "balancer")
+RESERVED = ("reflector", "encap", "state", "balancer")
+# the columns of the helper programs (benchmarks/bpf/xdp_reflect.bpf.c), loaded once
+HELPER_COLUMNS = {"reflector": "xdp_reflect", "encap": "xdp_encap", "state": "xdp_state"}
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]{0,23}\Z")
 CONFIDENCE = 0.95
 
@@ -174,8 +181,8 @@ def column_names(objects: Sequence[ObjectArg],
     """[(column, object or None, VIP counter checked)]: the reflectors, the balancer, the
     --object columns (unnamed ones: object, object2, ...) and the --probe columns.
     A repeated or reserved name is a ValueError naming it."""
-    cols: list[tuple[str, ObjectArg | None, bool]] = [
-        ("reflector", None, False), ("encap", None, False), ("balancer", None, True)]
+    cols: list[tuple[str, ObjectArg | None, bool]] = [(n, None, False) for n in HELPER_COLUMNS]
+    cols.append(("balancer", None, True))
     unnamed = 0
     for option, items, checked in (("--object", objects, True), ("--probe", probes, False)):
         for o in items:
@@ -461,9 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         link = stack.enter_context(veth_link("kbf"))
         with inside(link.b.netns):
             helpers.program("xdp_sink").attach_xdp(link.b.ifindex)
-        progs = {"reflector": [helpers.program("xdp_reflect")], "encap": [helpers.program("xdp_encap")]}
+        progs = {name: [helpers.program(prog)] for name, prog in HELPER_COLUMNS.items()}
         checked: dict[str, list[KatranLb]] = {}
-        balancers = [c for c in args.columns if c[0] not in ("reflector", "encap")]
+        balancers = [c for c in args.columns if c[0] not in HELPER_COLUMNS]
         for r in range(args.instances):  # in rounds, each rotated: no column always loads first
             for name, obj, check in balancers[r % len(balancers):] + balancers[:r % len(balancers)]:
                 lb = make_lb(args.cpu, args.reals, obj.path if obj else None, args.lru_size)

@@ -54,7 +54,8 @@ def test_object_columns_named_unnamed_and_probes(bench, tmp_path):
     args = bench.parse_args(["--object", str(a), "--object", f"katran={b}", "--object", str(c),
                              "--probe", f"s1={a}"])
     cols = [(n, o.path if o else None, checked) for n, o, checked in args.columns]
-    assert cols == [("reflector", None, False), ("encap", None, False), ("balancer", None, True),
+    assert cols == [("reflector", None, False), ("encap", None, False), ("state", None, False),
+                    ("balancer", None, True),
                     ("object", a, True), ("katran", b, True), ("object2", c, True), ("s1", a, False)]
     assert args.flows == bench.FLOWS and args.sizes == bench.SIZES
     assert bench.parse_args(["--flows", "1,10000", "--sizes", "64"]).flows == (1, 10000)
@@ -182,6 +183,54 @@ def test_encap_reflector_writes_a_valid_outer_ipv4_header(bench, tmp_path):
     assert inner[TCP].sport == bench.BASE_PORT
 
 
+def _state_slot(saddr: str, daddr: str, sport: int, dport: int, proto: int) -> int:
+    """xdp_state's slot of an IPv4 flow: the flow cache's home slot of its 5-tuple."""
+    import socket
+    import struct
+
+    words = struct.unpack("<3I", socket.inet_aton(saddr) + socket.inet_aton(daddr)
+                          + struct.pack(">HH", sport, dport))
+    h = words[0] ^ words[1] ^ words[2] ^ proto
+    return ((h * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - 14)
+
+
+@pytest.mark.privileged
+def test_state_reflector_keeps_a_line_per_flow_and_sends_what_encap_sends(bench, tmp_path):
+    """xdp_state: the frame xdp_encap makes (outer destination from the flow's slot), and the
+    flow's 5-tuple written into its slot of state_slots; another flow of that slot takes it."""
+    import struct
+
+    from katran.adapter import bpf
+    from katran.build import compile_one
+
+    def frame_of(sport: int) -> bytes:
+        data = bytearray(bench.frame(100))
+        data[34:36] = sport.to_bytes(2, "big")  # TCP source port (no TCP checksum is checked)
+        return bytes(data)
+
+    def slot(i: int) -> tuple:
+        return struct.unpack("<5QI", bytes(obj.map("state_slots").lookup(i.to_bytes(4, "little")))[:44])
+
+    home = _state_slot(bench.CLIENT, bench.VIP, bench.BASE_PORT, 80, 6)
+    other = next(p for p in range(bench.BASE_PORT + 1, bench.BASE_PORT + 200_000)
+                 if _state_slot(bench.CLIENT, bench.VIP, p & 0xFFFF, 80, 6) == home) & 0xFFFF
+    obj = bpf.load_object(compile_one(bench.HELPERS_SRC, tmp_path))
+    try:
+        assert slot(home) == (0, 0, 0, 0, 0, 0)
+        data = frame_of(bench.BASE_PORT)
+        res = obj.program("xdp_state").test_run(data)
+        enc = obj.program("xdp_encap").test_run(data)
+        assert res.retval == enc.retval == 3 and bytes(res.data) == bytes(enc.data)
+        words = struct.unpack("<3I", bytes(data[26:38]))  # saddr, daddr, ports as on the wire
+        key = (words[0], 0, words[1], 0, words[2] | 6 << 32)
+        assert slot(home) == key + (int.from_bytes(bytes([10, 1, 8, 0]), "little"),)
+        res = obj.program("xdp_state").test_run(frame_of(other))
+        assert res.retval == 3 and IP(bytes(res.data)[14:]).dst == "10.1.8.0"
+        assert slot(home)[4] == struct.unpack("<I", bytes(frame_of(other)[34:38]))[0] | 6 << 32
+    finally:
+        obj.close()
+
+
 @pytest.mark.privileged
 @pytest.mark.netns
 def test_table_of_a_short_run(bench, capsys, restore_affinity, tmp_path):
@@ -193,17 +242,17 @@ def test_table_of_a_short_run(bench, capsys, restore_affinity, tmp_path):
                        "--object", f"again={packaged}", "--probe", f"probe={packaged}",
                        "--json", str(out_json)]) == 0  # --instances: 2 (the default)
     out = capsys.readouterr().out.splitlines()
-    assert out[2].split() == ["flows", "bytes", "reflector", "encap", "balancer", "again", "probe"]
+    assert out[2].split() == ["flows", "bytes", "reflector", "encap", "state", "balancer", "again", "probe"]
     rows = [ln.split() for ln in out[4:4 + len(bench.FLOWS) * len(bench.SIZES)]]
     assert [(int(r[0]), int(r[1])) for r in rows] == [(f, s) for f in bench.FLOWS for s in bench.SIZES]
     doc = json.loads(out_json.read_text())
-    assert list(doc["columns"]) == ["reflector", "encap", "balancer", "again", "probe"]
+    assert list(doc["columns"]) == ["reflector", "encap", "state", "balancer", "again", "probe"]
     assert doc["instances"] == 2 and "2 loads of each balancer in turn" in out[0]
     for r, cell in zip(rows, doc["cells"]):
         assert (cell["flows"], cell["bytes"]) == (int(r[0]), int(r[1]))
         assert all(len(v) == 4 and min(v) > 0 for v in cell["ns"].values())
         assert float(r[2]) == pytest.approx(cell["summary"]["reflector"]["mpps"], abs=0.006)
-        for i, col in enumerate(["encap", "balancer", "again", "probe"]):
+        for i, col in enumerate(["encap", "state", "balancer", "again", "probe"]):
             mpps, ratio, ci = float(r[3 + 3 * i]), float(r[4 + 3 * i]), r[5 + 3 * i]
             lo, hi = (float(x) for x in ci.strip("[]").split("-"))
             assert mpps > 0 and lo <= ratio <= hi
@@ -213,7 +262,7 @@ def test_table_of_a_short_run(bench, capsys, restore_affinity, tmp_path):
     first = out.index("")
     second = out.index("", first + 1)
     ns_table = out[first + 3:second]
-    assert len(ns_table) == len(rows) and all(len(ln.split()) == 2 + 2 * 5 for ln in ns_table)
+    assert len(ns_table) == len(rows) and all(len(ln.split()) == 2 + 2 * 6 for ln in ns_table)
     # the probe's step chain: reflector > probe > balancer, paired differences
     assert "(reflector > probe > balancer)" in out[second + 1]
     assert out[second + 2].split() == ["flows", "bytes", "+probe", "+balancer"]
@@ -268,8 +317,8 @@ def test_every_balancer_is_loaded_instances_times_and_they_take_the_blocks_in_tu
     assert bench.main(["--frames", "1000", "--blocks", "6", "--instances", "3", "--reals", "2",
                        "--lru-size", "1000", "--flows", "1", "--sizes", "64",
                        "--object", f"again={packaged_object('balancer.bpf.o')}"]) == 0
-    assert set(ran) == {"reflector", "encap", "balancer", "again"}
-    assert len(set(ran["reflector"])) == len(set(ran["encap"])) == 1
+    assert set(ran) == {"reflector", "encap", "state", "balancer", "again"}
+    assert len(set(ran["reflector"])) == len(set(ran["encap"])) == len(set(ran["state"])) == 1
     for name in ("balancer", "again"):
         fds = ran[name]
         assert len(fds) == 6 and len(set(fds)) == 3 and fds[:3] == fds[3:]

@@ -6,6 +6,11 @@
  *              least do: bpf_xdp_adjust_head(-20), write the outer Ethernet header (the
  *              addresses swapped) and an outer IPv4 header (IPIP, the inner ToS and length,
  *              fixed addresses, header checksum), XDP_TX. No lookup, no counter.
+ * xdp_state:   the fair ceiling of a balancer that keeps per-flow state: xdp_encap after one
+ *              read of the flow's 64-byte line in a 1 MiB table (state_slots, the size of
+ *              the flow cache's block of one cpu, slot = the same hash of the 5-tuple), the
+ *              outer destination taken from it; a flow not in its slot is written there.
+ *              No other lookup, no counter, no ageing.
  * xdp_flows:   the driver of every timed run: rewrites the TCP/UDP source port of an
  *              IPv4 frame to base + (seq++ % flows) and tail-calls the program under test
  *              (slot 0 of `target`), so one live-frames run carries many flows.
@@ -75,8 +80,25 @@ static __always_inline __u16 ipv4_csum(const __u16 *words)
 	return (__u16)~sum;
 }
 
-SEC("xdp")
-int xdp_encap(struct xdp_md *ctx)
+/* xdp_state's table: a flow's 5-tuple words as the flow cache keeps an IPv4 key (saddr, 0,
+ * daddr, 0, ports | proto << 32) and the outer destination of its frames (64 bytes). */
+struct state_slot {
+	__u64 key[5];
+	__be32 daddr;
+	__u32 pad[5];
+};
+
+#define STATE_BITS 14
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << STATE_BITS);
+	__type(key, __u32);
+	__type(value, struct state_slot);
+} state_slots SEC(".maps");
+
+/* Encapsulate the frame in IPIP to `daddr` (network order) and send it back out. */
+static __always_inline int encap_tx(struct xdp_md *ctx, __be32 daddr)
 {
 	void *data, *data_end;
 	struct ethhdr *eth, *old_eth;
@@ -105,10 +127,44 @@ int xdp_encap(struct xdp_md *ctx)
 	outer->ttl = 64;
 	outer->protocol = IPPROTO_IPIP;
 	outer->saddr = bpf_htonl(ENCAP_SRC);
-	outer->daddr = bpf_htonl(ENCAP_DST);
+	outer->daddr = daddr;
 	outer->check = 0;
 	outer->check = ipv4_csum((const __u16 *)outer);
 	return XDP_TX;
+}
+
+SEC("xdp")
+int xdp_encap(struct xdp_md *ctx)
+{
+	return encap_tx(ctx, bpf_htonl(ENCAP_DST));
+}
+
+SEC("xdp")
+int xdp_state(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__u32 *ports = (void *)(ip + 1);
+	struct state_slot *s;
+	__u64 l4;
+	__u32 h;
+
+	if ((void *)(ports + 1) > data_end || ip->ihl != 5)
+		return XDP_DROP;
+	l4 = *ports | ((__u64)ip->protocol << 32);
+	h = ip->saddr ^ ip->daddr ^ *ports ^ ip->protocol;
+	h = (h * 0x9e3779b1u) >> (32 - STATE_BITS);
+	s = bpf_map_lookup_elem(&state_slots, &h);
+	if (!s)
+		return XDP_DROP;
+	if (s->key[0] != ip->saddr || s->key[2] != ip->daddr || s->key[4] != l4) {
+		s->key[0] = ip->saddr;
+		s->key[2] = ip->daddr;
+		s->key[4] = l4;
+		s->daddr = bpf_htonl(ENCAP_DST);
+	}
+	return encap_tx(ctx, s->daddr);
 }
 
 SEC("xdp")
