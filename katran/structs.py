@@ -175,6 +175,7 @@ def real_pos_lru_unpack(raw: bytes) -> tuple[int, int]:
 # --- flow cache / VIP filter (not in Katran: lb_flow_cache.h) ----------------------------
 FLOW_CACHE_FAST = 0x80000000  # flow_cache_entry.fast: the fast path may route the flow (consts.h)
 FLOW_CACHE_LAST = 1  # flow_cache_entry.filled bit 0: the way of its set filled last (consts.h)
+FLOW_CACHE_USED = 2  # filled bit 1: the way was used since its set last kept a newcomer out
 
 
 def _mix(h: int, buckets: int) -> int:

@@ -554,27 +554,83 @@ def test_two_flows_with_one_home_slot_are_both_routed_from_the_cache(cpu):
         lb.close()
 
 
-def test_a_third_flow_replaces_the_way_filled_first(cpu):
-    """Both ways routing: a flow in neither replaces the one filled earlier (FIFO, kept in
-    bit 0 of `filled`), and every packet still goes to its own flow's real."""
+def used_bits(lb: KatranLb, cpu: int, *slots: int) -> list[bool]:
+    """The used bits (FLOW_CACHE_USED in `filled`, the second chance) of `slots` on `cpu`."""
+    return [bool(slot_entry(lb, cpu, s)[3] & structs.FLOW_CACHE_USED) for s in slots]
+
+
+@pytest.mark.parametrize("flags", [0, VipFlag.QUIC_VIP], ids=["fast", "slow"])
+def test_three_flows_of_one_set_in_turn_keep_two_in_the_cache(cpu, flags):
+    """Both ways routing and used since: a third flow is not filled (it takes the connection
+    table) and clears their used bits; the two, sent again, set them again. In turn, the
+    three keep two in the cache (FIFO alone refilled on every packet), every packet to its
+    own flow's real. "slow": a VIP flag that keeps its slots off the fast path (a slot hit in
+    the connection-table step sets the bit too)."""
+    lb = make_lb(cpu)
+    try:
+        if flags:
+            lb.modify_vip(VIP_TCP, flags)
+        a, b, c, d = same_home(4)
+        home, other = structs.flow_cache_ways(key_of(a))
+        frames = {f: build_flow_packet(f) for f in (a, b, c)}
+        reals = {f: send(lb, frames[f]) for f in (a, b, c)}  # connection-table entries
+        send(lb, frames[a])
+        send(lb, frames[b])  # a fills home, b the other way: both used
+        assert (way_of(lb, cpu, a), way_of(lb, cpu, b)) == ("home", "other")
+        assert used_bits(lb, cpu, home, other) == [True, True]
+        hits, fills = cache_stats(lb)
+        assert send(lb, frames[c]) == reals[c]
+        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == ("home", "other", None)
+        assert used_bits(lb, cpu, home, other) == [False, False] and cache_stats(lb) == (hits, fills)
+        for _ in range(4):
+            assert {f: send(lb, frames[f]) for f in (a, b, c)} == reals
+        assert cache_stats(lb) == (hits + 8, fills)  # a and b hit, c is never filled
+        assert used_bits(lb, cpu, home, other) == [False, False]  # c came last
+        # four in turn: after a round, none is ever used when the next comes: all miss
+        frames[d] = build_flow_packet(d)
+        reals[d] = send(lb, frames[d])
+        assert {f: send(lb, frames[f]) for f in (a, b, c, d)} == reals
+        hits, fills = cache_stats(lb)
+        for _ in range(3):
+            assert {f: send(lb, frames[f]) for f in (a, b, c, d)} == reals
+        assert cache_stats(lb)[0] == hits and cache_stats(lb)[1] > fills
+    finally:
+        lb.close()
+
+
+def test_a_way_whose_flow_stopped_goes_to_a_newcomers_second_packet(cpu):
+    """a and b fill the set (b last) and only a keeps sending: c's first packet clears the
+    used bits, a's next sets its own again, and c's second packet replaces b, the way not
+    used since, although FIFO would take a (filled first). With neither used (nobody sent in
+    between), the way filled first goes (bit 0 of `filled` marks the way filled last)."""
     lb = make_lb(cpu)
     try:
         a, b, c = same_home(3)
         home, other = structs.flow_cache_ways(key_of(a))
         frames = {f: build_flow_packet(f) for f in (a, b, c)}
-        reals = {f: send(lb, frames[f]) for f in (a, b, c)}  # connection-table entries
+        reals = {f: send(lb, frames[f]) for f in (a, b, c)}
         send(lb, frames[a])
-        send(lb, frames[b])  # a fills home, b the other way
+        send(lb, frames[b])
         last = [slot_entry(lb, cpu, s)[3] & structs.FLOW_CACHE_LAST for s in (home, other)]
-        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), last) == ("home", "other", [0, 1])
-        assert send(lb, frames[c]) == reals[c]  # replaces a, the older
-        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == (None, "other", "home")
-        assert send(lb, frames[a]) == reals[a]  # replaces b
-        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == ("other", None, "home")
+        assert last == [0, 1]
+        assert send(lb, frames[c]) == reals[c]  # kept out, both bits cleared
+        assert send(lb, frames[a]) == reals[a]  # a is used again, b is not
+        assert used_bits(lb, cpu, home, other) == [True, False]
+        assert send(lb, frames[c]) == reals[c]
+        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == ("home", None, "other")
+        assert used_bits(lb, cpu, home, other) == [True, True]  # a fill counts as a use
         hits, fills = cache_stats(lb)
-        for _ in range(3):  # in turn, three flows in two ways: every packet refills
-            assert {f: send(lb, frames[f]) for f in (b, c, a)} == {f: reals[f] for f in (b, c, a)}
-        assert cache_stats(lb) == (hits, fills + 9)
+        assert send(lb, frames[c]) == reals[c] and cache_stats(lb) == (hits + 1, fills)
+        # b comes back: kept out once (both used), then neither is used: a, filled first, goes
+        assert send(lb, frames[b]) == reals[b] and way_of(lb, cpu, b) is None
+        assert used_bits(lb, cpu, home, other) == [False, False]
+        assert send(lb, frames[b]) == reals[b]
+        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == (None, "home", "other")
+        # and again with the other way filled first: c is used again, a kept out, then a takes c's
+        assert send(lb, frames[c]) == reals[c]
+        assert send(lb, frames[a]) == reals[a] and way_of(lb, cpu, a) is None
+        assert send(lb, frames[a]) == reals[a]
+        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == ("other", "home", None)
     finally:
         lb.close()
 

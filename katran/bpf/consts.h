@@ -57,8 +57,11 @@
 /* flow_cache_entry.fast: the flow may take the fast path (bit 31; vip_num below) */
 #define FLOW_CACHE_FAST 0x80000000u
 /* flow_cache_entry.filled bit 0: the way of its set filled last (the other is replaced
- * first); the fill time is the rest (the refresh test ignores the bit) */
+ * first); bit 1: the way was filled or routed a packet since its set last kept a newcomer
+ * out (the second chance); the fill time is the rest (the refresh test ignores both) */
 #define FLOW_CACHE_LAST 1u
+#define FLOW_CACHE_USED 2u
+#define FLOW_CACHE_MARKS (FLOW_CACHE_LAST | FLOW_CACHE_USED)
 
 /*
  * Values the control plane shares are C enums (not #defines) so that the

@@ -159,6 +159,7 @@ static __always_inline void cached_lru_lookup(struct pkt_meta *pkt, void *lru_ma
 				pkt->real_index = key;
 				*dst = bpf_map_lookup_elem(&reals, &key);
 				if (*dst) {
+					flow_cache_touch(fc);
 					count_pair(CNT_FLOW_CACHE, false);
 					return;
 				}

@@ -9,11 +9,18 @@
  * Sets: slots 2n and 2n + 1 (two adjacent cache lines). A flow's hash names
  * its home slot, looked at first; the other slot of the set second. A flow in
  * neither is filled into a way that does not route (empty, an older epoch,
- * stale or past its refresh), home first; with both ways routing, into the
- * one filled first (FIFO: bit 0 of `filled`, FLOW_CACHE_LAST, marks the way
- * filled last). A direct-mapped table of the same size lost a quarter of
- * 10,000 flows to slot collisions, flows sharing a slot evicting each other
- * on every packet; two ways keep such pairs (benchmarks/README.md).
+ * stale or past its refresh), home first. With both ways routing, a second
+ * chance (CLOCK): each slot has a used bit (FLOW_CACHE_USED in `filled`, on
+ * the line a hit reads anyway), set when it is filled and when it routes a
+ * packet. A newcomer that finds both ways used clears both bits and is not
+ * filled (the connection table serves it); one that finds a way unused
+ * replaces it; both unused, the one filled first (FIFO: bit 0 of `filled`,
+ * FLOW_CACHE_LAST, marks the way filled last). So three flows of one set sent
+ * in turn keep two in the cache instead of evicting each other on every
+ * packet, and a way whose flow stopped sending goes to a newcomer's second
+ * packet. A direct-mapped table of the same size lost a quarter of 10,000
+ * flows to slot collisions; two ways keep pairs, the second chance threes
+ * (benchmarks/README.md).
  *
  * The slot mirrors the connection table, never more:
  * - it is filled only from a connection-table hit, with that entry's real;
@@ -192,7 +199,8 @@ static __always_inline int vip_filter(const struct flow_key *k)
 /* A flow's slot, looked up once a packet (flow_cache_find). */
 struct flow_cache_ref {
 	struct flow_cache_entry *fc; /* the way holding the flow (held), else the way to fill;
-				      * NULL: the cache is off, or no slot for this cpu */
+				      * NULL: the cache is off, no slot for this cpu, or both
+				      * ways keep their flows (FLOW_CACHE_KEEP_BOTH) */
 	__u64 *stale;                /* this cpu's stale word of the set */
 	__u32 slot;                  /* fc's slot */
 	__u32 epoch;                 /* the current epoch (0: off) */
@@ -213,7 +221,14 @@ static __always_inline bool flow_cache_live(const struct flow_cache_entry *fc, c
 					    __u32 slot)
 {
 	return !(*stale & flow_cache_bit(slot)) &&
-	       (__u32)bpf_jiffies64() - (fc->filled & ~FLOW_CACHE_LAST) < FLOW_CACHE_REFRESH_JIFFIES;
+	       (__u32)bpf_jiffies64() - (fc->filled & ~FLOW_CACHE_MARKS) < FLOW_CACHE_REFRESH_JIFFIES;
+}
+
+/* The slot routed a packet: its used bit (written only when it was clear). */
+static __always_inline void flow_cache_touch(struct flow_cache_entry *fc)
+{
+	if (!(fc->filled & FLOW_CACHE_USED))
+		fc->filled |= FLOW_CACHE_USED;
 }
 
 /* Does the slot route some flow (this epoch, not stale, fresh)? */
@@ -223,25 +238,44 @@ static __always_inline bool flow_cache_busy(const struct flow_cache_entry *fc, c
 	return fc->epoch == epoch && flow_cache_live(fc, stale, slot);
 }
 
+/* flow_cache_other_way's answers */
+#define FLOW_CACHE_FILL_HOME 0  /* fill the home slot */
+#define FLOW_CACHE_HELD_OTHER 1 /* the other way holds the flow */
+#define FLOW_CACHE_FILL_OTHER 2 /* fill the other way */
+#define FLOW_CACHE_KEEP_BOTH 3  /* both ways route and were used: fill neither */
+
 /*
- * The home slot (`home`, of `slot`) does not hold the flow: 1 when the other way
- * of the set does, else the way to fill: 0 home (it does not route, or the
- * other way was filled after it), 2 the other way. Out of line: only a flow
- * that is not in its home slot comes here, and the hit path stays short.
+ * The home slot (`home`, of `slot`) does not hold the flow: whether the other
+ * way of the set does, else which way to fill: one that does not route (home
+ * first), else one not used since (the second chance), else the one filled
+ * first; none when both were used (their used bits are cleared). Out of line:
+ * only a flow that is not in its home slot comes here, and the hit path stays
+ * short.
  */
 LB_OUT_OF_LINE int flow_cache_other_way(const struct flow_key *k, __u32 slot, __u32 epoch,
-					const __u64 *stale, const struct flow_cache_entry *home)
+					const __u64 *stale, struct flow_cache_entry *home)
 {
 	struct flow_cache_entry *alt = flow_cache_at(slot ^ 1);
+	bool home_used, alt_used;
 
 	if (!alt)
-		return 0;
+		return FLOW_CACHE_FILL_HOME;
 	if (flow_cache_holds(alt, k, epoch))
-		return 1;
-	if (flow_cache_busy(home, stale, slot, epoch) &&
-	    (!flow_cache_busy(alt, stale, slot ^ 1, epoch) || (home->filled & FLOW_CACHE_LAST)))
-		return 2;
-	return 0;
+		return FLOW_CACHE_HELD_OTHER;
+	if (!flow_cache_busy(home, stale, slot, epoch))
+		return FLOW_CACHE_FILL_HOME;
+	if (!flow_cache_busy(alt, stale, slot ^ 1, epoch))
+		return FLOW_CACHE_FILL_OTHER;
+	home_used = home->filled & FLOW_CACHE_USED;
+	alt_used = alt->filled & FLOW_CACHE_USED;
+	if (home_used && alt_used) {
+		home->filled &= ~FLOW_CACHE_USED;
+		alt->filled &= ~FLOW_CACHE_USED;
+		return FLOW_CACHE_KEEP_BOTH;
+	}
+	if (home_used != alt_used)
+		return home_used ? FLOW_CACHE_FILL_OTHER : FLOW_CACHE_FILL_HOME;
+	return home->filled & FLOW_CACHE_LAST ? FLOW_CACHE_FILL_OTHER : FLOW_CACHE_FILL_HOME;
 }
 
 /*
@@ -263,14 +297,18 @@ static __always_inline void flow_cache_find_other(const struct flow_key *k, stru
 	ref->held = false;
 	ref->found = true;
 	way = flow_cache_other_way(k, slot, epoch, stale, home);
-	if (!way)
+	if (way == FLOW_CACHE_FILL_HOME)
 		return;
+	if (way == FLOW_CACHE_KEEP_BOTH) {
+		ref->fc = NULL; /* the connection table serves it; no slot is filled */
+		return;
+	}
 	alt = flow_cache_at(slot ^ 1);
 	if (!alt)
 		return;
 	ref->fc = alt;
 	ref->slot = slot ^ 1;
-	ref->held = way == 1;
+	ref->held = way == FLOW_CACHE_HELD_OTHER;
 }
 
 static __always_inline void flow_cache_find(const struct flow_key *k, struct flow_cache_ref *ref)
@@ -303,7 +341,7 @@ static __always_inline void flow_cache_find(const struct flow_key *k, struct flo
 /*
  * Remember a connection-table hit in ref's slot (real pkt->real_index, UDP last
  * seen `seen`); fast: FLOW_CACHE_FAST | vip_num when forward_cached() may route
- * the flow. The slot becomes its set's last filled way.
+ * the flow. The slot becomes its set's last filled way, and used.
  */
 static __always_inline void flow_cache_fill(const struct flow_cache_ref *ref,
 					    const struct pkt_meta *pkt, __u64 seen, __u32 fast)
@@ -312,7 +350,7 @@ static __always_inline void flow_cache_fill(const struct flow_cache_ref *ref,
 
 	__builtin_memcpy(&fc->key, &pkt->flow, sizeof(fc->key));
 	fc->real_index = pkt->real_index;
-	fc->filled = (__u32)bpf_jiffies64() | FLOW_CACHE_LAST;
+	fc->filled = (__u32)bpf_jiffies64() | FLOW_CACHE_MARKS; /* filled last, and used */
 	fc->fast = fast;
 	fc->seen = seen;
 	fc->epoch = ref->epoch;

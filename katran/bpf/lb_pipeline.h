@@ -124,6 +124,7 @@ static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *p
 	if (!dst)
 		return LB_CONTINUE;
 	pkt->real_index = key;
+	flow_cache_touch(fc);
 
 	count_pair(CNT_LRU, false);
 	count_pair(CNT_FLOW_CACHE, false);
@@ -243,6 +244,7 @@ static __always_inline int forward_cached_v4(struct xdp_md *xdp, struct hot_stat
 	dst = bpf_map_lookup_elem(&reals, &key);
 	if (!dst)
 		return LB_CONTINUE;
+	flow_cache_touch(fc);
 
 	hot->c[CNT_LRU].v1 += 1;
 	hot->c[CNT_FLOW_CACHE].v1 += 1;
