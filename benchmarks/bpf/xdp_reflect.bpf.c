@@ -139,19 +139,30 @@ int xdp_encap(struct xdp_md *ctx)
 	return encap_tx(ctx, bpf_htonl(ENCAP_DST));
 }
 
-SEC("xdp")
-int xdp_state(struct xdp_md *ctx)
+/* The frame's IPv4 header, without options and followed by the 4 bytes of the ports;
+ * NULL: the frame is shorter or has options. */
+static __always_inline struct iphdr *ipv4_ports(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct iphdr *ip = data + sizeof(struct ethhdr);
-	__u32 *ports = (void *)(ip + 1);
-	struct state_slot *s;
-	__u64 l4;
-	__u32 h;
 
-	if ((void *)(ports + 1) > data_end || ip->ihl != 5)
+	if ((void *)(ip + 1) + sizeof(__u32) > data_end || ip->ihl != 5)
+		return NULL;
+	return ip;
+}
+
+SEC("xdp")
+int xdp_state(struct xdp_md *ctx)
+{
+	struct iphdr *ip = ipv4_ports(ctx);
+	struct state_slot *s;
+	__u32 *ports, h;
+	__u64 l4;
+
+	if (!ip)
 		return XDP_DROP;
+	ports = (void *)(ip + 1);
 	l4 = *ports | ((__u64)ip->protocol << 32);
 	h = ip->saddr ^ ip->daddr ^ *ports ^ ip->protocol;
 	h = (h * 0x9e3779b1u) >> (32 - STATE_BITS);
@@ -170,15 +181,14 @@ int xdp_state(struct xdp_md *ctx)
 SEC("xdp")
 int xdp_flows(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct iphdr *ip = data + sizeof(struct ethhdr);
-	__be16 *sport = (void *)(ip + 1);
+	struct iphdr *ip = ipv4_ports(ctx);
 	__u32 k0 = 0, k1 = 1, k2 = 2;
 	__u32 *flows, *base, *seq;
+	__be16 *sport;
 
-	if ((void *)(sport + 1) > data_end || ip->ihl != 5)
+	if (!ip)
 		return XDP_DROP;
+	sport = (void *)(ip + 1);
 	flows = bpf_map_lookup_elem(&flow_cfg, &k0);
 	base = bpf_map_lookup_elem(&flow_cfg, &k1);
 	seq = bpf_map_lookup_elem(&flow_cfg, &k2);
