@@ -184,14 +184,11 @@ def test_encap_reflector_writes_a_valid_outer_ipv4_header(bench, tmp_path):
 
 
 def _state_slot(saddr: str, daddr: str, sport: int, dport: int, proto: int) -> int:
-    """xdp_state's slot of an IPv4 flow: the flow cache's home slot of its 5-tuple."""
-    import socket
-    import struct
+    """xdp_state's slot of an IPv4 flow: the flow cache's home slot of its 5-tuple (the same
+    hash over a table of FLOW_CACHE_SLOTS lines)."""
+    from katran import structs
 
-    words = struct.unpack("<3I", socket.inet_aton(saddr) + socket.inet_aton(daddr)
-                          + struct.pack(">HH", sport, dport))
-    h = words[0] ^ words[1] ^ words[2] ^ proto
-    return ((h * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - 14)
+    return structs.flow_cache_slot(structs.flow_key(saddr, daddr, sport, dport, proto))
 
 
 @pytest.mark.privileged

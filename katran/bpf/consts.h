@@ -61,7 +61,7 @@
  * out (the second chance); the fill time is the rest (the refresh test ignores both) */
 #define FLOW_CACHE_LAST 1u
 #define FLOW_CACHE_USED 2u
-#define FLOW_CACHE_MARKS (FLOW_CACHE_LAST | FLOW_CACHE_USED)
+#define FLOW_CACHE_FILL_FLAGS (FLOW_CACHE_LAST | FLOW_CACHE_USED) /* the bits of filled not the time */
 
 /*
  * Values the control plane shares are C enums (not #defines) so that the

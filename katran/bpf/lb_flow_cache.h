@@ -221,7 +221,7 @@ static __always_inline bool flow_cache_live(const struct flow_cache_entry *fc, c
 					    __u32 slot)
 {
 	return !(*stale & flow_cache_bit(slot)) &&
-	       (__u32)bpf_jiffies64() - (fc->filled & ~FLOW_CACHE_MARKS) < FLOW_CACHE_REFRESH_JIFFIES;
+	       (__u32)bpf_jiffies64() - (fc->filled & ~FLOW_CACHE_FILL_FLAGS) < FLOW_CACHE_REFRESH_JIFFIES;
 }
 
 /* The slot routed a packet: its used bit (written only when it was clear). */
@@ -350,7 +350,7 @@ static __always_inline void flow_cache_fill(const struct flow_cache_ref *ref,
 
 	__builtin_memcpy(&fc->key, &pkt->flow, sizeof(fc->key));
 	fc->real_index = pkt->real_index;
-	fc->filled = (__u32)bpf_jiffies64() | FLOW_CACHE_MARKS; /* filled last, and used */
+	fc->filled = (__u32)bpf_jiffies64() | FLOW_CACHE_FILL_FLAGS; /* filled last, and used */
 	fc->fast = fast;
 	fc->seen = seen;
 	fc->epoch = ref->epoch;
