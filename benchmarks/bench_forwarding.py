@@ -50,15 +50,19 @@ numpy, seeded with ``--seed``), then the ns per frame of every column, and
 with ``--probe`` the ns each step of the chain reflector > probes (in the
 order given) > balancer adds (paired per block, the same way).
 Rows: ``--flows`` (1, 100, 10,000; warmed into the connection table first) x
-``--sizes`` (64, 1,400 bytes).  The first pass over the flows in each live run
-is slower than the next ones (by ~100 ns per frame at 10,000 flows, the same
-right after an identical run, after a 10 ms sleep or after touching 16 MB: it
-comes with the live run itself, per connection-table entry), so a run should
-carry many passes: the 200,000 frames of the default are 20 passes at 10,000
-flows, and that row still includes ~5 ns of it.  Run as root:
+``--sizes`` (64, 1,400 bytes).  Every timed run comes right after ``--warm``
+(default 1) untimed passes of the same program over the flows: the columns take
+turns on one CPU, so a column's next run starts after the others' (an instance
+of it after ~0.5 s at the default sizes), with its lines out of the CPU caches and its
+flow-cache slots past their refresh (64 jiffies, 256 ms at HZ 250), which a
+core forwarding these flows without a pause never sees.  Without the pass the
+first pass of each run refills every slot from the connection table: 5 % of
+the frames of a 200,000-frame run at 10,000 flows, ~20 ns a frame more for the
+balancer, ~2 at 100 flows (``--warm 0`` reproduces that; session 7's and older
+tables were taken so).  Run as root:
 
     python benchmarks/bench_forwarding.py [--frames 200000] [--blocks 12] [--instances 2] [--cpu N]
-        [--lru-size 200000] [--object [NAME=]other.bpf.o ...] [--probe NAME=stage.bpf.o ...]
+        [--warm 1] [--lru-size 200000] [--object [NAME=]other.bpf.o ...] [--probe NAME=stage.bpf.o ...]
         [--json out.json]
 """
 
@@ -92,6 +96,7 @@ SIZES = (64, 1400)
 BATCH = 64  # frames per batch of the live run (the veth ring of the peer holds 256)
 RETRIES = 2  # a run that lost frames on the veth is run again this many times at most
 RESERVED = ("reflector", "encap", "state", "balancer")
+WARM = 1  # untimed passes over the flows right before each timed run (--warm)
 # the columns of the helper programs (benchmarks/bpf/xdp_reflect.bpf.c), loaded once
 HELPER_COLUMNS = {"reflector": "xdp_reflect", "encap": "xdp_encap", "state": "xdp_state"}
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]{0,23}\Z")
@@ -208,6 +213,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--blocks", type=_positive("--blocks", 2), default=12, help="paired blocks per cell")
     ap.add_argument("--instances", type=_positive("--instances"), default=2,
                     help="loads of each balancer column, taking the blocks in turn")
+    ap.add_argument("--warm", type=_positive("--warm", 0), default=WARM,
+                    help="untimed passes over the flows right before every timed run (0: none)")
     ap.add_argument("--reals", type=_positive("--reals"), default=100)
     ap.add_argument("--lru-size", type=_positive("--lru-size"), default=200_000,
                     help="connection-table entries of the forwarding core")
@@ -355,13 +362,20 @@ def make_lb(cpu: int, n_reals: int, obj: Path | None, lru_size: int) -> KatranLb
     return lb
 
 
+def warm_frames(flows: int) -> int:
+    """Frames of one untimed pass (--warm) over `flows` flows: every flow once, and at least
+    four batches."""
+    return max(flows, BATCH * 4)
+
+
 def measure(rig: Rig, progs: dict[str, list[bpf.Program]], checked: dict[str, list[KatranLb]], args,
             cache: dict | None = None) -> dict:
     """{(flows, size): {column: [ns per frame of each block]}}; progs: each column's loaded
     instances (block b runs instance b % their number); `checked`: the instances of the
-    columns whose VIP must count every frame of every timed run. `cache` gets
+    columns whose VIP must count every frame of every timed run. Each timed run comes right
+    after args.warm untimed passes of the same program over the flows. `cache` gets
     {(flows, size): (hits, fills, frames)} of the balancer's flow cache over the timed runs
-    (frames: what the balancer column ran, repeated runs included)."""
+    only (frames: what the balancer column ran, repeated runs included)."""
     out: dict = {}
     names = list(progs)
     vip = VipKey(VIP, 80, "tcp")
@@ -373,29 +387,30 @@ def measure(rig: Rig, progs: dict[str, list[bpf.Program]], checked: dict[str, li
                 for prog in insts:
                     rig.run(prog, data, flows, max(2 * flows, BATCH * 4), name)
             cell: dict[str, list[float]] = {n: [] for n in names}
-            # the balancer's flow cache over the cell's timed runs, read around the cell (not
-            # around each run: two more reads would be one column's alone)
-            fc_lbs = checked.get("balancer", []) if cache is not None else []
-            fc_before = [lb.get_flow_cache_stats() for lb in fc_lbs]
-            fc_frames = 0
+            hits = fills = fc_frames = 0
             for block, order in enumerate(orders):
                 for name in order:
                     lbs = checked.get(name)
                     lb = lbs[block % len(lbs)] if lbs else None
-                    before = lb.get_stats_for_vip(vip).v1 if lb else 0
-                    insts = progs[name]
-                    cell[name].append(rig.run(insts[block % len(insts)], data, flows, args.frames, name))
+                    prog = progs[name][block % len(progs[name])]
+                    for _ in range(args.warm):
+                        rig.run(prog, data, flows, warm_frames(flows), name)
+                    # every checked column reads its VIP and flow-cache counters around its
+                    # timed run, so that no column pays a read the others do not
+                    before = (lb.get_stats_for_vip(vip).v1, lb.get_flow_cache_stats()) if lb else None
+                    cell[name].append(rig.run(prog, data, flows, args.frames, name))
+                    if lb is None:
+                        continue
+                    frames = args.frames * rig.attempts  # a repeated run counts again
+                    counted, fc = lb.get_stats_for_vip(vip).v1 - before[0], lb.get_flow_cache_stats()
+                    if counted != frames:
+                        raise SystemExit(f"{name}: the VIP counted {counted} of {frames} frames")
                     if name == "balancer":
-                        fc_frames += args.frames * rig.attempts
-                    if lb is not None:  # every attempt's frames (a repeated run counts again)
-                        counted = lb.get_stats_for_vip(vip).v1 - before
-                        if counted != args.frames * rig.attempts:
-                            raise SystemExit(f"{name}: the VIP counted {counted} of "
-                                             f"{args.frames * rig.attempts} frames")
-            if fc_lbs:
-                now = [lb.get_flow_cache_stats() for lb in fc_lbs]
-                cache[(flows, size)] = (sum(n.v1 - b.v1 for n, b in zip(now, fc_before)),
-                                        sum(n.v2 - b.v2 for n, b in zip(now, fc_before)), fc_frames)
+                        hits += fc.v1 - before[1].v1
+                        fills += fc.v2 - before[1].v2
+                        fc_frames += frames
+            if cache is not None and fc_frames:
+                cache[(flows, size)] = (hits, fills, fc_frames)
             out[(flows, size)] = cell
     return out
 

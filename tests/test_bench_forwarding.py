@@ -354,3 +354,37 @@ def test_every_balancer_is_loaded_instances_times_and_they_take_the_blocks_in_tu
         fds = ran[name]
         assert len(fds) == 6 and len(set(fds)) == 3 and fds[:3] == fds[3:]
     assert not set(ran["balancer"]) & set(ran["again"])
+
+
+@pytest.mark.privileged
+@pytest.mark.netns
+@pytest.mark.parametrize("warm", [0, 2])
+def test_every_timed_run_comes_right_after_its_warm_passes(bench, capsys, restore_affinity,
+                                                          monkeypatch, warm):
+    """--warm N: N untimed passes over the flows (every flow once, at least four batches) by
+    the very program of the timed run, right before it, in every column; the flow-cache
+    shares count the timed frames only (the passes' frames would push the hits above 100 %)."""
+    runs: list[tuple[str, int, int]] = []
+    real_run = bench.Rig.run
+
+    def recording_run(self, prog, data, flows, frames, name=""):
+        runs.append((name, prog.fd, frames))
+        return real_run(self, prog, data, flows, frames, name)
+
+    monkeypatch.setattr(bench.Rig, "run", recording_run)
+    assert bench.main(["--frames", "1000", "--blocks", "2", "--instances", "2", "--reals", "2",
+                       "--lru-size", "1000", "--flows", "300", "--sizes", "64",
+                       "--warm", str(warm)]) == 0
+    assert bench.warm_frames(300) == 300 and bench.warm_frames(1) == 4 * bench.BATCH
+    timed = [i for i, r in enumerate(runs) if r[2] == 1000]
+    assert len(timed) == 2 * 4  # 2 blocks x (reflector, encap, state, balancer)
+    first = timed[0] - warm
+    assert first >= 0 and [r[2] for r in runs[:first]] == [600] * 5  # the cell's warm-up, 1 + 2 loads
+    for i in timed:
+        assert runs[i - warm:i] == [(runs[i][0], runs[i][1], 300)] * warm
+    assert len(runs) == first + len(timed) * (1 + warm)
+    out = capsys.readouterr().out
+    cache_row = out.split("packets kept out (both ways of the set in use)\n")[1].splitlines()[0].split()
+    assert float(cache_row[3].rstrip("%")) <= 100.0
+    hits, fills, kept = (float(cache_row[i].rstrip("%")) for i in (3, 5, 8))
+    assert kept >= 0 and hits + fills + kept == pytest.approx(100, abs=0.2)

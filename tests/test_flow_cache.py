@@ -635,9 +635,12 @@ def test_a_way_whose_flow_stopped_goes_to_a_newcomers_second_packet(cpu):
         lb.close()
 
 
-def test_a_connection_write_forgets_both_ways_of_the_set(lb):
+@pytest.mark.parametrize("first", ["moved", "other"])
+def test_a_connection_write_forgets_both_ways_of_the_set(lb, first):
     """A SYN reusing the 5-tuple of a flow held in the other way of its set (the SYN path
-    marks the flow's set stale, not its home slot only): the next ACK sees the new entry."""
+    marks the flow's set stale, not its home slot only): the next ACK sees the new entry.
+    "other": the home slot's flow sends first and refills its slot (its stale bit cleared),
+    so the moved flow's way is the set's only stale one (the fast path reads that way's bit)."""
     a, b = same_home(2, first_port=45000)
     frames = {f: build_flow_packet(f) for f in (a, b)}
     reals = {f: send(lb, frames[f]) for f in (a, b)}
@@ -648,6 +651,8 @@ def test_a_connection_write_forgets_both_ways_of_the_set(lb):
     move_flow(lb, VIP_TCP, reals[b])
     new = send(lb, syn(b))
     assert new != reals[b]
+    if first == "other":
+        assert send(lb, frames[a]) == reals[a]
     assert {send(lb, frames[b]) for _ in range(3)} == {new}
     assert send(lb, frames[a]) == reals[a]
 

@@ -146,7 +146,7 @@ static __always_inline int forward_cached(struct xdp_md *xdp, struct pkt_meta *p
  * Not in Katran: forward_cached() for an IPv4 TCP / UDP frame read straight from
  * its headers, before parse_ip fills a pkt_meta: the 5-tuple stays in registers
  * (no 48-byte flow key zeroed, written, read back for the hashes and compared
- * from the stack). Only a flow held in its home slot, and only a frame the
+ * from the stack). Only a flow held in its set, and only a frame the
  * whole pipeline would hand to forward_cached() (no IP options, no fragment, no
  * SYN, no GUE to decapsulate, the VIP filter's bit set) with the same checks;
  * anything else returns LB_CONTINUE and takes the whole pipeline, which parses
@@ -219,7 +219,8 @@ static __always_inline int forward_cached_v4(struct xdp_md *xdp, struct hot_stat
 	if (!fc)
 		return LB_CONTINUE;
 	if (fc->epoch != epoch || !flow_key_is_v4(&fc->key, saddr, daddr, ports, proto)) {
-		/* not in its home slot: hand the pipeline what flow_cache_find would find */
+		/* not in its home slot: the other way, else hand the pipeline what
+		 * flow_cache_find would find */
 		struct flow_key k = {};
 
 		k.src = saddr;
@@ -227,7 +228,10 @@ static __always_inline int forward_cached_v4(struct xdp_md *xdp, struct hot_stat
 		k.ports = ports;
 		k.proto = proto;
 		flow_cache_find_other(&k, ref, fc, slot, epoch, stale);
-		return LB_CONTINUE;
+		if (!ref->held || !ref->fc)
+			return LB_CONTINUE;
+		fc = ref->fc; /* the other way of the set holds it: routed from there */
+		slot = ref->slot;
 	}
 	if (!(fc->fast & FLOW_CACHE_FAST) || !flow_cache_live(fc, stale, slot))
 		return LB_CONTINUE;
