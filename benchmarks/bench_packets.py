@@ -41,10 +41,10 @@ a column for the balancer with a packet capture running whose filter matches
 none of the packets (the capture-on cost; capture off is the plain column).
 ``--no-flow-cache`` adds a column for the balancer with its flow cache off.
 The "LRU hit" rows repeat 500 flows, so ours serves them from its flow cache
-(lb_flow_cache.h); the "flow-cache miss" row sends in turn four flows of each
-of 167 cache sets (two ways a set with a second chance: three in turn keep two
-in the cache, four never do), so every packet misses the cache, hits the LRU
-and refills a slot: the cache's worst case.
+(lb_flow_cache.h); the "flow-cache miss" row sends in turn six flows of each
+of 167 cache sets (four ways a set with a second chance: five in turn keep four
+in the cache, six never do), so every packet reads all four ways, misses the
+cache, hits the LRU and refills a slot: the cache's worst case.
 """
 
 from __future__ import annotations
@@ -88,23 +88,26 @@ FEATURE_KNOBS = (
 )
 # the flows that are warmed into the connection table before timing
 LRU_FLOWS = range(10000, 10500)
-# a second client whose flows come in fours that share a flow-cache set (lb_flow_cache.h)
-CLIENT_B_V4 = "192.168.1.2"
+# more clients (192.168.2.x), whose flows come in sixes that share a flow-cache set
+# (lb_flow_cache.h)
+CLIENTS_B_V4 = "192.168.2."
 CACHE_SETS = 167
-SET_FLOWS = 4  # two more than the ways of a set: three in turn keep two (the second chance)
+SET_FLOWS = structs.FLOW_CACHE_WAYS + 2  # five in turn keep four (the second chance), six none
 
 
-def cache_set_flows() -> list[int]:
-    """Source ports of CLIENT_B_V4 in fours with one home slot (so one flow-cache set, and
-    one slot of a direct-mapped build's): sent in turn, every packet finds the set's two
-    ways holding two of the others (a flow-cache miss, then an LRU hit that replaces a way:
-    after a round, neither is used since when the next flow comes)."""
-    by_set: dict[int, list[int]] = {}
-    out: list[int] = []
-    for sport in range(1024, 65536):
-        cache_set = structs.flow_cache_slot(structs.flow_key(CLIENT_B_V4, VIP_V4, sport, 80, 6))
+def cache_set_flows() -> list[tuple[str, int]]:
+    """(client, source port) of CLIENTS_B_V4 flows in groups of SET_FLOWS with one home
+    slot (so one flow-cache set, and one slot of a direct-mapped build's): sent in turn,
+    every packet finds the set's ways holding others of its group (a flow-cache miss, then
+    an LRU hit that replaces a way: after a round, none is used since when the next flow
+    comes)."""
+    by_set: dict[int, list[tuple[str, int]]] = {}
+    out: list[tuple[str, int]] = []
+    for sport, host in itertools.product(range(1024, 1424), range(1, 255)):
+        flow = (f"{CLIENTS_B_V4}{host}", sport)
+        cache_set = structs.flow_cache_slot(structs.flow_key(flow[0], VIP_V4, sport, 80, 6))
         group = by_set.setdefault(cache_set, [])
-        group.append(sport)
+        group.append(flow)
         if len(group) == SET_FLOWS:
             out += by_set.pop(cache_set)
             if len(out) == SET_FLOWS * CACHE_SETS:
@@ -124,8 +127,9 @@ def udp4(sport: int) -> bytes:
     return bytes(ETH / IP(src=CLIENT_V4, dst=VIP_V4) / UDP(sport=sport, dport=80) / PAYLOAD)
 
 
-def tcp4b(sport: int) -> bytes:
-    return bytes(ETH / IP(src=CLIENT_B_V4, dst=VIP_V4) / TCP(sport=sport, dport=80, flags="A") / PAYLOAD)
+def tcp4b(flow: tuple[str, int]) -> bytes:
+    src, sport = flow
+    return bytes(ETH / IP(src=src, dst=VIP_V4) / TCP(sport=sport, dport=80, flags="A") / PAYLOAD)
 
 
 def non_vip(sport: int) -> bytes:
@@ -637,7 +641,7 @@ def _run(args: argparse.Namespace, objs: dict[str, str | None]) -> int:
         misses = lbs[-1].get_lru_stats().v2 - before
         if misses:
             raise SystemExit(f"{misses} connection-table misses on the LRU-hit rows: raise --lru-size")
-        # the flow-cache miss row must miss the flow cache (its flows share sets in fours):
+        # the flow-cache miss row must miss the flow cache (its flows share sets in sixes):
         # one pass puts every set in its turn (the verdict check sent its first frame), then
         # two more must not hit
         for case in cases:

@@ -174,6 +174,7 @@ def real_pos_lru_unpack(raw: bytes) -> tuple[int, int]:
 
 # --- flow cache / VIP filter (not in Katran: lb_flow_cache.h) ----------------------------
 FLOW_CACHE_FAST = 0x80000000  # flow_cache_entry.fast: the fast path may route the flow (consts.h)
+FLOW_CACHE_WAYS = 4  # slots 4n .. 4n + 3 are a set (consts.h)
 FLOW_CACHE_LAST = 1  # flow_cache_entry.filled bit 0: the way of its set filled last (consts.h)
 FLOW_CACHE_USED = 2  # filled bit 1: the way was used since its set last kept a newcomer out
 
@@ -193,10 +194,11 @@ def flow_cache_slot(key: bytes) -> int:
     return _mix(h ^ key[36], _c.FLOW_CACHE_SLOTS)  # proto
 
 
-def flow_cache_ways(key: bytes) -> tuple[int, int]:
-    """The two slots of a key's flow_cache set: its home slot, then the other way."""
+def flow_cache_ways(key: bytes) -> tuple[int, ...]:
+    """The FLOW_CACHE_WAYS slots of a key's flow_cache set in the order the data plane looks
+    at them: its home slot, then home ^ 1, home ^ 2, home ^ 3."""
     home = flow_cache_slot(key)
-    return home, home ^ 1
+    return tuple(home ^ way for way in range(FLOW_CACHE_WAYS))
 
 
 def flow_cache_entry_unpack(raw: bytes) -> tuple[bytes, int, int, int, int, int]:

@@ -283,11 +283,15 @@ def slot_entry(lb: KatranLb, cpu: int, slot: int) -> tuple:
         lb._obj.map("flow_cache").lookup(structs.u32(cpu * FLOW_CACHE_SLOTS + slot)))
 
 
+WAYS = ("home", "other", "third", "fourth")  # the ways of a set: home, home ^ 1, ^ 2, ^ 3
+
+
 def way_of(lb: KatranLb, cpu: int, flow: Flow):
-    """The slot of the flow's set that holds it in the current epoch ("home" / "other"),
-    None when neither does."""
+    """The way of the flow's set that holds it in the current epoch (a name of WAYS), None
+    when none does."""
     key = key_of(flow)
-    for name, slot in zip(("home", "other"), structs.flow_cache_ways(key)):
+    assert len(structs.flow_cache_ways(key)) == len(WAYS) == structs.FLOW_CACHE_WAYS
+    for name, slot in zip(WAYS, structs.flow_cache_ways(key)):
         got, _real, slot_epoch, *_ = slot_entry(lb, cpu, slot)
         if got == key and slot_epoch == epoch(lb):
             return name
@@ -295,13 +299,13 @@ def way_of(lb: KatranLb, cpu: int, flow: Flow):
 
 
 def slot_of(lb: KatranLb, cpu: int, flow: Flow):
-    """(real index, fast) of the flow's slot on `cpu`; None when neither slot of its set
-    holds a live entry of it (other flows, or an older epoch)."""
+    """(real index, fast) of the flow's slot on `cpu`; None when no slot of its set holds a
+    live entry of it (other flows, or an older epoch)."""
     way = way_of(lb, cpu, flow)
     if way is None:
         return None
-    home, other = structs.flow_cache_ways(key_of(flow))
-    _key, real, _epoch, _filled, fast, _seen = slot_entry(lb, cpu, home if way == "home" else other)
+    slot = structs.flow_cache_ways(key_of(flow))[WAYS.index(way)]
+    _key, real, _epoch, _filled, fast, _seen = slot_entry(lb, cpu, slot)
     return real, fast
 
 
@@ -521,7 +525,7 @@ def test_slots_of_a_build_before_the_fast_path_are_never_fast(cpu):
         lb.close()
 
 
-# --- two ways a set (lb_flow_cache.h): flows whose slots collide ------------------------------
+# --- four ways a set (lb_flow_cache.h): flows whose slots collide ------------------------------
 def same_home(n: int, first_port: int = 44000) -> list[Flow]:
     """n TCP flows to VIP_TCP with one home slot (different clients and ports)."""
     found: dict[int, list[Flow]] = {}
@@ -535,126 +539,182 @@ def same_home(n: int, first_port: int = 44000) -> list[Flow]:
     raise AssertionError(f"no {n} flows with one home slot")
 
 
-def test_two_flows_with_one_home_slot_are_both_routed_from_the_cache(cpu):
-    """The second flow fills the other way of the set; sent in turn, neither evicts the
-    other (a direct-mapped table missed on every one of these packets)."""
+def test_four_flows_with_one_home_slot_are_all_routed_from_the_cache(cpu):
+    """Each next flow of one home slot fills the next way of the set (home ^ 1, ^ 2, ^ 3);
+    sent in turn, none evicts another (a direct-mapped table missed on every one of these
+    packets, two ways on half of them)."""
     lb = make_lb(cpu)
     try:
-        a, b = same_home(2)
-        frames = {f: build_flow_packet(f) for f in (a, b)}
-        reals = {f: send(lb, frames[f]) for f in (a, b)}
-        for f in (a, b):
+        flows = same_home(4)
+        frames = {f: build_flow_packet(f) for f in flows}
+        reals = {f: send(lb, frames[f]) for f in flows}
+        for f in flows:
             send(lb, frames[f])  # the LRU hits that fill the slots
-        assert (way_of(lb, cpu, a), way_of(lb, cpu, b)) == ("home", "other")
+        assert [way_of(lb, cpu, f) for f in flows] == list(WAYS)
         hits, fills = cache_stats(lb)
         for _ in range(5):
-            assert {f: send(lb, frames[f]) for f in (a, b)} == reals
-        assert cache_stats(lb) == (hits + 10, fills)
+            assert {f: send(lb, frames[f]) for f in flows} == reals
+        assert cache_stats(lb) == (hits + 20, fills)
     finally:
         lb.close()
 
 
-def used_bits(lb: KatranLb, cpu: int, *slots: int) -> list[bool]:
-    """The used bits (FLOW_CACHE_USED in `filled`, the second chance) of `slots` on `cpu`."""
-    return [bool(slot_entry(lb, cpu, s)[3] & structs.FLOW_CACHE_USED) for s in slots]
+def used_bits(lb: KatranLb, cpu: int, flow: Flow) -> list[bool]:
+    """The used bits (FLOW_CACHE_USED in `filled`, the second chance) of the ways of the
+    flow's set on `cpu`, in WAYS order."""
+    return [bool(slot_entry(lb, cpu, s)[3] & structs.FLOW_CACHE_USED)
+            for s in structs.flow_cache_ways(key_of(flow))]
+
+
+def last_bits(lb: KatranLb, cpu: int, flow: Flow) -> list[bool]:
+    """FLOW_CACHE_LAST (the way of its set filled last) of the ways of the flow's set."""
+    return [bool(slot_entry(lb, cpu, s)[3] & structs.FLOW_CACHE_LAST)
+            for s in structs.flow_cache_ways(key_of(flow))]
+
+
+def fill_set(lb: KatranLb, cpu: int, flows: list[Flow]) -> dict:
+    """Connection-table entries for every flow, then the first four fill the ways in order:
+    {flow: its frame}, {flow: its real}."""
+    frames = {f: build_flow_packet(f) for f in flows}
+    reals = {f: send(lb, frames[f]) for f in flows}
+    for f in flows[:4]:
+        send(lb, frames[f])
+    assert [way_of(lb, cpu, f) for f in flows[:4]] == list(WAYS)
+    return frames, reals
 
 
 @pytest.mark.parametrize("flags", [0, VipFlag.QUIC_VIP], ids=["fast", "slow"])
-def test_three_flows_of_one_set_in_turn_keep_two_in_the_cache(cpu, flags):
-    """Both ways routing and used since: a third flow is not filled (it takes the connection
-    table) and clears their used bits; the two, sent again, set them again. In turn, the
-    three keep two in the cache (FIFO alone refilled on every packet), every packet to its
-    own flow's real. "slow": a VIP flag that keeps its slots off the fast path (a slot hit in
-    the connection-table step sets the bit too)."""
+def test_five_flows_of_one_set_in_turn_keep_four_in_the_cache(cpu, flags):
+    """Every way routing and used since: a fifth flow is not filled (it takes the connection
+    table) and clears their used bits; the four, sent again, set them again. In turn, the
+    five keep four in the cache (FIFO alone refilled on every packet), every packet to its
+    own flow's real; six in turn keep none. "slow": a VIP flag that keeps its slots off the
+    fast path (a slot hit in the connection-table step sets the bit too)."""
     lb = make_lb(cpu)
     try:
         if flags:
             lb.modify_vip(VIP_TCP, flags)
-        a, b, c, d = same_home(4)
-        home, other = structs.flow_cache_ways(key_of(a))
-        frames = {f: build_flow_packet(f) for f in (a, b, c)}
-        reals = {f: send(lb, frames[f]) for f in (a, b, c)}  # connection-table entries
-        send(lb, frames[a])
-        send(lb, frames[b])  # a fills home, b the other way: both used
-        assert (way_of(lb, cpu, a), way_of(lb, cpu, b)) == ("home", "other")
-        assert used_bits(lb, cpu, home, other) == [True, True]
+        flows = same_home(6)
+        e = flows[4]
+        frames, reals = fill_set(lb, cpu, flows)
+        assert used_bits(lb, cpu, e) == [True] * 4 and last_bits(lb, cpu, e) == [False] * 3 + [True]
         hits, fills = cache_stats(lb)
-        assert send(lb, frames[c]) == reals[c]
-        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == ("home", "other", None)
-        assert used_bits(lb, cpu, home, other) == [False, False] and cache_stats(lb) == (hits, fills)
+        assert send(lb, frames[e]) == reals[e]
+        assert [way_of(lb, cpu, x) for x in flows[:5]] == list(WAYS) + [None]
+        assert used_bits(lb, cpu, e) == [False] * 4 and cache_stats(lb) == (hits, fills)
         for _ in range(4):
-            assert {f: send(lb, frames[f]) for f in (a, b, c)} == reals
-        assert cache_stats(lb) == (hits + 8, fills)  # a and b hit, c is never filled
-        assert used_bits(lb, cpu, home, other) == [False, False]  # c came last
-        # four in turn: after a round, none is ever used when the next comes: all miss
-        frames[d] = build_flow_packet(d)
-        reals[d] = send(lb, frames[d])
-        assert {f: send(lb, frames[f]) for f in (a, b, c, d)} == reals
+            assert {x: send(lb, frames[x]) for x in flows[:5]} == {x: reals[x] for x in flows[:5]}
+        assert cache_stats(lb) == (hits + 16, fills)  # the four hit, e is never filled
+        assert used_bits(lb, cpu, e) == [False] * 4  # e came last
+        # six in turn: after a round, none is ever used when the next comes: all miss
+        assert {x: send(lb, frames[x]) for x in flows} == reals
         hits, fills = cache_stats(lb)
         for _ in range(3):
-            assert {f: send(lb, frames[f]) for f in (a, b, c, d)} == reals
+            assert {x: send(lb, frames[x]) for x in flows} == reals
         assert cache_stats(lb)[0] == hits and cache_stats(lb)[1] > fills
     finally:
         lb.close()
 
 
 def test_a_way_whose_flow_stopped_goes_to_a_newcomers_second_packet(cpu):
-    """a and b fill the set (b last) and only a keeps sending: c's first packet clears the
-    used bits, a's next sets its own again, and c's second packet replaces b, the way not
-    used since, although FIFO would take a (filled first). With neither used (nobody sent in
-    between), the way filled first goes (bit 0 of `filled` marks the way filled last)."""
+    """a, b, c, d fill the set (d last) and only a, b, c keep sending: e's first packet
+    clears the used bits, theirs set them again, and e's second packet replaces d, the one
+    way not used since, although it was filled last. With none used (nobody sent in
+    between), the first way from home that was not filled last goes; with some unused, the
+    first of those."""
     lb = make_lb(cpu)
     try:
-        a, b, c = same_home(3)
-        home, other = structs.flow_cache_ways(key_of(a))
-        frames = {f: build_flow_packet(f) for f in (a, b, c)}
-        reals = {f: send(lb, frames[f]) for f in (a, b, c)}
-        send(lb, frames[a])
-        send(lb, frames[b])
-        last = [slot_entry(lb, cpu, s)[3] & structs.FLOW_CACHE_LAST for s in (home, other)]
-        assert last == [0, 1]
-        assert send(lb, frames[c]) == reals[c]  # kept out, both bits cleared
-        assert send(lb, frames[a]) == reals[a]  # a is used again, b is not
-        assert used_bits(lb, cpu, home, other) == [True, False]
-        assert send(lb, frames[c]) == reals[c]
-        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == ("home", None, "other")
-        assert used_bits(lb, cpu, home, other) == [True, True]  # a fill counts as a use
+        flows = same_home(8)
+        a, b, c, d, e, f, g, h = flows
+        frames, reals = fill_set(lb, cpu, flows)
+        assert send(lb, frames[e]) == reals[e]  # kept out, every bit cleared
+        for x in (a, b, c):
+            assert send(lb, frames[x]) == reals[x]
+        assert used_bits(lb, cpu, e) == [True, True, True, False]
+        assert send(lb, frames[e]) == reals[e]
+        assert [way_of(lb, cpu, x) for x in (a, b, c, d, e)] == ["home", "other", "third", None, "fourth"]
+        assert used_bits(lb, cpu, e) == [True] * 4  # a fill counts as a use
+        assert last_bits(lb, cpu, e) == [False, False, False, True]
         hits, fills = cache_stats(lb)
-        assert send(lb, frames[c]) == reals[c] and cache_stats(lb) == (hits + 1, fills)
-        # b comes back: kept out once (both used), then neither is used: a, filled first, goes
-        assert send(lb, frames[b]) == reals[b] and way_of(lb, cpu, b) is None
-        assert used_bits(lb, cpu, home, other) == [False, False]
-        assert send(lb, frames[b]) == reals[b]
-        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == (None, "home", "other")
-        # and again with the other way filled first: c is used again, a kept out, then a takes c's
-        assert send(lb, frames[c]) == reals[c]
+        assert send(lb, frames[e]) == reals[e] and cache_stats(lb) == (hits + 1, fills)
+        # f: kept out once (all used), then none is used: home, the first not filled last, goes
+        assert send(lb, frames[f]) == reals[f] and way_of(lb, cpu, f) is None
+        assert used_bits(lb, cpu, e) == [False] * 4
+        assert send(lb, frames[f]) == reals[f]
+        assert [way_of(lb, cpu, x) for x in (a, b, c, e, f)] == [None, "other", "third", "fourth", "home"]
+        assert last_bits(lb, cpu, e) == [True, False, False, False]
+        # g: f was filled since (used); b, c and e were not used since: b, the first, goes
+        assert send(lb, frames[g]) == reals[g]
+        assert [way_of(lb, cpu, x) for x in (b, c, e, f, g)] == [None, "third", "fourth", "home", "other"]
+        # h: c and e unused, c first
+        assert send(lb, frames[h]) == reals[h]
+        assert [way_of(lb, cpu, x) for x in (c, e, f, g, h)] == [None, "fourth", "home", "other", "third"]
+        # the way filled last goes only when it alone is unused: e sends (every way used), a (a
+        # newcomer again) is kept out, f, g and e send, and a takes third, h's
+        assert send(lb, frames[e]) == reals[e]
         assert send(lb, frames[a]) == reals[a] and way_of(lb, cpu, a) is None
+        for x in (f, g, e):
+            assert send(lb, frames[x]) == reals[x]
+        assert used_bits(lb, cpu, e) == [True, True, False, True] and last_bits(lb, cpu, e)[2]
         assert send(lb, frames[a]) == reals[a]
-        assert (way_of(lb, cpu, a), way_of(lb, cpu, b), way_of(lb, cpu, c)) == ("other", "home", None)
+        assert [way_of(lb, cpu, x) for x in (a, e, f, g, h)] == ["third", "fourth", "home", "other", None]
+        # and not while another is: b is kept out, f and g send, b takes fourth (e's), not a's
+        assert send(lb, frames[b]) == reals[b] and way_of(lb, cpu, b) is None
+        for x in (f, g):
+            assert send(lb, frames[x]) == reals[x]
+        assert used_bits(lb, cpu, e) == [True, True, False, False] and last_bits(lb, cpu, e)[2]
+        assert send(lb, frames[b]) == reals[b]
+        assert [way_of(lb, cpu, x) for x in (a, b, e, f, g)] == ["third", "fourth", None, "home", "other"]
+    finally:
+        lb.close()
+
+
+def test_a_way_that_does_not_route_goes_first_to_a_newcomer(cpu):
+    """A SYN reusing d's 5-tuple marks d's whole set stale; a, b and c refill their own ways
+    (each still held: their next packets take the connection table once), d does not send.
+    Every way was used since, yet newcomer e's first packet fills d's way: a way that does
+    not route (stale here; an older epoch or past its refresh alike) is taken before any
+    second chance is looked at."""
+    lb = make_lb(cpu)
+    try:
+        flows = same_home(5, first_port=46000)
+        a, b, c, d, e = flows
+        frames, reals = fill_set(lb, cpu, flows)
+        assert send(lb, syn(d)) == reals[d]  # the same real: the ring did not change
+        for x in (a, b, c):
+            assert send(lb, frames[x]) == reals[x]
+        assert [way_of(lb, cpu, x) for x in (a, b, c, d)] == list(WAYS)
+        assert used_bits(lb, cpu, e) == [True] * 4
+        hits, fills = cache_stats(lb)
+        assert send(lb, frames[e]) == reals[e]
+        assert [way_of(lb, cpu, x) for x in (a, b, c, d, e)] == ["home", "other", "third", None, "fourth"]
+        assert cache_stats(lb) == (hits, fills + 1)
     finally:
         lb.close()
 
 
 @pytest.mark.parametrize("first", ["moved", "other"])
-def test_a_connection_write_forgets_both_ways_of_the_set(lb, first):
-    """A SYN reusing the 5-tuple of a flow held in the other way of its set (the SYN path
-    marks the flow's set stale, not its home slot only): the next ACK sees the new entry.
-    "other": the home slot's flow sends first and refills its slot (its stale bit cleared),
-    so the moved flow's way is the set's only stale one (the fast path reads that way's bit)."""
-    a, b = same_home(2, first_port=45000)
-    frames = {f: build_flow_packet(f) for f in (a, b)}
-    reals = {f: send(lb, frames[f]) for f in (a, b)}
-    for f in (a, b):
+def test_a_connection_write_forgets_every_way_of_the_set(lb, first):
+    """A SYN reusing the 5-tuple of a flow held in the last way of its set (the SYN path
+    marks the flow's whole set stale, not its home slot only): the next ACK sees the new
+    entry. "other": the home slot's flow sends first and refills its slot (its stale bit
+    cleared), so the moved flow's way is stale beside a live one (the fast path reads that
+    way's own bit)."""
+    flows = same_home(4, first_port=45000)
+    a, d = flows[0], flows[3]
+    frames = {f: build_flow_packet(f) for f in flows}
+    reals = {f: send(lb, frames[f]) for f in flows}
+    for f in flows:
         send(lb, frames[f])
     if lb.config.flow_cache:
-        assert way_of(lb, min(os.sched_getaffinity(0)), b) == "other"
-    move_flow(lb, VIP_TCP, reals[b])
-    new = send(lb, syn(b))
-    assert new != reals[b]
+        assert way_of(lb, min(os.sched_getaffinity(0)), d) == "fourth"
+    move_flow(lb, VIP_TCP, reals[d])
+    new = send(lb, syn(d))
+    assert new != reals[d]
     if first == "other":
         assert send(lb, frames[a]) == reals[a]
-    assert {send(lb, frames[b]) for _ in range(3)} == {new}
-    assert send(lb, frames[a]) == reals[a]
+    assert {send(lb, frames[d]) for _ in range(3)} == {new}
+    assert {f: send(lb, frames[f]) for f in flows[:3]} == {f: reals[f] for f in flows[:3]}
 
 
 # --- forward_cached_v4 (lb_pipeline.h): an IPv4 flow's home slot, straight from the headers --

@@ -51,13 +51,15 @@
 #define FLOW_CACHE_BITS 14
 #define FLOW_CACHE_SLOTS (1 << FLOW_CACHE_BITS)
 #define FLOW_CACHE_REFRESH_JIFFIES 64
+/* ways of a flow_cache set: slots 4n .. 4n + 3, a flow's home slot one of them */
+#define FLOW_CACHE_WAYS 4
 /* the VIP filter (lb_flow_cache.h): 8 ctl_array words from CTL_VIP_FILTER */
 #define VIP_FILTER_BITS_LOG 9
 #define VIP_FILTER_WORDS ((1 << VIP_FILTER_BITS_LOG) / 64)
 /* flow_cache_entry.fast: the flow may take the fast path (bit 31; vip_num below) */
 #define FLOW_CACHE_FAST 0x80000000u
-/* flow_cache_entry.filled bit 0: the way of its set filled last (the other is replaced
- * first); bit 1: the way was filled or routed a packet since its set last kept a newcomer
+/* flow_cache_entry.filled bit 0: the way of its set filled last (on one fill tick, the
+ * others are replaced first); bit 1: the way was filled or routed a packet since its set last kept a newcomer
  * out (the second chance); the fill time is the rest (the refresh test ignores both) */
 #define FLOW_CACHE_LAST 1u
 #define FLOW_CACHE_USED 2u

@@ -1,31 +1,33 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Flow cache (not in Katran): a two-way set-associative table per cpu
+ * Flow cache (not in Katran): a four-way set-associative table per cpu
  * (flow_cache) in front of this cpu's connection table. A flow whose
  * connection-table entry was found a moment ago is routed from its slot: one
  * inlined array lookup and a 40-byte compare instead of an LRU hash lookup
  * (~26 ns here).
  *
- * Sets: slots 2n and 2n + 1 (two adjacent cache lines). A flow's hash names
- * its home slot, looked at first; the other slot of the set second. A flow in
- * neither is filled into a way that does not route (empty, an older epoch,
- * stale or past its refresh), home first. With both ways routing, a second
- * chance (CLOCK): each slot has a used bit (FLOW_CACHE_USED in `filled`, on
- * the line a hit reads anyway), set when it is filled and when it routes a
- * packet. A newcomer that finds both ways used clears both bits and is not
- * filled (the connection table serves it); one that finds a way unused
- * replaces it; both unused, the one filled first (FIFO: bit 0 of `filled`,
- * FLOW_CACHE_LAST, marks the way filled last). So three flows of one set sent
- * in turn keep two in the cache instead of evicting each other on every
- * packet, and a way whose flow stopped sending goes to a newcomer's second
- * packet. A direct-mapped table of the same size lost a quarter of 10,000
- * flows to slot collisions; two ways keep pairs, the second chance threes
- * (benchmarks/README.md).
+ * Sets: slots 4n .. 4n + 3 (FLOW_CACHE_WAYS adjacent cache lines). A flow's
+ * hash names its home slot, looked at first (the hit path reads one line);
+ * then, out of line, slot ^ 1, slot ^ 2, slot ^ 3. A flow in none is filled
+ * into the first way that does not route (empty, an older epoch, stale or past
+ * its refresh), home first. With every way routing, a second chance (CLOCK):
+ * each slot has a used bit (FLOW_CACHE_USED in `filled`, on the line a hit
+ * reads anyway), set when it is filled and when it routes a packet. A newcomer
+ * that finds every way used clears their bits and is not filled (the
+ * connection table serves it); one that finds ways unused replaces the first
+ * of them from home that was not filled last (bit 0 of `filled`,
+ * FLOW_CACHE_LAST, marks the way of its set filled last), that one only when
+ * no other is unused.
+ * So five flows of one set sent in turn keep four in the cache instead of
+ * evicting each other on every packet, and a way whose flow stopped sending
+ * goes to a newcomer's second packet. A direct-mapped table of the same size
+ * lost a quarter of 10,000 flows to slot collisions, two ways 8 % of the
+ * frames, four ways 3 % (benchmarks/README.md).
  *
  * The slot mirrors the connection table, never more:
  * - it is filled only from a connection-table hit, with that entry's real;
  * - every data-plane write of a connection-table entry (conn_update,
- *   lru_sync) marks both slots of its flow's set stale (flow_cache_stale)
+ *   lru_sync) marks every slot of its flow's set stale (flow_cache_stale)
  *   until each is filled again;
  * - the control plane bumps ctl_array[CTL_FLOW_CACHE_EPOCH] after it deletes
  *   connection-table entries, at start and when it switches the cache on,
@@ -135,16 +137,16 @@ static __always_inline bool flow_key_is_v4(const struct flow_key *a, __be32 sadd
 		 (x[4] ^ (ports | ((__u64)proto << 32))));
 }
 
-/* Both slots of the set of `slot` (their bits are neighbours in one word). */
+/* The slots of the set of `slot` (their bits are neighbours in one word). */
 static __always_inline __u64 flow_cache_set_bits(__u32 slot)
 {
-	return 3ULL << (slot & 62);
+	return ((1ULL << FLOW_CACHE_WAYS) - 1) << (slot & (64 - FLOW_CACHE_WAYS));
 }
 
 /*
- * A connection-table entry of this flow is written: neither slot of its set
- * may route it (the flow may be in either; the other way's flow is looked up
- * again once, which is cheaper than reading both lines to find out).
+ * A connection-table entry of this flow is written: no slot of its set may
+ * route it (the flow may be in any; the other ways' flows are looked up again
+ * once, which is cheaper than reading the set's lines to find out).
  */
 static __always_inline void flow_cache_forget(const struct flow_key *k)
 {
@@ -200,7 +202,7 @@ static __always_inline int vip_filter(const struct flow_key *k)
 struct flow_cache_ref {
 	struct flow_cache_entry *fc; /* the way holding the flow (held), else the way to fill;
 				      * NULL: the cache is off, no slot for this cpu, or both
-				      * ways keep their flows (FLOW_CACHE_KEEP_BOTH) */
+				      * ways keep their flows (FLOW_CACHE_KEEP_ALL) */
 	__u64 *stale;                /* this cpu's stale word of the set */
 	__u32 slot;                  /* fc's slot */
 	__u32 epoch;                 /* the current epoch (0: off) */
@@ -238,57 +240,70 @@ static __always_inline bool flow_cache_busy(const struct flow_cache_entry *fc, c
 	return fc->epoch == epoch && flow_cache_live(fc, stale, slot);
 }
 
-/* flow_cache_other_way's answers */
-#define FLOW_CACHE_FILL_HOME 0  /* fill the home slot */
-#define FLOW_CACHE_HELD_OTHER 1 /* the other way holds the flow */
-#define FLOW_CACHE_FILL_OTHER 2 /* fill the other way */
-#define FLOW_CACHE_KEEP_BOTH 3  /* both ways route and were used: fill neither */
+/* flow_cache_other_way's answers: the kind, and in bits 2-3 the way (its slot: slot ^ way) */
+#define FLOW_CACHE_FILL 0     /* fill that way */
+#define FLOW_CACHE_HELD 1     /* that way holds the flow */
+#define FLOW_CACHE_KEEP_ALL 2 /* every way routes and was used: fill none */
+#define FLOW_CACHE_ANSWER(kind, way) ((kind) | ((way) << 2))
 
 /*
- * The home slot (`home`, of `slot`) does not hold the flow: whether the other
- * way of the set does, else which way to fill: one that does not route (home
- * first), else one not used since (the second chance), else the one filled
- * first; none when both were used (their used bits are cleared). Out of line:
- * only a flow that is not in its home slot comes here, and the hit path stays
- * short.
+ * The home slot (`home`, of `slot`) does not hold the flow: which other way of
+ * the set does (slot ^ 1, then slot ^ 2, slot ^ 3), else which way to fill, in
+ * that order from home: the first that does not route; else the first not used
+ * since (the second chance) that was not filled last (with two ways: FIFO), the
+ * one filled last only when no other is unused; none when every way was used
+ * (their used bits are cleared). Out of line: only a flow that is not in its
+ * home slot comes here, and the hit path stays short.
  */
+_Static_assert(FLOW_CACHE_WAYS >= 2 && FLOW_CACHE_WAYS <= 4, "a way fits bits 2-3 of an answer");
 LB_OUT_OF_LINE int flow_cache_other_way(const struct flow_key *k, __u32 slot, __u32 epoch,
 					const __u64 *stale, struct flow_cache_entry *home)
 {
-	struct flow_cache_entry *alt = flow_cache_at(slot ^ 1);
-	bool home_used, alt_used;
+	struct flow_cache_entry *w[FLOW_CACHE_WAYS];
+	int i;
 
-	if (!alt)
-		return FLOW_CACHE_FILL_HOME;
-	if (flow_cache_holds(alt, k, epoch))
-		return FLOW_CACHE_HELD_OTHER;
-	if (!flow_cache_busy(home, stale, slot, epoch))
-		return FLOW_CACHE_FILL_HOME;
-	if (!flow_cache_busy(alt, stale, slot ^ 1, epoch))
-		return FLOW_CACHE_FILL_OTHER;
-	home_used = home->filled & FLOW_CACHE_USED;
-	alt_used = alt->filled & FLOW_CACHE_USED;
-	if (home_used && alt_used) {
-		home->filled &= ~FLOW_CACHE_USED;
-		alt->filled &= ~FLOW_CACHE_USED;
-		return FLOW_CACHE_KEEP_BOTH;
+	w[0] = home;
+#pragma unroll
+	for (i = 1; i < FLOW_CACHE_WAYS; i++) {
+		w[i] = flow_cache_at(slot ^ i);
+		if (!w[i])
+			return FLOW_CACHE_ANSWER(FLOW_CACHE_FILL, 0);
 	}
-	if (home_used != alt_used)
-		return home_used ? FLOW_CACHE_FILL_OTHER : FLOW_CACHE_FILL_HOME;
-	return home->filled & FLOW_CACHE_LAST ? FLOW_CACHE_FILL_OTHER : FLOW_CACHE_FILL_HOME;
+#pragma unroll
+	for (i = 1; i < FLOW_CACHE_WAYS; i++)
+		if (flow_cache_holds(w[i], k, epoch))
+			return FLOW_CACHE_ANSWER(FLOW_CACHE_HELD, i);
+#pragma unroll
+	for (i = 0; i < FLOW_CACHE_WAYS; i++)
+		if (!flow_cache_busy(w[i], stale, slot ^ i, epoch))
+			return FLOW_CACHE_ANSWER(FLOW_CACHE_FILL, i);
+	/* every way routes: the first not used since and not filled last, else (only the
+	 * way filled last can then be unused) the first not used since */
+#pragma unroll
+	for (i = 0; i < FLOW_CACHE_WAYS; i++)
+		if (!(w[i]->filled & FLOW_CACHE_FILL_FLAGS))
+			return FLOW_CACHE_ANSWER(FLOW_CACHE_FILL, i);
+#pragma unroll
+	for (i = 0; i < FLOW_CACHE_WAYS; i++)
+		if (!(w[i]->filled & FLOW_CACHE_USED))
+			return FLOW_CACHE_ANSWER(FLOW_CACHE_FILL, i);
+#pragma unroll
+	for (i = 0; i < FLOW_CACHE_WAYS; i++)
+		w[i]->filled &= ~FLOW_CACHE_USED;
+	return FLOW_CACHE_ANSWER(FLOW_CACHE_KEEP_ALL, 0);
 }
 
 /*
  * flow_cache_find for a flow its home slot (`home`, of `slot`, looked up in
- * `epoch` with stale word `stale`) does not hold: the other way, or the way to
- * fill.
+ * `epoch` with stale word `stale`) does not hold: the other way that holds it,
+ * or the way to fill.
  */
 static __always_inline void flow_cache_find_other(const struct flow_key *k, struct flow_cache_ref *ref,
 						  struct flow_cache_entry *home, __u32 slot, __u32 epoch,
 						  __u64 *stale)
 {
-	struct flow_cache_entry *alt;
-	int way;
+	struct flow_cache_entry *other;
+	int answer, way;
 
 	ref->fc = home;
 	ref->slot = slot;
@@ -296,19 +311,20 @@ static __always_inline void flow_cache_find_other(const struct flow_key *k, stru
 	ref->stale = stale;
 	ref->held = false;
 	ref->found = true;
-	way = flow_cache_other_way(k, slot, epoch, stale, home);
-	if (way == FLOW_CACHE_FILL_HOME)
-		return;
-	if (way == FLOW_CACHE_KEEP_BOTH) {
+	answer = flow_cache_other_way(k, slot, epoch, stale, home);
+	if ((answer & 3) == FLOW_CACHE_KEEP_ALL) {
 		ref->fc = NULL; /* the connection table serves it; no slot is filled */
 		return;
 	}
-	alt = flow_cache_at(slot ^ 1);
-	if (!alt)
+	way = (answer >> 2) & 3;
+	if (!way)
 		return;
-	ref->fc = alt;
-	ref->slot = slot ^ 1;
-	ref->held = way == FLOW_CACHE_HELD_OTHER;
+	other = flow_cache_at(slot ^ way);
+	if (!other)
+		return;
+	ref->fc = other;
+	ref->slot = slot ^ way;
+	ref->held = (answer & 3) == FLOW_CACHE_HELD;
 }
 
 static __always_inline void flow_cache_find(const struct flow_key *k, struct flow_cache_ref *ref)
@@ -341,12 +357,14 @@ static __always_inline void flow_cache_find(const struct flow_key *k, struct flo
 /*
  * Remember a connection-table hit in ref's slot (real pkt->real_index, UDP last
  * seen `seen`); fast: FLOW_CACHE_FAST | vip_num when forward_cached() may route
- * the flow. The slot becomes its set's last filled way, and used.
+ * the flow. The slot becomes its set's last filled way (the others' bit is
+ * cleared where set: fills are rare, and their lines were just read), and used.
  */
 static __always_inline void flow_cache_fill(const struct flow_cache_ref *ref,
 					    const struct pkt_meta *pkt, __u64 seen, __u32 fast)
 {
-	struct flow_cache_entry *fc = ref->fc, *other = flow_cache_at(ref->slot ^ 1);
+	struct flow_cache_entry *fc = ref->fc, *o;
+	int i;
 
 	__builtin_memcpy(&fc->key, &pkt->flow, sizeof(fc->key));
 	fc->real_index = pkt->real_index;
@@ -355,8 +373,12 @@ static __always_inline void flow_cache_fill(const struct flow_cache_ref *ref,
 	fc->seen = seen;
 	fc->epoch = ref->epoch;
 	*ref->stale &= ~flow_cache_bit(ref->slot);
-	if (other)
-		other->filled &= ~FLOW_CACHE_LAST;
+#pragma unroll
+	for (i = 1; i < FLOW_CACHE_WAYS; i++) {
+		o = flow_cache_at(ref->slot ^ i);
+		if (o && (o->filled & FLOW_CACHE_LAST))
+			o->filled &= ~FLOW_CACHE_LAST;
+	}
 }
 
 #endif /* KATRAN_LB_FLOW_CACHE_H */
