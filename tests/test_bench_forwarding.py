@@ -183,6 +183,44 @@ def test_encap_reflector_writes_a_valid_outer_ipv4_header(bench, tmp_path):
     assert inner[TCP].sport == bench.BASE_PORT
 
 
+@pytest.mark.privileged
+@pytest.mark.parametrize("clients", ["one", "hashed"])
+def test_the_driver_tells_the_flows_apart_by_port_and_with_hashed_by_client(bench, tmp_path, clients):
+    """xdp_flows: flow i = seq % flows gets source port base + i; with ``hashed`` also the
+    client address client_of(i) (the low 16 bits), the IPv4 header checksum still valid;
+    then the program in target (here the reflector) runs on the frame."""
+    from katran.adapter import bpf
+    from katran.build import compile_one
+
+    obj = bpf.load_object(compile_one(bench.HELPERS_SRC, tmp_path))
+    try:
+        obj.map("target").update(bench.u32(0), bench.u32(obj.program("xdp_reflect").fd))
+        cfg = obj.map("flow_cfg")
+        for k, v in enumerate((3, bench.BASE_PORT, 0, bench.CLIENTS.index(clients))):
+            cfg.update(bench.u32(k), bench.u32(v))
+        data = bench.frame(100)
+        got = []
+        for _ in range(4):
+            res = obj.program("xdp_flows").test_run(data)
+            assert res.retval == 3  # XDP_TX, from the reflector
+            out = bytes(res.data)
+            words = sum(int.from_bytes(out[i:i + 2], "big") for i in range(14, 34, 2))
+            while words >> 16:
+                words = (words & 0xFFFF) + (words >> 16)
+            assert words == 0xFFFF  # the header checksum verifies
+            assert out[34 + 2:] == data[34 + 2:] and out[:6] == data[6:12]  # ports on, MACs swapped
+            pkt = IP(out[14:])
+            got.append((pkt.src, pkt[TCP].sport))
+    finally:
+        obj.close()
+    ports = [bench.BASE_PORT + i for i in (0, 1, 2, 0)]
+    if clients == "one":
+        assert got == [(bench.CLIENT, p) for p in ports]
+    else:
+        assert got == [(bench.client_of(i), p) for i, p in zip((0, 1, 2, 0), ports)]
+        assert len({c for c, _ in got}) == 3 and all(c.startswith("192.168.") for c, _ in got)
+
+
 def _state_slot(saddr: str, daddr: str, sport: int, dport: int, proto: int) -> int:
     """xdp_state's slot of an IPv4 flow: the flow cache's home slot of its 5-tuple (the same
     hash over a table of FLOW_CACHE_SLOTS lines)."""
@@ -324,7 +362,7 @@ def test_a_run_that_lost_frames_is_run_again_and_its_frames_counted(bench, capsy
                        "--lru-size", "1000", "--flows", "1", "--sizes", "64"]) == 0
     out = capsys.readouterr().out
     assert "1 live runs repeated: frames were lost on the veth" in out
-    cache_row = out.split("packets kept out (both ways of the set in use)\n")[1].splitlines()[0].split()
+    cache_row = out.split("packets kept out (every way of the set in use)\n")[1].splitlines()[0].split()
     assert cache_row[3] == "100.0%"  # hits over the 3000 frames the balancer ran, not 2000
 
 
@@ -384,7 +422,7 @@ def test_every_timed_run_comes_right_after_its_warm_passes(bench, capsys, restor
         assert runs[i - warm:i] == [(runs[i][0], runs[i][1], 300)] * warm
     assert len(runs) == first + len(timed) * (1 + warm)
     out = capsys.readouterr().out
-    cache_row = out.split("packets kept out (both ways of the set in use)\n")[1].splitlines()[0].split()
+    cache_row = out.split("packets kept out (every way of the set in use)\n")[1].splitlines()[0].split()
     assert float(cache_row[3].rstrip("%")) <= 100.0
     hits, fills, kept = (float(cache_row[i].rstrip("%")) for i in (3, 5, 8))
     assert kept >= 0 and hits + fills + kept == pytest.approx(100, abs=0.2)

@@ -12,8 +12,10 @@
  *              outer destination taken from it; a flow not in its slot is written there.
  *              No other lookup, no counter, no ageing.
  * xdp_flows:   the driver of every timed run: rewrites the TCP/UDP source port of an
- *              IPv4 frame to base + (seq++ % flows) and tail-calls the program under test
- *              (slot 0 of `target`), so one live-frames run carries many flows.
+ *              IPv4 frame to base + i, i = seq++ % flows (with `hashed` also the low 16 bits
+ *              of the client address to a hash of i, the header checksum updated) and
+ *              tail-calls the program under test (slot 0 of `target`), so one live-frames run
+ *              carries many flows.
  * xdp_sink:    the veth peer: counts the IPv4 TCP or IPIP frames that arrive (XDP_TX really
  *              transmitted; the kernel's own IPv6 chatter on the link is not counted), drops all.
  */
@@ -31,10 +33,10 @@ struct {
 	__type(value, __u32);
 } target SEC(".maps");
 
-/* [0] flows, [1] base source port, [2] sequence number */
+/* [0] flows, [1] base source port, [2] sequence number, [3] 1: hashed client addresses */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 3);
+	__uint(max_entries, 4);
 	__type(key, __u32);
 	__type(value, __u32);
 } flow_cfg SEC(".maps");
@@ -178,12 +180,25 @@ int xdp_state(struct xdp_md *ctx)
 	return encap_tx(ctx, s->daddr);
 }
 
+/* The low 16 bits of flow i's client address with `hashed` (bench_forwarding.py client_of
+ * mirrors it): murmur3's 32-bit finalizer of i, its top half. */
+static __always_inline __u16 client_word(__u32 i)
+{
+	i ^= i >> 16;
+	i *= 0x85ebca6bu;
+	i ^= i >> 13;
+	i *= 0xc2b2ae35u;
+	i ^= i >> 16;
+	return i >> 16;
+}
+
 SEC("xdp")
 int xdp_flows(struct xdp_md *ctx)
 {
 	struct iphdr *ip = ipv4_ports(ctx);
-	__u32 k0 = 0, k1 = 1, k2 = 2;
-	__u32 *flows, *base, *seq;
+	__u32 k0 = 0, k1 = 1, k2 = 2, k3 = 3;
+	__u32 *flows, *base, *seq, *hashed, i, sum;
+	__u16 *client, word;
 	__be16 *sport;
 
 	if (!ip)
@@ -192,10 +207,22 @@ int xdp_flows(struct xdp_md *ctx)
 	flows = bpf_map_lookup_elem(&flow_cfg, &k0);
 	base = bpf_map_lookup_elem(&flow_cfg, &k1);
 	seq = bpf_map_lookup_elem(&flow_cfg, &k2);
-	if (!flows || !base || !seq || *flows == 0)
+	hashed = bpf_map_lookup_elem(&flow_cfg, &k3);
+	if (!flows || !base || !seq || !hashed || *flows == 0)
 		return XDP_DROP;
-	*sport = bpf_htons((__u16)(*base + *seq % *flows));
+	i = *seq % *flows;
+	*sport = bpf_htons((__u16)(*base + i));
 	*seq += 1;
+	if (*hashed) {
+		/* the last two bytes of saddr; the checksum updated as RFC 1624 says */
+		client = (__u16 *)&ip->saddr + 1;
+		word = bpf_htons(client_word(i));
+		sum = (__u16)~ip->check + (__u16)~*client + word;
+		sum = (sum & 0xffff) + (sum >> 16);
+		sum = (sum & 0xffff) + (sum >> 16);
+		*client = word;
+		ip->check = (__u16)~sum;
+	}
 	bpf_tail_call(ctx, &target, 0);
 	return XDP_DROP;
 }

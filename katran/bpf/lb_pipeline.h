@@ -219,7 +219,7 @@ static __always_inline int forward_cached_v4(struct xdp_md *xdp, struct hot_stat
 	if (!fc)
 		return LB_CONTINUE;
 	if (fc->epoch != epoch || !flow_key_is_v4(&fc->key, saddr, daddr, ports, proto)) {
-		/* not in its home slot: the other way, else hand the pipeline what
+		/* not in its home slot: another way, else hand the pipeline what
 		 * flow_cache_find would find */
 		struct flow_key k = {};
 
@@ -230,7 +230,7 @@ static __always_inline int forward_cached_v4(struct xdp_md *xdp, struct hot_stat
 		flow_cache_find_other(&k, ref, fc, slot, epoch, stale);
 		if (!ref->held || !ref->fc)
 			return LB_CONTINUE;
-		fc = ref->fc; /* the other way of the set holds it: routed from there */
+		fc = ref->fc; /* another way of the set holds it: routed from there */
 		slot = ref->slot;
 	}
 	if (!(fc->fast & FLOW_CACHE_FAST) || !flow_cache_live(fc, stale, slot))
