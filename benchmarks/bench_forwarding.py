@@ -57,7 +57,8 @@ Rows: ``--flows`` (1, 100, 10,000; warmed into the connection table first) x
 ``--sizes`` (64, 1,400 bytes).  Every timed run comes right after ``--warm``
 (default 1) untimed passes of the same program over the flows: the columns take
 turns on one CPU, so a column's next run starts after the others' (an instance
-of it after ~0.5 s at the default sizes), with its lines out of the CPU caches and its
+of it after the other loads' too: ~0.7 s with 4 loads of 4 balancer columns),
+with its lines out of the CPU caches and its
 flow-cache slots past their refresh (64 jiffies, 256 ms at HZ 250), which a
 core forwarding these flows without a pause never sees.  Without the pass the
 first pass of each run refills every slot from the connection table: 5 % of

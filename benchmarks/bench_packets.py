@@ -41,9 +41,9 @@ a column for the balancer with a packet capture running whose filter matches
 none of the packets (the capture-on cost; capture off is the plain column).
 ``--no-flow-cache`` adds a column for the balancer with its flow cache off.
 The "LRU hit" rows repeat 500 flows, so ours serves them from its flow cache
-(lb_flow_cache.h); the "flow-cache miss" row sends in turn six flows of each
-of 167 cache sets (four ways a set with a second chance: five in turn keep four
-in the cache, six never do), so every packet reads all four ways, misses the
+(lb_flow_cache.h); the "flow-cache miss" row sends in turn eight flows of each
+of 167 cache sets (four ways a set with two chances: up to six in turn keep four
+in the cache, eight never do), so every packet reads all four ways, misses the
 cache, hits the LRU and refills a slot: the cache's worst case.
 """
 
@@ -88,11 +88,11 @@ FEATURE_KNOBS = (
 )
 # the flows that are warmed into the connection table before timing
 LRU_FLOWS = range(10000, 10500)
-# more clients (192.168.2.x), whose flows come in sixes that share a flow-cache set
+# more clients (192.168.2.x), whose flows come in eights that share a flow-cache set
 # (lb_flow_cache.h)
 CLIENTS_B_V4 = "192.168.2."
 CACHE_SETS = 167
-SET_FLOWS = structs.FLOW_CACHE_WAYS + 2  # five in turn keep four (the second chance), six none
+SET_FLOWS = 2 * structs.FLOW_CACHE_WAYS  # six in turn keep four (two chances), eight none
 
 
 def cache_set_flows() -> list[tuple[str, int]]:
@@ -641,7 +641,7 @@ def _run(args: argparse.Namespace, objs: dict[str, str | None]) -> int:
         misses = lbs[-1].get_lru_stats().v2 - before
         if misses:
             raise SystemExit(f"{misses} connection-table misses on the LRU-hit rows: raise --lru-size")
-        # the flow-cache miss row must miss the flow cache (its flows share sets in sixes):
+        # the flow-cache miss row must miss the flow cache (its flows share sets in eights):
         # one pass puts every set in its turn (the verdict check sent its first frame), then
         # two more must not hit
         for case in cases:

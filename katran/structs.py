@@ -176,7 +176,13 @@ def real_pos_lru_unpack(raw: bytes) -> tuple[int, int]:
 FLOW_CACHE_FAST = 0x80000000  # flow_cache_entry.fast: the fast path may route the flow (consts.h)
 FLOW_CACHE_WAYS = 4  # slots 4n .. 4n + 3 are a set (consts.h)
 FLOW_CACHE_LAST = 1  # flow_cache_entry.filled bit 0: the way of its set filled last (consts.h)
-FLOW_CACHE_USED = 2  # filled bit 1: the way was used since its set last kept a newcomer out
+FLOW_CACHE_USE = 6  # filled bits 1-2: the way's use count, 0 .. 2 (the second chance; consts.h)
+
+
+def flow_cache_use_count(filled: int) -> int:
+    """The use count in a flow_cache_entry's `filled`: 2 after a fill or a routed packet, one
+    less each time the set keeps a newcomer out; the way is replaceable at 0."""
+    return (filled & FLOW_CACHE_USE) >> 1
 
 
 def _mix(h: int, buckets: int) -> int:

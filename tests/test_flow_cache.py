@@ -559,10 +559,10 @@ def test_four_flows_with_one_home_slot_are_all_routed_from_the_cache(cpu):
         lb.close()
 
 
-def used_bits(lb: KatranLb, cpu: int, flow: Flow) -> list[bool]:
-    """The used bits (FLOW_CACHE_USED in `filled`, the second chance) of the ways of the
+def use_counts(lb: KatranLb, cpu: int, flow: Flow) -> list[int]:
+    """The use counts (FLOW_CACHE_USE in `filled`, the second chance) of the ways of the
     flow's set on `cpu`, in WAYS order."""
-    return [bool(slot_entry(lb, cpu, s)[3] & structs.FLOW_CACHE_USED)
+    return [structs.flow_cache_use_count(slot_entry(lb, cpu, s)[3])
             for s in structs.flow_cache_ways(key_of(flow))]
 
 
@@ -584,85 +584,91 @@ def fill_set(lb: KatranLb, cpu: int, flows: list[Flow]) -> dict:
 
 
 @pytest.mark.parametrize("flags", [0, VipFlag.QUIC_VIP], ids=["fast", "slow"])
-def test_five_flows_of_one_set_in_turn_keep_four_in_the_cache(cpu, flags):
-    """Every way routing and used since: a fifth flow is not filled (it takes the connection
-    table) and clears their used bits; the four, sent again, set them again. In turn, the
-    five keep four in the cache (FIFO alone refilled on every packet), every packet to its
-    own flow's real; six in turn keep none. "slow": a VIP flag that keeps its slots off the
-    fast path (a slot hit in the connection-table step sets the bit too)."""
+def test_five_and_six_flows_of_one_set_in_turn_keep_four_in_the_cache(cpu, flags):
+    """Every way routing with a use count above 0: a fifth flow is not filled (it takes the
+    connection table) and takes one from each count; the four, sent again, are back at 2.
+    In turn, five keep four in the cache (FIFO refilled on every packet), every packet to
+    its own flow's real; six too (the sixth takes the counts to 0, but the four send before
+    the next newcomer comes; with one chance six kept none). "slow": a VIP flag that keeps
+    its slots off the fast path (a slot hit in the connection-table step counts too)."""
     lb = make_lb(cpu)
     try:
         if flags:
             lb.modify_vip(VIP_TCP, flags)
         flows = same_home(6)
-        e = flows[4]
+        e, f = flows[4], flows[5]
         frames, reals = fill_set(lb, cpu, flows)
-        assert used_bits(lb, cpu, e) == [True] * 4 and last_bits(lb, cpu, e) == [False] * 3 + [True]
+        assert use_counts(lb, cpu, e) == [2] * 4 and last_bits(lb, cpu, e) == [False] * 3 + [True]
         hits, fills = cache_stats(lb)
         assert send(lb, frames[e]) == reals[e]
         assert [way_of(lb, cpu, x) for x in flows[:5]] == list(WAYS) + [None]
-        assert used_bits(lb, cpu, e) == [False] * 4 and cache_stats(lb) == (hits, fills)
+        assert use_counts(lb, cpu, e) == [1] * 4 and cache_stats(lb) == (hits, fills)
         for _ in range(4):
             assert {x: send(lb, frames[x]) for x in flows[:5]} == {x: reals[x] for x in flows[:5]}
         assert cache_stats(lb) == (hits + 16, fills)  # the four hit, e is never filled
-        assert used_bits(lb, cpu, e) == [False] * 4  # e came last
-        # six in turn: after a round, none is ever used when the next comes: all miss
-        assert {x: send(lb, frames[x]) for x in flows} == reals
+        assert use_counts(lb, cpu, e) == [1] * 4  # e came last
+        assert send(lb, frames[f]) == reals[f] and use_counts(lb, cpu, e) == [0] * 4
         hits, fills = cache_stats(lb)
         for _ in range(3):
             assert {x: send(lb, frames[x]) for x in flows} == reals
-        assert cache_stats(lb)[0] == hits and cache_stats(lb)[1] > fills
+        assert cache_stats(lb) == (hits + 12, fills)
+        assert [way_of(lb, cpu, x) for x in flows] == list(WAYS) + [None, None]
     finally:
         lb.close()
 
 
-def test_a_way_whose_flow_stopped_goes_to_a_newcomers_second_packet(cpu):
-    """a, b, c, d fill the set (d last) and only a, b, c keep sending: e's first packet
-    clears the used bits, theirs set them again, and e's second packet replaces d, the one
-    way not used since, although it was filled last. With none used (nobody sent in
-    between), the first way from home that was not filled last goes; with some unused, the
-    first of those."""
+def test_a_way_whose_flow_stopped_goes_to_a_newcomers_third_packet(cpu):
+    """a, b, c, d fill the set (d last) and only a, b, c keep sending: each of e's first two
+    packets takes one from every count, theirs are back at 2 in between, and e's third
+    packet replaces d, the one way at 0, although it was filled last. With ways at 0, the
+    first of them from home that was not filled last goes; the one filled last only when it
+    alone is at 0."""
     lb = make_lb(cpu)
     try:
         flows = same_home(8)
         a, b, c, d, e, f, g, h = flows
         frames, reals = fill_set(lb, cpu, flows)
-        assert send(lb, frames[e]) == reals[e]  # kept out, every bit cleared
+        assert send(lb, frames[e]) == reals[e]  # kept out: every count 2 -> 1
         for x in (a, b, c):
             assert send(lb, frames[x]) == reals[x]
-        assert used_bits(lb, cpu, e) == [True, True, True, False]
+        assert use_counts(lb, cpu, e) == [2, 2, 2, 1]
+        assert send(lb, frames[e]) == reals[e] and way_of(lb, cpu, e) is None  # kept out again
+        assert use_counts(lb, cpu, e) == [1, 1, 1, 0]
         assert send(lb, frames[e]) == reals[e]
         assert [way_of(lb, cpu, x) for x in (a, b, c, d, e)] == ["home", "other", "third", None, "fourth"]
-        assert used_bits(lb, cpu, e) == [True] * 4  # a fill counts as a use
+        assert use_counts(lb, cpu, e) == [1, 1, 1, 2]  # a fill counts as a use
         assert last_bits(lb, cpu, e) == [False, False, False, True]
         hits, fills = cache_stats(lb)
         assert send(lb, frames[e]) == reals[e] and cache_stats(lb) == (hits + 1, fills)
-        # f: kept out once (all used), then none is used: home, the first not filled last, goes
+        # f: kept out once (nothing at 0), then home, the first at 0 not filled last, goes
         assert send(lb, frames[f]) == reals[f] and way_of(lb, cpu, f) is None
-        assert used_bits(lb, cpu, e) == [False] * 4
+        assert use_counts(lb, cpu, e) == [0, 0, 0, 1]
         assert send(lb, frames[f]) == reals[f]
         assert [way_of(lb, cpu, x) for x in (a, b, c, e, f)] == [None, "other", "third", "fourth", "home"]
         assert last_bits(lb, cpu, e) == [True, False, False, False]
-        # g: f was filled since (used); b, c and e were not used since: b, the first, goes
+        # g and h: other (b) and third (c) are at 0, the first of them goes each time
         assert send(lb, frames[g]) == reals[g]
         assert [way_of(lb, cpu, x) for x in (b, c, e, f, g)] == [None, "third", "fourth", "home", "other"]
-        # h: c and e unused, c first
         assert send(lb, frames[h]) == reals[h]
         assert [way_of(lb, cpu, x) for x in (c, e, f, g, h)] == [None, "fourth", "home", "other", "third"]
-        # the way filled last goes only when it alone is unused: e sends (every way used), a (a
-        # newcomer again) is kept out, f, g and e send, and a takes third, h's
+        # the way filled last (h's) goes only when it alone is at 0: e sends, a (a newcomer
+        # again) is kept out twice with f, g and e sending in between, and takes third
         assert send(lb, frames[e]) == reals[e]
-        assert send(lb, frames[a]) == reals[a] and way_of(lb, cpu, a) is None
+        assert send(lb, frames[a]) == reals[a] and use_counts(lb, cpu, e) == [1, 1, 1, 1]
+        assert send(lb, frames[e]) == reals[e]
+        assert send(lb, frames[a]) == reals[a] and use_counts(lb, cpu, e) == [0, 0, 0, 1]
         for x in (f, g, e):
             assert send(lb, frames[x]) == reals[x]
-        assert used_bits(lb, cpu, e) == [True, True, False, True] and last_bits(lb, cpu, e)[2]
+        assert use_counts(lb, cpu, e) == [2, 2, 0, 2] and last_bits(lb, cpu, e)[2]
         assert send(lb, frames[a]) == reals[a]
         assert [way_of(lb, cpu, x) for x in (a, e, f, g, h)] == ["third", "fourth", "home", "other", None]
-        # and not while another is: b is kept out, f and g send, b takes fourth (e's), not a's
-        assert send(lb, frames[b]) == reals[b] and way_of(lb, cpu, b) is None
+        # and not while another is at 0: b is kept out twice, f and g send, b takes fourth
+        # (e's), not third (a's, filled last)
+        for _ in range(2):
+            assert send(lb, frames[b]) == reals[b] and way_of(lb, cpu, b) is None
         for x in (f, g):
             assert send(lb, frames[x]) == reals[x]
-        assert used_bits(lb, cpu, e) == [True, True, False, False] and last_bits(lb, cpu, e)[2]
+        assert use_counts(lb, cpu, e) == [2, 2, 0, 0] and last_bits(lb, cpu, e)[2]
         assert send(lb, frames[b]) == reals[b]
         assert [way_of(lb, cpu, x) for x in (a, b, e, f, g)] == ["third", "fourth", None, "home", "other"]
     finally:
@@ -684,7 +690,7 @@ def test_a_way_that_does_not_route_goes_first_to_a_newcomer(cpu):
         for x in (a, b, c):
             assert send(lb, frames[x]) == reals[x]
         assert [way_of(lb, cpu, x) for x in (a, b, c, d)] == list(WAYS)
-        assert used_bits(lb, cpu, e) == [True] * 4
+        assert use_counts(lb, cpu, e) == [2] * 4
         hits, fills = cache_stats(lb)
         assert send(lb, frames[e]) == reals[e]
         assert [way_of(lb, cpu, x) for x in (a, b, c, d, e)] == ["home", "other", "third", None, "fourth"]

@@ -58,12 +58,15 @@
 #define VIP_FILTER_WORDS ((1 << VIP_FILTER_BITS_LOG) / 64)
 /* flow_cache_entry.fast: the flow may take the fast path (bit 31; vip_num below) */
 #define FLOW_CACHE_FAST 0x80000000u
-/* flow_cache_entry.filled bit 0: the way of its set filled last (on one fill tick, the
- * others are replaced first); bit 1: the way was filled or routed a packet since its set last kept a newcomer
- * out (the second chance); the fill time is the rest (the refresh test ignores both) */
+/* flow_cache_entry.filled bit 0: the way of its set filled last (replaced after the others);
+ * bits 1-2: the way's use count (the second chance): 2 when it is filled and when it routes a
+ * packet, one less each time its set keeps a newcomer out, replaceable at 0; the fill tick is
+ * the rest (its low 3 bits dropped: a slot may refresh up to 7 jiffies early) */
 #define FLOW_CACHE_LAST 1u
-#define FLOW_CACHE_USED 2u
-#define FLOW_CACHE_FILL_FLAGS (FLOW_CACHE_LAST | FLOW_CACHE_USED) /* the bits of filled not the time */
+#define FLOW_CACHE_USE 6u      /* the use count's bits */
+#define FLOW_CACHE_USE_ONE 2u  /* a count of 1 */
+#define FLOW_CACHE_USE_MAX 4u  /* a count of 2 */
+#define FLOW_CACHE_FILL_FLAGS (FLOW_CACHE_LAST | FLOW_CACHE_USE) /* the bits of filled not the tick */
 
 /*
  * Values the control plane shares are C enums (not #defines) so that the

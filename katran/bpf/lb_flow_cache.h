@@ -10,19 +10,20 @@
  * hash names its home slot, looked at first (the hit path reads one line);
  * then, out of line, slot ^ 1, slot ^ 2, slot ^ 3. A flow in none is filled
  * into the first way that does not route (empty, an older epoch, stale or past
- * its refresh), home first. With every way routing, a second chance (CLOCK):
- * each slot has a used bit (FLOW_CACHE_USED in `filled`, on the line a hit
- * reads anyway), set when it is filled and when it routes a packet. A newcomer
- * that finds every way used clears their bits and is not filled (the
- * connection table serves it); one that finds ways unused replaces the first
- * of them from home that was not filled last (bit 0 of `filled`,
- * FLOW_CACHE_LAST, marks the way of its set filled last), that one only when
- * no other is unused.
- * So five flows of one set sent in turn keep four in the cache instead of
- * evicting each other on every packet, and a way whose flow stopped sending
- * goes to a newcomer's second packet. A direct-mapped table of the same size
- * lost a quarter of 10,000 flows to slot collisions; with hashed clients two
- * ways miss 20.6 % of the frames, four ways 10.2 % (benchmarks/README.md).
+ * its refresh), home first. With every way routing, a second chance (CLOCK
+ * with two chances): each slot has a use count (bits 1-2 of `filled`,
+ * FLOW_CACHE_USE, on the line a hit reads anyway), set to 2 when the slot is
+ * filled and when it routes a packet. A newcomer that finds no way at 0 takes
+ * one from each and is not filled (the connection table serves it); one that
+ * finds ways at 0 replaces the first of them from home that was not filled
+ * last (bit 0 of `filled`, FLOW_CACHE_LAST, marks the way of its set filled
+ * last), that one only when it alone is at 0.
+ * So up to six flows of one set sent in turn keep four in the cache instead of
+ * evicting each other on every packet (with one chance, six kept none), and a
+ * way whose flow stopped sending goes to a newcomer's third packet. A
+ * direct-mapped table of the same size lost a quarter of 10,000 flows to slot
+ * collisions; with hashed clients two ways with one chance miss 20.6 % of the
+ * frames, four ways 10.2 %, with two chances 7.5 % (benchmarks/README.md).
  *
  * The slot mirrors the connection table, never more:
  * - it is filled only from a connection-table hit, with that entry's real;
@@ -201,8 +202,8 @@ static __always_inline int vip_filter(const struct flow_key *k)
 /* A flow's slot, looked up once a packet (flow_cache_find). */
 struct flow_cache_ref {
 	struct flow_cache_entry *fc; /* the way holding the flow (held), else the way to fill;
-				      * NULL: the cache is off, no slot for this cpu, or both
-				      * ways keep their flows (FLOW_CACHE_KEEP_ALL) */
+				      * NULL: the cache is off, no slot for this cpu, or every
+				      * way keeps its flow (FLOW_CACHE_KEEP_ALL) */
 	__u64 *stale;                /* this cpu's stale word of the set */
 	__u32 slot;                  /* fc's slot */
 	__u32 epoch;                 /* the current epoch (0: off) */
@@ -226,11 +227,11 @@ static __always_inline bool flow_cache_live(const struct flow_cache_entry *fc, c
 	       (__u32)bpf_jiffies64() - (fc->filled & ~FLOW_CACHE_FILL_FLAGS) < FLOW_CACHE_REFRESH_JIFFIES;
 }
 
-/* The slot routed a packet: its used bit (written only when it was clear). */
+/* The slot routed a packet: its use count back to 2 (written only when it was lower). */
 static __always_inline void flow_cache_touch(struct flow_cache_entry *fc)
 {
-	if (!(fc->filled & FLOW_CACHE_USED))
-		fc->filled |= FLOW_CACHE_USED;
+	if ((fc->filled & FLOW_CACHE_USE) != FLOW_CACHE_USE_MAX)
+		fc->filled = (fc->filled & ~FLOW_CACHE_USE) | FLOW_CACHE_USE_MAX;
 }
 
 /* Does the slot route some flow (this epoch, not stale, fresh)? */
@@ -243,17 +244,17 @@ static __always_inline bool flow_cache_busy(const struct flow_cache_entry *fc, c
 /* flow_cache_other_way's answers: the kind, and in bits 2-3 the way (its slot: slot ^ way) */
 #define FLOW_CACHE_FILL 0     /* fill that way */
 #define FLOW_CACHE_HELD 1     /* that way holds the flow */
-#define FLOW_CACHE_KEEP_ALL 2 /* every way routes and was used: fill none */
+#define FLOW_CACHE_KEEP_ALL 2 /* every way routes and its use count is above 0: fill none */
 #define FLOW_CACHE_ANSWER(kind, way) ((kind) | ((way) << 2))
 
 /*
  * The home slot (`home`, of `slot`) does not hold the flow: which other way of
  * the set does (slot ^ 1, then slot ^ 2, slot ^ 3), else which way to fill, in
- * that order from home: the first that does not route; else the first not used
- * since (the second chance) that was not filled last (with two ways: FIFO), the
- * one filled last only when no other is unused; none when every way was used
- * (their used bits are cleared). Out of line: only a flow that is not in its
- * home slot comes here, and the hit path stays short.
+ * that order from home: the first that does not route; else the first whose
+ * use count is 0 (the second chance) that was not filled last, the one filled
+ * last only when it alone is at 0; none when no count is 0 (each count is
+ * taken one from). Out of line: only a flow that is not in its home slot comes
+ * here, and the hit path stays short.
  */
 _Static_assert(FLOW_CACHE_WAYS >= 2 && FLOW_CACHE_WAYS <= 4, "a way fits bits 2-3 of an answer");
 LB_OUT_OF_LINE int flow_cache_other_way(const struct flow_key *k, __u32 slot, __u32 epoch,
@@ -277,19 +278,19 @@ LB_OUT_OF_LINE int flow_cache_other_way(const struct flow_key *k, __u32 slot, __
 	for (i = 0; i < FLOW_CACHE_WAYS; i++)
 		if (!flow_cache_busy(w[i], stale, slot ^ i, epoch))
 			return FLOW_CACHE_ANSWER(FLOW_CACHE_FILL, i);
-	/* every way routes: the first not used since and not filled last, else (only the
-	 * way filled last can then be unused) the first not used since */
+	/* every way routes: the first at 0 and not filled last, else (only the way filled
+	 * last can then be at 0) the first at 0 */
 #pragma unroll
 	for (i = 0; i < FLOW_CACHE_WAYS; i++)
 		if (!(w[i]->filled & FLOW_CACHE_FILL_FLAGS))
 			return FLOW_CACHE_ANSWER(FLOW_CACHE_FILL, i);
 #pragma unroll
 	for (i = 0; i < FLOW_CACHE_WAYS; i++)
-		if (!(w[i]->filled & FLOW_CACHE_USED))
+		if (!(w[i]->filled & FLOW_CACHE_USE))
 			return FLOW_CACHE_ANSWER(FLOW_CACHE_FILL, i);
 #pragma unroll
 	for (i = 0; i < FLOW_CACHE_WAYS; i++)
-		w[i]->filled &= ~FLOW_CACHE_USED;
+		w[i]->filled -= FLOW_CACHE_USE_ONE; /* every count is 1 or 2 here */
 	return FLOW_CACHE_ANSWER(FLOW_CACHE_KEEP_ALL, 0);
 }
 
@@ -358,7 +359,8 @@ static __always_inline void flow_cache_find(const struct flow_key *k, struct flo
  * Remember a connection-table hit in ref's slot (real pkt->real_index, UDP last
  * seen `seen`); fast: FLOW_CACHE_FAST | vip_num when forward_cached() may route
  * the flow. The slot becomes its set's last filled way (the others' bit is
- * cleared where set: fills are rare, and their lines were just read), and used.
+ * cleared where set: fills are rare, and their lines were just read), its use
+ * count 2.
  */
 static __always_inline void flow_cache_fill(const struct flow_cache_ref *ref,
 					    const struct pkt_meta *pkt, __u64 seen, __u32 fast)
@@ -368,7 +370,7 @@ static __always_inline void flow_cache_fill(const struct flow_cache_ref *ref,
 
 	__builtin_memcpy(&fc->key, &pkt->flow, sizeof(fc->key));
 	fc->real_index = pkt->real_index;
-	fc->filled = (__u32)bpf_jiffies64() | FLOW_CACHE_FILL_FLAGS; /* filled last, and used */
+	fc->filled = ((__u32)bpf_jiffies64() & ~FLOW_CACHE_FILL_FLAGS) | FLOW_CACHE_LAST | FLOW_CACHE_USE_MAX;
 	fc->fast = fast;
 	fc->seen = seen;
 	fc->epoch = ref->epoch;

@@ -68,7 +68,8 @@ struct flow_cache_entry {
 	__u32 epoch;      /* ctl_array[CTL_FLOW_CACHE_EPOCH] when filled; 0: empty */
 	__u32 filled;     /* bpf_jiffies64() (low 32 bits) of the lookup that filled the slot;
 			   * bit 0 set: the way of its set filled last (FLOW_CACHE_LAST);
-			   * bit 1 set: used since (FLOW_CACHE_USED, the second chance) */
+			   * bits 1-2: the use count, 0 .. 2 (FLOW_CACHE_USE, the second
+			   * chance); the tick's low 3 bits are dropped */
 	__u32 fast;       /* FLOW_CACHE_FAST | the VIP's vip_num: forward_cached() may route
 			   * the flow without the VIP lookup; 0: only the connection-table step.
 			   * (A build before it kept 64-bit jiffies here: their high word never
