@@ -15,10 +15,12 @@ One live run repeats one frame, so every run goes through ``xdp_flows``
 driver in front of every column.  ``--clients hashed`` also rewrites the low
 16 bits of the client address to a hash of the flow's number (``client_of``):
 sequential ports of one client land in the flow cache's slots more evenly
-than real clients do (at 10,000 flows 0.9 % of the frames miss a four-way
-cache, 10.2 % with hashed clients), so that is the harder, truer row.  The kernel recycles a frame's page without
-restoring its bytes, and an IPIP encapsulation leaves the tail of the outer
-IPv4 header where the Ethernet header was: the reals' addresses (and the
+than real clients do (at 10,000 flows 0.9 % of the frames miss the flow
+cache, 7.5 % with hashed clients), so that is the harder, truer row.
+
+The kernel recycles a frame's page without restoring its bytes, and an IPIP
+encapsulation leaves the tail of the outer IPv4 header where the Ethernet
+header was: the reals' addresses (and the
 encap reflector's outer destination) end in ``.8.0`` so that the recycled
 frame's ethertype is again IPv4 and the balancer does the same work on every
 frame (it does not look at the MAC addresses).
@@ -67,8 +69,8 @@ balancer, ~2 at 100 flows (``--warm 0`` reproduces that; session 7's and older
 tables were taken so).  Run as root:
 
     python benchmarks/bench_forwarding.py [--frames 200000] [--blocks 12] [--instances 2] [--cpu N]
-        [--warm 1] [--clients one|hashed] [--lru-size 200000] [--object [NAME=]other.bpf.o ...] [--probe NAME=stage.bpf.o ...]
-        [--json out.json]
+        [--warm 1] [--clients one|hashed] [--lru-size 200000] [--object [NAME=]other.bpf.o ...]
+        [--probe NAME=stage.bpf.o ...] [--json out.json]
 """
 
 from __future__ import annotations
