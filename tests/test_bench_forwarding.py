@@ -417,7 +417,7 @@ def test_every_timed_run_comes_right_after_its_warm_passes(bench, capsys, restor
     timed = [i for i, r in enumerate(runs) if r[2] == 1000]
     assert len(timed) == 2 * 4  # 2 blocks x (reflector, encap, state, balancer)
     first = timed[0] - warm
-    assert first >= 0 and [r[2] for r in runs[:first]] == [600] * 5  # the cell's warm-up, 1 + 2 loads
+    assert first >= 0 and [r[2] for r in runs[:first]] == [600] * 5  # the cell's warm-up: 3 reflectors, 2 balancer loads
     for i in timed:
         assert runs[i - warm:i] == [(runs[i][0], runs[i][1], 300)] * warm
     assert len(runs) == first + len(timed) * (1 + warm)

@@ -246,6 +246,8 @@ static __always_inline bool flow_cache_busy(const struct flow_cache_entry *fc, c
 #define FLOW_CACHE_HELD 1     /* that way holds the flow */
 #define FLOW_CACHE_KEEP_ALL 2 /* every way routes and its use count is above 0: fill none */
 #define FLOW_CACHE_ANSWER(kind, way) ((kind) | ((way) << 2))
+#define FLOW_CACHE_ANSWER_KIND(answer) ((answer) & 3)
+#define FLOW_CACHE_ANSWER_WAY(answer) (((answer) >> 2) & 3)
 
 /*
  * The home slot (`home`, of `slot`) does not hold the flow: which other way of
@@ -313,11 +315,11 @@ static __always_inline void flow_cache_find_other(const struct flow_key *k, stru
 	ref->held = false;
 	ref->found = true;
 	answer = flow_cache_other_way(k, slot, epoch, stale, home);
-	if ((answer & 3) == FLOW_CACHE_KEEP_ALL) {
+	if (FLOW_CACHE_ANSWER_KIND(answer) == FLOW_CACHE_KEEP_ALL) {
 		ref->fc = NULL; /* the connection table serves it; no slot is filled */
 		return;
 	}
-	way = (answer >> 2) & 3;
+	way = FLOW_CACHE_ANSWER_WAY(answer);
 	if (!way)
 		return;
 	other = flow_cache_at(slot ^ way);
@@ -325,7 +327,7 @@ static __always_inline void flow_cache_find_other(const struct flow_key *k, stru
 		return;
 	ref->fc = other;
 	ref->slot = slot ^ way;
-	ref->held = (answer & 3) == FLOW_CACHE_HELD;
+	ref->held = FLOW_CACHE_ANSWER_KIND(answer) == FLOW_CACHE_HELD;
 }
 
 static __always_inline void flow_cache_find(const struct flow_key *k, struct flow_cache_ref *ref)
