@@ -120,9 +120,10 @@ class KatranConfig:
     max_decap_dst: int = attrs.field(default=6, converter=_positive("max_decap_dst", 1 << 16))
     testing: bool = False
     cleanup_on_shutdown: bool = True
-    # --- state that survives restarts (katran.state); standalone attach only (not testing,
-    # not shared mode). persist=True: maps and programs pinned under pin_dir, the state file
-    # and the instance lock in state_dir; a start finding our program attached adopts it.
+    # --- state that survives restarts (katran.state); attached only (standalone, or shared
+    # mode: our slot of the root array), not testing. persist=True: maps and programs pinned
+    # under pin_dir, the state file and the instance lock in state_dir; a start finding our
+    # program attached (in its slot) adopts it.
     persist: bool = False
     pin_dir: Optional[str] = None  # default /sys/fs/bpf/katran/<main_interface>
     state_dir: Optional[str] = None  # default /var/lib/katran/<main_interface>

@@ -135,6 +135,7 @@ class DataPlane:
         self.adopted = False  # started by adopting a running data plane
         self.upgraded_from: Optional[int] = None  # program id replaced by a hitless upgrade at start
         self.object_identity: Optional[dict] = None
+        self.hc_object_identity: Optional[dict] = None  # the healthcheck program's object file
 
     @property
     def started(self) -> bool:
@@ -142,9 +143,21 @@ class DataPlane:
 
     @property
     def persisting(self) -> bool:
-        """Pins + state file + instance lock: standalone attach with ``persist`` on."""
+        """Pins + state file + instance lock: ``persist`` on, attached (standalone or shared)."""
         cfg = self.config
-        return cfg.persist and not cfg.testing and not cfg.root_map_path
+        return cfg.persist and not cfg.testing
+
+    @property
+    def attach_point(self) -> str:
+        """Where the program runs, for messages: the interface, or the root array's slot."""
+        return describe_attach(self.attach_record())
+
+    def attach_record(self) -> dict:
+        """Where this config attaches the program (the state file keeps it as ``attach``)."""
+        cfg = self.config
+        if cfg.root_map_path:
+            return {"root_map_path": os.fspath(cfg.root_map_path), "root_map_pos": cfg.root_map_pos}
+        return {"interface": cfg.main_interface, "xdp_attach_mode": cfg.xdp_attach_mode}
 
     @property
     def pin_dir(self) -> Path:
@@ -195,14 +208,17 @@ class DataPlane:
             prog.close()
 
     def _try_adopt(self) -> Optional[dict]:
-        """Adopt the running data plane when our pinned program is the attached one."""
+        """Adopt the running data plane when our pinned program is the attached one (on the
+        interface, or in shared mode in our slot of the root array)."""
         cfg = self.config
         k = self.kernel
-        ifindex = k.ifindex(cfg.main_interface)
-        attached = k.xdp_attached_prog_id(ifindex, cfg.xdp_attach_mode)
+        here = self.attach_record()
+        ifindex = None if cfg.root_map_path else k.ifindex(cfg.main_interface)
+        attached = prog_at(k, here)
         pinned = self._pinned_prog_id(state.PROG_PIN)
         self._old_own_ids = {i for i in (pinned, self._pinned_prog_id(state.HC_PREFIX + "healthcheck_encap")) if i}
         if not attached or attached != pinned:
+            self._check_not_moved(pinned, here)
             return None  # nothing of ours runs: a fresh start (stale pins are replaced)
         try:
             saved = state.read(self.state_path)
@@ -215,13 +231,13 @@ class DataPlane:
         except state.StateError as exc:
             if not cfg.force_reload:
                 raise state.StateError(
-                    f"cannot adopt the data plane running on {cfg.main_interface} "
+                    f"cannot adopt the data plane running on {self.attach_point} "
                     f"({self._describe_prog(attached)}): {exc}; start with the same settings, or with "
                     f"force_reload (-force_reload) to load a fresh one in its place (loses the LRU -- "
                     f"established flows may move to other reals -- and every VIP, real and route not "
                     f"re-applied by -config)") from None
             log.warning("force_reload: replacing the running data plane on %s (%s): %s; LRU and saved "
-                        "state are lost", cfg.main_interface, self._describe_prog(attached), exc)
+                        "state are lost", self.attach_point, self._describe_prog(attached), exc)
             return None
         pins = saved["pins"]
         path = Path(cfg.balancer_prog_path) if cfg.balancer_prog_path else packaged_object("balancer.bpf.o")
@@ -231,7 +247,7 @@ class DataPlane:
         self._pins = dict(pins)
         try:
             if obj.program(BALANCER_PROG).id != attached:  # replaced while we opened the pins
-                raise state.StateError(f"the XDP program on {cfg.main_interface} changed during adoption")
+                raise state.StateError(f"the program on {self.attach_point} changed during adoption")
             identity = object_identity(path)
             if saved.get("object") not in (None, identity):
                 try:
@@ -239,7 +255,7 @@ class DataPlane:
                 except IncompatibleObjectError as exc:
                     if not cfg.force_reload:
                         raise IncompatibleObjectError(
-                            f"cannot upgrade the data plane on {cfg.main_interface} "
+                            f"cannot upgrade the data plane on {self.attach_point} "
                             f"({self._describe_prog(attached)}) to {path} in place: {exc}; nothing was changed. "
                             f"Use an object with the same map layout, or force_reload (-force_reload) to load it "
                             f"with fresh maps (loses the LRU -- established flows may move to other reals -- and "
@@ -253,19 +269,67 @@ class DataPlane:
             if cfg.enable_hc:
                 self.hc = HcManager.from_config(cfg, kernel=k)
                 self.hc.adopt(self.pin_dir, pins.get("hc_maps", ()), pins.get("hc_programs", ()),
-                              saved.get("hc_dsts", ()), force=cfg.force)
+                              saved.get("hc_dsts", ()), force=cfg.force, identity=saved.get("hc_object"))
+                self.hc_object_identity = object_identity(self.hc.prog_path)
+                if self.hc.upgraded_from is not None or not pins.get("hc_programs"):
+                    self._repin_hc(pins)
         except BaseException:
             self._close_handles()
             self._pins = None
             raise
-        self._attached_ifindex = ifindex
+        if cfg.root_map_path:
+            self._registered_root = (cfg.root_map_path, cfg.root_map_pos)
+        else:
+            self._attached_ifindex = ifindex
         self.adopted = True
         return saved
 
+    def _check_not_moved(self, pinned: int, here: dict) -> None:
+        """Refuse a start elsewhere while our pinned program still runs where the state file
+        says the last instance attached it (another -prog_pos, -map_path or interface): two
+        balancers would run, the old one with the old state. force_reload takes it out of
+        there (only if it is still ours) and lets this start load a fresh data plane."""
+        if not pinned:
+            return
+        try:
+            saved = state.read(self.state_path)
+        except state.StateError:
+            return  # refused or replaced by the adoption rules that follow
+        there = (saved or {}).get("attach")
+        if not isinstance(there, dict) or there == here:
+            return
+        try:
+            running = prog_at(self.kernel, there)
+        except KatranError:
+            return  # that attach point is gone (its interface or root array)
+        if running != pinned:
+            return
+        where = describe_attach(there)
+        if not self.config.force_reload:
+            raise state.StateError(
+                f"the data plane of this instance runs on {where} ({self._describe_prog(pinned)}), not on "
+                f"{self.attach_point} where this start attaches: start with the same attach point to adopt it, "
+                f"remove it first (katran-teardown), or start with force_reload (-force_reload) to take it "
+                f"out of there and load a fresh data plane here (loses the LRU -- established flows may move "
+                f"to other reals -- and every VIP, real and route not re-applied by -config)")
+        log.warning("force_reload: taking the data plane of this instance (%s) out of %s; a fresh one is "
+                    "loaded on %s", self._describe_prog(pinned), where, self.attach_point)
+        remove_prog_at(self.kernel, there, pinned)
+
     def _check_attach_target(self) -> Optional[int]:
-        """Refuse (unless ``force``) an interface whose XDP program is not ours; returns its ifindex."""
+        """Refuse (unless ``force``) an interface whose XDP program is not ours -- in shared
+        mode a slot that holds a program not ours; returns the ifindex (standalone)."""
         cfg = self.config
-        if cfg.testing or cfg.root_map_path:
+        if cfg.testing:
+            return None
+        if cfg.root_map_path:
+            if self.persisting:
+                found = shared.slot_prog_id(cfg.root_map_path, cfg.root_map_pos, kernel=self.kernel)
+                if found and found not in self._old_own_ids and not cfg.force:
+                    raise AttachRefusedError(
+                        f"{self.attach_point} already holds a program that is not this instance's: "
+                        f"{self._describe_prog(found)}; refusing to replace it (nothing was changed); take it "
+                        f"out (or use another -prog_pos), or start with force (-force) to replace it")
             return None
         ifindex = self.kernel.ifindex(cfg.main_interface)
         if not self.persisting:
@@ -300,6 +364,8 @@ class DataPlane:
             if cfg.enable_hc:
                 self.hc = HcManager.from_config(cfg, kernel=self.kernel)
                 self.hc.load()
+                if self.persisting:
+                    self.hc_object_identity = object_identity(self.hc.prog_path)
             if not cfg.testing:
                 self._attach()
                 if self.hc is not None:
@@ -309,6 +375,22 @@ class DataPlane:
         except BaseException:
             self.close()
             raise
+
+    def _repin_hc(self, pins: dict) -> None:
+        """The healthcheck object changed at adoption (upgraded, or loaded where the earlier
+        instance ran none): its pins replace the old ones."""
+        k = self.kernel
+        hc_obj = self.hc.loaded_object
+        old_maps = set(pins.get("hc_maps", ()))
+        fresh = [n for n in hc_obj.maps if n not in old_maps or not self.hc.maps_reused]
+        for name in pins.get("hc_programs", ()):
+            k.unpin(self.pin_dir / (state.HC_PREFIX + name))
+        if not self.hc.maps_reused:
+            for name in old_maps:
+                k.unpin(self.pin_dir / (state.HC_PREFIX + name))
+        state.pin_object(k, _Subset(hc_obj, fresh), self.pin_dir, state.HC_PREFIX)
+        self._pins["hc_maps"] = sorted(hc_obj.maps)
+        self._pins["hc_programs"] = sorted(hc_obj.programs)
 
     def _pin(self) -> None:
         """Replace stale pins of an earlier instance with ours."""
@@ -325,9 +407,10 @@ class DataPlane:
             self._pins["hc_maps"] = sorted(hc_obj.maps)
             self._pins["hc_programs"] = sorted(hc_obj.programs)
 
-    def _upgrade(self, path: Path, ifindex: int) -> None:
+    def _upgrade(self, path: Path, ifindex: Optional[int]) -> None:
         """Hitless upgrade: load ``path`` reusing every live map (LRU included), then swap the
-        XDP program atomically (XDP_FLAGS_REPLACE with the old program as the expected one)."""
+        XDP program atomically (XDP_FLAGS_REPLACE with the old program as the expected one;
+        in shared mode the slot of the root array, compared and swapped under its lock)."""
         cfg = self.config
         k = self.kernel
         live = self.obj
@@ -376,7 +459,10 @@ class DataPlane:
             new.map("ctl_array").update(structs.u32(structs.CTL_VIP_FILTER_DONE), structs.ctl_value_u64(0))
             if recirc:
                 new.map("subprograms").update(structs.u32(RECIRC_SLOT), structs.u32(new_prog.fd))
-            new_prog.attach_xdp(ifindex, cfg.xdp_attach_mode, expected_prog_fd=old_prog.fd)  # no gap
+            if cfg.root_map_path:  # the root tail-calls the old program or the new one: no gap
+                shared.register(new_prog, cfg.root_map_path, cfg.root_map_pos, kernel=k, expected_id=old_prog.id)
+            else:
+                new_prog.attach_xdp(ifindex, cfg.xdp_attach_mode, expected_prog_fd=old_prog.fd)  # no gap
         except BaseException:
             if recirc:
                 try:
@@ -399,11 +485,11 @@ class DataPlane:
         self.upgraded_from = old_id
         if dropped:
             log.info("hitless upgrade on %s: program id %d replaced by %d (%s), every map kept but "
-                     "%s (not in the new object)", cfg.main_interface, old_id, new_prog.id, path,
+                     "%s (not in the new object)", self.attach_point, old_id, new_prog.id, path,
                      ", ".join(dropped))
         else:
             log.info("hitless upgrade on %s: program id %d replaced by %d (%s), every map kept",
-                     cfg.main_interface, old_id, new_prog.id, path)
+                     self.attach_point, old_id, new_prog.id, path)
 
     def pins(self) -> dict:
         return dict(self._pins) if self._pins is not None else {}
@@ -515,12 +601,14 @@ class DataPlane:
             except KatranError as e:
                 errors.append(e)
         self._attached_ifindex = None
-        if self._registered_root is not None:
+        if self._registered_root is not None and teardown:
             try:
-                shared.unregister(*self._registered_root, kernel=self.kernel)
+                # only our own program: a newer instance may have replaced it already
+                ours = self.obj.program(BALANCER_PROG).id
+                shared.unregister(*self._registered_root, kernel=self.kernel, expected_id=ours)
             except KatranError as e:
                 errors.append(e)
-            self._registered_root = None
+        self._registered_root = None
         if self.hc is not None:
             try:
                 self.hc.close(detach=teardown)
@@ -615,6 +703,40 @@ class DataPlane:
         return self.program(BALANCER_PROG).test_run(data)
 
 
+def describe_attach(record: dict) -> str:
+    """An attach point (DataPlane.attach_record's form) for messages."""
+    if "root_map_path" in record:
+        return f"slot {record['root_map_pos']} of {record['root_map_path']}"
+    return str(record.get("interface"))
+
+
+def prog_at(kernel: Kernel, record: dict) -> int:
+    """The id of the program at an attach point (0: none, or the interface or root array is gone)."""
+    if "root_map_path" in record:
+        return shared.slot_prog_id(record["root_map_path"], int(record["root_map_pos"]), kernel=kernel)
+    try:
+        ifindex = kernel.ifindex(record["interface"])
+    except KatranError:
+        return 0
+    return kernel.xdp_attached_prog_id(ifindex, record.get("xdp_attach_mode", "native"))
+
+
+def remove_prog_at(kernel: Kernel, record: dict, prog_id: int) -> bool:
+    """Detach / unregister program ``prog_id`` from an attach point, only if it is still there."""
+    if "root_map_path" in record:
+        return shared.unregister(record["root_map_path"], int(record["root_map_pos"]), kernel=kernel,
+                                 expected_id=prog_id)
+    mode = record.get("xdp_attach_mode", "native")
+    try:
+        ifindex = kernel.ifindex(record["interface"])
+    except KatranError:
+        return False
+    if kernel.xdp_attached_prog_id(ifindex, mode) != prog_id:
+        return False
+    kernel.detach_xdp(ifindex, mode)
+    return True
+
+
 def teardown(config: KatranConfig, kernel: Optional[Kernel] = None) -> list[str]:
     """Remove what a persisting instance left on ``config.main_interface`` (its XDP program,
     its healthcheck tc filter, its pins, its state file and lock) without a running server.
@@ -648,6 +770,19 @@ def teardown(config: KatranConfig, kernel: Optional[Kernel] = None) -> list[str]
         if ifindex is not None and prog_id and k.xdp_attached_prog_id(ifindex, cfg.xdp_attach_mode) == prog_id:
             k.detach_xdp(ifindex, cfg.xdp_attach_mode)
             removed.append(f"xdp program id {prog_id} on {cfg.main_interface}")
+        # shared mode: our slot of the root array (the config's, and where the state file says)
+        slots = []
+        if cfg.root_map_path:
+            slots.append({"root_map_path": os.fspath(cfg.root_map_path), "root_map_pos": cfg.root_map_pos})
+        try:
+            saved = state.read(state_dir / state.STATE_FILE) or {}
+        except state.StateError:
+            saved = {}
+        if isinstance(saved.get("attach"), dict) and "root_map_path" in saved["attach"]:
+            slots.append(saved["attach"])
+        for rec in (dict(t) for t in dict.fromkeys(tuple(sorted(r.items())) for r in slots)):
+            if prog_id and remove_prog_at(k, rec, prog_id):
+                removed.append(f"program id {prog_id} from {describe_attach(rec)}")
         if hc_id:
             for name in dict.fromkeys(n for n in (cfg.hc_interface, cfg.main_interface) if n):
                 try:

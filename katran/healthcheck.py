@@ -17,6 +17,7 @@ through the injected :class:`katran.kernel.Kernel` (default: the running kernel)
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import struct
 import threading
@@ -29,6 +30,8 @@ from . import contract
 from .errors import CapacityError, NotFoundError, NotStartedError, ValidationError
 from .kernel import Kernel, resolve
 from .models import IPAddress, PacketResult, check_int, format_address, parse_address, parse_mac, parse_optional_address
+
+log = logging.getLogger("katran.healthcheck")
 
 HC_PROG_NAME = "healthcheck_encap"
 HC_FILTER_NAME = "katran-healthchecker"
@@ -150,6 +153,8 @@ class HcManager:
         self._obj = None
         self._ifindex = 0
         self._attached = False
+        self.upgraded_from: Optional[int] = None  # program id replaced by adopt()'s upgrade
+        self.maps_reused = False  # that upgrade loaded the new program on the pinned maps
 
     @classmethod
     def from_config(cls, config, kernel: Optional[Kernel] = None) -> "HcManager":
@@ -208,43 +213,63 @@ class HcManager:
                         "(enable_hc=False, server flag -hc_forwarding=false)")
                 if self.gateway_mac is None:
                     raise ValidationError("default_mac", None, "the gateway MAC is needed for direct healthchecking")
-            ctrl = {CTRL_MAIN_INTF: k.ifindex(self.main_interface, netns=self.netns)}
-            if self.encap == "tunnel":
-                ctrl[CTRL_V4_TUN] = k.ifindex(self.v4_tun_interface, netns=self.netns)
-                ctrl[CTRL_V6_TUN] = k.ifindex(self.v6_tun_interface, netns=self.netns)
+            ctrl = self._ctrl_values()
             self._ifindex = k.ifindex(self.interface, netns=self.netns)
 
-            spec = k.open_object(self.prog_path)
+            spec = self._open_spec()
             try:
-                contract.HEALTHCHECK.check(self.prog_path)  # missing map / knob / layout: ContractError
-                spec.set_max_entries("hc_reals_map", self.max_reals)
-                knobs = spec.rodata_vars()
-                spec.set_rodata("hc_encap_mode", ENCAP_MODES[self.encap])
-                if self.gue_dport or "hc_gue_dport" in knobs:
-                    spec.set_rodata("hc_gue_dport", self.gue_dport)
-                if self.max_pckt_size or "hc_max_pckt_size" in knobs:
-                    spec.set_rodata("hc_max_pckt_size", self.max_pckt_size)
                 obj = spec.load()
             finally:
                 spec.close()
-            try:
-                for pos, idx in ctrl.items():
-                    obj.map("hc_ctrl_map").update(_U32.pack(pos), _U32.pack(idx))
-                if self.encap == "direct":
-                    srcs = obj.map("hc_pckt_srcs_map")
-                    if self.src_v4 is not None:
-                        srcs.update(_U32.pack(SRC_V4), pack_real(self.src_v4))
-                    if self.src_v6 is not None:
-                        srcs.update(_U32.pack(SRC_V6), pack_real(self.src_v6))
-                    macs = obj.map("hc_pckt_macs")
-                    macs.update(_U32.pack(MAC_SRC), self.local_mac or b"\0" * 6)
-                    macs.update(_U32.pack(MAC_DST), self.gateway_mac)
-                for somark, addr in self._reals.items():
-                    obj.map("hc_reals_map").update(_U32.pack(somark), pack_real(addr))
-            except Exception:
-                obj.close()
-                raise
-            self._obj = obj
+            self._obj = self._provision(obj, ctrl)
+
+    def _ctrl_values(self) -> dict:
+        """hc_ctrl_map: the main interface's ifindex, and the tunnels' in tunnel mode."""
+        k = self._kernel
+        ctrl = {CTRL_MAIN_INTF: k.ifindex(self.main_interface, netns=self.netns)}
+        if self.encap == "tunnel":
+            ctrl[CTRL_V4_TUN] = k.ifindex(self.v4_tun_interface, netns=self.netns)
+            ctrl[CTRL_V6_TUN] = k.ifindex(self.v6_tun_interface, netns=self.netns)
+        return ctrl
+
+    def _open_spec(self):
+        """The object at ``prog_path``, checked against the contract, sized, its knobs set."""
+        spec = self._kernel.open_object(self.prog_path)
+        try:
+            contract.HEALTHCHECK.check(self.prog_path)  # missing map / knob / layout: ContractError
+            spec.set_max_entries("hc_reals_map", self.max_reals)
+            knobs = spec.rodata_vars()
+            spec.set_rodata("hc_encap_mode", ENCAP_MODES[self.encap])
+            if self.gue_dport or "hc_gue_dport" in knobs:
+                spec.set_rodata("hc_gue_dport", self.gue_dport)
+            if self.max_pckt_size or "hc_max_pckt_size" in knobs:
+                spec.set_rodata("hc_max_pckt_size", self.max_pckt_size)
+        except BaseException:
+            spec.close()
+            raise
+        return spec
+
+    def _provision(self, obj, ctrl: dict):
+        """Write the control values, sources, MACs and destinations into a loaded object
+        (closed on a failure)."""
+        try:
+            for pos, idx in ctrl.items():
+                obj.map("hc_ctrl_map").update(_U32.pack(pos), _U32.pack(idx))
+            if self.encap == "direct":
+                srcs = obj.map("hc_pckt_srcs_map")
+                if self.src_v4 is not None:
+                    srcs.update(_U32.pack(SRC_V4), pack_real(self.src_v4))
+                if self.src_v6 is not None:
+                    srcs.update(_U32.pack(SRC_V6), pack_real(self.src_v6))
+                macs = obj.map("hc_pckt_macs")
+                macs.update(_U32.pack(MAC_SRC), self.local_mac or b"\0" * 6)
+                macs.update(_U32.pack(MAC_DST), self.gateway_mac)
+            for somark, addr in self._reals.items():
+                obj.map("hc_reals_map").update(_U32.pack(somark), pack_real(addr))
+        except Exception:
+            obj.close()
+            raise
+        return obj
 
     @property
     def prog_fd(self) -> int:
@@ -280,14 +305,23 @@ class HcManager:
                         f"interface {self.interface} already has a tc egress filter at priority {self.priority} "
                         f"that is not this instance's: {_describe_filter(old)}; refusing to replace it (nothing "
                         f"was changed); remove it, choose another -priority, or start with force (-force)")
-                self._kernel.detach_tc(self._ifindex, direction="egress", prio=self.priority, netns=self.netns)
+            # an old filter is replaced in one netlink request: no probe leaves unencapsulated
             self._kernel.attach_tc(self._ifindex, obj.program(HC_PROG_NAME).fd, direction="egress",
-                                   prio=self.priority, name=HC_FILTER_NAME, netns=self.netns)
+                                   prio=self.priority, name=HC_FILTER_NAME, netns=self.netns,
+                                   replace=old is not None)
             self._attached = True
 
-    def adopt(self, directory, map_names, prog_names, dsts, force: bool = False) -> None:
+    def adopt(self, directory, map_names, prog_names, dsts, force: bool = False,
+              identity: Optional[dict] = None) -> None:
         """Open the pinned program and maps of an earlier instance instead of loading them;
-        keep its tc filter when it runs our program (else attach ours, as ``attach``)."""
+        keep its tc filter when it runs our program (else attach ours, as ``attach``).
+
+        ``identity``: the object file the pinned program came from (the state file's
+        ``hc_object``; None: not recorded). When ``prog_path`` is another file (a package
+        upgrade, another -healthchecking_prog), the pinned program is upgraded: the new one is
+        loaded on the pinned maps (fresh ones, provisioned again, when they do not fit) and
+        replaces the old one in the tc filter in one request (``upgraded_from``)."""
+        from .dataplane import object_identity
         from .state import HC_PREFIX, PinnedObject
 
         with self._lock:
@@ -314,16 +348,56 @@ class HcManager:
                     raw = macs.lookup(_U32.pack(MAC_SRC))
                     if self.local_mac is None and raw is not None:
                         self.local_mac = bytes(raw[:6])
-                ours = obj.program(HC_PROG_NAME).id
+                pinned = obj.program(HC_PROG_NAME).id
+                if identity != object_identity(self.prog_path):
+                    self._obj = self._upgrade(obj)
+                ours = self._obj.program(HC_PROG_NAME).id
                 old = None if self.testing else self._filter_at_prio()
                 if old is not None and old.get("id") == ours:
                     self._attached = True
                 else:
-                    self.attach(own_ids={ours}, force=force)
+                    self.attach(own_ids={pinned, ours}, force=force)
+                if self._obj is not obj:
+                    obj.close()  # the filter (and the pins, until re-pinned) hold the old program
+                    log.info("healthcheck program on %s upgraded: program id %d replaced by %d (%s), %s",
+                             self.interface, pinned, ours, self.prog_path,
+                             "every map kept" if self.maps_reused else "fresh maps (the old ones did not fit)")
             except BaseException:
+                if self._obj is not None and self._obj is not obj:
+                    self._obj.close()
                 self._obj = None
+                self.upgraded_from = None
                 obj.close()
                 raise
+
+    def _upgrade(self, live):
+        """Load ``prog_path`` on the maps of ``live`` (the pinned object) when every one fits,
+        else with fresh maps provisioned from this manager's state."""
+        spec = self._open_spec()
+        try:
+            names = set(spec.map_names)
+            misfits = []
+            for name, m in live.maps.items():
+                if name not in names:
+                    misfits.append(f"map {name} is not in the new object")
+                    continue
+                want = spec.map_def(name)
+                have = {"type": m.type, "key_size": m.key_size, "value_size": m.value_size,
+                        "max_entries": m.max_entries}
+                misfits += [f"map {name}: {f} {have[f]} -> {want[f]}" for f in have if want[f] != have[f]]
+            if not misfits:
+                for name, m in live.maps.items():
+                    spec.reuse_map_fd(name, m.fd)
+            new = spec.load()
+        finally:
+            spec.close()
+        if misfits:
+            log.warning("healthcheck upgrade to %s: %s; loading it with fresh maps (its counters start at 0)",
+                        self.prog_path, "; ".join(misfits))
+            new = self._provision(new, self._ctrl_values())
+        self.maps_reused = not misfits
+        self.upgraded_from = live.program(HC_PROG_NAME).id
+        return new
 
     def start(self) -> None:
         self.load()

@@ -274,7 +274,7 @@ class KatranLb:
                         structs.CTL_FLOW_CACHE_EPOCH, exc)
         if self.adopted:
             log.info("adopted the data plane on %s (program id %d): %d vips, %d reals",
-                     self._config.main_interface, self._dp.program().id, len(self._vips), len(self._reals))
+                     self._dp.attach_point, self._dp.program().id, len(self._vips), len(self._reals))
             want = self._config.default_mac
             if want is not None and want != self._mac:
                 self.change_mac(want)
@@ -315,7 +315,7 @@ class KatranLb:
     # ------------------------------------------------------------------ persistence
     @property
     def persisting(self) -> bool:
-        """True when the state file is kept (``config.persist``, started standalone)."""
+        """True when the state file is kept (``config.persist``, started attached: standalone or shared)."""
         return self._dp.started and self._dp.persisting
 
     @property
@@ -351,7 +351,9 @@ class KatranLb:
             "prog_id": self._dp.program().id,
             "pins": self._dp.pins(),
             "object": self._dp.object_identity,
+            "hc_object": self._dp.hc_object_identity,
             "config": state.sizing(self._config),
+            "attach": self._dp.attach_record(),
             "mac": self._mac.hex(),
             "vips": [{"address": format_address(v.address), "port": v.port, "proto": v.proto, "num": st.num,
                       "flags": st.flags, "hash_function": int(st.hash_function),

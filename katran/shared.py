@@ -207,10 +207,30 @@ def _check_pinned_root(path: str, k: Kernel) -> None:
             check_root(prog, f"register into {path}", k)
 
 
-def register(prog_fd, root_map_path: PathLike, pos: int, *, kernel: Optional[Kernel] = None) -> None:
+class SlotChangedError(KernelError):
+    """The slot does not hold the program a compare-and-swap expected (another process changed it)."""
+
+    def __init__(self, what: str, root_map_path: str, pos: int, found: int, expected: int) -> None:
+        self.found, self.expected = found, expected
+        held = f"program id {found}" if found else "nothing"
+        want = f"program id {expected}" if expected else "nothing"
+        super().__init__(f"{what} slot {pos} of {root_map_path}", errno.EBUSY,
+                         f"it holds {held}, not {want} (changed by another process); nothing was changed")
+
+
+def _slot_id(m, slot: int) -> int:
+    v = m.lookup(_U32.pack(slot))
+    return _U32.unpack(v[:4])[0] if v is not None else 0
+
+
+def register(prog_fd, root_map_path: PathLike, pos: int, *, kernel: Optional[Kernel] = None,
+             expected_id: Optional[int] = None) -> None:
     """Put program ``prog_fd`` (an fd, or a Program) into slot ``pos`` of the pinned root array.
 
-    Replaces what the slot held, atomically.
+    Replaces what the slot held, atomically (the root program tail-calls the old program or
+    the new one, never nothing). ``expected_id``: only if the slot holds that program id
+    (0: only an empty slot), checked under the array's lock (every register and unregister
+    takes it), else SlotChangedError and nothing changes.
     """
     k = resolve(kernel)
     fd = getattr(prog_fd, "fd", prog_fd)
@@ -221,11 +241,17 @@ def register(prog_fd, root_map_path: PathLike, pos: int, *, kernel: Optional[Ker
         with _open_root(path, k) as m:
             slot = _check_pos(m, pos)
             _check_pinned_root(path, k)
+            if expected_id is not None:
+                found = _slot_id(m, slot)
+                if found != expected_id:
+                    raise SlotChangedError("register", path, slot, found, expected_id)
             m.update(_U32.pack(slot), _U32.pack(fd))
 
 
-def unregister(root_map_path: PathLike, pos: int, *, kernel: Optional[Kernel] = None) -> bool:
-    """Empty slot ``pos``; False when it was empty (or the array is gone)."""
+def unregister(root_map_path: PathLike, pos: int, *, kernel: Optional[Kernel] = None,
+               expected_id: Optional[int] = None) -> bool:
+    """Empty slot ``pos``; False when it was empty (or the array is gone), and with
+    ``expected_id`` when the slot holds another program (left as it is)."""
     k = resolve(kernel)
     path = os.fspath(root_map_path)
     if not k.is_pinned(path):
@@ -236,7 +262,24 @@ def unregister(root_map_path: PathLike, pos: int, *, kernel: Optional[Kernel] = 
         except NotFoundError:
             return False
         with m:
-            return m.delete(_U32.pack(_check_pos(m, pos)))
+            slot = _check_pos(m, pos)
+            if expected_id is not None and _slot_id(m, slot) != expected_id:
+                return False
+            return m.delete(_U32.pack(slot))
+
+
+def slot_prog_id(root_map_path: PathLike, pos: int, *, kernel: Optional[Kernel] = None) -> int:
+    """The id of the program in slot ``pos`` (0: empty, or no array pinned at the path)."""
+    k = resolve(kernel)
+    path = os.fspath(root_map_path)
+    if not k.is_pinned(path):
+        return 0
+    try:
+        m = _open_root(path, k)
+    except NotFoundError:
+        return 0
+    with m:
+        return _slot_id(m, _check_pos(m, pos))
 
 
 def slots(root_map_path: PathLike, *, kernel: Optional[Kernel] = None) -> dict[int, int]:
@@ -245,9 +288,9 @@ def slots(root_map_path: PathLike, *, kernel: Optional[Kernel] = None) -> dict[i
     with _open_root(root_map_path, k) as m:
         out = {}
         for pos in range(m.max_entries):
-            v = m.lookup(_U32.pack(pos))
-            if v is not None:
-                out[pos] = _U32.unpack(v[:4])[0]
+            found = _slot_id(m, pos)
+            if found:
+                out[pos] = found
         return out
 
 

@@ -1,7 +1,8 @@
 """``katran-teardown``: remove what a katran server left running on an interface.
 
 A server stopped with SIGTERM/SIGINT (or killed) leaves its data plane forwarding --
-XDP program, healthcheck tc filter, pins and state file -- for the next start to adopt.
+XDP program (in shared mode: its program in a slot of the root array, which the state
+file names), healthcheck tc filter, pins and state file -- for the next start to adopt.
 This command removes all of it when the balancer is to go away for good (a running
 server refuses it: stop it first, or start it with ``-teardown_on_exit``)::
 

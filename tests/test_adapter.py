@@ -471,7 +471,7 @@ def test_netlink_interface_queries(netns_veth) -> None:
 
 
 @pytest.mark.netns
-def test_tc_bpf_attach_counts_egress_packets(loaded, netns_veth) -> None:
+def test_tc_bpf_attach_counts_egress_packets(loaded, netns_veth, obj_path) -> None:
     ns, ia, _ = netns_veth
     from pyroute2 import IPRoute
 
@@ -489,6 +489,20 @@ def test_tc_bpf_attach_counts_egress_packets(loaded, netns_veth) -> None:
                    capture_output=True, check=False)
     sent = sum(struct.unpack("<Q", v)[0] for v in pc.lookup(u32(1)))
     assert sent >= 3
+    # replace: another program in the same filter, in one request (a healthcheck upgrade)
+    second = ObjectSpec.open(obj_path).load()
+    try:
+        tc2 = second.program("adapter_tc")
+        netlink.attach_tc_bpf(ia, tc2.fd, "egress", prio=3, handle=7, name="adt_tc2", netns=ns, replace=True)
+        assert netlink.tc_bpf_filters(ia, "egress", ns) == [{"name": "adt_tc2", "prio": 3, "handle": 7,
+                                                             "id": tc2.id}]
+        pc2 = second.map("adapter_pcpu")
+        subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.01", "-W", "0.1", "10.77.0.2"],
+                       capture_output=True, check=False)
+        assert sum(struct.unpack("<Q", v)[0] for v in pc2.lookup(u32(1))) >= 2
+        assert sum(struct.unpack("<Q", v)[0] for v in pc.lookup(u32(1))) == sent  # the old one is out
+    finally:
+        second.close()
     netlink.detach_tc_bpf(ia, "egress", prio=3, handle=7, netns=ns)
     assert netlink.tc_bpf_filters(ia, "egress", ns) == []
     netlink.detach_tc_bpf(ia, "egress", prio=3, handle=7, netns=ns)  # absent: no error

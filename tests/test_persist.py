@@ -401,3 +401,278 @@ def test_incompatible_object_refused_unless_force_reload(tmp_path):
         lb3.start()  # force_reload loads it with fresh maps: the decap object is no balancer at all
     lb3.close()
     assert k.xdp_attached_prog_id(2) == old_id  # the failed start left the running one alone
+
+
+# ---------------------------------------------------------------- shared mode (root array slot)
+ROOT = "/sys/fs/bpf/jmp_eth0"
+
+
+def shared_cfg(tmp_path, **kw):
+    kw.setdefault("root_map_path", ROOT)
+    kw.setdefault("root_map_pos", 2)
+    return cfg(tmp_path, **kw)
+
+
+def shared_kernel():
+    from katran import shared
+
+    k = FakeKernel()
+    shared.install("eth0", map_path=ROOT, kernel=k)
+    return k
+
+
+def slot(k, pos=2):
+    from katran import shared
+
+    return shared.slot_prog_id(ROOT, pos, kernel=k)
+
+
+def test_shared_mode_restart_adopts_the_program_in_its_slot(tmp_path):
+    """SIGTERM and kill -9 in shared mode: the slot keeps our program; the next start adopts
+    it and its maps without a write; the state file says where it runs."""
+    k = shared_kernel()
+    root_id = k.xdp_attached_prog_id(2)
+    lb = KatranLb(shared_cfg(tmp_path), kernel=k)
+    lb.start()
+    assert lb.persisting
+    populate(lb)
+    before, maps_before = listing(lb), kernel_maps(k, lb)
+    prog_id = lb._dp.program().id
+    assert slot(k) == prog_id
+    saved = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert saved["attach"] == {"root_map_path": ROOT, "root_map_pos": 2}
+    lb.close(keep=True)  # SIGTERM
+    assert slot(k) == prog_id and k.xdp_attached_prog_id(2) == root_id  # still forwarding
+    calls_before = dict(k.calls)
+    lb2 = KatranLb(shared_cfg(tmp_path), kernel=k)
+    lb2.start()
+    assert lb2.adopted and listing(lb2) == before and kernel_maps(k, lb2) == maps_before
+    assert lb2._dp.program().id == prog_id
+    writes = {op: n - calls_before.get(op, 0) for op, n in k.calls.items()
+              if op in ("attach_xdp", "detach_xdp", "update", "update_batch", "delete")}
+    assert not any(writes.values()), writes
+    lb2._dp._release_lock()  # kill -9
+    lb3 = KatranLb(shared_cfg(tmp_path), kernel=k)
+    lb3.start()
+    assert lb3.adopted and listing(lb3) == before and slot(k) == prog_id
+    lb3.close()  # a teardown: our slot emptied, the root program stays
+    assert slot(k) == 0 and k.xdp_attached_prog_id(2) == root_id
+    assert not [p for p in k.pins if "katran" in str(p)]
+
+
+def test_shared_mode_upgrade_swaps_the_slot_reusing_every_map(tmp_path):
+    import shutil
+
+    from katran.dataplane import OBJ_DIR
+
+    k = shared_kernel()
+    lb = KatranLb(shared_cfg(tmp_path), kernel=k)
+    lb.start()
+    populate(lb)
+    before = listing(lb)
+    old_id = lb._dp.program().id
+    map_ids = {n: m.id for n, m in lb._dp.obj.maps.items()}
+    lb.close(keep=True)
+    newer = tmp_path / "balancer-v2.bpf.o"
+    shutil.copy(OBJ_DIR / "balancer.bpf.o", newer)
+    lb2 = KatranLb(shared_cfg(tmp_path, balancer_prog_path=str(newer)), kernel=k)
+    lb2.start()
+    new_id = lb2._dp.program().id
+    assert lb2.adopted and lb2._dp.upgraded_from == old_id and new_id != old_id
+    assert slot(k) == new_id and k.calls["delete"] == 0  # swapped in place, never emptied
+    assert {n: m.id for n, m in lb2._dp.obj.maps.items()} == map_ids
+    assert listing(lb2) == before
+    lb2.close()
+
+
+def test_shared_mode_upgrade_refused_when_the_slot_changed_meanwhile(tmp_path, monkeypatch):
+    """The swap compares the slot under the root array's lock: a program another process put
+    there between the adoption and the swap is left in place, the new object is closed."""
+    import shutil
+
+    from katran import shared
+    from katran.dataplane import OBJ_DIR
+
+    k = shared_kernel()
+    lb = KatranLb(shared_cfg(tmp_path), kernel=k)
+    lb.start()
+    populate(lb)
+    lb.close(keep=True)
+    intruder = KatranLb(lb_config(forwarding_cores=()), kernel=k)
+    intruder.start()
+    iid = intruder._dp.program().id
+    newer = tmp_path / "balancer-v2.bpf.o"
+    shutil.copy(OBJ_DIR / "balancer.bpf.o", newer)
+    real_register = shared.register
+
+    def racing_register(prog, path, pos, **kw):  # someone else takes the slot just before our swap
+        k_ = kw["kernel"]
+        with k_.map_by_pin(path) as m:
+            m.update(structs.u32(pos), structs.u32(intruder._dp.program().fd))
+        return real_register(prog, path, pos, **kw)
+
+    monkeypatch.setattr(shared, "register", racing_register)
+    lb2 = KatranLb(shared_cfg(tmp_path, balancer_prog_path=str(newer)), kernel=k)
+    with pytest.raises(shared.SlotChangedError, match=f"slot 2 of {ROOT}.*holds program id {iid}, not program id"):
+        lb2.start()
+    lb2.close()
+    assert slot(k) == iid
+    intruder.close()
+
+
+def test_shared_mode_foreign_program_in_the_slot_refused_unless_force(tmp_path):
+    from katran import shared
+
+    k = shared_kernel()
+    foreign = KatranLb(lb_config(forwarding_cores=()), kernel=k)
+    foreign.start()
+    fid = foreign._dp.program().id
+    shared.register(foreign._dp.program(), ROOT, 2, kernel=k)
+    lb = KatranLb(shared_cfg(tmp_path), kernel=k)
+    with pytest.raises(AttachRefusedError, match=f"slot 2 of {ROOT} already holds .*program id {fid}.*-force"):
+        lb.start()
+    assert slot(k) == fid and not lb.started
+    lb.close()
+    lb = KatranLb(shared_cfg(tmp_path, force=True), kernel=k)
+    lb.start()
+    assert slot(k) == lb._dp.program().id
+    lb.close()
+    foreign.close()
+
+
+def test_a_start_elsewhere_refused_while_our_program_runs_in_the_old_slot(tmp_path):
+    """Another -prog_pos after a restart-friendly stop: two balancers would run (the root
+    tail-calls the first), the old one with the old state. Refused; force_reload takes the
+    old one out of its slot and loads a fresh data plane in the new one."""
+    k = shared_kernel()
+    lb = KatranLb(shared_cfg(tmp_path), kernel=k)
+    lb.start()
+    populate(lb)
+    old_id = lb._dp.program().id
+    lb.close(keep=True)
+    moved = KatranLb(shared_cfg(tmp_path, root_map_pos=1), kernel=k)
+    with pytest.raises(state.StateError, match=f"runs on slot 2 of {ROOT} .*not on slot 1 of {ROOT}.*katran-teardown"):
+        moved.start()
+    moved.close()
+    assert slot(k) == old_id and slot(k, 1) == 0
+    moved = KatranLb(shared_cfg(tmp_path, root_map_pos=1, force_reload=True), kernel=k)
+    moved.start()
+    assert not moved.adopted and slot(k) == 0 and slot(k, 1) == moved._dp.program().id
+    moved.close()
+    assert slot(k, 1) == 0
+
+
+def test_teardown_empties_the_slot_the_state_file_names(tmp_path):
+    k = shared_kernel()
+    root_id = k.xdp_attached_prog_id(2)
+    lb = KatranLb(shared_cfg(tmp_path), kernel=k)
+    lb.start()
+    populate(lb)
+    prog_id = lb._dp.program().id
+    lb.close(keep=True)
+    removed = teardown(cfg(tmp_path), kernel=k)  # katran-teardown -intf eth0: no -map_path needed
+    assert f"program id {prog_id} from slot 2 of {ROOT}" in removed
+    assert slot(k) == 0 and k.xdp_attached_prog_id(2) == root_id  # the root program is not ours
+    assert not (tmp_path / "state").exists()
+
+
+def test_teardown_leaves_a_slot_another_program_took(tmp_path):
+    from katran import shared
+
+    k = shared_kernel()
+    lb = KatranLb(shared_cfg(tmp_path), kernel=k)
+    lb.start()
+    other = KatranLb(lb_config(forwarding_cores=()), kernel=k)
+    other.start()
+    shared.register(other._dp.program(), ROOT, 2, kernel=k)  # a newer instance replaced ours
+    lb.close()  # a teardown of ours must not empty it
+    assert slot(k) == other._dp.program().id
+    other.close()
+
+
+# ---------------------------------------------------------------- the healthcheck program upgraded
+def _hc_running(k, lb):
+    (f,) = [f for (idx, d, prio), f in k.tc.items() if d == "egress"]
+    return f[0].id
+
+
+def _hc_setup(tmp_path, k, **kw):
+    c = cfg(tmp_path, enable_hc=True, katran_src_v4="10.0.0.2", **kw)
+    lb = KatranLb(c, kernel=k)
+    lb.start()
+    lb.add_vip(V1)
+    lb.add_healthchecker_dst(5, "10.1.0.1")
+    return lb
+
+
+def test_a_newer_healthcheck_object_replaces_the_filters_program_on_the_pinned_maps(tmp_path):
+    """A restart with another healthcheck object (a package upgrade, -healthchecking_prog):
+    the new program is loaded on the pinned hc maps and swapped into the tc filter in one
+    replace (never detached: no probe leaves unencapsulated); the pins name the new program,
+    so the next start adopts it as it is."""
+    import shutil
+
+    from katran.healthcheck import DEFAULT_OBJECT
+
+    k = FakeKernel()
+    lb = _hc_setup(tmp_path, k)
+    old_id = _hc_running(k, lb)
+    hc_map_ids = {n: m.id for n, m in lb._dp.hc.loaded_object.maps.items()}
+    saved = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert saved["hc_object"]["path"] == str(DEFAULT_OBJECT)
+    lb.close(keep=True)
+    newer = tmp_path / "healthchecking-v2.bpf.o"
+    shutil.copy(DEFAULT_OBJECT, newer)
+    c2 = cfg(tmp_path, enable_hc=True, katran_src_v4="10.0.0.2", healthchecking_prog_path=str(newer))
+    lb2 = KatranLb(c2, kernel=k)
+    lb2.start()
+    hc = lb2._dp.hc
+    new_id = _hc_running(k, lb2)
+    assert lb2.adopted and hc.upgraded_from == old_id and new_id != old_id and hc.maps_reused
+    assert {n: m.id for n, m in hc.loaded_object.maps.items()} == hc_map_ids
+    assert k.calls["detach_tc"] == 0 and len(k.tc) == 1
+    assert lb2.get_healthcheckers_dst() == {5: "10.1.0.1"}
+    assert hc.kernel_dsts() == {5: "10.1.0.1"}
+    assert json.loads((tmp_path / "state" / "state.json").read_text())["hc_object"]["path"] == str(newer)
+    lb2.close(keep=True)
+    lb3 = KatranLb(c2, kernel=k)
+    lb3.start()
+    assert lb3._dp.hc.upgraded_from is None and _hc_running(k, lb3) == new_id
+    lb3.close()
+    assert k.tc == {} and k.pins == {}
+
+
+def test_a_healthcheck_object_whose_maps_do_not_fit_gets_fresh_provisioned_ones(tmp_path, monkeypatch):
+    import shutil
+
+    from katran.healthcheck import DEFAULT_OBJECT
+
+    k = FakeKernel()
+    lb = _hc_setup(tmp_path, k, max_reals=32)
+    old_maps = {n: m.id for n, m in lb._dp.hc.loaded_object.maps.items()}
+    lb.close(keep=True)
+    newer = tmp_path / "healthchecking-v2.bpf.o"
+    shutil.copy(DEFAULT_OBJECT, newer)
+    from katran.testing import fake_kernel
+
+    real_def = fake_kernel.FakeSpec.map_def
+
+    def bigger_ctrl(spec, name):  # the new build's hc_ctrl_map grew
+        d = dict(real_def(spec, name))
+        if name == "hc_ctrl_map":
+            d["max_entries"] += 1
+        return d
+
+    monkeypatch.setattr(fake_kernel.FakeSpec, "map_def", bigger_ctrl)
+    lb2 = KatranLb(cfg(tmp_path, enable_hc=True, katran_src_v4="10.0.0.2", max_reals=32,
+                       healthchecking_prog_path=str(newer)), kernel=k)
+    lb2.start()
+    hc = lb2._dp.hc
+    assert hc.upgraded_from is not None and not hc.maps_reused
+    new_maps = {n: m.id for n, m in hc.loaded_object.maps.items()}
+    assert not set(new_maps.values()) & set(old_maps.values())
+    assert hc.kernel_dsts() == {5: "10.1.0.1"}  # provisioned again from the saved state
+    assert k.calls["detach_tc"] == 0 and len(k.tc) == 1 and _hc_running(k, lb2) == hc.loaded_object.program(
+        "healthcheck_encap").id
+    lb2.close()
+    assert k.tc == {} and k.pins == {}

@@ -225,10 +225,22 @@ def test_teardown_on_exit_and_katran_teardown(lab):
     assert not (Path(state.DEFAULT_STATE_ROOT) / name).exists()
 
 
+def _hc_prog_id(topo) -> int:
+    """The program of our healthcheck tc filter on the lb's interface (0: none)."""
+    from katran.adapter import netlink
+    from katran.lab.netns import inside
+
+    with inside(topo.lb.netns):
+        filters = netlink.tc_bpf_filters(netlink.ifindex(topo.lb.ifname), "egress")
+    ids = [f["id"] for f in filters if f.get("prio") == 2307]
+    return ids[0] if ids else 0
+
+
 def test_upgrade_keeps_the_lru(lab, tmp_path):
     """A newer object (here: a copy) is swapped in atomically with the live maps: after the
     swap the ring changes (weights), yet every established session keeps its real -- found in
-    the carried LRU -- while new connections follow the new ring."""
+    the carried LRU -- while new connections follow the new ring. A newer healthcheck object
+    given with it replaces the tc filter's program in place, on the same maps."""
     import shutil
 
     from katran.dataplane import OBJ_DIR
@@ -238,19 +250,25 @@ def test_upgrade_keeps_the_lru(lab, tmp_path):
     topo = lab
     newer = tmp_path / "balancer-next.bpf.o"
     shutil.copy(OBJ_DIR / "balancer.bpf.o", newer)
+    newer_hc = tmp_path / "healthchecking-next.bpf.o"
+    shutil.copy(OBJ_DIR / "healthchecking.bpf.o", newer_hc)
     server = _server(topo)
     server.start()
     try:
         _configure(server, topo)
-        old = _prog_id(topo)
+        hc_before = _listing(server)["hc"]
+        old, old_hc = _prog_id(topo), _hc_prog_id(topo)
+        assert old_hc and hc_before
         with services.TrafficProbe(topo.client.netns, VIP, n=12) as traffic:
             assert len({name for _, name, _ in traffic.sessions}) >= 2
             assert server.stop(teardown=False) == 0
-            server = _server(topo, f"-balancer_prog={newer}")
+            server = _server(topo, f"-balancer_prog={newer}", f"-healthchecker_prog={newer_hc}")
             server.start()
             new = _prog_id(topo)
             assert new not in (0, old)
-            assert "hitless upgrade" in server.log_path.read_text()
+            log = server.log_path.read_text()
+            assert "hitless upgrade" in log and "healthcheck program on" in log
+            assert _hc_prog_id(topo) not in (0, old_hc) and _listing(server)["hc"] == hc_before
             vip = VipKey(VIP, services.ECHO_PORT, "tcp")
             with _client(server) as c:  # a very different ring: most slots now go to real1
                 c.modify_reals_for_vip(ModifyAction.ADD, [Real(topo.reals[0].ip4, 1000)], vip)
@@ -265,7 +283,7 @@ def test_upgrade_keeps_the_lru(lab, tmp_path):
         with pytest.raises(Exception, match="cannot upgrade .* in place"):
             bad.start(timeout=20)
         assert _prog_id(topo) == new
-        server = _server(topo, f"-balancer_prog={newer}")
+        server = _server(topo, f"-balancer_prog={newer}", f"-healthchecker_prog={newer_hc}")
         server.start()
         assert _prog_id(topo) == new
     finally:
@@ -371,3 +389,63 @@ def test_rollback_to_a_build_without_the_flow_cache(lab, tmp_path):
         assert server.log_path.read_bytes()[mark:].decode().count("hitless upgrade") == 2
     finally:
         server.stop()
+
+
+def test_shared_mode_restarts_and_upgrade_under_traffic(lab, tmp_path):
+    """Shared mode (the root program on the interface, the balancer in slot 2 of its array):
+    kill -9, SIGTERM and an upgrade, each followed by a start with the same -map_path and
+    -prog_pos, adopt the program in the slot -- 0 established sessions broken, 0 new
+    connections refused -- and the upgrade swaps the slot in place; the stop's
+    katran-teardown empties the slot (found in the state file) and leaves the root alone."""
+    import shutil
+
+    from katran import shared
+    from katran.dataplane import OBJ_DIR
+    from katran.lab import services
+    from katran.lab.netns import inside
+
+    topo = lab
+    topo.pin_root.mkdir(parents=True, exist_ok=True)
+    map_path = str(topo.pin_root / "jmp_persist")
+    with inside(topo.lb.netns):
+        root = shared.install(topo.lb.ifname, map_path=map_path)
+    newer = tmp_path / "balancer-next.bpf.o"
+    shutil.copy(OBJ_DIR / "balancer.bpf.o", newer)
+    flags = [f"-map_path={map_path}", "-prog_pos=2"]
+    server = _server(topo, *flags)
+    try:
+        server.start()
+        _configure(server, topo)
+        before = _listing(server)
+        prog = shared.slot_prog_id(map_path, 2)
+        assert prog and _prog_id(topo) == root.prog_id
+        with services.TrafficProbe(topo.client.netns, VIP, n=8) as traffic:
+            time.sleep(0.3)
+            server.kill()
+            assert shared.slot_prog_id(map_path, 2) == prog  # still forwarding
+            server.start()
+            time.sleep(0.3)
+            assert server.stop(teardown=False) == 0
+            assert shared.slot_prog_id(map_path, 2) == prog
+            server.start()
+            assert _listing(server) == before and shared.slot_prog_id(map_path, 2) == prog
+            assert server.stop(teardown=False) == 0
+            server = _server(topo, *flags, f"-balancer_prog={newer}")
+            server.start()
+            upgraded = shared.slot_prog_id(map_path, 2)
+            time.sleep(0.5)
+        print(f"shared mode: rounds {traffic.rounds}, broken {traffic.broken}, refused {traffic.refused}, "
+              f"longest stall {traffic.stall * 1000:.0f} ms")
+        assert traffic.rounds > 3
+        assert traffic.broken == 0 and traffic.refused == 0, vars(traffic)
+        assert upgraded not in (0, prog) and _prog_id(topo) == root.prog_id
+        log = server.log_path.read_text()
+        assert f"adopted the data plane on slot 2 of {map_path}" in log
+        assert f"hitless upgrade on slot 2 of {map_path}" in log
+        assert _listing(server) == before
+    finally:
+        server.stop()  # SIGTERM + katran-teardown
+        assert shared.slot_prog_id(map_path, 2) == 0
+        assert _prog_id(topo) == root.prog_id
+        with inside(topo.lb.netns):
+            shared.uninstall(topo.lb.ifname, map_path=map_path)

@@ -100,8 +100,9 @@ class RealKernel:
         netlink.ensure_clsact(ifindex, netns=netns)
 
     def attach_tc(self, ifindex: int, prog_fd: int, *, direction: str, prio: int, name: str,
-                  netns: Optional[str] = None) -> None:
-        netlink.attach_tc_bpf(ifindex, prog_fd, direction=direction, prio=prio, name=name, netns=netns)
+                  netns: Optional[str] = None, replace: bool = False) -> None:
+        netlink.attach_tc_bpf(ifindex, prog_fd, direction=direction, prio=prio, name=name, netns=netns,
+                              replace=replace)
 
     def detach_tc(self, ifindex: int, *, direction: str, prio: int, netns: Optional[str] = None) -> None:
         netlink.detach_tc_bpf(ifindex, direction=direction, prio=prio, netns=netns)

@@ -215,14 +215,17 @@ def _parent(direction: str) -> int:
 
 
 def attach_tc_bpf(index: int, prog_fd: int, direction: str = "egress", prio: int = 1,
-                  handle: int = 1, name: str = "katran", netns: str | None = None) -> None:
-    """Attach a SCHED_CLS program as a direct-action bpf filter on clsact (created if missing)."""
+                  handle: int = 1, name: str = "katran", netns: str | None = None,
+                  replace: bool = False) -> None:
+    """Attach a SCHED_CLS program as a direct-action bpf filter on clsact (created if missing).
+    ``replace``: put it in place of the filter at ``prio``/``handle`` in one netlink request
+    (the filter's program is swapped, no packet goes unfiltered)."""
     parent = _parent(direction)
     ensure_clsact(index, netns)
     with iproute(netns) as ipr:
         try:
-            ipr.tc("add-filter", "bpf", index, handle, fd=prog_fd, name=name, parent=parent,
-                   prio=prio, protocol=ETH_P_ALL, classid=1, direct_action=True)
+            ipr.tc("replace-filter" if replace else "add-filter", "bpf", index, handle, fd=prog_fd, name=name,
+                   parent=parent, prio=prio, protocol=ETH_P_ALL, classid=1, direct_action=True)
         except NetlinkError as exc:
             raise _nl_error(f"attach tc bpf {name} to ifindex {index} {direction}", exc) from None
 

@@ -879,16 +879,21 @@ class FakeKernel:
     def ensure_clsact(self, ifindex: int, netns=None) -> None:
         self.clsact.add((ifindex, netns))
 
-    def attach_tc(self, ifindex: int, prog_fd: int, *, direction: str, prio: int, name: str, netns=None) -> None:
+    def attach_tc(self, ifindex: int, prog_fd: int, *, direction: str, prio: int, name: str, netns=None,
+                  replace: bool = False) -> None:
         self._call("attach_tc", f"attach tc bpf {name} to ifindex {ifindex} {direction}")
         h = self._fds.get(prog_fd)
         if not isinstance(h, FakeProgram):
             raise KernelError(f"attach tc bpf {name}", errno.EBADF)
         key = (ifindex, direction, prio)
-        if key in self.tc:
+        old = self.tc.get(key)
+        if old is not None and not replace:
             raise KernelError(f"attach tc bpf {name} to ifindex {ifindex} {direction}", errno.EEXIST)
         self.tc[key] = (h._store, name, netns)
         h._store.refs += 1
+        if old is not None:  # replaced in one step, as RTM_NEWTFILTER with NLM_F_REPLACE
+            old[0].refs -= 1
+            self._collect()
 
     def detach_tc(self, ifindex: int, *, direction: str, prio: int, netns=None) -> None:
         self._call("detach_tc", f"detach tc bpf from ifindex {ifindex} {direction}")

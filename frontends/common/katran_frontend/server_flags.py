@@ -71,7 +71,7 @@ def add_server_flags(fs: FlagSet, default_server: str, server_help: str) -> Flag
               "applied at start and again on SIGHUP (flags given explicitly win over its balancer section)")
     # state that survives restarts (docs/operations.md)
     fs.bool("persist", True, "pin maps and programs, keep a state file, adopt the running data plane on restart "
-            "(standalone mode; off with -testing or -map_path)")
+            "(standalone and shared mode; off with -testing)")
     fs.string("state_dir", "", "directory of the state file and the instance lock (default /var/lib/katran/<intf>)")
     fs.string("pin_dir", "", "bpffs directory of the pinned maps and programs (default /sys/fs/bpf/katran/<intf>)")
     fs.bool("force", False, "replace an XDP program or tc filter on the interface that is not this instance's")
