@@ -9,7 +9,6 @@ name, never VIPs or reals.  Every kernel call goes through the injected
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -106,15 +105,6 @@ class AttachRefusedError(KatranError):
 
 class IncompatibleObjectError(KatranError):
     """A newer balancer object whose maps do not fit the live ones (hitless upgrade refused)."""
-
-
-def object_identity(path: Path) -> dict:
-    """Which object file a program came from: its path and sha256 (an upgrade changes either)."""
-    try:
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError as exc:
-        raise BuildError(f"cannot read the BPF object {path}: {exc.strerror}") from None
-    return {"path": str(path), "sha256": digest}
 
 
 class DataPlane:
@@ -248,7 +238,7 @@ class DataPlane:
         try:
             if obj.program(BALANCER_PROG).id != attached:  # replaced while we opened the pins
                 raise state.StateError(f"the program on {self.attach_point} changed during adoption")
-            identity = object_identity(path)
+            identity = state.object_identity(path)
             if saved.get("object") not in (None, identity):
                 try:
                     self._upgrade(path, ifindex)
@@ -270,7 +260,7 @@ class DataPlane:
                 self.hc = HcManager.from_config(cfg, kernel=k)
                 self.hc.adopt(self.pin_dir, pins.get("hc_maps", ()), pins.get("hc_programs", ()),
                               saved.get("hc_dsts", ()), force=cfg.force, identity=saved.get("hc_object"))
-                self.hc_object_identity = object_identity(self.hc.prog_path)
+                self.hc_object_identity = state.object_identity(self.hc.prog_path)
                 if self.hc.upgraded_from is not None or not pins.get("hc_programs"):
                     self._repin_hc(pins)
         except BaseException:
@@ -358,14 +348,14 @@ class DataPlane:
             spec.close()
         self.obj = obj
         if self.persisting:
-            self.object_identity = object_identity(path)
+            self.object_identity = state.object_identity(path)
         try:
             self._provision(mac)
             if cfg.enable_hc:
                 self.hc = HcManager.from_config(cfg, kernel=self.kernel)
                 self.hc.load()
                 if self.persisting:
-                    self.hc_object_identity = object_identity(self.hc.prog_path)
+                    self.hc_object_identity = state.object_identity(self.hc.prog_path)
             if not cfg.testing:
                 self._attach()
                 if self.hc is not None:
@@ -427,22 +417,9 @@ class DataPlane:
                 self._set_knobs(spec)
             except KatranError as exc:
                 raise IncompatibleObjectError(str(exc)) from None
-            problems = []
-            dropped = []
             names = set(spec.map_names)
-            for name, m in live.maps.items():
-                if name not in names:
-                    if name in DISPOSABLE_MAPS:
-                        dropped.append(name)
-                    else:
-                        problems.append(f"map {name} is not in the new object")
-                    continue
-                want = spec.map_def(name)
-                have = {"type": m.type, "key_size": m.key_size, "value_size": m.value_size,
-                        "max_entries": m.max_entries}
-                diff = [f"{f} {have[f]} -> {want[f]}" for f in have if want[f] != have[f]]
-                if diff:
-                    problems.append(f"map {name}: {', '.join(diff)}")
+            dropped = [n for n in live.maps if n not in names and n in DISPOSABLE_MAPS]
+            problems = state.map_misfits({n: m for n, m in live.maps.items() if n not in dropped}, spec)
             if problems:
                 raise IncompatibleObjectError("; ".join(problems))
             for name, m in live.maps.items():
@@ -778,9 +755,10 @@ def teardown(config: KatranConfig, kernel: Optional[Kernel] = None) -> list[str]
             saved = state.read(state_dir / state.STATE_FILE) or {}
         except state.StateError:
             saved = {}
-        if isinstance(saved.get("attach"), dict) and "root_map_path" in saved["attach"]:
-            slots.append(saved["attach"])
-        for rec in (dict(t) for t in dict.fromkeys(tuple(sorted(r.items())) for r in slots)):
+        there = saved.get("attach")
+        if isinstance(there, dict) and "root_map_path" in there and there not in slots:
+            slots.append(there)
+        for rec in slots:
             if prog_id and remove_prog_at(k, rec, prog_id):
                 removed.append(f"program id {prog_id} from {describe_attach(rec)}")
         if hc_id:

@@ -321,8 +321,7 @@ class HcManager:
         upgrade, another -healthchecking_prog), the pinned program is upgraded: the new one is
         loaded on the pinned maps (fresh ones, provisioned again, when they do not fit) and
         replaces the old one in the tc filter in one request (``upgraded_from``)."""
-        from .dataplane import object_identity
-        from .state import HC_PREFIX, PinnedObject
+        from .state import HC_PREFIX, PinnedObject, object_identity
 
         with self._lock:
             if self._obj is not None:
@@ -373,18 +372,11 @@ class HcManager:
     def _upgrade(self, live):
         """Load ``prog_path`` on the maps of ``live`` (the pinned object) when every one fits,
         else with fresh maps provisioned from this manager's state."""
+        from .state import map_misfits
+
         spec = self._open_spec()
         try:
-            names = set(spec.map_names)
-            misfits = []
-            for name, m in live.maps.items():
-                if name not in names:
-                    misfits.append(f"map {name} is not in the new object")
-                    continue
-                want = spec.map_def(name)
-                have = {"type": m.type, "key_size": m.key_size, "value_size": m.value_size,
-                        "max_entries": m.max_entries}
-                misfits += [f"map {name}: {f} {have[f]} -> {want[f]}" for f in have if want[f] != have[f]]
+            misfits = map_misfits(live.maps, spec)
             if not misfits:
                 for name, m in live.maps.items():
                     spec.reuse_map_fd(name, m.fd)

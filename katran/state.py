@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import KatranError, KernelError
+from .errors import BuildError, KatranError, KernelError
 from .kernel import NamedHandles
 
 FORMAT = "katran-state"
@@ -48,6 +49,32 @@ SIZING_FIELDS = (
     "inline_decap_ipip", "inline_decap_gue", "decap_strict_destination", "max_pckt_size",
     "lru_udp_timeout_ns", "max_conn_rate",
 )
+
+
+def object_identity(path) -> dict:
+    """Which object file a program came from: its path and sha256 (an upgrade changes either)."""
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise BuildError(f"cannot read the BPF object {path}: {exc.strerror}") from None
+    return {"path": str(path), "sha256": digest}
+
+
+def map_misfits(live_maps: dict, spec) -> list[str]:
+    """Why the live maps cannot be reused by the object ``spec`` (an upgrade): each map the
+    new object lacks, or defines with another type, key or value size or max_entries."""
+    names = set(spec.map_names)
+    out = []
+    for name, m in live_maps.items():
+        if name not in names:
+            out.append(f"map {name} is not in the new object")
+            continue
+        want = spec.map_def(name)
+        have = {"type": m.type, "key_size": m.key_size, "value_size": m.value_size, "max_entries": m.max_entries}
+        diff = [f"{f} {have[f]} -> {want[f]}" for f in have if want[f] != have[f]]
+        if diff:
+            out.append(f"map {name}: {', '.join(diff)}")
+    return out
 
 
 class StateError(KatranError):
