@@ -17,10 +17,12 @@ them before anything starts, and ``bind(lb, ns, prepared)`` returning a
 from __future__ import annotations
 
 import abc
+import collections
 import logging
+import os
+import select
 import signal
 import sys
-import threading
 import time
 from typing import Any, Optional, Sequence
 
@@ -36,6 +38,65 @@ WATCH_INTERVAL = 1.0  # seconds between two checks that our XDP program is still
 
 class StartupError(Exception):
     """The server cannot start (bad transport flag, address in use, not root, ...)."""
+
+
+class SignalInbox:
+    """The signals the main loop acts on, delivered without a lock.
+
+    A Python signal handler runs in the main thread between two bytecodes, possibly while
+    that thread holds a lock: a ``threading.Event``'s own while it returns from ``wait``
+    (``Event.set`` from the handler then waits for it forever: SIGTERM hung the server),
+    a stream's while a log record is written (a write from the handler raises there). So
+    the handler only appends the signal's number to a deque and writes a byte to a pipe;
+    ``wait`` sleeps on the pipe and hands the loop the signals received, which it logs
+    and acts on. ``close`` puts the previous handlers back.
+    """
+
+    def __init__(self, signums: Sequence[int]) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)  # a full pipe already means "wake up"
+        self._pending: collections.deque = collections.deque()
+        self._old = {}
+        try:
+            for signum in signums:
+                self._old[signum] = signal.signal(signum, self._on_signal)
+        except BaseException:
+            self.close()
+            raise
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        self._pending.append(signum)
+        try:
+            os.write(self._w, b"\0")
+        except OSError:
+            pass
+
+    def wait(self, timeout: float) -> list[int]:
+        """The signals received since the last call, oldest first; waits up to ``timeout``
+        seconds for one when there are none."""
+        if not self._pending:
+            select.select([self._r], [], [], max(0.0, timeout))
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        out = []
+        while self._pending:
+            out.append(self._pending.popleft())
+        return out
+
+    def close(self) -> None:
+        for signum, handler in self._old.items():
+            signal.signal(signum, handler)
+        self._old = {}
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._r = self._w = -1
 
 
 class Serving(abc.ABC):
@@ -138,6 +199,16 @@ def run(transport: Transport, argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _serve(transport: Transport, ns, log: logging.Logger) -> int:
+    # from before the start: a SIGTERM while the data plane loads stops the server right
+    # after it, through the same steps, instead of killing the process halfway
+    inbox = SignalInbox((signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+    try:
+        return _start_and_serve(transport, ns, log, inbox)
+    finally:
+        inbox.close()
+
+
+def _start_and_serve(transport: Transport, ns, log: logging.Logger, inbox: SignalInbox) -> int:
     prog = transport.prog
     from katran import logs
     from katran.lb import KatranLb  # heavy import (cffi, libbpf) only once the flags are fine
@@ -198,29 +269,22 @@ def _serve(transport: Transport, ns, log: logging.Logger) -> int:
     print(f"Server listening on {serving.address}", flush=True)
     if metrics is not None:
         print(f"Metrics on {metrics.url}", flush=True)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame) -> None:
-        if stop.is_set():
-            log.info("Ignoring signal %d: shutdown already scheduled", signum)
-            return
-        log.info("Signal %d, stopping service in %d milliseconds.", signum, ns.shutdown_delay)
-        stop.set()
-
-    reload = threading.Event()
-
-    def on_hup(_signum: int, _frame) -> None:
-        reload.set()
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+    stopping = False
     status = 0
     watch = AttachmentWatch(lb)
     next_check = 0.0
     try:
-        while not stop.wait(0 if reload.is_set() else max(0.0, min(0.5, next_check - time.monotonic()))):
-            if reload.is_set():
-                reload.clear()
+        while True:
+            reload = False
+            for signum in inbox.wait(min(0.5, next_check - time.monotonic())):
+                if signum == signal.SIGHUP:
+                    reload = True
+                elif not stopping:
+                    log.info("Signal %d, stopping service in %d milliseconds.", signum, ns.shutdown_delay)
+                    stopping = True
+            if stopping:
+                break
+            if reload:
                 log.info("Signal %d: re-reading %s", signal.SIGHUP, ns.config or "(no -config)")
                 daemon.reload()
             if time.monotonic() >= next_check:
@@ -232,10 +296,13 @@ def _serve(transport: Transport, ns, log: logging.Logger) -> int:
                 log.error("%s: the server ended by itself", prog)
                 status = 1
                 break
-        if stop.is_set():
+        if stopping:
             daemon.drain()  # bgp: withdraw first, wait for the traffic to leave
         serving.stop(ns.shutdown_delay)
     finally:
+        for signum in inbox.wait(0):  # what came while the service stopped
+            if signum != signal.SIGHUP:
+                log.info("Ignoring signal %d: shutdown already scheduled", signum)
         if metrics is not None:
             metrics.stop()
         log.info("Stopping Katran!")
@@ -250,6 +317,4 @@ def _serve(transport: Transport, ns, log: logging.Logger) -> int:
         except KatranError as exc:
             print(error_line(prog, exc), file=sys.stderr)
             status = 1
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
     return status
