@@ -38,6 +38,11 @@ Columns, in this order:
 * ``balancer``: the packaged balancer object;
 * ``--object [NAME=]PATH`` (repeatable): another balancer object (a previous
   build, Katran's), loaded by its own KatranLb and checked like ``balancer``;
+* ``--previous [NAME=]REV`` (repeatable): the balancer of git revision REV of
+  this repository (``git archive`` of its katran/bpf, compiled with
+  katran.build's clang command into the temporary directory: regressions),
+  checked like ``balancer``; the column is NAME, else REV where it is a column
+  name, else ``previous`` (``previous2``, ...: ``HEAD~3``, ``967afbf``);
 * ``--probe NAME=PATH`` (repeatable): a truncated build of the balancer (it
   returns XDP_TX at some stage of the pipeline): loaded the same way, its
   frames must arrive, its VIP counter is not checked.
@@ -70,7 +75,7 @@ tables were taken so).  Run as root:
 
     python benchmarks/bench_forwarding.py [--frames 200000] [--blocks 12] [--instances 2] [--cpu N]
         [--warm 1] [--clients one|hashed] [--lru-size 200000] [--object [NAME=]other.bpf.o ...]
-        [--probe NAME=stage.bpf.o ...] [--json out.json]
+        [--previous [NAME=]REV ...] [--probe NAME=stage.bpf.o ...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ from scapy.layers.l2 import Ether
 
 from katran import KatranConfig, KatranLb, ModifyAction, Real, VipKey
 from katran.adapter import bpf
+from katran import build
 from katran.build import compile_one
 from katran.lab.netns import inside, veth_link
 
@@ -153,7 +159,42 @@ def _show(value: str, limit: int = 60) -> str:
 @dataclass(frozen=True)
 class ObjectArg:
     name: str
-    path: Path
+    path: Path | None  # None: a --previous column before its revision is built
+    rev: str = ""      # --previous: the git revision to build
+
+
+# a git revision --previous takes (as bench_packets.py's, no leading "-")
+REV_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~^@{}/-]{0,39}\Z")
+
+
+def _previous_arg(value: str) -> ObjectArg:
+    """--previous [NAME=]REV: the column is NAME, else REV where it is a column name."""
+    name, sep, rev = value.partition("=")
+    if not sep:
+        name, rev = "", value
+    elif not NAME_RE.match(name):
+        raise argparse.ArgumentTypeError(
+            f"bad column name {_show(name)} in {_show(value)} (a letter, then up to 23 of [A-Za-z0-9_.+-])")
+    if not REV_RE.match(rev):
+        raise argparse.ArgumentTypeError(
+            f"bad revision {_show(rev)}: 1-40 letters, digits, ._~^@{{}}/-, not starting with -")
+    if not name and NAME_RE.match(rev):
+        name = rev
+    return ObjectArg(name, None, rev)  # no name: column previous, previous2, ...
+
+
+def build_previous(columns: list[tuple[str, ObjectArg | None, bool]], out_dir: Path,
+                   repo: Path = HERE.parent) -> list[tuple[str, ObjectArg | None, bool]]:
+    """The columns with every --previous revision built into out_dir (katran.build's
+    build_revision); build.BuildError names the revision and what failed."""
+    built = []
+    for i, (name, obj, check) in enumerate(columns):
+        if obj is not None and obj.path is None:
+            path = build.build_revision(obj.rev, out_dir / f"previous{i}", repo,
+                                        what=f"--previous {_show(obj.rev)}")
+            obj = ObjectArg(name, path, obj.rev)
+        built.append((name, obj, check))
+    return built
 
 
 def _object_arg(option: str, need_name: bool):
@@ -206,20 +247,22 @@ def _positive(option: str, lo: int = 1):
     return parse
 
 
-def column_names(objects: Sequence[ObjectArg],
-                 probes: Sequence[ObjectArg]) -> list[tuple[str, ObjectArg | None, bool]]:
+def column_names(objects: Sequence[ObjectArg], probes: Sequence[ObjectArg],
+                 previous: Sequence[ObjectArg] = ()) -> list[tuple[str, ObjectArg | None, bool]]:
     """[(column, object or None, VIP counter checked)]: the reflectors, the balancer, the
-    --object columns (unnamed ones: object, object2, ...) and the --probe columns.
-    A repeated or reserved name is a ValueError naming it."""
+    --object columns (unnamed ones: object, object2, ...), the --previous columns and the
+    --probe columns. A repeated or reserved name is a ValueError naming it."""
     cols: list[tuple[str, ObjectArg | None, bool]] = [(n, None, False) for n in HELPER_COLUMNS]
     cols.append(("balancer", None, True))
-    unnamed = 0
-    for option, items, checked in (("--object", objects, True), ("--probe", probes, False)):
+    unnamed = {"--object": 0, "--previous": 0}
+    for option, items, checked in (("--object", objects, True), ("--previous", previous, True),
+                                   ("--probe", probes, False)):
         for o in items:
             name = o.name
             if not name:
-                unnamed += 1
-                name = "object" if unnamed == 1 else f"object{unnamed}"
+                unnamed[option] += 1
+                base = option.lstrip("-")
+                name = base if unnamed[option] == 1 else f"{base}{unnamed[option]}"
             if name in RESERVED:
                 raise ValueError(f"{option}: the name {_show(name)} is reserved ({', '.join(RESERVED)})")
             if any(name == c for c, _, _ in cols):
@@ -251,6 +294,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--object", action="append", default=[], type=_object_arg("--object", False),
                     metavar="[NAME=]PATH",
                     help="another balancer object to time beside the packaged one (repeatable)")
+    ap.add_argument("--previous", action="append", default=[], type=_previous_arg, metavar="[NAME=]REV",
+                    help="build the balancer of git revision REV of this repository and time it as "
+                         "column REV (or NAME): regressions (repeatable)")
     ap.add_argument("--probe", action="append", default=[], type=_object_arg("--probe", True),
                     metavar="NAME=PATH",
                     help="a truncated balancer build: timed, its VIP counter not checked (repeatable)")
@@ -261,7 +307,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="also write every block's ns per frame and the summary here")
     args = ap.parse_args(argv)
     try:
-        args.columns = column_names(args.object, args.probe)
+        args.columns = column_names(args.object, args.probe, args.previous)
     except ValueError as exc:
         ap.error(str(exc))
     return args
@@ -522,9 +568,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench_packets import pin_cpu
 
     args = parse_args(argv)
-    args.cpu = pin_cpu(args.cpu)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="katran-bench-")))
+        try:  # before pinning and loading: a revision that does not build fails at once
+            args.columns = build_previous(args.columns, tmp)
+        except build.BuildError as exc:
+            print(f"bench_forwarding: error: {exc}", file=sys.stderr)
+            return 2
+        args.cpu = pin_cpu(args.cpu)
         helpers = bpf.load_object(compile_one(HELPERS_SRC, tmp))
         stack.callback(helpers.close)
         link = stack.enter_context(veth_link("kbf"))

@@ -61,7 +61,45 @@ def test_object_columns_named_unnamed_and_probes(bench, tmp_path):
     assert bench.parse_args(["--flows", "1,10000", "--sizes", "64"]).flows == (1, 10000)
 
 
+def test_previous_columns_name_a_revision_or_take_a_name(bench, tmp_path):
+    a = _obj(tmp_path, "a.o")
+    args = bench.parse_args(["--object", f"katran={a}", "--previous", "HEAD", "--previous", "967afbf",
+                             "--previous", "old=HEAD~1", "--previous", "HEAD~2", "--probe", f"s1={a}"])
+    cols = [(n, o.path if o else None, o.rev if o else None, checked) for n, o, checked in args.columns]
+    assert cols[4:] == [("katran", a, "", True), ("HEAD", None, "HEAD", True),
+                        ("previous", None, "967afbf", True), ("old", None, "HEAD~1", True),
+                        ("previous2", None, "HEAD~2", True), ("s1", a, "", False)]
+
+
+def test_previous_builds_each_revision_before_anything_is_timed(bench, tmp_path):
+    from katran.adapter import bpf
+
+    args = bench.parse_args(["--previous", "HEAD", "--previous", "HEAD~0"])
+    cols = bench.build_previous(args.columns, tmp_path)
+    assert [n for n, _, _ in cols] == [n for n, _, _ in args.columns]
+    objs = [o for _, o, _ in cols if o is not None]
+    assert [o.rev for o in objs] == ["HEAD", "HEAD~0"] and all(o.path.is_relative_to(tmp_path) for o in objs)
+    assert objs[0].path != objs[1].path  # each revision into a directory of its own
+    for o in objs:
+        spec = bpf.ObjectSpec.open(o.path)
+        try:
+            assert "balancer_ingress" in spec.program_names
+        finally:
+            spec.close()
+
+
+def test_main_with_unknown_previous_fails_before_pinning(bench, capsys):
+    cpus = os.sched_getaffinity(0)
+    assert bench.main(["--previous", "no-such-rev"]) == 2
+    assert os.sched_getaffinity(0) == cpus  # failed before pinning and loading
+    assert "bench_forwarding: error: --previous 'no-such-rev': not a revision" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--previous=-x"], "argument --previous: bad revision '-x'"),
+    (["--previous", "1a=HEAD"], "argument --previous: bad column name '1a' in '1a=HEAD'"),
+    (["--previous", "balancer"], "--previous: the name 'balancer' is reserved"),
+    (["--object", "k={obj}", "--previous", "k=HEAD"], "--previous: the name 'k' is given twice"),
     (["--object", "/nonexistent/x.o"], "argument --object: no such file: '/nonexistent/x.o'"),
     (["--object", "k=/nonexistent/x.o"], "argument --object: no such file: '/nonexistent/x.o'"),
     (["--probe", "{obj}"], "argument --probe: expected NAME=PATH"),
@@ -274,20 +312,21 @@ def test_table_of_a_short_run(bench, capsys, restore_affinity, tmp_path):
     packaged = packaged_object("balancer.bpf.o")
     out_json = tmp_path / "run.json"
     assert bench.main(["--frames", "3000", "--blocks", "4", "--reals", "10", "--lru-size", "20000",
-                       "--object", f"again={packaged}", "--probe", f"probe={packaged}",
+                       "--object", f"again={packaged}", "--previous", "HEAD", "--probe", f"probe={packaged}",
                        "--json", str(out_json)]) == 0  # --instances: 2 (the default)
     out = capsys.readouterr().out.splitlines()
-    assert out[2].split() == ["flows", "bytes", "reflector", "encap", "state", "balancer", "again", "probe"]
+    assert out[2].split() == ["flows", "bytes", "reflector", "encap", "state", "balancer", "again", "HEAD",
+                              "probe"]
     rows = [ln.split() for ln in out[4:4 + len(bench.FLOWS) * len(bench.SIZES)]]
     assert [(int(r[0]), int(r[1])) for r in rows] == [(f, s) for f in bench.FLOWS for s in bench.SIZES]
     doc = json.loads(out_json.read_text())
-    assert list(doc["columns"]) == ["reflector", "encap", "state", "balancer", "again", "probe"]
+    assert list(doc["columns"]) == ["reflector", "encap", "state", "balancer", "again", "HEAD", "probe"]
     assert doc["instances"] == 2 and "2 loads of each balancer in turn" in out[0]
     for r, cell in zip(rows, doc["cells"]):
         assert (cell["flows"], cell["bytes"]) == (int(r[0]), int(r[1]))
         assert all(len(v) == 4 and min(v) > 0 for v in cell["ns"].values())
         assert float(r[2]) == pytest.approx(cell["summary"]["reflector"]["mpps"], abs=0.006)
-        for i, col in enumerate(["encap", "state", "balancer", "again", "probe"]):
+        for i, col in enumerate(["encap", "state", "balancer", "again", "HEAD", "probe"]):
             mpps, ratio, ci = float(r[3 + 3 * i]), float(r[4 + 3 * i]), r[5 + 3 * i]
             lo, hi = (float(x) for x in ci.strip("[]").split("-"))
             assert mpps > 0 and lo <= ratio <= hi
@@ -295,7 +334,7 @@ def test_table_of_a_short_run(bench, capsys, restore_affinity, tmp_path):
     first = out.index("")
     second = out.index("", first + 1)
     ns_table = out[first + 3:second]
-    assert len(ns_table) == len(rows) and all(len(ln.split()) == 2 + 2 * 6 for ln in ns_table)
+    assert len(ns_table) == len(rows) and all(len(ln.split()) == 2 + 2 * 7 for ln in ns_table)
     # the probe's step chain: reflector > probe > balancer, paired differences
     assert "(reflector > probe > balancer)" in out[second + 1]
     assert out[second + 2].split() == ["flows", "bytes", "+probe", "+balancer"]
