@@ -4,7 +4,10 @@ Prints, for 2/10/100/1000 reals and both hash functions, the median (and best)
 wall time of ``katran.maglev.build_ring``, of the C population call alone (the
 rest is Python: collecting, checking and sorting the endpoints), and of the C
 call capped at the AVX2 level and at the one-by-one loop of before
-(``kn_maglev_simd`` = 1, 0), interleaved run by run.
+(``kn_maglev_simd`` = 1, 0), interleaved run by run.  The first two columns
+run at the level ``maglev.tune_native()`` chose on this CPU (as a started
+``KatranLb`` does; ``$KATRAN_MAGLEV_SIMD`` caps it instead): the first line
+says which, with its timings.
 """
 
 from __future__ import annotations
@@ -75,7 +78,11 @@ def main() -> None:
     parser.add_argument("--ring-size", type=int, default=maglev.DEFAULT_RING_SIZE)
     args = parser.parse_args()
 
-    print(f"native: {maglev.NATIVE}, ring size {args.ring_size}, {args.runs} runs each (ms)")
+    tuned = maglev.tune_native()
+    print(f"native: {maglev.NATIVE}, ring size {args.ring_size}, {args.runs} runs each (ms)"
+          + ("" if tuned is None else
+             f"; C core at level {tuned['level']} ({tuned['name']}, {tuned['source']}"
+             + "".join(f"; {maglev.SIMD_LEVELS[lv]} {ms:.2f} ms" for lv, ms in tuned["ms"].items()) + ")"))
     print(f"{'reals':>6} {'hash':>10} {'build_ring med':>15} {'best':>8} {'C core med':>11} {'best':>8} "
           f"{'C avx2 med':>11} {'best':>8} {'C one-by-one med':>17} {'best':>8}")
     for count in (2, 10, 100, 1000):

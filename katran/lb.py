@@ -243,6 +243,7 @@ class KatranLb:
         the VIPs, reals and routes are rebuilt from the state file, checked against the maps."""
         if self._dp.started:
             return
+        maglev.tune_native()  # once per process: the C core's fastest level on this CPU
         with self._life_lock:
             saved = self._dp.start(self._mac)
             if saved is not None:

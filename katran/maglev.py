@@ -23,7 +23,10 @@ import functools
 import ipaddress
 import logging
 import operator
+import os
+import statistics
 import struct
+import time
 from typing import Optional, Sequence, Tuple, Union
 
 import attrs
@@ -401,6 +404,89 @@ def build_ring(
     if rc != 0:  # arguments were validated above; this is a bug
         raise RuntimeError(f"kn_maglev_ring failed (rc={rc}, n={n}, ring_size={ring_size})")
     return ring
+
+
+# --- the C core's level on this CPU
+
+#: the C core's levels (kn_maglev_simd caps the level a build may use)
+SIMD_LEVELS = ("one-by-one", "avx2", "avx512")
+SIMD_ENV = "KATRAN_MAGLEV_SIMD"  # 0, 1 or 2: use at most that level, untimed
+_TUNE_ENDPOINTS = 100
+_TUNE_ROUNDS = 7
+_TUNE_MARGIN = 0.95  # a lower level is taken only when it is this much faster
+_tuned: Optional[dict] = None
+
+
+def choose_level(ms: dict) -> int:
+    """The level to use given each level's median ms: the highest, unless the fastest is
+    more than 5 % below it (noise does not move the choice)."""
+    top = max(ms)
+    fastest = min(ms, key=ms.__getitem__)
+    return fastest if ms[fastest] < _TUNE_MARGIN * ms[top] else top
+
+
+def tune_native(rounds: int = _TUNE_ROUNDS) -> Optional[dict]:
+    """Choose the fastest level of the C core on this CPU, once per process.
+
+    Every level builds the same ring; which is fastest depends on the CPU: AVX2's gathers
+    make its batches slower than the one-by-one loop on some (AMD EPYC here: 1.69 vs 1.52
+    ms a 100-real ring). Times a 100-endpoint ring of 65,537 slots at each level the CPU
+    has up to the present cap, ``rounds`` rounds taking turns (~30 ms), and caps ``kn_maglev_simd`` at the
+    fastest; a lower level than the highest only when its median is 5 % below. ``$KATRAN_MAGLEV_SIMD``
+    (0, 1, 2) caps the level instead, untimed. Returns {"level", "name", "ms" (median per
+    level timed), "source" ("timed" / "env")}; None without the C core. KatranLb.start calls
+    it; build_ring never does (tests and benchmarks set kn_maglev_simd themselves).
+    """
+    global _tuned
+    if not NATIVE:
+        return None
+    if _tuned is not None:
+        return _tuned
+    env = os.environ.get(SIMD_ENV)
+    if env is not None:
+        if env.strip() not in ("0", "1", "2"):
+            raise ValidationError(SIMD_ENV, env, "expected 0 (one by one), 1 (AVX2) or 2 (AVX-512)")
+        level = int(env)
+        _lib.kn_maglev_simd = level
+        _tuned = {"level": level, "name": SIMD_LEVELS[level], "ms": {}, "source": "env"}
+        log.info("maglev: C core capped at level %d (%s) by $%s", level, SIMD_LEVELS[level], SIMD_ENV)
+        return _tuned
+    n = _TUNE_ENDPOINTS
+    hashes = np.ascontiguousarray(np.sort(
+        np.array([endpoint_hash(ipaddress.IPv4Address(0x0A000001 + i)) for i in range(n)], dtype=np.uint64)))
+    nums = np.arange(1, n + 1, dtype=np.uint32)
+    weights = np.ones(n, dtype=np.uint32)
+    ring = np.empty(DEFAULT_RING_SIZE, dtype=np.uint32)
+    args = (_ffi.from_buffer("uint64_t[]", hashes), _ffi.from_buffer("uint32_t[]", nums),
+            _ffi.from_buffer("uint32_t[]", weights), n, DEFAULT_RING_SIZE, int(HashFunction.MAGLEV),
+            _ffi.from_buffer("uint32_t[]", ring))
+    cap = _lib.kn_maglev_simd
+
+    def build(level: int) -> int:
+        """One build capped at `level`; the level it ran at (kn_maglev_builds)."""
+        before = list(_lib.kn_maglev_builds)
+        _lib.kn_maglev_simd = level
+        if _lib.kn_maglev_ring(*args) != 0:
+            raise MemoryError("no memory for the level timing ring")
+        return next(i for i in range(len(SIMD_LEVELS)) if _lib.kn_maglev_builds[i] != before[i])
+
+    try:
+        levels = sorted({build(level) for level in range(min(cap, 2) + 1)})  # what the CPU has
+        samples: dict = {level: [] for level in levels}
+        for _ in range(rounds):
+            for level in levels:
+                t = time.perf_counter()
+                build(level)
+                samples[level].append(time.perf_counter() - t)
+    finally:
+        _lib.kn_maglev_simd = cap
+    ms = {level: statistics.median(v) * 1e3 for level, v in samples.items()}
+    level = choose_level(ms)
+    _lib.kn_maglev_simd = level
+    _tuned = {"level": level, "name": SIMD_LEVELS[level], "ms": ms, "source": "timed"}
+    log.info("maglev: C core level %d (%s) on this CPU: %s", level, SIMD_LEVELS[level],
+             ", ".join(f"{SIMD_LEVELS[lv]} {ms[lv]:.2f} ms" for lv in levels))
+    return _tuned
 
 
 def ring_delta(old: Optional[np.ndarray], new: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -580,3 +580,90 @@ def _timed(fn, endpoints, ring_size, time_module) -> float:
     start = time_module.perf_counter()
     fn(endpoints, ring_size)
     return time_module.perf_counter() - start
+
+
+# --- the C core's level on this CPU (maglev.tune_native)
+
+@pytest.mark.parametrize("ms, level", [
+    ({0: 1.52, 1: 1.69}, 0),             # AVX2's gathers slower than the loop (AMD EPYC)
+    ({0: 1.00, 1: 0.98}, 1),             # within 5 %: the highest level stays
+    ({0: 0.83, 1: 0.67, 2: 0.57}, 2),    # AVX-512 fastest
+    ({0: 1.00, 1: 0.60, 2: 0.90}, 1),    # the fastest, more than 5 % below the highest
+    ({0: 0.30}, 0),                      # no vector level on this CPU
+])
+def test_choose_level_keeps_the_highest_unless_a_lower_is_clearly_faster(ms, level):
+    assert maglev.choose_level(ms) == level
+
+
+@pytest.fixture
+def untuned(monkeypatch):
+    """tune_native as in a fresh process; kn_maglev_simd put back afterwards."""
+    from katran._native import lib
+
+    monkeypatch.setattr(maglev, "_tuned", None)
+    monkeypatch.delenv(maglev.SIMD_ENV, raising=False)
+    old, lib.kn_maglev_simd = lib.kn_maglev_simd, 2  # the C core's default (a KatranLb may have tuned it)
+    yield lib
+    lib.kn_maglev_simd = old
+
+
+@needs_native
+def test_tune_native_times_the_levels_the_cpu_has_and_caps_at_its_choice(untuned):
+    lib = untuned
+    flags = _cpu_flags()
+    have = [0] + ([1] if "avx2" in flags else []) + ([2] if {"avx2", "avx512f"} <= flags else [])
+    before = list(lib.kn_maglev_builds)
+    tuned = maglev.tune_native(rounds=3)
+    assert tuned["source"] == "timed" and sorted(tuned["ms"]) == have
+    assert all(ms > 0 for ms in tuned["ms"].values())
+    assert tuned["level"] == maglev.choose_level(tuned["ms"]) and lib.kn_maglev_simd == tuned["level"]
+    assert tuned["name"] == maglev.SIMD_LEVELS[tuned["level"]]
+    # every level it timed really ran: one build to find it, then one a round
+    ran = [lib.kn_maglev_builds[i] - before[i] for i in range(3)]
+    assert [ran[lv] >= 4 for lv in have] == [True] * len(have)
+    # once per process: a second call times nothing
+    again = list(lib.kn_maglev_builds)
+    assert maglev.tune_native() is tuned and list(lib.kn_maglev_builds) == again
+    # the ring does not depend on the level chosen
+    endpoints = _v4_endpoints(100)
+    with _simd_level(0):
+        one_by_one = maglev.build_ring(endpoints, RING)
+    assert np.array_equal(maglev.build_ring(endpoints, RING), one_by_one)
+
+
+@needs_native
+def test_tune_native_env_caps_the_level_untimed(untuned, monkeypatch):
+    lib = untuned
+    monkeypatch.setenv(maglev.SIMD_ENV, "0")
+    before = list(lib.kn_maglev_builds)
+    tuned = maglev.tune_native()
+    assert tuned == {"level": 0, "name": "one-by-one", "ms": {}, "source": "env"}
+    assert lib.kn_maglev_simd == 0 and list(lib.kn_maglev_builds) == before
+    maglev.build_ring(_v4_endpoints(100), RING)
+    assert [lib.kn_maglev_builds[i] - before[i] for i in range(3)] == [1, 0, 0]
+
+
+@needs_native
+@pytest.mark.parametrize("value", ["7", "avx2", ""])
+def test_tune_native_bad_env_names_the_variable_and_value(untuned, monkeypatch, value):
+    lib = untuned
+    monkeypatch.setenv(maglev.SIMD_ENV, value)
+    cap = lib.kn_maglev_simd
+    with pytest.raises(ValidationError) as exc:
+        maglev.tune_native()
+    assert exc.value.field == maglev.SIMD_ENV and repr(value) in str(exc.value)
+    assert lib.kn_maglev_simd == cap and maglev._tuned is None  # nothing changed
+
+
+def test_lb_start_tunes_the_c_core(monkeypatch):
+    from katran import KatranConfig, KatranLb
+    from katran.testing import FakeKernel
+
+    calls = []
+    monkeypatch.setattr(maglev, "tune_native", lambda: calls.append(1))
+    lb = KatranLb(KatranConfig(testing=True, default_mac="00:00:de:ad:be:af"), kernel=FakeKernel())
+    lb.start()
+    try:
+        assert calls == [1]
+    finally:
+        lb.close()
