@@ -206,6 +206,13 @@ def carryover_orders(names: Sequence[str]) -> list[tuple[str, ...]]:
     return [tuple(names[j] for j in r) for r in rows]
 
 
+def select_cases(cases: Sequence[Case], rows: Sequence[str]) -> list[Case]:
+    """The cases whose name contains one of `rows` (case-insensitive); all without `rows`."""
+    if not rows:
+        return list(cases)
+    return [c for c in cases if any(r.lower() in c.name.lower() for r in rows)]
+
+
 def measure(progs: Mapping[str, bpf.Program], cases: Sequence[Case], reps: int,
             warmup: int = 500, block: int = 200, rotate_rows: bool = False, quantile: float = 0.5,
             turns: dict[str, int] | None = None) -> dict[tuple[str, str], list[float]]:
@@ -334,7 +341,7 @@ def run_bench(factory: ProgFactory, args: argparse.Namespace, title: str,
     the result are paired: index i of every column is the same load and
     repetition.
     """
-    cases = build_cases(args.runs)
+    cases = select_cases(build_cases(args.runs), args.rows)
     results: dict[tuple[str, str], list[float]] = {}
     verdicts: dict[tuple[str, str], str] = {}
     columns: list[str] = []
@@ -540,9 +547,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-flow-cache", action="store_true",
                     help="also time the balancer with its flow cache off (flow_cache=False; column "
                          "'no-flow-cache'): what the cache buys, and costs on the flow-cache miss row")
+    ap.add_argument("--rows", action="append", default=[], metavar="TEXT",
+                    help="only the rows whose name contains TEXT (case-insensitive; repeatable), "
+                         "e.g. --rows SYN")
     ap.add_argument("--json", default=None, metavar="PATH",
                     help="also write the per-repetition medians of every cell to PATH")
     args = ap.parse_args(argv)
+    names = [c.name for c in build_cases(1)]
+    for text in args.rows:
+        if not select_cases(build_cases(1), [text]):
+            ap.error(f"--rows: no row contains {safe_repr(text)} (rows: {'; '.join(names)})")
     for opt in ("runs", "reps", "instances", "block", "reals", "lru_size"):
         if getattr(args, opt) is not None and getattr(args, opt) < 1:
             ap.error(f"--{opt.replace('_', '-')}: must be at least 1, not {getattr(args, opt)}")
@@ -652,15 +666,15 @@ def _run(args: argparse.Namespace, objs: dict[str, str | None]) -> int:
                 hits = lbs[-1].get_flow_cache_stats().v1
                 for f in frames * 2:
                     run(f)
-        if lbs[-1].get_flow_cache_stats().v1 != hits:
-            raise SystemExit("flow-cache hits on the flow-cache miss row: its cache sets are wrong")
+                if lbs[-1].get_flow_cache_stats().v1 != hits:
+                    raise SystemExit("flow-cache hits on the flow-cache miss row: its cache sets are wrong")
 
     mode = "all feature knobs on" if args.all_features else "default knobs"
     results = run_bench(load, args, (
         f"per-packet cost ({mode}), cpu {args.cpu}, {args.reals} reals, per-cpu LRU of {args.lru_size}: "
         f"median over {args.instances} loads x {args.reps} repetitions of the median of {args.runs} "
         f"BPF_PROG_TEST_RUN calls (repeat=1, fresh packet each); (±) = half the spread"), check_hits)
-    cases = build_cases(1)
+    cases = select_cases(build_cases(1), args.rows)
     others = [c for c in [*names, "capture", "no-flow-cache"] if c != "balancer" and (cases[0].name, c) in results]
     if others:
         print_ratios(results, cases, others, args.reps * len(names))

@@ -54,12 +54,22 @@ def test_compare_named_and_repeatable(tmp_path):
     (["--block", "0"], "--block: must be at least 1, not 0"),
     (["--warmup", "-1"], "--warmup: must be at least 0, not -1"),
     (["--quantile", "1"], "--quantile: must be between 0 and 1, not 1.0"),
+    (["--rows", "SYN", "--rows", "nope"], "--rows: no row contains 'nope' (rows: TCP ACK, LRU hit, v4;"),
 ])
 def test_bad_arguments_name_option_and_value(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         bp.parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_rows_selects_by_part_of_the_name_in_table_order():
+    cases = bp.build_cases(4)
+    assert [c.name for c in bp.select_cases(cases, ["syn", "v6"])] == [
+        "TCP ACK, LRU hit, v6", "TCP SYN, new flow, v4"]
+    assert [c.name for c in bp.select_cases(cases, ["LRU hit"])] == [c.name for c in cases[:4]]
+    assert bp.select_cases(cases, []) == cases
+    assert bp.parse_args(["--rows", "SYN"]).rows == ["SYN"]
 
 
 # --- turn orders
@@ -291,6 +301,22 @@ def test_compare_table(capsys, tmp_path):
     for cols in saved["results"].values():  # paired: one median per load and repetition in each column
         assert sorted(cols) == ["HEAD", "balancer", "compare", "empty", "no-flow-cache", "same"]
         assert {len(v) for v in cols.values()} == {4}
+
+
+@pytest.mark.privileged
+def test_rows_times_only_the_rows_asked_for(capsys):
+    cpus = os.sched_getaffinity(0)
+    try:
+        rc = bp.main(["--runs", "200", "--instances", "2", "--block", "100", "--warmup", "50",
+                      "--compare", f"same={OBJ}", "--rows", "SYN", "--rows", "v6"])
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert rc == 0
+    out = capsys.readouterr().out.splitlines()
+    at = next(i for i, ln in enumerate(out) if ln.startswith("packet") and "same / balancer" in ln)
+    timed = [ln.split(" ", 3)[:3] for ln in out[2:at - 1]]
+    assert [" ".join(t) for t in timed] == ["TCP ACK, LRU", "TCP SYN, new"]
+    assert [ln[:21].strip() for ln in out[at + 1:]] == ["TCP ACK, LRU hit, v6", "TCP SYN, new flow, v4"]
 
 
 def test_all_features_asks_an_object_only_for_the_knobs_it_has():
