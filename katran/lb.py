@@ -243,9 +243,15 @@ class KatranLb:
         the VIPs, reals and routes are rebuilt from the state file, checked against the maps."""
         if self._dp.started:
             return
-        maglev.tune_native()  # once per process: the C core's fastest level on this CPU
+        maglev.env_level()  # a bad $KATRAN_MAGLEV_SIMD fails before anything is loaded
         with self._life_lock:
             saved = self._dp.start(self._mac)
+            # once per process, after a start that worked (a failed one says one thing) and
+            # before the first ring: the C core's fastest level on this CPU
+            try:
+                maglev.tune_native()
+            except MemoryError:
+                log.warning("maglev: no memory to time the C core's levels: the highest is used")
             if saved is not None:
                 try:
                     self._restore(saved)

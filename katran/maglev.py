@@ -425,6 +425,17 @@ def choose_level(ms: dict) -> int:
     return fastest if ms[fastest] < _TUNE_MARGIN * ms[top] else top
 
 
+def env_level() -> Optional[int]:
+    """The level ``$KATRAN_MAGLEV_SIMD`` caps the C core at; None when unset.
+    ValidationError naming the variable for another value."""
+    env = os.environ.get(SIMD_ENV)
+    if env is None:
+        return None
+    if env.strip() not in ("0", "1", "2"):
+        raise ValidationError(SIMD_ENV, env, "expected 0 (one by one), 1 (AVX2) or 2 (AVX-512)")
+    return int(env)
+
+
 def tune_native(rounds: int = _TUNE_ROUNDS) -> Optional[dict]:
     """Choose the fastest level of the C core on this CPU, once per process.
 
@@ -442,11 +453,8 @@ def tune_native(rounds: int = _TUNE_ROUNDS) -> Optional[dict]:
         return None
     if _tuned is not None:
         return _tuned
-    env = os.environ.get(SIMD_ENV)
-    if env is not None:
-        if env.strip() not in ("0", "1", "2"):
-            raise ValidationError(SIMD_ENV, env, "expected 0 (one by one), 1 (AVX2) or 2 (AVX-512)")
-        level = int(env)
+    level = env_level()
+    if level is not None:
         _lib.kn_maglev_simd = level
         _tuned = {"level": level, "name": SIMD_LEVELS[level], "ms": {}, "source": "env"}
         log.info("maglev: C core capped at level %d (%s) by $%s", level, SIMD_LEVELS[level], SIMD_ENV)

@@ -667,3 +667,16 @@ def test_lb_start_tunes_the_c_core(monkeypatch):
         assert calls == [1]
     finally:
         lb.close()
+
+
+def test_lb_start_with_a_bad_simd_env_fails_before_loading(monkeypatch):
+    from katran import KatranConfig, KatranLb
+    from katran.testing import FakeKernel
+
+    monkeypatch.setattr(maglev, "_tuned", None)
+    monkeypatch.setenv(maglev.SIMD_ENV, "3")
+    k = FakeKernel()
+    lb = KatranLb(KatranConfig(testing=True, default_mac="00:00:de:ad:be:af"), kernel=k)
+    with pytest.raises(ValidationError, match="KATRAN_MAGLEV_SIMD='3'"):
+        lb.start()
+    assert not lb.started and maglev._tuned is None
